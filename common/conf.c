@@ -1,0 +1,567 @@
+/*
+ * Configuration: a flat array of values parallel to a table of key
+ * definitions (common/conf_keys.h). Every value is validated when it is set,
+ * so getters never fail for a known key of the right type and readers see
+ * only values that passed their range check. Lookups are linear: the table
+ * holds tens of keys and configuration is read at start-up, not per record.
+ */
+#include "conf_int.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#define SP_CONF_KEY(k, t, d, lo, hi, ch, doc) {k, t, d, lo, hi, ch, doc},
+const sp_conf_def_t sp__conf_defs[] = {
+#include "conf_keys.h"
+};
+#undef SP_CONF_KEY
+const size_t sp__conf_ndefs = SP_ARRAY_SIZE(sp__conf_defs);
+
+typedef union sp_conf_value {
+    uint64_t u; /* SIZE, DURATION (ns) */
+    int64_t i;
+    double d;
+    bool b;
+} sp_conf_value_t;
+
+typedef struct sp_conf_entry {
+    sp_conf_value_t v;
+    char *text; /* the value as given, or the default; owned */
+    bool set;
+} sp_conf_entry_t;
+
+struct sp_conf {
+    const sp_conf_def_t *defs;
+    size_t ndefs;
+    sp_conf_entry_t *entries;
+};
+
+const char *sp__conf_type_name(sp_conf_type_t type)
+{
+    switch (type) {
+    case SP_CONF_SIZE: return "size";
+    case SP_CONF_INT: return "int";
+    case SP_CONF_DOUBLE: return "double";
+    case SP_CONF_BOOL: return "bool";
+    case SP_CONF_DURATION: return "duration";
+    case SP_CONF_STRING: return "string";
+    case SP_CONF_ENUM: return "enum";
+    }
+    return "?";
+}
+
+/* Skips spaces; true when only spaces remain. */
+static bool sp_conf_at_end(const char *p)
+{
+    while (isspace((unsigned char)*p))
+        p++;
+    return *p == '\0';
+}
+
+static sp_status_t sp_conf_bad_syntax(const char *what, const char *text)
+{
+    return SP_RAISE(SP_ERR_BAD_CONF, "'%s' is not a valid %s", text, what);
+}
+
+sp_status_t sp_conf_parse_size(const char *text, uint64_t *bytes_p)
+{
+    const char *p = text;
+    uint64_t value = 0, mult = 1;
+    unsigned shift = 0;
+
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!isdigit((unsigned char)*p))
+        return sp_conf_bad_syntax("size (like 4096, 64k, 512m, 4g)", text);
+    for (; isdigit((unsigned char)*p); p++) {
+        unsigned digit = (unsigned)(*p - '0');
+        if (value > (UINT64_MAX - digit) / 10)
+            return SP_RAISE(SP_ERR_BAD_CONF, "size '%s' does not fit in 64 bits", text);
+        value = value * 10 + digit;
+    }
+    while (isspace((unsigned char)*p))
+        p++;
+    switch (tolower((unsigned char)*p)) {
+    case 'k': shift = 10; break;
+    case 'm': shift = 20; break;
+    case 'g': shift = 30; break;
+    case 't': shift = 40; break;
+    case 'p': shift = 50; break;
+    case 'b': shift = 0; p--; break; /* "4096b": the 'b' is eaten below */
+    case '\0': break;
+    default: return sp_conf_bad_syntax("size (like 4096, 64k, 512m, 4g)", text);
+    }
+    if (*p != '\0') {
+        p++;
+        if (tolower((unsigned char)*p) == 'i' && shift != 0)
+            p++;
+        if (tolower((unsigned char)*p) == 'b')
+            p++;
+    }
+    if (!sp_conf_at_end(p))
+        return sp_conf_bad_syntax("size (like 4096, 64k, 512m, 4g)", text);
+    mult = UINT64_C(1) << shift;
+    if (value > UINT64_MAX / mult)
+        return SP_RAISE(SP_ERR_BAD_CONF, "size '%s' does not fit in 64 bits", text);
+    *bytes_p = value * mult;
+    return SP_OK;
+}
+
+sp_status_t sp_conf_parse_duration(const char *text, uint64_t *ns_p)
+{
+    static const struct {
+        const char *unit;
+        double ns;
+    } units[] = {{"ns", 1.0}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"", 1e9},
+                 {"min", 60e9}, {"m", 60e9}, {"h", 3600e9}};
+    const char *syntax = "duration (like 250ms, 30s, 5m, 1h)";
+    char *end;
+    double value;
+    size_t len;
+
+    errno = 0;
+    value = strtod(text, &end);
+    if (end == text || errno != 0 || !isfinite(value) || value < 0 || isspace((unsigned char)*text))
+        return sp_conf_bad_syntax(syntax, text);
+    while (isspace((unsigned char)*end))
+        end++;
+    len = strlen(end);
+    while (len > 0 && isspace((unsigned char)end[len - 1]))
+        len--;
+    for (size_t i = 0; i < SP_ARRAY_SIZE(units); i++) {
+        if (strlen(units[i].unit) == len && strncmp(end, units[i].unit, len) == 0) {
+            double ns = value * units[i].ns;
+            if (ns >= 9.2e18)
+                return SP_RAISE(SP_ERR_BAD_CONF, "duration '%s' is too long", text);
+            *ns_p = (uint64_t)ns;
+            return SP_OK;
+        }
+    }
+    return sp_conf_bad_syntax(syntax, text);
+}
+
+static sp_status_t sp_conf_parse_int(const char *text, int64_t *v_p)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (end == text || errno != 0 || !sp_conf_at_end(end) || isspace((unsigned char)*text))
+        return sp_conf_bad_syntax("integer", text);
+    *v_p = v;
+    return SP_OK;
+}
+
+static sp_status_t sp_conf_parse_double(const char *text, double *v_p)
+{
+    char *end;
+    double v;
+
+    errno = 0;
+    v = strtod(text, &end);
+    if (end == text || errno != 0 || !isfinite(v) || !sp_conf_at_end(end) ||
+        isspace((unsigned char)*text))
+        return sp_conf_bad_syntax("number", text);
+    *v_p = v;
+    return SP_OK;
+}
+
+static sp_status_t sp_conf_parse_bool(const char *text, bool *v_p)
+{
+    static const char *const yes[] = {"true", "yes", "on", "1"};
+    static const char *const no[] = {"false", "no", "off", "0"};
+
+    for (size_t i = 0; i < SP_ARRAY_SIZE(yes); i++) {
+        if (strcasecmp(text, yes[i]) == 0) {
+            *v_p = true;
+            return SP_OK;
+        }
+        if (strcasecmp(text, no[i]) == 0) {
+            *v_p = false;
+            return SP_OK;
+        }
+    }
+    return sp_conf_bad_syntax("boolean (true/false, yes/no, on/off, 1/0)", text);
+}
+
+static bool sp_conf_enum_has(const char *choices, const char *text)
+{
+    size_t len = strlen(text);
+    const char *p = choices;
+
+    while (p != NULL && *p != '\0') {
+        const char *bar = strchr(p, '|');
+        size_t n = bar != NULL ? (size_t)(bar - p) : strlen(p);
+        if (n == len && strncmp(p, text, n) == 0)
+            return true;
+        p = bar != NULL ? bar + 1 : NULL;
+    }
+    return false;
+}
+
+/* Parses text as def's type into *v_p; the message names the key. */
+static sp_status_t sp_conf_parse_value(const sp_conf_def_t *def, const char *text,
+                                       sp_conf_value_t *v_p)
+{
+    sp_conf_value_t v = {0}, lo = {0}, hi = {0};
+    sp_status_t st = SP_OK;
+    bool below = false, above = false;
+
+    switch (def->type) {
+    case SP_CONF_SIZE:
+        st = sp_conf_parse_size(text, &v.u);
+        if (st == SP_OK && def->min != NULL && sp_conf_parse_size(def->min, &lo.u) == SP_OK)
+            below = v.u < lo.u;
+        if (st == SP_OK && def->max != NULL && sp_conf_parse_size(def->max, &hi.u) == SP_OK)
+            above = v.u > hi.u;
+        break;
+    case SP_CONF_DURATION:
+        st = sp_conf_parse_duration(text, &v.u);
+        if (st == SP_OK && def->min != NULL && sp_conf_parse_duration(def->min, &lo.u) == SP_OK)
+            below = v.u < lo.u;
+        if (st == SP_OK && def->max != NULL && sp_conf_parse_duration(def->max, &hi.u) == SP_OK)
+            above = v.u > hi.u;
+        break;
+    case SP_CONF_INT:
+        st = sp_conf_parse_int(text, &v.i);
+        if (st == SP_OK && def->min != NULL && sp_conf_parse_int(def->min, &lo.i) == SP_OK)
+            below = v.i < lo.i;
+        if (st == SP_OK && def->max != NULL && sp_conf_parse_int(def->max, &hi.i) == SP_OK)
+            above = v.i > hi.i;
+        break;
+    case SP_CONF_DOUBLE:
+        st = sp_conf_parse_double(text, &v.d);
+        if (st == SP_OK && def->min != NULL && sp_conf_parse_double(def->min, &lo.d) == SP_OK)
+            below = v.d < lo.d;
+        if (st == SP_OK && def->max != NULL && sp_conf_parse_double(def->max, &hi.d) == SP_OK)
+            above = v.d > hi.d;
+        break;
+    case SP_CONF_BOOL: st = sp_conf_parse_bool(text, &v.b); break;
+    case SP_CONF_STRING: break;
+    case SP_CONF_ENUM:
+        if (!sp_conf_enum_has(def->choices, text))
+            return SP_RAISE(SP_ERR_BAD_CONF, "conf key '%s': '%s' is not one of %s", def->key,
+                            text, def->choices);
+        break;
+    }
+    if (st != SP_OK)
+        return SP_RAISE(SP_ERR_BAD_CONF, "conf key '%s' (%s): %s", def->key,
+                        sp__conf_type_name(def->type), sp_last_error());
+    if (below || above)
+        return SP_RAISE(SP_ERR_BAD_CONF, "conf key '%s': value '%s' is out of range [%s, %s]",
+                        def->key, text, def->min != NULL ? def->min : "-inf",
+                        def->max != NULL ? def->max : "inf");
+    *v_p = v;
+    return SP_OK;
+}
+
+static const sp_conf_def_t *sp_conf_find(const sp_conf_t *conf, const char *key, size_t *idx_p)
+{
+    for (size_t i = 0; i < conf->ndefs; i++) {
+        if (strcmp(conf->defs[i].key, key) == 0) {
+            *idx_p = i;
+            return &conf->defs[i];
+        }
+    }
+    return NULL;
+}
+
+static sp_status_t sp_conf_store(sp_conf_t *conf, size_t idx, const char *text, bool set)
+{
+    const sp_conf_def_t *def = &conf->defs[idx];
+    sp_conf_value_t v;
+    sp_status_t st;
+    char *copy;
+
+    st = sp_conf_parse_value(def, text, &v);
+    if (st != SP_OK)
+        return st;
+    copy = sp__strdup(text);
+    if (copy == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "conf key '%s': no memory for its value", def->key);
+    sp__free(conf->entries[idx].text);
+    conf->entries[idx].text = copy;
+    conf->entries[idx].v = v;
+    conf->entries[idx].set = set;
+    return SP_OK;
+}
+
+sp_status_t sp__conf_create_defs(const sp_conf_def_t *defs, size_t ndefs, sp_conf_t **conf_p)
+{
+    sp_conf_t *conf;
+    sp_status_t st;
+
+    conf = sp__calloc(1, sizeof(*conf));
+    if (conf == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a configuration");
+    conf->defs = defs;
+    conf->ndefs = ndefs;
+    conf->entries = sp__calloc(ndefs != 0 ? ndefs : 1, sizeof(*conf->entries));
+    if (conf->entries == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %zu configuration entries", ndefs);
+        goto err_free_conf;
+    }
+    for (size_t i = 0; i < ndefs; i++) {
+        st = sp_conf_store(conf, i, defs[i].def, false);
+        if (st != SP_OK)
+            goto err_free_entries;
+    }
+    *conf_p = conf;
+    return SP_OK;
+
+err_free_entries:
+    for (size_t i = 0; i < ndefs; i++)
+        sp__free(conf->entries[i].text);
+    sp__free(conf->entries);
+err_free_conf:
+    sp__free(conf);
+    return st;
+}
+
+sp_status_t sp_conf_create(sp_conf_t **conf_p)
+{
+    return sp__conf_create_defs(sp__conf_defs, sp__conf_ndefs, conf_p);
+}
+
+void sp_conf_destroy(sp_conf_t *conf)
+{
+    if (conf == NULL)
+        return;
+    for (size_t i = 0; i < conf->ndefs; i++)
+        sp__free(conf->entries[i].text);
+    sp__free(conf->entries);
+    sp__free(conf);
+}
+
+sp_status_t sp_conf_dup(const sp_conf_t *conf, sp_conf_t **copy_p)
+{
+    sp_conf_t *copy;
+    sp_status_t st;
+
+    st = sp__conf_create_defs(conf->defs, conf->ndefs, &copy);
+    if (st != SP_OK)
+        return st;
+    for (size_t i = 0; i < conf->ndefs; i++) {
+        if (!conf->entries[i].set)
+            continue;
+        st = sp_conf_store(copy, i, conf->entries[i].text, true);
+        if (st != SP_OK) {
+            sp_conf_destroy(copy);
+            return st;
+        }
+    }
+    *copy_p = copy;
+    return SP_OK;
+}
+
+sp_status_t sp_conf_set(sp_conf_t *conf, const char *key, const char *value)
+{
+    size_t idx;
+
+    if (sp_conf_find(conf, key, &idx) == NULL)
+        return SP_RAISE(SP_ERR_BAD_CONF, "unknown conf key '%s' (see `spate conf` for the list)",
+                        key);
+    return sp_conf_store(conf, idx, value, true);
+}
+
+/* Trims spaces at both ends of [*begin, *end). */
+static void sp_conf_trim(const char **begin, const char **end)
+{
+    while (*begin < *end && isspace((unsigned char)**begin))
+        (*begin)++;
+    while (*end > *begin && isspace((unsigned char)(*end)[-1]))
+        (*end)--;
+}
+
+/* Splits "key=value" (spaces allowed around both) and sets it. */
+static sp_status_t sp_conf_set_span(sp_conf_t *conf, const char *line, size_t len,
+                                    const char *origin)
+{
+    const char *eq = memchr(line, '=', len);
+    const char *kb = line, *ke, *vb, *ve = line + len;
+    char key[128], value[4096];
+
+    if (eq == NULL)
+        return SP_RAISE(SP_ERR_BAD_CONF, "%s: '%.*s' is not key=value", origin, (int)SP_MIN(len, 200),
+                        line);
+    ke = eq;
+    vb = eq + 1;
+    sp_conf_trim(&kb, &ke);
+    sp_conf_trim(&vb, &ve);
+    if (ke == kb)
+        return SP_RAISE(SP_ERR_BAD_CONF, "%s: empty key in '%.*s'", origin, (int)SP_MIN(len, 200),
+                        line);
+    if ((size_t)(ke - kb) >= sizeof(key) || (size_t)(ve - vb) >= sizeof(value))
+        return SP_RAISE(SP_ERR_BAD_CONF, "%s: key or value too long", origin);
+    memcpy(key, kb, (size_t)(ke - kb));
+    key[ke - kb] = '\0';
+    memcpy(value, vb, (size_t)(ve - vb));
+    value[ve - vb] = '\0';
+    return sp_conf_set(conf, key, value);
+}
+
+sp_status_t sp_conf_set_assignment(sp_conf_t *conf, const char *assignment)
+{
+    return sp_conf_set_span(conf, assignment, strlen(assignment), "--conf");
+}
+
+sp_status_t sp_conf_load_file(sp_conf_t *conf, const char *path)
+{
+    char line[4352], origin[512];
+    unsigned lineno = 0;
+    sp_status_t st = SP_OK;
+    FILE *f;
+
+    f = fopen(path, "r");
+    if (f == NULL)
+        return SP_RAISE(SP_ERR_IO, "cannot open conf file '%s': %s (errno %d)", path,
+                        strerror(errno), errno);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        size_t len = strlen(line);
+        const char *b = line, *e;
+
+        lineno++;
+        if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
+            st = SP_RAISE(SP_ERR_BAD_CONF, "%s:%u: line longer than %zu bytes", path, lineno,
+                          sizeof(line) - 2);
+            break;
+        }
+        e = line + len;
+        sp_conf_trim(&b, &e);
+        if (b == e || *b == '#')
+            continue;
+        snprintf(origin, sizeof(origin), "%s:%u", path, lineno);
+        st = sp_conf_set_span(conf, b, (size_t)(e - b), origin);
+        if (st != SP_OK) {
+            if (strncmp(sp_last_error(), origin, strlen(origin)) != 0)
+                st = SP_RAISE(st, "%s: %s", origin, sp_last_error());
+            break;
+        }
+    }
+    if (st == SP_OK && ferror(f))
+        st = SP_RAISE(SP_ERR_IO, "error reading conf file '%s'", path);
+    fclose(f);
+    return st;
+}
+
+/* "memory.storage_fraction" -> "MEMORY_STORAGE_FRACTION" compared to env_key. */
+static bool sp_conf_env_matches(const char *key, const char *env_key, size_t env_len)
+{
+    size_t i;
+
+    for (i = 0; key[i] != '\0' && i < env_len; i++) {
+        char c = key[i] == '.' || key[i] == '-' ? '_' : (char)toupper((unsigned char)key[i]);
+        if (c != env_key[i])
+            return false;
+    }
+    return key[i] == '\0' && i == env_len;
+}
+
+sp_status_t sp_conf_load_env(sp_conf_t *conf, char *const *envp)
+{
+    static const char prefix[] = "SPATE_CONF_";
+
+    for (; envp != NULL && *envp != NULL; envp++) {
+        const char *var = *envp, *eq, *name;
+        size_t idx, name_len;
+        bool found = false;
+        sp_status_t st;
+
+        if (strncmp(var, prefix, sizeof(prefix) - 1) != 0)
+            continue;
+        eq = strchr(var, '=');
+        if (eq == NULL)
+            continue;
+        name = var + sizeof(prefix) - 1;
+        name_len = (size_t)(eq - name);
+        for (idx = 0; idx < conf->ndefs && !found; idx++) {
+            if (sp_conf_env_matches(conf->defs[idx].key, name, name_len)) {
+                found = true;
+                st = sp_conf_store(conf, idx, eq + 1, true);
+                if (st != SP_OK)
+                    return SP_RAISE(st, "environment %.*s: %s", (int)(eq - var), var,
+                                    sp_last_error());
+            }
+        }
+        if (!found)
+            return SP_RAISE(SP_ERR_BAD_CONF, "environment %.*s names no conf key", (int)(eq - var),
+                            var);
+    }
+    return SP_OK;
+}
+
+static sp_status_t sp_conf_lookup(const sp_conf_t *conf, const char *key, sp_conf_type_t type,
+                                  const sp_conf_entry_t **entry_p)
+{
+    const sp_conf_def_t *def;
+    size_t idx;
+
+    def = sp_conf_find(conf, key, &idx);
+    if (def == NULL)
+        return SP_RAISE(SP_ERR_NOT_FOUND, "unknown conf key '%s'", key);
+    if (def->type != type && !(type == SP_CONF_STRING && def->type == SP_CONF_ENUM))
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "conf key '%s' is a %s, not a %s", key,
+                        sp__conf_type_name(def->type), sp__conf_type_name(type));
+    *entry_p = &conf->entries[idx];
+    return SP_OK;
+}
+
+#define SP_CONF_GETTER(fn, ctype, type, field)                                                     \
+    sp_status_t fn(const sp_conf_t *conf, const char *key, ctype *value_p)                         \
+    {                                                                                              \
+        const sp_conf_entry_t *e;                                                                  \
+        sp_status_t st = sp_conf_lookup(conf, key, type, &e);                                      \
+        if (st == SP_OK)                                                                           \
+            *value_p = e->v.field;                                                                 \
+        return st;                                                                                 \
+    }
+SP_CONF_GETTER(sp_conf_get_size, uint64_t, SP_CONF_SIZE, u)
+SP_CONF_GETTER(sp_conf_get_duration, uint64_t, SP_CONF_DURATION, u)
+SP_CONF_GETTER(sp_conf_get_int, int64_t, SP_CONF_INT, i)
+SP_CONF_GETTER(sp_conf_get_double, double, SP_CONF_DOUBLE, d)
+SP_CONF_GETTER(sp_conf_get_bool, bool, SP_CONF_BOOL, b)
+
+sp_status_t sp_conf_get_string(const sp_conf_t *conf, const char *key, const char **value_p)
+{
+    const sp_conf_entry_t *e;
+    sp_status_t st = sp_conf_lookup(conf, key, SP_CONF_STRING, &e);
+
+    if (st == SP_OK)
+        *value_p = e->text;
+    return st;
+}
+
+bool sp_conf_is_set(const sp_conf_t *conf, const char *key)
+{
+    size_t idx;
+
+    return sp_conf_find(conf, key, &idx) != NULL && conf->entries[idx].set;
+}
+
+void sp__conf_write_markdown_defs(const sp_conf_def_t *defs, size_t ndefs, FILE *out)
+{
+    fprintf(out, "| Key | Type | Default | Range | Description |\n");
+    fprintf(out, "|---|---|---|---|---|\n");
+    for (size_t i = 0; i < ndefs; i++) {
+        const sp_conf_def_t *d = &defs[i];
+        char range[160];
+
+        if (d->type == SP_CONF_ENUM)
+            snprintf(range, sizeof(range), "%s", d->choices);
+        else if (d->type == SP_CONF_BOOL)
+            snprintf(range, sizeof(range), "true, false");
+        else if (d->min != NULL || d->max != NULL)
+            snprintf(range, sizeof(range), "%s .. %s", d->min != NULL ? d->min : "",
+                     d->max != NULL ? d->max : "");
+        else
+            snprintf(range, sizeof(range), "any");
+        fprintf(out, "| `%s` | %s | `%s` | %s | %s |\n", d->key, sp__conf_type_name(d->type),
+                d->def, range, d->doc);
+    }
+}
+
+void sp_conf_write_markdown(FILE *out) { sp__conf_write_markdown_defs(sp__conf_defs, sp__conf_ndefs, out); }

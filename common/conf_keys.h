@@ -1,0 +1,30 @@
+/*
+ * The one table of configuration keys: name, type, default, valid range (or
+ * choices) and the sentence the README prints. The code reads this table and
+ * `spate conf --markdown` prints it, so the documented table cannot drift.
+ *
+ * SP_CONF_KEY(key, type, default, min, max, choices, description)
+ */
+SP_CONF_KEY("memory.executor", SP_CONF_SIZE, "0", "0", "1p", NULL,
+            "Memory of one executor. 0 gives each executor 3/4 of its NUMA node's memory, "
+            "shared among the executors on that node.")
+SP_CONF_KEY("memory.reserved", SP_CONF_SIZE, "300m", "0", "1p", NULL,
+            "Memory kept outside the unified pool for spate's own structures. Scaled down to a "
+            "fifth of an executor smaller than 1.5 x reserved, with a warning.")
+SP_CONF_KEY("memory.fraction", SP_CONF_DOUBLE, "0.6", "0.01", "1", NULL,
+            "Share of (executor - reserved) that forms the unified execution/storage pool.")
+SP_CONF_KEY("memory.storage_fraction", SP_CONF_DOUBLE, "0.5", "0", "1", NULL,
+            "Share of the unified pool that is the storage region: cached blocks within it are "
+            "never evicted for execution.")
+SP_CONF_KEY("memory.page_size", SP_CONF_SIZE, "4m", "4k", "128m", NULL,
+            "Default size of the execution pages records are serialized into (offsets in a page "
+            "fit in 27 bits).")
+SP_CONF_KEY("memory.huge_pages", SP_CONF_BOOL, "false", NULL, NULL, NULL,
+            "Ask for transparent huge pages on page allocations of 2 MiB and more.")
+SP_CONF_KEY("memory.numa_bind", SP_CONF_BOOL, "true", NULL, NULL, NULL,
+            "Bind each executor's memory to its NUMA node and its threads to the node's cores.")
+SP_CONF_KEY("memory.topology", SP_CONF_STRING, "", NULL, NULL, NULL,
+            "Topology to plan for: empty for this machine, synthetic:DESC (hwloc synthetic "
+            "description) or xml:PATH (hwloc XML export).")
+SP_CONF_KEY("memory.block_dir", SP_CONF_STRING, "/tmp", NULL, NULL, NULL,
+            "Directory where the block store writes cached blocks kept on disk.")

@@ -1,0 +1,138 @@
+/*
+ * Entry point of the `spate` command: global options (--conf, --conf-file,
+ * --log), then a subcommand. Configuration is assembled once here, in
+ * precedence order, and every error is printed once, from sp_last_error().
+ */
+#include "cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern char **environ;
+
+typedef struct sp_cli_command {
+    const char *name;
+    int (*run)(sp_cli_t *cli, int argc, char **argv);
+    const char *summary;
+} sp_cli_command_t;
+
+static const sp_cli_command_t sp_cli_commands[] = {
+    {"topology", sp_cmd_topology, "show NUMA nodes, cores, memory and the executor layout"},
+    {"conf", sp_cmd_conf, "show configuration keys and their values"},
+};
+
+static void sp_cli_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: spate [global options] <command> [command options]\n"
+            "\n"
+            "spate %s: executor and shuffle subsystem for HPC clusters.\n"
+            "\n"
+            "commands:\n",
+            sp_version());
+    for (size_t i = 0; i < sizeof(sp_cli_commands) / sizeof(sp_cli_commands[0]); i++)
+        fprintf(out, "  %-10s %s\n", sp_cli_commands[i].name, sp_cli_commands[i].summary);
+    fprintf(out, "\n"
+                 "global options:\n"
+                 "  --conf KEY=VALUE   set a configuration key (repeatable; highest precedence)\n"
+                 "  --conf-file FILE   read 'key = value' lines from FILE\n"
+                 "  --log LEVEL        error|warn|info|debug (default: $SPATE_LOG or warn)\n"
+                 "  --version          print the version and exit\n"
+                 "  -h, --help         print this help and exit\n"
+                 "\n"
+                 "Configuration precedence, lowest first: defaults, --conf-file, SPATE_CONF_<KEY>\n"
+                 "environment variables (memory.executor -> SPATE_CONF_MEMORY_EXECUTOR), --conf.\n"
+                 "`spate conf` lists every key. `spate <command> --help` shows a command's options.\n");
+}
+
+int sp_cli_fail(const char *what)
+{
+    fprintf(stderr, "spate: %s: %s\n", what,
+            sp_last_error()[0] != '\0' ? sp_last_error() : sp_status_str(sp_last_error_status()));
+    return 1;
+}
+
+/* Value of "--opt VALUE" or "--opt=VALUE" at argv[*i], advancing *i; NULL if absent. */
+static const char *sp_cli_value(int argc, char **argv, int *i, const char *opt)
+{
+    size_t len = strlen(opt);
+
+    if (strncmp(argv[*i], opt, len) != 0)
+        return NULL;
+    if (argv[*i][len] == '=')
+        return argv[*i] + len + 1;
+    if (argv[*i][len] != '\0')
+        return NULL;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "spate: option %s needs a value\n", opt);
+        exit(2);
+    }
+    return argv[++(*i)];
+}
+
+int main(int argc, char **argv)
+{
+    sp_cli_t cli = {.prog = argv[0]};
+    const char *conf_file = NULL, *value;
+    int i, first_assignment = 0, ret;
+
+    /* Pass 1: options that do not depend on the configuration. */
+    for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            sp_cli_usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("spate %s\n", sp_version());
+            return 0;
+        } else if ((value = sp_cli_value(argc, argv, &i, "--log")) != NULL) {
+            sp_log_level_t level;
+            if (sp_log_level_parse(value, &level) != SP_OK)
+                return sp_cli_fail("--log");
+            sp_log_set_level(level);
+        } else if ((value = sp_cli_value(argc, argv, &i, "--conf-file")) != NULL) {
+            conf_file = value;
+        } else if ((value = sp_cli_value(argc, argv, &i, "--conf")) != NULL) {
+            if (first_assignment == 0)
+                first_assignment = i;
+        } else {
+            fprintf(stderr, "spate: unknown option '%s' (see spate --help)\n", argv[i]);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        sp_cli_usage(stderr);
+        return 2;
+    }
+
+    if (sp_conf_create(&cli.conf) != SP_OK)
+        return sp_cli_fail("configuration");
+    if (conf_file != NULL && sp_conf_load_file(cli.conf, conf_file) != SP_OK) {
+        ret = sp_cli_fail("--conf-file");
+        goto out;
+    }
+    if (sp_conf_load_env(cli.conf, environ) != SP_OK) {
+        ret = sp_cli_fail("environment");
+        goto out;
+    }
+    /* Pass 2: --conf assignments, in order, last one wins. */
+    for (int j = 1; first_assignment != 0 && j < i; j++) {
+        if ((value = sp_cli_value(argc, argv, &j, "--conf")) != NULL &&
+            sp_conf_set_assignment(cli.conf, value) != SP_OK) {
+            ret = sp_cli_fail("--conf");
+            goto out;
+        }
+    }
+
+    for (size_t c = 0; c < sizeof(sp_cli_commands) / sizeof(sp_cli_commands[0]); c++) {
+        if (strcmp(argv[i], sp_cli_commands[c].name) == 0) {
+            ret = sp_cli_commands[c].run(&cli, argc - i - 1, argv + i + 1);
+            goto out;
+        }
+    }
+    fprintf(stderr, "spate: unknown command '%s' (see spate --help)\n", argv[i]);
+    ret = 2;
+out:
+    sp_conf_destroy(cli.conf);
+    return ret;
+}
