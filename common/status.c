@@ -52,11 +52,18 @@ void sp_last_error_clear(void)
 
 sp_status_t sp__raise(sp_status_t status, const char *file, int line, const char *fmt, ...)
 {
+    char msg[sizeof(sp_last_msg)];
     va_list ap;
 
+    /*
+     * Format into a local buffer first: callers that add context to an error
+     * pass sp_last_error() itself as an argument, and vsnprintf must not read
+     * the buffer it is writing.
+     */
     va_start(ap, fmt);
-    vsnprintf(sp_last_msg, sizeof(sp_last_msg), fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    memcpy(sp_last_msg, msg, strlen(msg) + 1);
     sp_last_status = status;
     sp_log(SP_LOG_DEBUG, "raised %s at %s:%d: %s", sp_status_str(status), file, line, sp_last_msg);
     return status;
