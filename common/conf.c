@@ -550,9 +550,20 @@ void sp__conf_write_markdown_defs(const sp_conf_def_t *defs, size_t ndefs, FILE 
         const sp_conf_def_t *d = &defs[i];
         char range[160];
 
-        if (d->type == SP_CONF_ENUM)
-            snprintf(range, sizeof(range), "%s", d->choices);
-        else if (d->type == SP_CONF_BOOL)
+        if (d->type == SP_CONF_ENUM) {
+            /* A '|' would end the table cell: list the choices as "a, b, c". */
+            size_t n = 0;
+            for (const char *c = d->choices; c != NULL && *c != '\0' && n + 3 < sizeof(range);
+                 c++) {
+                if (*c == '|') {
+                    range[n++] = ',';
+                    range[n++] = ' ';
+                } else {
+                    range[n++] = *c;
+                }
+            }
+            range[n] = '\0';
+        } else if (d->type == SP_CONF_BOOL)
             snprintf(range, sizeof(range), "true, false");
         else if (d->min != NULL || d->max != NULL)
             snprintf(range, sizeof(range), "%s .. %s", d->min != NULL ? d->min : "",
