@@ -224,7 +224,8 @@ typedef struct sp_page {
  * Called for every page of execution memory: created() after allocation and
  * before the owner sees it (it may set page->reg; an error fails the
  * allocation), destroying() before the page is freed. Called on the
- * allocating/freeing thread, without spate locks held.
+ * allocating/freeing thread with the task's lock held but not the memory
+ * manager's; a hook must not allocate or free pages of the same task.
  */
 typedef struct sp_page_hooks {
     void *arg;
@@ -366,7 +367,8 @@ struct sp_memory_consumer {
     uint64_t spills;              /**< times it spilled */
     uint64_t spilled_bytes;       /**< bytes its spills released */
     sp_memory_consumer_t *next;   /**< task's list; private */
-    sp_memory_consumer_t *prev;
+    sp_memory_consumer_t *prev;   /**< private */
+    uint64_t spill_round;         /**< private: last spill round it was asked in */
 };
 
 /** Counters of one task. */
