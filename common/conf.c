@@ -570,8 +570,9 @@ void sp__conf_write_markdown_defs(const sp_conf_def_t *defs, size_t ndefs, FILE 
                      d->max != NULL ? d->max : "");
         else
             snprintf(range, sizeof(range), "any");
-        fprintf(out, "| `%s` | %s | `%s` | %s | %s |\n", d->key, sp__conf_type_name(d->type),
-                d->def, range, d->doc);
+        fprintf(out, "| `%s` | %s | %s%s%s | %s | %s |\n", d->key, sp__conf_type_name(d->type),
+                *d->def != '\0' ? "`" : "", *d->def != '\0' ? d->def : "(empty)",
+                *d->def != '\0' ? "`" : "", range, d->doc);
     }
 }
 

@@ -9,8 +9,9 @@ SP_CONF_KEY("memory.executor", SP_CONF_SIZE, "0", "0", "1p", NULL,
             "Memory of one executor. 0 gives each executor 3/4 of its NUMA node's memory, "
             "shared among the executors on that node.")
 SP_CONF_KEY("memory.reserved", SP_CONF_SIZE, "300m", "0", "1p", NULL,
-            "Memory kept outside the unified pool for spate's own structures. Scaled down to a "
-            "fifth of an executor smaller than 1.5 x reserved, with a warning.")
+            "Memory kept outside the unified pool for spate's own structures. Left at its default "
+            "on an executor smaller than 1.5 x reserved, it shrinks to a fifth of the executor "
+            "with a warning; set explicitly that large, it is an error.")
 SP_CONF_KEY("memory.fraction", SP_CONF_DOUBLE, "0.6", "0.01", "1", NULL,
             "Share of (executor - reserved) that forms the unified execution/storage pool.")
 SP_CONF_KEY("memory.storage_fraction", SP_CONF_DOUBLE, "0.5", "0", "1", NULL,
