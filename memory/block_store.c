@@ -26,10 +26,10 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define SP_BLOCK_ID_MAX 200
-#define SP_BLOCK_MAGIC UINT32_C(0x4b425053) /* "SPBK" read as little-endian */
+#define SP_BLOCK_ID_MAX  200
+#define SP_BLOCK_MAGIC   UINT32_C(0x4b425053) /* "SPBK" read as little-endian */
 #define SP_BLOCK_VERSION 1
-#define SP_BLOCK_HEADER 24
+#define SP_BLOCK_HEADER  24
 
 typedef struct sp_block_entry sp_block_entry_t;
 struct sp_block_entry {
@@ -222,8 +222,7 @@ static sp_status_t sp_bs_write_file(sp_block_store_t *bs, const char *id, const 
     if (st == SP_OK)
         st = sp_bs_write_all(fd, data, len, tmp);
     if (close(fd) != 0 && st == SP_OK)
-        st = SP_RAISE(SP_ERR_IO, "close block file %s: %s (errno %d)", tmp, strerror(errno),
-                      errno);
+        st = SP_RAISE(SP_ERR_IO, "close block file %s: %s (errno %d)", tmp, strerror(errno), errno);
     if (st == SP_OK && rename(tmp, path) != 0)
         st = SP_RAISE(SP_ERR_IO, "rename %s to %s: %s (errno %d)", tmp, path, strerror(errno),
                       errno);
@@ -275,8 +274,7 @@ static sp_status_t sp_bs_read_file(sp_block_store_t *bs, const char *id, size_t 
         return SP_RAISE(SP_ERR_IO, "open block file %s: %s (errno %d)", path, strerror(errno),
                         errno);
     if (fstat(fd, &sb) != 0) {
-        st = SP_RAISE(SP_ERR_IO, "stat block file %s: %s (errno %d)", path, strerror(errno),
-                      errno);
+        st = SP_RAISE(SP_ERR_IO, "stat block file %s: %s (errno %d)", path, strerror(errno), errno);
         goto out_close;
     }
     if ((uint64_t)sb.st_size < SP_BLOCK_HEADER) {
@@ -374,8 +372,7 @@ static uint64_t sp_bs_evict(void *arg, uint64_t bytes, uint64_t *blocks_p)
     return freed;
 }
 
-sp_status_t sp_block_store_create(sp_memory_manager_t *mm, const char *dir,
-                                  sp_block_store_t **bs_p)
+sp_status_t sp_block_store_create(sp_memory_manager_t *mm, const char *dir, sp_block_store_t **bs_p)
 {
     pthread_mutexattr_t attr;
     sp_block_store_t *bs;
@@ -384,8 +381,8 @@ sp_status_t sp_block_store_create(sp_memory_manager_t *mm, const char *dir,
     if (dir == NULL || *dir == '\0' || strlen(dir) > PATH_MAX - SP_BLOCK_ID_MAX - 16)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "block store directory is empty or too long");
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return SP_RAISE(SP_ERR_IO, "create block directory %s: %s (errno %d)", dir,
-                        strerror(errno), errno);
+        return SP_RAISE(SP_ERR_IO, "create block directory %s: %s (errno %d)", dir, strerror(errno),
+                        errno);
     bs = sp__calloc(1, sizeof(*bs));
     if (bs == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a block store");
@@ -477,8 +474,7 @@ sp_status_t sp_block_store_put(sp_block_store_t *bs, const char *id, const void 
         return st;
     if (level != SP_STORAGE_MEMORY && level != SP_STORAGE_MEMORY_AND_DISK &&
         level != SP_STORAGE_DISK)
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "block %s: unknown storage level %d", id,
-                        (int)level);
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "block %s: unknown storage level %d", id, (int)level);
     if (data == NULL && len != 0)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "block %s: NULL data of %zu bytes", id, len);
     e = sp__calloc(1, sizeof(*e));
@@ -607,7 +603,8 @@ sp_status_t sp_block_store_get(sp_block_store_t *bs, const char *id, sp_block_t 
     st = sp_bs_read_file(bs, id, e->size, &buf);
     if (st != SP_OK)
         goto err_unpin;
-    if (e->level == SP_STORAGE_MEMORY_AND_DISK && sp_memory_manager_acquire_storage(bs->mm, e->size)) {
+    if (e->level == SP_STORAGE_MEMORY_AND_DISK &&
+        sp_memory_manager_acquire_storage(bs->mm, e->size)) {
         copy = sp_arena_alloc(bs->arena, e->size != 0 ? e->size : 1);
         if (copy == NULL) {
             sp_memory_manager_release_storage(bs->mm, e->size);

@@ -124,8 +124,8 @@ sp_status_t sp_memory_manager_create(const sp_conf_t *conf, const sp_topology_t 
     mm = sp__calloc(1, sizeof(*mm));
     if (mm == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a memory manager");
-    st = sp_memory_layout_compute(conf, sp_mm_default_executor_bytes(topo, numa_index),
-                                  &mm->layout);
+    st =
+        sp_memory_layout_compute(conf, sp_mm_default_executor_bytes(topo, numa_index), &mm->layout);
     if (st != SP_OK)
         goto err_free_mm;
     if ((st = sp_conf_get_bool(conf, "memory.numa_bind", &bind)) != SP_OK ||
@@ -392,8 +392,8 @@ uint64_t sp_memory_manager_acquire_execution(sp_memory_manager_t *mm, uint64_t t
             exec_free += grown;
         }
         /* Execution can reach everything but the storage it may not evict. */
-        max_pool = mm->layout.unified_bytes -
-                   SP_MIN(mm->storage_used, mm->layout.storage_region_bytes);
+        max_pool =
+            mm->layout.unified_bytes - SP_MIN(mm->storage_used, mm->layout.storage_region_bytes);
         max_per_task = max_pool / n;
         min_per_task = mm->exec_pool / (2 * n);
         max_to_grant = SP_MIN(bytes, max_per_task > t->bytes ? max_per_task - t->bytes : 0);
@@ -422,8 +422,7 @@ uint64_t sp_memory_manager_acquire_execution(sp_memory_manager_t *mm, uint64_t t
     return granted;
 }
 
-void sp_memory_manager_release_execution(sp_memory_manager_t *mm, uint64_t task_id,
-                                         uint64_t bytes)
+void sp_memory_manager_release_execution(sp_memory_manager_t *mm, uint64_t task_id, uint64_t bytes)
 {
     sp_mm_task_t *t;
 

@@ -193,9 +193,8 @@ void sp_memory_consumer_fini(sp_memory_consumer_t *consumer)
  * other than the requester not yet asked this round and holding memory, the
  * smallest holding at least shortfall, else the largest.
  */
-static sp_memory_consumer_t *sp_task_pick_victim(sp_task_memory_t *task,
-                                                 sp_memory_consumer_t *requester,
-                                                 uint64_t shortfall)
+static sp_memory_consumer_t *
+sp_task_pick_victim(sp_task_memory_t *task, sp_memory_consumer_t *requester, uint64_t shortfall)
 {
     sp_memory_consumer_t *covering = NULL, *largest = NULL;
 
@@ -249,8 +248,7 @@ uint64_t sp_memory_consumer_acquire(sp_memory_consumer_t *consumer, uint64_t byt
     got = sp_memory_manager_acquire_execution(task->mm, task->task_id, bytes);
     if (got < bytes) {
         task->spill_round++;
-        while (got < bytes &&
-               (victim = sp_task_pick_victim(task, consumer, bytes - got)) != NULL) {
+        while (got < bytes && (victim = sp_task_pick_victim(task, consumer, bytes - got)) != NULL) {
             if (sp_task_spill(task, victim, consumer, bytes - got) != 0)
                 got += sp_memory_manager_acquire_execution(task->mm, task->task_id, bytes - got);
         }
@@ -342,8 +340,9 @@ sp_status_t sp_memory_consumer_page_alloc(sp_memory_consumer_t *consumer, uint64
     }
     page->data = sp_arena_alloc(sp_memory_manager_arena(task->mm), size);
     if (page->data == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "task %llu: the NUMA arena cannot allocate a page of %llu bytes",
-                      (unsigned long long)task->task_id, (unsigned long long)size);
+        st =
+            SP_RAISE(SP_ERR_NOMEM, "task %llu: the NUMA arena cannot allocate a page of %llu bytes",
+                     (unsigned long long)task->task_id, (unsigned long long)size);
         goto err_free_page;
     }
     page->size = size;

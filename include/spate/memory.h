@@ -94,7 +94,7 @@ SP_API sp_status_t sp_topology_memory_location(const sp_topology_t *topo, const 
 
 /** One executor of a plan: where it runs and how much memory it gets. */
 typedef struct sp_executor_slot {
-    unsigned numa_index;   /**< node whose cores and memory it uses */
+    unsigned numa_index; /**< node whose cores and memory it uses */
     unsigned numa_os_index;
     unsigned cores;        /**< cores it binds its workers to */
     const char *cpuset;    /**< PU list of those cores, hwloc list syntax */
@@ -115,8 +115,7 @@ typedef struct sp_executor_plan {
  * executors. The caller frees *plan_p with sp_executor_plan_destroy().
  */
 SP_API sp_status_t sp_topology_plan_executors(const sp_topology_t *topo, const sp_conf_t *conf,
-                                              unsigned min_executors,
-                                              sp_executor_plan_t **plan_p);
+                                              unsigned min_executors, sp_executor_plan_t **plan_p);
 
 /** Frees a plan; NULL is accepted. */
 SP_API void sp_executor_plan_destroy(sp_executor_plan_t *plan);
@@ -128,10 +127,10 @@ SP_API void sp_executor_plan_destroy(sp_executor_plan_t *plan);
 typedef struct sp_arena sp_arena_t;
 
 typedef struct sp_arena_stats {
-    uint64_t live_bytes;  /**< bytes allocated and not yet freed */
-    uint64_t peak_bytes;  /**< highest live_bytes */
-    uint64_t allocs;      /**< successful allocations */
-    uint64_t frees;       /**< frees */
+    uint64_t live_bytes;   /**< bytes allocated and not yet freed */
+    uint64_t peak_bytes;   /**< highest live_bytes */
+    uint64_t allocs;       /**< successful allocations */
+    uint64_t frees;        /**< frees */
     uint64_t mapped_bytes; /**< bytes jemalloc mapped from the OS for it */
 } sp_arena_stats_t;
 
@@ -173,12 +172,12 @@ SP_API unsigned sp_arena_numa_index(const sp_arena_t *arena);
  *   bits 26..0   offset in page (27 bits, 0 .. 134,217,727)
  * Sorting the 64-bit words sorts by partition first.
  */
-#define SP_PARTITION_BITS 24
+#define SP_PARTITION_BITS   24
 #define SP_PAGE_NUMBER_BITS 13
 #define SP_PAGE_OFFSET_BITS 27
-#define SP_MAX_PARTITIONS (UINT32_C(1) << SP_PARTITION_BITS)
-#define SP_PAGE_TABLE_SIZE (UINT32_C(1) << SP_PAGE_NUMBER_BITS)
-#define SP_PAGE_MAX_OFFSET ((UINT32_C(1) << SP_PAGE_OFFSET_BITS) - 1)
+#define SP_MAX_PARTITIONS   (UINT32_C(1) << SP_PARTITION_BITS)
+#define SP_PAGE_TABLE_SIZE  (UINT32_C(1) << SP_PAGE_NUMBER_BITS)
+#define SP_PAGE_MAX_OFFSET  ((UINT32_C(1) << SP_PAGE_OFFSET_BITS) - 1)
 
 /** Packs without checking; callers guarantee the limits above. */
 static inline uint64_t sp_packed_ptr_encode(uint32_t partition, uint32_t page, uint32_t offset)
@@ -213,7 +212,7 @@ typedef struct sp_memory_consumer sp_memory_consumer_t;
 
 /** A page of execution memory owned by one consumer of one task. */
 typedef struct sp_page {
-    void *data;                  /**< size bytes, NUMA-local to the executor */
+    void *data; /**< size bytes, NUMA-local to the executor */
     uint64_t size;
     uint32_t number;             /**< index in the task's page table */
     sp_memory_consumer_t *owner; /**< consumer that allocated it */
@@ -241,38 +240,38 @@ typedef struct sp_memory_manager sp_memory_manager_t;
 
 /** Sizes the manager derived from the configuration. */
 typedef struct sp_memory_layout {
-    uint64_t executor_bytes; /**< memory.executor */
-    uint64_t reserved_bytes; /**< memory.reserved, after scaling down */
-    uint64_t unified_bytes;  /**< (executor - reserved) * memory.fraction */
+    uint64_t executor_bytes;       /**< memory.executor */
+    uint64_t reserved_bytes;       /**< memory.reserved, after scaling down */
+    uint64_t unified_bytes;        /**< (executor - reserved) * memory.fraction */
     uint64_t storage_region_bytes; /**< unified * memory.storage_fraction */
-    uint64_t page_bytes;     /**< memory.page_size */
+    uint64_t page_bytes;           /**< memory.page_size */
 } sp_memory_layout_t;
 
 /** Counters of a memory manager; each is cumulative unless it says "now". */
 typedef struct sp_memory_stats {
-    uint64_t execution_used;      /**< now: bytes granted to tasks */
-    uint64_t storage_used;        /**< now: bytes held by cached blocks */
-    uint64_t execution_pool;      /**< now: size of the execution pool */
-    uint64_t storage_pool;        /**< now: size of the storage pool */
-    uint64_t active_tasks;        /**< now: tasks holding or waiting for memory */
-    uint64_t peak_execution_used; /**< highest execution_used */
-    uint64_t peak_storage_used;   /**< highest storage_used */
-    uint64_t execution_acquires;  /**< calls to acquire execution memory */
-    uint64_t execution_refusals;  /**< acquires granted less than asked */
-    uint64_t storage_acquires;    /**< calls to acquire storage memory */
-    uint64_t storage_refusals;    /**< storage acquires refused */
-    uint64_t borrowed_from_storage; /**< bytes execution took from storage */
+    uint64_t execution_used;          /**< now: bytes granted to tasks */
+    uint64_t storage_used;            /**< now: bytes held by cached blocks */
+    uint64_t execution_pool;          /**< now: size of the execution pool */
+    uint64_t storage_pool;            /**< now: size of the storage pool */
+    uint64_t active_tasks;            /**< now: tasks holding or waiting for memory */
+    uint64_t peak_execution_used;     /**< highest execution_used */
+    uint64_t peak_storage_used;       /**< highest storage_used */
+    uint64_t execution_acquires;      /**< calls to acquire execution memory */
+    uint64_t execution_refusals;      /**< acquires granted less than asked */
+    uint64_t storage_acquires;        /**< calls to acquire storage memory */
+    uint64_t storage_refusals;        /**< storage acquires refused */
+    uint64_t borrowed_from_storage;   /**< bytes execution took from storage */
     uint64_t borrowed_from_execution; /**< bytes storage took from execution */
-    uint64_t evictions;           /**< cached blocks evicted for execution or storage */
-    uint64_t evicted_bytes;       /**< bytes those blocks held */
-    uint64_t waits;               /**< times a task blocked below 1/(2N) */
-    uint64_t wait_ns;             /**< total time tasks spent blocked */
-    uint64_t spill_requests;      /**< spill calls made to consumers */
-    uint64_t spill_requested_bytes; /**< bytes those calls asked for */
-    uint64_t spill_released_bytes;  /**< bytes those calls released */
-    uint64_t pages_allocated;     /**< pages handed to consumers */
-    uint64_t pages_freed;         /**< pages returned */
-    uint64_t leaked_bytes;        /**< bytes tasks still held when they ended */
+    uint64_t evictions;               /**< cached blocks evicted for execution or storage */
+    uint64_t evicted_bytes;           /**< bytes those blocks held */
+    uint64_t waits;                   /**< times a task blocked below 1/(2N) */
+    uint64_t wait_ns;                 /**< total time tasks spent blocked */
+    uint64_t spill_requests;          /**< spill calls made to consumers */
+    uint64_t spill_requested_bytes;   /**< bytes those calls asked for */
+    uint64_t spill_released_bytes;    /**< bytes those calls released */
+    uint64_t pages_allocated;         /**< pages handed to consumers */
+    uint64_t pages_freed;             /**< pages returned */
+    uint64_t leaked_bytes;            /**< bytes tasks still held when they ended */
 } sp_memory_stats_t;
 
 /**
@@ -283,8 +282,7 @@ typedef struct sp_memory_stats {
  * to a fifth with a warning. Returns SP_ERR_BAD_CONF, naming the keys, for
  * combinations that leave no memory (unified smaller than one page).
  */
-SP_API sp_status_t sp_memory_layout_compute(const sp_conf_t *conf,
-                                            uint64_t default_executor_bytes,
+SP_API sp_status_t sp_memory_layout_compute(const sp_conf_t *conf, uint64_t default_executor_bytes,
                                             sp_memory_layout_t *layout_p);
 
 /**
@@ -304,8 +302,7 @@ SP_API void sp_memory_manager_stats(sp_memory_manager_t *mm, sp_memory_stats_t *
 SP_API sp_arena_t *sp_memory_manager_arena(sp_memory_manager_t *mm);
 
 /** Installs page hooks (a copy is kept); NULL removes them. */
-SP_API void sp_memory_manager_set_page_hooks(sp_memory_manager_t *mm,
-                                             const sp_page_hooks_t *hooks);
+SP_API void sp_memory_manager_set_page_hooks(sp_memory_manager_t *mm, const sp_page_hooks_t *hooks);
 
 /*
  * Raw pool operations. Tasks go through sp_task_memory / consumers; these are
@@ -362,27 +359,27 @@ typedef struct sp_memory_consumer_ops {
 struct sp_memory_consumer {
     const sp_memory_consumer_ops_t *ops;
     sp_task_memory_t *task;
-    const char *name;             /**< static name for stats and logs */
-    uint64_t used;                /**< execution bytes it holds now */
-    uint64_t spills;              /**< times it spilled */
-    uint64_t spilled_bytes;       /**< bytes its spills released */
-    sp_memory_consumer_t *next;   /**< task's list; private */
-    sp_memory_consumer_t *prev;   /**< private */
-    uint64_t spill_round;         /**< private: last spill round it was asked in */
+    const char *name;           /**< static name for stats and logs */
+    uint64_t used;              /**< execution bytes it holds now */
+    uint64_t spills;            /**< times it spilled */
+    uint64_t spilled_bytes;     /**< bytes its spills released */
+    sp_memory_consumer_t *next; /**< task's list; private */
+    sp_memory_consumer_t *prev; /**< private */
+    uint64_t spill_round;       /**< private: last spill round it was asked in */
 };
 
 /** Counters of one task. */
 typedef struct sp_task_memory_stats {
     uint64_t task_id;
-    uint64_t acquired_bytes;  /**< now: execution bytes held by the task */
-    uint64_t page_bytes;      /**< now: bytes in allocated pages */
+    uint64_t acquired_bytes; /**< now: execution bytes held by the task */
+    uint64_t page_bytes;     /**< now: bytes in allocated pages */
     uint64_t peak_acquired_bytes;
-    uint64_t pages;           /**< now: pages allocated */
-    uint64_t spills;          /**< spill calls that released memory */
-    uint64_t spilled_bytes;   /**< bytes released by spills */
-    uint64_t self_spills;     /**< spills of the requesting consumer itself */
-    uint64_t leaked_bytes;    /**< at destroy: bytes still held, then released */
-    uint64_t leaked_pages;    /**< at destroy: pages still allocated, then freed */
+    uint64_t pages;         /**< now: pages allocated */
+    uint64_t spills;        /**< spill calls that released memory */
+    uint64_t spilled_bytes; /**< bytes released by spills */
+    uint64_t self_spills;   /**< spills of the requesting consumer itself */
+    uint64_t leaked_bytes;  /**< at destroy: bytes still held, then released */
+    uint64_t leaked_pages;  /**< at destroy: pages still allocated, then freed */
 } sp_task_memory_stats_t;
 
 /**
@@ -453,15 +450,15 @@ typedef struct sp_block_store sp_block_store_t;
 typedef struct sp_block sp_block_t;
 
 typedef struct sp_block_store_stats {
-    uint64_t blocks_in_memory;  /**< now */
-    uint64_t blocks_on_disk;    /**< now: blocks whose only copy is on disk */
-    uint64_t memory_bytes;      /**< now: storage memory held by blocks */
-    uint64_t disk_bytes;        /**< now: bytes of block files */
+    uint64_t blocks_in_memory; /**< now */
+    uint64_t blocks_on_disk;   /**< now: blocks whose only copy is on disk */
+    uint64_t memory_bytes;     /**< now: storage memory held by blocks */
+    uint64_t disk_bytes;       /**< now: bytes of block files */
     uint64_t puts;
-    uint64_t memory_hits;       /**< gets served from memory */
-    uint64_t disk_reads;        /**< gets that read a block file */
-    uint64_t evicted_dropped;   /**< memory-only blocks dropped by eviction */
-    uint64_t evicted_to_disk;   /**< blocks written to disk by eviction */
+    uint64_t memory_hits;     /**< gets served from memory */
+    uint64_t disk_reads;      /**< gets that read a block file */
+    uint64_t evicted_dropped; /**< memory-only blocks dropped by eviction */
+    uint64_t evicted_to_disk; /**< blocks written to disk by eviction */
 } sp_block_store_stats_t;
 
 /**

@@ -12,8 +12,8 @@
 #define MiB (UINT64_C(1) << 20)
 
 /* A manager with unified = executor (no reserve, fraction 1), unbound. */
-static inline sp_memory_manager_t *mm_test_create(const char *executor, const char *storage_fraction,
-                                                  const char *page_size)
+static inline sp_memory_manager_t *
+mm_test_create(const char *executor, const char *storage_fraction, const char *page_size)
 {
     sp_memory_manager_t *mm = NULL;
     sp_conf_t *conf = NULL;

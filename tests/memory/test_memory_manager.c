@@ -114,7 +114,7 @@ static void test_execution_single_task_gets_all(void **state)
 
 /* ---- fair share with 4 tasks on threads ---- */
 
-#define FAIR_TASKS 4
+#define FAIR_TASKS  4
 #define FAIR_ROUNDS 300
 
 typedef struct fair_ctx {
@@ -423,9 +423,7 @@ static void test_pools_random_operations_keep_invariants(void **state)
         char id[32];
 
         switch (rand_r(&seed) % 4) {
-        case 0:
-            held[task] += sp_memory_manager_acquire_execution(mm, 10 + task, size);
-            break;
+        case 0: held[task] += sp_memory_manager_acquire_execution(mm, 10 + task, size); break;
         case 1:
             sp_memory_manager_release_execution(mm, 10 + task, held[task] / 2);
             held[task] -= held[task] / 2;
