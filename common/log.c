@@ -22,37 +22,52 @@ static char sp_log_identity[32];
 
 static const char *const sp_log_names[] = {"error", "warn", "info", "debug"};
 
-sp_status_t sp_log_level_parse(const char *text, sp_log_level_t *level_p)
+/*
+ * Index of text in sp_log_names, or -1. It raises nothing: sp_log_level()
+ * runs inside SP_RAISE, where raising again would recurse and would replace
+ * the error being raised.
+ */
+static int sp_log_level_find(const char *text)
 {
     for (size_t i = 0; text != NULL && i < SP_ARRAY_SIZE(sp_log_names); i++) {
-        if (strcmp(text, sp_log_names[i]) == 0) {
-            *level_p = (sp_log_level_t)i;
-            return SP_OK;
-        }
+        if (strcmp(text, sp_log_names[i]) == 0)
+            return (int)i;
     }
-    return SP_RAISE(SP_ERR_INVALID_PARAM, "log level '%s' is not one of error|warn|info|debug",
-                    text != NULL ? text : "(null)");
+    return -1;
+}
+
+sp_status_t sp_log_level_parse(const char *text, sp_log_level_t *level_p)
+{
+    int found = sp_log_level_find(text);
+
+    if (found < 0)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "log level '%s' is not one of error|warn|info|debug",
+                        text != NULL ? text : "(null)");
+    *level_p = (sp_log_level_t)found;
+    return SP_OK;
 }
 
 sp_log_level_t sp_log_level(void)
 {
     int cur = atomic_load_explicit(&sp_log_cur, memory_order_relaxed);
-    sp_log_level_t level = SP_LOG_WARN;
+    int level = SP_LOG_WARN;
     const char *env;
 
     if (SP_LIKELY(cur != SP_LOG_UNSET))
         return (sp_log_level_t)cur;
 
     env = getenv("SPATE_LOG");
-    if (env != NULL && *env != '\0' && sp_log_level_parse(env, &level) != SP_OK) {
+    if (env != NULL && *env != '\0')
+        level = sp_log_level_find(env);
+    if (level < 0) {
         level = SP_LOG_WARN;
-        atomic_store(&sp_log_cur, (int)level);
+        atomic_store(&sp_log_cur, level);
         sp_log_write(SP_LOG_WARN, __FILE__, __LINE__,
                      "SPATE_LOG='%s' is not one of error|warn|info|debug; using warn", env);
-        return level;
+        return (sp_log_level_t)level;
     }
-    atomic_store(&sp_log_cur, (int)level);
-    return level;
+    atomic_store(&sp_log_cur, level);
+    return (sp_log_level_t)level;
 }
 
 void sp_log_set_level(sp_log_level_t level) { atomic_store(&sp_log_cur, (int)level); }
@@ -101,10 +116,10 @@ void sp_log_write(sp_log_level_t level, const char *file, int line, const char *
 
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    r = snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ spate[%s] %s %s:%d: ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 ts.tv_nsec / 1000000, identity, tags[(unsigned)level & 3u],
-                 base != NULL ? base + 1 : file, line);
+    r = snprintf(buf, sizeof(buf),
+                 "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ spate[%s] %s %s:%d: ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
+                 identity, tags[(unsigned)level & 3u], base != NULL ? base + 1 : file, line);
     n = r < 0 ? 0 : SP_MIN((size_t)r, sizeof(buf) - 1);
     va_start(ap, fmt);
     r = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
