@@ -1,0 +1,322 @@
+/*
+ * NUMA-local allocation: one jemalloc arena per sp_arena_t, whose extent
+ * hooks bind every extent jemalloc maps for it to the arena's NUMA node
+ * (and ask for transparent huge pages on big extents). Binding at the extent
+ * level costs one mbind per extent rather than one per allocation, and
+ * jemalloc keeps reusing those extents, so pages stay on the node for the
+ * arena's whole life.
+ *
+ * The hooks forward everything else to jemalloc's default hooks, read once
+ * from arena 0. jemalloc calls the hooks with the extent_hooks_t pointer it
+ * was given, which is embedded in the sp_arena_t, so the hooks find their
+ * arena with container_of. The struct must therefore outlive every call
+ * jemalloc can make: an arena destroyed while allocations are live is kept
+ * (on a list, so that leak checkers see it reachable) instead of freed.
+ *
+ * Allocations bypass the thread cache (MALLOCX_TCACHE_NONE): pages are big
+ * and few, a tcache would keep memory of one arena on a thread that may be
+ * bound elsewhere, and arena.<i>.destroy requires that no tcache holds its
+ * memory. Statistics are relaxed atomics: they are read for reporting, never
+ * to make decisions that need a consistent snapshot.
+ */
+#include "topology_int.h"
+
+#include "common_int.h"
+
+#include <errno.h>
+#include <jemalloc/jemalloc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define SP_ARENA_ALIGN      64
+#define SP_ARENA_HUGE_BYTES ((size_t)2 << 20)
+
+struct sp_arena {
+    extent_hooks_t hooks;          /* given to jemalloc; the hooks get back here with it */
+    unsigned ind;                  /* jemalloc arena index */
+    unsigned numa_index;           /* node the arena allocates on */
+    hwloc_topology_t hw;           /* NULL when extents are not bound */
+    hwloc_const_nodeset_t nodeset; /* the node's nodeset when hw is set */
+    bool huge_pages;
+    atomic_bool bind_warned; /* a failed bind was reported already */
+    atomic_bool huge_warned; /* a failed madvise was reported already */
+    atomic_uint_fast64_t live_bytes;
+    atomic_uint_fast64_t peak_bytes;
+    atomic_uint_fast64_t allocs;
+    atomic_uint_fast64_t frees;
+    atomic_uint_fast64_t mapped_bytes;
+    sp_arena_t *kept_next; /* on sp_arena_kept after a destroy with live memory */
+};
+
+static pthread_once_t sp_arena_once = PTHREAD_ONCE_INIT;
+static extent_hooks_t *sp_arena_default_hooks;
+static int sp_arena_default_err;
+
+/* Arenas destroyed with memory still allocated; never freed, see the note at the top. */
+static pthread_mutex_t sp_arena_kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static sp_arena_t *sp_arena_kept;
+
+static void sp_arena_read_default_hooks(void)
+{
+    size_t sz = sizeof(sp_arena_default_hooks);
+
+    sp_arena_default_err = mallctl("arena.0.extent_hooks", &sp_arena_default_hooks, &sz, NULL, 0);
+}
+
+static sp_arena_t *sp_arena_of(extent_hooks_t *hooks)
+{
+    return sp_container_of(hooks, sp_arena_t, hooks);
+}
+
+/* True the first time it is called for flag: failures are reported once per arena. */
+static bool sp_arena_first_warning(atomic_bool *flag) { return !atomic_exchange(flag, true); }
+
+static void *sp_arena_hook_alloc(extent_hooks_t *hooks, void *new_addr, size_t size,
+                                 size_t alignment, bool *zero, bool *commit, unsigned ind)
+{
+    sp_arena_t *arena = sp_arena_of(hooks);
+    void *addr;
+    int err;
+
+    addr = sp_arena_default_hooks->alloc(sp_arena_default_hooks, new_addr, size, alignment, zero,
+                                         commit, ind);
+    if (addr == NULL)
+        return NULL;
+    atomic_fetch_add_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
+    /*
+     * The pages are not touched yet, so setting the policy now places them
+     * on the node when they are. A refusal keeps the memory (unbound is
+     * slower, not wrong) and is reported once.
+     */
+    if (arena->hw != NULL &&
+        hwloc_set_area_membind(arena->hw, addr, size, arena->nodeset, HWLOC_MEMBIND_BIND,
+                               HWLOC_MEMBIND_BYNODESET) != 0) {
+        err = errno;
+        if (sp_arena_first_warning(&arena->bind_warned))
+            sp_warn("arena %u: cannot bind its memory to NUMA node %u: %s (errno %d); "
+                    "allocating unbound",
+                    arena->ind, arena->numa_index, strerror(err), err);
+    }
+    if (arena->huge_pages && size >= SP_ARENA_HUGE_BYTES &&
+        madvise(addr, size, MADV_HUGEPAGE) != 0) {
+        err = errno;
+        if (sp_arena_first_warning(&arena->huge_warned))
+            sp_warn("arena %u: cannot ask for transparent huge pages: %s (errno %d)", arena->ind,
+                    strerror(err), err);
+    }
+    return addr;
+}
+
+static bool sp_arena_hook_dalloc(extent_hooks_t *hooks, void *addr, size_t size, bool committed,
+                                 unsigned ind)
+{
+    sp_arena_t *arena = sp_arena_of(hooks);
+    bool kept;
+
+    /* true means jemalloc keeps the extent mapped for reuse (opt.retain). */
+    kept = sp_arena_default_hooks->dalloc(sp_arena_default_hooks, addr, size, committed, ind);
+    if (!kept)
+        atomic_fetch_sub_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
+    return kept;
+}
+
+static void sp_arena_hook_destroy(extent_hooks_t *hooks, void *addr, size_t size, bool committed,
+                                  unsigned ind)
+{
+    sp_arena_t *arena = sp_arena_of(hooks);
+
+    sp_arena_default_hooks->destroy(sp_arena_default_hooks, addr, size, committed, ind);
+    atomic_fetch_sub_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
+}
+
+static bool sp_arena_hook_commit(extent_hooks_t *hooks, void *addr, size_t size, size_t offset,
+                                 size_t length, unsigned ind)
+{
+    (void)hooks;
+    return sp_arena_default_hooks->commit(sp_arena_default_hooks, addr, size, offset, length, ind);
+}
+
+static bool sp_arena_hook_decommit(extent_hooks_t *hooks, void *addr, size_t size, size_t offset,
+                                   size_t length, unsigned ind)
+{
+    (void)hooks;
+    return sp_arena_default_hooks->decommit(sp_arena_default_hooks, addr, size, offset, length,
+                                            ind);
+}
+
+static bool sp_arena_hook_purge_lazy(extent_hooks_t *hooks, void *addr, size_t size, size_t offset,
+                                     size_t length, unsigned ind)
+{
+    (void)hooks;
+    return sp_arena_default_hooks->purge_lazy(sp_arena_default_hooks, addr, size, offset, length,
+                                              ind);
+}
+
+static bool sp_arena_hook_purge_forced(extent_hooks_t *hooks, void *addr, size_t size,
+                                       size_t offset, size_t length, unsigned ind)
+{
+    (void)hooks;
+    return sp_arena_default_hooks->purge_forced(sp_arena_default_hooks, addr, size, offset, length,
+                                                ind);
+}
+
+static bool sp_arena_hook_split(extent_hooks_t *hooks, void *addr, size_t size, size_t size_a,
+                                size_t size_b, bool committed, unsigned ind)
+{
+    (void)hooks;
+    return sp_arena_default_hooks->split(sp_arena_default_hooks, addr, size, size_a, size_b,
+                                         committed, ind);
+}
+
+static bool sp_arena_hook_merge(extent_hooks_t *hooks, void *addr_a, size_t size_a, void *addr_b,
+                                size_t size_b, bool committed, unsigned ind)
+{
+    (void)hooks;
+    return sp_arena_default_hooks->merge(sp_arena_default_hooks, addr_a, size_a, addr_b, size_b,
+                                         committed, ind);
+}
+
+/*
+ * Our hooks, with a slot left NULL wherever the default leaves it NULL, so
+ * that jemalloc sees the same capabilities (a NULL slot means "cannot").
+ */
+static void sp_arena_init_hooks(extent_hooks_t *hooks)
+{
+    const extent_hooks_t *def = sp_arena_default_hooks;
+
+    hooks->alloc = def->alloc != NULL ? sp_arena_hook_alloc : NULL;
+    hooks->dalloc = def->dalloc != NULL ? sp_arena_hook_dalloc : NULL;
+    hooks->destroy = def->destroy != NULL ? sp_arena_hook_destroy : NULL;
+    hooks->commit = def->commit != NULL ? sp_arena_hook_commit : NULL;
+    hooks->decommit = def->decommit != NULL ? sp_arena_hook_decommit : NULL;
+    hooks->purge_lazy = def->purge_lazy != NULL ? sp_arena_hook_purge_lazy : NULL;
+    hooks->purge_forced = def->purge_forced != NULL ? sp_arena_hook_purge_forced : NULL;
+    hooks->split = def->split != NULL ? sp_arena_hook_split : NULL;
+    hooks->merge = def->merge != NULL ? sp_arena_hook_merge : NULL;
+}
+
+sp_status_t sp_arena_create(const sp_topology_t *topo, unsigned numa_index, bool bind,
+                            bool huge_pages, sp_arena_t **arena_p)
+{
+    extent_hooks_t *hooks;
+    sp_arena_t *arena;
+    size_t sz;
+    int err;
+
+    if (topo != NULL && numa_index >= sp_topology_numa_count(topo))
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "cannot create an arena on NUMA node %u: the topology has %u nodes",
+                        numa_index, sp_topology_numa_count(topo));
+    pthread_once(&sp_arena_once, sp_arena_read_default_hooks);
+    if (sp_arena_default_err != 0 || sp_arena_default_hooks == NULL)
+        return SP_RAISE(SP_ERR_INTERNAL,
+                        "jemalloc does not give its default extent hooks: %s (error %d)",
+                        strerror(sp_arena_default_err), sp_arena_default_err);
+
+    arena = sp__calloc(1, sizeof(*arena));
+    if (arena == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for an arena on NUMA node %u", numa_index);
+    sp_arena_init_hooks(&arena->hooks);
+    arena->numa_index = numa_index;
+    arena->huge_pages = huge_pages;
+    if (bind && topo != NULL && sp_topology_is_this_system(topo)) {
+        arena->hw = sp__topology_hwloc(topo);
+        arena->nodeset = sp__topology_numa_nodeset(topo, numa_index);
+    }
+    hooks = &arena->hooks;
+    sz = sizeof(arena->ind);
+    err = mallctl("arenas.create", &arena->ind, &sz, &hooks, sizeof(hooks));
+    if (err != 0) {
+        sp__free(arena);
+        return SP_RAISE(SP_ERR_NO_RESOURCE,
+                        "jemalloc cannot create an arena for NUMA node %u: %s (error %d)",
+                        numa_index, strerror(err), err);
+    }
+    *arena_p = arena;
+    return SP_OK;
+}
+
+void sp_arena_destroy(sp_arena_t *arena)
+{
+    uint64_t live;
+    char ctl[64];
+    int err;
+
+    if (arena == NULL)
+        return;
+    live = atomic_load(&arena->live_bytes);
+    if (live != 0) {
+        sp_warn("arena %u (NUMA node %u) destroyed with %llu bytes in %llu allocations still "
+                "allocated: leaked; the arena is kept",
+                arena->ind, arena->numa_index, (unsigned long long)live,
+                (unsigned long long)(atomic_load(&arena->allocs) - atomic_load(&arena->frees)));
+        goto keep;
+    }
+    snprintf(ctl, sizeof(ctl), "arena.%u.destroy", arena->ind);
+    err = mallctl(ctl, NULL, NULL, NULL, 0);
+    if (err != 0) {
+        sp_warn("jemalloc %s failed: %s (error %d); the arena is kept", ctl, strerror(err), err);
+        goto keep;
+    }
+    sp__free(arena);
+    return;
+
+keep:
+    pthread_mutex_lock(&sp_arena_kept_lock);
+    arena->kept_next = sp_arena_kept;
+    sp_arena_kept = arena;
+    pthread_mutex_unlock(&sp_arena_kept_lock);
+}
+
+/* The same flags for mallocx and sdallocx: the alignment picks the size class. */
+static int sp_arena_flags(const sp_arena_t *arena, size_t size)
+{
+    size_t align =
+        arena->huge_pages && size >= SP_ARENA_HUGE_BYTES ? SP_ARENA_HUGE_BYTES : SP_ARENA_ALIGN;
+
+    return MALLOCX_ARENA(arena->ind) | MALLOCX_TCACHE_NONE | MALLOCX_ALIGN(align);
+}
+
+void *sp_arena_alloc(sp_arena_t *arena, size_t size)
+{
+    uint_fast64_t live, peak;
+    void *ptr;
+
+    if (SP_UNLIKELY(sp__fault_fire(SP_FAULT_ALLOC)))
+        return NULL;
+    /* mallocx(0) is undefined; a 0-byte request takes the smallest size class. */
+    ptr = mallocx(size != 0 ? size : 1, sp_arena_flags(arena, size));
+    if (ptr == NULL)
+        return NULL;
+    atomic_fetch_add_explicit(&arena->allocs, 1, memory_order_relaxed);
+    live = atomic_fetch_add_explicit(&arena->live_bytes, size, memory_order_relaxed) + size;
+    peak = atomic_load_explicit(&arena->peak_bytes, memory_order_relaxed);
+    while (live > peak &&
+           !atomic_compare_exchange_weak_explicit(&arena->peak_bytes, &peak, live,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+    }
+    return ptr;
+}
+
+void sp_arena_free(sp_arena_t *arena, void *ptr, size_t size)
+{
+    if (ptr == NULL)
+        return;
+    sdallocx(ptr, size != 0 ? size : 1, sp_arena_flags(arena, size));
+    atomic_fetch_add_explicit(&arena->frees, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&arena->live_bytes, size, memory_order_relaxed);
+}
+
+void sp_arena_stats(const sp_arena_t *arena, sp_arena_stats_t *stats_p)
+{
+    stats_p->live_bytes = atomic_load_explicit(&arena->live_bytes, memory_order_relaxed);
+    stats_p->peak_bytes = atomic_load_explicit(&arena->peak_bytes, memory_order_relaxed);
+    stats_p->allocs = atomic_load_explicit(&arena->allocs, memory_order_relaxed);
+    stats_p->frees = atomic_load_explicit(&arena->frees, memory_order_relaxed);
+    stats_p->mapped_bytes = atomic_load_explicit(&arena->mapped_bytes, memory_order_relaxed);
+}
+
+unsigned sp_arena_numa_index(const sp_arena_t *arena) { return arena->numa_index; }
