@@ -146,7 +146,7 @@ static void test_block_pinned_is_never_evicted_or_removed(void **state)
 {
     sp_memory_manager_t *mm = mm_test_create("16m", "0.5", "1m");
     sp_block_store_t *bs = NULL;
-    char *buf = calloc(1, 8 * MiB);
+    char *buf = calloc(1, 9 * MiB);
     sp_block_t *pin = NULL;
 
     (void)state;
