@@ -19,13 +19,13 @@ extern "C" {
 /* Build switches, compiled in every build so that all code is type-checked. */
 static const bool sp_config_debug = SPATE_BUILD_DEBUG;
 
-#define SP_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define SP_ARRAY_SIZE(a)                   (sizeof(a) / sizeof((a)[0]))
 #define sp_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-#define SP_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define SP_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define SP_UNUSED(x) ((void)(x))
-#define SP_LIKELY(x) __builtin_expect(!!(x), 1)
-#define SP_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SP_MIN(a, b)                       ((a) < (b) ? (a) : (b))
+#define SP_MAX(a, b)                       ((a) > (b) ? (a) : (b))
+#define SP_UNUSED(x)                       ((void)(x))
+#define SP_LIKELY(x)                       __builtin_expect(!!(x), 1)
+#define SP_UNLIKELY(x)                     __builtin_expect(!!(x), 0)
 
 /*
  * Records the detail of an error where it is found and returns status, so

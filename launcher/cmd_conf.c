@@ -53,7 +53,8 @@ static int sp_cmd_conf_print(sp_cli_t *cli, const sp_conf_def_t *def)
     case SP_CONF_ENUM: {
         const char *v = "";
         sp_conf_get_string(cli->conf, def->key, &v);
-        printf("%s = %s%s\n", def->key, v, sp_conf_is_set(cli->conf, def->key) ? "" : "  (default)");
+        printf("%s = %s%s\n", def->key, v,
+               sp_conf_is_set(cli->conf, def->key) ? "" : "  (default)");
         return 0;
     }
     }

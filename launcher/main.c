@@ -33,17 +33,18 @@ static void sp_cli_usage(FILE *out)
             sp_version());
     for (size_t i = 0; i < sizeof(sp_cli_commands) / sizeof(sp_cli_commands[0]); i++)
         fprintf(out, "  %-10s %s\n", sp_cli_commands[i].name, sp_cli_commands[i].summary);
-    fprintf(out, "\n"
-                 "global options:\n"
-                 "  --conf KEY=VALUE   set a configuration key (repeatable; highest precedence)\n"
-                 "  --conf-file FILE   read 'key = value' lines from FILE\n"
-                 "  --log LEVEL        error|warn|info|debug (default: $SPATE_LOG or warn)\n"
-                 "  --version          print the version and exit\n"
-                 "  -h, --help         print this help and exit\n"
-                 "\n"
-                 "Configuration precedence, lowest first: defaults, --conf-file, SPATE_CONF_<KEY>\n"
-                 "environment variables (memory.executor -> SPATE_CONF_MEMORY_EXECUTOR), --conf.\n"
-                 "`spate conf` lists every key. `spate <command> --help` shows a command's options.\n");
+    fprintf(out,
+            "\n"
+            "global options:\n"
+            "  --conf KEY=VALUE   set a configuration key (repeatable; highest precedence)\n"
+            "  --conf-file FILE   read 'key = value' lines from FILE\n"
+            "  --log LEVEL        error|warn|info|debug (default: $SPATE_LOG or warn)\n"
+            "  --version          print the version and exit\n"
+            "  -h, --help         print this help and exit\n"
+            "\n"
+            "Configuration precedence, lowest first: defaults, --conf-file, SPATE_CONF_<KEY>\n"
+            "environment variables (memory.executor -> SPATE_CONF_MEMORY_EXECUTOR), --conf.\n"
+            "`spate conf` lists every key. `spate <command> --help` shows a command's options.\n");
 }
 
 int sp_cli_fail(const char *what)

@@ -15,7 +15,7 @@ extern "C" {
 #endif
 
 #if defined(__GNUC__)
-#define SP_API __attribute__((visibility("default")))
+#define SP_API                      __attribute__((visibility("default")))
 #define SP_PRINTF(fmt_idx, arg_idx) __attribute__((format(printf, fmt_idx, arg_idx)))
 #else
 #define SP_API
@@ -52,10 +52,10 @@ typedef enum sp_status {
     SP_ERR_NOT_FOUND = -5,     /**< the named object does not exist */
     SP_ERR_EXISTS = -6,        /**< the named object already exists */
 
-    SP_ERR_NOMEM = -20,         /**< the system allocator failed */
+    SP_ERR_NOMEM = -20,          /**< the system allocator failed */
     SP_ERR_MEMORY_REFUSED = -21, /**< the memory manager cannot grant memory */
-    SP_ERR_NO_RESOURCE = -22,   /**< another resource (pages, fds) ran out */
-    SP_ERR_BUSY = -23,          /**< the object is in use; try again later */
+    SP_ERR_NO_RESOURCE = -22,    /**< another resource (pages, fds) ran out */
+    SP_ERR_BUSY = -23,           /**< the object is in use; try again later */
 
     SP_ERR_IO = -40,       /**< a file system call failed */
     SP_ERR_NO_SPACE = -41, /**< the disk is full */
@@ -139,8 +139,8 @@ SP_API void sp_log_write(sp_log_level_t level, const char *file, int line, const
             sp_log_write((level), __FILE__, __LINE__, __VA_ARGS__);                                \
     } while (0)
 #define sp_error(...) sp_log(SP_LOG_ERROR, __VA_ARGS__)
-#define sp_warn(...) sp_log(SP_LOG_WARN, __VA_ARGS__)
-#define sp_info(...) sp_log(SP_LOG_INFO, __VA_ARGS__)
+#define sp_warn(...)  sp_log(SP_LOG_WARN, __VA_ARGS__)
+#define sp_info(...)  sp_log(SP_LOG_INFO, __VA_ARGS__)
 #define sp_debug(...) sp_log(SP_LOG_DEBUG, __VA_ARGS__)
 
 /** "0.1.0". */

@@ -79,8 +79,7 @@ SP_API sp_status_t sp_conf_get_double(const sp_conf_t *conf, const char *key, do
 SP_API sp_status_t sp_conf_get_bool(const sp_conf_t *conf, const char *key, bool *value_p);
 SP_API sp_status_t sp_conf_get_duration(const sp_conf_t *conf, const char *key,
                                         uint64_t *value_ns_p);
-SP_API sp_status_t sp_conf_get_string(const sp_conf_t *conf, const char *key,
-                                      const char **value_p);
+SP_API sp_status_t sp_conf_get_string(const sp_conf_t *conf, const char *key, const char **value_p);
 
 /** True when key was set by a file, the environment or an assignment. */
 SP_API bool sp_conf_is_set(const sp_conf_t *conf, const char *key);
