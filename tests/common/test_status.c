@@ -420,7 +420,7 @@ static void log_one_warning(void *p)
 
 static void test_log_line_has_timestamp_identity_and_location(void **state)
 {
-    line_arg_t a;
+    line_arg_t a = {0};
     char out[1024], expected_tail[256];
     struct tm tm;
     time_t logged;
