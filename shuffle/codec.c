@@ -626,7 +626,7 @@ void sp__checksum_init(sp_checksum_t *cs, sp_checksum_kind_t kind)
     cs->kind = kind;
     cs->crc = SP_CRC32C_INIT;
     if (kind == SP_CHECKSUM_XXH3)
-        (void)XXH3_64bits_reset(&cs->xxh);
+        (void)XXH3_64bits_reset(sp__checksum_xxh(cs));
 }
 
 /* Feeds len bytes to the raw CRC register, at most 1 GiB per library call. */
@@ -647,7 +647,7 @@ void sp__checksum_update(sp_checksum_t *cs, const void *data, size_t len)
     if (len == 0)
         return;
     if (cs->kind == SP_CHECKSUM_XXH3)
-        (void)XXH3_64bits_update(&cs->xxh, data, len);
+        (void)XXH3_64bits_update(sp__checksum_xxh(cs), data, len);
     else
         cs->crc = sp_crc32c_update(cs->crc, data, len);
 }
@@ -655,7 +655,7 @@ void sp__checksum_update(sp_checksum_t *cs, const void *data, size_t len)
 uint64_t sp__checksum_final(const sp_checksum_t *cs)
 {
     if (cs->kind == SP_CHECKSUM_XXH3)
-        return XXH3_64bits_digest(&cs->xxh);
+        return XXH3_64bits_digest(sp__checksum_xxh(cs));
     return cs->crc ^ SP_CRC32C_XOR;
 }
 

@@ -52,12 +52,23 @@ void sp__decoder_reset(sp_decoder_t *dec, const void *in, size_t len);
  */
 sp_status_t sp__decoder_read(sp_decoder_t *dec, void *out, size_t cap, size_t *produced_p);
 
-/* Streaming checksum of segment bytes. */
+/*
+ * Streaming checksum of segment bytes. XXH3's state must be 64-byte
+ * aligned, which malloc does not promise for the structs this is embedded
+ * in, so it lives at the first aligned address inside xxh_space (found from
+ * the struct's own address: a checksum must not be moved while in use).
+ */
 typedef struct sp_checksum {
     sp_checksum_kind_t kind;
     uint32_t crc;
-    XXH3_state_t xxh;
+    unsigned char xxh_space[sizeof(XXH3_state_t) + 64];
 } sp_checksum_t;
+
+static inline XXH3_state_t *sp__checksum_xxh(const sp_checksum_t *cs)
+{
+    uintptr_t at = ((uintptr_t)cs->xxh_space + 63) & ~(uintptr_t)63;
+    return (XXH3_state_t *)at;
+}
 
 void sp__checksum_init(sp_checksum_t *cs, sp_checksum_kind_t kind);
 void sp__checksum_update(sp_checksum_t *cs, const void *data, size_t len);
