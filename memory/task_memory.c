@@ -137,6 +137,8 @@ void sp_task_memory_stats(sp_task_memory_t *task, sp_task_memory_stats_t *stats_
     pthread_mutex_unlock(&task->lock);
 }
 
+sp_memory_manager_t *sp_task_memory_manager(const sp_task_memory_t *task) { return task->mm; }
+
 void sp_memory_consumer_init(sp_memory_consumer_t *consumer, sp_task_memory_t *task,
                              const sp_memory_consumer_ops_t *ops, const char *name)
 {

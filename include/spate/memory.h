@@ -399,6 +399,9 @@ SP_API void sp_task_memory_destroy(sp_task_memory_t *task, sp_task_memory_stats_
 
 SP_API void sp_task_memory_stats(sp_task_memory_t *task, sp_task_memory_stats_t *stats_p);
 
+/** The manager a task's memory comes from. */
+SP_API sp_memory_manager_t *sp_task_memory_manager(const sp_task_memory_t *task);
+
 /** Adds consumer (zeroed by the caller or not) to task. Never fails. */
 SP_API void sp_memory_consumer_init(sp_memory_consumer_t *consumer, sp_task_memory_t *task,
                                     const sp_memory_consumer_ops_t *ops, const char *name);
