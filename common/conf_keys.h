@@ -29,3 +29,25 @@ SP_CONF_KEY("memory.topology", SP_CONF_STRING, "", NULL, NULL, NULL,
             "description) or xml:PATH (hwloc XML export).")
 SP_CONF_KEY("memory.block_dir", SP_CONF_STRING, "/tmp", NULL, NULL, NULL,
             "Directory where the block store writes cached blocks kept on disk.")
+SP_CONF_KEY("shuffle.local_dirs", SP_CONF_STRING, "/tmp/spate", NULL, NULL, NULL,
+            "Comma-separated directories for spill files and committed map outputs (created 0700; "
+            "spills go round-robin over them).")
+SP_CONF_KEY("shuffle.compress", SP_CONF_BOOL, "true", NULL, NULL, NULL,
+            "Compress shuffle segments with shuffle.codec; false writes them as they are.")
+SP_CONF_KEY("shuffle.codec", SP_CONF_ENUM, "lz4", NULL, NULL, "none|lz4|zstd",
+            "Codec of shuffle segments (one frame per partition segment).")
+SP_CONF_KEY("shuffle.codec_level", SP_CONF_INT, "1", "1", "19", NULL,
+            "Compression level of zstd (ignored by the other codecs).")
+SP_CONF_KEY("shuffle.checksum", SP_CONF_ENUM, "crc32c", NULL, NULL, "crc32c|xxh3",
+            "Checksum of each partition segment as stored.")
+SP_CONF_KEY("shuffle.bypass_threshold", SP_CONF_INT, "200", "0", "16777216", NULL,
+            "Up to this many partitions, without key ordering or a combiner, a map task writes "
+            "one stream per partition and concatenates them instead of sorting.")
+SP_CONF_KEY("shuffle.spill_records", SP_CONF_INT, "0", "0", "2147483647", NULL,
+            "Spill after this many records in memory (0: only when memory is refused).")
+SP_CONF_KEY("shuffle.file_buffer", SP_CONF_SIZE, "32k", "1k", "64m", NULL,
+            "Write buffer of each per-partition stream of the bypass path.")
+SP_CONF_KEY("shuffle.spill_buffer", SP_CONF_SIZE, "1m", "4k", "256m", NULL,
+            "Write buffer of spill and merge output.")
+SP_CONF_KEY("shuffle.sync", SP_CONF_BOOL, "false", NULL, NULL, NULL,
+            "fsync committed map outputs (and their directory) before they become visible.")
