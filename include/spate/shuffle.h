@@ -42,6 +42,192 @@ SP_API const char *sp_codec_name(sp_codec_t codec);
 SP_API sp_status_t sp_checksum_parse(const char *name, sp_checksum_kind_t *kind_p);
 SP_API const char *sp_checksum_name(sp_checksum_kind_t kind);
 
+/* ------------------------------------------------------------------------ */
+/* Map output writer                                                          */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Compares two keys like memcmp (negative, 0, positive). NULL in the options
+ * means plain byte order (memcmp, then the shorter key first).
+ */
+typedef int (*sp_key_compare_fn_t)(const void *a, size_t alen, const void *b, size_t blen,
+                                   void *arg);
+
+/** How a record's partition is chosen. */
+typedef enum sp_partitioner {
+    SP_PARTITIONER_GIVEN = 0, /**< the caller passes it to write() */
+    SP_PARTITIONER_HASH = 1,  /**< XXH3-64 of the key modulo the partition count */
+    SP_PARTITIONER_RANGE = 2, /**< first split key >= the key; past the last: the last partition */
+} sp_partitioner_t;
+
+/** Which map-side path writes the output. */
+typedef enum sp_writer_path {
+    SP_WRITER_AUTO = 0,   /**< bypass when it applies, else sort */
+    SP_WRITER_SORT = 1,   /**< serialized records, radix sort, spill, merge */
+    SP_WRITER_BYPASS = 2, /**< one stream per partition, then concatenation */
+} sp_writer_path_t;
+
+/** A key given by the caller (range partitioner split points). */
+typedef struct sp_key {
+    const void *data;
+    size_t len;
+} sp_key_t;
+
+typedef struct sp_shuffle_writer_options {
+    uint64_t shuffle_id;
+    uint64_t map_id;
+    uint32_t attempt;
+    uint32_t partitions; /**< 1 .. 16,777,216 */
+    sp_partitioner_t partitioner;
+    const sp_key_t *split_keys;  /**< RANGE: partitions-1 keys in ascending order */
+    bool key_ordering;           /**< records sorted by key within each partition */
+    sp_key_compare_fn_t compare; /**< NULL: byte order */
+    void *compare_arg;
+    sp_codec_t codec;            /**< from shuffle.compress / shuffle.codec */
+    int codec_level;             /**< from shuffle.codec_level */
+    sp_checksum_kind_t checksum; /**< from shuffle.checksum */
+    sp_writer_path_t path;       /**< SP_WRITER_AUTO unless a test forces one */
+} sp_shuffle_writer_options_t;
+
+/**
+ * Map status of a committed map output: where it is and, per partition, the
+ * stored (compressed) segment length, its record count and its checksum.
+ * Arrays have `partitions` entries. Owned by the caller.
+ */
+typedef struct sp_map_status {
+    uint64_t shuffle_id;
+    uint64_t map_id;
+    uint32_t attempt; /**< the attempt whose output was kept */
+    uint32_t partitions;
+    sp_codec_t codec;
+    sp_checksum_kind_t checksum_kind;
+    uint64_t *lengths;
+    uint64_t *records;
+    uint64_t *checksums;
+    char *data_path;
+    char *index_path;
+    char *checksum_path;
+} sp_map_status_t;
+
+/** Frees a status; NULL accepted. */
+SP_API void sp_map_status_destroy(sp_map_status_t *status);
+
+/** Counters of one writer. */
+typedef struct sp_shuffle_write_stats {
+    uint64_t records;      /**< records written */
+    uint64_t record_bytes; /**< key + value bytes written */
+    uint64_t spills;       /**< spill files written */
+    uint64_t spill_bytes;  /**< bytes written to spill files */
+    uint64_t output_bytes; /**< bytes of the committed data file */
+    uint64_t sort_ns;      /**< time sorting pointers */
+    uint64_t spill_ns;     /**< time writing spills */
+    uint64_t merge_ns;     /**< time merging and writing the output */
+    bool bypass;           /**< written by the bypass path */
+} sp_shuffle_write_stats_t;
+
+typedef struct sp_shuffle_writer sp_shuffle_writer_t;
+
+/**
+ * Fills opts with the defaults of conf (codec, level, checksum) for a
+ * GIVEN-partitioner, unordered writer; the caller then sets the ids,
+ * partition count and whatever else it needs.
+ */
+SP_API sp_status_t sp_shuffle_writer_options_init(sp_shuffle_writer_options_t *opts,
+                                                  const sp_conf_t *conf);
+
+/**
+ * Opens the writer of one map task attempt. Memory comes from task (the
+ * writer is one of its memory consumers); files go to shuffle.local_dirs of
+ * conf. Returns SP_ERR_INVALID_PARAM / SP_ERR_TOO_LARGE for bad options
+ * (message names the option), SP_ERR_IO for an unusable local dir. The writer
+ * is used by one thread at a time.
+ */
+SP_API sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf,
+                                          const sp_shuffle_writer_options_t *opts,
+                                          sp_shuffle_writer_t **writer_p);
+
+/**
+ * Writes one record. partition is used with SP_PARTITIONER_GIVEN and ignored
+ * otherwise. The key may be empty only with the GIVEN partitioner. The
+ * bytes are copied. A record larger than the executor's unified memory is
+ * SP_ERR_TOO_LARGE. After an error the writer can only be aborted.
+ */
+SP_API sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *writer, uint32_t partition,
+                                           const void *key, size_t key_len, const void *value,
+                                           size_t value_len);
+
+/**
+ * Sorts, merges and commits the output atomically, then returns its status
+ * (owned by the caller). When another attempt of the same map task has
+ * committed a valid output already, that output is kept, this attempt's
+ * files are removed and the existing output's status is returned.
+ */
+SP_API sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *writer,
+                                            sp_map_status_t **status_p);
+
+/** Drops everything written and removes temporaries; commit is then refused. */
+SP_API void sp_shuffle_writer_abort(sp_shuffle_writer_t *writer);
+
+SP_API void sp_shuffle_writer_stats(const sp_shuffle_writer_t *writer,
+                                    sp_shuffle_write_stats_t *stats_p);
+
+/** Frees the writer, aborting it unless committed. NULL accepted. */
+SP_API void sp_shuffle_writer_close(sp_shuffle_writer_t *writer);
+
+/* ------------------------------------------------------------------------ */
+/* Committed map outputs and their segments                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sp_map_output sp_map_output_t;
+
+/**
+ * Opens a committed map output from its index path (the data and checksum
+ * paths are derived from it) and validates it: magic, version, partition
+ * count, monotonic offsets starting at 0, last offset equal to the data
+ * file's length, the index's own checksum, and the checksum file's header
+ * and size. Any failure is SP_ERR_CORRUPT (or SP_ERR_IO) naming the file.
+ */
+SP_API sp_status_t sp_map_output_open(const char *index_path, sp_map_output_t **output_p);
+SP_API void sp_map_output_close(sp_map_output_t *output);
+SP_API uint32_t sp_map_output_partitions(const sp_map_output_t *output);
+SP_API sp_codec_t sp_map_output_codec(const sp_map_output_t *output);
+SP_API sp_checksum_kind_t sp_map_output_checksum_kind(const sp_map_output_t *output);
+
+/** Where partition p's segment is in the data file, its records and checksum. */
+typedef struct sp_segment_info {
+    uint64_t offset;
+    uint64_t length;
+    uint64_t records;
+    uint64_t checksum;
+} sp_segment_info_t;
+
+SP_API sp_status_t sp_map_output_segment(const sp_map_output_t *output, uint32_t partition,
+                                         sp_segment_info_t *info_p);
+
+/**
+ * Reads partition p's segment into a new buffer (*data_p, freed with free())
+ * and verifies its checksum: SP_ERR_CORRUPT naming the file and partition on
+ * a mismatch.
+ */
+SP_API sp_status_t sp_map_output_read_segment(const sp_map_output_t *output, uint32_t partition,
+                                              void **data_p, size_t *len_p);
+
+/** Iterates the records of a stored segment (decompressing it). */
+typedef struct sp_segment_reader sp_segment_reader_t;
+
+SP_API sp_status_t sp_segment_reader_create(sp_codec_t codec, sp_segment_reader_t **reader_p);
+SP_API void sp_segment_reader_destroy(sp_segment_reader_t *reader);
+/** Starts reading the segment data[0..len); the bytes must outlive the reading. */
+SP_API void sp_segment_reader_reset(sp_segment_reader_t *reader, const void *data, size_t len);
+/**
+ * Next record into key/value pointers valid until the next call; *more_p is
+ * false at the end. A record that overruns the segment, or a frame that does
+ * not decode, is SP_ERR_CORRUPT.
+ */
+SP_API sp_status_t sp_segment_reader_next(sp_segment_reader_t *reader, const void **key_p,
+                                          size_t *key_len_p, const void **value_p,
+                                          size_t *value_len_p, bool *more_p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,393 @@
+/*
+ * Files of the map side: the executor's local directories, the registry of
+ * temporary files (removed at process exit as well as on commit and abort),
+ * the buffered writer every spill and output byte goes through, positioned
+ * reads and writes with fault injection, and CRC-32C combination so that a
+ * merge can copy segments without reading them.
+ *
+ * The writer buffers small writes and passes writes of at least its buffer
+ * size straight to write(2); it is tuned for streams of compressed
+ * segments of kilobytes to megabytes.
+ */
+#include "shuffle_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- local directories ---- */
+
+sp_status_t sp__shuffle_dirs_create(const sp_conf_t *conf, sp_shuffle_dirs_t **dirs_p)
+{
+    const char *spec = NULL, *p;
+    sp_shuffle_dirs_t *dirs;
+    sp_status_t st;
+    unsigned n = 1;
+
+    st = sp_conf_get_string(conf, "shuffle.local_dirs", &spec);
+    if (st != SP_OK)
+        return st;
+    for (p = spec; *p != '\0'; p++)
+        n += *p == ',';
+    dirs = sp__calloc(1, sizeof(*dirs));
+    if (dirs == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for shuffle directories");
+    dirs->dirs = sp__calloc(n, sizeof(*dirs->dirs));
+    if (dirs->dirs == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for shuffle directories");
+        goto err;
+    }
+    for (p = spec;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        char *dir;
+
+        while (len > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            len--;
+        }
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '/'))
+            len--;
+        if (len == 0 || len > PATH_MAX - 128) {
+            st = SP_RAISE(SP_ERR_BAD_CONF,
+                          "shuffle.local_dirs='%s': empty or overlong directory in the list", spec);
+            goto err;
+        }
+        dir = sp__malloc(len + 1);
+        if (dir == NULL) {
+            st = SP_RAISE(SP_ERR_NOMEM, "no memory for shuffle directories");
+            goto err;
+        }
+        memcpy(dir, p, len);
+        dir[len] = '\0';
+        dirs->dirs[dirs->count++] = dir;
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+            st = SP_RAISE(SP_ERR_IO, "shuffle.local_dirs: cannot create %s: %s (errno %d)", dir,
+                          strerror(errno), errno);
+            goto err;
+        }
+        if (access(dir, W_OK | X_OK) != 0) {
+            st = SP_RAISE(SP_ERR_IO, "shuffle.local_dirs: %s is not writable: %s (errno %d)", dir,
+                          strerror(errno), errno);
+            goto err;
+        }
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    *dirs_p = dirs;
+    return SP_OK;
+
+err:
+    sp__shuffle_dirs_destroy(dirs);
+    return st;
+}
+
+void sp__shuffle_dirs_destroy(sp_shuffle_dirs_t *dirs)
+{
+    if (dirs == NULL)
+        return;
+    for (unsigned i = 0; dirs->dirs != NULL && i < dirs->count; i++)
+        sp__free(dirs->dirs[i]);
+    sp__free(dirs->dirs);
+    sp__free(dirs);
+}
+
+const char *sp__shuffle_dirs_next(sp_shuffle_dirs_t *dirs)
+{
+    return dirs->dirs[dirs->next++ % dirs->count];
+}
+
+const char *sp__shuffle_dirs_output(const sp_shuffle_dirs_t *dirs, uint64_t shuffle_id,
+                                    uint64_t map_id)
+{
+    uint64_t key[2] = {shuffle_id, map_id};
+
+    return dirs->dirs[XXH3_64bits(key, sizeof(key)) % dirs->count];
+}
+
+/* ---- temporary file registry ---- */
+
+typedef struct sp_tempfile {
+    struct sp_tempfile *next;
+    char path[];
+} sp_tempfile_t;
+
+static pthread_mutex_t sp_temp_lock = PTHREAD_MUTEX_INITIALIZER;
+static sp_tempfile_t *sp_temp_head;
+static bool sp_temp_atexit;
+
+static void sp_tempfile_cleanup(void)
+{
+    pthread_mutex_lock(&sp_temp_lock);
+    for (sp_tempfile_t *t = sp_temp_head; t != NULL; t = t->next)
+        unlink(t->path);
+    pthread_mutex_unlock(&sp_temp_lock);
+}
+
+void sp__tempfile_register(const char *path)
+{
+    size_t len = strlen(path) + 1;
+    /* Not counted by fault injection: losing track of a temporary only
+     * means it may survive a crash, and malloc's failure is handled. */
+    sp_tempfile_t *t = malloc(sizeof(*t) + len);
+
+    if (t == NULL)
+        return;
+    memcpy(t->path, path, len);
+    pthread_mutex_lock(&sp_temp_lock);
+    if (!sp_temp_atexit)
+        sp_temp_atexit = atexit(sp_tempfile_cleanup) == 0;
+    t->next = sp_temp_head;
+    sp_temp_head = t;
+    pthread_mutex_unlock(&sp_temp_lock);
+}
+
+void sp__tempfile_forget(const char *path)
+{
+    sp_tempfile_t **pp, *t = NULL;
+
+    pthread_mutex_lock(&sp_temp_lock);
+    for (pp = &sp_temp_head; *pp != NULL; pp = &(*pp)->next) {
+        if (strcmp((*pp)->path, path) == 0) {
+            t = *pp;
+            *pp = t->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&sp_temp_lock);
+    free(t);
+}
+
+/* ---- positioned I/O ---- */
+
+static sp_status_t sp_write_error(const char *op, const char *path, int err)
+{
+    return SP_RAISE(err == ENOSPC ? SP_ERR_NO_SPACE : SP_ERR_IO, "%s %s: %s (errno %d)", op, path,
+                    strerror(err), err);
+}
+
+sp_status_t sp__pwrite_all(int fd, const void *buf, size_t len, uint64_t offset, const char *path)
+{
+    const char *p = buf;
+
+    while (len > 0) {
+        ssize_t n;
+
+        if (sp__fault_fire(SP_FAULT_WRITE)) {
+            errno = ENOSPC;
+            n = -1;
+        } else {
+            n = pwrite(fd, p, len, (off_t)offset);
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return sp_write_error("write", path, errno);
+        if (n == 0)
+            return SP_RAISE(SP_ERR_IO, "write %s: wrote nothing of %zu bytes", path, len);
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return SP_OK;
+}
+
+sp_status_t sp__pread_all(int fd, void *buf, size_t len, uint64_t offset, const char *path)
+{
+    char *p = buf;
+
+    while (len > 0) {
+        ssize_t n;
+
+        if (sp__fault_fire(SP_FAULT_READ)) {
+            errno = EIO;
+            n = -1;
+        } else {
+            n = pread(fd, p, len, (off_t)offset);
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return SP_RAISE(SP_ERR_IO, "read %s: %s (errno %d)", path, strerror(errno), errno);
+        if (n == 0)
+            return SP_RAISE(SP_ERR_CORRUPT, "read %s: file ends %zu bytes early at offset %llu",
+                            path, len, (unsigned long long)offset);
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return SP_OK;
+}
+
+/* ---- buffered writer ---- */
+
+sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t buffer)
+{
+    memset(fw, 0, sizeof(*fw));
+    fw->fd = -1;
+    fw->path = sp__strdup(path);
+    fw->buf = sp__malloc(buffer);
+    if (fw->path == NULL || fw->buf == NULL) {
+        sp__free(fw->path);
+        sp__free(fw->buf);
+        fw->path = NULL;
+        fw->buf = NULL;
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the write buffer of %s", path);
+    }
+    fw->cap = buffer;
+    sp__tempfile_register(path);
+    fw->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fw->fd < 0) {
+        int err = errno;
+        sp__tempfile_forget(path);
+        sp__free(fw->path);
+        sp__free(fw->buf);
+        fw->path = NULL;
+        fw->buf = NULL;
+        return sp_write_error("create", path, err);
+    }
+    return SP_OK;
+}
+
+sp_status_t sp__file_writer_flush(sp_file_writer_t *fw)
+{
+    uint64_t at = fw->offset - fw->len;
+    sp_status_t st;
+
+    if (fw->len == 0)
+        return SP_OK;
+    st = sp__pwrite_all(fw->fd, fw->buf, fw->len, at, fw->path);
+    fw->len = 0;
+    return st;
+}
+
+sp_status_t sp__file_writer_write(sp_file_writer_t *fw, const void *data, size_t len)
+{
+    sp_status_t st;
+
+    if (fw->len + len <= fw->cap) {
+        memcpy(fw->buf + fw->len, data, len);
+        fw->len += len;
+        fw->offset += len;
+        return SP_OK;
+    }
+    st = sp__file_writer_flush(fw);
+    if (st != SP_OK)
+        return st;
+    if (len >= fw->cap) {
+        st = sp__pwrite_all(fw->fd, data, len, fw->offset, fw->path);
+        fw->offset += len;
+        return st;
+    }
+    memcpy(fw->buf, data, len);
+    fw->len = len;
+    fw->offset += len;
+    return SP_OK;
+}
+
+sp_status_t sp__file_writer_sink(void *arg, const void *buf, size_t len)
+{
+    sp_file_writer_t *fw = arg;
+
+    if (fw->checksumming)
+        sp__checksum_update(&fw->cs, buf, len);
+    return sp__file_writer_write(fw, buf, len);
+}
+
+sp_status_t sp__file_writer_finish(sp_file_writer_t *fw, bool sync)
+{
+    sp_status_t st = sp__file_writer_flush(fw);
+
+    if (st == SP_OK && sync && fsync(fw->fd) != 0)
+        st = SP_RAISE(SP_ERR_IO, "fsync %s: %s (errno %d)", fw->path, strerror(errno), errno);
+    if (close(fw->fd) != 0 && st == SP_OK)
+        st = sp_write_error("close", fw->path, errno);
+    fw->fd = -1;
+    return st;
+}
+
+void sp__file_writer_discard(sp_file_writer_t *fw)
+{
+    if (fw->path == NULL)
+        return;
+    if (fw->fd >= 0)
+        close(fw->fd);
+    fw->fd = -1;
+    unlink(fw->path);
+    sp__tempfile_forget(fw->path);
+    sp__file_writer_release(fw);
+}
+
+void sp__file_writer_release(sp_file_writer_t *fw)
+{
+    sp__free(fw->buf);
+    sp__free(fw->path);
+    fw->buf = NULL;
+    fw->path = NULL;
+}
+
+sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_checksum_kind_t kind)
+{
+    unsigned char h[SP_DATA_HEADER];
+
+    sp__put_le32(h, SP_DATA_MAGIC);
+    h[4] = SP_DATA_VERSION;
+    h[5] = 0;
+    h[6] = (unsigned char)codec;
+    h[7] = (unsigned char)kind;
+    return sp__file_writer_write(fw, h, sizeof(h));
+}
+
+/* ---- CRC-32C combination (GF(2) matrix method of zlib's crc32_combine) ---- */
+
+static uint32_t sp_gf2_times(const uint32_t *mat, uint32_t vec)
+{
+    uint32_t sum = 0;
+
+    for (; vec != 0; vec >>= 1, mat++) {
+        if (vec & 1)
+            sum ^= *mat;
+    }
+    return sum;
+}
+
+static void sp_gf2_square(uint32_t *square, const uint32_t *mat)
+{
+    for (int n = 0; n < 32; n++)
+        square[n] = sp_gf2_times(mat, mat[n]);
+}
+
+uint32_t sp__crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
+{
+    uint32_t even[32], odd[32], row = 1;
+
+    if (len_b == 0)
+        return crc_a;
+    odd[0] = 0x82f63b78u; /* reflected Castagnoli polynomial */
+    for (int n = 1; n < 32; n++) {
+        odd[n] = row;
+        row <<= 1;
+    }
+    sp_gf2_square(even, odd); /* two zero bits */
+    sp_gf2_square(odd, even); /* four zero bits */
+    do {
+        sp_gf2_square(even, odd);
+        if (len_b & 1)
+            crc_a = sp_gf2_times(even, crc_a);
+        len_b >>= 1;
+        if (len_b == 0)
+            break;
+        sp_gf2_square(odd, even);
+        if (len_b & 1)
+            crc_a = sp_gf2_times(odd, crc_a);
+        len_b >>= 1;
+    } while (len_b != 0);
+    return crc_a ^ crc_b;
+}

@@ -1,0 +1,128 @@
+/*
+ * Private interface of the shuffle layer's map side: local directories and
+ * the temporary-file registry, the buffered file writer that all spill and
+ * output bytes go through, and the on-disk constants (docs/FORMATS.md).
+ */
+#ifndef SPATE_SHUFFLE_INT_H
+#define SPATE_SHUFFLE_INT_H
+
+#include "codec.h"
+#include "common_int.h"
+#include <spate/shuffle.h>
+
+/* Data and spill files start with this 8-byte header; segments follow. */
+#define SP_DATA_MAGIC    UINT32_C(0x54445053) /* "SPDT" */
+#define SP_DATA_VERSION  1
+#define SP_DATA_HEADER   8
+#define SP_INDEX_MAGIC   UINT32_C(0x58495053) /* "SPIX" */
+#define SP_INDEX_VERSION 1
+#define SP_INDEX_HEADER  16
+#define SP_CSUM_MAGIC    UINT32_C(0x53435053) /* "SPCS" */
+#define SP_CSUM_VERSION  1
+#define SP_CSUM_HEADER   16
+/* A record in a segment: u32 key length, u32 value length, key, value. */
+#define SP_RECORD_HEADER 8
+
+static inline void sp__put_le32(unsigned char *p, uint32_t v)
+{
+    for (unsigned i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline void sp__put_le64(unsigned char *p, uint64_t v)
+{
+    for (unsigned i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint32_t sp__get_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t sp__get_le64(const unsigned char *p)
+{
+    return (uint64_t)sp__get_le32(p) | (uint64_t)sp__get_le32(p + 4) << 32;
+}
+
+/* ---- local directories ---- */
+
+typedef struct sp_shuffle_dirs {
+    char **dirs;
+    unsigned count;
+    unsigned next; /* round-robin cursor for spills */
+} sp_shuffle_dirs_t;
+
+/* Parses shuffle.local_dirs and creates each directory 0700 if missing. */
+sp_status_t sp__shuffle_dirs_create(const sp_conf_t *conf, sp_shuffle_dirs_t **dirs_p);
+void sp__shuffle_dirs_destroy(sp_shuffle_dirs_t *dirs);
+/* Directory of the next spill file. */
+const char *sp__shuffle_dirs_next(sp_shuffle_dirs_t *dirs);
+/* Directory of the committed output of (shuffle, map): the same for every attempt. */
+const char *sp__shuffle_dirs_output(const sp_shuffle_dirs_t *dirs, uint64_t shuffle_id,
+                                    uint64_t map_id);
+
+/*
+ * Temporary files are registered while they exist so that they are removed
+ * when the process exits (atexit), as well as on commit and abort.
+ */
+void sp__tempfile_register(const char *path);
+void sp__tempfile_forget(const char *path);
+
+/* ---- buffered file writer ---- */
+
+typedef struct sp_file_writer {
+    int fd;
+    char *path;
+    unsigned char *buf;
+    size_t cap, len;
+    uint64_t offset;  /* bytes handed to the writer so far */
+    sp_checksum_t cs; /* running checksum of the current segment */
+    bool checksumming;
+} sp_file_writer_t;
+
+/* Creates path exclusively (0600), registered as a temporary file. */
+sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t buffer);
+sp_status_t sp__file_writer_write(sp_file_writer_t *fw, const void *data, size_t len);
+sp_status_t sp__file_writer_flush(sp_file_writer_t *fw);
+/* Flushes, fsyncs when sync, and closes; the file stays (still registered). */
+sp_status_t sp__file_writer_finish(sp_file_writer_t *fw, bool sync);
+/* Closes if open, removes the file and forgets it. */
+void sp__file_writer_discard(sp_file_writer_t *fw);
+/* Frees the writer's memory after finish (the file stays). */
+void sp__file_writer_release(sp_file_writer_t *fw);
+/* Sink for the encoder: checksums (when enabled) and writes. */
+sp_status_t sp__file_writer_sink(void *arg, const void *buf, size_t len);
+
+/* Writes the data/spill file header. */
+sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_checksum_kind_t kind);
+
+/* Writes len bytes at offset of fd with retries; fault-injectable (SP_FAULT_WRITE). */
+sp_status_t sp__pwrite_all(int fd, const void *buf, size_t len, uint64_t offset, const char *path);
+/* Reads len bytes at offset of fd; short file is SP_ERR_CORRUPT. (SP_FAULT_READ) */
+sp_status_t sp__pread_all(int fd, void *buf, size_t len, uint64_t offset, const char *path);
+
+/* ---- committed outputs ---- */
+
+/* Paths of the committed files of (shuffle, map) in dir. */
+void sp__output_paths(const char *dir, uint64_t shuffle_id, uint64_t map_id, char *data,
+                      char *index, char *checksum, size_t len);
+
+/*
+ * Commits a finished temporary data file with the given per-partition
+ * lengths, records and checksums: writes the checksum and index
+ * temporaries, then under an exclusive lock on the output renames data,
+ * checksum and index (the index last: it is the commit point). If a valid
+ * output is already committed, the temporaries are removed and its status
+ * returned instead. The commit owns data_tmp: it is renamed or removed, also
+ * when the commit fails.
+ */
+sp_status_t sp__output_commit(const char *dir, const char *data_tmp,
+                              const sp_shuffle_writer_options_t *opts, const uint64_t *lengths,
+                              const uint64_t *records, const uint64_t *checksums, bool sync,
+                              sp_map_status_t **status_p);
+
+/* CRC-32C of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine, Castagnoli). */
+uint32_t sp__crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
+#endif
