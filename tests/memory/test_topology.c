@@ -35,7 +35,8 @@ static sp_topology_t *topo_create_ok(const char *source)
     sp_status_t st = sp_topology_create(source, &topo);
 
     if (st != SP_OK)
-        fail_msg("sp_topology_create(%s): %s: %s", source, sp_status_str(st), sp_last_error());
+        fail_msg("sp_topology_create(%s): %s: %s", source != NULL ? source : "this machine",
+                 sp_status_str(st), sp_last_error());
     assert_non_null(topo);
     return topo;
 }
