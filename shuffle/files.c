@@ -199,6 +199,15 @@ sp_status_t sp__pwrite_all(int fd, const void *buf, size_t len, uint64_t offset,
     return SP_OK;
 }
 
+int sp__fsync(int fd)
+{
+    if (sp__fault_fire(SP_FAULT_WRITE)) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
 sp_status_t sp__pread_all(int fd, void *buf, size_t len, uint64_t offset, const char *path)
 {
     char *p = buf;
@@ -305,7 +314,7 @@ sp_status_t sp__file_writer_finish(sp_file_writer_t *fw, bool sync)
 {
     sp_status_t st = sp__file_writer_flush(fw);
 
-    if (st == SP_OK && sync && fsync(fw->fd) != 0)
+    if (st == SP_OK && sync && sp__fsync(fw->fd) != 0)
         st = SP_RAISE(SP_ERR_IO, "fsync %s: %s (errno %d)", fw->path, strerror(errno), errno);
     if (close(fw->fd) != 0 && st == SP_OK)
         st = sp_write_error("close", fw->path, errno);

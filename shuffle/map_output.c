@@ -113,7 +113,7 @@ static sp_status_t sp_small_file_write(const char *path, const unsigned char *bu
                         path, strerror(errno), errno);
     }
     st = sp__pwrite_all(fd, buf, len, 0, path);
-    if (st == SP_OK && sync && fsync(fd) != 0)
+    if (st == SP_OK && sync && sp__fsync(fd) != 0)
         st = SP_RAISE(SP_ERR_IO, "fsync %s: %s (errno %d)", path, strerror(errno), errno);
     if (close(fd) != 0 && st == SP_OK)
         st = SP_RAISE(SP_ERR_IO, "close %s: %s (errno %d)", path, strerror(errno), errno);
@@ -260,7 +260,7 @@ sp_status_t sp__output_commit(const char *dir, const char *data_tmp,
         close(dfd);
         goto out_unlink_index;
     }
-    if (sync && fsync(dfd) != 0) {
+    if (sync && sp__fsync(dfd) != 0) {
         st = SP_RAISE(SP_ERR_IO, "fsync directory %s: %s (errno %d)", dir, strerror(errno), errno);
         unlink(index);
         unlink(data);

@@ -1049,7 +1049,7 @@ static sp_status_t sp_fsync_path(const char *path)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     sp_status_t st = SP_OK;
 
-    if (fd < 0 || fsync(fd) != 0)
+    if (fd < 0 || sp__fsync(fd) != 0)
         st = SP_RAISE(SP_ERR_IO, "fsync %s: %s (errno %d)", path, strerror(errno), errno);
     if (fd >= 0)
         close(fd);
