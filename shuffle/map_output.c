@@ -60,6 +60,8 @@ void sp_map_status_destroy(sp_map_status_t *status)
     sp__free(status->data_path);
     sp__free(status->index_path);
     sp__free(status->checksum_path);
+    sp__free(status->address);
+    sp__free(status->rkey);
     sp__free(status);
 }
 

@@ -107,7 +107,34 @@ typedef struct sp_map_status {
     char *data_path;
     char *index_path;
     char *checksum_path;
+    uint32_t executor_id; /**< executor holding the output (0 until the executor sets it) */
+    char *address;        /**< transport address of that executor; NULL: read locally */
+    unsigned char *rkey;  /**< remote-access key of the registered output; NULL until the
+                               transport fills it */
+    size_t rkey_len;
+    bool approximate; /**< from the compact form: lengths and records of small partitions
+                           are averages and checksums is NULL (the checksum file has them) */
 } sp_map_status_t;
+
+/**
+ * Serializes a status for the wire (docs/FORMATS.md). Statuses with more
+ * than compact_threshold partitions use the compact form: partitions larger
+ * than exact_bytes exactly, the others as an average plus a bitmap of empty
+ * partitions, and no checksums. *buf_p is freed with free().
+ */
+SP_API sp_status_t sp_map_status_serialize(const sp_map_status_t *status,
+                                           uint32_t compact_threshold, uint64_t exact_bytes,
+                                           void **buf_p, size_t *len_p);
+
+/**
+ * Parses a serialized status, checking every length and count against the
+ * bytes given: SP_ERR_BAD_FORMAT naming what is wrong otherwise.
+ */
+SP_API sp_status_t sp_map_status_deserialize(const void *buf, size_t len,
+                                             sp_map_status_t **status_p);
+
+/** Deep copy of a status. */
+SP_API sp_status_t sp_map_status_dup(const sp_map_status_t *status, sp_map_status_t **copy_p);
 
 /** Frees a status; NULL accepted. */
 SP_API void sp_map_status_destroy(sp_map_status_t *status);
@@ -227,6 +254,127 @@ SP_API void sp_segment_reader_reset(sp_segment_reader_t *reader, const void *dat
 SP_API sp_status_t sp_segment_reader_next(sp_segment_reader_t *reader, const void **key_p,
                                           size_t *key_len_p, const void **value_p,
                                           size_t *value_len_p, bool *more_p);
+
+/* ------------------------------------------------------------------------ */
+/* Map output tracker and block lists                                         */
+/* ------------------------------------------------------------------------ */
+
+/** One block to read: the segment of reduce partition reduce_id of one map output. */
+typedef struct sp_block_ref {
+    uint64_t shuffle_id;
+    uint64_t map_id;
+    uint32_t reduce_id;
+    uint32_t executor_id;
+    const char *address;    /**< NULL: a local block */
+    const char *index_path; /**< committed index of the map output (on its executor) */
+    uint64_t size;          /**< stored bytes (an average when the status is approximate) */
+    uint64_t records;
+    sp_codec_t codec;
+    sp_checksum_kind_t checksum_kind;
+    const unsigned char *rkey;
+    size_t rkey_len;
+} sp_block_ref_t;
+
+/** Blocks of a read, in (map, reduce) order; strings point into the list. */
+typedef struct sp_block_list {
+    size_t count;
+    sp_block_ref_t *blocks;
+    void *priv; /**< storage of the list; private */
+} sp_block_list_t;
+
+SP_API void sp_block_list_destroy(sp_block_list_t *list);
+
+/**
+ * Builds the block list of reduce partitions [reduce_start, reduce_end) over
+ * the given statuses (one per map output), skipping empty blocks.
+ */
+SP_API sp_status_t sp_block_list_from_statuses(const sp_map_status_t *const *statuses,
+                                               size_t count, uint32_t reduce_start,
+                                               uint32_t reduce_end, sp_block_list_t **list_p);
+
+typedef struct sp_map_output_tracker sp_map_output_tracker_t;
+
+/**
+ * The driver's map output tracker: statuses per shuffle, the blocks of a
+ * reduce partition range and where they are, and the outputs lost with an
+ * executor. Thread safe.
+ */
+SP_API sp_status_t sp_map_output_tracker_create(sp_map_output_tracker_t **tracker_p);
+SP_API void sp_map_output_tracker_destroy(sp_map_output_tracker_t *tracker);
+/** Declares a shuffle of maps map outputs and partitions partitions. */
+SP_API sp_status_t sp_map_output_tracker_register_shuffle(sp_map_output_tracker_t *tracker,
+                                                          uint64_t shuffle_id, uint32_t maps,
+                                                          uint32_t partitions);
+SP_API void sp_map_output_tracker_unregister_shuffle(sp_map_output_tracker_t *tracker,
+                                                     uint64_t shuffle_id);
+/** Records (a copy of) a committed output's status, replacing an earlier one. */
+SP_API sp_status_t sp_map_output_tracker_register_output(sp_map_output_tracker_t *tracker,
+                                                         const sp_map_status_t *status);
+SP_API sp_status_t sp_map_output_tracker_unregister_output(sp_map_output_tracker_t *tracker,
+                                                           uint64_t shuffle_id, uint64_t map_id);
+/** Drops every output held by executor_id; returns how many were dropped. */
+SP_API size_t sp_map_output_tracker_remove_executor(sp_map_output_tracker_t *tracker,
+                                                    uint32_t executor_id);
+/** Map ids of shuffle_id with no registered output, for recomputation. */
+SP_API sp_status_t sp_map_output_tracker_missing(sp_map_output_tracker_t *tracker,
+                                                 uint64_t shuffle_id, uint64_t **map_ids_p,
+                                                 size_t *count_p);
+/**
+ * Blocks of reduce partitions [reduce_start, reduce_end) over maps
+ * [map_start, map_end). SP_ERR_FETCH_FAILED naming the first missing map
+ * output when one is not registered.
+ */
+SP_API sp_status_t sp_map_output_tracker_blocks(sp_map_output_tracker_t *tracker,
+                                                uint64_t shuffle_id, uint32_t reduce_start,
+                                                uint32_t reduce_end, uint32_t map_start,
+                                                uint32_t map_end, sp_block_list_t **list_p);
+
+/* ------------------------------------------------------------------------ */
+/* Combining values of one key (aggregation, map-side combine)               */
+/* ------------------------------------------------------------------------ */
+
+/**
+ * Combines values a and b of one key into out (cap bytes) and returns the
+ * combined length; when that is more than cap nothing need be written and
+ * the call is repeated with a buffer of at least that size. Must be
+ * associative; it may be called in any grouping of a key's values.
+ */
+typedef struct sp_combiner {
+    size_t (*combine)(void *arg, const void *key, size_t key_len, const void *a, size_t a_len,
+                      const void *b, size_t b_len, void *out, size_t cap);
+    void *arg;
+} sp_combiner_t;
+
+typedef struct sp_aggregator sp_aggregator_t;
+
+typedef struct sp_aggregator_stats {
+    uint64_t inserted;   /**< records inserted */
+    uint64_t keys;       /**< distinct keys returned */
+    uint64_t spills;     /**< spill files written */
+    uint64_t spill_bytes;
+    uint64_t peak_bytes; /**< highest execution memory held */
+} sp_aggregator_stats_t;
+
+/**
+ * Hash aggregation of (key, value) records with combiner, in execution
+ * memory of task (a memory consumer: when memory is refused, or another
+ * consumer asks, the table is spilled sorted by key hash, and spills are
+ * merge-aggregated at the end). Spill files go to shuffle.local_dirs.
+ */
+SP_API sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
+                                        const sp_combiner_t *combiner, sp_aggregator_t **agg_p);
+SP_API sp_status_t sp_aggregator_insert(sp_aggregator_t *agg, const void *key, size_t key_len,
+                                        const void *value, size_t value_len);
+/**
+ * Next aggregated (key, value); the first call ends the input. Each key
+ * comes exactly once, in no particular order. Pointers stay valid until the
+ * next call. *more_p is false at the end.
+ */
+SP_API sp_status_t sp_aggregator_next(sp_aggregator_t *agg, const void **key_p, size_t *key_len_p,
+                                      const void **value_p, size_t *value_len_p, bool *more_p);
+SP_API void sp_aggregator_stats(const sp_aggregator_t *agg, sp_aggregator_stats_t *stats_p);
+/** Frees the aggregator and removes its spill files; NULL accepted. */
+SP_API void sp_aggregator_destroy(sp_aggregator_t *agg);
 
 #ifdef __cplusplus
 }
