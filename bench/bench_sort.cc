@@ -19,18 +19,7 @@
 #include "common_int.h"
 #include <spate/memory.h>
 
-/*
- * shuffle/radix_sort.h is C: it has no extern "C" guard of its own, and
- * sp__key_prefix converts its const void * argument implicitly, which C++
- * rejects. Its one `void` is read as `unsigned char` here, so that this file
- * still compiles against the real declarations; drop the define once the
- * header casts.
- */
-#define void unsigned char
-extern "C" {
 #include "shuffle/radix_sort.h"
-}
-#undef void
 
 #include <benchmark/benchmark.h>
 

@@ -8,6 +8,10 @@
 
 #include "common_int.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*
  * Sorts n packed pointers (include/spate/memory.h) by partition, stable,
  * using tmp (room for n) as the second buffer. Returns the buffer that holds
@@ -31,7 +35,7 @@ sp_sort_entry_t *sp__radix_sort_entries(sp_sort_entry_t *a, sp_sort_entry_t *tmp
 /* The prefix of a key: its first 8 bytes as a big-endian number. */
 static inline uint64_t sp__key_prefix(const void *key, size_t len)
 {
-    const unsigned char *k = key;
+    const unsigned char *k = (const unsigned char *)key;
     uint64_t p = 0;
 
     for (size_t i = 0; i < 8; i++)
@@ -39,4 +43,7 @@ static inline uint64_t sp__key_prefix(const void *key, size_t len)
     return p;
 }
 
+#ifdef __cplusplus
+}
+#endif
 #endif
