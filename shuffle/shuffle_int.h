@@ -124,6 +124,38 @@ sp_status_t sp__output_commit(const char *dir, const char *data_tmp,
                               const uint64_t *records, const uint64_t *checksums, bool sync,
                               sp_map_status_t **status_p);
 
+/* ---- k-way merge of key-sorted segments (shuffle/kmerge.c) ---- */
+
+typedef struct sp_kmerge sp_kmerge_t;
+
+/* Byte order: memcmp, then the shorter key first. */
+int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen);
+/* A merge of segments of codec by compare (NULL: byte order). */
+sp_status_t sp__kmerge_create(sp_codec_t codec, sp_key_compare_fn_t compare, void *compare_arg,
+                              sp_kmerge_t **m_p);
+void sp__kmerge_destroy(sp_kmerge_t *m);
+/* Forgets every input (readers are kept for reuse). */
+void sp__kmerge_reset(sp_kmerge_t *m);
+/* Adds a sorted segment; the bytes must outlive the merge. Equal keys come
+ * out in the order their inputs were added. */
+sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len);
+/* Next record in key order; pointers valid until the next call. */
+sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
+                            const void **value_p, size_t *vlen_p, bool *more_p);
+
+/* ---- external sort on the writer's sort path (shuffle/writer.c) ---- */
+
+/* A writer with one key-ordered partition whose output is iterated. */
+sp_status_t sp__sorter_open(sp_task_memory_t *task, const sp_conf_t *conf,
+                            sp_key_compare_fn_t compare, void *compare_arg,
+                            sp_shuffle_writer_t **sorter_p);
+sp_status_t sp__sorter_insert(sp_shuffle_writer_t *sorter, const void *key, size_t key_len,
+                              const void *value, size_t value_len);
+/* The first call ends the input; records in key order, stable; pointers
+ * valid until the next call. Close with sp_shuffle_writer_close(). */
+sp_status_t sp__sorter_next(sp_shuffle_writer_t *sorter, const void **key_p, size_t *key_len_p,
+                            const void **value_p, size_t *value_len_p, bool *more_p);
+
 /* CRC-32C of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine, Castagnoli). */
 uint32_t sp__crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 

@@ -29,12 +29,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define SP_INITIAL_RECORDS 4096
+/* Records staged per encoder call: large calls keep LZ4/zstd efficient. */
+#define SP_STAGE_BYTES (64 * 1024)
+/* How far ahead the partition-order gather prefetches records. */
+#define SP_PREFETCH_AHEAD 16
 
 /* The segments of one spill file, for non-empty partitions only, in order. */
 typedef struct sp_spill_seg {
@@ -46,6 +51,7 @@ typedef struct sp_spill {
     char *path;
     sp_spill_seg_t *segs;
     size_t nsegs;
+    uint64_t size; /* bytes of the file */
 } sp_spill_t;
 
 /* One partition of the bypass path. */
@@ -80,9 +86,25 @@ struct sp_shuffle_writer {
     sp_spill_t *spills;
     unsigned nspills, spills_cap, seq;
 
+    /* key-ordered merges: spills mapped read-only, and the merge */
+    void **maps;
+    sp_kmerge_t *kmerge;
+    /* sorter mode (external sort): iteration over the sorted output */
+    bool iterating;
+    const uint64_t *iter_ptrs;
+    size_t iter_at;
+
+    /* map-side combine: records aggregate by [u32 partition, big-endian][key] */
+    sp_aggregator_t *agg;
+    sp_combiner_t agg_combiner; /* strips the partition before the job's combine */
+    unsigned char *agg_key;
+    size_t agg_key_cap;
+
     /* bypass path */
     sp_bypass_part_t *parts;
     uint64_t bypass_bytes; /* execution memory held for the raw buffers */
+
+    unsigned char *stage; /* SP_STAGE_BYTES of records on their way to the encoder */
 
     sp_shuffle_write_stats_t stats;
 };
@@ -416,16 +438,37 @@ static sp_status_t sp_writer_write_sorted(sp_shuffle_writer_t *w, const uint64_t
     while (i < w->n && st == SP_OK) {
         uint32_t p = sp_packed_ptr_partition(ptrs[i]);
         sp_spill_seg_t *seg = &segs[nsegs++];
+        size_t staged = 0;
 
         seg->partition = p;
         seg->offset = fw->offset;
         seg->records = 0;
         sp_segment_begin(w, fw);
         for (; i < w->n && sp_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
-            const unsigned char *rec = sp_writer_record(w, ptrs[i]);
-            st = sp__encoder_write(w->enc, rec, sp_record_size(rec));
+            const unsigned char *rec;
+            size_t size;
+
+            /* Records lie all over the pages: fetch ahead of the gather. */
+            if (i + SP_PREFETCH_AHEAD < w->n)
+                __builtin_prefetch(sp_writer_record(w, ptrs[i + SP_PREFETCH_AHEAD]));
+            rec = sp_writer_record(w, ptrs[i]);
+            size = sp_record_size(rec);
             seg->records++;
+            if (staged + size > SP_STAGE_BYTES) {
+                st = sp__encoder_write(w->enc, w->stage, staged);
+                staged = 0;
+                if (st != SP_OK)
+                    break;
+            }
+            if (size >= SP_STAGE_BYTES) {
+                st = sp__encoder_write(w->enc, rec, size);
+            } else {
+                memcpy(w->stage + staged, rec, size);
+                staged += size;
+            }
         }
+        if (st == SP_OK && staged != 0)
+            st = sp__encoder_write(w->enc, w->stage, staged);
         if (st == SP_OK)
             st = sp_segment_end(w, fw, &seg->length, &seg->checksum);
         else
@@ -497,6 +540,7 @@ static sp_status_t sp_writer_spill_to(sp_shuffle_writer_t *w, const char *dir)
     }
     w->stats.spills++;
     w->stats.spill_bytes += fw.offset;
+    spill.size = fw.offset;
     sp__file_writer_release(&fw);
     w->spills[w->nspills++] = spill;
     w->n = 0;
@@ -508,6 +552,65 @@ static sp_status_t sp_writer_spill_to(sp_shuffle_writer_t *w, const char *dir)
 static sp_status_t sp_writer_spill(sp_shuffle_writer_t *w)
 {
     return sp_writer_spill_to(w, sp__shuffle_dirs_next(w->dirs));
+}
+
+/* ---- map-side combine ---- */
+
+static size_t sp_writer_combine(void *arg, const void *key, size_t klen, const void *a, size_t alen,
+                                const void *b, size_t blen, void *out, size_t cap)
+{
+    const sp_shuffle_writer_t *w = arg;
+
+    /* The job's combiner sees its own key, without the partition. */
+    return w->o.combiner->combine(w->o.combiner->arg, (const unsigned char *)key + 4, klen - 4, a,
+                                  alen, b, blen, out, cap);
+}
+
+static sp_status_t sp_writer_combine_insert(sp_shuffle_writer_t *w, uint32_t partition,
+                                            const void *key, size_t klen, const void *value,
+                                            size_t vlen)
+{
+    if (klen + 4 > w->agg_key_cap) {
+        size_t cap = SP_MAX(2 * w->agg_key_cap, klen + 4);
+        unsigned char *k = sp__realloc(w->agg_key, cap);
+        if (k == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for a key of %zu bytes", klen);
+        w->agg_key = k;
+        w->agg_key_cap = cap;
+    }
+    w->agg_key[0] = (unsigned char)(partition >> 24);
+    w->agg_key[1] = (unsigned char)(partition >> 16);
+    w->agg_key[2] = (unsigned char)(partition >> 8);
+    w->agg_key[3] = (unsigned char)partition;
+    if (klen != 0)
+        memcpy(w->agg_key + 4, key, klen);
+    return sp_aggregator_insert(w->agg, w->agg_key, klen + 4, value, vlen);
+}
+
+/* Moves the combined records into the sort path. */
+static sp_status_t sp_writer_combine_flush(sp_shuffle_writer_t *w)
+{
+    sp_status_t st;
+
+    for (;;) {
+        const unsigned char *k;
+        const void *key, *value;
+        size_t klen, vlen;
+        bool more;
+
+        st = sp_aggregator_next(w->agg, &key, &klen, &value, &vlen, &more);
+        if (st != SP_OK || !more)
+            break;
+        k = key;
+        st = sp_writer_insert(
+            w, (uint32_t)k[0] << 24 | (uint32_t)k[1] << 16 | (uint32_t)k[2] << 8 | (uint32_t)k[3],
+            k + 4, klen - 4, value, vlen);
+        if (st != SP_OK)
+            break;
+    }
+    sp_aggregator_destroy(w->agg);
+    w->agg = NULL;
+    return st;
 }
 
 /* ---- open / write ---- */
@@ -535,8 +638,10 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
     if (opts->partitioner == SP_PARTITIONER_RANGE && opts->partitions > 1 &&
         opts->split_keys == NULL)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "range partitioner without split keys");
-    if (opts->path == SP_WRITER_BYPASS && opts->key_ordering)
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "the bypass path cannot order keys");
+    if (opts->path == SP_WRITER_BYPASS && (opts->key_ordering || opts->combiner != NULL))
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "the bypass path cannot order or combine keys");
+    if (opts->combiner != NULL && opts->combiner->combine == NULL)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "a combiner without a combine function");
     if ((st = sp_conf_get_int(conf, "shuffle.bypass_threshold", &bypass_threshold)) != SP_OK ||
         (st = sp_conf_get_int(conf, "shuffle.spill_records", &spill_records)) != SP_OK ||
         (st = sp_conf_get_size(conf, "shuffle.spill_buffer", &spill_buffer)) != SP_OK ||
@@ -595,6 +700,12 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
     st = sp__encoder_create(opts->codec, opts->codec_level, &w->enc);
     if (st != SP_OK)
         goto err_dirs;
+    w->stage = sp__malloc(SP_STAGE_BYTES);
+    if (w->stage == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for the writer's staging buffer");
+        sp__encoder_destroy(w->enc);
+        goto err_dirs;
+    }
     sp_memory_consumer_init(&w->consumer, task, &sp_writer_consumer_ops,
                             w->bypass ? "shuffle bypass writer" : "shuffle sorter");
     if (w->bypass) {
@@ -617,12 +728,26 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
         if (st != SP_OK)
             goto err_consumer;
     }
+    if (opts->combiner != NULL) {
+        w->agg_combiner.combine = sp_writer_combine;
+        w->agg_combiner.arg = w;
+        st = sp_aggregator_create(task, conf, &w->agg_combiner, &w->agg);
+        if (st != SP_OK)
+            goto err_array;
+    }
     *writer_p = w;
     return SP_OK;
 
+err_array:
+    w->page_by_number[w->array->number] = NULL;
+    sp_memory_consumer_page_free(&w->consumer, w->array);
 err_consumer:
     sp__free(w->parts);
+    sp_aggregator_destroy(w->agg);
+    sp__free(w->agg_key);
+    sp__free(w->stage);
     sp_memory_consumer_fini(&w->consumer);
+    sp__kmerge_destroy(w->kmerge);
     sp__encoder_destroy(w->enc);
 err_dirs:
     sp__shuffle_dirs_destroy(w->dirs);
@@ -751,8 +876,12 @@ sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, 
                         (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
                         (unsigned long long)need, key_len, value_len,
                         (unsigned long long)w->unified);
-    st = w->bypass ? sp_bypass_insert(w, partition, key, key_len, value, value_len)
-                   : sp_writer_insert(w, partition, key, key_len, value, value_len);
+    if (w->agg != NULL)
+        st = sp_writer_combine_insert(w, partition, key, key_len, value, value_len);
+    else if (w->bypass)
+        st = sp_bypass_insert(w, partition, key, key_len, value, value_len);
+    else
+        st = sp_writer_insert(w, partition, key, key_len, value, value_len);
     if (st != SP_OK) {
         w->error = st;
         return st;
@@ -814,81 +943,101 @@ static sp_status_t sp_copy_range(sp_file_writer_t *out, int in_fd, const char *i
     return SP_OK;
 }
 
-/* A spill's segment of one partition being merged by key. */
-typedef struct sp_merge_input {
-    sp_segment_reader_t *reader;
-    void *bytes;
-    const void *key, *value;
-    size_t klen, vlen;
-    bool more;
-} sp_merge_input_t;
-
-static sp_status_t sp_merge_input_next(sp_merge_input_t *in)
+/* Maps every spill read-only (once) for merges that decode them. */
+static sp_status_t sp_writer_map_spills(sp_shuffle_writer_t *w)
 {
-    return sp_segment_reader_next(in->reader, &in->key, &in->klen, &in->value, &in->vlen,
-                                  &in->more);
+    if (w->maps != NULL)
+        return SP_OK;
+    w->maps = sp__calloc(w->nspills, sizeof(*w->maps));
+    if (w->maps == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to map %u spills", w->nspills);
+    for (unsigned s = 0; s < w->nspills; s++) {
+        int fd;
+        if (sp__fault_fire(SP_FAULT_READ)) {
+            return SP_RAISE(SP_ERR_IO, "map spill %s: injected read fault", w->spills[s].path);
+        }
+        fd = open(w->spills[s].path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return SP_RAISE(SP_ERR_IO, "open spill %s: %s (errno %d)", w->spills[s].path,
+                            strerror(errno), errno);
+        w->maps[s] = mmap(NULL, w->spills[s].size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (w->maps[s] == MAP_FAILED) {
+            w->maps[s] = NULL;
+            return SP_RAISE(SP_ERR_IO, "map spill %s: %s (errno %d)", w->spills[s].path,
+                            strerror(errno), errno);
+        }
+    }
+    return SP_OK;
 }
 
-/* k-way merge by key of the partition's segments of every spill into out. */
-static sp_status_t sp_writer_merge_ordered(sp_shuffle_writer_t *w, uint32_t p, const int *fds,
-                                           size_t *cursor, sp_merge_input_t *in,
-                                           sp_file_writer_t *out, uint64_t *len_p,
-                                           uint64_t *records_p, uint64_t *checksum_p)
+static void sp_writer_unmap_spills(sp_shuffle_writer_t *w)
 {
-    unsigned k = 0;
+    for (unsigned s = 0; w->maps != NULL && s < w->nspills; s++) {
+        if (w->maps[s] != NULL)
+            munmap(w->maps[s], w->spills[s].size);
+    }
+    sp__free(w->maps);
+    w->maps = NULL;
+}
+
+/* Sets up the k-way merge of partition p's segments of every spill. */
+static sp_status_t sp_writer_kmerge_partition(sp_shuffle_writer_t *w, uint32_t p, size_t *cursor)
+{
     sp_status_t st = SP_OK;
 
+    if (w->kmerge == NULL) {
+        st = sp__kmerge_create(w->o.codec, w->o.compare, w->o.compare_arg, &w->kmerge);
+        if (st != SP_OK)
+            return st;
+    }
+    sp__kmerge_reset(w->kmerge);
+    /* Spills in the order they were written: ties keep the write order. */
     for (unsigned s = 0; s < w->nspills && st == SP_OK; s++) {
         const sp_spill_seg_t *seg = &w->spills[s].segs[cursor[s]];
         if (cursor[s] >= w->spills[s].nsegs || seg->partition != p)
             continue;
         cursor[s]++;
-        in[k].bytes = sp__malloc(seg->length != 0 ? seg->length : 1);
-        if (in[k].bytes == NULL) {
-            st = SP_RAISE(SP_ERR_NOMEM, "no memory to merge %llu bytes of partition %u",
-                          (unsigned long long)seg->length, p);
-            break;
-        }
-        st = sp__pread_all(fds[s], in[k].bytes, seg->length, seg->offset, w->spills[s].path);
-        if (st == SP_OK) {
-            sp_segment_reader_reset(in[k].reader, in[k].bytes, seg->length);
-            st = sp_merge_input_next(&in[k]);
-        }
-        k++;
+        st =
+            sp__kmerge_add(w->kmerge, (const unsigned char *)w->maps[s] + seg->offset, seg->length);
     }
+    return st;
+}
+
+/* k-way merge by key of partition p's segments of every spill into out. */
+static sp_status_t sp_writer_merge_ordered(sp_shuffle_writer_t *w, uint32_t p, size_t *cursor,
+                                           sp_file_writer_t *out, uint64_t *len_p,
+                                           uint64_t *records_p, uint64_t *checksum_p)
+{
+    sp_status_t st = sp_writer_kmerge_partition(w, p, cursor);
+    bool begun = false, more = true;
+
     *records_p = 0;
     *len_p = 0;
     *checksum_p = sp__checksum_buf(w->o.checksum, "", 0);
-    if (st == SP_OK && k > 0) {
-        sp_segment_begin(w, out);
-        for (;;) {
-            int best = -1;
-            unsigned char h[SP_RECORD_HEADER];
-            /* Ties go to the earlier spill, which holds the earlier records. */
-            for (unsigned i = 0; i < k; i++) {
-                if (in[i].more && (best < 0 || sp_writer_compare(w, in[i].key, in[i].klen,
-                                                                 in[best].key, in[best].klen) < 0))
-                    best = (int)i;
-            }
-            if (best < 0)
-                break;
-            sp__put_le32(h, (uint32_t)in[best].klen);
-            sp__put_le32(h + 4, (uint32_t)in[best].vlen);
-            if ((st = sp__encoder_write(w->enc, h, sizeof(h))) != SP_OK ||
-                (st = sp__encoder_write(w->enc, in[best].key, in[best].klen)) != SP_OK ||
-                (st = sp__encoder_write(w->enc, in[best].value, in[best].vlen)) != SP_OK ||
-                (st = sp_merge_input_next(&in[best])) != SP_OK)
-                break;
-            (*records_p)++;
+    while (st == SP_OK) {
+        const void *key, *value;
+        size_t klen, vlen;
+        unsigned char h[SP_RECORD_HEADER];
+
+        st = sp__kmerge_next(w->kmerge, &key, &klen, &value, &vlen, &more);
+        if (st != SP_OK || !more)
+            break;
+        if (!begun) {
+            sp_segment_begin(w, out);
+            begun = true;
         }
-        if (st == SP_OK)
-            st = sp_segment_end(w, out, len_p, checksum_p);
-        out->checksumming = false;
+        sp__put_le32(h, (uint32_t)klen);
+        sp__put_le32(h + 4, (uint32_t)vlen);
+        if ((st = sp__encoder_write(w->enc, h, sizeof(h))) != SP_OK ||
+            (st = sp__encoder_write(w->enc, key, klen)) != SP_OK ||
+            (st = sp__encoder_write(w->enc, value, vlen)) != SP_OK)
+            break;
+        (*records_p)++;
     }
-    for (unsigned i = 0; i < k; i++) {
-        sp__free(in[i].bytes);
-        in[i].bytes = NULL;
-    }
+    if (st == SP_OK && begun)
+        st = sp_segment_end(w, out, len_p, checksum_p);
+    out->checksumming = false;
     return st;
 }
 
@@ -898,27 +1047,23 @@ static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out
 {
     int *fds = sp__calloc(w->nspills, sizeof(*fds));
     size_t *cursor = sp__calloc(w->nspills, sizeof(*cursor));
-    sp_merge_input_t *in = sp__calloc(w->nspills, sizeof(*in));
     sp_status_t st = SP_OK;
-    unsigned opened = 0, readers = 0;
+    unsigned opened = 0;
 
-    if (fds == NULL || cursor == NULL || in == NULL) {
+    if (fds == NULL || cursor == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u spills", w->nspills);
         goto out;
     }
-    for (; opened < w->nspills; opened++) {
-        fds[opened] = open(w->spills[opened].path, O_RDONLY | O_CLOEXEC);
-        if (fds[opened] < 0) {
-            st = SP_RAISE(SP_ERR_IO, "open spill %s: %s (errno %d)", w->spills[opened].path,
-                          strerror(errno), errno);
-            goto out;
-        }
-    }
     if (w->o.key_ordering) {
-        for (; readers < w->nspills; readers++) {
-            st = sp_segment_reader_create(w->o.codec, &in[readers].reader);
-            if (st != SP_OK)
+        st = sp_writer_map_spills(w);
+    } else {
+        for (; opened < w->nspills; opened++) {
+            fds[opened] = open(w->spills[opened].path, O_RDONLY | O_CLOEXEC);
+            if (fds[opened] < 0) {
+                st = SP_RAISE(SP_ERR_IO, "open spill %s: %s (errno %d)", w->spills[opened].path,
+                              strerror(errno), errno);
                 goto out;
+            }
         }
     }
     for (uint32_t p = 0; p < w->o.partitions && st == SP_OK; p++) {
@@ -927,8 +1072,8 @@ static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out
         bool combine = w->o.checksum == SP_CHECKSUM_CRC32C;
 
         if (w->o.key_ordering) {
-            st = sp_writer_merge_ordered(w, p, fds, cursor, in, out, &lengths[p], &records[p],
-                                         &checksums[p]);
+            st =
+                sp_writer_merge_ordered(w, p, cursor, out, &lengths[p], &records[p], &checksums[p]);
             continue;
         }
         sp__checksum_init(&cs, w->o.checksum);
@@ -948,13 +1093,10 @@ static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out
         checksums[p] = combine ? crc : sp__checksum_final(&cs);
     }
 out:
-    for (unsigned i = 0; i < readers; i++)
-        sp_segment_reader_destroy(in[i].reader);
     for (unsigned i = 0; i < opened; i++)
         close(fds[i]);
     sp__free(fds);
     sp__free(cursor);
-    sp__free(in);
     return st;
 }
 
@@ -1031,6 +1173,7 @@ static void sp_writer_release_memory(sp_shuffle_writer_t *w)
 /* Removes spill and bypass temporaries. */
 static void sp_writer_drop_files(sp_shuffle_writer_t *w, const char *keep)
 {
+    sp_writer_unmap_spills(w);
     for (unsigned s = 0; s < w->nspills; s++)
         sp_spill_free(&w->spills[s], keep == NULL || strcmp(w->spills[s].path, keep) != 0);
     w->nspills = 0;
@@ -1074,6 +1217,8 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
                       (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id);
         goto err;
     }
+    if (w->agg != NULL && (st = sp_writer_combine_flush(w)) != SP_OK)
+        goto err;
     lengths = sp__calloc(w->o.partitions, sizeof(*lengths));
     records = sp__calloc(w->o.partitions, sizeof(*records));
     checksums = sp__calloc(w->o.partitions, sizeof(*checksums));
@@ -1178,7 +1323,11 @@ void sp_shuffle_writer_close(sp_shuffle_writer_t *w)
     sp_shuffle_writer_abort(w);
     sp_writer_drop_files(w, NULL);
     sp_writer_release_memory(w);
+    sp_aggregator_destroy(w->agg);
+    sp__free(w->agg_key);
+    sp__free(w->stage);
     sp_memory_consumer_fini(&w->consumer);
+    sp__kmerge_destroy(w->kmerge);
     sp__encoder_destroy(w->enc);
     sp__shuffle_dirs_destroy(w->dirs);
     sp__free(w->parts);
@@ -1186,4 +1335,83 @@ void sp_shuffle_writer_close(sp_shuffle_writer_t *w)
     sp__free(w->splits);
     sp__free(w->split_buf);
     sp__free(w);
+}
+
+/* ---- sorter mode: the reduce side's external sort ---- */
+
+sp_status_t sp__sorter_open(sp_task_memory_t *task, const sp_conf_t *conf,
+                            sp_key_compare_fn_t compare, void *compare_arg,
+                            sp_shuffle_writer_t **sorter_p)
+{
+    sp_shuffle_writer_options_t o;
+    sp_status_t st = sp_shuffle_writer_options_init(&o, conf);
+
+    if (st != SP_OK)
+        return st;
+    o.partitions = 1;
+    o.key_ordering = true;
+    o.compare = compare;
+    o.compare_arg = compare_arg;
+    o.path = SP_WRITER_SORT;
+    return sp_shuffle_writer_open(task, conf, &o, sorter_p);
+}
+
+sp_status_t sp__sorter_insert(sp_shuffle_writer_t *w, const void *key, size_t key_len,
+                              const void *value, size_t value_len)
+{
+    return sp_shuffle_writer_write(w, 0, key, key_len, value, value_len);
+}
+
+/* Ends the input: sorts what is in memory, or spills it and merges the runs. */
+static sp_status_t sp_sorter_start(sp_shuffle_writer_t *w)
+{
+    size_t *cursor;
+    sp_status_t st;
+
+    if (w->error != SP_OK)
+        return SP_RAISE(w->error, "external sort: the sorter failed earlier");
+    w->iterating = true;
+    w->done = true; /* no more records, and no spilling what is being read */
+    if (w->nspills == 0) {
+        w->iter_ptrs = sp_writer_sort(w);
+        w->iter_at = 0;
+        return SP_OK;
+    }
+    if (w->n > 0 && (st = sp_writer_spill(w)) != SP_OK)
+        return st;
+    if ((st = sp_writer_map_spills(w)) != SP_OK)
+        return st;
+    cursor = sp__calloc(w->nspills, sizeof(*cursor));
+    if (cursor == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u sorted runs", w->nspills);
+    st = sp_writer_kmerge_partition(w, 0, cursor);
+    sp__free(cursor);
+    return st;
+}
+
+sp_status_t sp__sorter_next(sp_shuffle_writer_t *w, const void **key_p, size_t *key_len_p,
+                            const void **value_p, size_t *value_len_p, bool *more_p)
+{
+    sp_status_t st;
+
+    if (!w->iterating && (st = sp_sorter_start(w)) != SP_OK) {
+        w->error = st;
+        return st;
+    }
+    if (w->iter_ptrs == NULL)
+        return sp__kmerge_next(w->kmerge, key_p, key_len_p, value_p, value_len_p, more_p);
+    if (w->iter_at == w->n) {
+        *more_p = false;
+        return SP_OK;
+    }
+    {
+        const unsigned char *rec = sp_writer_record(w, w->iter_ptrs[w->iter_at++]);
+        size_t klen = sp__get_le32(rec);
+        *key_p = rec + SP_RECORD_HEADER;
+        *key_len_p = klen;
+        *value_p = rec + SP_RECORD_HEADER + klen;
+        *value_len_p = sp__get_le32(rec + 4);
+        *more_p = true;
+    }
+    return SP_OK;
 }

@@ -42,7 +42,7 @@ typedef struct ref_case {
     unsigned seed;
 } ref_case_t;
 
-static int ref_cmp_ordered(const void *a, const void *b)
+static inline int ref_cmp_ordered(const void *a, const void *b)
 {
     const ref_record_t *x = a, *y = b;
     int c;
@@ -57,7 +57,7 @@ static int ref_cmp_ordered(const void *a, const void *b)
     return x->index < y->index ? -1 : x->index > y->index;
 }
 
-static int ref_cmp_unordered(const void *a, const void *b)
+static inline int ref_cmp_unordered(const void *a, const void *b)
 {
     const ref_record_t *x = a, *y = b;
 
@@ -66,7 +66,7 @@ static int ref_cmp_unordered(const void *a, const void *b)
     return x->index < y->index ? -1 : x->index > y->index;
 }
 
-static ref_record_t *ref_generate(const ref_case_t *c)
+static inline ref_record_t *ref_generate(const ref_case_t *c)
 {
     ref_record_t *r = calloc(c->records + 1, sizeof(*r));
     unsigned seed = c->seed;
@@ -92,7 +92,7 @@ static ref_record_t *ref_generate(const ref_case_t *c)
     return r;
 }
 
-static void ref_free(ref_record_t *r, size_t n)
+static inline void ref_free(ref_record_t *r, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(r[i].key);
@@ -102,8 +102,8 @@ static void ref_free(ref_record_t *r, size_t n)
 }
 
 /* Decodes every partition of the committed output and compares with ref. */
-static void ref_check_output(const sp_map_status_t *status, ref_record_t *ref, size_t n,
-                             bool key_ordering)
+static inline void ref_check_output(const sp_map_status_t *status, ref_record_t *ref, size_t n,
+                                    bool key_ordering)
 {
     sp_map_output_t *mo = NULL;
     sp_segment_reader_t *reader = NULL;

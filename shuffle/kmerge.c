@@ -1,0 +1,182 @@
+/*
+ * k-way merge by key of stored segments (each already sorted by key), used
+ * by the writer's merge of key-ordered spills, the reduce side's external
+ * sort, and merged reads of key-sorted map outputs.
+ *
+ * A binary min-heap of input indices ordered by (current key, input index):
+ * equal keys come out in input order, so a merge of runs written in order is
+ * stable. next() returns pointers into the chosen input's reader window and
+ * advances that input only on the following call, so the pointers stay valid
+ * until then. Inputs are segments in memory (mmap'd files or fetched
+ * blocks); a segment reader per input decodes them through a bounded window.
+ */
+#include "shuffle_int.h"
+
+#include <string.h>
+
+typedef struct sp_kmerge_input {
+    sp_segment_reader_t *reader;
+    const void *key, *value;
+    size_t klen, vlen;
+} sp_kmerge_input_t;
+
+struct sp_kmerge {
+    sp_codec_t codec;
+    sp_key_compare_fn_t compare;
+    void *compare_arg;
+    sp_kmerge_input_t *in;
+    size_t n, cap, readers; /* inputs added, room, readers created */
+    size_t *heap;
+    size_t heap_len;
+    bool started;
+    size_t last; /* input returned by the previous next(), or SIZE_MAX */
+};
+
+int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen)
+{
+    int c = alen != 0 && blen != 0 ? memcmp(a, b, SP_MIN(alen, blen)) : 0;
+
+    return c != 0 ? c : (alen > blen) - (alen < blen);
+}
+
+static bool sp_kmerge_less(const sp_kmerge_t *m, size_t a, size_t b)
+{
+    const sp_kmerge_input_t *x = &m->in[a], *y = &m->in[b];
+    int c = m->compare != NULL ? m->compare(x->key, x->klen, y->key, y->klen, m->compare_arg)
+                               : sp__bytes_compare(x->key, x->klen, y->key, y->klen);
+
+    return c < 0 || (c == 0 && a < b);
+}
+
+static void sp_kmerge_sift_down(sp_kmerge_t *m, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, best = i, tmp;
+
+        if (l < m->heap_len && sp_kmerge_less(m, m->heap[l], m->heap[best]))
+            best = l;
+        if (r < m->heap_len && sp_kmerge_less(m, m->heap[r], m->heap[best]))
+            best = r;
+        if (best == i)
+            return;
+        tmp = m->heap[i];
+        m->heap[i] = m->heap[best];
+        m->heap[best] = tmp;
+        i = best;
+    }
+}
+
+sp_status_t sp__kmerge_create(sp_codec_t codec, sp_key_compare_fn_t compare, void *compare_arg,
+                              sp_kmerge_t **m_p)
+{
+    sp_kmerge_t *m = sp__calloc(1, sizeof(*m));
+
+    if (m == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a k-way merge");
+    m->codec = codec;
+    m->compare = compare;
+    m->compare_arg = compare_arg;
+    m->last = SIZE_MAX;
+    *m_p = m;
+    return SP_OK;
+}
+
+void sp__kmerge_destroy(sp_kmerge_t *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->readers; i++)
+        sp_segment_reader_destroy(m->in[i].reader);
+    sp__free(m->in);
+    sp__free(m->heap);
+    sp__free(m);
+}
+
+void sp__kmerge_reset(sp_kmerge_t *m)
+{
+    m->n = 0;
+    m->heap_len = 0;
+    m->started = false;
+    m->last = SIZE_MAX;
+}
+
+sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len)
+{
+    sp_status_t st;
+
+    if (m->started)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "k-way merge: input added after the first record");
+    if (m->n == m->cap) {
+        size_t cap = m->cap != 0 ? 2 * m->cap : 8;
+        sp_kmerge_input_t *in = sp__realloc(m->in, cap * sizeof(*in));
+        size_t *heap;
+        if (in == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu merge inputs", cap);
+        m->in = in;
+        heap = sp__realloc(m->heap, cap * sizeof(*heap));
+        if (heap == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu merge inputs", cap);
+        m->heap = heap;
+        m->cap = cap;
+    }
+    if (m->n == m->readers) {
+        st = sp_segment_reader_create(m->codec, &m->in[m->n].reader);
+        if (st != SP_OK)
+            return st;
+        m->readers++;
+    }
+    sp_segment_reader_reset(m->in[m->n].reader, segment, len);
+    m->n++;
+    return SP_OK;
+}
+
+/* Reads input i's next record; true when it has one. */
+static sp_status_t sp_kmerge_advance(sp_kmerge_t *m, size_t i, bool *more_p)
+{
+    sp_kmerge_input_t *in = &m->in[i];
+
+    return sp_segment_reader_next(in->reader, &in->key, &in->klen, &in->value, &in->vlen, more_p);
+}
+
+sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
+                            const void **value_p, size_t *vlen_p, bool *more_p)
+{
+    sp_kmerge_input_t *top;
+    bool more = false;
+    sp_status_t st;
+
+    if (!m->started) {
+        m->started = true;
+        for (size_t i = 0; i < m->n; i++) {
+            st = sp_kmerge_advance(m, i, &more);
+            if (st != SP_OK)
+                return st;
+            if (more)
+                m->heap[m->heap_len++] = i;
+        }
+        for (size_t i = m->heap_len / 2; i-- > 0;)
+            sp_kmerge_sift_down(m, i);
+    } else if (m->last != SIZE_MAX) {
+        /* The input returned last time moves on now that its record is used. */
+        st = sp_kmerge_advance(m, m->last, &more);
+        if (st != SP_OK)
+            return st;
+        if (!more)
+            m->heap[0] = m->heap[--m->heap_len];
+        if (m->heap_len > 0)
+            sp_kmerge_sift_down(m, 0);
+    }
+    if (m->heap_len == 0) {
+        m->last = SIZE_MAX;
+        *more_p = false;
+        return SP_OK;
+    }
+    m->last = m->heap[0];
+    top = &m->in[m->last];
+    *key_p = top->key;
+    *klen_p = top->klen;
+    *value_p = top->value;
+    *vlen_p = top->vlen;
+    *more_p = true;
+    return SP_OK;
+}
