@@ -51,3 +51,6 @@ SP_CONF_KEY("shuffle.spill_buffer", SP_CONF_SIZE, "1m", "4k", "256m", NULL,
             "Write buffer of spill and merge output.")
 SP_CONF_KEY("shuffle.sync", SP_CONF_BOOL, "false", NULL, NULL, NULL,
             "fsync committed map outputs (and their directory) before they become visible.")
+SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NULL,
+            "Most bytes a reduce task has requested and not yet received; each request asks "
+            "for at most a fifth of it.")

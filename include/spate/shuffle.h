@@ -83,10 +83,11 @@ typedef struct sp_shuffle_writer_options {
     bool key_ordering;           /**< records sorted by key within each partition */
     sp_key_compare_fn_t compare; /**< NULL: byte order */
     void *compare_arg;
-    sp_codec_t codec;            /**< from shuffle.compress / shuffle.codec */
-    int codec_level;             /**< from shuffle.codec_level */
-    sp_checksum_kind_t checksum; /**< from shuffle.checksum */
-    sp_writer_path_t path;       /**< SP_WRITER_AUTO unless a test forces one */
+    sp_codec_t codec;                   /**< from shuffle.compress / shuffle.codec */
+    int codec_level;                    /**< from shuffle.codec_level */
+    sp_checksum_kind_t checksum;        /**< from shuffle.checksum */
+    sp_writer_path_t path;              /**< SP_WRITER_AUTO unless a test forces one */
+    const struct sp_combiner *combiner; /**< map-side combine of equal keys; NULL: none */
 } sp_shuffle_writer_options_t;
 
 /**
@@ -288,9 +289,9 @@ SP_API void sp_block_list_destroy(sp_block_list_t *list);
  * Builds the block list of reduce partitions [reduce_start, reduce_end) over
  * the given statuses (one per map output), skipping empty blocks.
  */
-SP_API sp_status_t sp_block_list_from_statuses(const sp_map_status_t *const *statuses,
-                                               size_t count, uint32_t reduce_start,
-                                               uint32_t reduce_end, sp_block_list_t **list_p);
+SP_API sp_status_t sp_block_list_from_statuses(const sp_map_status_t *const *statuses, size_t count,
+                                               uint32_t reduce_start, uint32_t reduce_end,
+                                               sp_block_list_t **list_p);
 
 typedef struct sp_map_output_tracker sp_map_output_tracker_t;
 
@@ -339,18 +340,19 @@ SP_API sp_status_t sp_map_output_tracker_blocks(sp_map_output_tracker_t *tracker
  * the call is repeated with a buffer of at least that size. Must be
  * associative; it may be called in any grouping of a key's values.
  */
-typedef struct sp_combiner {
+struct sp_combiner {
     size_t (*combine)(void *arg, const void *key, size_t key_len, const void *a, size_t a_len,
                       const void *b, size_t b_len, void *out, size_t cap);
     void *arg;
-} sp_combiner_t;
+};
+typedef struct sp_combiner sp_combiner_t;
 
 typedef struct sp_aggregator sp_aggregator_t;
 
 typedef struct sp_aggregator_stats {
-    uint64_t inserted;   /**< records inserted */
-    uint64_t keys;       /**< distinct keys returned */
-    uint64_t spills;     /**< spill files written */
+    uint64_t inserted; /**< records inserted */
+    uint64_t keys;     /**< distinct keys returned */
+    uint64_t spills;   /**< spill files written */
     uint64_t spill_bytes;
     uint64_t peak_bytes; /**< highest execution memory held */
 } sp_aggregator_stats_t;
@@ -375,6 +377,100 @@ SP_API sp_status_t sp_aggregator_next(sp_aggregator_t *agg, const void **key_p, 
 SP_API void sp_aggregator_stats(const sp_aggregator_t *agg, sp_aggregator_stats_t *stats_p);
 /** Frees the aggregator and removes its spill files; NULL accepted. */
 SP_API void sp_aggregator_destroy(sp_aggregator_t *agg);
+
+/* ------------------------------------------------------------------------ */
+/* Block fetchers and the shuffle reader                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sp_block_fetcher sp_block_fetcher_t;
+
+/**
+ * Completion of block index of a fetch: status, and on success the block's
+ * stored bytes (valid until released) and the checksum its owner recorded.
+ */
+typedef void (*sp_fetch_done_fn_t)(void *arg, size_t index, sp_status_t status, const void *data,
+                                   size_t len, uint64_t expected_checksum);
+
+/** Operations of a block fetcher (the transport implements a remote one). */
+typedef struct sp_block_fetcher_ops {
+    size_t size; /**< sizeof(sp_block_fetcher_ops_t) */
+    /** Starts fetching blocks[0..n) (one peer); done() once per block, maybe inside. */
+    sp_status_t (*fetch)(sp_block_fetcher_t *fetcher, const sp_block_ref_t *blocks, size_t n,
+                         sp_fetch_done_fn_t done, void *arg);
+    /** Runs completions, waiting at most timeout_ms for one. */
+    sp_status_t (*progress)(sp_block_fetcher_t *fetcher, int timeout_ms);
+    /** Gives back the bytes of a completed block. */
+    void (*release)(sp_block_fetcher_t *fetcher, const void *data, size_t len);
+    void (*destroy)(sp_block_fetcher_t *fetcher);
+} sp_block_fetcher_ops_t;
+
+/** Base of every fetcher; embed it first and get back with container_of. */
+struct sp_block_fetcher {
+    const sp_block_fetcher_ops_t *ops;
+};
+
+/**
+ * A fetcher of blocks committed on this host: opens (and validates) each map
+ * output once, maps its data file read-only and hands out blocks in place,
+ * with the checksums of its checksum file. Completes inside fetch().
+ */
+SP_API sp_status_t sp_local_fetcher_create(sp_block_fetcher_t **fetcher_p);
+/** Destroys any fetcher through its ops; NULL accepted. */
+SP_API void sp_block_fetcher_destroy(sp_block_fetcher_t *fetcher);
+
+/** The order a reduce task reads its records in. */
+typedef enum sp_read_order {
+    SP_READ_UNORDERED = 0, /**< as blocks arrive, zero-copy */
+    SP_READ_MERGE = 1,     /**< k-way merge of blocks already key-sorted by the map side */
+    SP_READ_SORT = 2,      /**< external sort of unsorted blocks, spilling sorted runs */
+    SP_READ_AGGREGATE = 3, /**< hash aggregation with the combiner, spilling when short */
+} sp_read_order_t;
+
+typedef struct sp_shuffle_reader_options {
+    sp_read_order_t order;
+    sp_key_compare_fn_t compare; /**< MERGE, SORT: NULL is byte order */
+    void *compare_arg;
+    const sp_combiner_t *combiner; /**< AGGREGATE */
+    sp_block_fetcher_t *fetcher;   /**< NULL: a local fetcher owned by the reader */
+} sp_shuffle_reader_options_t;
+
+typedef struct sp_shuffle_read_stats {
+    uint64_t blocks;         /**< blocks fetched and verified */
+    uint64_t bytes;          /**< stored bytes of those blocks */
+    uint64_t records;        /**< records returned */
+    uint64_t requests;       /**< fetch requests issued */
+    uint64_t peak_in_flight; /**< most bytes requested and not yet completed */
+    uint64_t refetches;      /**< blocks fetched again after a checksum mismatch */
+    uint64_t wait_ns;        /**< time waiting for fetches */
+    uint64_t spills;         /**< spills of the external sort or the aggregation */
+} sp_shuffle_read_stats_t;
+
+typedef struct sp_shuffle_reader sp_shuffle_reader_t;
+
+/**
+ * Opens the reader of a reduce task over blocks (which must outlive the
+ * reader). Requests group consecutive blocks of one peer up to a fifth of
+ * shuffle.max_bytes_in_flight; at most that many bytes are outstanding at
+ * once (one request always may be). Every block's checksum is verified before
+ * its records are used; a mismatch is fetched once more, and a second
+ * mismatch is SP_ERR_FETCH_FAILED naming shuffle, map, reduce partition and
+ * location, and whether the stored copy itself is damaged.
+ */
+SP_API sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf,
+                                          const sp_block_list_t *blocks,
+                                          const sp_shuffle_reader_options_t *opts,
+                                          sp_shuffle_reader_t **reader_p);
+
+/** Next record in the reader's order; pointers valid until the next call. */
+SP_API sp_status_t sp_shuffle_reader_next(sp_shuffle_reader_t *reader, const void **key_p,
+                                          size_t *key_len_p, const void **value_p,
+                                          size_t *value_len_p, bool *more_p);
+
+SP_API void sp_shuffle_reader_stats(const sp_shuffle_reader_t *reader,
+                                    sp_shuffle_read_stats_t *stats_p);
+
+/** Frees the reader (and its spills and own fetcher); NULL accepted. */
+SP_API void sp_shuffle_reader_close(sp_shuffle_reader_t *reader);
 
 #ifdef __cplusplus
 }

@@ -164,7 +164,7 @@ static void test_readme_conf_table_matches_code(void **state)
     if (problem != NULL) {
         free(readme);
         fail_msg("%s: %s; the configuration table belongs between those two lines "
-                 "(regenerate with: ./build/spate conf --markdown)",
+                 "(regenerate with: scripts/update-readme-conf)",
                  path, problem);
     }
     expected = generated_table();
