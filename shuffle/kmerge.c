@@ -30,6 +30,10 @@ struct sp_kmerge {
     size_t heap_len;
     bool started;
     size_t last; /* input returned by the previous next(), or SIZE_MAX */
+    /* Copy of the key returned last: each input must not go below it. */
+    unsigned char *last_key;
+    size_t last_klen, last_cap;
+    size_t bad_input; /* input found out of order, or SIZE_MAX */
 };
 
 int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen)
@@ -37,6 +41,13 @@ int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen)
     int c = alen != 0 && blen != 0 ? memcmp(a, b, SP_MIN(alen, blen)) : 0;
 
     return c != 0 ? c : (alen > blen) - (alen < blen);
+}
+
+static int sp_kmerge_key_compare(const sp_kmerge_t *m, const void *a, size_t alen, const void *b,
+                                 size_t blen)
+{
+    return m->compare != NULL ? m->compare(a, alen, b, blen, m->compare_arg)
+                              : sp__bytes_compare(a, alen, b, blen);
 }
 
 static bool sp_kmerge_less(const sp_kmerge_t *m, size_t a, size_t b)
@@ -77,9 +88,12 @@ sp_status_t sp__kmerge_create(sp_codec_t codec, sp_key_compare_fn_t compare, voi
     m->compare = compare;
     m->compare_arg = compare_arg;
     m->last = SIZE_MAX;
+    m->bad_input = SIZE_MAX;
     *m_p = m;
     return SP_OK;
 }
+
+size_t sp__kmerge_bad_input(const sp_kmerge_t *m) { return m->bad_input; }
 
 void sp__kmerge_destroy(sp_kmerge_t *m)
 {
@@ -89,6 +103,7 @@ void sp__kmerge_destroy(sp_kmerge_t *m)
         sp_segment_reader_destroy(m->in[i].reader);
     sp__free(m->in);
     sp__free(m->heap);
+    sp__free(m->last_key);
     sp__free(m);
 }
 
@@ -98,6 +113,7 @@ void sp__kmerge_reset(sp_kmerge_t *m)
     m->heap_len = 0;
     m->started = false;
     m->last = SIZE_MAX;
+    m->bad_input = SIZE_MAX;
 }
 
 sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len)
@@ -161,6 +177,16 @@ sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
         st = sp_kmerge_advance(m, m->last, &more);
         if (st != SP_OK)
             return st;
+        if (more && sp_kmerge_key_compare(m, m->in[m->last].key, m->in[m->last].klen, m->last_key,
+                                          m->last_klen) < 0) {
+            /* Its keys go down: it was not sorted by this comparator, or the
+             * comparator is inconsistent. Stop rather than merge wrongly. */
+            m->bad_input = m->last;
+            return SP_RAISE(SP_ERR_BAD_FORMAT,
+                            "merge input %zu is not sorted by the comparator (an inconsistent "
+                            "comparator, or a run not written in key order)",
+                            m->last);
+        }
         if (!more)
             m->heap[0] = m->heap[--m->heap_len];
         if (m->heap_len > 0)
@@ -173,6 +199,17 @@ sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
     }
     m->last = m->heap[0];
     top = &m->in[m->last];
+    if (top->klen > m->last_cap) {
+        size_t cap = SP_MAX(2 * m->last_cap, top->klen);
+        unsigned char *k = sp__realloc(m->last_key, cap);
+        if (k == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for a key of %zu bytes", top->klen);
+        m->last_key = k;
+        m->last_cap = cap;
+    }
+    if (top->klen != 0)
+        memcpy(m->last_key, top->key, top->klen);
+    m->last_klen = top->klen;
     *key_p = top->key;
     *klen_p = top->klen;
     *value_p = top->value;

@@ -60,6 +60,7 @@ struct sp_shuffle_reader {
     /* merge */
     sp_completion_t *held;
     size_t nheld;
+    size_t *merge_block; /* block index of each merge input */
     sp_kmerge_t *kmerge;
     /* sort, aggregate */
     sp_shuffle_writer_t *sorter;
@@ -279,6 +280,7 @@ static sp_status_t sp_reader_start_merge(sp_shuffle_reader_t *r)
                 st = sp__kmerge_add(r->kmerge, r->held[i].data, r->held[i].len);
                 if (st != SP_OK)
                     return st;
+                r->merge_block[added] = want;
                 added++;
                 break;
             }
@@ -323,6 +325,16 @@ sp_status_t sp_shuffle_reader_next(sp_shuffle_reader_t *r, const void **key_p, s
         }
         if (st == SP_OK)
             st = sp__kmerge_next(r->kmerge, key_p, klen_p, value_p, vlen_p, more_p);
+        if (st != SP_OK && sp__kmerge_bad_input(r->kmerge) != SIZE_MAX) {
+            const sp_block_ref_t *b =
+                &r->list->blocks[r->merge_block[sp__kmerge_bad_input(r->kmerge)]];
+            st = SP_RAISE(st,
+                          "block of shuffle %llu map %llu reduce %u at %s is not sorted by the "
+                          "job's comparator: was it written with key ordering, and is the "
+                          "comparator consistent?",
+                          (unsigned long long)b->shuffle_id, (unsigned long long)b->map_id,
+                          b->reduce_id, sp_block_where(b));
+        }
         break;
     case SP_READ_SORT:
     case SP_READ_AGGREGATE:
@@ -414,8 +426,10 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
     r->first_bad = sp__calloc(n + 1, sizeof(*r->first_bad));
     r->refetched = sp__calloc(n + 1, 1);
     r->held = opts->order == SP_READ_MERGE ? sp__calloc(n + 1, sizeof(*r->held)) : NULL;
+    r->merge_block =
+        opts->order == SP_READ_MERGE ? sp__calloc(n + 1, sizeof(*r->merge_block)) : NULL;
     if (pool->ctx == NULL || r->queue == NULL || r->first_bad == NULL || r->refetched == NULL ||
-        (opts->order == SP_READ_MERGE && r->held == NULL)) {
+        (opts->order == SP_READ_MERGE && (r->held == NULL || r->merge_block == NULL))) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for a shuffle reader of %zu blocks", n);
         goto err;
     }
@@ -490,5 +504,6 @@ void sp_shuffle_reader_close(sp_shuffle_reader_t *r)
     sp__free(r->first_bad);
     sp__free(r->refetched);
     sp__free(r->held);
+    sp__free(r->merge_block);
     sp__free(r);
 }

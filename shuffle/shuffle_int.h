@@ -139,7 +139,10 @@ void sp__kmerge_reset(sp_kmerge_t *m);
 /* Adds a sorted segment; the bytes must outlive the merge. Equal keys come
  * out in the order their inputs were added. */
 sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len);
-/* Next record in key order; pointers valid until the next call. */
+/* The input found not sorted by the comparator (after SP_ERR_BAD_FORMAT), or SIZE_MAX. */
+size_t sp__kmerge_bad_input(const sp_kmerge_t *m);
+/* Next record in key order; pointers valid until the next call. An input
+ * whose keys go down is SP_ERR_BAD_FORMAT (sp__kmerge_bad_input names it). */
 sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
                             const void **value_p, size_t *vlen_p, bool *more_p);
 

@@ -629,6 +629,80 @@ static void test_reader_damaged_outputs_name_the_block(void **state)
     shuffle_free(&e);
 }
 
+static int reversed_compare(const void *a, size_t alen, const void *b, size_t blen, void *arg)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+
+    (void)arg;
+    c = c != 0 ? c : (alen > blen) - (alen < blen);
+    return -c;
+}
+
+static int random_compare(const void *a, size_t alen, const void *b, size_t blen, void *arg)
+{
+    unsigned *seed = arg;
+
+    (void)a;
+    (void)alen;
+    (void)b;
+    (void)blen;
+    return (int)(rand_r(seed) % 3) - 1;
+}
+
+static void test_reader_inconsistent_comparator(void **state)
+{
+    const sp_map_status_t *st[MAPS];
+    sp_block_list_t *list = NULL;
+    sp_shuffle_reader_t *reader = NULL;
+    sp_task_memory_t *task = NULL;
+    shuffle_env_t e;
+    unsigned seed = 3;
+    const void *k, *v;
+    size_t kl, vl, records = 0;
+    bool more = true;
+    sp_status_t got = SP_OK;
+
+    (void)state;
+    shuffle_write(&e, 2, 3000, true, SP_CODEC_LZ4, "64m");
+    for (int m = 0; m < MAPS; m++)
+        st[m] = e.status[m];
+    assert_int_equal(sp_block_list_from_statuses(st, MAPS, 1, 2, &list), SP_OK);
+    assert_int_equal(sp_task_memory_create(e.mm, 1, &task), SP_OK);
+    {
+        /* Outputs sorted in byte order, merged with the reverse order: the
+         * merge notices and names a block instead of returning disorder. */
+        sp_shuffle_reader_options_t o = {.order = SP_READ_MERGE, .compare = reversed_compare};
+        assert_int_equal(sp_shuffle_reader_open(task, e.conf, list, &o, &reader), SP_OK);
+        while (more && (got = sp_shuffle_reader_next(reader, &k, &kl, &v, &vl, &more)) == SP_OK)
+            ;
+        assert_int_equal(got, SP_ERR_BAD_FORMAT);
+        assert_non_null(strstr(sp_last_error(), "not sorted by the job's comparator"));
+        assert_non_null(strstr(sp_last_error(), "shuffle 7 map"));
+        assert_non_null(strstr(sp_last_error(), "reduce 1"));
+        sp_shuffle_reader_close(reader);
+    }
+    {
+        /* A comparator that answers at random: sorting still ends and
+         * loses no record (the order is meaningless). */
+        sp_shuffle_reader_options_t o = {
+            .order = SP_READ_SORT, .compare = random_compare, .compare_arg = &seed};
+        size_t expect = 0;
+        more = true;
+        for (int m = 0; m < MAPS; m++)
+            expect += e.status[m]->records[1];
+        assert_int_equal(sp_shuffle_reader_open(task, e.conf, list, &o, &reader), SP_OK);
+        while (more) {
+            assert_int_equal(sp_shuffle_reader_next(reader, &k, &kl, &v, &vl, &more), SP_OK);
+            records += more;
+        }
+        assert_int_equal(records, expect);
+        sp_shuffle_reader_close(reader);
+    }
+    sp_task_memory_destroy(task, NULL);
+    sp_block_list_destroy(list);
+    shuffle_free(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -638,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_reader_respects_bytes_in_flight),
         cmocka_unit_test(test_reader_refetches_block_damaged_in_flight),
         cmocka_unit_test(test_reader_damaged_outputs_name_the_block),
+        cmocka_unit_test(test_reader_inconsistent_comparator),
     };
 
     snprintf(dir, sizeof(dir), "/tmp/spate-test-reader-%d", (int)getpid());
