@@ -54,3 +54,6 @@ SP_CONF_KEY("shuffle.sync", SP_CONF_BOOL, "false", NULL, NULL, NULL,
 SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NULL,
             "Most bytes a reduce task has requested and not yet received; each request asks "
             "for at most a fifth of it.")
+SP_CONF_KEY("shuffle.max_block_in_memory", SP_CONF_SIZE, "200m", "4k", "1t", NULL,
+            "A fetched block larger than this is streamed to a temporary file in "
+            "shuffle.local_dirs and read from there (blocks read in place are not copied).")

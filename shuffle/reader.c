@@ -22,7 +22,13 @@
  */
 #include "shuffle_int.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 typedef struct sp_completion {
     size_t index; /* in the block list */
@@ -30,6 +36,7 @@ typedef struct sp_completion {
     const void *data;
     size_t len;
     uint64_t expected;
+    char *file; /* the block came as this temporary file, mapped at data */
 } sp_completion_t;
 
 typedef struct sp_request {
@@ -43,7 +50,9 @@ struct sp_shuffle_reader {
     sp_shuffle_reader_options_t o;
     sp_block_fetcher_t *fetcher;
     bool own_fetcher;
-    uint64_t max_in_flight, in_flight;
+    uint64_t max_in_flight, in_flight, max_block_in_memory;
+    sp_shuffle_dirs_t *dirs; /* for blocks streamed to files */
+    unsigned file_seq;
 
     sp_request_t *requests;
     size_t nrequests, next_request;
@@ -83,6 +92,7 @@ static const char *sp_block_where(const sp_block_ref_t *b)
 typedef struct sp_req_ctx {
     sp_shuffle_reader_t *r;
     size_t first;
+    char *file; /* fetch_to_file: the path, owned until the completion takes it */
 } sp_req_ctx_t;
 
 static void sp_reader_done_ctx(void *arg, size_t i, sp_status_t status, const void *data,
@@ -92,7 +102,8 @@ static void sp_reader_done_ctx(void *arg, size_t i, sp_status_t status, const vo
     sp_shuffle_reader_t *r = ctx->r;
     size_t slot = (r->qhead + r->qlen) % (r->list->count + 1);
 
-    r->queue[slot] = (sp_completion_t){ctx->first + i, status, data, len, expected};
+    r->queue[slot] = (sp_completion_t){ctx->first + i, status, data, len, expected, ctx->file};
+    ctx->file = NULL;
     r->qlen++;
     r->in_flight -= SP_MIN(r->in_flight, r->list->blocks[ctx->first + i].size);
 }
@@ -105,6 +116,47 @@ typedef struct sp_ctx_pool {
 
 static sp_ctx_pool_t *sp_reader_pool(sp_shuffle_reader_t *r);
 
+static bool sp_reader_can_fetch_to_file(const sp_shuffle_reader_t *r)
+{
+    const sp_block_fetcher_ops_t *ops = r->fetcher->ops;
+
+    return ops->size >=
+               offsetof(sp_block_fetcher_ops_t, fetch_to_file) + sizeof(ops->fetch_to_file) &&
+           ops->fetch_to_file != NULL && r->dirs != NULL;
+}
+
+/* Maps a block fetched to a file; the mapping replaces the data pointer. */
+static sp_status_t sp_reader_map_file(sp_completion_t *c)
+{
+    int fd = open(c->file, O_RDONLY | O_CLOEXEC);
+    void *map;
+
+    if (fd < 0)
+        return SP_RAISE(SP_ERR_IO, "open fetched block %s: %s (errno %d)", c->file, strerror(errno),
+                        errno);
+    map = c->len != 0 ? mmap(NULL, c->len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (map == MAP_FAILED)
+        return SP_RAISE(SP_ERR_IO, "map fetched block %s: %s (errno %d)", c->file, strerror(errno),
+                        errno);
+    c->data = map;
+    return SP_OK;
+}
+
+/* Gives a completed block back: to the fetcher, or unmaps and removes its file. */
+static void sp_reader_release(sp_shuffle_reader_t *r, const sp_completion_t *c)
+{
+    if (c->file != NULL) {
+        if (c->data != NULL)
+            munmap((void *)(uintptr_t)c->data, c->len);
+        unlink(c->file);
+        sp__tempfile_forget(c->file);
+        sp__free(c->file);
+    } else if (c->status == SP_OK) {
+        r->fetcher->ops->release(r->fetcher, c->data, c->len);
+    }
+}
+
 static sp_status_t sp_reader_fetch(sp_shuffle_reader_t *r, size_t first, size_t count,
                                    uint64_t bytes)
 {
@@ -116,11 +168,26 @@ static sp_status_t sp_reader_fetch(sp_shuffle_reader_t *r, size_t first, size_t 
     ctx = &pool->ctx[pool->n++];
     ctx->r = r;
     ctx->first = first;
+    ctx->file = NULL;
     r->in_flight += bytes;
     r->stats.peak_in_flight = SP_MAX(r->stats.peak_in_flight, r->in_flight);
     r->stats.requests++;
-    st =
-        r->fetcher->ops->fetch(r->fetcher, &r->list->blocks[first], count, sp_reader_done_ctx, ctx);
+    if (count == 1 && bytes > r->max_block_in_memory && sp_reader_can_fetch_to_file(r)) {
+        /* A large block goes to a file of ours instead of memory. */
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/fetch_%ld_%u.tmp", sp__shuffle_dirs_next(r->dirs),
+                 (long)getpid(), r->file_seq++);
+        ctx->file = sp__strdup(path);
+        if (ctx->file == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for the path %s", path);
+        sp__tempfile_register(path);
+        r->stats.blocks_to_file++;
+        st = r->fetcher->ops->fetch_to_file(r->fetcher, &r->list->blocks[first], path,
+                                            sp_reader_done_ctx, ctx);
+    } else {
+        st = r->fetcher->ops->fetch(r->fetcher, &r->list->blocks[first], count, sp_reader_done_ctx,
+                                    ctx);
+    }
     if (st != SP_OK)
         return SP_RAISE(SP_ERR_FETCH_FAILED, "fetch of %zu block(s) from %s failed: %s", count,
                         sp_block_where(&r->list->blocks[first]), sp_last_error());
@@ -176,14 +243,20 @@ static sp_status_t sp_reader_take(sp_shuffle_reader_t *r, sp_completion_t *c_p, 
         r->qhead = (r->qhead + 1) % (r->list->count + 1);
         r->qlen--;
         b = &r->list->blocks[c.index];
-        if (c.status != SP_OK)
+        if (c.status == SP_OK && c.file != NULL && (st = sp_reader_map_file(&c)) != SP_OK) {
+            sp_reader_release(r, &c);
+            return st;
+        }
+        if (c.status != SP_OK) {
+            sp_reader_release(r, &c);
             return SP_RAISE(
                 SP_ERR_FETCH_FAILED, "fetch failed: shuffle %llu map %llu reduce %u at %s: %s: %s",
                 (unsigned long long)b->shuffle_id, (unsigned long long)b->map_id, b->reduce_id,
                 sp_block_where(b), sp_status_str(c.status), sp_last_error());
+        }
         sum = sp__checksum_buf(b->checksum_kind, c.data, c.len);
         if (sum != c.expected) {
-            r->fetcher->ops->release(r->fetcher, c.data, c.len);
+            sp_reader_release(r, &c);
             if (!r->refetched[c.index]) {
                 r->refetched[c.index] = 1;
                 r->first_bad[c.index] = sum;
@@ -244,7 +317,7 @@ static sp_status_t sp_reader_next_unordered(sp_shuffle_reader_t *r, const void *
                 return sp_reader_block_error(r, &r->cur, st);
             if (*more_p)
                 return SP_OK;
-            r->fetcher->ops->release(r->fetcher, r->cur.data, r->cur.len);
+            sp_reader_release(r, &r->cur);
             r->have_cur = false;
         }
         st = sp_reader_take(r, &r->cur, &got);
@@ -374,7 +447,8 @@ static sp_status_t sp_reader_plan(sp_shuffle_reader_t *r)
                          (prev->address == NULL) == (b->address == NULL) &&
                          (prev->address == NULL || strcmp(prev->address, b->address) == 0);
 
-        if (q != NULL && same_peer && q->bytes + b->size <= target) {
+        if (q != NULL && same_peer && q->bytes + b->size <= target &&
+            b->size <= r->max_block_in_memory && q->bytes <= r->max_block_in_memory) {
             q->count++;
             q->bytes += b->size;
         } else {
@@ -418,7 +492,9 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
     r->task = task;
     r->list = blocks;
     r->o = *opts;
-    if ((st = sp_conf_get_size(conf, "shuffle.max_bytes_in_flight", &r->max_in_flight)) != SP_OK)
+    if ((st = sp_conf_get_size(conf, "shuffle.max_bytes_in_flight", &r->max_in_flight)) != SP_OK ||
+        (st = sp_conf_get_size(conf, "shuffle.max_block_in_memory", &r->max_block_in_memory)) !=
+            SP_OK)
         goto err;
     pool->cap = 2 * n + 1; /* every block may be its own request, and refetched once */
     pool->ctx = sp__calloc(pool->cap, sizeof(*pool->ctx));
@@ -437,6 +513,10 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
         goto err;
     if (opts->fetcher != NULL) {
         r->fetcher = opts->fetcher;
+        /* Only a fetcher that can stream to files needs the local dirs. */
+        if (sp_reader_can_fetch_to_file(r) || r->fetcher->ops->fetch_to_file != NULL)
+            if ((st = sp__shuffle_dirs_create(conf, &r->dirs)) != SP_OK)
+                goto err;
     } else {
         if ((st = sp_local_fetcher_create(&r->fetcher)) != SP_OK)
             goto err;
@@ -482,14 +562,20 @@ void sp_shuffle_reader_close(sp_shuffle_reader_t *r)
         return;
     if (r->fetcher != NULL) {
         if (r->have_cur)
-            r->fetcher->ops->release(r->fetcher, r->cur.data, r->cur.len);
+            sp_reader_release(r, &r->cur);
         for (size_t i = 0; i < r->nheld; i++)
-            r->fetcher->ops->release(r->fetcher, r->held[i].data, r->held[i].len);
+            sp_reader_release(r, &r->held[i]);
         /* Completed blocks nobody took. */
-        for (size_t i = 0; i < r->qlen; i++) {
-            const sp_completion_t *c = &r->queue[(r->qhead + i) % (r->list->count + 1)];
-            if (c->status == SP_OK)
-                r->fetcher->ops->release(r->fetcher, c->data, c->len);
+        for (size_t i = 0; i < r->qlen; i++)
+            sp_reader_release(r, &r->queue[(r->qhead + i) % (r->list->count + 1)]);
+        /* Files of fetches that never completed. */
+        for (size_t i = 0; i < sp_reader_pool(r)->n; i++) {
+            char *file = sp_reader_pool(r)->ctx[i].file;
+            if (file != NULL) {
+                unlink(file);
+                sp__tempfile_forget(file);
+                sp__free(file);
+            }
         }
         if (r->own_fetcher)
             sp_block_fetcher_destroy(r->fetcher);
@@ -499,6 +585,7 @@ void sp_shuffle_reader_close(sp_shuffle_reader_t *r)
     sp__kmerge_destroy(r->kmerge);
     sp_segment_reader_destroy(r->seg);
     sp__free(sp_reader_pool(r)->ctx);
+    sp__shuffle_dirs_destroy(r->dirs);
     sp__free(r->requests);
     sp__free(r->queue);
     sp__free(r->first_bad);

@@ -402,6 +402,14 @@ typedef struct sp_block_fetcher_ops {
     /** Gives back the bytes of a completed block. */
     void (*release)(sp_block_fetcher_t *fetcher, const void *data, size_t len);
     void (*destroy)(sp_block_fetcher_t *fetcher);
+    /**
+     * Optional (NULL, or absent from a smaller ops size): fetches one block
+     * into a new file at path instead of memory, then done(arg, 0, status,
+     * NULL, len, expected). The reader uses it for blocks larger than
+     * shuffle.max_block_in_memory and removes the file after use.
+     */
+    sp_status_t (*fetch_to_file)(sp_block_fetcher_t *fetcher, const sp_block_ref_t *block,
+                                 const char *path, sp_fetch_done_fn_t done, void *arg);
 } sp_block_fetcher_ops_t;
 
 /** Base of every fetcher; embed it first and get back with container_of. */
@@ -443,6 +451,7 @@ typedef struct sp_shuffle_read_stats {
     uint64_t refetches;      /**< blocks fetched again after a checksum mismatch */
     uint64_t wait_ns;        /**< time waiting for fetches */
     uint64_t spills;         /**< spills of the external sort or the aggregation */
+    uint64_t blocks_to_file; /**< blocks fetched to a temporary file (large blocks) */
 } sp_shuffle_read_stats_t;
 
 typedef struct sp_shuffle_reader sp_shuffle_reader_t;

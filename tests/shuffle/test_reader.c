@@ -439,11 +439,49 @@ static void slow_destroy(sp_block_fetcher_t *f)
     free(sf);
 }
 
+typedef struct to_file {
+    const void *data;
+    size_t len;
+    uint64_t expected;
+    sp_status_t status;
+} to_file_t;
+
+static void to_file_done(void *arg, size_t i, sp_status_t status, const void *data, size_t len,
+                         uint64_t expected)
+{
+    to_file_t *t = arg;
+
+    (void)i;
+    *t = (to_file_t){data, len, expected, status};
+}
+
+static int files_fetched;
+
+/* Streams the block into path, as a transport would for a large block. */
+static sp_status_t slow_fetch_to_file(sp_block_fetcher_t *f, const sp_block_ref_t *block,
+                                      const char *path, sp_fetch_done_fn_t done, void *arg)
+{
+    slow_fetcher_t *sf = slow_of(f);
+    to_file_t t = {0};
+    int fd;
+
+    assert_int_equal(sf->local->ops->fetch(sf->local, block, 1, to_file_done, &t), SP_OK);
+    assert_int_equal(t.status, SP_OK);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, t.data, t.len), (ssize_t)t.len);
+    close(fd);
+    files_fetched++;
+    done(arg, 0, SP_OK, NULL, t.len, t.expected);
+    return SP_OK;
+}
+
 static const sp_block_fetcher_ops_t slow_ops = {.size = sizeof(sp_block_fetcher_ops_t),
                                                 .fetch = slow_fetch,
                                                 .progress = slow_progress,
                                                 .release = slow_release,
-                                                .destroy = slow_destroy};
+                                                .destroy = slow_destroy,
+                                                .fetch_to_file = slow_fetch_to_file};
 
 static slow_fetcher_t *slow_create(void)
 {
@@ -703,6 +741,42 @@ static void test_reader_inconsistent_comparator(void **state)
     shuffle_free(&e);
 }
 
+static unsigned count_fetch_files(void)
+{
+    char cmd[400];
+    FILE *f;
+    unsigned n = 0;
+
+    snprintf(cmd, sizeof(cmd), "ls %s 2>/dev/null | grep -c '^fetch_'", dir);
+    f = popen(cmd, "r");
+    assert_non_null(f);
+    if (fscanf(f, "%u", &n) != 1)
+        n = 0;
+    pclose(f);
+    return n;
+}
+
+static void test_reader_streams_large_blocks_through_files(void **state)
+{
+    shuffle_env_t e;
+    slow_fetcher_t *sf = slow_create();
+    sp_shuffle_read_stats_t s;
+
+    (void)state;
+    shuffle_write(&e, 2, 5000, true, SP_CODEC_ZSTD, "64m");
+    assert_int_equal(sp_conf_set(e.conf, "shuffle.max_block_in_memory", "4k"), SP_OK);
+    files_fetched = 0;
+    check_partition(&e, 0, SP_READ_UNORDERED, &sf->base, &s);
+    assert_int_equal(s.blocks_to_file, MAPS);
+    assert_int_equal(files_fetched, MAPS);
+    check_partition(&e, 1, SP_READ_MERGE, &sf->base, &s);
+    assert_int_equal(s.blocks_to_file, MAPS);
+    /* Every temporary block file is gone once the reader is closed. */
+    assert_int_equal(count_fetch_files(), 0);
+    shuffle_free(&e);
+    sp_block_fetcher_destroy(&sf->base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -713,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_reader_refetches_block_damaged_in_flight),
         cmocka_unit_test(test_reader_damaged_outputs_name_the_block),
         cmocka_unit_test(test_reader_inconsistent_comparator),
+        cmocka_unit_test(test_reader_streams_large_blocks_through_files),
     };
 
     snprintf(dir, sizeof(dir), "/tmp/spate-test-reader-%d", (int)getpid());
