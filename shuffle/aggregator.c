@@ -79,7 +79,6 @@
  * Tests narrow it to force equal hashes of different keys. Read once, when
  * an aggregator is created.
  */
-extern uint64_t sp__aggregator_hash_mask;
 uint64_t sp__aggregator_hash_mask = UINT64_MAX;
 
 typedef struct sp_agg_slot {

@@ -159,6 +159,9 @@ sp_status_t sp__sorter_insert(sp_shuffle_writer_t *sorter, const void *key, size
 sp_status_t sp__sorter_next(sp_shuffle_writer_t *sorter, const void **key_p, size_t *key_len_p,
                             const void **value_p, size_t *value_len_p, bool *more_p);
 
+/* Test hook: hashes of new aggregators are ANDed with this (collision tests). */
+extern uint64_t sp__aggregator_hash_mask;
+
 /* CRC-32C of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine, Castagnoli). */
 uint32_t sp__crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 

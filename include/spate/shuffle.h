@@ -337,8 +337,11 @@ SP_API sp_status_t sp_map_output_tracker_blocks(sp_map_output_tracker_t *tracker
 /**
  * Combines values a and b of one key into out (cap bytes) and returns the
  * combined length; when that is more than cap nothing need be written and
- * the call is repeated with a buffer of at least that size. Must be
- * associative; it may be called in any grouping of a key's values.
+ * the call is repeated with a buffer of at least that size. out never
+ * overlaps a or b. It must be associative: values of a key are combined in
+ * the order they were inserted (a is the older), in any grouping. Inserted
+ * values are already in combined form (an average, say, inserts
+ * (sum, count) pairs).
  */
 struct sp_combiner {
     size_t (*combine)(void *arg, const void *key, size_t key_len, const void *a, size_t a_len,
@@ -365,6 +368,13 @@ typedef struct sp_aggregator_stats {
  */
 SP_API sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
                                         const sp_combiner_t *combiner, sp_aggregator_t **agg_p);
+/**
+ * Adds a record (bytes copied; empty keys allowed). SP_ERR_TOO_LARGE for a
+ * record or combined value larger than the task's memory, which leaves the
+ * aggregator usable; SP_ERR_INVALID_PARAM after the first next(); other
+ * errors (a failed spill: SP_ERR_IO, SP_ERR_NO_SPACE, SP_ERR_NOMEM) leave it
+ * fit only for destroy.
+ */
 SP_API sp_status_t sp_aggregator_insert(sp_aggregator_t *agg, const void *key, size_t key_len,
                                         const void *value, size_t value_len);
 /**

@@ -16,6 +16,7 @@
 /* LABELS: unit */
 #include "common_int.h"
 #include <spate/shuffle.h>
+#include "shuffle/shuffle_int.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,7 +30,6 @@
 #include <unistd.h>
 
 /* Test hook of shuffle/aggregator.c: the mask applied to key hashes. */
-extern uint64_t sp__aggregator_hash_mask;
 
 static char dir[256];
 
