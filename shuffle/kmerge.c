@@ -199,8 +199,9 @@ sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
     }
     m->last = m->heap[0];
     top = &m->in[m->last];
-    if (top->klen > m->last_cap) {
-        size_t cap = SP_MAX(2 * m->last_cap, top->klen);
+    if (top->klen > m->last_cap || m->last_key == NULL) {
+        /* Never NULL, even for empty keys: comparators get real pointers. */
+        size_t cap = SP_MAX(SP_MAX(2 * m->last_cap, top->klen), 16);
         unsigned char *k = sp__realloc(m->last_key, cap);
         if (k == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for a key of %zu bytes", top->klen);

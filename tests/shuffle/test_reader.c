@@ -74,6 +74,8 @@ static void shuffle_write(shuffle_env_t *e, uint32_t partitions, size_t records,
         e->nref[m] = records;
         for (size_t i = 0; i < records; i++) {
             uint64_t v = (uint64_t)(rand() % 1000);
+            e->ref[m][i].value = realloc(e->ref[m][i].value, 8);
+            assert_non_null(e->ref[m][i].value);
             e->ref[m][i].vlen = 8;
             for (int b = 0; b < 8; b++)
                 e->ref[m][i].value[b] = (unsigned char)(v >> (8 * b));
