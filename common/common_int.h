@@ -78,6 +78,18 @@ void *sp__realloc(void *ptr, size_t size);
 char *sp__strdup(const char *s);
 void sp__free(void *ptr);
 
+/*
+ * Positioned file I/O (common/io.c). pwrite_all and pread_all finish short
+ * transfers and retry EINTR; a file shorter than asked is SP_ERR_CORRUPT on
+ * read; ENOSPC is SP_ERR_NO_SPACE, other errors SP_ERR_IO, each message
+ * naming path. All three are fault-injection points.
+ */
+sp_status_t sp__pwrite_all(int fd, const void *buf, size_t len, uint64_t offset, const char *path);
+sp_status_t sp__pread_all(int fd, void *buf, size_t len, uint64_t offset, const char *path);
+int sp__fsync(int fd);
+/* The status and message of a failed write-side call op on path. */
+sp_status_t sp__write_error(const char *op, const char *path, int err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -175,29 +175,6 @@ static uint64_t sp_bs_get_le(const unsigned char *p, unsigned bytes)
     return v;
 }
 
-static sp_status_t sp_bs_write_all(int fd, const void *buf, size_t len, const char *path)
-{
-    const char *p = buf;
-
-    while (len > 0) {
-        ssize_t n;
-        if (sp__fault_fire(SP_FAULT_WRITE)) {
-            errno = EIO;
-            n = -1;
-        } else {
-            n = write(fd, p, len);
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return SP_RAISE(errno == ENOSPC ? SP_ERR_NO_SPACE : SP_ERR_IO,
-                            "write to block file %s: %s (errno %d)", path, strerror(errno), errno);
-        p += n;
-        len -= (size_t)n;
-    }
-    return SP_OK;
-}
-
 /* Writes the block file of id atomically (temporary name, then rename). */
 static sp_status_t sp_bs_write_file(sp_block_store_t *bs, const char *id, const void *data,
                                     size_t len)
@@ -218,9 +195,9 @@ static sp_status_t sp_bs_write_file(sp_block_store_t *bs, const char *id, const 
     if (fd < 0)
         return SP_RAISE(SP_ERR_IO, "create block file %s: %s (errno %d)", tmp, strerror(errno),
                         errno);
-    st = sp_bs_write_all(fd, header, sizeof(header), tmp);
+    st = sp__pwrite_all(fd, header, sizeof(header), 0, tmp);
     if (st == SP_OK)
-        st = sp_bs_write_all(fd, data, len, tmp);
+        st = sp__pwrite_all(fd, data, len, SP_BLOCK_HEADER, tmp);
     if (close(fd) != 0 && st == SP_OK)
         st = SP_RAISE(SP_ERR_IO, "close block file %s: %s (errno %d)", tmp, strerror(errno), errno);
     if (st == SP_OK && rename(tmp, path) != 0)
@@ -229,31 +206,6 @@ static sp_status_t sp_bs_write_file(sp_block_store_t *bs, const char *id, const 
     if (st != SP_OK)
         unlink(tmp);
     return st;
-}
-
-static sp_status_t sp_bs_read_all(int fd, void *buf, size_t len, const char *path)
-{
-    char *p = buf;
-
-    while (len > 0) {
-        ssize_t n;
-        if (sp__fault_fire(SP_FAULT_READ)) {
-            errno = EIO;
-            n = -1;
-        } else {
-            n = read(fd, p, len);
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return SP_RAISE(SP_ERR_IO, "read block file %s: %s (errno %d)", path, strerror(errno),
-                            errno);
-        if (n == 0)
-            return SP_RAISE(SP_ERR_CORRUPT, "block file %s is shorter than its header says", path);
-        p += n;
-        len -= (size_t)n;
-    }
-    return SP_OK;
 }
 
 /* Reads and verifies the block file of id into a new heap buffer *data_p. */
@@ -282,7 +234,7 @@ static sp_status_t sp_bs_read_file(sp_block_store_t *bs, const char *id, size_t 
                       path, (long long)sb.st_size, SP_BLOCK_HEADER);
         goto out_close;
     }
-    st = sp_bs_read_all(fd, header, sizeof(header), path);
+    st = sp__pread_all(fd, header, sizeof(header), 0, path);
     if (st != SP_OK)
         goto out_close;
     magic = sp_bs_get_le(header, 4);
@@ -308,7 +260,7 @@ static sp_status_t sp_bs_read_file(sp_block_store_t *bs, const char *id, size_t 
                       (unsigned long long)len);
         goto out_close;
     }
-    st = sp_bs_read_all(fd, data, len, path);
+    st = sp__pread_all(fd, data, len, SP_BLOCK_HEADER, path);
     if (st == SP_OK && XXH3_64bits(data, len) != sum)
         st = SP_RAISE(SP_ERR_CORRUPT, "block file %s: payload fails its XXH3 checksum", path);
     if (st != SP_OK) {

@@ -167,74 +167,6 @@ void sp__tempfile_forget(const char *path)
 
 /* ---- positioned I/O ---- */
 
-static sp_status_t sp_write_error(const char *op, const char *path, int err)
-{
-    return SP_RAISE(err == ENOSPC ? SP_ERR_NO_SPACE : SP_ERR_IO, "%s %s: %s (errno %d)", op, path,
-                    strerror(err), err);
-}
-
-sp_status_t sp__pwrite_all(int fd, const void *buf, size_t len, uint64_t offset, const char *path)
-{
-    const char *p = buf;
-
-    while (len > 0) {
-        ssize_t n;
-
-        if (sp__fault_fire(SP_FAULT_WRITE)) {
-            errno = ENOSPC;
-            n = -1;
-        } else {
-            n = pwrite(fd, p, len, (off_t)offset);
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return sp_write_error("write", path, errno);
-        if (n == 0)
-            return SP_RAISE(SP_ERR_IO, "write %s: wrote nothing of %zu bytes", path, len);
-        p += n;
-        len -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return SP_OK;
-}
-
-int sp__fsync(int fd)
-{
-    if (sp__fault_fire(SP_FAULT_WRITE)) {
-        errno = EIO;
-        return -1;
-    }
-    return fsync(fd);
-}
-
-sp_status_t sp__pread_all(int fd, void *buf, size_t len, uint64_t offset, const char *path)
-{
-    char *p = buf;
-
-    while (len > 0) {
-        ssize_t n;
-
-        if (sp__fault_fire(SP_FAULT_READ)) {
-            errno = EIO;
-            n = -1;
-        } else {
-            n = pread(fd, p, len, (off_t)offset);
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return SP_RAISE(SP_ERR_IO, "read %s: %s (errno %d)", path, strerror(errno), errno);
-        if (n == 0)
-            return SP_RAISE(SP_ERR_CORRUPT, "read %s: file ends %zu bytes early at offset %llu",
-                            path, len, (unsigned long long)offset);
-        p += n;
-        len -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return SP_OK;
-}
-
 /* ---- buffered writer ---- */
 
 sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t buffer)
@@ -260,7 +192,7 @@ sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t 
         sp__free(fw->buf);
         fw->path = NULL;
         fw->buf = NULL;
-        return sp_write_error("create", path, err);
+        return sp__write_error("create", path, err);
     }
     return SP_OK;
 }
@@ -317,7 +249,7 @@ sp_status_t sp__file_writer_finish(sp_file_writer_t *fw, bool sync)
     if (st == SP_OK && sync && sp__fsync(fw->fd) != 0)
         st = SP_RAISE(SP_ERR_IO, "fsync %s: %s (errno %d)", fw->path, strerror(errno), errno);
     if (close(fw->fd) != 0 && st == SP_OK)
-        st = sp_write_error("close", fw->path, errno);
+        st = sp__write_error("close", fw->path, errno);
     fw->fd = -1;
     return st;
 }

@@ -97,13 +97,6 @@ sp_status_t sp__file_writer_sink(void *arg, const void *buf, size_t len);
 /* Writes the data/spill file header. */
 sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_checksum_kind_t kind);
 
-/* Writes len bytes at offset of fd with retries; fault-injectable (SP_FAULT_WRITE). */
-sp_status_t sp__pwrite_all(int fd, const void *buf, size_t len, uint64_t offset, const char *path);
-/* fsync(2) that a SP_FAULT_WRITE fault makes fail with EIO. */
-int sp__fsync(int fd);
-/* Reads len bytes at offset of fd; short file is SP_ERR_CORRUPT. (SP_FAULT_READ) */
-sp_status_t sp__pread_all(int fd, void *buf, size_t len, uint64_t offset, const char *path);
-
 /* ---- committed outputs ---- */
 
 /* Paths of the committed files of (shuffle, map) in dir. */
