@@ -193,6 +193,11 @@ class BM_shuffle_write : public benchmark::Fixture
             error_ = spate_error("sp_conf_create", st);
             return;
         }
+        /* SPATE_CONF_* variables tune a run (memory.huge_pages, shuffle.*). */
+        if ((st = sp_conf_load_env(conf_, environ)) != SP_OK) {
+            error_ = spate_error("sp_conf_load_env", st);
+            return;
+        }
         if ((st = sp_conf_set(conf_, "memory.executor", executor.c_str())) != SP_OK ||
             (st = sp_conf_set(conf_, "memory.reserved", "0")) != SP_OK ||
             (st = sp_conf_set(conf_, "memory.fraction", "1")) != SP_OK ||
