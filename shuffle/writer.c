@@ -38,6 +38,8 @@
 #define SP_INITIAL_RECORDS 4096
 /* Records staged per encoder call: large calls keep LZ4/zstd efficient. */
 #define SP_STAGE_BYTES (64 * 1024)
+/* Execution memory one input of a key-ordered merge needs (its decode window). */
+#define SP_MERGE_WINDOW (256 * 1024)
 /* How far ahead the partition-order gather prefetches records. */
 #define SP_PREFETCH_AHEAD 16
 
@@ -105,6 +107,7 @@ struct sp_shuffle_writer {
     uint64_t bypass_bytes; /* execution memory held for the raw buffers */
 
     unsigned char *stage; /* SP_STAGE_BYTES of records on their way to the encoder */
+    uint64_t merge_bytes; /* execution memory held for merge windows */
 
     sp_shuffle_write_stats_t stats;
 };
@@ -1041,6 +1044,103 @@ static sp_status_t sp_writer_merge_ordered(sp_shuffle_writer_t *w, uint32_t p, s
     return st;
 }
 
+/*
+ * Merges the oldest count spills into one, partition by partition, by key.
+ * The merged run replaces them at the front, so the order of runs (and of
+ * equal keys) is kept.
+ */
+static sp_status_t sp_writer_merge_oldest(sp_shuffle_writer_t *w, unsigned count)
+{
+    unsigned total = w->nspills;
+    size_t *cursor = sp__calloc(count, sizeof(*cursor)), nsegs = 0;
+    sp_spill_t merged = {0};
+    sp_file_writer_t fw = {.fd = -1};
+    char path[PATH_MAX];
+    sp_status_t st;
+
+    for (unsigned s = 0; s < count; s++)
+        nsegs += w->spills[s].nsegs;
+    merged.segs =
+        sp__malloc(SP_MAX(SP_MIN(nsegs, (size_t)w->o.partitions), 1) * sizeof(*merged.segs));
+    snprintf(path, sizeof(path), "%s/spill_%llu_%llu_%u_%ld_%u.tmp", sp__shuffle_dirs_next(w->dirs),
+             (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id, w->o.attempt,
+             (long)getpid(), w->seq++);
+    merged.path = sp__strdup(path);
+    if (cursor == NULL || merged.segs == NULL || merged.path == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u runs", count);
+        goto out;
+    }
+    if ((st = sp__file_writer_open(&fw, path, w->spill_buffer)) != SP_OK)
+        goto out;
+    st = sp__data_header_write(&fw, w->o.codec, w->o.checksum);
+    /* The merge functions see only the group. */
+    w->nspills = count;
+    if (st == SP_OK)
+        st = sp_writer_map_spills(w);
+    while (st == SP_OK) {
+        uint32_t p = UINT32_MAX;
+        sp_spill_seg_t seg = {0};
+
+        for (unsigned s = 0; s < count; s++) {
+            if (cursor[s] < w->spills[s].nsegs)
+                p = SP_MIN(p, w->spills[s].segs[cursor[s]].partition);
+        }
+        if (p == UINT32_MAX)
+            break;
+        seg.partition = p;
+        seg.offset = fw.offset;
+        st = sp_writer_merge_ordered(w, p, cursor, &fw, &seg.length, &seg.records, &seg.checksum);
+        if (st == SP_OK && seg.records != 0)
+            merged.segs[merged.nsegs++] = seg;
+    }
+    sp_writer_unmap_spills(w);
+    w->nspills = total;
+    if (st == SP_OK)
+        st = sp__file_writer_finish(&fw, false);
+    if (st != SP_OK) {
+        sp__file_writer_discard(&fw);
+        goto out;
+    }
+    merged.size = fw.offset;
+    w->stats.spill_bytes += fw.offset;
+    sp__file_writer_release(&fw);
+    for (unsigned s = 0; s < count; s++)
+        sp_spill_free(&w->spills[s], true);
+    memmove(w->spills + 1, w->spills + count, (total - count) * sizeof(*w->spills));
+    w->spills[0] = merged;
+    w->nspills = total - count + 1;
+    w->stats.merge_passes++;
+    merged.path = NULL;
+    merged.segs = NULL;
+out:
+    sp__free(cursor);
+    sp__free(merged.path);
+    sp__free(merged.segs);
+    return st;
+}
+
+/*
+ * A key-ordered merge holds a decode window per run. Memory for them comes
+ * from the task; when it cannot cover every run, the oldest runs are merged
+ * in groups until the rest fit.
+ */
+static sp_status_t sp_writer_limit_fan_in(sp_shuffle_writer_t *w)
+{
+    for (;;) {
+        uint64_t want = (uint64_t)w->nspills * SP_MERGE_WINDOW;
+        unsigned fan_in;
+        sp_status_t st;
+
+        if (w->merge_bytes < want)
+            w->merge_bytes += sp_memory_consumer_acquire(&w->consumer, want - w->merge_bytes);
+        fan_in = (unsigned)SP_MAX(2, w->merge_bytes / SP_MERGE_WINDOW);
+        if (w->nspills <= fan_in)
+            return SP_OK;
+        if ((st = sp_writer_merge_oldest(w, fan_in)) != SP_OK)
+            return st;
+    }
+}
+
 /* Merges every spill into out, partition by partition. */
 static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out, uint64_t *lengths,
                                    uint64_t *records, uint64_t *checksums)
@@ -1055,7 +1155,9 @@ static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out
         goto out;
     }
     if (w->o.key_ordering) {
-        st = sp_writer_map_spills(w);
+        st = sp_writer_limit_fan_in(w);
+        if (st == SP_OK)
+            st = sp_writer_map_spills(w);
     } else {
         for (; opened < w->nspills; opened++) {
             fds[opened] = open(w->spills[opened].path, O_RDONLY | O_CLOEXEC);
@@ -1166,6 +1268,10 @@ static void sp_writer_release_memory(sp_shuffle_writer_t *w)
     if (w->bypass_bytes != 0) {
         sp_memory_consumer_release(&w->consumer, w->bypass_bytes);
         w->bypass_bytes = 0;
+    }
+    if (w->merge_bytes != 0) {
+        sp_memory_consumer_release(&w->consumer, w->merge_bytes);
+        w->merge_bytes = 0;
     }
     w->n = 0;
 }
@@ -1379,7 +1485,7 @@ static sp_status_t sp_sorter_start(sp_shuffle_writer_t *w)
     }
     if (w->n > 0 && (st = sp_writer_spill(w)) != SP_OK)
         return st;
-    if ((st = sp_writer_map_spills(w)) != SP_OK)
+    if ((st = sp_writer_limit_fan_in(w)) != SP_OK || (st = sp_writer_map_spills(w)) != SP_OK)
         return st;
     cursor = sp__calloc(w->nspills, sizeof(*cursor));
     if (cursor == NULL)

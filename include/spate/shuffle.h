@@ -150,6 +150,7 @@ typedef struct sp_shuffle_write_stats {
     uint64_t sort_ns;      /**< time sorting pointers */
     uint64_t spill_ns;     /**< time writing spills */
     uint64_t merge_ns;     /**< time merging and writing the output */
+    uint64_t merge_passes; /**< intermediate merges of runs when memory limits the fan-in */
     bool bypass;           /**< written by the bypass path */
 } sp_shuffle_write_stats_t;
 

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 static char dir[256];
+static const char *sweep_executor = "16m"; /* memory.executor of the sweeps */
 
 static unsigned count_files(void)
 {
@@ -99,7 +100,7 @@ static void sweep(sp_fault_kind_t kind, const ref_case_t *c)
     uint64_t n, failures = 0;
 
     assert_int_equal(sp_conf_create(&conf), SP_OK);
-    assert_int_equal(sp_conf_set(conf, "memory.executor", "16m"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.executor", sweep_executor), SP_OK);
     assert_int_equal(sp_conf_set(conf, "memory.reserved", "0"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "memory.fraction", "1"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "memory.page_size", "16k"), SP_OK);
@@ -211,6 +212,22 @@ static void test_writer_fault_bypass_path(void **state)
     sweep(SP_FAULT_ALLOC, &c);
 }
 
+static void test_writer_fault_grouped_merges(void **state)
+{
+    ref_case_t c = sort_case;
+
+    (void)state;
+    /* 1 MiB leaves decode windows for only a few of the runs: the merge of
+     * runs in groups is swept too. */
+    c.key_ordering = true;
+    c.records = 1500;
+    sweep_executor = "1m";
+    sweep(SP_FAULT_WRITE, &c);
+    sweep(SP_FAULT_READ, &c);
+    sweep(SP_FAULT_ALLOC, &c);
+    sweep_executor = "16m";
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -218,6 +235,7 @@ int main(void)
         cmocka_unit_test(test_writer_fault_every_read),
         cmocka_unit_test(test_writer_fault_every_allocation),
         cmocka_unit_test(test_writer_fault_bypass_path),
+        cmocka_unit_test(test_writer_fault_grouped_merges),
     };
     int rc;
 
