@@ -1,0 +1,108 @@
+/*
+ * spate — transport layer: moving bytes between executors. A transport is
+ * one executor's endpoint on a backend (ofi: libfabric RDM endpoints with
+ * one-sided reads). Memory regions
+ * (pages, or a memory-mapped committed data file) are registered read-only
+ * for remote access; their packed remote key travels in the map status; a
+ * reader posts a fetch (peer, key, offset, length) into a registered local
+ * buffer and polls for its completion.
+ */
+#ifndef SPATE_TRANSPORT_H
+#define SPATE_TRANSPORT_H
+
+#include <spate/common.h>
+#include <spate/conf.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct sp_transport sp_transport_t;
+typedef struct sp_mr sp_mr_t;
+
+/** Largest endpoint address and packed remote key, in bytes. */
+#define SP_TRANSPORT_ADDR_MAX 256
+#define SP_TRANSPORT_RKEY_MAX 64
+
+/** A finished fetch: the caller's context, its status and the raw backend code. */
+typedef struct sp_transport_completion {
+    void *context; /**< as given to sp_transport_fetch() */
+    sp_status_t status;
+    int raw;       /**< provider or MPI error code, 0 on success */
+    size_t length; /**< bytes fetched */
+} sp_transport_completion_t;
+
+typedef struct sp_transport_stats {
+    uint64_t fetches_posted;
+    uint64_t fetches_completed;
+    uint64_t fetches_failed;
+    uint64_t bytes_fetched;
+    uint64_t eagain; /**< posts deferred by back-pressure */
+    uint64_t regions_registered;
+} sp_transport_stats_t;
+
+/**
+ * Opens the transport of one executor: transport.backend (ofi),
+ * transport.provider (libfabric provider, e.g. "tcp;ofi_rxm" or "shm"; empty:
+ * FI_PROVIDER or libfabric's choice), transport.max_outstanding,
+ * transport.timeout. SP_ERR_UNSUPPORTED when no provider offers what the
+ * backend needs (message names the provider and the raw code).
+ */
+SP_API sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p);
+
+/** Closes the transport; regions must be deregistered first. NULL accepted. */
+SP_API void sp_transport_close(sp_transport_t *transport);
+
+/** The backend's name ("ofi") and the provider in use. */
+SP_API const char *sp_transport_backend(const sp_transport_t *transport);
+SP_API const char *sp_transport_provider(const sp_transport_t *transport);
+
+/** This endpoint's address into buf (cap bytes); *len_p its length. */
+SP_API sp_status_t sp_transport_address(sp_transport_t *transport, void *buf, size_t cap,
+                                        size_t *len_p);
+
+/**
+ * Adds a peer by its address (from sp_transport_address on the peer);
+ * *peer_p is the id to fetch from. An address that does not parse is
+ * SP_ERR_BAD_FORMAT.
+ */
+SP_API sp_status_t sp_transport_add_peer(sp_transport_t *transport, const void *address, size_t len,
+                                         uint32_t *peer_p);
+
+/**
+ * Registers [addr, addr+len): remote_read makes it readable by peers (a
+ * served region), otherwise it is a local fetch destination.
+ */
+SP_API sp_status_t sp_transport_mr_reg(sp_transport_t *transport, void *addr, size_t len,
+                                       bool remote_read, sp_mr_t **mr_p);
+SP_API void sp_transport_mr_dereg(sp_mr_t *mr);
+
+/** Packs the remote key of a served region (at most SP_TRANSPORT_RKEY_MAX bytes). */
+SP_API sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);
+
+/**
+ * Posts a one-sided read of len bytes at offset of the region behind the
+ * packed key rkey at peer, into dest (inside the registered local region
+ * local). The key's recorded region length bounds the read: a read past it
+ * is SP_ERR_INVALID_PARAM before anything is posted; a key that does not
+ * unpack is SP_ERR_BAD_FORMAT; an unknown peer SP_ERR_INVALID_PARAM.
+ * Back-pressure is absorbed (the post is retried while progressing).
+ */
+SP_API sp_status_t sp_transport_fetch(sp_transport_t *transport, uint32_t peer, const void *rkey,
+                                      size_t rkey_len, uint64_t offset, size_t len, void *dest,
+                                      sp_mr_t *local, void *context);
+
+/**
+ * Progresses and returns up to max finished fetches in out (*n_p of them),
+ * waiting at most timeout_ms for the first. A fetch older than
+ * transport.timeout completes with SP_ERR_TIMED_OUT naming the peer.
+ */
+SP_API sp_status_t sp_transport_poll(sp_transport_t *transport, sp_transport_completion_t *out,
+                                     size_t max, int timeout_ms, size_t *n_p);
+
+SP_API void sp_transport_stats(const sp_transport_t *transport, sp_transport_stats_t *stats_p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPATE_TRANSPORT_H */
