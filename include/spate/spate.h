@@ -16,5 +16,6 @@
 #include <spate/conf.h>
 #include <spate/memory.h>
 #include <spate/shuffle.h>
+#include <spate/transport.h>
 
 #endif /* SPATE_SPATE_H */
