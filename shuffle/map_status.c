@@ -666,12 +666,21 @@ sp_status_t sp_block_list_from_statuses(const sp_map_status_t *const *statuses, 
         const unsigned char *rkey = NULL;
         size_t first = b;
 
+        uint64_t offset = SP_DATA_HEADER;
+
+        /* Offsets are known only when every length before is exact. */
+        for (uint32_t r = 0; !s->approximate && r < reduce_start; r++)
+            offset += s->lengths[r];
         for (uint32_t r = reduce_start; r < reduce_end; r++) {
             sp_block_ref_t *ref;
 
             if (s->lengths[r] == 0)
                 continue;
             ref = &list->blocks[b++];
+            ref->exact = !s->approximate && s->checksums != NULL;
+            ref->offset = ref->exact ? offset : 0;
+            ref->checksum = ref->exact ? s->checksums[r] : 0;
+            offset += s->lengths[r];
             ref->shuffle_id = s->shuffle_id;
             ref->map_id = s->map_id;
             ref->reduce_id = r;

@@ -275,6 +275,9 @@ typedef struct sp_block_ref {
     sp_checksum_kind_t checksum_kind;
     const unsigned char *rkey;
     size_t rkey_len;
+    bool exact;        /**< offset and checksum are known (the status is not approximate) */
+    uint64_t offset;   /**< exact: where the block starts in the data file */
+    uint64_t checksum; /**< exact: the block's checksum as its owner recorded it */
 } sp_block_ref_t;
 
 /** Blocks of a read, in (map, reduce) order; strings point into the list. */
@@ -491,6 +494,35 @@ SP_API void sp_shuffle_reader_stats(const sp_shuffle_reader_t *reader,
 
 /** Frees the reader (and its spills and own fetcher); NULL accepted. */
 SP_API void sp_shuffle_reader_close(sp_shuffle_reader_t *reader);
+
+/* ------------------------------------------------------------------------ */
+/* Shuffle over a transport                                                   */
+/* ------------------------------------------------------------------------ */
+
+struct sp_transport;
+typedef struct sp_served_output sp_served_output_t;
+
+/**
+ * Serves a committed map output to other executors: maps its data file
+ * read-only, registers it with transport for remote reads, and fills
+ * status->rkey and status->address (the transport address, hex-encoded) so
+ * that readers elsewhere can fetch its blocks one-sided. Release with
+ * sp_served_output_release() (after readers are done).
+ */
+SP_API sp_status_t sp_map_output_serve(struct sp_transport *transport, sp_map_status_t *status,
+                                       sp_served_output_t **served_p);
+SP_API void sp_served_output_release(sp_served_output_t *served);
+
+/**
+ * A block fetcher over a transport: blocks with an address are read
+ * one-sided from their owner into registered buffers; blocks without one
+ * are read in place by a local fetcher. Remote blocks need exact statuses
+ * (full wire form: offsets and checksums known); an approximate one fails
+ * its blocks with SP_ERR_UNSUPPORTED. The transport is progressed from the
+ * fetcher's progress(); it must outlive the fetcher.
+ */
+SP_API sp_status_t sp_transport_fetcher_create(struct sp_transport *transport,
+                                               sp_block_fetcher_t **fetcher_p);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,372 @@
+/*
+ * The shuffle over a transport. Serving: a committed data file is mapped
+ * read-only and registered for remote reads; its packed key and the
+ * executor's transport address (hex) go into the map status. Fetching: each
+ * remote block is read one-sided at its exact offset into a buffer of its own
+ * registered for the read; blocks with no address are read in place by a
+ * local fetcher. Posts the transport refuses as back-pressure wait in a queue
+ * and are retried from progress(). Completions carry the owner's checksum,
+ * which the reader verifies.
+ */
+#include "shuffle_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spate/transport.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct sp_served_output {
+    sp_mr_t *mr;
+    void *map;
+    size_t len;
+};
+
+static const char sp_hex[] = "0123456789abcdef";
+
+sp_status_t sp_map_output_serve(sp_transport_t *t, sp_map_status_t *status,
+                                sp_served_output_t **served_p)
+{
+    unsigned char addr[SP_TRANSPORT_ADDR_MAX], key[SP_TRANSPORT_RKEY_MAX];
+    size_t alen = 0, klen = 0;
+    sp_served_output_t *s;
+    unsigned char *rkey = NULL;
+    char *hex = NULL;
+    struct stat sb;
+    sp_status_t st;
+    int fd;
+
+    s = sp__calloc(1, sizeof(*s));
+    if (s == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to serve %s", status->data_path);
+    fd = open(status->data_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &sb) != 0 || sb.st_size < SP_DATA_HEADER) {
+        st = SP_RAISE(SP_ERR_IO, "serve %s: cannot open it or it is too short: %s (errno %d)",
+                      status->data_path, strerror(errno), errno);
+        if (fd >= 0)
+            close(fd);
+        goto err_free;
+    }
+    s->len = (size_t)sb.st_size;
+    s->map = mmap(NULL, s->len, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (s->map == MAP_FAILED) {
+        st =
+            SP_RAISE(SP_ERR_IO, "map %s: %s (errno %d)", status->data_path, strerror(errno), errno);
+        goto err_free;
+    }
+    if ((st = sp_transport_mr_reg(t, s->map, s->len, true, &s->mr)) != SP_OK)
+        goto err_unmap;
+    if ((st = sp_transport_mr_pack(s->mr, key, sizeof(key), &klen)) != SP_OK ||
+        (st = sp_transport_address(t, addr, sizeof(addr), &alen)) != SP_OK)
+        goto err_dereg;
+    rkey = sp__malloc(klen);
+    hex = sp__malloc(2 * alen + 1);
+    if (rkey == NULL || hex == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for the key of %s", status->data_path);
+        goto err_strings;
+    }
+    memcpy(rkey, key, klen);
+    for (size_t i = 0; i < alen; i++) {
+        hex[2 * i] = sp_hex[addr[i] >> 4];
+        hex[2 * i + 1] = sp_hex[addr[i] & 15];
+    }
+    hex[2 * alen] = '\0';
+    sp__free(status->rkey);
+    sp__free(status->address);
+    status->rkey = rkey;
+    status->rkey_len = klen;
+    status->address = hex;
+    *served_p = s;
+    return SP_OK;
+
+err_strings:
+    sp__free(rkey);
+    sp__free(hex);
+err_dereg:
+    sp_transport_mr_dereg(s->mr);
+err_unmap:
+    munmap(s->map, s->len);
+err_free:
+    sp__free(s);
+    return st;
+}
+
+void sp_served_output_release(sp_served_output_t *served)
+{
+    if (served == NULL)
+        return;
+    sp_transport_mr_dereg(served->mr);
+    munmap(served->map, served->len);
+    sp__free(served);
+}
+
+/* ---- the fetcher ---- */
+
+typedef struct sp_tf_req {
+    struct sp_tf_req *next;
+    sp_fetch_done_fn_t done;
+    void *arg;
+    size_t index;
+    unsigned char *buf;
+    size_t len;
+    sp_mr_t *mr;
+    uint64_t expected, offset;
+    uint32_t peer;
+    const unsigned char *rkey;
+    size_t rkey_len;
+} sp_tf_req_t;
+
+typedef struct sp_tf_peer {
+    char *address;
+    uint32_t peer;
+} sp_tf_peer_t;
+
+typedef struct sp_tfetcher {
+    sp_block_fetcher_t base;
+    sp_transport_t *t;
+    sp_block_fetcher_t *local;
+    sp_tf_peer_t *peers;
+    size_t npeers, peers_cap;
+    sp_tf_req_t *waiting, *waiting_tail; /* refused by back-pressure, to post again */
+    sp_tf_req_t *held;                   /* completed, buffers lent to the reader */
+} sp_tfetcher_t;
+
+static sp_tfetcher_t *sp_tf(sp_block_fetcher_t *f)
+{
+    return sp_container_of(f, sp_tfetcher_t, base);
+}
+
+/* The peer id of a hex address, adding the peer the first time. */
+static sp_status_t sp_tf_peer(sp_tfetcher_t *tf, const char *hex, uint32_t *peer_p)
+{
+    unsigned char addr[SP_TRANSPORT_ADDR_MAX];
+    size_t len = strlen(hex), n = len / 2;
+    sp_status_t st;
+
+    for (size_t i = 0; i < tf->npeers; i++) {
+        if (strcmp(tf->peers[i].address, hex) == 0) {
+            *peer_p = tf->peers[i].peer;
+            return SP_OK;
+        }
+    }
+    if (len % 2 != 0 || n == 0 || n > sizeof(addr))
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor address '%.40s' is not a hex address", hex);
+    for (size_t i = 0; i < n; i++) {
+        const char *hi = strchr(sp_hex, hex[2 * i]), *lo = strchr(sp_hex, hex[2 * i + 1]);
+        if (hi == NULL || lo == NULL || *hi == '\0' || *lo == '\0')
+            return SP_RAISE(SP_ERR_BAD_FORMAT, "executor address '%.40s' is not a hex address",
+                            hex);
+        addr[i] = (unsigned char)((hi - sp_hex) << 4 | (lo - sp_hex));
+    }
+    if (tf->npeers == tf->peers_cap) {
+        size_t cap = tf->peers_cap != 0 ? 2 * tf->peers_cap : 8;
+        sp_tf_peer_t *p = sp__realloc(tf->peers, cap * sizeof(*p));
+        if (p == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu peers", cap);
+        tf->peers = p;
+        tf->peers_cap = cap;
+    }
+    tf->peers[tf->npeers].address = sp__strdup(hex);
+    if (tf->peers[tf->npeers].address == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a peer address");
+    st = sp_transport_add_peer(tf->t, addr, n, &tf->peers[tf->npeers].peer);
+    if (st != SP_OK) {
+        sp__free(tf->peers[tf->npeers].address);
+        return st;
+    }
+    *peer_p = tf->peers[tf->npeers++].peer;
+    return SP_OK;
+}
+
+static void sp_tf_req_free(sp_tf_req_t *r)
+{
+    sp_transport_mr_dereg(r->mr);
+    sp__free(r->buf);
+    sp__free(r);
+}
+
+/* Posts r; false when back-pressure says later. Errors complete r. */
+static bool sp_tf_post(sp_tfetcher_t *tf, sp_tf_req_t *r)
+{
+    sp_status_t st = sp_transport_fetch(tf->t, r->peer, r->rkey, r->rkey_len, r->offset, r->len,
+                                        r->buf, r->mr, r);
+
+    if (st == SP_ERR_BUSY)
+        return false;
+    if (st != SP_OK) {
+        r->done(r->arg, r->index, st, NULL, 0, 0);
+        sp_tf_req_free(r);
+    }
+    return true;
+}
+
+/* Local blocks complete inside the local fetcher: re-index them. */
+typedef struct sp_tf_local {
+    sp_fetch_done_fn_t done;
+    void *arg;
+    size_t index;
+} sp_tf_local_t;
+
+static void sp_tf_local_done(void *arg, size_t i, sp_status_t status, const void *data, size_t len,
+                             uint64_t expected)
+{
+    sp_tf_local_t *l = arg;
+
+    SP_UNUSED(i);
+    l->done(l->arg, l->index, status, data, len, expected);
+}
+
+static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *blocks, size_t n,
+                               sp_fetch_done_fn_t done, void *arg)
+{
+    sp_tfetcher_t *tf = sp_tf(f);
+
+    for (size_t i = 0; i < n; i++) {
+        const sp_block_ref_t *b = &blocks[i];
+        sp_tf_req_t *r;
+        sp_status_t st;
+
+        if (b->address == NULL) {
+            sp_tf_local_t l = {done, arg, i};
+            st = tf->local->ops->fetch(tf->local, b, 1, sp_tf_local_done, &l);
+            if (st != SP_OK)
+                done(arg, i, st, NULL, 0, 0);
+            continue;
+        }
+        if (!b->exact || b->rkey == NULL) {
+            SP_RAISE(SP_ERR_UNSUPPORTED,
+                     "block of shuffle %llu map %llu reduce %u: remote reads need an exact status "
+                     "with a remote key",
+                     (unsigned long long)b->shuffle_id, (unsigned long long)b->map_id,
+                     b->reduce_id);
+            done(arg, i, SP_ERR_UNSUPPORTED, NULL, 0, 0);
+            continue;
+        }
+        r = sp__calloc(1, sizeof(*r));
+        if (r == NULL || (r->buf = sp__malloc(b->size != 0 ? b->size : 1)) == NULL) {
+            sp__free(r);
+            SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %llu bytes",
+                     (unsigned long long)b->size);
+            done(arg, i, SP_ERR_NOMEM, NULL, 0, 0);
+            continue;
+        }
+        r->done = done;
+        r->arg = arg;
+        r->index = i;
+        r->len = (size_t)b->size;
+        r->expected = b->checksum;
+        r->offset = b->offset;
+        r->rkey = b->rkey;
+        r->rkey_len = b->rkey_len;
+        if ((st = sp_tf_peer(tf, b->address, &r->peer)) != SP_OK ||
+            (st = sp_transport_mr_reg(tf->t, r->buf, r->len != 0 ? r->len : 1, false, &r->mr)) !=
+                SP_OK) {
+            done(arg, i, st, NULL, 0, 0);
+            sp_tf_req_free(r);
+            continue;
+        }
+        if (tf->waiting != NULL || !sp_tf_post(tf, r)) {
+            r->next = NULL;
+            if (tf->waiting_tail != NULL)
+                tf->waiting_tail->next = r;
+            else
+                tf->waiting = r;
+            tf->waiting_tail = r;
+        }
+    }
+    return SP_OK;
+}
+
+static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
+{
+    sp_tfetcher_t *tf = sp_tf(f);
+    sp_transport_completion_t done[16];
+    size_t n = 0;
+    sp_status_t st;
+
+    while (tf->waiting != NULL && sp_tf_post(tf, tf->waiting)) {
+        tf->waiting = tf->waiting->next;
+        if (tf->waiting == NULL)
+            tf->waiting_tail = NULL;
+    }
+    st = sp_transport_poll(tf->t, done, 16, timeout_ms, &n);
+    if (st != SP_OK)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        sp_tf_req_t *r = done[i].context;
+        if (done[i].status != SP_OK) {
+            r->done(r->arg, r->index, done[i].status, NULL, 0, 0);
+            sp_tf_req_free(r);
+            continue;
+        }
+        r->next = tf->held;
+        tf->held = r;
+        r->done(r->arg, r->index, SP_OK, r->buf, r->len, r->expected);
+    }
+    return SP_OK;
+}
+
+static void sp_tf_release(sp_block_fetcher_t *f, const void *data, size_t len)
+{
+    sp_tfetcher_t *tf = sp_tf(f);
+
+    for (sp_tf_req_t **pp = &tf->held; *pp != NULL; pp = &(*pp)->next) {
+        if ((*pp)->buf == data) {
+            sp_tf_req_t *r = *pp;
+            *pp = r->next;
+            sp_tf_req_free(r);
+            return;
+        }
+    }
+    tf->local->ops->release(tf->local, data, len);
+}
+
+static void sp_tf_destroy(sp_block_fetcher_t *f)
+{
+    sp_tfetcher_t *tf = sp_tf(f);
+    sp_tf_req_t *r;
+
+    while ((r = tf->held) != NULL) {
+        tf->held = r->next;
+        sp_tf_req_free(r);
+    }
+    while ((r = tf->waiting) != NULL) {
+        tf->waiting = r->next;
+        sp_tf_req_free(r);
+    }
+    for (size_t i = 0; i < tf->npeers; i++)
+        sp__free(tf->peers[i].address);
+    sp__free(tf->peers);
+    sp_block_fetcher_destroy(tf->local);
+    sp__free(tf);
+}
+
+static const sp_block_fetcher_ops_t sp_tf_ops = {
+    .size = sizeof(sp_block_fetcher_ops_t),
+    .fetch = sp_tf_fetch,
+    .progress = sp_tf_progress,
+    .release = sp_tf_release,
+    .destroy = sp_tf_destroy,
+};
+
+sp_status_t sp_transport_fetcher_create(sp_transport_t *transport, sp_block_fetcher_t **fetcher_p)
+{
+    sp_tfetcher_t *tf = sp__calloc(1, sizeof(*tf));
+    sp_status_t st;
+
+    if (tf == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a transport block fetcher");
+    st = sp_local_fetcher_create(&tf->local);
+    if (st != SP_OK) {
+        sp__free(tf);
+        return st;
+    }
+    tf->base.ops = &sp_tf_ops;
+    tf->t = transport;
+    *fetcher_p = &tf->base;
+    return SP_OK;
+}

@@ -1,0 +1,323 @@
+/*
+ * A shuffle across two processes over the ofi transport (tcp;ofi_rxm and
+ * shm): a forked executor commits two map outputs, serves them (registered
+ * data files, keys and address in the statuses) and sends the statuses over
+ * a pipe in their wire form; the parent commits two map outputs of its own
+ * and reads every reduce partition over the transport, unordered, merged and
+ * aggregated, comparing with a reference computed from the same records.
+ */
+/* LABELS: fabric */
+#include <spate/shuffle.h>
+#include <spate/transport.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MAPS    4
+#define PARTS   7
+#define RECORDS 3000
+#define KEYS    400
+
+static char dir[256];
+
+/* Record i of map m: key "k%03u", partition from the key, value m*1e6+i. */
+static unsigned key_of(unsigned m, unsigned i) { return (m * 7919u + i * 104729u) % KEYS; }
+
+static sp_conf_t *make_conf(const char *sub, const char *provider)
+{
+    char local[600];
+    sp_conf_t *conf = NULL;
+
+    snprintf(local, sizeof(local), "%s/%s", dir, sub);
+    assert_int_equal(sp_conf_create(&conf), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.executor", "64m"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.reserved", "0"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.numa_bind", "false"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "shuffle.local_dirs", local), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "transport.provider", provider), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "transport.timeout", "10s"), SP_OK);
+    return conf;
+}
+
+static sp_map_status_t *write_map(sp_conf_t *conf, sp_memory_manager_t *mm, unsigned m)
+{
+    sp_shuffle_writer_options_t o;
+    sp_shuffle_writer_t *w = NULL;
+    sp_task_memory_t *task = NULL;
+    sp_map_status_t *st = NULL;
+
+    assert_int_equal(sp_task_memory_create(mm, m, &task), SP_OK);
+    assert_int_equal(sp_shuffle_writer_options_init(&o, conf), SP_OK);
+    o.shuffle_id = 5;
+    o.map_id = m;
+    o.partitions = PARTS;
+    o.key_ordering = true;
+    for (unsigned i = 0; i < RECORDS; i++) {
+        char key[8];
+        uint64_t v = (uint64_t)m * 1000000u + i;
+        unsigned k = key_of(m, i);
+        if (i == 0)
+            assert_int_equal(sp_shuffle_writer_open(task, conf, &o, &w), SP_OK);
+        snprintf(key, sizeof(key), "k%03u", k);
+        assert_int_equal(sp_shuffle_writer_write(w, k % PARTS, key, 4, &v, sizeof(v)), SP_OK);
+    }
+    assert_int_equal(sp_shuffle_writer_commit(w, &st), SP_OK);
+    sp_shuffle_writer_close(w);
+    sp_task_memory_destroy(task, NULL);
+    return st;
+}
+
+/* The serving executor: maps 2 and 3, served until the parent closes the pipe. */
+static void serve(const char *provider, int to_parent, int from_parent)
+{
+    sp_conf_t *conf = make_conf("child", provider);
+    sp_memory_manager_t *mm = NULL;
+    sp_transport_t *t = NULL;
+    sp_served_output_t *served[2] = {NULL, NULL};
+    sp_map_status_t *st[2];
+    char c;
+
+    if (sp_memory_manager_create(conf, NULL, 0, &mm) != SP_OK ||
+        sp_transport_open(conf, &t) != SP_OK)
+        _exit(2);
+    for (unsigned m = 2; m < 4; m++) {
+        void *buf = NULL;
+        size_t len = 0;
+        st[m - 2] = write_map(conf, mm, m);
+        if (sp_map_output_serve(t, st[m - 2], &served[m - 2]) != SP_OK ||
+            sp_map_status_serialize(st[m - 2], 100000, 0, &buf, &len) != SP_OK)
+            _exit(3);
+        if (write(to_parent, &len, sizeof(len)) != sizeof(len) ||
+            write(to_parent, buf, len) != (ssize_t)len)
+            _exit(4);
+        free(buf);
+    }
+    fcntl(from_parent, F_SETFL, O_NONBLOCK);
+    for (;;) {
+        sp_transport_completion_t done[4];
+        size_t n = 0;
+        if (read(from_parent, &c, 1) == 0)
+            break;
+        (void)sp_transport_poll(t, done, 4, 1, &n);
+    }
+    for (int i = 0; i < 2; i++) {
+        sp_served_output_release(served[i]);
+        sp_map_status_destroy(st[i]);
+    }
+    sp_transport_close(t);
+    sp_memory_manager_destroy(mm);
+    sp_conf_destroy(conf);
+    _exit(0);
+}
+
+static void read_all(int fd, void *buf, size_t len)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t n = read(fd, (char *)buf + got, len - got);
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+}
+
+static size_t sum_combine(void *arg, const void *key, size_t klen, const void *a, size_t alen,
+                          const void *b, size_t blen, void *out, size_t cap)
+{
+    uint64_t x, y;
+
+    (void)arg;
+    (void)key;
+    (void)klen;
+    (void)alen;
+    (void)blen;
+    if (cap >= 8) {
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        x += y;
+        memcpy(out, &x, 8);
+    }
+    return 8;
+}
+
+static void run(const char *provider)
+{
+    static const sp_combiner_t sum = {.combine = sum_combine};
+    int up[2], down[2];
+    sp_conf_t *conf;
+    sp_memory_manager_t *mm = NULL;
+    sp_transport_t *t = NULL;
+    sp_map_status_t *st[MAPS];
+    pid_t child;
+    char cmd[600];
+    sp_status_t ost;
+
+    snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", dir, dir);
+    assert_int_equal(system(cmd), 0);
+    conf = make_conf("parent", provider);
+    ost = sp_transport_open(conf, &t);
+    if (ost == SP_ERR_UNSUPPORTED) {
+        sp_conf_destroy(conf);
+        skip();
+    }
+    assert_int_equal(ost, SP_OK);
+    assert_int_equal(pipe(up), 0);
+    assert_int_equal(pipe(down), 0);
+    child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(up[0]);
+        close(down[1]);
+        serve(provider, up[1], down[0]);
+    }
+    close(up[1]);
+    close(down[0]);
+    assert_int_equal(sp_memory_manager_create(conf, NULL, 0, &mm), SP_OK);
+    st[0] = write_map(conf, mm, 0);
+    st[1] = write_map(conf, mm, 1);
+    for (int i = 2; i < 4; i++) {
+        size_t len = 0;
+        void *buf;
+        read_all(up[0], &len, sizeof(len));
+        assert_true(len < (1u << 20));
+        buf = malloc(len);
+        read_all(up[0], buf, len);
+        assert_int_equal(sp_map_status_deserialize(buf, len, &st[i]), SP_OK);
+        assert_non_null(st[i]->address);
+        assert_non_null(st[i]->rkey);
+        free(buf);
+    }
+    for (uint32_t r = 0; r < PARTS; r++) {
+        static const sp_read_order_t orders[] = {SP_READ_UNORDERED, SP_READ_MERGE,
+                                                 SP_READ_AGGREGATE};
+        sp_block_list_t *list = NULL;
+        unsigned remote = 0;
+
+        assert_int_equal(
+            sp_block_list_from_statuses((const sp_map_status_t *const *)st, MAPS, r, r + 1, &list),
+            SP_OK);
+        for (size_t b = 0; b < list->count; b++)
+            remote += list->blocks[b].address != NULL;
+        assert_true(remote > 0);
+        for (size_t oi = 0; oi < 3; oi++) {
+            sp_shuffle_reader_options_t o = {.order = orders[oi], .combiner = &sum};
+            sp_shuffle_reader_t *reader = NULL;
+            sp_task_memory_t *task = NULL;
+            uint64_t count[KEYS] = {0}, total[KEYS] = {0}, expect_count[KEYS] = {0},
+                     expect_total[KEYS] = {0};
+            char last[8] = "";
+            bool more = true;
+
+            assert_int_equal(sp_transport_fetcher_create(t, &o.fetcher), SP_OK);
+            assert_int_equal(sp_task_memory_create(mm, 100 + r, &task), SP_OK);
+            assert_int_equal(sp_shuffle_reader_open(task, conf, list, &o, &reader), SP_OK);
+            while (more) {
+                const void *k, *v;
+                size_t kl, vl;
+                uint64_t val;
+                unsigned key;
+                assert_int_equal(sp_shuffle_reader_next(reader, &k, &kl, &v, &vl, &more), SP_OK);
+                if (!more)
+                    break;
+                assert_int_equal(kl, 4);
+                assert_int_equal(vl, 8);
+                if (orders[oi] == SP_READ_MERGE) {
+                    assert_true(memcmp(last, k, 4) <= 0);
+                    memcpy(last, k, 4);
+                }
+                {
+                    const char *kc = k; /* "k" and three digits, not NUL-terminated */
+                    key = (unsigned)((kc[1] - '0') * 100 + (kc[2] - '0') * 10 + (kc[3] - '0'));
+                    assert_true(key < KEYS);
+                }
+                memcpy(&val, v, 8);
+                count[key]++;
+                total[key] += val;
+            }
+            for (unsigned m = 0; m < MAPS; m++) {
+                for (unsigned i = 0; i < RECORDS; i++) {
+                    unsigned k = key_of(m, i);
+                    if (k % PARTS != r)
+                        continue;
+                    expect_count[k]++;
+                    expect_total[k] += (uint64_t)m * 1000000u + i;
+                }
+            }
+            for (unsigned k = 0; k < KEYS; k++) {
+                if (orders[oi] == SP_READ_AGGREGATE)
+                    assert_int_equal(count[k], expect_count[k] != 0);
+                else
+                    assert_int_equal(count[k], expect_count[k]);
+                assert_int_equal(total[k], expect_total[k]);
+            }
+            sp_shuffle_reader_close(reader);
+            sp_task_memory_destroy(task, NULL);
+            sp_block_fetcher_destroy(o.fetcher);
+        }
+        sp_block_list_destroy(list);
+    }
+    {
+        sp_transport_stats_t s;
+        sp_transport_stats(t, &s);
+        assert_true(s.fetches_completed > 0);
+        assert_int_equal(s.fetches_failed, 0);
+    }
+    close(down[1]);
+    close(up[0]);
+    {
+        int status = 0;
+        waitpid(child, &status, 0);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+    }
+    for (int i = 0; i < MAPS; i++)
+        sp_map_status_destroy(st[i]);
+    sp_transport_close(t);
+    sp_memory_manager_destroy(mm);
+    sp_conf_destroy(conf);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_remote_shuffle_tcp_rxm(void **state)
+{
+    (void)state;
+    run("tcp;ofi_rxm");
+}
+
+static void test_remote_shuffle_shm(void **state)
+{
+    (void)state;
+    run("shm");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_remote_shuffle_tcp_rxm),
+        cmocka_unit_test(test_remote_shuffle_shm),
+    };
+    int rc;
+
+    setenv("FI_TCP_IFACE", "lo", 1);
+    setenv("FI_SOCKETS_IFACE", "lo", 1);
+    signal(SIGPIPE, SIG_IGN);
+    snprintf(dir, sizeof(dir), "/tmp/spate-test-remote-%d", (int)getpid());
+    sp_log_set_level(SP_LOG_ERROR);
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
+    {
+        char cmd[600];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        if (system(cmd) != 0)
+            rc = 1;
+    }
+    return rc;
+}
