@@ -66,3 +66,6 @@ SP_CONF_KEY("transport.max_outstanding", SP_CONF_INT, "64", "1", "65536", NULL,
             "Most fetches posted and not completed on one transport.")
 SP_CONF_KEY("transport.timeout", SP_CONF_DURATION, "30s", "1ms", "1h", NULL,
             "A fetch not completed after this fails with SP_ERR_TIMED_OUT naming the peer.")
+SP_CONF_KEY("transport.progress_thread", SP_CONF_BOOL, "true", NULL, NULL, NULL,
+            "Run a progress thread per transport, so that an executor serves one-sided reads on "
+            "providers without hardware offload even while its tasks do not poll.")
