@@ -15,8 +15,11 @@
  * virtual addressing), 4 reserved, u64 key, u64 base address, u64 length.
  * Every fetch is checked against the key's length before it is posted.
  *
- * Completions are polled from one CQ (manual progress: the caller's poll
- * drives it, on both the reading and the serving side). Each posted read
+ * Completions are polled from one CQ into a ring. Progress is driven by the
+ * caller's poll and, with transport.progress_thread (the default), by a thread
+ * of the transport, so that an executor serves reads on providers whose RMA
+ * needs the target's CPU (tcp) even while none of its threads polls. One
+ * mutex serializes every libfabric call (FI_THREAD_DOMAIN). Each posted read
  * carries an op with a deadline; one older than transport.timeout completes
  * with SP_ERR_TIMED_OUT and is cancelled; its op is kept until the provider
  * gives its context back.
@@ -30,8 +33,11 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
+#include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,6 +73,11 @@ typedef struct sp_ofi {
     uint32_t outstanding;
     sp_transport_completion_t *done; /* ring of completions not yet returned */
     size_t done_head, done_len, done_cap;
+    pthread_mutex_t lock; /* every libfabric call and the ring */
+    bool lock_ready;
+    pthread_t thread;
+    bool thread_on;
+    atomic_bool stop;
 } sp_ofi_t;
 
 typedef struct sp_ofi_mr {
@@ -90,6 +101,10 @@ static void sp_ofi_close(sp_transport_t *t)
     sp_ofi_t *o = sp_ofi(t);
     sp_ofi_op_t *op;
 
+    if (o->thread_on) {
+        atomic_store(&o->stop, true);
+        pthread_join(o->thread, NULL);
+    }
     if (o->ep != NULL)
         fi_close(&o->ep->fid);
     if (o->av != NULL)
@@ -112,10 +127,13 @@ static void sp_ofi_close(sp_transport_t *t)
     }
     sp__free(o->peers);
     sp__free(o->done);
+    if (o->lock_ready)
+        pthread_mutex_destroy(&o->lock);
     sp__free(o);
 }
 
 static const sp_transport_ops_t sp_ofi_ops;
+static void *sp_ofi_progress_main(void *arg);
 
 sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
 {
@@ -133,7 +151,7 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     if ((st = sp__transport_init_base(&o->base, conf, &sp_ofi_ops, "ofi")) != SP_OK ||
         (st = sp_conf_get_string(conf, "transport.provider", &provider)) != SP_OK)
         goto err;
-    o->done_cap = (size_t)o->base.max_outstanding * 2 + 16;
+    o->done_cap = (size_t)o->base.max_outstanding + 1;
     o->done = sp__calloc(o->done_cap, sizeof(*o->done));
     if (o->done == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for an ofi completion ring");
@@ -203,6 +221,24 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         goto err;
     }
     o->next_key = 1;
+    if (pthread_mutex_init(&o->lock, NULL) != 0) {
+        st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot create the ofi transport's lock");
+        goto err;
+    }
+    o->lock_ready = true;
+    {
+        bool thread = true;
+        if ((st = sp_conf_get_bool(conf, "transport.progress_thread", &thread)) != SP_OK)
+            goto err;
+        if (thread) {
+            if ((ret = pthread_create(&o->thread, NULL, sp_ofi_progress_main, o)) != 0) {
+                st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start the ofi progress thread: %s",
+                              strerror(ret));
+                goto err;
+            }
+            o->thread_on = true;
+        }
+    }
     sp_debug("ofi transport on provider %s, mr_mode 0x%llx", o->base.provider,
              (unsigned long long)o->mr_mode);
     *transport_p = &o->base;
@@ -213,7 +249,7 @@ err:
     return st;
 }
 
-static sp_status_t sp_ofi_address(sp_transport_t *t, void *buf, size_t cap, size_t *len_p)
+static sp_status_t sp_ofi_address_locked(sp_transport_t *t, void *buf, size_t cap, size_t *len_p)
 {
     sp_ofi_t *o = sp_ofi(t);
     size_t len = cap;
@@ -227,8 +263,8 @@ static sp_status_t sp_ofi_address(sp_transport_t *t, void *buf, size_t cap, size
     return SP_OK;
 }
 
-static sp_status_t sp_ofi_add_peer(sp_transport_t *t, const void *addr, size_t len,
-                                   uint32_t *peer_p)
+static sp_status_t sp_ofi_add_peer_locked(sp_transport_t *t, const void *addr, size_t len,
+                                          uint32_t *peer_p)
 {
     sp_ofi_t *o = sp_ofi(t);
     fi_addr_t fa = FI_ADDR_UNSPEC;
@@ -254,8 +290,8 @@ static sp_status_t sp_ofi_add_peer(sp_transport_t *t, const void *addr, size_t l
     return SP_OK;
 }
 
-static sp_status_t sp_ofi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
-                                 sp_mr_t **mr_p)
+static sp_status_t sp_ofi_mr_reg_locked(sp_transport_t *t, void *addr, size_t len, bool remote_read,
+                                        sp_mr_t **mr_p)
 {
     sp_ofi_t *o = sp_ofi(t);
     uint64_t access = remote_read ? FI_REMOTE_READ : FI_READ;
@@ -301,7 +337,7 @@ err_free:
     return st;
 }
 
-static void sp_ofi_mr_dereg(sp_mr_t *mr)
+static void sp_ofi_mr_dereg_locked(sp_mr_t *mr)
 {
     sp_ofi_mr_t *m = sp_container_of(mr, sp_ofi_mr_t, base);
 
@@ -350,13 +386,14 @@ static sp_status_t sp_ofi_unpack(const void *rkey, size_t len, uint64_t *key_p, 
     return SP_OK;
 }
 
+/*
+ * Queues a completion for the caller. A fetch counts as outstanding until
+ * its completion is returned by poll, so the ring never holds more than
+ * transport.max_outstanding entries; it is sized for that at open.
+ */
 static void sp_ofi_push_done(sp_ofi_t *o, void *user, sp_status_t st, int raw, size_t len)
 {
-    if (o->done_len == o->done_cap) {
-        /* Cannot happen: the ring holds twice the outstanding limit. */
-        sp_warn("ofi: completion ring full; dropping a completion");
-        return;
-    }
+    SP_ASSERT(o->done_len < o->done_cap);
     o->done[(o->done_head + o->done_len) % o->done_cap] =
         (sp_transport_completion_t){user, st, raw, len};
     o->done_len++;
@@ -369,8 +406,6 @@ static void sp_ofi_retire(sp_ofi_t *o, sp_ofi_op_t *op)
     while (*pp != op)
         pp = &(*pp)->next;
     *pp = op->next;
-    if (!op->timed_out)
-        o->outstanding--;
     op->next = o->free_ops;
     o->free_ops = op;
 }
@@ -416,7 +451,6 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
     for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next) {
         if (!op->timed_out && now > op->deadline) {
             op->timed_out = true;
-            o->outstanding--;
             (void)fi_cancel(&o->ep->fid, &op->ctx);
             SP_RAISE(SP_ERR_TIMED_OUT,
                      "fetch of %zu bytes from peer %u did not complete in "
@@ -429,9 +463,9 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
     return SP_OK;
 }
 
-static sp_status_t sp_ofi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
-                                uint64_t offset, size_t len, void *dest, sp_mr_t *local,
-                                void *context)
+static sp_status_t sp_ofi_fetch_locked(sp_transport_t *t, uint32_t peer, const void *rkey,
+                                       size_t rkey_len, uint64_t offset, size_t len, void *dest,
+                                       sp_mr_t *local, void *context)
 {
     sp_ofi_t *o = sp_ofi(t);
     sp_ofi_mr_t *lm = sp_container_of(local, sp_ofi_mr_t, base);
@@ -508,19 +542,111 @@ static sp_status_t sp_ofi_poll(sp_transport_t *t, sp_transport_completion_t *out
     sp_status_t st;
 
     for (;;) {
-        if ((st = sp_ofi_progress(o)) != SP_OK)
-            return st;
-        while (n < max && o->done_len > 0) {
+        pthread_mutex_lock(&o->lock);
+        st = sp_ofi_progress(o);
+        while (st == SP_OK && n < max && o->done_len > 0) {
             out[n++] = o->done[o->done_head];
             o->done_head = (o->done_head + 1) % o->done_cap;
             o->done_len--;
+            o->outstanding--; /* returned to the caller: the slot is free */
         }
+        pthread_mutex_unlock(&o->lock);
+        if (st != SP_OK)
+            return st;
         if (n > 0 || sp__now_ns() >= until)
             break;
-        sched_yield();
+        sched_yield(); /* without the lock: the progress thread may run */
     }
     *n_p = n;
     return SP_OK;
+}
+
+/* The progress thread: progress, then back off while nothing happens. */
+static void *sp_ofi_progress_main(void *arg)
+{
+    sp_ofi_t *o = arg;
+    long idle_ns = 10000;
+    bool warned = false;
+
+    while (!atomic_load(&o->stop)) {
+        uint64_t before, after;
+        struct timespec ts;
+        sp_status_t st;
+
+        pthread_mutex_lock(&o->lock);
+        before = o->base.stats.fetches_completed + o->base.stats.fetches_failed;
+        st = sp_ofi_progress(o);
+        after = o->base.stats.fetches_completed + o->base.stats.fetches_failed;
+        pthread_mutex_unlock(&o->lock);
+        if (st != SP_OK && !warned) {
+            sp_warn("ofi progress thread: %s", sp_last_error());
+            warned = true;
+        }
+        /* Busy while completions come in; up to 1 ms between polls when idle. */
+        idle_ns = after != before ? 10000 : SP_MIN(idle_ns * 2, 1000000L);
+        ts.tv_sec = 0;
+        ts.tv_nsec = idle_ns;
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+/* Locked entry points: libfabric is opened with FI_THREAD_DOMAIN. */
+static sp_status_t sp_ofi_address(sp_transport_t *t, void *buf, size_t cap, size_t *len_p)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    sp_status_t st;
+
+    pthread_mutex_lock(&o->lock);
+    st = sp_ofi_address_locked(t, buf, cap, len_p);
+    pthread_mutex_unlock(&o->lock);
+    return st;
+}
+
+static sp_status_t sp_ofi_add_peer(sp_transport_t *t, const void *addr, size_t len,
+                                   uint32_t *peer_p)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    sp_status_t st;
+
+    pthread_mutex_lock(&o->lock);
+    st = sp_ofi_add_peer_locked(t, addr, len, peer_p);
+    pthread_mutex_unlock(&o->lock);
+    return st;
+}
+
+static sp_status_t sp_ofi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
+                                 sp_mr_t **mr_p)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    sp_status_t st;
+
+    pthread_mutex_lock(&o->lock);
+    st = sp_ofi_mr_reg_locked(t, addr, len, remote_read, mr_p);
+    pthread_mutex_unlock(&o->lock);
+    return st;
+}
+
+static void sp_ofi_mr_dereg(sp_mr_t *mr)
+{
+    sp_ofi_t *o = sp_ofi(mr->transport);
+
+    pthread_mutex_lock(&o->lock);
+    sp_ofi_mr_dereg_locked(mr);
+    pthread_mutex_unlock(&o->lock);
+}
+
+static sp_status_t sp_ofi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
+                                uint64_t offset, size_t len, void *dest, sp_mr_t *local,
+                                void *context)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    sp_status_t st;
+
+    pthread_mutex_lock(&o->lock);
+    st = sp_ofi_fetch_locked(t, peer, rkey, rkey_len, offset, len, dest, local, context);
+    pthread_mutex_unlock(&o->lock);
+    return st;
 }
 
 static const sp_transport_ops_t sp_ofi_ops = {

@@ -77,16 +77,10 @@ static void serve(const char *provider, int to_parent, int from_parent)
     write_all(to_parent, addr, alen);
     write_all(to_parent, &klen, sizeof(klen));
     write_all(to_parent, key, klen);
-    fcntl(from_parent, F_SETFL, O_NONBLOCK);
-    /* Progress for the readers (tcp needs the target's progress) until EOF. */
-    for (;;) {
-        sp_transport_completion_t done[4];
-        size_t n = 0;
-        ssize_t r = read(from_parent, &c, 1);
-        if (r == 0)
-            break;
-        (void)sp_transport_poll(t, done, 4, 1, &n);
-    }
+    /* No polling here: the transport's progress thread serves the reads
+     * (tcp needs the target's progress) until the parent closes the pipe. */
+    while (read(from_parent, &c, 1) > 0)
+        ;
     sp_transport_mr_dereg(mr);
     sp_transport_close(t);
     sp_conf_destroy(conf);
@@ -114,13 +108,8 @@ static bool start(client_t *c, const char *provider, const char *timeout)
     sp_status_t st;
 
     memset(c, 0, sizeof(*c));
-    st = sp_transport_open(conf, &c->t);
-    sp_conf_destroy(conf);
-    if (st == SP_ERR_UNSUPPORTED) {
-        fprintf(stderr, "provider %s is not available here: %s\n", provider, sp_last_error());
-        return false;
-    }
-    assert_int_equal(st, SP_OK);
+    /* Fork before opening anything: a transport has a progress thread, and
+     * a child forked from a threaded process may inherit a held lock. */
     assert_int_equal(pipe(up), 0);
     assert_int_equal(pipe(down), 0);
     c->server = fork();
@@ -132,6 +121,16 @@ static bool start(client_t *c, const char *provider, const char *timeout)
     }
     close(up[1]);
     close(down[0]);
+    st = sp_transport_open(conf, &c->t);
+    sp_conf_destroy(conf);
+    if (st == SP_ERR_UNSUPPORTED) {
+        fprintf(stderr, "provider %s is not available here: %s\n", provider, sp_last_error());
+        close(down[1]);
+        close(up[0]);
+        waitpid(c->server, NULL, 0);
+        return false;
+    }
+    assert_int_equal(st, SP_OK);
     c->to_server = down[1];
     read_all(up[0], &alen, sizeof(alen));
     assert_true(alen <= sizeof(addr));
