@@ -57,8 +57,10 @@ SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NU
 SP_CONF_KEY("shuffle.max_block_in_memory", SP_CONF_SIZE, "200m", "4k", "1t", NULL,
             "A fetched block larger than this is streamed to a temporary file in "
             "shuffle.local_dirs and read from there (blocks read in place are not copied).")
-SP_CONF_KEY("transport.backend", SP_CONF_ENUM, "ofi", NULL, NULL, "ofi",
-            "Transport between executors: ofi (libfabric RDM endpoints, one-sided reads).")
+SP_CONF_KEY("transport.backend", SP_CONF_ENUM, "ofi", NULL, NULL, "ofi|mpi",
+            "Transport between executors: ofi (libfabric RDM endpoints, one-sided reads) or mpi "
+            "(MPI-3 one-sided reads through a dynamic window; executors are the ranks of "
+            "MPI_COMM_WORLD, which open and close the transport together).")
 SP_CONF_KEY("transport.provider", SP_CONF_STRING, "", NULL, NULL, NULL,
             "libfabric provider for the ofi backend (tcp;ofi_rxm, shm, verbs;ofi_rxm, efa); empty: "
             "FI_PROVIDER, else libfabric's first match.")

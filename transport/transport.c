@@ -42,6 +42,8 @@ sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_
         return st;
     if (strcmp(backend, "ofi") == 0)
         return sp__ofi_open(conf, transport_p);
+    if (strcmp(backend, "mpi") == 0)
+        return sp__mpi_open(conf, transport_p);
     return SP_RAISE(SP_ERR_BAD_CONF, "transport.backend '%s' is not built in", backend);
 }
 

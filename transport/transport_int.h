@@ -43,6 +43,13 @@ struct sp_mr {
 
 /* The backends. */
 sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p);
+sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p);
+
+/*
+ * Largest element count the mpi backend gives one MPI call (INT_MAX); a
+ * longer fetch is one derived datatype of chunks this long. Tests lower it.
+ */
+extern size_t sp__mpi_count_max;
 
 /* Fills the base fields every backend shares from conf. */
 sp_status_t sp__transport_init_base(sp_transport_t *t, const sp_conf_t *conf,

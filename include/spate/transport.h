@@ -1,7 +1,8 @@
 /*
  * spate — transport layer: moving bytes between executors. A transport is
  * one executor's endpoint on a backend (ofi: libfabric RDM endpoints with
- * one-sided reads). Memory regions
+ * one-sided reads; mpi: MPI-3 one-sided reads through a dynamic window
+ * between the ranks of MPI_COMM_WORLD). Memory regions
  * (pages, or a memory-mapped committed data file) are registered read-only
  * for remote access; their packed remote key travels in the map status; a
  * reader posts a fetch (peer, key, offset, length) into a registered local
@@ -42,18 +43,31 @@ typedef struct sp_transport_stats {
 } sp_transport_stats_t;
 
 /**
- * Opens the transport of one executor: transport.backend (ofi),
+ * Opens the transport of one executor: transport.backend (ofi or mpi),
  * transport.provider (libfabric provider, e.g. "tcp;ofi_rxm" or "shm"; empty:
  * FI_PROVIDER or libfabric's choice), transport.max_outstanding,
- * transport.timeout. SP_ERR_UNSUPPORTED when no provider offers what the
- * backend needs (message names the provider and the raw code).
+ * transport.timeout, transport.progress_thread. SP_ERR_UNSUPPORTED when no
+ * provider offers what the backend needs (message names the provider and the
+ * raw code).
+ *
+ * The mpi backend needs MPI initialized by the process (MPI_Init_thread,
+ * ideally with MPI_THREAD_MULTIPLE; MPI_Finalize only after
+ * sp_transport_close), else SP_ERR_UNSUPPORTED. Its open and close are
+ * collective over MPI_COMM_WORLD: every rank opens its transport, and every
+ * rank closes it, in the same order as its other collective calls on
+ * MPI_COMM_WORLD. A peer id is the peer's rank; served regions may not
+ * overlap, and Open MPI bounds their number (osc_rdma_max_attach,
+ * SP_ERR_NO_RESOURCE beyond it).
  */
 SP_API sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p);
 
-/** Closes the transport; regions must be deregistered first. NULL accepted. */
+/**
+ * Closes the transport; regions must be deregistered first. NULL accepted.
+ * Collective over MPI_COMM_WORLD for the mpi backend.
+ */
 SP_API void sp_transport_close(sp_transport_t *transport);
 
-/** The backend's name ("ofi") and the provider in use. */
+/** The backend's name ("ofi", "mpi") and the provider in use (for mpi, the MPI library). */
 SP_API const char *sp_transport_backend(const sp_transport_t *transport);
 SP_API const char *sp_transport_provider(const sp_transport_t *transport);
 
