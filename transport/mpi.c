@@ -495,11 +495,12 @@ static sp_status_t sp_mpi_unpack(const sp_mpi_t *m, const void *rkey, size_t len
  * completion is returned by poll, so the ring never holds more than
  * transport.max_outstanding entries; it is sized for that at open.
  */
-static void sp_mpi_push_done(sp_mpi_t *m, void *user, sp_status_t st, int raw, size_t len)
+static void sp_mpi_push_done(sp_mpi_t *m, void *user, sp_status_t st, int raw, size_t len,
+                             uint32_t peer)
 {
     SP_ASSERT(m->done_len < m->done_cap);
     m->done[(m->done_head + m->done_len) % m->done_cap] =
-        (sp_transport_completion_t){user, st, raw, len};
+        (sp_transport_completion_t){user, st, raw, len, peer};
     m->done_len++;
 }
 
@@ -559,7 +560,7 @@ static sp_status_t sp_mpi_progress(sp_mpi_t *m)
         if (op->timed_out)
             continue;
         if (err == MPI_SUCCESS) {
-            sp_mpi_push_done(m, op->user, SP_OK, 0, op->len);
+            sp_mpi_push_done(m, op->user, SP_OK, 0, op->len, op->peer);
             m->base.stats.fetches_completed++;
             m->base.stats.bytes_fetched += op->len;
         } else {
@@ -567,7 +568,7 @@ static sp_status_t sp_mpi_progress(sp_mpi_t *m)
             /* The message is the caller's detail for this completion. */
             SP_RAISE(SP_ERR_FETCH_FAILED, "fetch of %zu bytes from peer %u failed: %s (raw %d)",
                      op->len, op->peer, sp_mpi_strerror(err, msg), err);
-            sp_mpi_push_done(m, op->user, SP_ERR_FETCH_FAILED, err, 0);
+            sp_mpi_push_done(m, op->user, SP_ERR_FETCH_FAILED, err, 0, op->peer);
             m->base.stats.fetches_failed++;
         }
     }
@@ -587,7 +588,7 @@ static sp_status_t sp_mpi_progress(sp_mpi_t *m)
             SP_RAISE(SP_ERR_TIMED_OUT,
                      "fetch of %zu bytes from peer %u did not complete in %llu ms", op->len,
                      op->peer, (unsigned long long)(m->base.timeout_ns / 1000000));
-            sp_mpi_push_done(m, op->user, SP_ERR_TIMED_OUT, 0, 0);
+            sp_mpi_push_done(m, op->user, SP_ERR_TIMED_OUT, 0, 0, op->peer);
             m->base.stats.fetches_failed++;
         }
     }

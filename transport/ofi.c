@@ -391,11 +391,12 @@ static sp_status_t sp_ofi_unpack(const void *rkey, size_t len, uint64_t *key_p, 
  * its completion is returned by poll, so the ring never holds more than
  * transport.max_outstanding entries; it is sized for that at open.
  */
-static void sp_ofi_push_done(sp_ofi_t *o, void *user, sp_status_t st, int raw, size_t len)
+static void sp_ofi_push_done(sp_ofi_t *o, void *user, sp_status_t st, int raw, size_t len,
+                             uint32_t peer)
 {
     SP_ASSERT(o->done_len < o->done_cap);
     o->done[(o->done_head + o->done_len) % o->done_cap] =
-        (sp_transport_completion_t){user, st, raw, len};
+        (sp_transport_completion_t){user, st, raw, len, peer};
     o->done_len++;
 }
 
@@ -421,7 +422,7 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
         for (ssize_t i = 0; i < n; i++) {
             sp_ofi_op_t *op = entries[i].op_context;
             if (!op->timed_out) {
-                sp_ofi_push_done(o, op->user, SP_OK, 0, op->len);
+                sp_ofi_push_done(o, op->user, SP_OK, 0, op->len, op->peer);
                 o->base.stats.fetches_completed++;
                 o->base.stats.bytes_fetched += op->len;
             }
@@ -440,7 +441,7 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
                          "(raw %d, provider %d)",
                          op->len, op->peer, fi_strerror(err.err), err.err, err.prov_errno);
                 sp_ofi_push_done(o, op->user, SP_ERR_FETCH_FAILED,
-                                 err.prov_errno != 0 ? err.prov_errno : err.err, 0);
+                                 err.prov_errno != 0 ? err.prov_errno : err.err, 0, op->peer);
                 o->base.stats.fetches_failed++;
             }
             sp_ofi_retire(o, op);
@@ -456,7 +457,7 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
                      "fetch of %zu bytes from peer %u did not complete in "
                      "%llu ms",
                      op->len, op->peer, (unsigned long long)(o->base.timeout_ns / 1000000));
-            sp_ofi_push_done(o, op->user, SP_ERR_TIMED_OUT, 0, 0);
+            sp_ofi_push_done(o, op->user, SP_ERR_TIMED_OUT, 0, 0, op->peer);
             o->base.stats.fetches_failed++;
         }
     }
@@ -469,9 +470,9 @@ static sp_status_t sp_ofi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
 {
     sp_ofi_t *o = sp_ofi(t);
     sp_ofi_mr_t *lm = sp_container_of(local, sp_ofi_mr_t, base);
-    uint64_t key, base, length, deadline;
+    uint64_t key = 0, base = 0, length = 0, deadline;
     sp_ofi_op_t *op;
-    bool virt;
+    bool virt = false;
     sp_status_t st;
     ssize_t ret;
 
@@ -549,6 +550,12 @@ static sp_status_t sp_ofi_poll(sp_transport_t *t, sp_transport_completion_t *out
             o->done_head = (o->done_head + 1) % o->done_cap;
             o->done_len--;
             o->outstanding--; /* returned to the caller: the slot is free */
+            if (out[n - 1].status != SP_OK)
+                /* Written on the caller's thread: the progress thread may
+                 * have been the one that saw the failure. */
+                SP_RAISE(out[n - 1].status, "fetch of %zu bytes from peer %u failed: %s (raw %d)",
+                         out[n - 1].length, out[n - 1].peer, sp_status_str(out[n - 1].status),
+                         out[n - 1].raw);
         }
         pthread_mutex_unlock(&o->lock);
         if (st != SP_OK)

@@ -31,6 +31,7 @@ typedef struct sp_transport_completion {
     sp_status_t status;
     int raw;       /**< provider or MPI error code, 0 on success */
     size_t length; /**< bytes fetched */
+    uint32_t peer; /**< the peer fetched from */
 } sp_transport_completion_t;
 
 typedef struct sp_transport_stats {
