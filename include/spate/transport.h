@@ -117,6 +117,16 @@ SP_API sp_status_t sp_transport_poll(sp_transport_t *transport, sp_transport_com
 
 SP_API void sp_transport_stats(const sp_transport_t *transport, sp_transport_stats_t *stats_p);
 
+/**
+ * Wire-up under MPI (any backend; MPI is then only the bootstrap): every
+ * rank of MPI_COMM_WORLD exchanges its address with MPI_Allgather and adds
+ * every other rank as a peer. peers_p gets, per rank, its peer id (a rank's
+ * own entry is UINT32_MAX); it has room for the world size. Collective: every
+ * rank calls it. SP_ERR_UNSUPPORTED when MPI is not initialized.
+ */
+SP_API sp_status_t sp_transport_wireup_mpi(sp_transport_t *transport, uint32_t *peers_p,
+                                           size_t count);
+
 #ifdef __cplusplus
 }
 #endif
