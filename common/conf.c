@@ -90,7 +90,10 @@ sp_status_t sp_conf_parse_size(const char *text, uint64_t *bytes_p)
     case 'g': shift = 30; break;
     case 't': shift = 40; break;
     case 'p': shift = 50; break;
-    case 'b': shift = 0; p--; break; /* "4096b": the 'b' is eaten below */
+    case 'b':
+        shift = 0;
+        p--;
+        break; /* "4096b": the 'b' is eaten below */
     case '\0': break;
     default: return sp_conf_bad_syntax("size (like 4096, 64k, 512m, 4g)", text);
     }
@@ -115,8 +118,8 @@ sp_status_t sp_conf_parse_duration(const char *text, uint64_t *ns_p)
     static const struct {
         const char *unit;
         double ns;
-    } units[] = {{"ns", 1.0}, {"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"", 1e9},
-                 {"min", 60e9}, {"m", 60e9}, {"h", 3600e9}};
+    } units[] = {{"ns", 1.0}, {"us", 1e3},   {"ms", 1e6}, {"s", 1e9},
+                 {"", 1e9},   {"min", 60e9}, {"m", 60e9}, {"h", 3600e9}};
     const char *syntax = "duration (like 250ms, 30s, 5m, 1h)";
     char *end;
     double value;
@@ -244,8 +247,8 @@ static sp_status_t sp_conf_parse_value(const sp_conf_def_t *def, const char *tex
     case SP_CONF_STRING: break;
     case SP_CONF_ENUM:
         if (!sp_conf_enum_has(def->choices, text))
-            return SP_RAISE(SP_ERR_BAD_CONF, "conf key '%s': '%s' is not one of %s", def->key,
-                            text, def->choices);
+            return SP_RAISE(SP_ERR_BAD_CONF, "conf key '%s': '%s' is not one of %s", def->key, text,
+                            def->choices);
         break;
     }
     if (st != SP_OK)
@@ -386,8 +389,8 @@ static sp_status_t sp_conf_set_span(sp_conf_t *conf, const char *line, size_t le
     char key[128], value[4096];
 
     if (eq == NULL)
-        return SP_RAISE(SP_ERR_BAD_CONF, "%s: '%.*s' is not key=value", origin, (int)SP_MIN(len, 200),
-                        line);
+        return SP_RAISE(SP_ERR_BAD_CONF, "%s: '%.*s' is not key=value", origin,
+                        (int)SP_MIN(len, 200), line);
     ke = eq;
     vb = eq + 1;
     sp_conf_trim(&kb, &ke);
@@ -576,4 +579,7 @@ void sp__conf_write_markdown_defs(const sp_conf_def_t *defs, size_t ndefs, FILE 
     }
 }
 
-void sp_conf_write_markdown(FILE *out) { sp__conf_write_markdown_defs(sp__conf_defs, sp__conf_ndefs, out); }
+void sp_conf_write_markdown(FILE *out)
+{
+    sp__conf_write_markdown_defs(sp__conf_defs, sp__conf_ndefs, out);
+}
