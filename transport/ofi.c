@@ -580,7 +580,15 @@ static void *sp_ofi_progress_main(void *arg)
         struct timespec ts;
         sp_status_t st;
 
-        pthread_mutex_lock(&o->lock);
+        /* A caller holding the lock is progressing (shm even copies inside
+         * fi_read): sleep rather than queue on the mutex, which would make
+         * every unlock of the caller pay a futex wake. */
+        if (pthread_mutex_trylock(&o->lock) != 0) {
+            ts.tv_sec = 0;
+            ts.tv_nsec = idle_ns;
+            nanosleep(&ts, NULL);
+            continue;
+        }
         before = o->base.stats.fetches_completed + o->base.stats.fetches_failed;
         st = sp_ofi_progress(o);
         after = o->base.stats.fetches_completed + o->base.stats.fetches_failed;
