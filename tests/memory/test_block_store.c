@@ -7,6 +7,7 @@
  */
 /* LABELS: unit */
 #include "mm_test_util.h"
+#include "tests/test_dir_util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -26,19 +27,7 @@ static int setup(void **state)
     return 0;
 }
 
-static unsigned count_files(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    unsigned n = 0;
-
-    if (d == NULL)
-        return 0;
-    while ((e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
+static unsigned count_files(void) { return test_dir_count(dir); }
 
 static void fill(char *buf, size_t len, unsigned seed)
 {

@@ -8,6 +8,7 @@
  */
 /* LABELS: unit fault */
 #include "mm_test_util.h"
+#include "tests/test_dir_util.h"
 #include "common_int.h"
 
 #include <dirent.h>
@@ -17,19 +18,7 @@
 
 static char dir[256];
 
-static unsigned count_files(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    unsigned n = 0;
-
-    if (d == NULL)
-        return 0;
-    while ((e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
+static unsigned count_files(void) { return test_dir_count(dir); }
 
 static sp_conf_t *small_conf(void)
 {

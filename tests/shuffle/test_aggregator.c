@@ -15,6 +15,7 @@
  */
 /* LABELS: unit */
 #include "common_int.h"
+#include "tests/test_dir_util.h"
 #include <spate/shuffle.h>
 #include "shuffle/shuffle_int.h"
 
@@ -301,36 +302,9 @@ static void env_open(env_t *e, const char *executor, const char *page, const cha
     assert_int_equal(sp_task_memory_create(e->mm, 1, &e->task), SP_OK);
 }
 
-static unsigned count_files(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    unsigned n = 0;
+static unsigned count_files(void) { return test_dir_count(dir); }
 
-    if (d == NULL)
-        return 0;
-    while ((de = readdir(d)) != NULL)
-        n += de->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
-static void clear_dir(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    char path[600];
-
-    if (d == NULL)
-        return;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        unlink(path);
-    }
-    closedir(d);
-}
+static void clear_dir(void) { test_dir_clear(dir); }
 
 /* Ends the task and checks that nothing leaked and no file remains. */
 static void env_close(env_t *e)

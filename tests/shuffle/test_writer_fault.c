@@ -9,6 +9,7 @@
  */
 /* LABELS: unit fault */
 #include "writer_test_util.h"
+#include "tests/test_dir_util.h"
 #include "common_int.h"
 
 #include <dirent.h>
@@ -17,36 +18,9 @@
 static char dir[256];
 static const char *sweep_executor = "16m"; /* memory.executor of the sweeps */
 
-static unsigned count_files(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    unsigned n = 0;
+static unsigned count_files(void) { return test_dir_count(dir); }
 
-    if (d == NULL)
-        return 0;
-    while ((e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
-static void clear_dir(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char path[600];
-
-    if (d == NULL)
-        return;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-}
+static void clear_dir(void) { test_dir_clear(dir); }
 
 /* One full write + commit; returns the status of the first failing call. */
 static sp_status_t attempt(sp_conf_t *conf, const ref_case_t *c, ref_record_t *ref,
