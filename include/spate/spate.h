@@ -17,5 +17,6 @@
 #include <spate/memory.h>
 #include <spate/shuffle.h>
 #include <spate/transport.h>
+#include <spate/job.h>
 
 #endif /* SPATE_SPATE_H */

@@ -1,0 +1,126 @@
+/*
+ * Internals of the executor layer: job lookup (built-in and plugins), the
+ * task runner shared by executors and the in-process runner, and the
+ * control plane's framing. Not installed.
+ */
+#ifndef SPATE_EXECUTOR_INT_H
+#define SPATE_EXECUTOR_INT_H
+
+#include <spate/job.h>
+#include <spate/memory.h>
+#include <spate/shuffle.h>
+#include <spate/transport.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* Jobs (executor/job_registry.c, executor/jobs/)                             */
+/* ------------------------------------------------------------------------ */
+
+/* Built-in jobs, defined in executor/jobs/<name>.c. */
+extern const sp_job_t sp__job_terasort;
+extern const sp_job_t sp__job_wordcount;
+extern const sp_job_t sp__job_shuffle;
+
+/*
+ * Finds a job: a built-in by name, or, when name contains a '/' or ends in
+ * ".so", a plugin loaded with dlopen() whose SP_JOB_DESCRIPTOR_SYMBOL
+ * returns a descriptor of SP_JOB_ABI_VERSION with every required callback
+ * (plan, map, reduce). *handle_p is the dlopen handle (NULL for built-ins),
+ * closed with sp__job_unload(). SP_ERR_NOT_FOUND for an unknown name,
+ * SP_ERR_BAD_FORMAT (naming the plugin and what is wrong) for a bad plugin.
+ */
+sp_status_t sp__job_load(const char *name, const sp_job_t **job_p, void **handle_p);
+void sp__job_unload(void *handle);
+/* The built-in jobs, for --help. */
+const sp_job_t *const *sp__job_builtins(size_t *count_p);
+
+/* Frees a plan's splits (and their paths); leaves the rest. */
+void sp__job_plan_clear(sp_job_plan_t *plan);
+
+/* ------------------------------------------------------------------------ */
+/* Task runner (executor/task.c)                                             */
+/* ------------------------------------------------------------------------ */
+
+/* What one task did, sent to the driver with its result. */
+typedef struct sp__task_metrics {
+    uint64_t records_in;  /* records emitted (map) or read (reduce) */
+    uint64_t records_out; /* records written to the shuffle or the output */
+    uint64_t bytes_in;    /* input bytes (map), shuffle bytes fetched (reduce) */
+    uint64_t bytes_out;   /* shuffle bytes written (map), output bytes (reduce) */
+    uint64_t spill_bytes;
+    uint64_t spills;
+    uint64_t remote_bytes; /* reduce: bytes fetched from other executors */
+    uint64_t run_ns;       /* whole task */
+    uint64_t map_ns;       /* in the job's map/reduce callbacks and the writer */
+    uint64_t sort_ns;
+    uint64_t spill_ns;
+    uint64_t merge_ns;
+    uint64_t fetch_wait_ns;
+    uint64_t peak_memory; /* task memory high-water mark */
+    uint64_t counters[SP_JOB_COUNTERS];
+} sp__task_metrics_t;
+
+/* What a task runs with: the executor's parts it needs. */
+typedef struct sp__task_env {
+    const sp_job_t *job;
+    const sp_job_params_t *params;
+    const sp_job_plan_t *plan;
+    sp_memory_manager_t *mm;
+    const sp_conf_t *conf;
+    sp_transport_t *transport; /* NULL: every block is read locally */
+    uint64_t shuffle_id;
+    uint32_t executor_id;
+} sp__task_env_t;
+
+/*
+ * Map task: runs the job's map over split map_id into a shuffle writer and
+ * commits it. split_keys: RANGE bounds (partitions-1 keys). *status_p is the
+ * committed output's status (executor_id set; not yet served).
+ */
+sp_status_t sp__task_run_map(const sp__task_env_t *env, uint32_t map_id, uint32_t attempt,
+                             const sp_key_t *split_keys, sp_map_status_t **status_p,
+                             sp__task_metrics_t *metrics);
+
+/*
+ * Sample task: about count keys of split map_id, as a packed list of
+ * (u32 length, bytes) entries in *keys_p (malloc'ed, *len_p bytes).
+ */
+sp_status_t sp__task_run_sample(const sp__task_env_t *env, uint32_t map_id, uint32_t count,
+                                void **keys_p, size_t *len_p);
+
+/*
+ * Reduce task: reads partition's blocks (statuses of every map) in the
+ * plan's order, calls the job's reduce, and writes the output through the
+ * output committer (attempt file, renamed into OUTPUT/_temporary on success).
+ * A fetch failure is SP_ERR_FETCH_FAILED; *failed_map_p then names the map
+ * whose block failed (UINT64_MAX when unknown).
+ */
+sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, uint32_t attempt,
+                                const sp_map_status_t *const *statuses, size_t count,
+                                uint64_t *failed_map_p, sp__task_metrics_t *metrics);
+
+/*
+ * Range bounds from samples: partitions-1 keys that cut the sorted sample
+ * into equal parts (duplicates kept apart where the sample allows).
+ * samples is a concatenation of the packed lists of sp__task_run_sample().
+ */
+sp_status_t sp__range_bounds(const void *samples, size_t len, uint32_t partitions,
+                             sp_key_compare_fn_t compare, void *compare_arg, sp_key_t **keys_p,
+                             void **storage_p);
+
+/* Output committer: OUTPUT/_temporary/part-r-NNNNN -> OUTPUT/, then _SUCCESS. */
+sp_status_t sp__output_prepare(const char *dir);
+sp_status_t sp__output_publish(const char *dir, uint32_t partitions);
+void sp__output_abort(const char *dir);
+
+/*
+ * Runs a whole job in this process, one task at a time (sample, map,
+ * reduce), with local fetches: the embedded form, and what the job tests use.
+ */
+sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *params,
+                               sp_memory_manager_t *mm, sp_job_result_t *result_p);
+
+#endif /* SPATE_EXECUTOR_INT_H */
