@@ -16,6 +16,7 @@
  */
 #include "shuffle_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -508,5 +509,52 @@ sp_status_t sp_map_output_read_segment(const sp_map_output_t *output, uint32_t p
     }
     *data_p = buf;
     *len_p = seg.length;
+    return SP_OK;
+}
+
+sp_status_t sp_shuffle_remove_output(const sp_conf_t *conf, uint64_t shuffle_id, uint64_t map_id)
+{
+    char data[PATH_MAX], index[PATH_MAX], csum[PATH_MAX];
+    sp_shuffle_dirs_t *dirs;
+    sp_status_t st;
+
+    if ((st = sp__shuffle_dirs_create(conf, &dirs)) != SP_OK)
+        return st;
+    sp__output_paths(sp__shuffle_dirs_output(dirs, shuffle_id, map_id), shuffle_id, map_id, data,
+                     index, csum, sizeof(data));
+    /* The index is the commit point: without it the output does not exist. */
+    if (unlink(index) != 0 && errno != ENOENT)
+        st = SP_RAISE(SP_ERR_IO, "remove %s: %s", index, strerror(errno));
+    unlink(data);
+    unlink(csum);
+    sp__shuffle_dirs_destroy(dirs);
+    return st;
+}
+
+sp_status_t sp_shuffle_remove(const sp_conf_t *conf, uint64_t shuffle_id)
+{
+    char prefix[64], path[PATH_MAX];
+    sp_shuffle_dirs_t *dirs;
+    sp_status_t st;
+    int plen;
+
+    if ((st = sp__shuffle_dirs_create(conf, &dirs)) != SP_OK)
+        return st;
+    plen = snprintf(prefix, sizeof(prefix), "shuffle_%llu_", (unsigned long long)shuffle_id);
+    for (unsigned i = 0; i < dirs->count; i++) {
+        DIR *d = opendir(dirs->dirs[i]);
+        struct dirent *e;
+        if (d == NULL)
+            continue;
+        while ((e = readdir(d)) != NULL) {
+            if (strncmp(e->d_name, prefix, (size_t)plen) != 0)
+                continue;
+            if ((size_t)snprintf(path, sizeof(path), "%s/%s", dirs->dirs[i], e->d_name) <
+                sizeof(path))
+                unlink(path);
+        }
+        closedir(d);
+    }
+    sp__shuffle_dirs_destroy(dirs);
     return SP_OK;
 }

@@ -61,6 +61,7 @@ struct sp_shuffle_reader {
     uint64_t *first_bad; /* checksum of the first copy of refetched blocks */
     unsigned char *refetched;
     sp_status_t error;
+    uint64_t failed_map; /* map of the block that failed; UINT64_MAX: none known */
 
     /* unordered */
     sp_segment_reader_t *seg;
@@ -188,9 +189,11 @@ static sp_status_t sp_reader_fetch(sp_shuffle_reader_t *r, size_t first, size_t 
         st = r->fetcher->ops->fetch(r->fetcher, &r->list->blocks[first], count, sp_reader_done_ctx,
                                     ctx);
     }
-    if (st != SP_OK)
+    if (st != SP_OK) {
+        r->failed_map = r->list->blocks[first].map_id;
         return SP_RAISE(SP_ERR_FETCH_FAILED, "fetch of %zu block(s) from %s failed: %s", count,
                         sp_block_where(&r->list->blocks[first]), sp_last_error());
+    }
     return SP_OK;
 }
 
@@ -249,6 +252,7 @@ static sp_status_t sp_reader_take(sp_shuffle_reader_t *r, sp_completion_t *c_p, 
         }
         if (c.status != SP_OK) {
             sp_reader_release(r, &c);
+            r->failed_map = b->map_id;
             return SP_RAISE(
                 SP_ERR_FETCH_FAILED, "fetch failed: shuffle %llu map %llu reduce %u at %s: %s: %s",
                 (unsigned long long)b->shuffle_id, (unsigned long long)b->map_id, b->reduce_id,
@@ -269,6 +273,7 @@ static sp_status_t sp_reader_take(sp_shuffle_reader_t *r, sp_completion_t *c_p, 
                     return st;
                 continue;
             }
+            r->failed_map = b->map_id;
             return SP_RAISE(SP_ERR_FETCH_FAILED,
                             "block of shuffle %llu map %llu reduce %u at %s fails its %s checksum "
                             "twice (%s): recompute that map output",
@@ -492,6 +497,7 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
     r->task = task;
     r->list = blocks;
     r->o = *opts;
+    r->failed_map = UINT64_MAX;
     if ((st = sp_conf_get_size(conf, "shuffle.max_bytes_in_flight", &r->max_in_flight)) != SP_OK ||
         (st = sp_conf_get_size(conf, "shuffle.max_block_in_memory", &r->max_block_in_memory)) !=
             SP_OK)
@@ -540,6 +546,14 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
 err:
     sp_shuffle_reader_close(r);
     return st;
+}
+
+bool sp_shuffle_reader_failed_map(const sp_shuffle_reader_t *r, uint64_t *map_id_p)
+{
+    if (r == NULL || r->failed_map == UINT64_MAX)
+        return false;
+    *map_id_p = r->failed_map;
+    return true;
 }
 
 void sp_shuffle_reader_stats(const sp_shuffle_reader_t *r, sp_shuffle_read_stats_t *stats_p)

@@ -203,6 +203,16 @@ SP_API void sp_shuffle_writer_stats(const sp_shuffle_writer_t *writer,
 /** Frees the writer, aborting it unless committed. NULL accepted. */
 SP_API void sp_shuffle_writer_close(sp_shuffle_writer_t *writer);
 
+/**
+ * Removes the committed output of (shuffle_id, map_id) from this process's
+ * shuffle.local_dirs (the index first, so a reader never sees half of it);
+ * absent files are no error. Used before recomputing a lost or damaged output.
+ */
+SP_API sp_status_t sp_shuffle_remove_output(const sp_conf_t *conf, uint64_t shuffle_id,
+                                            uint64_t map_id);
+/** Removes every committed output of shuffle_id from shuffle.local_dirs. */
+SP_API sp_status_t sp_shuffle_remove(const sp_conf_t *conf, uint64_t shuffle_id);
+
 /* ------------------------------------------------------------------------ */
 /* Committed map outputs and their segments                                   */
 /* ------------------------------------------------------------------------ */
@@ -488,6 +498,12 @@ SP_API sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_
 SP_API sp_status_t sp_shuffle_reader_next(sp_shuffle_reader_t *reader, const void **key_p,
                                           size_t *key_len_p, const void **value_p,
                                           size_t *value_len_p, bool *more_p);
+
+/**
+ * After sp_shuffle_reader_next() returned SP_ERR_FETCH_FAILED: true and the
+ * map id of the block that could not be fetched or verified, when known.
+ */
+SP_API bool sp_shuffle_reader_failed_map(const sp_shuffle_reader_t *reader, uint64_t *map_id_p);
 
 SP_API void sp_shuffle_reader_stats(const sp_shuffle_reader_t *reader,
                                     sp_shuffle_read_stats_t *stats_p);
