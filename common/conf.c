@@ -538,6 +538,14 @@ sp_status_t sp_conf_get_string(const sp_conf_t *conf, const char *key, const cha
     return st;
 }
 
+void sp_conf_foreach_set(const sp_conf_t *conf,
+                         void (*fn)(void *arg, const char *key, const char *value), void *arg)
+{
+    for (size_t i = 0; i < conf->ndefs; i++)
+        if (conf->entries[i].set)
+            fn(arg, conf->defs[i].key, conf->entries[i].text);
+}
+
 bool sp_conf_is_set(const sp_conf_t *conf, const char *key)
 {
     size_t idx;

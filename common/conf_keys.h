@@ -29,6 +29,24 @@ SP_CONF_KEY("memory.topology", SP_CONF_STRING, "", NULL, NULL, NULL,
             "description) or xml:PATH (hwloc XML export).")
 SP_CONF_KEY("memory.block_dir", SP_CONF_STRING, "/tmp", NULL, NULL, NULL,
             "Directory where the block store writes cached blocks kept on disk.")
+SP_CONF_KEY("executor.cores", SP_CONF_INT, "0", "0", "4096", NULL,
+            "Worker threads (task slots) of an executor; 0: the cores it is given (its share "
+            "of its NUMA node's cores).")
+SP_CONF_KEY("executor.heartbeat_interval", SP_CONF_DURATION, "1s", "10ms", "1h", NULL,
+            "How often an executor reports to the driver.")
+SP_CONF_KEY("executor.heartbeat_timeout", SP_CONF_DURATION, "30s", "100ms", "1d", NULL,
+            "An executor silent for this long is declared lost: its tasks are rescheduled and "
+            "its map outputs recomputed.")
+SP_CONF_KEY("executor.register_timeout", SP_CONF_DURATION, "60s", "100ms", "1d", NULL,
+            "How long the driver waits for its executors to register.")
+SP_CONF_KEY("driver.address", SP_CONF_STRING, "127.0.0.1:0", NULL, NULL, NULL,
+            "HOST:PORT the driver's control plane listens on in local mode (port 0: any free "
+            "port). Use a routable address only for executors on other hosts.")
+SP_CONF_KEY("task.max_failures", SP_CONF_INT, "4", "1", "1000", NULL,
+            "A task that fails this many times fails the job.")
+SP_CONF_KEY("stage.max_attempts", SP_CONF_INT, "4", "1", "100", NULL,
+            "Fetch failures a reduce stage survives (each recomputes the lost map outputs) "
+            "before the job fails.")
 SP_CONF_KEY("shuffle.local_dirs", SP_CONF_STRING, "/tmp/spate", NULL, NULL, NULL,
             "Comma-separated directories for spill files and committed map outputs (created 0700; "
             "spills go round-robin over them).")

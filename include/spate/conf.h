@@ -85,6 +85,15 @@ SP_API sp_status_t sp_conf_get_string(const sp_conf_t *conf, const char *key, co
 SP_API bool sp_conf_is_set(const sp_conf_t *conf, const char *key);
 
 /**
+ * Calls fn for every key that was set (by a file, the environment or an
+ * assignment), in table order, with the value as it was given; for handing a
+ * configuration to another process.
+ */
+SP_API void sp_conf_foreach_set(const sp_conf_t *conf,
+                                void (*fn)(void *arg, const char *key, const char *value),
+                                void *arg);
+
+/**
  * Writes the table of every key (key, type, default, range, description) in
  * Markdown to out. The README's table is this output; a test keeps them equal.
  */
