@@ -14,6 +14,8 @@ typedef struct sp_cli {
 /* Each subcommand gets the arguments after its name; returns the exit code. */
 int sp_cmd_topology(sp_cli_t *cli, int argc, char **argv);
 int sp_cmd_conf(sp_cli_t *cli, int argc, char **argv);
+int sp_cmd_gensort(sp_cli_t *cli, int argc, char **argv);
+int sp_cmd_valsort(sp_cli_t *cli, int argc, char **argv);
 
 /* Prints "spate: <message>" for the calling thread's last error; returns 1. */
 int sp_cli_fail(const char *what);

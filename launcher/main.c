@@ -20,6 +20,8 @@ typedef struct sp_cli_command {
 static const sp_cli_command_t sp_cli_commands[] = {
     {"topology", sp_cmd_topology, "show NUMA nodes, cores, memory and the executor layout"},
     {"conf", sp_cmd_conf, "show configuration keys and their values"},
+    {"gensort", sp_cmd_gensort, "write sort benchmark input (gensort records) to part files"},
+    {"valsort", sp_cmd_valsort, "check that sort benchmark records are in order, like valsort"},
 };
 
 static void sp_cli_usage(FILE *out)
