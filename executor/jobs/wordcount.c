@@ -58,6 +58,7 @@
 
 #define SP_WC_SPLIT_BYTES (32ull << 20)
 #define SP_WC_CHUNK_BYTES (1u << 20)
+#define SP_WC_TAIL_BYTES  (16u << 10)
 #define SP_WC_MAX_WORD    (16u << 20)
 /* Generated text: vocabulary size, and resolution of the rank table. */
 #define SP_WC_VOCAB      8192u
@@ -180,7 +181,9 @@ sp_status_t sp__wordcount_scan(const char *path, uint64_t offset, uint64_t lengt
         skipping = !sp_wc_space(chunk[0]);
     }
     while (!done && pos < size) {
-        size_t n = (size_t)SP_MIN((uint64_t)SP_WC_CHUNK_BYTES, size - pos);
+        /* Up to the range's end, then small reads to finish the last word. */
+        uint64_t want = pos < end ? end - pos : SP_WC_TAIL_BYTES;
+        size_t n = (size_t)SP_MIN(SP_MIN((uint64_t)SP_WC_CHUNK_BYTES, want), size - pos);
         size_t start = 0; /* of the current word in this chunk */
 
         status = sp__pread_all(fd, chunk, n, pos, path);

@@ -483,6 +483,43 @@ static void test_wordcount_scan_edges(void **state)
     unlink(path);
 }
 
+/* Every allocation and read of the scanner, failed in turn, is an error. */
+static void test_wordcount_scan_faults(void **state)
+{
+    static const sp_fault_kind_t kinds[] = {SP_FAULT_ALLOC, SP_FAULT_READ};
+    const size_t len = (3u << 20) + 777;
+    unsigned char *text = random_text(len, 200000);
+    char path[300];
+
+    (void)state;
+    path_of(path, sizeof(path), "faults.txt");
+    write_file(path, text, len);
+    for (size_t k = 0; k < 2; k++) {
+        uint64_t nth;
+
+        for (nth = 1;; nth++) {
+            uint64_t fired = sp__fault_fired(kinds[k]), bytes = 0;
+            words_t got = {0};
+            sp_status_t st;
+
+            sp__fault_arm(kinds[k], nth);
+            st = sp__wordcount_scan(path, 1000, len, words_collect, &got, &bytes);
+            sp__fault_arm(kinds[k], 0);
+            if (sp__fault_fired(kinds[k]) == fired) {
+                /* Past the last event: the scan ran clean. */
+                assert_int_equal(st, SP_OK);
+                words_free(&got);
+                break;
+            }
+            assert_int_equal(st, kinds[k] == SP_FAULT_ALLOC ? SP_ERR_NOMEM : SP_ERR_IO);
+            words_free(&got);
+        }
+        assert_true(nth > 1);
+    }
+    free(text);
+    unlink(path);
+}
+
 /* ---- wordcount: plans and whole runs ---- */
 
 static void test_wordcount_plan(void **state)
@@ -1039,6 +1076,7 @@ int main(void)
         cmocka_unit_test(test_wordcount_every_split_size_of_small_texts),
         cmocka_unit_test(test_wordcount_random_splits_across_read_chunks),
         cmocka_unit_test(test_wordcount_scan_edges),
+        cmocka_unit_test(test_wordcount_scan_faults),
         cmocka_unit_test(test_wordcount_plan),
         cmocka_unit_test(test_wordcount_run_matches_reference),
         cmocka_unit_test(test_wordcount_single_file_and_empty_input),
