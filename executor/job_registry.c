@@ -8,14 +8,14 @@
  * plugins never see each other's symbols. Its descriptor is checked once,
  * at load, for everything that can be checked without running it: ABI
  * version, a size covering every field spate reads, a name, the required
- * callbacks, and a combiner with a combine function. Whatever depends on the
- * plan (RANGE partitioning, the read order) is checked against the plan by
- * the driver. The descriptor is used in place and lives as long as the
- * handle; a built-in's handle is NULL.
+ * callbacks, and a combiner with a combine function. What depends on the
+ * plan (RANGE partitioning, the read order) cannot be known here; it is for
+ * whoever runs the plan to check. The descriptor is used in place and lives
+ * as long as the handle; a built-in's handle is NULL.
  *
- * The job's symbols (sp_job_emit and the rest) must come from the process
- * that loads the plugin: libspate.so in an application linked with it, or
- * the spate executable, which exports its public symbols (see
+ * The functions a plugin calls (sp_job_emit and the rest) must come from the
+ * process that loads it: libspate.so in an application linked with it, or
+ * the spate executable, which must export its public symbols for that (see
  * examples/plugin/README.md). A plugin never links its own copy of spate.
  */
 #include "common_int.h"
