@@ -19,9 +19,16 @@ configure: deps
 build: configure
 	@$(CMAKE) --build $(BUILD) -j $(JOBS)
 
-# The main job. Until the runtime exists it shows what an executor would use.
+# The main job: TeraSort of RUN_SIZE bytes on a local cluster of executors,
+# its output checked by the job itself (valsort-equivalent, checksum against
+# the generated input) and again by `spate valsort`, then removed.
+RUN_SIZE ?= 1g
+RUN_OUT ?= /tmp/spate-run-terasort
 run: build
-	./$(BUILD)/spate topology
+	@rm -rf $(RUN_OUT)
+	FI_TCP_IFACE=lo ./$(BUILD)/spate run terasort --size $(RUN_SIZE) --output $(RUN_OUT) --progress
+	./$(BUILD)/spate valsort $(RUN_OUT)
+	@rm -rf $(RUN_OUT)
 
 check: build
 	$(CTEST) --test-dir $(BUILD) --output-on-failure -j $(JOBS)

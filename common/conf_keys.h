@@ -34,10 +34,10 @@ SP_CONF_KEY("executor.cores", SP_CONF_INT, "0", "0", "4096", NULL,
             "of its NUMA node's cores).")
 SP_CONF_KEY("executor.heartbeat_interval", SP_CONF_DURATION, "1s", "10ms", "1h", NULL,
             "How often an executor reports to the driver.")
-SP_CONF_KEY("executor.heartbeat_timeout", SP_CONF_DURATION, "30s", "100ms", "1d", NULL,
+SP_CONF_KEY("executor.heartbeat_timeout", SP_CONF_DURATION, "30s", "100ms", "24h", NULL,
             "An executor silent for this long is declared lost: its tasks are rescheduled and "
             "its map outputs recomputed.")
-SP_CONF_KEY("executor.register_timeout", SP_CONF_DURATION, "60s", "100ms", "1d", NULL,
+SP_CONF_KEY("executor.register_timeout", SP_CONF_DURATION, "60s", "100ms", "24h", NULL,
             "How long the driver waits for its executors to register.")
 SP_CONF_KEY("driver.address", SP_CONF_STRING, "127.0.0.1:0", NULL, NULL, NULL,
             "HOST:PORT the driver's control plane listens on in local mode (port 0: any free "
@@ -79,6 +79,10 @@ SP_CONF_KEY("transport.backend", SP_CONF_ENUM, "ofi", NULL, NULL, "ofi|mpi",
             "Transport between executors: ofi (libfabric RDM endpoints, one-sided reads) or mpi "
             "(MPI-3 one-sided reads through a dynamic window; executors are the ranks of "
             "MPI_COMM_WORLD, which open and close the transport together).")
+SP_CONF_KEY("transport.mpi_mode", SP_CONF_ENUM, "rget", NULL, NULL, "rget|twosided",
+            "How the mpi backend reads a block: rget (MPI_Rget through a dynamic window; a "
+            "region the window cannot take is served twosided) or twosided (a request to the "
+            "owner, answered with a send from its progress thread or its polls).")
 SP_CONF_KEY("transport.provider", SP_CONF_STRING, "", NULL, NULL, NULL,
             "libfabric provider for the ofi backend (tcp;ofi_rxm, shm, verbs;ofi_rxm, efa); empty: "
             "FI_PROVIDER, else libfabric's first match.")

@@ -111,9 +111,19 @@ sp_status_t sp__range_bounds(const void *samples, size_t len, uint32_t partition
                              sp_key_compare_fn_t compare, void *compare_arg, sp_key_t **keys_p,
                              void **storage_p);
 
-/* Output committer: OUTPUT/_temporary/part-r-NNNNN -> OUTPUT/, then _SUCCESS. */
+/* mkdir -p. */
+sp_status_t sp__mkdirs(const char *dir);
+
+/*
+ * Output committer. prepare: creates dir (refusing one that holds a job's
+ * output) and dir/_temporary. publish: moves every _temporary/part-r-NNNNN
+ * into dir. succeed: writes _SUCCESS, last, after the job's checks passed.
+ * abort: removes _temporary and any published part (a failed run leaves
+ * nothing that looks like output).
+ */
 sp_status_t sp__output_prepare(const char *dir);
 sp_status_t sp__output_publish(const char *dir, uint32_t partitions);
+sp_status_t sp__output_succeed(const char *dir);
 void sp__output_abort(const char *dir);
 
 /*

@@ -12,6 +12,8 @@ typedef struct sp_cli {
 } sp_cli_t;
 
 /* Each subcommand gets the arguments after its name; returns the exit code. */
+int sp_cmd_run(sp_cli_t *cli, int argc, char **argv);
+int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv);
 int sp_cmd_topology(sp_cli_t *cli, int argc, char **argv);
 int sp_cmd_conf(sp_cli_t *cli, int argc, char **argv);
 int sp_cmd_gensort(sp_cli_t *cli, int argc, char **argv);

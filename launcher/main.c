@@ -18,6 +18,8 @@ typedef struct sp_cli_command {
 } sp_cli_command_t;
 
 static const sp_cli_command_t sp_cli_commands[] = {
+    {"run", sp_cmd_run, "run a job (terasort, wordcount, shuffle or a plugin) on executors"},
+    {"executor", sp_cmd_executor, "start one executor that joins a running driver"},
     {"topology", sp_cmd_topology, "show NUMA nodes, cores, memory and the executor layout"},
     {"conf", sp_cmd_conf, "show configuration keys and their values"},
     {"gensort", sp_cmd_gensort, "write sort benchmark input (gensort records) to part files"},

@@ -659,9 +659,9 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
     w->spill_records = (uint64_t)spill_records;
     w->spill_buffer = (size_t)spill_buffer;
     w->file_buffer = (size_t)file_buffer;
-    w->bypass =
-        opts->path == SP_WRITER_BYPASS || (opts->path == SP_WRITER_AUTO && !opts->key_ordering &&
-                                           (int64_t)opts->partitions <= bypass_threshold);
+    w->bypass = opts->path == SP_WRITER_BYPASS ||
+                (opts->path == SP_WRITER_AUTO && !opts->key_ordering && opts->combiner == NULL &&
+                 (int64_t)opts->partitions <= bypass_threshold);
     w->prefix = opts->key_ordering && opts->compare == NULL;
     w->elem = w->prefix ? sizeof(sp_sort_entry_t) : sizeof(uint64_t);
     w->stats.bypass = w->bypass;

@@ -136,7 +136,7 @@ static unsigned char *slurp_parts(const char *dir, unsigned files, size_t *len_p
         fail_msg("%s holds %u entries, want %u part files (temporaries left?)", dir, entries,
                  files);
     for (unsigned i = 0; i < files; i++) {
-        char path[512];
+        char path[1100];
         size_t len;
         unsigned char *part;
 

@@ -1,0 +1,399 @@
+/*
+ * The control plane's channel: how the driver and the executors of a job
+ * carry their small control messages (register, task assignment, task
+ * result, heartbeat, map output updates, shutdown). This header is the
+ * transport of those messages only; their contents are the protocol's.
+ *
+ *   frame     a 12-byte header {magic 'SPCM', version, type, payload length},
+ *             little endian, then the payload. Every field is checked on
+ *             receive.
+ *   codec     sp__wbuf_t builds a payload, sp__rbuf_t reads one back and
+ *             never reads past its end.
+ *   conn      one connection to one peer: a stream socket (TCP, or a
+ *             socketpair for an executor inside the driver's process), or
+ *             a rank of a private MPI communicator. TCP connections start
+ *             with a mutual HMAC-SHA256 handshake over a shared secret.
+ *   hub       the driver's view of many conns: the next message from any of
+ *             them, lost peers, and executors that connect while it waits.
+ *
+ * Message types below SP__CTL_TYPE_FIRST belong to the channel (handshake);
+ * the protocol numbers its messages from SP__CTL_TYPE_FIRST up.
+ *
+ * Not installed; executor-internal (sp__ names).
+ */
+#ifndef SPATE_EXECUTOR_CTL_H
+#define SPATE_EXECUTOR_CTL_H
+
+#include "common_int.h"
+
+#include <mpi.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------------ */
+/* Frames                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* The bytes 'S' 'P' 'C' 'M' read as a little-endian u32. */
+#define SP__CTL_MAGIC 0x4d435053u
+/* The one version of the frame and handshake this build speaks. */
+#define SP__CTL_VERSION 1u
+/* Header: u32 magic, u16 version, u16 type, u32 payload length. */
+#define SP__CTL_HEADER_SIZE 12u
+/* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */
+#define SP__CTL_MAX_PAYLOAD (256u << 20)
+
+/* Channel message types (below SP__CTL_TYPE_FIRST); never seen by callers. */
+enum {
+    SP__CTL_HELLO = 1,   /* server -> client: {32-byte nonce Ns} */
+    SP__CTL_AUTH = 2,    /* client -> server: {32-byte nonce Nc, 32-byte MAC} */
+    SP__CTL_WELCOME = 3, /* server -> client: {32-byte MAC} */
+    SP__CTL_REFUSED = 4, /* server -> client: {str reason}; the server closes */
+};
+/* The protocol's first message type; types below are the channel's. */
+#define SP__CTL_TYPE_FIRST 16u
+
+/* Default send timeout of a new conn (sp__ctl_set_send_timeout). */
+#define SP__CTL_SEND_TIMEOUT_MS 60000
+
+/* Bytes of the handshake's nonces and MACs. */
+#define SP__CTL_NONCE_SIZE 32u
+#define SP__CTL_MAC_SIZE   32u
+
+/* ------------------------------------------------------------------------ */
+/* Payload codec                                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A growable payload under construction. Integers go in little endian;
+ * bytes and str are a u32 length then the bytes (str without its NUL).
+ * Every put returns the buffer's status, which is sticky: after the first
+ * failure (SP_ERR_NOMEM, or SP_ERR_TOO_LARGE for a length that does not fit
+ * a u32) later puts do nothing and return it again, so a caller may check
+ * each put or only sp__wbuf_status() at the end. Not thread safe.
+ */
+typedef struct sp__wbuf {
+    unsigned char *data; /* sp__malloc'ed; NULL until the first put */
+    size_t len, cap;
+    sp_status_t status;
+} sp__wbuf_t;
+
+/* An empty buffer (nothing allocated). */
+void sp__wbuf_init(sp__wbuf_t *w);
+/* Frees the bytes; the buffer is empty and usable again. NULL ok. */
+void sp__wbuf_free(sp__wbuf_t *w);
+/* Forgets the bytes and the error but keeps the memory for reuse. */
+void sp__wbuf_reset(sp__wbuf_t *w);
+sp_status_t sp__wbuf_status(const sp__wbuf_t *w);
+
+sp_status_t sp__wbuf_put_u8(sp__wbuf_t *w, uint8_t v);
+sp_status_t sp__wbuf_put_u16(sp__wbuf_t *w, uint16_t v);
+sp_status_t sp__wbuf_put_u32(sp__wbuf_t *w, uint32_t v);
+sp_status_t sp__wbuf_put_u64(sp__wbuf_t *w, uint64_t v);
+/* u32 length, then len bytes (data may be NULL when len is 0). */
+sp_status_t sp__wbuf_put_bytes(sp__wbuf_t *w, const void *data, size_t len);
+/* u32 strlen(s), then the bytes of s without its NUL. s must not be NULL. */
+sp_status_t sp__wbuf_put_str(sp__wbuf_t *w, const char *s);
+/* len bytes as they are, no length (fixed-size fields). */
+sp_status_t sp__wbuf_put_raw(sp__wbuf_t *w, const void *data, size_t len);
+/*
+ * Overwrites the u32 at offset (written earlier, e.g. a count known only
+ * at the end). The offset must lie inside what was written: an invariant.
+ */
+void sp__wbuf_patch_u32(sp__wbuf_t *w, size_t offset, uint32_t v);
+
+/*
+ * A reader over (data, len), which the caller keeps alive. Each get checks
+ * that its field lies inside what is left, else returns SP_ERR_BAD_FORMAT
+ * "control message <what>: truncated (...)" and consumes nothing; outputs
+ * are set only on success. Not thread safe.
+ */
+typedef struct sp__rbuf {
+    const unsigned char *data;
+    size_t len, off;
+} sp__rbuf_t;
+
+/* data may be NULL when len is 0. */
+void sp__rbuf_init(sp__rbuf_t *r, const void *data, size_t len);
+/* Bytes not read yet. */
+size_t sp__rbuf_left(const sp__rbuf_t *r);
+
+sp_status_t sp__rbuf_get_u8(sp__rbuf_t *r, const char *what, uint8_t *v_p);
+sp_status_t sp__rbuf_get_u16(sp__rbuf_t *r, const char *what, uint16_t *v_p);
+sp_status_t sp__rbuf_get_u32(sp__rbuf_t *r, const char *what, uint32_t *v_p);
+sp_status_t sp__rbuf_get_u64(sp__rbuf_t *r, const char *what, uint64_t *v_p);
+/*
+ * A u32-length-prefixed field, without copying: *data_p points into the
+ * reader's buffer (NULL-free: a valid pointer even when *len_p is 0).
+ */
+sp_status_t sp__rbuf_get_bytes(sp__rbuf_t *r, const char *what, const void **data_p, size_t *len_p);
+/*
+ * A u32-length-prefixed string as a NUL-terminated copy in *str_p,
+ * sp__malloc'ed (free() it). A string holding a NUL byte, or longer than
+ * max_len bytes (0: no limit but the payload's), is SP_ERR_BAD_FORMAT "...
+ * too long"; SP_ERR_NOMEM when the copy cannot be made.
+ */
+sp_status_t sp__rbuf_get_str(sp__rbuf_t *r, const char *what, size_t max_len, char **str_p);
+/* len bytes as they are (a fixed-size field), copied into dst. */
+sp_status_t sp__rbuf_get_raw(sp__rbuf_t *r, const char *what, void *dst, size_t len);
+/*
+ * SP_OK when everything was read; SP_ERR_BAD_FORMAT "control message
+ * <what>: too long (N bytes left over ...)" otherwise.
+ */
+sp_status_t sp__rbuf_done(const sp__rbuf_t *r, const char *what);
+
+/* ------------------------------------------------------------------------ */
+/* Connections                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sp__ctl_conn sp__ctl_conn_t;
+
+/* Counters of one conn; frames counted with their headers. */
+typedef struct sp__ctl_stats {
+    uint64_t msgs_sent;  /* frames handed to the socket or to MPI whole */
+    uint64_t bytes_sent; /* their bytes, headers included */
+    uint64_t msgs_received;
+    uint64_t bytes_received;
+} sp__ctl_stats_t;
+
+/*
+ * Opens a listening TCP socket on host_port ("127.0.0.1:0", "host:port",
+ * "[::1]:0"; port 0 picks a free one) for executors to connect to. *fd_p is
+ * the listening fd (non-blocking, close-on-exec), which the caller closes
+ * with close(). When bound is not NULL it receives the address actually
+ * bound, "127.0.0.1:PORT" ("[addr]:PORT" for IPv6), truncated to cap
+ * bytes. SP_ERR_INVALID_PARAM for a malformed host_port, SP_ERR_NOT_FOUND
+ * for a host that does not resolve, SP_ERR_TRANSPORT when bind/listen fail.
+ */
+sp_status_t sp__ctl_listen(const char *host_port, char *bound, size_t cap, int *fd_p);
+
+/*
+ * Server side of one connection: waits up to timeout_ms (< 0: forever) for
+ * a client on the listening fd lfd, accepts it and runs the handshake with
+ * secret (slen > 0 bytes), all within that deadline. *conn_p is the new
+ * conn, owned by the caller; its peer name is the client's "addr:port".
+ * A client that proves a wrong secret is sent REFUSED, closed and logged
+ * (warning, with its address); the call returns SP_ERR_INVALID_PARAM. A
+ * client that stops or misbehaves in the handshake gives SP_ERR_PEER_LOST,
+ * SP_ERR_BAD_FORMAT or SP_ERR_TIMED_OUT. Any failure concerns that one
+ * client only, except SP_ERR_NO_RESOURCE (out of fds) and SP_ERR_TRANSPORT
+ * (accept() failed otherwise). Thread safe (on distinct or the same lfd).
+ */
+sp_status_t sp__ctl_accept(int lfd, const void *secret, size_t slen, int timeout_ms,
+                           sp__ctl_conn_t **conn_p);
+
+/*
+ * Client side: connects to host_port and runs the handshake with secret,
+ * retrying refused or failed connection attempts (with a backoff up to
+ * 200 ms) until timeout_ms (< 0: forever) has passed, since the driver may
+ * start a little later than its executors. The peer name is host_port as
+ * given. A driver that refuses the secret is SP_ERR_INVALID_PARAM
+ * "...: driver refused: wrong secret"; one whose own proof is wrong is
+ * SP_ERR_INVALID_PARAM too; nobody listening until the deadline is
+ * SP_ERR_TIMED_OUT naming the address and the last errno.
+ */
+sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t slen, int timeout_ms,
+                            sp__ctl_conn_t **conn_p);
+
+/*
+ * Two connected conns over a socketpair, for an executor that lives in the
+ * driver's process (or a forked child: each side closes the conn it does
+ * not use). With secret (slen > 0) both ends run the handshake here, as a
+ * check of the same code; with secret NULL they do not. Peer names are
+ * "socketpair". Both are owned by the caller.
+ */
+sp_status_t sp__ctl_pair(const void *secret, size_t slen, sp__ctl_conn_t **a_p,
+                         sp__ctl_conn_t **b_p);
+
+/*
+ * Wraps an already connected stream socket (inherited from a launcher,
+ * say) without a handshake; the conn owns fd from then on, also when the
+ * call fails. peer_name may be NULL ("fd N").
+ */
+sp_status_t sp__ctl_conn_fd(int fd, const char *peer_name, sp__ctl_conn_t **conn_p);
+
+/*
+ * A conn to peer_rank of comm, an MPI_Comm_dup of MPI_COMM_WORLD private to
+ * the control plane, which the caller keeps until every conn on it is
+ * closed; this call sets MPI_ERRORS_RETURN on it. MPI must be initialized
+ * with MPI_THREAD_MULTIPLE (else SP_ERR_UNSUPPORTED). No handshake: MPI is
+ * the trust boundary. peer_rank may be the caller's own rank. Peer name
+ * "rank N". See executor/ctl_mpi.c for how sends complete.
+ */
+sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn_p);
+
+/*
+ * Sends one message: type (>= SP__CTL_TYPE_FIRST, else SP_ERR_INVALID_PARAM)
+ * and len bytes of payload (payload may be NULL when len is 0; above
+ * SP__CTL_MAX_PAYLOAD is SP_ERR_TOO_LARGE). Thread safe: concurrent sends
+ * on one conn go out whole, one after the other. On a socket it returns
+ * when the whole frame is in the kernel; it waits at most the conn's send
+ * timeout for room (SP_ERR_TIMED_OUT; if part of the frame had gone out
+ * the conn is abandoned and later sends are SP_ERR_PEER_LOST). A peer that
+ * is gone is SP_ERR_PEER_LOST naming it. Over MPI see ctl_mpi.c.
+ */
+sp_status_t sp__ctl_send(sp__ctl_conn_t *conn, uint16_t type, const void *payload, size_t len);
+
+/*
+ * Receives the next message, waiting up to timeout_ms (< 0: forever; 0:
+ * only what has arrived). *payload_p is sp__malloc'ed (free() it), NULL
+ * when *len_p is 0. SP_ERR_TIMED_OUT when no whole message came in time
+ * (a partial frame is kept for the next call); SP_ERR_PEER_LOST when the
+ * peer closed the connection between frames (or reset it); SP_ERR_BAD_FORMAT
+ * for a bad header (magic, version, a length above SP__CTL_MAX_PAYLOAD, a
+ * channel type) or a frame cut short by a close. Each message names the
+ * peer. After PEER_LOST or BAD_FORMAT a socket conn stays failed: later
+ * receives return the same status. Thread safe (receivers take turns).
+ */
+sp_status_t sp__ctl_recv(sp__ctl_conn_t *conn, int timeout_ms, uint16_t *type_p, void **payload_p,
+                         size_t *len_p);
+
+/* The socket of a stream conn (for poll), -1 for an MPI conn. */
+int sp__ctl_fd(const sp__ctl_conn_t *conn);
+/* The label used in messages about this conn. Valid until close or rename. */
+const char *sp__ctl_peer_name(const sp__ctl_conn_t *conn);
+/*
+ * Renames the peer ("executor 3"; copied, truncated to 63 bytes). Call it
+ * before other threads use the conn: names are read without a lock.
+ */
+void sp__ctl_set_peer_name(sp__ctl_conn_t *conn, const char *name);
+/* How long a send may wait for room (< 0: forever). Thread safe. */
+void sp__ctl_set_send_timeout(sp__ctl_conn_t *conn, int timeout_ms);
+/* A snapshot of the conn's counters. Thread safe. */
+void sp__ctl_conn_stats(const sp__ctl_conn_t *conn, sp__ctl_stats_t *stats);
+/* Closes the connection and frees the conn. NULL ok. No call may be in flight. */
+void sp__ctl_close(sp__ctl_conn_t *conn);
+
+/*
+ * Reads the shared secret from the environment variable var (NULL:
+ * "SPATE_SECRET"). The secret is the variable's text byte for byte (no hex
+ * decoding), so the 64 hex digits of sp__ctl_secret_generate() are used as
+ * they are on every side. *secret_p is sp__malloc'ed (free() it), *len_p
+ * its length. SP_ERR_NOT_FOUND when var is unset or empty,
+ * SP_ERR_INVALID_PARAM when it holds fewer than 16 bytes.
+ */
+sp_status_t sp__ctl_secret_from_env(const char *var, void **secret_p, size_t *len_p);
+
+/* 32 random bytes (RAND_bytes) as 64 lowercase hex digits and a NUL. */
+sp_status_t sp__ctl_secret_generate(char hex[65]);
+
+/* ------------------------------------------------------------------------ */
+/* Hub                                                                       */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sp__ctl_hub sp__ctl_hub_t;
+
+/* hub_wait's *id_p when a new connection passed the handshake. */
+#define SP__CTL_HUB_NEW UINT32_MAX
+
+sp_status_t sp__ctl_hub_create(sp__ctl_hub_t **hub_p);
+/* Closes every conn the hub holds (added, joining or not yet taken). NULL ok. */
+void sp__ctl_hub_destroy(sp__ctl_hub_t *hub);
+
+/*
+ * Hands conn to the hub under id (any value but SP__CTL_HUB_NEW); the hub
+ * owns it from then on, also when the call fails (SP_ERR_EXISTS for an id
+ * in use, SP_ERR_INVALID_PARAM for SP__CTL_HUB_NEW, SP_ERR_NOMEM); it is
+ * then closed. Stream and MPI conns may be mixed.
+ */
+sp_status_t sp__ctl_hub_add(sp__ctl_hub_t *hub, sp__ctl_conn_t *conn, uint32_t id);
+/* Closes and forgets the conn of id. SP_ERR_NOT_FOUND for an unknown id. */
+sp_status_t sp__ctl_hub_remove(sp__ctl_hub_t *hub, uint32_t id);
+/* The conn of id (for sp__ctl_send), NULL if none; valid until it is removed. */
+sp__ctl_conn_t *sp__ctl_hub_conn(const sp__ctl_hub_t *hub, uint32_t id);
+/* Conns added and not removed. */
+size_t sp__ctl_hub_count(const sp__ctl_hub_t *hub);
+
+/*
+ * Lets hub_wait accept new executors on the listening fd lfd (from
+ * sp__ctl_listen; the caller still owns and closes it; -1 stops). The hub
+ * runs the server side of each handshake itself, without blocking, each
+ * within handshake_timeout_ms; clients that fail it are logged (warning,
+ * with their address) and dropped without bothering the caller. secret is
+ * copied.
+ */
+sp_status_t sp__ctl_hub_set_listener(sp__ctl_hub_t *hub, int lfd, const void *secret, size_t slen,
+                                     int handshake_timeout_ms);
+
+/*
+ * Waits up to timeout_ms (< 0: forever; 0: only what is there) for the
+ * next event of any conn and returns:
+ *   SP_OK, *id_p a conn's id: a message (*type_p, *payload_p sp__malloc'ed,
+ *     free() it, NULL when *len_p is 0);
+ *   SP_OK, *id_p SP__CTL_HUB_NEW: a new connection passed the handshake;
+ *     take it with sp__ctl_hub_accept() (type, payload and len are 0/NULL);
+ *   SP_ERR_PEER_LOST or SP_ERR_BAD_FORMAT (or SP_ERR_TRANSPORT on MPI),
+ *     *id_p set: that conn failed and was removed and closed (the message
+ *     names it), other outputs untouched;
+ *   SP_ERR_TIMED_OUT: nothing came in time (*id_p untouched);
+ *   SP_ERR_NOMEM: a payload could not be allocated; the frame is kept.
+ * Fair: conns are served round robin from the one after the last served, so
+ * a busy conn never starves the others. Stream conns are waited on with
+ * poll(); when the hub holds MPI conns it probes them between polls of at
+ * most 200 us. Not thread safe: one thread owns the hub (sends on its
+ * conns from other threads are fine while they are not removed).
+ */
+sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p, uint16_t *type_p,
+                             void **payload_p, size_t *len_p);
+
+/*
+ * Takes the oldest connection that passed the handshake in hub_wait; the
+ * caller owns it (typically sp__ctl_hub_add() it under a new id).
+ * SP_ERR_NOT_FOUND when there is none.
+ */
+sp_status_t sp__ctl_hub_accept(sp__ctl_hub_t *hub, sp__ctl_conn_t **conn_p);
+
+/* ------------------------------------------------------------------------ */
+/* Backends (ctl.c: sockets, ctl_mpi.c: MPI)                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct sp__ctl_ops {
+    size_t size; /* sizeof(sp__ctl_ops_t) */
+    /* One whole frame (header then payload); called with send_lock held. */
+    sp_status_t (*send)(sp__ctl_conn_t *c, const unsigned char *header, const void *payload,
+                        size_t len);
+    /*
+     * Whatever has arrived, without waiting: *got_p true with a whole
+     * frame, whose header is checked; false when none is complete yet.
+     * Called with recv_lock held.
+     */
+    sp_status_t (*try_recv)(sp__ctl_conn_t *c, bool *got_p, uint16_t *type_p, void **payload_p,
+                            size_t *len_p);
+    /* Frees the backend's part; the base is freed by the caller. */
+    void (*close)(sp__ctl_conn_t *c);
+} sp__ctl_ops_t;
+
+/* The part every conn shares; a backend embeds it first. */
+struct sp__ctl_conn {
+    const sp__ctl_ops_t *ops;
+    int fd;                  /* stream conns; -1 for MPI */
+    bool buffered;           /* bytes read ahead: try_recv may deliver without poll */
+    atomic_int send_timeout; /* ms; < 0 forever */
+    pthread_mutex_t send_lock;
+    pthread_mutex_t recv_lock;
+    atomic_uint_fast64_t msgs_sent, bytes_sent, msgs_received, bytes_received;
+    char peer[64];
+};
+
+/* Fills the base fields (locks, counters, name). */
+sp_status_t sp__ctl_conn_init(sp__ctl_conn_t *c, const sp__ctl_ops_t *ops, int fd,
+                              const char *peer);
+/* Undoes sp__ctl_conn_init. */
+void sp__ctl_conn_fini(sp__ctl_conn_t *c);
+/* The header of a frame of type and len payload bytes. */
+void sp__ctl_header_pack(unsigned char *header, uint16_t type, uint32_t len);
+/*
+ * Checks a received header from c's peer: magic, version and length
+ * (SP_ERR_BAD_FORMAT naming the peer otherwise).
+ */
+sp_status_t sp__ctl_header_check(const sp__ctl_conn_t *c, const unsigned char *header,
+                                 uint16_t *type_p, uint32_t *len_p);
+/* Deadline in sp__now_ns() time for timeout_ms; UINT64_MAX when < 0. */
+uint64_t sp__ctl_deadline(int timeout_ms);
+/* Sleeps ns nanoseconds, EINTR or not. */
+void sp__ctl_sleep_ns(uint64_t ns);
+
+#endif /* SPATE_EXECUTOR_CTL_H */

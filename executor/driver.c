@@ -1,0 +1,1031 @@
+/*
+ * The driver: turns a job into stages (sample when the job range-partitions,
+ * map, reduce), hands tasks to executors' free slots, keeps the map output
+ * tracker, and recovers from failures.
+ *
+ * One thread runs everything from a single event loop over the control hub
+ * (executor messages, new connections, losses) with a 100 ms tick for
+ * heartbeat checks and progress. State per task: pending, running (on one
+ * executor, with the attempt number the result must carry) or done. A
+ * result of an older attempt is ignored except for freeing its slot.
+ *
+ * Scheduling: pending map tasks first; reduce tasks become runnable when the
+ * tracker has every map output. Each reduce task prefers the executor
+ * holding the largest share of its input bytes; a first pass fills every
+ * executor's free slots with tasks it is preferred for, a second pass gives
+ * what is left to any free slot (so a task waits for its preferred executor
+ * only while that one has no free slot and nobody else does either).
+ *
+ * Failures:
+ * - a task that fails is retried (on another executor when there is one)
+ *   until task.max_failures attempts failed;
+ * - a reduce task that cannot fetch a block names the map: that output is
+ *   unregistered everywhere (MAP_LOST), the map task runs again, and the
+ *   reduce task waits for it; more than stage.max_attempts such rounds fail
+ *   the job;
+ * - an executor whose connection breaks or that misses heartbeats for
+ *   executor.heartbeat_timeout is lost: its running tasks go back to
+ *   pending and every map output it held is recomputed. Under MPI a lost
+ *   rank ends the job with a message naming it.
+ *
+ * Testing hook (local mode): SPATE_FAULT_KILL_EXECUTOR=ID:STAGE:N sends
+ * SIGKILL to executor ID (one the launcher started) once N tasks of STAGE
+ * (map or reduce) are done.
+ */
+#include "executor.h"
+
+#include "common_int.h"
+#include "protocol.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef enum sp_dexec_state {
+    SP_DEXEC_CONNECTED = 0,
+    SP_DEXEC_REGISTERED = 1,
+    SP_DEXEC_READY = 2,
+    SP_DEXEC_LOST = 3,
+    SP_DEXEC_DONE = 4,
+} sp_dexec_state_t;
+
+typedef struct sp_dexec {
+    sp_dexec_state_t state;
+    sp__ctl_conn_t *conn; /* owned by the hub */
+    uint32_t busy;
+    uint64_t last_seen_ns;
+    char address[512];
+    sp__executor_report_t rep;
+} sp_dexec_t;
+
+typedef enum sp_dtask_state {
+    SP_DTASK_PENDING = 0,
+    SP_DTASK_RUNNING = 1,
+    SP_DTASK_DONE = 2,
+} sp_dtask_state_t;
+
+typedef struct sp_dtask {
+    sp_dtask_state_t state;
+    uint32_t attempt;  /* of the running attempt, or the next */
+    uint32_t failures; /* failed attempts */
+    uint32_t executor; /* running on, or (map) whose output is registered */
+    uint32_t avoid;    /* executor of the last failure; UINT32_MAX: none */
+    uint64_t task_id;
+    sp__task_metrics_t metrics; /* of the attempt that succeeded */
+} sp_dtask_t;
+
+struct sp__driver {
+    sp__driver_opts_t o;
+    sp__ctl_hub_t *hub;
+    sp_job_plan_t plan;
+    bool planned;
+    uint64_t shuffle_id;
+    char app_id[64];
+    sp_map_output_tracker_t *tracker;
+
+    sp_dexec_t *execs;
+    uint32_t nexecs, cap_execs;
+
+    sp_dtask_t *tasks[SP_STAGES];
+    uint32_t ntasks[SP_STAGES];
+    sp_map_status_t **map_status; /* registered outputs, for locality */
+    void **map_blob;              /* their serialized form, for late executors */
+    size_t *map_blob_len;
+    uint32_t *preferred; /* reduce partition -> executor; UINT32_MAX: none */
+    bool preferred_valid;
+
+    unsigned char *samples;
+    size_t samples_len;
+    void *bounds_blob;
+    size_t bounds_len;
+    bool sampling; /* the sample stage is not finished */
+
+    uint64_t next_task_id;
+    uint64_t heartbeat_timeout_ns;
+    int64_t max_failures, max_stage_attempts;
+    uint32_t stage_attempts;
+    sp__driver_report_t rep;
+
+    /* fault hook */
+    int64_t kill_exec, kill_after;
+    int kill_stage;
+    bool killed;
+};
+
+static const char *const sp_stage_names[SP_STAGES] = {"sample", "map", "reduce"};
+
+/* ------------------------------------------------------------------------ */
+/* Sending                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static sp_status_t sp_drv_send(sp__driver_t *d, uint32_t e, uint16_t type, const void *buf,
+                               size_t len)
+{
+    sp_dexec_t *x = &d->execs[e];
+
+    if (x->conn == NULL)
+        return SP_RAISE(SP_ERR_PEER_LOST, "executor %u is gone", e);
+    return sp__ctl_send(x->conn, type, buf, len);
+}
+
+/* Sends to every ready executor; one that cannot be reached is handled when its loss shows. */
+static void sp_drv_broadcast(sp__driver_t *d, uint16_t type, const void *buf, size_t len)
+{
+    for (uint32_t e = 0; e < d->nexecs; e++)
+        if (d->execs[e].state == SP_DEXEC_READY && sp_drv_send(d, e, type, buf, len) != SP_OK)
+            sp_warn("message to executor %u failed: %s", e, sp_last_error());
+}
+
+/* ------------------------------------------------------------------------ */
+/* Executors                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static sp_status_t sp_drv_new_exec(sp__driver_t *d, sp__ctl_conn_t *conn, uint32_t *id_p)
+{
+    sp_status_t st;
+
+    if (d->nexecs == d->cap_execs) {
+        uint32_t cap = d->cap_execs ? 2 * d->cap_execs : 8;
+        sp_dexec_t *x = sp__realloc(d->execs, cap * sizeof(*x));
+        if (x == NULL) {
+            sp__ctl_close(conn);
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for %u executors", cap);
+        }
+        d->execs = x;
+        d->cap_execs = cap;
+    }
+    memset(&d->execs[d->nexecs], 0, sizeof(d->execs[0]));
+    d->execs[d->nexecs].conn = conn;
+    d->execs[d->nexecs].rep.id = d->nexecs;
+    d->execs[d->nexecs].last_seen_ns = sp__now_ns();
+    {
+        char name[32];
+        snprintf(name, sizeof(name), "executor %u", d->nexecs);
+        sp__ctl_set_peer_name(conn, name);
+    }
+    if ((st = sp__ctl_hub_add(d->hub, conn, d->nexecs)) != SP_OK)
+        return st;
+    *id_p = d->nexecs++;
+    return SP_OK;
+}
+
+sp_status_t sp__driver_add_conn(sp__driver_t *d, sp__ctl_conn_t *conn)
+{
+    uint32_t id;
+
+    return sp_drv_new_exec(d, conn, &id);
+}
+
+static uint32_t sp_drv_ready_count(const sp__driver_t *d)
+{
+    uint32_t n = 0;
+
+    for (uint32_t e = 0; e < d->nexecs; e++)
+        n += d->execs[e].state == SP_DEXEC_READY;
+    return n;
+}
+
+static void sp_drv_lose_map(sp__driver_t *d, uint32_t map, const char *why)
+{
+    sp_dtask_t *t = &d->tasks[SP_STAGE_MAP][map];
+    sp__msg_map_lost_t lost = {.map_id = map, .executor_id = t->executor};
+    void *buf = NULL;
+    size_t len = 0;
+
+    if (t->state != SP_DTASK_DONE)
+        return;
+    sp_info("map output %u on executor %u lost (%s): recomputing it", map, t->executor, why);
+    sp_map_output_tracker_unregister_output(d->tracker, d->shuffle_id, map);
+    sp_map_status_destroy(d->map_status[map]);
+    d->map_status[map] = NULL;
+    free(d->map_blob[map]);
+    d->map_blob[map] = NULL;
+    d->preferred_valid = false;
+    if (sp__msg_map_lost_encode(&lost, &buf, &len) == SP_OK)
+        sp_drv_broadcast(d, SP_MSG_MAP_LOST, buf, len);
+    free(buf);
+    t->state = SP_DTASK_PENDING;
+    t->attempt++;
+    t->avoid = lost.executor_id;
+    d->rep.stages[SP_STAGE_MAP].done--;
+    d->rep.maps_recomputed++;
+}
+
+static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why)
+{
+    sp_dexec_t *x = &d->execs[e];
+
+    if (x->state == SP_DEXEC_LOST || x->state == SP_DEXEC_DONE)
+        return SP_OK;
+    if (d->o.listen_fd < 0 && d->o.npids == 0)
+        return SP_RAISE(SP_ERR_PEER_LOST,
+                        "rank %u (%s, pid %u) was lost: %s; under MPI that ends "
+                        "the job",
+                        e, x->rep.host, x->rep.pid, why);
+    sp_warn("executor %u (pid %u) lost: %s", e, x->rep.pid, why);
+    x->state = SP_DEXEC_LOST;
+    x->rep.lost = true;
+    x->conn = NULL;
+    sp__ctl_hub_remove(d->hub, e);
+    d->rep.executors_lost++;
+    for (int s = 0; s < SP_STAGES; s++)
+        for (uint32_t i = 0; i < d->ntasks[s]; i++) {
+            sp_dtask_t *t = &d->tasks[s][i];
+            if (t->state == SP_DTASK_RUNNING && t->executor == e) {
+                t->state = SP_DTASK_PENDING;
+                t->attempt++;
+            }
+        }
+    for (uint32_t m = 0; m < d->ntasks[SP_STAGE_MAP]; m++)
+        if (d->tasks[SP_STAGE_MAP][m].state == SP_DTASK_DONE &&
+            d->tasks[SP_STAGE_MAP][m].executor == e)
+            sp_drv_lose_map(d, m, "its executor was lost");
+    sp_map_output_tracker_remove_executor(d->tracker, e);
+    x->busy = 0;
+    if (sp_drv_ready_count(d) == 0)
+        return SP_RAISE(SP_ERR_PEER_LOST, "every executor was lost; the last, executor %u: %s", e,
+                        why);
+    return SP_OK;
+}
+
+typedef struct sp_conf_list {
+    const char **k, **v;
+    uint32_t n, cap;
+    bool failed;
+} sp_conf_list_t;
+
+static void sp_drv_conf_add(void *arg, const char *key, const char *value)
+{
+    sp_conf_list_t *cl = arg;
+
+    if (cl->n == cl->cap) {
+        uint32_t cap = cl->cap ? 2 * cl->cap : 32;
+        const char **k = realloc(cl->k, cap * sizeof(*k));
+        if (k != NULL)
+            cl->k = k;
+        const char **v = realloc(cl->v, cap * sizeof(*v));
+        if (v != NULL)
+            cl->v = v;
+        if (k == NULL || v == NULL) {
+            cl->failed = true;
+            return;
+        }
+        cl->cap = cap;
+    }
+    cl->k[cl->n] = key;
+    cl->v[cl->n++] = value;
+}
+
+static sp_status_t sp_drv_on_register(sp__driver_t *d, uint32_t e, const void *buf, size_t len)
+{
+    sp_dexec_t *x = &d->execs[e];
+    sp__msg_register_t reg;
+    sp__msg_job_t job = {0};
+    const sp_job_params_t *p = d->o.params;
+    void *out = NULL;
+    size_t out_len = 0;
+    sp_status_t st;
+
+    if ((st = sp__msg_register_decode(buf, len, &reg)) != SP_OK)
+        return st;
+    if (x->state != SP_DEXEC_CONNECTED)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u registered twice", e);
+    snprintf(x->rep.host, sizeof(x->rep.host), "%.63s", reg.host);
+    x->rep.pid = reg.pid;
+    x->state = SP_DEXEC_REGISTERED;
+    job = (sp__msg_job_t){.executor_id = e,
+                          .shuffle_id = d->shuffle_id,
+                          .app_id = d->app_id,
+                          .job_name = (char *)d->o.job_name,
+                          .input = (char *)p->input,
+                          .output = (char *)p->output,
+                          .size = p->size,
+                          .partitions = p->partitions,
+                          .executors = p->executors,
+                          .slots = p->slots,
+                          .args = (char **)p->args,
+                          .nargs = (uint32_t)p->nargs,
+                          .plan = d->plan};
+    {
+        /* The driver's explicit settings, so every executor runs with the same configuration. */
+        sp_conf_list_t cl = {0};
+        sp_conf_foreach_set(d->o.conf, sp_drv_conf_add, &cl);
+        if (cl.failed)
+            st = SP_RAISE(SP_ERR_NOMEM, "no memory for the configuration list");
+        else {
+            job.conf_keys = (char **)cl.k;
+            job.conf_values = (char **)cl.v;
+            job.nconf = cl.n;
+            st = sp__msg_job_encode(&job, &out, &out_len);
+        }
+        free(cl.k);
+        free(cl.v);
+    }
+    if (st == SP_OK)
+        st = sp_drv_send(d, e, SP_MSG_JOB, out, out_len);
+    free(out);
+    return st;
+}
+
+static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf, size_t len)
+{
+    sp_dexec_t *x = &d->execs[e];
+    sp__msg_ready_t ready;
+    sp_status_t st;
+
+    if ((st = sp__msg_ready_decode(buf, len, &ready)) != SP_OK)
+        return st;
+    if (x->state != SP_DEXEC_REGISTERED)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u sent READY before registering", e);
+    snprintf(x->address, sizeof(x->address), "%s", ready.address);
+    x->rep.slots = ready.slots;
+    x->rep.memory = ready.memory;
+    x->state = SP_DEXEC_READY;
+    sp_info("executor %u ready on %s (pid %u): %u slots, %llu MiB, NUMA node %u cpus %s", e,
+            x->rep.host, x->rep.pid, ready.slots, (unsigned long long)(ready.memory >> 20),
+            ready.numa_node, ready.cpuset);
+    /* A late executor learns what the others already know. */
+    if (d->bounds_blob != NULL &&
+        (st = sp_drv_send(d, e, SP_MSG_BOUNDS, d->bounds_blob, d->bounds_len)) != SP_OK)
+        return st;
+    for (uint32_t m = 0; m < d->plan.maps; m++)
+        if (d->map_blob[m] != NULL && (st = sp_drv_send(d, e, SP_MSG_MAP_OUTPUT, d->map_blob[m],
+                                                        d->map_blob_len[m])) != SP_OK)
+            return st;
+    return SP_OK;
+}
+
+static sp_status_t sp_drv_on_heartbeat(sp__driver_t *d, uint32_t e, const void *buf, size_t len,
+                                       bool bye)
+{
+    sp_dexec_t *x = &d->execs[e];
+    sp__msg_heartbeat_t hb;
+    sp_status_t st;
+
+    if ((st = sp__msg_heartbeat_decode(buf, len, &hb)) != SP_OK)
+        return st;
+    x->rep.peak_rss = SP_MAX(x->rep.peak_rss, hb.peak_rss);
+    x->rep.peak_execution = SP_MAX(x->rep.peak_execution, hb.execution_used);
+    if (bye)
+        x->state = SP_DEXEC_DONE;
+    return SP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Results                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void sp_drv_account(sp__driver_t *d, int stage, uint32_t e, const sp__task_metrics_t *m)
+{
+    sp__stage_report_t *s = &d->rep.stages[stage];
+    sp__executor_report_t *x = &d->execs[e].rep;
+
+    s->records += m->records_in;
+    s->bytes += stage == SP_STAGE_MAP ? m->bytes_out : m->bytes_in;
+    s->remote_bytes += m->remote_bytes;
+    s->spill_bytes += m->spill_bytes;
+    s->task_ns += m->run_ns;
+    s->sort_ns += m->sort_ns;
+    s->spill_ns += m->spill_ns;
+    s->merge_ns += m->merge_ns;
+    s->fetch_wait_ns += m->fetch_wait_ns;
+    x->busy_ns += m->run_ns;
+    x->tasks++;
+    x->peak_execution = SP_MAX(x->peak_execution, m->peak_memory);
+    if (stage != SP_STAGE_SAMPLE)
+        x->shuffle_bytes += stage == SP_STAGE_MAP ? m->bytes_out : m->bytes_in;
+}
+
+/*
+ * The job's result from the attempt of each task that counts: a map output
+ * recomputed after a loss counts once, like the data it holds.
+ */
+static void sp_drv_result(sp__driver_t *d)
+{
+    sp_job_result_t *r = &d->rep.result;
+
+    memset(r, 0, sizeof(*r));
+    r->partitions = d->plan.partitions;
+    for (int s = SP_STAGE_MAP; s < SP_STAGES; s++)
+        for (uint32_t i = 0; i < d->ntasks[s]; i++) {
+            const sp__task_metrics_t *m = &d->tasks[s][i].metrics;
+            if (d->tasks[s][i].state != SP_DTASK_DONE)
+                continue;
+            if (s == SP_STAGE_MAP) {
+                r->map_records += m->records_in;
+            } else {
+                r->reduce_records += m->records_in;
+                r->output_bytes += m->bytes_out;
+            }
+            for (unsigned c = 0; c < SP_JOB_COUNTERS; c++)
+                r->counters[c] += m->counters[c];
+        }
+}
+
+static sp_status_t sp_drv_map_done(sp__driver_t *d, uint32_t e, const sp__msg_result_t *r)
+{
+    sp_map_status_t *status;
+    void *blob;
+    sp_status_t st;
+
+    if ((st = sp_map_status_deserialize(r->payload, r->payload_len, &status)) != SP_OK)
+        return st;
+    if (status->shuffle_id != d->shuffle_id || status->map_id != r->index ||
+        status->executor_id != e || status->partitions != d->plan.partitions) {
+        st = SP_RAISE(SP_ERR_BAD_FORMAT,
+                      "executor %u reported map %u with the status of shuffle %llu map %llu "
+                      "executor %u (%u partitions)",
+                      e, r->index, (unsigned long long)status->shuffle_id,
+                      (unsigned long long)status->map_id, status->executor_id, status->partitions);
+        sp_map_status_destroy(status);
+        return st;
+    }
+    if ((st = sp_map_output_tracker_register_output(d->tracker, status)) != SP_OK ||
+        (blob = sp__malloc(r->payload_len + 1)) == NULL) {
+        sp_map_status_destroy(status);
+        return st != SP_OK ? st : SP_RAISE(SP_ERR_NOMEM, "no memory for a map status");
+    }
+    memcpy(blob, r->payload, r->payload_len);
+    sp_map_status_destroy(d->map_status[r->index]);
+    free(d->map_blob[r->index]);
+    d->map_status[r->index] = status;
+    d->map_blob[r->index] = blob;
+    d->map_blob_len[r->index] = r->payload_len;
+    d->preferred_valid = false;
+    sp_drv_broadcast(d, SP_MSG_MAP_OUTPUT, blob, r->payload_len);
+    return SP_OK;
+}
+
+static sp_status_t sp_drv_sample_done(sp__driver_t *d, const sp__msg_result_t *r)
+{
+    unsigned char *grown = sp__realloc(d->samples, d->samples_len + r->payload_len + 1);
+
+    if (grown == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu bytes of samples",
+                        d->samples_len + r->payload_len);
+    d->samples = grown;
+    memcpy(d->samples + d->samples_len, r->payload, r->payload_len);
+    d->samples_len += r->payload_len;
+    return SP_OK;
+}
+
+static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf, size_t len)
+{
+    sp__msg_result_t r;
+    sp_dtask_t *t;
+    int stage;
+    sp_status_t st;
+
+    if ((st = sp__msg_result_decode(buf, len, &r)) != SP_OK)
+        return st;
+    stage = r.kind == SP_TASK_KIND_SAMPLE ? SP_STAGE_SAMPLE
+            : r.kind == SP_TASK_KIND_MAP  ? SP_STAGE_MAP
+                                          : SP_STAGE_REDUCE;
+    if (r.index >= d->ntasks[stage])
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u reported %s task %u of %u", e,
+                        sp_stage_names[stage], r.index, d->ntasks[stage]);
+    t = &d->tasks[stage][r.index];
+    if (t->state != SP_DTASK_RUNNING || t->task_id != r.task_id || t->executor != e) {
+        /* An attempt the driver gave up on (its executor was thought lost, say). */
+        sp_debug("ignoring the result of stale task %llu", (unsigned long long)r.task_id);
+        return SP_OK;
+    }
+    if (d->execs[e].busy > 0)
+        d->execs[e].busy--;
+    if (r.status == SP_OK) {
+        if (stage == SP_STAGE_MAP)
+            st = sp_drv_map_done(d, e, &r);
+        else if (stage == SP_STAGE_SAMPLE)
+            st = sp_drv_sample_done(d, &r);
+        if (st != SP_OK)
+            return st;
+        t->state = SP_DTASK_DONE;
+        t->metrics = r.metrics;
+        d->rep.stages[stage].done++;
+        sp_drv_account(d, stage, e, &r.metrics);
+        if (d->rep.stages[stage].done == d->ntasks[stage])
+            d->rep.stages[stage].end_ns = sp__now_ns();
+        return SP_OK;
+    }
+    t->state = SP_DTASK_PENDING;
+    t->attempt++;
+    if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED) {
+        d->rep.fetch_failures++;
+        sp_warn("reduce task %u on executor %u could not fetch its input: %s", r.index, e,
+                r.message);
+        if (++d->stage_attempts > (uint32_t)d->max_stage_attempts)
+            return SP_RAISE(
+                SP_ERR_FETCH_FAILED,
+                "the reduce stage failed to fetch its input %u times (stage.max_attempts "
+                "%lld); last: %s",
+                d->stage_attempts, (long long)d->max_stage_attempts, r.message);
+        if (r.failed_map < d->plan.maps)
+            sp_drv_lose_map(d, (uint32_t)r.failed_map, "a reduce task could not fetch it");
+        d->rep.stages[SP_STAGE_REDUCE].end_ns = 0;
+        return SP_OK;
+    }
+    t->failures++;
+    t->avoid = e;
+    d->rep.task_failures++;
+    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sp_stage_names[stage],
+            r.index, r.attempt, e, t->failures, (long long)d->max_failures, r.message);
+    if (t->failures >= (uint32_t)d->max_failures)
+        return SP_RAISE((sp_status_t)r.status,
+                        "%s task %u failed %u times (task.max_failures); last on executor %u: %s",
+                        sp_stage_names[stage], r.index, t->failures, e, r.message);
+    return SP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Scheduling                                                                */
+/* ------------------------------------------------------------------------ */
+
+static void sp_drv_compute_preferred(sp__driver_t *d)
+{
+    uint64_t *bytes = sp__calloc(d->nexecs + 1, sizeof(*bytes));
+
+    for (uint32_t p = 0; p < d->plan.partitions; p++) {
+        uint64_t best = 0;
+        d->preferred[p] = UINT32_MAX;
+        if (bytes == NULL)
+            continue;
+        memset(bytes, 0, (d->nexecs + 1) * sizeof(*bytes));
+        for (uint32_t m = 0; m < d->plan.maps; m++) {
+            const sp_map_status_t *s = d->map_status[m];
+            if (s != NULL && s->executor_id < d->nexecs)
+                bytes[s->executor_id] += s->lengths[p];
+        }
+        for (uint32_t e = 0; e < d->nexecs; e++)
+            if (d->execs[e].state == SP_DEXEC_READY && bytes[e] > best) {
+                best = bytes[e];
+                d->preferred[p] = e;
+            }
+    }
+    free(bytes);
+    d->preferred_valid = true;
+}
+
+static bool sp_drv_maps_complete(const sp__driver_t *d)
+{
+    return d->rep.stages[SP_STAGE_MAP].done == d->ntasks[SP_STAGE_MAP];
+}
+
+/* A pending task of stage for executor e; pass 0 takes only tasks e is preferred for. */
+static int64_t sp_drv_pick(sp__driver_t *d, int stage, uint32_t e, int pass)
+{
+    uint32_t alive = sp_drv_ready_count(d);
+    int64_t fallback = -1;
+
+    for (uint32_t i = 0; i < d->ntasks[stage]; i++) {
+        const sp_dtask_t *t = &d->tasks[stage][i];
+        if (t->state != SP_DTASK_PENDING)
+            continue;
+        if (t->avoid == e && alive > 1) {
+            if (fallback < 0)
+                fallback = i;
+            continue;
+        }
+        if (stage == SP_STAGE_REDUCE && pass == 0 && d->preferred[i] != e)
+            continue;
+        return i;
+    }
+    /* Only executors that failed these tasks remain free: let them retry after all. */
+    return pass == 1 && alive > 1 ? -1 : fallback;
+}
+
+static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_t e)
+{
+    sp_dtask_t *t = &d->tasks[stage][i];
+    sp__msg_task_t msg = {.task_id = d->next_task_id++,
+                          .kind = stage == SP_STAGE_SAMPLE ? SP_TASK_KIND_SAMPLE
+                                  : stage == SP_STAGE_MAP  ? SP_TASK_KIND_MAP
+                                                           : SP_TASK_KIND_REDUCE,
+                          .index = i,
+                          .attempt = t->attempt,
+                          .sample_count = d->plan.sample_per_map};
+    void *buf = NULL;
+    size_t len = 0;
+    sp_status_t st;
+
+    if ((st = sp__msg_task_encode(&msg, &buf, &len)) != SP_OK)
+        return st;
+    st = sp_drv_send(d, e, SP_MSG_TASK, buf, len);
+    free(buf);
+    if (st != SP_OK)
+        return sp_drv_exec_lost(d, e, sp_last_error());
+    t->state = SP_DTASK_RUNNING;
+    t->executor = e;
+    t->task_id = msg.task_id;
+    d->execs[e].busy++;
+    if (d->rep.stages[stage].start_ns == 0)
+        d->rep.stages[stage].start_ns = sp__now_ns();
+    return SP_OK;
+}
+
+static sp_status_t sp_drv_schedule(sp__driver_t *d)
+{
+    int stage;
+    sp_status_t st;
+
+    if (d->sampling)
+        stage = SP_STAGE_SAMPLE;
+    else if (!sp_drv_maps_complete(d))
+        stage = SP_STAGE_MAP;
+    else
+        stage = SP_STAGE_REDUCE;
+    if (stage == SP_STAGE_REDUCE && !d->preferred_valid)
+        sp_drv_compute_preferred(d);
+    for (int pass = stage == SP_STAGE_REDUCE ? 0 : 1; pass < 2; pass++)
+        for (uint32_t e = 0; e < d->nexecs; e++) {
+            sp_dexec_t *x = &d->execs[e];
+            while (x->state == SP_DEXEC_READY && x->busy < x->rep.slots) {
+                int64_t i = sp_drv_pick(d, stage, e, pass);
+                if (i < 0)
+                    break;
+                if ((st = sp_drv_launch(d, stage, (uint32_t)i, e)) != SP_OK)
+                    return st;
+            }
+        }
+    return SP_OK;
+}
+
+static sp_status_t sp_drv_finish_sampling(sp__driver_t *d)
+{
+    sp_key_t *bounds = NULL;
+    void *storage = NULL;
+    sp_status_t st;
+
+    st = sp__range_bounds(d->samples, d->samples_len, d->plan.partitions, d->o.job->compare,
+                          d->o.job->compare_arg, &bounds, &storage);
+    if (st != SP_OK)
+        return st;
+    st = sp__msg_bounds_encode(bounds, d->plan.partitions - 1, &d->bounds_blob, &d->bounds_len);
+    free(bounds);
+    free(storage);
+    if (st != SP_OK)
+        return st;
+    sp_drv_broadcast(d, SP_MSG_BOUNDS, d->bounds_blob, d->bounds_len);
+    d->sampling = false;
+    return SP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The loop                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static sp_status_t sp_drv_handle(sp__driver_t *d, uint32_t e, uint16_t type, const void *buf,
+                                 size_t len)
+{
+    if (e >= d->nexecs)
+        return SP_RAISE(SP_ERR_INTERNAL, "message from unknown executor %u", e);
+    d->execs[e].last_seen_ns = sp__now_ns();
+    switch (type) {
+    case SP_MSG_REGISTER: return sp_drv_on_register(d, e, buf, len);
+    case SP_MSG_READY: return sp_drv_on_ready(d, e, buf, len);
+    case SP_MSG_HEARTBEAT: return sp_drv_on_heartbeat(d, e, buf, len, false);
+    case SP_MSG_BYE: return sp_drv_on_heartbeat(d, e, buf, len, true);
+    case SP_MSG_RESULT: return sp_drv_on_result(d, e, buf, len);
+    default:
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u sent unknown message type %u", e, type);
+    }
+}
+
+/* One turn of the loop: a message, a new connection, a loss, or a timeout. */
+static sp_status_t sp_drv_step(sp__driver_t *d, int timeout_ms)
+{
+    uint32_t id = 0;
+    uint16_t type = 0;
+    void *buf = NULL;
+    size_t len = 0;
+    sp_status_t st;
+
+    st = sp__ctl_hub_wait(d->hub, timeout_ms, &id, &type, &buf, &len);
+    if (st == SP_ERR_TIMED_OUT)
+        return SP_OK;
+    if (st == SP_OK && id == SP__CTL_HUB_NEW) {
+        sp__ctl_conn_t *conn;
+        uint32_t e;
+        if (sp__ctl_hub_accept(d->hub, &conn) == SP_OK &&
+            (st = sp_drv_new_exec(d, conn, &e)) != SP_OK)
+            return st;
+        return SP_OK;
+    }
+    if (st != SP_OK) {
+        if (id < d->nexecs) {
+            d->execs[id].conn = NULL; /* the hub closed it */
+            if (d->execs[id].state == SP_DEXEC_DONE)
+                return SP_OK;
+            return sp_drv_exec_lost(d, id, sp_last_error());
+        }
+        return st;
+    }
+    st = sp_drv_handle(d, id, type, buf, len);
+    free(buf);
+    if (st == SP_ERR_BAD_FORMAT) {
+        /* A malformed message: refuse that executor, not the job. */
+        sp_warn("dropping executor %u: %s", id, sp_last_error());
+        return sp_drv_exec_lost(d, id, "it sent a malformed message");
+    }
+    return st;
+}
+
+static sp_status_t sp_drv_check_heartbeats(sp__driver_t *d)
+{
+    uint64_t now = sp__now_ns();
+    sp_status_t st;
+
+    for (uint32_t e = 0; e < d->nexecs; e++) {
+        sp_dexec_t *x = &d->execs[e];
+        if (x->state != SP_DEXEC_READY || now - x->last_seen_ns < d->heartbeat_timeout_ns)
+            continue;
+        char why[96];
+        snprintf(why, sizeof(why), "no heartbeat for %.1f s (executor.heartbeat_timeout)",
+                 (double)(now - x->last_seen_ns) / 1e9);
+        /* A hung executor we started is ended, so it cannot serve stale outputs. */
+        for (size_t i = 0; i < d->o.npids; i++)
+            if ((uint32_t)d->o.pids[i] == x->rep.pid)
+                kill(d->o.pids[i], SIGKILL);
+        if ((st = sp_drv_exec_lost(d, e, why)) != SP_OK)
+            return st;
+    }
+    return SP_OK;
+}
+
+static void sp_drv_fault_hook(sp__driver_t *d)
+{
+    sp_dexec_t *x;
+
+    if (d->killed || d->kill_exec < 0 || (uint64_t)d->kill_exec >= d->nexecs)
+        return;
+    x = &d->execs[d->kill_exec];
+    if (x->state != SP_DEXEC_READY || d->rep.stages[d->kill_stage].done < (uint64_t)d->kill_after)
+        return;
+    for (size_t i = 0; i < d->o.npids; i++) {
+        if ((uint32_t)d->o.pids[i] != x->rep.pid)
+            continue;
+        sp_warn("fault injection: killing executor %lld (pid %u) after %u %s tasks",
+                (long long)d->kill_exec, x->rep.pid, d->rep.stages[d->kill_stage].done,
+                sp_stage_names[d->kill_stage]);
+        kill(d->o.pids[i], SIGKILL);
+        d->killed = true;
+    }
+}
+
+static void sp_drv_parse_fault(sp__driver_t *d)
+{
+    const char *f = getenv("SPATE_FAULT_KILL_EXECUTOR");
+    char stage[16] = "";
+    long long id, after;
+
+    d->kill_exec = -1;
+    if (f == NULL || sscanf(f, "%lld:%15[a-z]:%lld", &id, stage, &after) != 3)
+        return;
+    d->kill_exec = id;
+    d->kill_after = after;
+    d->kill_stage = strcmp(stage, "map") == 0 ? SP_STAGE_MAP : SP_STAGE_REDUCE;
+}
+
+sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driver_p)
+{
+    static unsigned seq;
+    sp__driver_t *d = sp__calloc(1, sizeof(*d));
+    uint64_t ns;
+    sp_status_t st;
+
+    if (d == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the driver");
+    d->o = *opts;
+    if ((st = sp__ctl_hub_create(&d->hub)) != SP_OK)
+        goto err;
+    if (opts->listen_fd >= 0 &&
+        (st = sp__ctl_hub_set_listener(d->hub, opts->listen_fd, opts->secret, opts->secret_len,
+                                       10000)) != SP_OK)
+        goto err;
+    if ((st = sp_map_output_tracker_create(&d->tracker)) != SP_OK)
+        goto err;
+    if ((st = sp_conf_get_duration(opts->conf, "executor.heartbeat_timeout", &ns)) != SP_OK ||
+        (st = sp_conf_get_int(opts->conf, "task.max_failures", &d->max_failures)) != SP_OK ||
+        (st = sp_conf_get_int(opts->conf, "stage.max_attempts", &d->max_stage_attempts)) != SP_OK)
+        goto err;
+    d->heartbeat_timeout_ns = ns;
+    d->next_task_id = 1;
+    /* The app id names the run's directories; pid and time keep runs apart. */
+    snprintf(d->app_id, sizeof(d->app_id), "app-%ld-%u-%llu", (long)getpid(), seq++,
+             (unsigned long long)time(NULL));
+    d->shuffle_id = 1;
+    sp_drv_parse_fault(d);
+    *driver_p = d;
+    return SP_OK;
+err:
+    sp__driver_destroy(d);
+    return st;
+}
+
+static sp_status_t sp_drv_plan(sp__driver_t *d)
+{
+    const sp_job_t *job = d->o.job;
+    sp_status_t st;
+
+    if ((st = job->plan(d->o.params, &d->plan)) != SP_OK)
+        return SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
+    d->planned = true;
+    if (d->plan.maps == 0 || d->plan.partitions == 0 || d->plan.splits == NULL)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "job %s planned %u maps and %u partitions", job->name,
+                        d->plan.maps, d->plan.partitions);
+    if (d->plan.sample_per_map == 0)
+        d->plan.sample_per_map = 1000;
+    d->sampling = d->plan.partitioning == SP_JOB_RANGE && d->plan.partitions > 1;
+    d->ntasks[SP_STAGE_SAMPLE] = d->sampling ? d->plan.maps : 0;
+    d->ntasks[SP_STAGE_MAP] = d->plan.maps;
+    d->ntasks[SP_STAGE_REDUCE] = d->plan.partitions;
+    for (int s = 0; s < SP_STAGES; s++) {
+        d->tasks[s] = sp__calloc(d->ntasks[s] + 1, sizeof(sp_dtask_t));
+        if (d->tasks[s] == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for %u tasks", d->ntasks[s]);
+        for (uint32_t i = 0; i < d->ntasks[s]; i++)
+            d->tasks[s][i].avoid = UINT32_MAX;
+        d->rep.stages[s].tasks = d->ntasks[s];
+    }
+    d->map_status = sp__calloc(d->plan.maps, sizeof(*d->map_status));
+    d->map_blob = sp__calloc(d->plan.maps, sizeof(*d->map_blob));
+    d->map_blob_len = sp__calloc(d->plan.maps, sizeof(*d->map_blob_len));
+    d->preferred = sp__calloc(d->plan.partitions, sizeof(*d->preferred));
+    if (d->map_status == NULL || d->map_blob == NULL || d->map_blob_len == NULL ||
+        d->preferred == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u map outputs", d->plan.maps);
+    d->rep.maps = d->plan.maps;
+    d->rep.partitions = d->plan.partitions;
+    return sp_map_output_tracker_register_shuffle(d->tracker, d->shuffle_id, d->plan.maps,
+                                                  d->plan.partitions);
+}
+
+static void sp_drv_progress(sp__driver_t *d, bool final)
+{
+    if (d->o.progress == NULL)
+        return;
+    d->rep.nexecutors = d->nexecs;
+    for (uint32_t e = 0; e < d->nexecs && d->rep.executors != NULL; e++)
+        d->rep.executors[e] = d->execs[e].rep;
+    d->o.progress(d->o.progress_arg, &d->rep, final);
+}
+
+static void sp_drv_shutdown(sp__driver_t *d)
+{
+    uint64_t deadline = sp__now_ns() + 10ull * 1000000000ull;
+
+    for (uint32_t e = 0; e < d->nexecs; e++) {
+        sp_dexec_t *x = &d->execs[e];
+        if (x->state == SP_DEXEC_READY || x->state == SP_DEXEC_REGISTERED ||
+            x->state == SP_DEXEC_CONNECTED) {
+            if (sp_drv_send(d, e, SP_MSG_SHUTDOWN, NULL, 0) != SP_OK)
+                x->state = SP_DEXEC_LOST;
+        }
+    }
+    for (;;) {
+        bool waiting = false;
+        for (uint32_t e = 0; e < d->nexecs; e++)
+            waiting |=
+                d->execs[e].state == SP_DEXEC_READY || d->execs[e].state == SP_DEXEC_REGISTERED;
+        if (!waiting || sp__now_ns() > deadline)
+            break;
+        uint32_t id = 0;
+        uint16_t type = 0;
+        void *buf = NULL;
+        size_t len = 0;
+        sp_status_t st = sp__ctl_hub_wait(d->hub, 100, &id, &type, &buf, &len);
+        if (st == SP_OK && id < d->nexecs && type == SP_MSG_BYE)
+            sp_drv_on_heartbeat(d, id, buf, len, true);
+        else if (st != SP_OK && st != SP_ERR_TIMED_OUT && id < d->nexecs)
+            d->execs[id].state = SP_DEXEC_DONE; /* gone: nothing more to wait for */
+        else if (st == SP_OK && id == SP__CTL_HUB_NEW) {
+            sp__ctl_conn_t *conn;
+            if (sp__ctl_hub_accept(d->hub, &conn) == SP_OK)
+                sp__ctl_close(conn);
+        }
+        free(buf);
+    }
+}
+
+sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
+{
+    const sp_job_params_t *p = d->o.params;
+    uint64_t register_ns, deadline, next_progress = 0;
+    bool output_prepared = false;
+    sp_status_t st;
+
+    memset(&d->rep, 0, sizeof(d->rep));
+    d->rep.start_ns = sp__now_ns();
+    if ((st = sp_drv_plan(d)) != SP_OK)
+        goto out;
+    if (p->output != NULL) {
+        if ((st = sp__output_prepare(p->output)) != SP_OK)
+            goto out;
+        output_prepared = true;
+    }
+    /* Wait for the executors. */
+    if ((st = sp_conf_get_duration(d->o.conf, "executor.register_timeout", &register_ns)) != SP_OK)
+        goto out;
+    deadline = sp__now_ns() + register_ns;
+    while (sp_drv_ready_count(d) < d->o.executors) {
+        if (sp__now_ns() > deadline) {
+            st = SP_RAISE(SP_ERR_TIMED_OUT,
+                          "only %u of %u executors registered within executor.register_timeout "
+                          "(%.1f s)",
+                          sp_drv_ready_count(d), d->o.executors, (double)register_ns / 1e9);
+            goto out;
+        }
+        if ((st = sp_drv_step(d, 100)) != SP_OK)
+            goto out;
+    }
+    d->rep.executors = sp__calloc(1, sizeof(*d->rep.executors));
+    for (;;) {
+        uint64_t now;
+        if (d->sampling && d->rep.stages[SP_STAGE_SAMPLE].done == d->ntasks[SP_STAGE_SAMPLE] &&
+            (st = sp_drv_finish_sampling(d)) != SP_OK)
+            goto out;
+        if (!d->sampling && d->rep.stages[SP_STAGE_REDUCE].done == d->ntasks[SP_STAGE_REDUCE])
+            break;
+        if ((st = sp_drv_schedule(d)) != SP_OK)
+            goto out;
+        if ((st = sp_drv_step(d, 100)) != SP_OK)
+            goto out;
+        if ((st = sp_drv_check_heartbeats(d)) != SP_OK)
+            goto out;
+        sp_drv_fault_hook(d);
+        now = sp__now_ns();
+        if (now >= next_progress) {
+            free(d->rep.executors);
+            d->rep.executors = sp__calloc(d->nexecs + 1, sizeof(*d->rep.executors));
+            sp_drv_progress(d, false);
+            next_progress = now + 200000000ull;
+        }
+    }
+    sp_drv_result(d);
+    if (p->output != NULL && (st = sp__output_publish(p->output, d->plan.partitions)) != SP_OK)
+        goto out;
+    if (d->o.job->finish != NULL && (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
+        st = SP_RAISE(st, "job %s: %s", d->o.job->name, sp_last_error());
+        goto out;
+    }
+    if (p->output != NULL && (st = sp__output_succeed(p->output)) != SP_OK)
+        goto out;
+out:
+    if (d->planned && d->tasks[SP_STAGE_REDUCE] != NULL)
+        sp_drv_result(d);
+    if (st != SP_OK && output_prepared)
+        sp__output_abort(p->output);
+    {
+        /* Keep the error: shutting down may overwrite the last-error text. */
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", sp_last_error());
+        sp_drv_shutdown(d);
+        if (st != SP_OK)
+            SP_RAISE(st, "%s", msg);
+    }
+    d->rep.end_ns = sp__now_ns();
+    free(d->rep.executors);
+    d->rep.nexecutors = d->nexecs;
+    d->rep.executors = sp__calloc(d->nexecs + 1, sizeof(*d->rep.executors));
+    for (uint32_t e = 0; e < d->nexecs && d->rep.executors != NULL; e++)
+        d->rep.executors[e] = d->execs[e].rep;
+    if (d->o.progress != NULL)
+        d->o.progress(d->o.progress_arg, &d->rep, true);
+    *report = d->rep;
+    d->rep.executors = NULL;
+    return st;
+}
+
+void sp__driver_report_clear(sp__driver_report_t *report)
+{
+    free(report->executors);
+    report->executors = NULL;
+}
+
+void sp__driver_destroy(sp__driver_t *d)
+{
+    if (d == NULL)
+        return;
+    sp__ctl_hub_destroy(d->hub);
+    sp_map_output_tracker_destroy(d->tracker);
+    for (uint32_t m = 0; d->map_status != NULL && m < d->plan.maps; m++) {
+        sp_map_status_destroy(d->map_status[m]);
+        free(d->map_blob[m]);
+    }
+    free(d->map_status);
+    free(d->map_blob);
+    free(d->map_blob_len);
+    free(d->preferred);
+    for (int s = 0; s < SP_STAGES; s++)
+        free(d->tasks[s]);
+    free(d->samples);
+    free(d->bounds_blob);
+    free(d->execs);
+    free(d->rep.executors);
+    if (d->planned)
+        sp__job_plan_clear(&d->plan);
+    free(d);
+}

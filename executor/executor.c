@@ -1,0 +1,718 @@
+/*
+ * The executor: one process (or, under MPI, one rank) that runs tasks for a
+ * driver. It registers over its control connection, receives the job (name,
+ * parameters, configuration, plan), then sets itself up the way the plan of
+ * this machine says: its NUMA node and cores (sp_topology_plan_executors),
+ * one memory manager whose pages live on that node, worker threads bound to
+ * the node, its own subdirectory of each shuffle.local_dirs entry, and a
+ * transport endpoint whose address goes back to the driver.
+ *
+ * The main thread owns the connection's receive side: it queues tasks for
+ * the workers, keeps the table of map statuses the driver announces
+ * (MAP_OUTPUT / MAP_LOST), and sends a heartbeat every
+ * executor.heartbeat_interval. Workers run tasks with the task runner and
+ * send their results themselves (sends are serialized by the channel).
+ * Committed map outputs are served: mapped and registered with the
+ * transport so that other executors read them one-sided without this
+ * executor's CPU. Statuses are reference counted so that a reduce task keeps
+ * the ones it started with while the driver replaces or drops them.
+ *
+ * Testing hook: SPATE_FAULT_CORRUPT_MAP=<map id> damages one byte of that
+ * map's first committed attempt after the commit, as a disk might; readers
+ * must detect it and the driver must recompute the output.
+ */
+#include "executor.h"
+
+#include "common_int.h"
+#include "protocol.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct sp_status_ref {
+    sp_map_status_t *status;
+    atomic_int refs;
+} sp_status_ref_t;
+
+typedef struct sp_task_item {
+    struct sp_task_item *next;
+    sp__msg_task_t task;
+} sp_task_item_t;
+
+typedef struct sp_executor {
+    sp__ctl_conn_t *conn;
+    sp__msg_job_t job;
+    const sp_job_t *desc;
+    void *plugin;
+    sp_job_params_t params;
+    sp_conf_t *conf;
+    sp_topology_t *topo;
+    unsigned numa_index;
+    bool bind;
+    sp_memory_manager_t *mm;
+    sp_transport_t *transport;
+    char *app_dirs; /* comma-separated executor directories, removed at the end */
+    sp__task_env_t env;
+
+    pthread_mutex_t lock; /* statuses, served, bounds, queue */
+    pthread_cond_t cond;
+    sp_status_ref_t **statuses; /* plan.maps */
+    sp_served_output_t **served;
+    sp_key_t *bounds;
+    void *bounds_buf;
+    uint32_t nbounds;
+    sp_task_item_t *head, *tail;
+    bool stopping;
+    atomic_uint running;
+
+    pthread_t *workers;
+    uint32_t nworkers;
+    int64_t corrupt_map;
+} sp_executor_t;
+
+static void sp_status_unref(sp_status_ref_t *ref)
+{
+    if (ref != NULL && atomic_fetch_sub(&ref->refs, 1) == 1) {
+        sp_map_status_destroy(ref->status);
+        free(ref);
+    }
+}
+
+static sp_status_t sp_exec_send(sp_executor_t *ex, uint16_t type, sp_status_t enc, void *buf,
+                                size_t len)
+{
+    sp_status_t st = enc;
+
+    if (st == SP_OK)
+        st = sp__ctl_send(ex->conn, type, buf, len);
+    free(buf);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Tasks                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void sp_exec_corrupt(const sp_map_status_t *status)
+{
+    uint64_t off = 8; /* data file header */
+    unsigned char byte;
+    int fd;
+
+    for (uint32_t p = 0; p < status->partitions; p++) {
+        if (status->lengths[p] == 0) {
+            continue;
+        }
+        off += status->lengths[p] / 2;
+        fd = open(status->data_path, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            return;
+        if (pread(fd, &byte, 1, (off_t)off) == 1) {
+            byte ^= 0x5a;
+            if (pwrite(fd, &byte, 1, (off_t)off) == 1)
+                sp_warn("fault injection: damaged map %llu's output %s at byte %llu",
+                        (unsigned long long)status->map_id, status->data_path,
+                        (unsigned long long)off);
+        }
+        close(fd);
+        return;
+    }
+}
+
+static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r,
+                               void **payload_p)
+{
+    sp_map_status_t *status = NULL;
+    sp_served_output_t *served = NULL, *old;
+    sp_status_t st;
+
+    if (ex->job.plan.partitioning == SP_JOB_RANGE && ex->job.plan.partitions > 1 &&
+        ex->nbounds + 1 != ex->job.plan.partitions)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "map task %u came before the range bounds", t->index);
+    if (t->attempt > 0 &&
+        (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, t->index)) != SP_OK)
+        return st;
+    st = sp__task_run_map(&ex->env, t->index, t->attempt, ex->nbounds ? ex->bounds : NULL, &status,
+                          &r->metrics);
+    if (st != SP_OK)
+        return st;
+    if (ex->corrupt_map == (int64_t)t->index && t->attempt == 0)
+        sp_exec_corrupt(status);
+    if (ex->transport != NULL &&
+        (st = sp_map_output_serve(ex->transport, status, &served)) != SP_OK)
+        goto err;
+    if ((st = sp_map_status_serialize(status, UINT32_MAX, 0, payload_p, &r->payload_len)) != SP_OK)
+        goto err;
+    pthread_mutex_lock(&ex->lock);
+    old = ex->served[t->index];
+    ex->served[t->index] = served;
+    pthread_mutex_unlock(&ex->lock);
+    sp_served_output_release(old);
+    sp_map_status_destroy(status);
+    return SP_OK;
+err:
+    sp_served_output_release(served);
+    sp_map_status_destroy(status);
+    return st;
+}
+
+static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r)
+{
+    uint32_t maps = ex->job.plan.maps;
+    sp_status_ref_t **refs = calloc(maps, sizeof(*refs));
+    const sp_map_status_t **sts = calloc(maps, sizeof(*sts));
+    sp_status_t st = SP_OK;
+
+    if (refs == NULL || sts == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u statuses", maps);
+        goto out;
+    }
+    pthread_mutex_lock(&ex->lock);
+    for (uint32_t m = 0; m < maps; m++) {
+        refs[m] = ex->statuses[m];
+        if (refs[m] != NULL)
+            atomic_fetch_add(&refs[m]->refs, 1);
+    }
+    pthread_mutex_unlock(&ex->lock);
+    for (uint32_t m = 0; m < maps; m++) {
+        if (refs[m] == NULL) {
+            r->failed_map = m;
+            st = SP_RAISE(SP_ERR_FETCH_FAILED,
+                          "reduce task %u: executor %u has no output of map %u (lost)", t->index,
+                          ex->job.executor_id, m);
+            goto out;
+        }
+        sts[m] = refs[m]->status;
+    }
+    st =
+        sp__task_run_reduce(&ex->env, t->index, t->attempt, sts, maps, &r->failed_map, &r->metrics);
+out:
+    for (uint32_t m = 0; refs != NULL && m < maps; m++)
+        sp_status_unref(refs[m]);
+    free(refs);
+    free(sts);
+    return st;
+}
+
+static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
+{
+    sp__msg_result_t r = {.task_id = t->task_id,
+                          .kind = t->kind,
+                          .index = t->index,
+                          .attempt = t->attempt,
+                          .failed_map = UINT64_MAX};
+    void *payload = NULL, *buf = NULL;
+    size_t len = 0;
+    sp_status_t st;
+
+    switch (t->kind) {
+    case SP_TASK_KIND_SAMPLE:
+        st = sp__task_run_sample(&ex->env, t->index, t->sample_count, &payload, &r.payload_len);
+        break;
+    case SP_TASK_KIND_MAP: st = sp_exec_map(ex, t, &r, &payload); break;
+    case SP_TASK_KIND_REDUCE: st = sp_exec_reduce(ex, t, &r); break;
+    default:
+        st = SP_RAISE(SP_ERR_BAD_FORMAT, "task %llu of unknown kind %u",
+                      (unsigned long long)t->task_id, t->kind);
+        break;
+    }
+    r.status = st;
+    if (st != SP_OK) {
+        snprintf(r.message, sizeof(r.message), "%s", sp_last_error());
+        sp_info("task %llu (%s %u attempt %u) failed: %s", (unsigned long long)t->task_id,
+                t->kind == SP_TASK_KIND_MAP      ? "map"
+                : t->kind == SP_TASK_KIND_REDUCE ? "reduce"
+                                                 : "sample",
+                t->index, t->attempt, r.message);
+        free(payload);
+        payload = NULL;
+        r.payload_len = 0;
+    }
+    r.payload = payload;
+    st = sp__msg_result_encode(&r, &buf, &len);
+    free(payload);
+    if (sp_exec_send(ex, SP_MSG_RESULT, st, buf, len) != SP_OK)
+        sp_warn("could not report task %llu to the driver: %s", (unsigned long long)t->task_id,
+                sp_last_error());
+}
+
+static void *sp_exec_worker(void *arg)
+{
+    sp_executor_t *ex = arg;
+
+    if (ex->bind && sp_topology_bind_thread_numa(ex->topo, ex->numa_index) != SP_OK)
+        sp_debug("worker not bound: %s", sp_last_error());
+    for (;;) {
+        sp_task_item_t *item;
+
+        pthread_mutex_lock(&ex->lock);
+        while (ex->head == NULL && !ex->stopping)
+            pthread_cond_wait(&ex->cond, &ex->lock);
+        if (ex->head == NULL) {
+            pthread_mutex_unlock(&ex->lock);
+            return NULL;
+        }
+        item = ex->head;
+        ex->head = item->next;
+        if (ex->head == NULL)
+            ex->tail = NULL;
+        pthread_mutex_unlock(&ex->lock);
+        atomic_fetch_add(&ex->running, 1);
+        sp_exec_run_task(ex, &item->task);
+        atomic_fetch_sub(&ex->running, 1);
+        free(item);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Set-up                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Points every shuffle.local_dirs entry at DIR/APP/exec-ID: executors sharing a host never share
+ * files. */
+static sp_status_t sp_exec_local_dirs(sp_executor_t *ex)
+{
+    const char *spec;
+    size_t cap = 0, len = 0;
+    char *out = NULL;
+    sp_status_t st;
+
+    if ((st = sp_conf_get_string(ex->conf, "shuffle.local_dirs", &spec)) != SP_OK)
+        return st;
+    for (const char *p = spec;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        char *grown;
+        int w;
+
+        while (n > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            n--;
+        }
+        if (n > 0) {
+            cap = len + n + strlen(ex->job.app_id) + 64;
+            if ((grown = realloc(out, cap)) == NULL) {
+                free(out);
+                return SP_RAISE(SP_ERR_NOMEM, "no memory for the shuffle directories");
+            }
+            out = grown;
+            w = snprintf(out + len, cap - len, "%s%.*s/%s/exec-%u", len ? "," : "", (int)n, p,
+                         ex->job.app_id, ex->job.executor_id);
+            len += (size_t)w;
+        }
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    if (out == NULL)
+        return SP_RAISE(SP_ERR_BAD_CONF, "shuffle.local_dirs is empty");
+    {
+        char *copy = strdup(out), *save = NULL;
+        if (copy == NULL) {
+            free(out);
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for the shuffle directories");
+        }
+        for (char *d = strtok_r(copy, ",", &save); d != NULL && st == SP_OK;
+             d = strtok_r(NULL, ",", &save))
+            st = sp__mkdirs(d);
+        free(copy);
+        if (st != SP_OK) {
+            free(out);
+            return st;
+        }
+    }
+    st = sp_conf_set(ex->conf, "shuffle.local_dirs", out);
+    ex->app_dirs = out;
+    return st;
+}
+
+static int sp_rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    SP_UNUSED(sb);
+    SP_UNUSED(flag);
+    SP_UNUSED(ftw);
+    remove(path);
+    return 0;
+}
+
+/* Removes this executor's directories (and the app directory when it is left empty). */
+static void sp_exec_remove_dirs(sp_executor_t *ex)
+{
+    char *copy, *save = NULL;
+
+    if (ex->app_dirs == NULL || (copy = strdup(ex->app_dirs)) == NULL)
+        return;
+    for (char *d = strtok_r(copy, ",", &save); d != NULL; d = strtok_r(NULL, ",", &save)) {
+        char *slash;
+        nftw(d, sp_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        if ((slash = strrchr(d, '/')) != NULL) {
+            *slash = '\0';
+            rmdir(d); /* fails while other executors still use it */
+        }
+    }
+    free(copy);
+}
+
+static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *opts,
+                                 sp__msg_ready_t *ready)
+{
+    sp_executor_plan_t *xplan = NULL;
+    const char *topo_src = NULL;
+    const sp_executor_slot_t *slot;
+    int64_t cores;
+    sp_status_t st;
+
+    if ((st = sp_conf_dup(opts->conf, &ex->conf)) != SP_OK)
+        return st;
+    for (uint32_t i = 0; i < ex->job.nconf; i++)
+        if ((st = sp_conf_set(ex->conf, ex->job.conf_keys[i], ex->job.conf_values[i])) != SP_OK)
+            return SP_RAISE(st, "configuration from the driver: %s", sp_last_error());
+    if ((st = sp_exec_local_dirs(ex)) != SP_OK)
+        return st;
+    if ((st = sp__job_load(ex->job.job_name, &ex->desc, &ex->plugin)) != SP_OK)
+        return st;
+    ex->params = (sp_job_params_t){.input = ex->job.input,
+                                   .output = ex->job.output,
+                                   .size = ex->job.size,
+                                   .partitions = ex->job.partitions,
+                                   .executors = ex->job.executors,
+                                   .slots = ex->job.slots,
+                                   .args = (const char *const *)ex->job.args,
+                                   .nargs = ex->job.nargs,
+                                   .conf = ex->conf};
+    if ((st = sp_conf_get_string(ex->conf, "memory.topology", &topo_src)) != SP_OK ||
+        (st = sp_topology_create(topo_src[0] ? topo_src : NULL, &ex->topo)) != SP_OK)
+        return st;
+    if ((st = sp_topology_plan_executors(ex->topo, ex->conf, opts->local_executors, &xplan)) !=
+        SP_OK)
+        return st;
+    slot = &xplan->slots[opts->local_index % xplan->count];
+    ex->numa_index = slot->numa_index;
+    ex->bind = sp_topology_is_this_system(ex->topo);
+    snprintf(ready->cpuset, sizeof(ready->cpuset), "%s", slot->cpuset ? slot->cpuset : "");
+    ready->numa_node = slot->numa_os_index;
+    if (!sp_conf_is_set(ex->conf, "memory.executor")) {
+        char mem[32];
+        snprintf(mem, sizeof(mem), "%llu", (unsigned long long)slot->memory_bytes);
+        if ((st = sp_conf_set(ex->conf, "memory.executor", mem)) != SP_OK)
+            goto out_plan;
+    }
+    if ((st = sp_conf_get_int(ex->conf, "executor.cores", &cores)) != SP_OK)
+        goto out_plan;
+    ex->nworkers = cores > 0 ? (uint32_t)cores : SP_MAX(slot->cores, 1u);
+    if ((st = sp_memory_manager_create(ex->conf, ex->topo, ex->numa_index, &ex->mm)) != SP_OK)
+        goto out_plan;
+    {
+        sp_memory_layout_t layout;
+        sp_memory_manager_layout(ex->mm, &layout);
+        ready->memory = layout.executor_bytes;
+    }
+    if (opts->transport) {
+        size_t alen = 0;
+        unsigned char addr[256];
+        if ((st = sp_transport_open(ex->conf, &ex->transport)) != SP_OK)
+            goto out_plan;
+        if ((st = sp_transport_address(ex->transport, addr, sizeof(addr), &alen)) != SP_OK)
+            goto out_plan;
+        for (size_t i = 0; i < alen && 2 * i + 2 < sizeof(ready->address); i++)
+            snprintf(ready->address + 2 * i, 3, "%02x", addr[i]);
+    }
+    ready->slots = ex->nworkers;
+    ex->statuses = calloc(ex->job.plan.maps, sizeof(*ex->statuses));
+    ex->served = calloc(ex->job.plan.maps, sizeof(*ex->served));
+    if (ex->statuses == NULL || ex->served == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u map statuses", ex->job.plan.maps);
+        goto out_plan;
+    }
+    ex->env = (sp__task_env_t){.job = ex->desc,
+                               .params = &ex->params,
+                               .plan = &ex->job.plan,
+                               .mm = ex->mm,
+                               .conf = ex->conf,
+                               .transport = ex->transport,
+                               .shuffle_id = ex->job.shuffle_id,
+                               .executor_id = ex->job.executor_id};
+out_plan:
+    sp_executor_plan_destroy(xplan);
+    return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Messages from the driver                                                  */
+/* ------------------------------------------------------------------------ */
+
+static sp_status_t sp_exec_on_map_output(sp_executor_t *ex, const void *buf, size_t len)
+{
+    sp_status_ref_t *ref, *old;
+    sp_map_status_t *status;
+    sp_status_t st;
+
+    if ((st = sp_map_status_deserialize(buf, len, &status)) != SP_OK)
+        return st;
+    if (status->map_id >= ex->job.plan.maps || status->shuffle_id != ex->job.shuffle_id) {
+        st = SP_RAISE(SP_ERR_BAD_FORMAT, "map output of shuffle %llu map %llu is not of this job",
+                      (unsigned long long)status->shuffle_id, (unsigned long long)status->map_id);
+        sp_map_status_destroy(status);
+        return st;
+    }
+    if (status->executor_id == ex->job.executor_id) {
+        /* Our own output: read in place, not through the transport. */
+        free(status->address);
+        status->address = NULL;
+    }
+    if ((ref = calloc(1, sizeof(*ref))) == NULL) {
+        sp_map_status_destroy(status);
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a map status");
+    }
+    ref->status = status;
+    atomic_init(&ref->refs, 1);
+    pthread_mutex_lock(&ex->lock);
+    old = ex->statuses[status->map_id];
+    ex->statuses[status->map_id] = ref;
+    pthread_mutex_unlock(&ex->lock);
+    sp_status_unref(old);
+    return SP_OK;
+}
+
+static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_t len)
+{
+    sp__msg_map_lost_t m;
+    sp_status_ref_t *old = NULL;
+    sp_served_output_t *served = NULL;
+    sp_status_t st;
+
+    if ((st = sp__msg_map_lost_decode(buf, len, &m)) != SP_OK)
+        return st;
+    if (m.map_id >= ex->job.plan.maps)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "MAP_LOST names map %llu of %u",
+                        (unsigned long long)m.map_id, ex->job.plan.maps);
+    pthread_mutex_lock(&ex->lock);
+    if (ex->statuses[m.map_id] != NULL &&
+        ex->statuses[m.map_id]->status->executor_id == m.executor_id) {
+        old = ex->statuses[m.map_id];
+        ex->statuses[m.map_id] = NULL;
+    }
+    if (m.executor_id == ex->job.executor_id) {
+        served = ex->served[m.map_id];
+        ex->served[m.map_id] = NULL;
+    }
+    pthread_mutex_unlock(&ex->lock);
+    sp_status_unref(old);
+    if (m.executor_id == ex->job.executor_id) {
+        sp_served_output_release(served);
+        sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, m.map_id);
+    }
+    return SP_OK;
+}
+
+static sp_status_t sp_exec_on_task(sp_executor_t *ex, const void *buf, size_t len)
+{
+    sp_task_item_t *item = calloc(1, sizeof(*item));
+    sp_status_t st;
+
+    if (item == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a task");
+    if ((st = sp__msg_task_decode(buf, len, &item->task)) != SP_OK) {
+        free(item);
+        return st;
+    }
+    pthread_mutex_lock(&ex->lock);
+    if (ex->tail != NULL)
+        ex->tail->next = item;
+    else
+        ex->head = item;
+    ex->tail = item;
+    pthread_cond_signal(&ex->cond);
+    pthread_mutex_unlock(&ex->lock);
+    return SP_OK;
+}
+
+static uint64_t sp_exec_peak_rss(void)
+{
+    char line[256];
+    uint64_t kb = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmHWM: %llu kB", (unsigned long long *)&kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
+{
+    sp__msg_heartbeat_t hb = {.peak_rss = sp_exec_peak_rss(), .running = ex->running};
+    sp_memory_stats_t ms;
+    void *buf = NULL;
+    size_t len = 0;
+    sp_status_t st;
+
+    if (ex->mm != NULL) {
+        sp_memory_manager_stats(ex->mm, &ms);
+        hb.execution_used = ms.execution_used;
+    }
+    st = sp__msg_heartbeat_encode(&hb, &buf, &len);
+    return sp_exec_send(ex, type, st, buf, len);
+}
+
+static void sp_exec_teardown(sp_executor_t *ex)
+{
+    pthread_mutex_lock(&ex->lock);
+    ex->stopping = true;
+    pthread_cond_broadcast(&ex->cond);
+    pthread_mutex_unlock(&ex->lock);
+    for (uint32_t i = 0; i < ex->nworkers && ex->workers != NULL; i++)
+        pthread_join(ex->workers[i], NULL);
+    while (ex->head != NULL) {
+        sp_task_item_t *next = ex->head->next;
+        free(ex->head);
+        ex->head = next;
+    }
+    for (uint32_t m = 0; m < ex->job.plan.maps; m++) {
+        if (ex->served != NULL)
+            sp_served_output_release(ex->served[m]);
+        if (ex->statuses != NULL)
+            sp_status_unref(ex->statuses[m]);
+    }
+    free(ex->served);
+    free(ex->statuses);
+    free(ex->workers);
+    sp_transport_close(ex->transport);
+    ex->transport = NULL;
+    if (ex->conf != NULL && ex->job.shuffle_id != 0)
+        sp_shuffle_remove(ex->conf, ex->job.shuffle_id);
+    sp_exec_remove_dirs(ex);
+    sp_memory_manager_destroy(ex->mm);
+    ex->mm = NULL;
+    sp_topology_destroy(ex->topo);
+    sp__job_unload(ex->plugin);
+    free(ex->bounds);
+    free(ex->bounds_buf);
+    free(ex->app_dirs);
+    sp_conf_destroy(ex->conf);
+    sp__msg_job_clear(&ex->job);
+    pthread_cond_destroy(&ex->cond);
+    pthread_mutex_destroy(&ex->lock);
+}
+
+sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
+{
+    sp_executor_t ex = {.conn = opts->conn, .corrupt_map = -1};
+    sp__msg_register_t reg = {.pid = (uint32_t)getpid()};
+    sp__msg_ready_t ready = {0};
+    uint64_t hb_ns, next_hb;
+    const char *fault = getenv("SPATE_FAULT_CORRUPT_MAP");
+    void *buf = NULL;
+    size_t len = 0;
+    uint16_t type;
+    sp_status_t st;
+
+    pthread_mutex_init(&ex.lock, NULL);
+    pthread_cond_init(&ex.cond, NULL);
+    atomic_init(&ex.running, 0);
+    if (fault != NULL && *fault != '\0')
+        ex.corrupt_map = strtoll(fault, NULL, 10);
+    gethostname(reg.host, sizeof(reg.host) - 1);
+    st = sp__msg_register_encode(&reg, &buf, &len);
+    if ((st = sp_exec_send(&ex, SP_MSG_REGISTER, st, buf, len)) != SP_OK)
+        goto out;
+    if ((st = sp__ctl_recv(ex.conn, opts->register_timeout_ms, &type, &buf, &len)) != SP_OK)
+        goto out;
+    if (type == SP_MSG_SHUTDOWN) {
+        free(buf);
+        goto out; /* the driver needs no more executors */
+    }
+    if (type != SP_MSG_JOB) {
+        free(buf);
+        st = SP_RAISE(SP_ERR_BAD_FORMAT, "driver sent message %u instead of the job", type);
+        goto out;
+    }
+    st = sp__msg_job_decode(buf, len, &ex.job);
+    free(buf);
+    if (st != SP_OK)
+        goto out;
+    {
+        char ident[32];
+        snprintf(ident, sizeof(ident), "exec %u", ex.job.executor_id);
+        sp_log_set_identity(ident);
+    }
+    if ((st = sp_exec_setup(&ex, opts, &ready)) != SP_OK)
+        goto out;
+    if ((st = sp_conf_get_duration(ex.conf, "executor.heartbeat_interval", &hb_ns)) != SP_OK)
+        goto out;
+    ex.workers = calloc(ex.nworkers, sizeof(*ex.workers));
+    if (ex.workers == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u workers", ex.nworkers);
+        goto out;
+    }
+    for (uint32_t i = 0; i < ex.nworkers; i++) {
+        if (pthread_create(&ex.workers[i], NULL, sp_exec_worker, &ex) != 0) {
+            ex.nworkers = i;
+            st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start worker thread %u", i);
+            goto out;
+        }
+    }
+    st = sp__msg_ready_encode(&ready, &buf, &len);
+    if ((st = sp_exec_send(&ex, SP_MSG_READY, st, buf, len)) != SP_OK)
+        goto out;
+    sp_info("executor %u ready: %u workers, %llu MiB, NUMA node %u", ex.job.executor_id,
+            ex.nworkers, (unsigned long long)(ready.memory >> 20), ready.numa_node);
+    next_hb = sp__now_ns() + hb_ns;
+    for (;;) {
+        uint64_t now = sp__now_ns();
+
+        if (now >= next_hb) {
+            if ((st = sp_exec_heartbeat(&ex, SP_MSG_HEARTBEAT)) != SP_OK)
+                goto out;
+            next_hb = now + hb_ns;
+        }
+        st = sp__ctl_recv(ex.conn, (int)((next_hb - now) / 1000000) + 1, &type, &buf, &len);
+        if (st == SP_ERR_TIMED_OUT)
+            continue;
+        if (st != SP_OK)
+            goto out;
+        switch (type) {
+        case SP_MSG_TASK: st = sp_exec_on_task(&ex, buf, len); break;
+        case SP_MSG_MAP_OUTPUT: st = sp_exec_on_map_output(&ex, buf, len); break;
+        case SP_MSG_MAP_LOST: st = sp_exec_on_map_lost(&ex, buf, len); break;
+        case SP_MSG_BOUNDS:
+            pthread_mutex_lock(&ex.lock);
+            free(ex.bounds);
+            free(ex.bounds_buf);
+            ex.bounds = NULL;
+            ex.bounds_buf = buf;
+            buf = NULL;
+            st = sp__msg_bounds_decode(ex.bounds_buf, len, &ex.bounds, &ex.nbounds);
+            pthread_mutex_unlock(&ex.lock);
+            break;
+        case SP_MSG_SHUTDOWN:
+            free(buf);
+            buf = NULL;
+            sp_exec_teardown(&ex);
+            /* BYE carries the peaks, for the driver's summary. */
+            st = sp_exec_heartbeat(&ex, SP_MSG_BYE);
+            ex.conn = NULL;
+            return st;
+        default:
+            st = SP_RAISE(SP_ERR_BAD_FORMAT, "driver sent unknown message type %u", type);
+            break;
+        }
+        free(buf);
+        buf = NULL;
+        if (st != SP_OK)
+            goto out;
+    }
+out:
+    sp_exec_teardown(&ex);
+    return st;
+}

@@ -1,0 +1,112 @@
+/*
+ * The executor process and the driver role (executor/executor.c,
+ * executor/driver.c): what `spate run` and `spate executor` are made of.
+ */
+#ifndef SPATE_EXECUTOR_EXECUTOR_H
+#define SPATE_EXECUTOR_EXECUTOR_H
+
+#include "ctl.h"
+#include "executor_int.h"
+
+#include <stdio.h>
+#include <sys/types.h>
+
+typedef struct sp__executor_opts {
+    sp__ctl_conn_t *conn;     /* authenticated connection to the driver; the caller closes it */
+    const sp_conf_t *conf;    /* this process's configuration; the driver's is applied on top */
+    bool transport;           /* open a transport (false: a lone executor reads locally) */
+    unsigned local_index;     /* this executor's index among those on its host */
+    unsigned local_executors; /* executors on its host (for the NUMA plan) */
+    int register_timeout_ms;  /* how long to wait for the job after registering */
+} sp__executor_opts_t;
+
+/*
+ * Runs one executor until the driver sends SHUTDOWN (SP_OK) or the
+ * connection fails (the error). Removes its shuffle files before it returns.
+ */
+sp_status_t sp__executor_run(const sp__executor_opts_t *opts);
+
+/* ------------------------------------------------------------------------ */
+/* Driver                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef enum sp__stage {
+    SP_STAGE_SAMPLE = 0,
+    SP_STAGE_MAP = 1,
+    SP_STAGE_REDUCE = 2,
+    SP_STAGES
+} sp__stage_t;
+
+/* Progress and summary of one stage. */
+typedef struct sp__stage_report {
+    uint32_t tasks; /* tasks of the stage (0: the stage does not run) */
+    uint32_t done;
+    uint64_t start_ns, end_ns;
+    uint64_t records;
+    uint64_t bytes; /* map: shuffle bytes written; reduce: shuffle bytes read */
+    uint64_t remote_bytes;
+    uint64_t spill_bytes;
+    uint64_t task_ns; /* summed over tasks */
+    uint64_t sort_ns, spill_ns, merge_ns, fetch_wait_ns;
+} sp__stage_report_t;
+
+typedef struct sp__executor_report {
+    uint32_t id;
+    char host[64];
+    uint32_t pid;
+    uint32_t slots;
+    uint64_t memory; /* memory.executor */
+    uint64_t peak_rss;
+    uint64_t peak_execution; /* highest execution memory seen in heartbeats */
+    uint64_t shuffle_bytes;  /* written by its map tasks + read by its reduce tasks */
+    uint64_t busy_ns;        /* time its tasks ran */
+    uint32_t tasks;
+    bool lost;
+} sp__executor_report_t;
+
+typedef struct sp__driver_report {
+    sp__stage_report_t stages[SP_STAGES];
+    sp__executor_report_t *executors;
+    uint32_t nexecutors;
+    sp_job_result_t result;
+    uint64_t start_ns, end_ns;
+    uint32_t task_failures;   /* failed task attempts that were retried */
+    uint32_t fetch_failures;  /* reduce attempts that failed to fetch */
+    uint32_t maps_recomputed; /* map outputs computed again after a loss */
+    uint32_t executors_lost;
+    uint32_t maps, partitions;
+} sp__driver_report_t;
+
+typedef struct sp__driver sp__driver_t;
+
+/* How executors reach the driver. */
+typedef struct sp__driver_opts {
+    const sp_conf_t *conf;
+    const sp_job_t *job;
+    const char *job_name; /* what executors load: built-in name or plugin path */
+    const sp_job_params_t *params;
+    uint32_t executors; /* executors to wait for before the job starts */
+    int listen_fd;      /* -1: none (MPI) */
+    const void *secret;
+    size_t secret_len;
+    /* Called about every 200 ms and at each stage's end (NULL: none). */
+    void (*progress)(void *arg, const sp__driver_report_t *report, bool final);
+    void *progress_arg;
+    /* Local mode: pids of the executors, by registration order, for the fault hook. */
+    const pid_t *pids;
+    size_t npids;
+} sp__driver_opts_t;
+
+sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driver_p);
+/* Adds an executor connection that needs no handshake (same process, MPI rank). */
+sp_status_t sp__driver_add_conn(sp__driver_t *driver, sp__ctl_conn_t *conn);
+/*
+ * Runs the job to its end: waits for the executors, runs the stages,
+ * publishes the output, calls the job's finish, shuts executors down.
+ * report is filled either way (as far as the job got).
+ */
+sp_status_t sp__driver_run(sp__driver_t *driver, sp__driver_report_t *report);
+void sp__driver_destroy(sp__driver_t *driver);
+void sp__driver_report_clear(sp__driver_report_t *report);
+
+#endif /* SPATE_EXECUTOR_EXECUTOR_H */

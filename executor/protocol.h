@@ -1,0 +1,127 @@
+/*
+ * The control protocol between the driver and its executors: message types
+ * (on top of the channel's framing in ctl.h) and their payloads. Every
+ * decoder checks each length and count against the bytes received and
+ * answers SP_ERR_BAD_FORMAT naming the message and field; nothing read from
+ * the wire is trusted. docs/FORMATS.md documents the layouts.
+ *
+ *   executor                         driver
+ *   REGISTER {host, pid}       ->
+ *                              <-    JOB {id, job, params, conf, plan}
+ *   READY {address, slots, ...} ->
+ *                              <-    BOUNDS, TASK, MAP_OUTPUT, MAP_LOST
+ *   RESULT, HEARTBEAT          ->
+ *                              <-    SHUTDOWN
+ *   BYE {peaks}                ->
+ */
+#ifndef SPATE_EXECUTOR_PROTOCOL_H
+#define SPATE_EXECUTOR_PROTOCOL_H
+
+#include "executor_int.h"
+
+enum {
+    SP_MSG_REGISTER = 16,
+    SP_MSG_JOB = 17,
+    SP_MSG_READY = 18,
+    SP_MSG_BOUNDS = 19,
+    SP_MSG_TASK = 20,
+    SP_MSG_RESULT = 21,
+    SP_MSG_MAP_OUTPUT = 22,
+    SP_MSG_MAP_LOST = 23,
+    SP_MSG_HEARTBEAT = 24,
+    SP_MSG_SHUTDOWN = 25,
+    SP_MSG_BYE = 26,
+};
+
+typedef enum sp__task_kind {
+    SP_TASK_KIND_SAMPLE = 0,
+    SP_TASK_KIND_MAP = 1,
+    SP_TASK_KIND_REDUCE = 2,
+} sp__task_kind_t;
+
+typedef struct sp__msg_register {
+    char host[256];
+    uint32_t pid;
+} sp__msg_register_t;
+
+/* Everything an executor needs to run tasks of the job. Owns its strings. */
+typedef struct sp__msg_job {
+    uint32_t executor_id;
+    uint64_t shuffle_id;
+    char *app_id;
+    char *job_name; /* built-in name or plugin path */
+    char *input, *output;
+    uint64_t size;
+    uint32_t partitions, executors, slots;
+    char **args;
+    uint32_t nargs;
+    char **conf_keys, **conf_values;
+    uint32_t nconf;
+    sp_job_plan_t plan;
+} sp__msg_job_t;
+
+typedef struct sp__msg_ready {
+    char address[512]; /* transport address, hex; empty: none */
+    uint32_t slots;
+    uint64_t memory; /* executor memory (memory.executor) */
+    uint32_t numa_node;
+    char cpuset[256];
+} sp__msg_ready_t;
+
+typedef struct sp__msg_task {
+    uint64_t task_id;
+    uint8_t kind;
+    uint32_t index; /* map id or partition */
+    uint32_t attempt;
+    uint32_t sample_count;
+} sp__msg_task_t;
+
+typedef struct sp__msg_result {
+    uint64_t task_id;
+    uint8_t kind;
+    uint32_t index;
+    uint32_t attempt;
+    int32_t status; /* sp_status_t */
+    char message[1024];
+    uint64_t failed_map; /* reduce fetch failure: UINT64_MAX when unknown */
+    sp__task_metrics_t metrics;
+    const void *payload; /* map: serialized status; sample: packed keys (points into the message) */
+    size_t payload_len;
+} sp__msg_result_t;
+
+typedef struct sp__msg_heartbeat {
+    uint64_t execution_used; /* execution memory held now */
+    uint64_t peak_rss;       /* process high-water mark (VmHWM) */
+    uint32_t running;
+} sp__msg_heartbeat_t;
+
+typedef struct sp__msg_map_lost {
+    uint64_t map_id;
+    uint32_t executor_id;
+} sp__msg_map_lost_t;
+
+/* Encoders return a malloc'ed payload in *buf_p, *len_p bytes. */
+sp_status_t sp__msg_register_encode(const sp__msg_register_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_register_decode(const void *buf, size_t len, sp__msg_register_t *m);
+sp_status_t sp__msg_job_encode(const sp__msg_job_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_job_decode(const void *buf, size_t len, sp__msg_job_t *m);
+void sp__msg_job_clear(sp__msg_job_t *m);
+sp_status_t sp__msg_ready_encode(const sp__msg_ready_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_ready_decode(const void *buf, size_t len, sp__msg_ready_t *m);
+sp_status_t sp__msg_task_encode(const sp__msg_task_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_task_decode(const void *buf, size_t len, sp__msg_task_t *m);
+sp_status_t sp__msg_result_encode(const sp__msg_result_t *m, void **buf_p, size_t *len_p);
+/* payload points into buf. */
+sp_status_t sp__msg_result_decode(const void *buf, size_t len, sp__msg_result_t *m);
+sp_status_t sp__msg_heartbeat_encode(const sp__msg_heartbeat_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_heartbeat_decode(const void *buf, size_t len, sp__msg_heartbeat_t *m);
+sp_status_t sp__msg_map_lost_encode(const sp__msg_map_lost_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_map_lost_decode(const void *buf, size_t len, sp__msg_map_lost_t *m);
+/* BOUNDS: the packed (u32 length, bytes) key list of sp__range_bounds' input form. */
+sp_status_t sp__msg_bounds_encode(const sp_key_t *keys, uint32_t count, void **buf_p,
+                                  size_t *len_p);
+/* keys point into buf; *keys_p is malloc'ed. */
+sp_status_t sp__msg_bounds_decode(const void *buf, size_t len, sp_key_t **keys_p,
+                                  uint32_t *count_p);
+
+#endif /* SPATE_EXECUTOR_PROTOCOL_H */

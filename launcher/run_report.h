@@ -1,0 +1,33 @@
+/* `spate run`'s progress lines, end-of-run summary and JSON report. */
+#ifndef SPATE_LAUNCHER_RUN_REPORT_H
+#define SPATE_LAUNCHER_RUN_REPORT_H
+
+#include "executor/executor.h"
+
+#include <stdio.h>
+
+typedef struct sp_run_progress {
+    bool enabled;
+    FILE *out;
+    int last_stage;   /* stage of the line being rewritten; -1: none */
+    uint32_t printed; /* bitmask of stages whose final line was printed */
+    bool tty;
+} sp_run_progress_t;
+
+/* The driver's progress callback: one line per stage, rewritten in place on a terminal. */
+void sp_run_progress_cb(void *arg, const sp__driver_report_t *report, bool final);
+
+/*
+ * Prints the summary: wall time per stage, shuffle bytes, GB/s per executor,
+ * spill bytes, peak memory per executor, failures recovered; with baseline,
+ * also a single-threaded memcpy of the job's input bytes measured now, and
+ * the run's ratio to it.
+ */
+void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
+                    const sp__driver_report_t *report, sp_status_t status, bool baseline);
+
+/* Writes the same as JSON to path (atomically: temporary name, then rename). */
+sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t *params,
+                        const sp__driver_report_t *report, sp_status_t status);
+
+#endif /* SPATE_LAUNCHER_RUN_REPORT_H */
