@@ -7,11 +7,23 @@
  * local fetcher. Posts the transport refuses as back-pressure wait in a queue
  * and are retried from progress(). Completions carry the owner's checksum,
  * which the reader verifies.
+ *
+ * Several fetchers share one transport (a reduce task each, on the
+ * executor's worker threads), and a transport's completions are not sorted
+ * by who posted them. So fetchers of one transport share a router: whoever
+ * polls routes each completion to the queue of the fetcher that posted it,
+ * and every fetcher runs its callbacks on its own thread from its own queue.
+ * A fetcher destroyed with reads still in flight (its reduce task failed)
+ * leaves them orphaned: their buffers stay registered until the transport
+ * completes them, then whoever routes the completion frees them. The
+ * router also keeps the transport's peer table, so that each address is
+ * added to the transport once, not once per reduce task.
  */
 #include "shuffle_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <spate/transport.h>
 #include <stdio.h>
 #include <string.h>
@@ -106,8 +118,13 @@ void sp_served_output_release(sp_served_output_t *served)
 
 /* ---- the fetcher ---- */
 
+struct sp_tfetcher;
+
 typedef struct sp_tf_req {
     struct sp_tf_req *next;
+    struct sp_tf_req *prev_posted, *next_posted; /* the owner's posted list */
+    struct sp_tfetcher *owner;                   /* NULL: orphaned */
+    sp_status_t status;                          /* once routed */
     sp_fetch_done_fn_t done;
     void *arg;
     size_t index;
@@ -125,13 +142,27 @@ typedef struct sp_tf_peer {
     uint32_t peer;
 } sp_tf_peer_t;
 
+/* What the fetchers of one transport share; lives while a fetcher or an orphan needs it. */
+typedef struct sp_tf_router {
+    struct sp_tf_router *next; /* sp_tf_routers */
+    sp_transport_t *t;
+    pthread_mutex_t lock; /* polls, routing, the queues, posted lists and peers */
+    unsigned refs;        /* fetchers */
+    sp_tf_peer_t *peers;
+    size_t npeers, peers_cap;
+} sp_tf_router_t;
+
+static pthread_mutex_t sp_tf_routers_lock = PTHREAD_MUTEX_INITIALIZER;
+static sp_tf_router_t *sp_tf_routers;
+
 typedef struct sp_tfetcher {
     sp_block_fetcher_t base;
     sp_transport_t *t;
+    sp_tf_router_t *router;
     sp_block_fetcher_t *local;
-    sp_tf_peer_t *peers;
-    size_t npeers, peers_cap;
     sp_tf_req_t *waiting, *waiting_tail; /* refused by back-pressure, to post again */
+    sp_tf_req_t *posted;                 /* in flight (router lock) */
+    sp_tf_req_t *ready, *ready_tail;     /* routed, callbacks not yet run (router lock) */
     sp_tf_req_t *held;                   /* completed, buffers lent to the reader */
 } sp_tfetcher_t;
 
@@ -141,7 +172,7 @@ static sp_tfetcher_t *sp_tf(sp_block_fetcher_t *f)
 }
 
 /* The peer id of a hex address, adding the peer the first time. */
-static sp_status_t sp_tf_peer(sp_tfetcher_t *tf, const char *hex, uint32_t *peer_p)
+static sp_status_t sp_tf_peer_locked(sp_tf_router_t *tf, const char *hex, uint32_t *peer_p)
 {
     unsigned char addr[SP_TRANSPORT_ADDR_MAX];
     size_t len = strlen(hex), n = len / 2;
@@ -182,6 +213,16 @@ static sp_status_t sp_tf_peer(sp_tfetcher_t *tf, const char *hex, uint32_t *peer
     return SP_OK;
 }
 
+static sp_status_t sp_tf_peer(sp_tfetcher_t *tf, const char *hex, uint32_t *peer_p)
+{
+    sp_status_t st;
+
+    pthread_mutex_lock(&tf->router->lock);
+    st = sp_tf_peer_locked(tf->router, hex, peer_p);
+    pthread_mutex_unlock(&tf->router->lock);
+    return st;
+}
+
 static void sp_tf_req_free(sp_tf_req_t *r)
 {
     sp_transport_mr_dereg(r->mr);
@@ -189,12 +230,35 @@ static void sp_tf_req_free(sp_tf_req_t *r)
     sp__free(r);
 }
 
+static void sp_tf_unlink_posted(sp_tfetcher_t *tf, sp_tf_req_t *r)
+{
+    if (r->prev_posted != NULL)
+        r->prev_posted->next_posted = r->next_posted;
+    else if (tf->posted == r)
+        tf->posted = r->next_posted;
+    if (r->next_posted != NULL)
+        r->next_posted->prev_posted = r->prev_posted;
+    r->prev_posted = r->next_posted = NULL;
+}
+
 /* Posts r; false when back-pressure says later. Errors complete r. */
 static bool sp_tf_post(sp_tfetcher_t *tf, sp_tf_req_t *r)
 {
-    sp_status_t st = sp_transport_fetch(tf->t, r->peer, r->rkey, r->rkey_len, r->offset, r->len,
-                                        r->buf, r->mr, r);
+    sp_status_t st;
 
+    /* Posted and linked under the router's lock, so no poll routes r before it is linked. */
+    pthread_mutex_lock(&tf->router->lock);
+    st = sp_transport_fetch(tf->t, r->peer, r->rkey, r->rkey_len, r->offset, r->len, r->buf, r->mr,
+                            r);
+    if (st == SP_OK) {
+        r->owner = tf;
+        r->prev_posted = NULL;
+        r->next_posted = tf->posted;
+        if (tf->posted != NULL)
+            tf->posted->prev_posted = r;
+        tf->posted = r;
+    }
+    pthread_mutex_unlock(&tf->router->lock);
     if (st == SP_ERR_BUSY)
         return false;
     if (st != SP_OK) {
@@ -281,25 +345,64 @@ static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *bloc
     return SP_OK;
 }
 
-static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
+/* Routes what the transport completed to the fetchers that posted it; router lock held. */
+static sp_status_t sp_tf_route(sp_tf_router_t *router, int timeout_ms)
 {
-    sp_tfetcher_t *tf = sp_tf(f);
     sp_transport_completion_t done[16];
     size_t n = 0;
     sp_status_t st;
+
+    st = sp_transport_poll(router->t, done, 16, timeout_ms, &n);
+    if (st != SP_OK)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        sp_tf_req_t *r = done[i].context;
+        sp_tfetcher_t *owner = r->owner;
+
+        if (owner == NULL) { /* its fetcher is gone: nobody wants the bytes */
+            sp_tf_req_free(r);
+            continue;
+        }
+        sp_tf_unlink_posted(owner, r);
+        r->status = done[i].status;
+        r->next = NULL;
+        if (owner->ready_tail != NULL)
+            owner->ready_tail->next = r;
+        else
+            owner->ready = r;
+        owner->ready_tail = r;
+    }
+    return SP_OK;
+}
+
+static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
+{
+    sp_tfetcher_t *tf = sp_tf(f);
+    uint64_t deadline = sp__now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    sp_tf_req_t *list = NULL;
+    sp_status_t st = SP_OK;
 
     while (tf->waiting != NULL && sp_tf_post(tf, tf->waiting)) {
         tf->waiting = tf->waiting->next;
         if (tf->waiting == NULL)
             tf->waiting_tail = NULL;
     }
-    st = sp_transport_poll(tf->t, done, 16, timeout_ms, &n);
-    if (st != SP_OK)
-        return st;
-    for (size_t i = 0; i < n; i++) {
-        sp_tf_req_t *r = done[i].context;
-        if (done[i].status != SP_OK) {
-            r->done(r->arg, r->index, done[i].status, NULL, 0, 0);
+    for (;;) {
+        pthread_mutex_lock(&tf->router->lock);
+        /* Polls wait at most a millisecond with the lock held, so fetchers take turns. */
+        if (tf->ready == NULL)
+            st = sp_tf_route(tf->router, timeout_ms > 0 ? 1 : 0);
+        list = tf->ready;
+        tf->ready = tf->ready_tail = NULL;
+        pthread_mutex_unlock(&tf->router->lock);
+        if (st != SP_OK || list != NULL || sp__now_ns() >= deadline)
+            break;
+    }
+    while (list != NULL) {
+        sp_tf_req_t *r = list;
+        list = r->next;
+        if (r->status != SP_OK) {
+            r->done(r->arg, r->index, r->status, NULL, 0, 0);
             sp_tf_req_free(r);
             continue;
         }
@@ -307,7 +410,7 @@ static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
         tf->held = r;
         r->done(r->arg, r->index, SP_OK, r->buf, r->len, r->expected);
     }
-    return SP_OK;
+    return st;
 }
 
 static void sp_tf_release(sp_block_fetcher_t *f, const void *data, size_t len)
@@ -325,11 +428,67 @@ static void sp_tf_release(sp_block_fetcher_t *f, const void *data, size_t len)
     tf->local->ops->release(tf->local, data, len);
 }
 
+static void sp_tf_router_unref(sp_tf_router_t *router)
+{
+    pthread_mutex_lock(&sp_tf_routers_lock);
+    if (--router->refs == 0) {
+        for (sp_tf_router_t **pp = &sp_tf_routers; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == router) {
+                *pp = router->next;
+                break;
+            }
+        }
+        for (size_t i = 0; i < router->npeers; i++)
+            sp__free(router->peers[i].address);
+        sp__free(router->peers);
+        pthread_mutex_destroy(&router->lock);
+        sp__free(router);
+    }
+    pthread_mutex_unlock(&sp_tf_routers_lock);
+}
+
+static sp_status_t sp_tf_router_ref(sp_transport_t *t, sp_tf_router_t **router_p)
+{
+    sp_tf_router_t *router;
+
+    pthread_mutex_lock(&sp_tf_routers_lock);
+    for (router = sp_tf_routers; router != NULL && router->t != t; router = router->next)
+        ;
+    if (router == NULL) {
+        if ((router = sp__calloc(1, sizeof(*router))) == NULL) {
+            pthread_mutex_unlock(&sp_tf_routers_lock);
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for a transport fetch router");
+        }
+        router->t = t;
+        pthread_mutex_init(&router->lock, NULL);
+        router->next = sp_tf_routers;
+        sp_tf_routers = router;
+    }
+    router->refs++;
+    pthread_mutex_unlock(&sp_tf_routers_lock);
+    *router_p = router;
+    return SP_OK;
+}
+
 static void sp_tf_destroy(sp_block_fetcher_t *f)
 {
     sp_tfetcher_t *tf = sp_tf(f);
-    sp_tf_req_t *r;
+    sp_tf_req_t *r, *ready;
 
+    /* Reads still in flight write into their buffers until they complete: orphan them. */
+    pthread_mutex_lock(&tf->router->lock);
+    while ((r = tf->posted) != NULL) {
+        tf->posted = r->next_posted;
+        r->owner = NULL;
+        r->prev_posted = r->next_posted = NULL;
+    }
+    ready = tf->ready;
+    tf->ready = tf->ready_tail = NULL;
+    pthread_mutex_unlock(&tf->router->lock);
+    while ((r = ready) != NULL) {
+        ready = r->next;
+        sp_tf_req_free(r);
+    }
     while ((r = tf->held) != NULL) {
         tf->held = r->next;
         sp_tf_req_free(r);
@@ -338,9 +497,7 @@ static void sp_tf_destroy(sp_block_fetcher_t *f)
         tf->waiting = r->next;
         sp_tf_req_free(r);
     }
-    for (size_t i = 0; i < tf->npeers; i++)
-        sp__free(tf->peers[i].address);
-    sp__free(tf->peers);
+    sp_tf_router_unref(tf->router);
     sp_block_fetcher_destroy(tf->local);
     sp__free(tf);
 }
@@ -362,6 +519,11 @@ sp_status_t sp_transport_fetcher_create(sp_transport_t *transport, sp_block_fetc
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a transport block fetcher");
     st = sp_local_fetcher_create(&tf->local);
     if (st != SP_OK) {
+        sp__free(tf);
+        return st;
+    }
+    if ((st = sp_tf_router_ref(transport, &tf->router)) != SP_OK) {
+        sp_block_fetcher_destroy(tf->local);
         sp__free(tf);
         return st;
     }
