@@ -27,6 +27,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +84,17 @@ uint32_t sp_job_task_partitions(const sp_job_task_t *task) { return task->env->p
 void **sp_job_task_state(sp_job_task_t *task) { return &task->state; }
 
 sp_task_memory_t *sp_job_task_memory(sp_job_task_t *task) { return task->memory; }
+
+sp_status_t sp_job_fail(sp_status_t status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return SP_RAISE(status == SP_OK ? SP_ERR_INTERNAL : status, "%s", msg);
+}
 
 void sp_job_counter_add(sp_job_task_t *task, unsigned id, uint64_t value)
 {
@@ -235,6 +247,8 @@ static void sp_task_end(sp_job_task_t *task, sp__task_metrics_t *metrics)
 
     sp_task_memory_destroy(task->memory, &ms);
     task->memory = NULL;
+    free(task->state); /* left by a task that failed before the job freed it */
+    task->state = NULL;
     if (metrics != NULL) {
         metrics->peak_memory = ms.peak_acquired_bytes;
         for (unsigned i = 0; i < SP_JOB_COUNTERS; i++)

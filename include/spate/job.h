@@ -7,8 +7,8 @@
  * same descriptor; a plugin exports it with SP_JOB_EXPORT().
  *
  * Every callback gets the task it runs in (sp_job_task_t) and returns a
- * status; an error fails the task (which the driver retries) and its message
- * is taken from sp_last_error() when the job set one with sp_job_fail().
+ * status; an error fails the task (which the driver retries) with the
+ * message the job gave sp_job_fail() (or the one spate's call set).
  */
 #ifndef SPATE_JOB_H
 #define SPATE_JOB_H
@@ -32,15 +32,15 @@ extern "C" {
 
 /** What the user asked for on `spate run` (and what the driver decided). */
 typedef struct sp_job_params {
-    const char *input;        /**< --input DIR; NULL when not given */
-    const char *output;       /**< --output DIR; NULL: output is counted, not kept */
-    uint64_t size;            /**< --size in bytes; 0 when not given */
-    uint32_t partitions;      /**< --partitions; 0 when not given (the job decides) */
-    uint32_t executors;       /**< executors in the run */
-    uint32_t slots;           /**< task slots (worker threads) over all executors */
-    const char *const *args;  /**< --job-arg KEY=VALUE strings, in order */
+    const char *input;       /**< --input DIR; NULL when not given */
+    const char *output;      /**< --output DIR; NULL: output is counted, not kept */
+    uint64_t size;           /**< --size in bytes; 0 when not given */
+    uint32_t partitions;     /**< --partitions; 0 when not given (the job decides) */
+    uint32_t executors;      /**< executors in the run */
+    uint32_t slots;          /**< task slots (worker threads) over all executors */
+    const char *const *args; /**< --job-arg KEY=VALUE strings, in order */
     size_t nargs;
-    const sp_conf_t *conf;    /**< the run's configuration */
+    const sp_conf_t *conf; /**< the run's configuration */
 } sp_job_params_t;
 
 /**
@@ -49,27 +49,27 @@ typedef struct sp_job_params {
  * whatever the job makes of them (terasort: first record and record count).
  */
 typedef struct sp_job_split {
-    char *path;      /**< malloc'ed or NULL; freed by spate */
+    char *path; /**< malloc'ed or NULL; freed by spate */
     uint64_t offset;
     uint64_t length;
 } sp_job_split_t;
 
 /** How records are partitioned across reduce tasks. */
 typedef enum sp_job_partitioning {
-    SP_JOB_HASH = 0,    /**< XXH3 of the key */
-    SP_JOB_RANGE = 1,   /**< bounds from a sample of keys (sample stage) */
-    SP_JOB_GIVEN = 2,   /**< map emits with sp_job_emit_to() */
+    SP_JOB_HASH = 0,  /**< XXH3 of the key */
+    SP_JOB_RANGE = 1, /**< bounds from a sample of keys (sample stage) */
+    SP_JOB_GIVEN = 2, /**< map emits with sp_job_emit_to() */
 } sp_job_partitioning_t;
 
 /** The job's plan, filled by plan(). */
 typedef struct sp_job_plan {
-    uint32_t maps;                      /**< map tasks, >= 1 */
-    sp_job_split_t *splits;             /**< maps entries, malloc'ed; freed by spate */
-    uint32_t partitions;                /**< reduce tasks, >= 1 */
+    uint32_t maps;          /**< map tasks, >= 1 */
+    sp_job_split_t *splits; /**< maps entries, malloc'ed; freed by spate */
+    uint32_t partitions;    /**< reduce tasks, >= 1 */
     sp_job_partitioning_t partitioning;
-    bool key_ordering;                  /**< map side sorts records by key */
-    sp_read_order_t order;              /**< reduce side order */
-    uint32_t sample_per_map;            /**< RANGE: keys to sample per map (0: 1000) */
+    bool key_ordering;       /**< map side sorts records by key */
+    sp_read_order_t order;   /**< reduce side order */
+    uint32_t sample_per_map; /**< RANGE: keys to sample per map (0: 1000) */
 } sp_job_plan_t;
 
 typedef struct sp_job_task sp_job_task_t;
@@ -87,7 +87,7 @@ typedef struct sp_job {
     uint32_t abi_version; /**< SP_JOB_ABI_VERSION */
     uint32_t size;        /**< sizeof(sp_job_t) */
     const char *name;
-    const char *summary;  /**< one line for `spate run --help` */
+    const char *summary; /**< one line for `spate run --help` */
 
     /** Plans splits and partitions from params (runs on the driver). */
     sp_status_t (*plan)(const sp_job_params_t *params, sp_job_plan_t *plan);
@@ -125,7 +125,11 @@ SP_API const sp_job_params_t *sp_job_task_params(const sp_job_task_t *task);
 SP_API uint32_t sp_job_task_index(const sp_job_task_t *task);
 /** Partitions of the shuffle. */
 SP_API uint32_t sp_job_task_partitions(const sp_job_task_t *task);
-/** A pointer the job may use for per-task state (NULL at first). */
+/**
+ * A pointer the job may use for per-task state (NULL at first). It must be
+ * malloc'ed: when a task ends with the pointer still set (it failed before
+ * reduce_end, say), spate free()s it.
+ */
 SP_API void **sp_job_task_state(sp_job_task_t *task);
 /** The task's memory, for jobs that want pages accounted like spate's own. */
 SP_API sp_task_memory_t *sp_job_task_memory(sp_job_task_t *task);
@@ -145,6 +149,12 @@ SP_API sp_status_t sp_job_write(sp_job_task_t *task, const void *buf, size_t len
 SP_API void sp_job_counter_add(sp_job_task_t *task, unsigned id, uint64_t value);
 
 /**
+ * Sets the calling thread's error message (printf-style) and returns status,
+ * for `return sp_job_fail(SP_ERR_CORRUPT, "bad line %zu", n);` in a callback.
+ */
+SP_API sp_status_t sp_job_fail(sp_status_t status, const char *fmt, ...) SP_PRINTF(2, 3);
+
+/**
  * Value of --job-arg KEY=VALUE, the last one given; NULL when absent.
  */
 SP_API const char *sp_job_arg(const sp_job_params_t *params, const char *key);
@@ -161,10 +171,7 @@ SP_API const char *sp_job_arg(const sp_job_params_t *params, const char *key);
 /** In a plugin: exports job (an sp_job_t) as the plugin's descriptor. */
 #define SP_JOB_EXPORT(job)                                                                         \
     SP_JOB_EXPORT_ATTR const sp_job_t *sp_job_descriptor(void);                                    \
-    SP_JOB_EXPORT_ATTR const sp_job_t *sp_job_descriptor(void)                                     \
-    {                                                                                              \
-        return &(job);                                                                             \
-    }
+    SP_JOB_EXPORT_ATTR const sp_job_t *sp_job_descriptor(void) { return &(job); }
 
 #ifdef __cplusplus
 }
