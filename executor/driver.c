@@ -28,9 +28,9 @@
  *   pending and every map output it held is recomputed. Under MPI a lost
  *   rank ends the job with a message naming it.
  *
- * Testing hook (local mode): SPATE_FAULT_KILL_EXECUTOR=ID:STAGE:N sends
- * SIGKILL to executor ID (one the launcher started) once N tasks of STAGE
- * (map or reduce) are done.
+ * Testing hook (local mode): SPATE_FAULT_KILL_EXECUTOR=ID:STAGE:N[:stop]
+ * sends SIGKILL (or SIGSTOP, to test the heartbeat timeout) to executor ID
+ * (one the launcher started) once N tasks of STAGE (map or reduce) are done.
  */
 #include "executor.h"
 
@@ -113,6 +113,7 @@ struct sp__driver {
     /* fault hook */
     int64_t kill_exec, kill_after;
     int kill_stage;
+    int kill_signal;
     bool killed;
 };
 
@@ -344,6 +345,8 @@ static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf,
     snprintf(x->address, sizeof(x->address), "%s", ready.address);
     x->rep.slots = ready.slots;
     x->rep.memory = ready.memory;
+    x->rep.numa_node = ready.numa_node;
+    snprintf(x->rep.cpuset, sizeof(x->rep.cpuset), "%.63s", ready.cpuset);
     x->state = SP_DEXEC_READY;
     sp_info("executor %u ready on %s (pid %u): %u slots, %llu MiB, NUMA node %u cpus %s", e,
             x->rep.host, x->rep.pid, ready.slots, (unsigned long long)(ready.memory >> 20),
@@ -767,10 +770,10 @@ static void sp_drv_fault_hook(sp__driver_t *d)
     for (size_t i = 0; i < d->o.npids; i++) {
         if ((uint32_t)d->o.pids[i] != x->rep.pid)
             continue;
-        sp_warn("fault injection: killing executor %lld (pid %u) after %u %s tasks",
-                (long long)d->kill_exec, x->rep.pid, d->rep.stages[d->kill_stage].done,
-                sp_stage_names[d->kill_stage]);
-        kill(d->o.pids[i], SIGKILL);
+        sp_warn("fault injection: %s executor %lld (pid %u) after %u %s tasks",
+                d->kill_signal == SIGSTOP ? "stopping" : "killing", (long long)d->kill_exec,
+                x->rep.pid, d->rep.stages[d->kill_stage].done, sp_stage_names[d->kill_stage]);
+        kill(d->o.pids[i], d->kill_signal);
         d->killed = true;
     }
 }
@@ -778,12 +781,13 @@ static void sp_drv_fault_hook(sp__driver_t *d)
 static void sp_drv_parse_fault(sp__driver_t *d)
 {
     const char *f = getenv("SPATE_FAULT_KILL_EXECUTOR");
-    char stage[16] = "";
+    char stage[16] = "", sig[16] = "";
     long long id, after;
 
     d->kill_exec = -1;
-    if (f == NULL || sscanf(f, "%lld:%15[a-z]:%lld", &id, stage, &after) != 3)
+    if (f == NULL || sscanf(f, "%lld:%15[a-z]:%lld:%15[a-z]", &id, stage, &after, sig) < 3)
         return;
+    d->kill_signal = strcmp(sig, "stop") == 0 ? SIGSTOP : SIGKILL;
     d->kill_exec = id;
     d->kill_after = after;
     d->kill_stage = strcmp(stage, "map") == 0 ? SP_STAGE_MAP : SP_STAGE_REDUCE;

@@ -61,6 +61,8 @@ typedef struct sp__executor_report {
     uint64_t shuffle_bytes;  /* written by its map tasks + read by its reduce tasks */
     uint64_t busy_ns;        /* time its tasks ran */
     uint32_t tasks;
+    uint32_t numa_node; /* OS index of the NUMA node it runs on */
+    char cpuset[64];    /* the PUs its workers are bound to (hwloc list) */
     bool lost;
 } sp__executor_report_t;
 

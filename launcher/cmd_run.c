@@ -245,29 +245,33 @@ static bool sp_run_under_mpi(void)
     return false;
 }
 
-/* Task slots over count executors, as their NUMA plan will give them. */
-static uint32_t sp_run_slots(const sp_conf_t *conf, uint32_t count, uint32_t *default_count_p)
+/* Task slots over count executors (0: the default count), as their NUMA plan will give them. */
+static sp_status_t sp_run_slots(const sp_conf_t *conf, uint32_t count, uint32_t *slots_p,
+                                uint32_t *default_count_p)
 {
     sp_executor_plan_t *plan = NULL;
     sp_topology_t *topo = NULL;
     const char *src = "";
     int64_t cores = 0;
     uint32_t slots = 0;
+    sp_status_t st;
 
-    sp_conf_get_string(conf, "memory.topology", &src);
-    sp_conf_get_int(conf, "executor.cores", &cores);
-    if (sp_topology_create(src[0] ? src : NULL, &topo) == SP_OK &&
-        sp_topology_plan_executors(topo, conf, count ? count : 2, &plan) == SP_OK) {
+    if ((st = sp_conf_get_string(conf, "memory.topology", &src)) != SP_OK ||
+        (st = sp_conf_get_int(conf, "executor.cores", &cores)) != SP_OK ||
+        (st = sp_topology_create(src[0] ? src : NULL, &topo)) != SP_OK)
+        return st;
+    if ((st = sp_topology_plan_executors(topo, conf, count ? count : 2, &plan)) == SP_OK) {
         if (default_count_p != NULL)
             *default_count_p = plan->count;
         if (count == 0)
             count = plan->count;
         for (uint32_t i = 0; i < count; i++)
             slots += cores > 0 ? (uint32_t)cores : SP_MAX(plan->slots[i % plan->count].cores, 1u);
+        *slots_p = slots ? slots : count;
     }
     sp_executor_plan_destroy(plan);
     sp_topology_destroy(topo);
-    return slots ? slots : count;
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -445,8 +449,8 @@ static sp_status_t sp_run_mpi(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t *j
     *is_driver_p = rank == 0;
     params->executors = (uint32_t)size;
     /* Planning assumes every host runs as many ranks as this one. */
-    params->slots = sp_run_slots(cli->conf, (uint32_t)local_size, NULL) *
-                    SP_MAX((uint32_t)(size / local_size), 1u);
+    if (sp_run_slots(cli->conf, (uint32_t)local_size, &params->slots, NULL) == SP_OK)
+        params->slots *= SP_MAX((uint32_t)(size / local_size), 1u);
     if (rank != 0) {
         sp__executor_opts_t eo = {.conf = cli->conf,
                                   .transport = size > 1,
@@ -545,10 +549,16 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
                                .args = o.args,
                                .nargs = o.nargs,
                                .conf = cli->conf};
-    params.slots = sp_run_slots(cli->conf, mpi ? 1 : o.executors, &default_count);
+    /* The executors' layout: a configuration that cannot give one fails here, not in them. */
+    if ((st = sp_run_slots(cli->conf, mpi ? 1 : o.executors, &params.slots, &default_count)) !=
+        SP_OK) {
+        fprintf(stderr, "spate run: %s\n", sp_last_error());
+        sp__job_unload(plugin);
+        return 2;
+    }
     if (!mpi && o.executors == 0) {
         o.executors = SP_MAX(default_count, 2u);
-        params.slots = sp_run_slots(cli->conf, o.executors, NULL);
+        sp_run_slots(cli->conf, o.executors, &params.slots, NULL);
     }
     params.executors = o.executors;
     prog.enabled = o.progress < 0 ? isatty(STDERR_FILENO) : o.progress;
