@@ -969,6 +969,12 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
         }
     }
     sp_drv_result(d);
+    if (d->o.progress != NULL) {
+        /* The last stage's line, before finish() prints what it checked. */
+        free(d->rep.executors);
+        d->rep.executors = sp__calloc(d->nexecs + 1, sizeof(*d->rep.executors));
+        sp_drv_progress(d, false);
+    }
     if (p->output != NULL && (st = sp__output_publish(p->output, d->plan.partitions)) != SP_OK)
         goto out;
     if (d->o.job->finish != NULL && (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
