@@ -19,6 +19,13 @@ int sp_cmd_conf(sp_cli_t *cli, int argc, char **argv);
 int sp_cmd_gensort(sp_cli_t *cli, int argc, char **argv);
 int sp_cmd_valsort(sp_cli_t *cli, int argc, char **argv);
 
+/*
+ * The job's secret from file (its bytes, trailing newline dropped; at least
+ * 16) or, when file is NULL, from the environment variable env (NULL:
+ * SPATE_SECRET). *secret_p is malloc'ed.
+ */
+sp_status_t sp_cli_secret_load(const char *file, const char *env, void **secret_p, size_t *len_p);
+
 /* Prints "spate: <message>" for the calling thread's last error; returns 1. */
 int sp_cli_fail(const char *what);
 

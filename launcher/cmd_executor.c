@@ -36,7 +36,7 @@ static void sp_executor_usage(FILE *out)
             "exit codes: 0 the driver ended the executor, 1 it failed, 2 bad command line.\n");
 }
 
-static sp_status_t sp_executor_secret_file(const char *path, void **secret_p, size_t *len_p)
+static sp_status_t sp_cli_secret_file(const char *path, void **secret_p, size_t *len_p)
 {
     char buf[4096];
     size_t n;
@@ -57,6 +57,13 @@ static sp_status_t sp_executor_secret_file(const char *path, void **secret_p, si
     memcpy(*secret_p, buf, n);
     *len_p = n;
     return SP_OK;
+}
+
+sp_status_t sp_cli_secret_load(const char *file, const char *env, void **secret_p, size_t *len_p)
+{
+    if (file != NULL)
+        return sp_cli_secret_file(file, secret_p, len_p);
+    return sp__ctl_secret_from_env(env != NULL ? env : "SPATE_SECRET", secret_p, len_p);
 }
 
 int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
@@ -98,9 +105,7 @@ int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
         fprintf(stderr, "spate executor: --driver HOST:PORT is required, and --index < --of\n");
         return 2;
     }
-    st = secret_file != NULL ? sp_executor_secret_file(secret_file, &secret, &secret_len)
-                             : sp__ctl_secret_from_env(secret_env, &secret, &secret_len);
-    if (st != SP_OK) {
+    if ((st = sp_cli_secret_load(secret_file, secret_env, &secret, &secret_len)) != SP_OK) {
         fprintf(stderr, "spate executor: %s\n", sp_last_error());
         return 2;
     }

@@ -44,6 +44,8 @@ typedef struct sp_run_opts {
     uint64_t size;
     uint32_t partitions;
     uint32_t executors;
+    uint32_t wait_executors; /* standalone: executors that join by themselves */
+    const char *listen, *secret_file;
     const char *args[SP_RUN_MAX_ARGS];
     size_t nargs;
     int progress; /* -1: when stderr is a terminal */
@@ -68,6 +70,10 @@ static void sp_run_usage(FILE *out)
             "\n"
             "options:\n"
             "  --executors N     executors in local mode (default: one per NUMA node, at least 2)\n"
+            "  --wait-executors N  start none: wait for N executors started elsewhere with\n"
+            "                    `spate executor --driver ADDR` (standalone mode)\n"
+            "  --listen HOST:PORT  the driver's control address (driver.address; standalone)\n"
+            "  --secret-file F   the job's secret (standalone; default: $SPATE_SECRET)\n"
             "  --memory SIZE     memory per executor (memory.executor)\n"
             "  --cores N         worker threads per executor (executor.cores)\n"
             "  --transport B     ofi or mpi (transport.backend)\n"
@@ -175,6 +181,19 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
                 fprintf(stderr, "spate run: --executors '%s' is not a number from 1 to 1024\n", v);
                 return 2;
             }
+        } else if ((v = sp_run_value(argc, argv, &i, "--wait-executors", &missing)) != NULL) {
+            if (!sp_run_parse_u32(v, 1, &o->wait_executors) || o->wait_executors > 65536) {
+                fprintf(stderr,
+                        "spate run: --wait-executors '%s' is not a number from 1 to 65536\n", v);
+                return 2;
+            }
+        } else if ((v = sp_run_value(argc, argv, &i, "--listen", &missing)) != NULL) {
+            if (sp_conf_set(cli->conf, "driver.address", v) != SP_OK) {
+                fprintf(stderr, "spate run: --listen: %s\n", sp_last_error());
+                return 2;
+            }
+        } else if ((v = sp_run_value(argc, argv, &i, "--secret-file", &missing)) != NULL) {
+            o->secret_file = v;
         } else if ((v = sp_run_value(argc, argv, &i, "--partitions", &missing)) != NULL) {
             if (!sp_run_parse_u32(v, 1, &o->partitions) || o->partitions > (1u << 24)) {
                 fprintf(stderr, "spate run: --partitions '%s' is not a number from 1 to 16777216\n",
@@ -342,8 +361,12 @@ static sp_status_t sp_run_local(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t 
                                 sp_run_progress_t *prog)
 {
     const char *listen_at = "127.0.0.1:0";
-    char bound[128], secret[65], self[4096];
+    char bound[128], generated[65], self[4096];
+    bool standalone = o->wait_executors > 0;
+    unsigned spawn = standalone ? 0 : o->executors;
     sp__driver_t *driver = NULL;
+    void *secret = NULL;
+    size_t secret_len = 0;
     pid_t *pids = NULL;
     ssize_t n;
     int lfd = -1;
@@ -354,12 +377,31 @@ static sp_status_t sp_run_local(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t 
                         strerror(errno));
     self[n] = '\0';
     sp_conf_get_string(cli->conf, "driver.address", &listen_at);
-    /* Every executor is on this host: libfabric's tcp provider stays on loopback. */
-    setenv("FI_TCP_IFACE", "lo", 0);
-    if ((st = sp__ctl_secret_generate(secret)) != SP_OK ||
-        (st = sp__ctl_listen(listen_at, bound, sizeof(bound), &lfd)) != SP_OK)
+    if (standalone) {
+        /* Executors started elsewhere know the secret from the same file or variable. */
+        if ((st = sp_cli_secret_load(o->secret_file, NULL, &secret, &secret_len)) != SP_OK)
+            return SP_RAISE(SP_ERR_INVALID_PARAM, "standalone mode needs the job's secret: %s",
+                            sp_last_error());
+        o->executors = o->wait_executors;
+    } else {
+        /* Every executor is on this host: libfabric's tcp provider stays on loopback. */
+        setenv("FI_TCP_IFACE", "lo", 0);
+        if ((st = sp__ctl_secret_generate(generated)) != SP_OK)
+            return st;
+        if ((secret = strdup(generated)) == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for the secret");
+        secret_len = strlen(generated);
+    }
+    if ((st = sp__ctl_listen(listen_at, bound, sizeof(bound), &lfd)) != SP_OK) {
+        free(secret);
         return st;
-    if ((pids = calloc(o->executors, sizeof(*pids))) == NULL) {
+    }
+    if (standalone) {
+        fprintf(stderr, "spate run: driver listening on %s; waiting for %u executors\n", bound,
+                o->executors);
+        fflush(stderr);
+    }
+    if ((pids = calloc(o->executors + 1, sizeof(*pids))) == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u executors", o->executors);
         goto out;
     }
@@ -370,32 +412,34 @@ static sp_status_t sp_run_local(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t 
                                .executors = o->executors,
                                .listen_fd = lfd,
                                .secret = secret,
-                               .secret_len = strlen(secret),
+                               .secret_len = secret_len,
                                .progress = sp_run_progress_cb,
                                .progress_arg = prog,
                                .pids = pids,
-                               .npids = o->executors};
+                               .npids = spawn};
     if ((st = sp__driver_create(&dopts, &driver)) != SP_OK)
         goto out;
-    for (unsigned i = 0; i < o->executors; i++) {
-        pids[i] = sp_run_spawn(self, bound, secret, i, o->executors);
+    for (unsigned i = 0; i < spawn; i++) {
+        pids[i] = sp_run_spawn(self, bound, secret, i, spawn);
         if (pids[i] < 0) {
             st = SP_RAISE(SP_ERR_NO_RESOURCE, "fork of executor %u: %s", i, strerror(errno));
             goto out;
         }
     }
-    sp_info("driver listening on %s, %u executors started", bound, o->executors);
+    if (spawn > 0)
+        sp_info("driver listening on %s, %u executors started", bound, spawn);
     st = sp__driver_run(driver, rep);
 out : {
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", sp_last_error());
     sp__driver_destroy(driver);
     if (pids != NULL)
-        sp_run_reap(pids, o->executors);
+        sp_run_reap(pids, spawn);
     if (st != SP_OK)
         SP_RAISE(st, "%s", msg);
 }
     free(pids);
+    free(secret);
     if (lfd >= 0)
         close(lfd);
     return st;
@@ -549,6 +593,14 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
                                .args = o.args,
                                .nargs = o.nargs,
                                .conf = cli->conf};
+    if (o.wait_executors > 0) {
+        if (mpi) {
+            fprintf(stderr, "spate run: --wait-executors does not apply under mpirun/srun\n");
+            sp__job_unload(plugin);
+            return 2;
+        }
+        o.executors = o.wait_executors;
+    }
     /* The executors' layout: a configuration that cannot give one fails here, not in them. */
     if ((st = sp_run_slots(cli->conf, mpi ? 1 : o.executors, &params.slots, &default_count)) !=
         SP_OK) {
