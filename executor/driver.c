@@ -115,6 +115,8 @@ struct sp__driver {
     int kill_stage;
     int kill_signal;
     bool killed;
+    uint64_t starved_since; /* replaceable: when the last executor was lost; 0: not starved */
+    uint64_t register_ns;
 };
 
 static const char *const sp_stage_names[SP_STAGES] = {"sample", "map", "reduce"};
@@ -247,6 +249,13 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
             sp_drv_lose_map(d, m, "its executor was lost");
     sp_map_output_tracker_remove_executor(d->tracker, e);
     x->busy = 0;
+    if (d->o.executor_event != NULL)
+        d->o.executor_event(d->o.executor_event_arg, &x->rep, true);
+    if (sp_drv_ready_count(d) == 0 && d->o.replaceable) {
+        d->starved_since = sp__now_ns();
+        sp_warn("every executor is lost; waiting for replacements");
+        return SP_OK;
+    }
     if (sp_drv_ready_count(d) == 0)
         return SP_RAISE(SP_ERR_PEER_LOST, "every executor was lost; the last, executor %u: %s", e,
                         why);
@@ -296,6 +305,7 @@ static sp_status_t sp_drv_on_register(sp__driver_t *d, uint32_t e, const void *b
     if (x->state != SP_DEXEC_CONNECTED)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u registered twice", e);
     snprintf(x->rep.host, sizeof(x->rep.host), "%.63s", reg.host);
+    snprintf(x->rep.name, sizeof(x->rep.name), "%s", reg.name);
     x->rep.pid = reg.pid;
     x->state = SP_DEXEC_REGISTERED;
     job = (sp__msg_job_t){.executor_id = e,
@@ -348,6 +358,9 @@ static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf,
     x->rep.numa_node = ready.numa_node;
     snprintf(x->rep.cpuset, sizeof(x->rep.cpuset), "%.63s", ready.cpuset);
     x->state = SP_DEXEC_READY;
+    d->starved_since = 0;
+    if (d->o.executor_event != NULL)
+        d->o.executor_event(d->o.executor_event_arg, &x->rep, false);
     sp_info("executor %u ready on %s (pid %u): %u slots, %llu MiB, NUMA node %u cpus %s", e,
             x->rep.host, x->rep.pid, ready.slots, (unsigned long long)(ready.memory >> 20),
             ready.numa_node, ready.cpuset);
@@ -741,6 +754,12 @@ static sp_status_t sp_drv_check_heartbeats(sp__driver_t *d)
     uint64_t now = sp__now_ns();
     sp_status_t st;
 
+    if (d->starved_since != 0 && now - d->starved_since > d->register_ns)
+        return SP_RAISE(SP_ERR_PEER_LOST,
+                        "every executor was lost and none replaced them within "
+                        "executor.register_timeout (%.1f s)",
+                        (double)d->register_ns / 1e9);
+
     for (uint32_t e = 0; e < d->nexecs; e++) {
         sp_dexec_t *x = &d->execs[e];
         if (x->state != SP_DEXEC_READY || now - x->last_seen_ns < d->heartbeat_timeout_ns)
@@ -933,6 +952,7 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
     /* Wait for the executors. */
     if ((st = sp_conf_get_duration(d->o.conf, "executor.register_timeout", &register_ns)) != SP_OK)
         goto out;
+    d->register_ns = register_ns;
     deadline = sp__now_ns() + register_ns;
     while (sp_drv_ready_count(d) < d->o.executors) {
         if (sp__now_ns() > deadline) {

@@ -623,6 +623,8 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
     if (fault != NULL && *fault != '\0')
         ex.corrupt_map = strtoll(fault, NULL, 10);
     gethostname(reg.host, sizeof(reg.host) - 1);
+    if (opts->name != NULL)
+        snprintf(reg.name, sizeof(reg.name), "%s", opts->name);
     st = sp__msg_register_encode(&reg, &buf, &len);
     if ((st = sp_exec_send(&ex, SP_MSG_REGISTER, st, buf, len)) != SP_OK)
         goto out;

@@ -18,6 +18,7 @@ typedef struct sp__executor_opts {
     unsigned local_index;     /* this executor's index among those on its host */
     unsigned local_executors; /* executors on its host (for the NUMA plan) */
     int register_timeout_ms;  /* how long to wait for the job after registering */
+    const char *name;         /* reported to the driver (a Mesos task id, say); NULL: none */
 } sp__executor_opts_t;
 
 /*
@@ -53,6 +54,7 @@ typedef struct sp__stage_report {
 typedef struct sp__executor_report {
     uint32_t id;
     char host[64];
+    char name[128]; /* what its launcher called it (REGISTER's name) */
     uint32_t pid;
     uint32_t slots;
     uint64_t memory; /* memory.executor */
@@ -94,6 +96,18 @@ typedef struct sp__driver_opts {
     /* Called about every 200 ms and at each stage's end (NULL: none). */
     void (*progress)(void *arg, const sp__driver_report_t *report, bool final);
     void *progress_arg;
+    /*
+     * Called on the driver's thread when an executor becomes ready or is
+     * lost (a cluster-manager launcher replaces lost ones). NULL: none.
+     */
+    void (*executor_event)(void *arg, const sp__executor_report_t *executor, bool lost);
+    void *executor_event_arg;
+    /*
+     * Lost executors may be replaced (a launcher starts new ones): losing
+     * every executor then waits executor.register_timeout for a new one
+     * instead of failing the job.
+     */
+    bool replaceable;
     /* Local mode: pids of the executors, by registration order, for the fault hook. */
     const pid_t *pids;
     size_t npids;

@@ -53,6 +53,7 @@ sp_status_t sp__msg_register_encode(const sp__msg_register_t *m, void **buf_p, s
     sp__wbuf_init(&w);
     sp__wbuf_put_str(&w, m->host);
     sp__wbuf_put_u32(&w, m->pid);
+    sp__wbuf_put_str(&w, m->name);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
@@ -65,6 +66,7 @@ sp_status_t sp__msg_register_decode(const void *buf, size_t len, sp__msg_registe
     sp__rbuf_init(&r, buf, len);
     if ((st = sp_get_fixed_str(&r, "REGISTER host", out.host, sizeof(out.host))) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "REGISTER pid", &out.pid)) != SP_OK ||
+        (st = sp_get_fixed_str(&r, "REGISTER name", out.name, sizeof(out.name))) != SP_OK ||
         (st = sp__rbuf_done(&r, "REGISTER")) != SP_OK)
         return st;
     *m = out;

@@ -6,7 +6,7 @@
  * the wire is trusted. docs/FORMATS.md documents the layouts.
  *
  *   executor                         driver
- *   REGISTER {host, pid}       ->
+ *   REGISTER {host, pid, name} ->
  *                              <-    JOB {id, job, params, conf, plan}
  *   READY {address, slots, ...} ->
  *                              <-    BOUNDS, TASK, MAP_OUTPUT, MAP_LOST
@@ -42,6 +42,7 @@ typedef enum sp__task_kind {
 typedef struct sp__msg_register {
     char host[256];
     uint32_t pid;
+    char name[128]; /* given by whoever started it (a Mesos task id, a pod name); may be empty */
 } sp__msg_register_t;
 
 /* Everything an executor needs to run tasks of the job. Owns its strings. */

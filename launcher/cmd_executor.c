@@ -31,6 +31,7 @@ static void sp_executor_usage(FILE *out)
             "  --secret-env VAR    environment variable holding the secret (default SPATE_SECRET)\n"
             "  --secret-file FILE  read the secret from FILE instead\n"
             "  --index I --of N    this executor is the I-th of N on its host (NUMA placement)\n"
+            "  --name NAME         how the driver reports it (default: $SPATE_EXECUTOR_NAME)\n"
             "  -h, --help          print this help\n"
             "\n"
             "exit codes: 0 the driver ended the executor, 1 it failed, 2 bad command line.\n");
@@ -69,6 +70,7 @@ sp_status_t sp_cli_secret_load(const char *file, const char *env, void **secret_
 int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
 {
     const char *driver = NULL, *secret_env = "SPATE_SECRET", *secret_file = NULL;
+    const char *name = getenv("SPATE_EXECUTOR_NAME");
     unsigned index = 0, of = 1;
     sp__ctl_conn_t *conn = NULL;
     void *secret = NULL;
@@ -94,6 +96,8 @@ int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
             secret_file = argv[++i];
         else if (strcmp(a, "--index") == 0)
             index = (unsigned)strtoul(argv[++i], NULL, 10);
+        else if (strcmp(a, "--name") == 0)
+            name = argv[++i];
         else if (strcmp(a, "--of") == 0)
             of = (unsigned)strtoul(argv[++i], NULL, 10);
         else {
@@ -119,6 +123,7 @@ int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
                                 .transport = true,
                                 .local_index = index,
                                 .local_executors = of,
+                                .name = name,
                                 .register_timeout_ms = (int)(timeout_ns / 1000000)};
     st = sp__executor_run(&opts);
 out:

@@ -215,9 +215,9 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
         const sp__executor_report_t *x = &r->executors[e];
         json_array_append_new(
             execs,
-            json_pack("{s:I, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b}",
-                      "numa_node", (json_int_t)x->numa_node, "cpuset", x->cpuset, "id",
-                      (json_int_t)x->id, "host", x->host, "pid", (json_int_t)x->pid, "slots",
+            json_pack("{s:s, s:I, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b}",
+                      "name", x->name, "numa_node", (json_int_t)x->numa_node, "cpuset", x->cpuset,
+                      "id", (json_int_t)x->id, "host", x->host, "pid", (json_int_t)x->pid, "slots",
                       (json_int_t)x->slots, "memory", (json_int_t)x->memory, "peak_rss",
                       (json_int_t)x->peak_rss, "peak_execution", (json_int_t)x->peak_execution,
                       "shuffle_bytes", (json_int_t)x->shuffle_bytes, "tasks", (json_int_t)x->tasks,
