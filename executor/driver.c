@@ -115,6 +115,7 @@ struct sp__driver {
     int kill_stage;
     int kill_signal;
     bool killed;
+    bool output_prepared;
     uint64_t starved_since; /* replaceable: when the last executor was lost; 0: not starved */
     uint64_t register_ns;
 };
@@ -812,6 +813,8 @@ static void sp_drv_parse_fault(sp__driver_t *d)
     d->kill_stage = strcmp(stage, "map") == 0 ? SP_STAGE_MAP : SP_STAGE_REDUCE;
 }
 
+static sp_status_t sp_drv_plan(sp__driver_t *d);
+
 sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driver_p)
 {
     static unsigned seq;
@@ -841,6 +844,15 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
              (unsigned long long)time(NULL));
     d->shuffle_id = 1;
     sp_drv_parse_fault(d);
+    /* Plan and check the output now, so that a job refused here starts no executor. */
+    d->rep.start_ns = sp__now_ns();
+    if ((st = sp_drv_plan(d)) != SP_OK)
+        goto err;
+    if (opts->params->output != NULL) {
+        if ((st = sp__output_prepare(opts->params->output)) != SP_OK)
+            goto err;
+        d->output_prepared = true;
+    }
     *driver_p = d;
     return SP_OK;
 err:
@@ -937,18 +949,8 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
 {
     const sp_job_params_t *p = d->o.params;
     uint64_t register_ns, deadline, next_progress = 0;
-    bool output_prepared = false;
     sp_status_t st;
 
-    memset(&d->rep, 0, sizeof(d->rep));
-    d->rep.start_ns = sp__now_ns();
-    if ((st = sp_drv_plan(d)) != SP_OK)
-        goto out;
-    if (p->output != NULL) {
-        if ((st = sp__output_prepare(p->output)) != SP_OK)
-            goto out;
-        output_prepared = true;
-    }
     /* Wait for the executors. */
     if ((st = sp_conf_get_duration(d->o.conf, "executor.register_timeout", &register_ns)) != SP_OK)
         goto out;
@@ -1006,7 +1008,7 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
 out:
     if (d->planned && d->tasks[SP_STAGE_REDUCE] != NULL)
         sp_drv_result(d);
-    if (st != SP_OK && output_prepared)
+    if (st != SP_OK && d->output_prepared)
         sp__output_abort(p->output);
     {
         /* Keep the error: shutting down may overwrite the last-error text. */
@@ -1059,3 +1061,5 @@ void sp__driver_destroy(sp__driver_t *d)
         sp__job_plan_clear(&d->plan);
     free(d);
 }
+
+const char *sp__driver_app_id(const sp__driver_t *d) { return d->app_id; }

@@ -360,6 +360,24 @@ static void sp_exec_remove_dirs(sp_executor_t *ex)
     free(copy);
 }
 
+void sp__app_dirs_remove(const sp_conf_t *conf, const char *app_id)
+{
+    const char *spec = NULL;
+    char *copy, *save = NULL, path[4096];
+
+    if (app_id == NULL || app_id[0] == '\0' || strchr(app_id, '/') != NULL ||
+        sp_conf_get_string(conf, "shuffle.local_dirs", &spec) != SP_OK ||
+        (copy = strdup(spec)) == NULL)
+        return;
+    for (char *d = strtok_r(copy, ",", &save); d != NULL; d = strtok_r(NULL, ",", &save)) {
+        while (*d == ' ' || *d == '\t')
+            d++;
+        if (*d != '\0' && (size_t)snprintf(path, sizeof(path), "%s/%s", d, app_id) < sizeof(path))
+            nftw(path, sp_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    free(copy);
+}
+
 static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *opts,
                                  sp__msg_ready_t *ready)
 {

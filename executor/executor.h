@@ -123,6 +123,10 @@ sp_status_t sp__driver_add_conn(sp__driver_t *driver, sp__ctl_conn_t *conn);
  */
 sp_status_t sp__driver_run(sp__driver_t *driver, sp__driver_report_t *report);
 void sp__driver_destroy(sp__driver_t *driver);
+/* The run's id: executors keep their files under <each shuffle.local_dirs entry>/<app id>/. */
+const char *sp__driver_app_id(const sp__driver_t *driver);
+/* Removes <each shuffle.local_dirs entry>/<app_id> (what lost executors could not). */
+void sp__app_dirs_remove(const sp_conf_t *conf, const char *app_id);
 void sp__driver_report_clear(sp__driver_report_t *report);
 
 #endif /* SPATE_EXECUTOR_EXECUTOR_H */

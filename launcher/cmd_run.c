@@ -23,6 +23,7 @@
 #include "common_int.h"
 #include "executor/executor.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <mpi.h>
 #include <pthread.h>
@@ -325,6 +326,23 @@ static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret
     _exit(127);
 }
 
+/* Removes the shm provider's regions of an executor that died without closing its endpoint. */
+static void sp_run_clear_shm(pid_t pid)
+{
+    char prefix[32], path[64 + 256];
+    struct dirent *e;
+    DIR *d = opendir("/dev/shm");
+
+    if (d == NULL)
+        return;
+    snprintf(prefix, sizeof(prefix), "%ld:", (long)pid);
+    while ((e = readdir(d)) != NULL)
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 &&
+            (size_t)snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name) < sizeof(path))
+            unlink(path);
+    closedir(d);
+}
+
 static void sp_run_reap(pid_t *pids, unsigned n)
 {
     uint64_t deadline = sp__now_ns() + 15ull * 1000000000ull;
@@ -335,9 +353,12 @@ static void sp_run_reap(pid_t *pids, unsigned n)
         for (unsigned i = 0; i < n; i++) {
             if (pids[i] <= 0)
                 continue;
-            if (waitpid(pids[i], NULL, WNOHANG) == pids[i])
+            int status = 0;
+            if (waitpid(pids[i], &status, WNOHANG) == pids[i]) {
+                if (WIFSIGNALED(status))
+                    sp_run_clear_shm(pids[i]);
                 pids[i] = 0;
-            else
+            } else
                 left++;
         }
         if (left == 0)
@@ -348,6 +369,7 @@ static void sp_run_reap(pid_t *pids, unsigned n)
                     sp_warn("executor pid %d did not exit; killing it", (int)pids[i]);
                     kill(pids[i], SIGKILL);
                     waitpid(pids[i], NULL, 0);
+                    sp_run_clear_shm(pids[i]);
                     pids[i] = 0;
                 }
             break;
@@ -432,9 +454,12 @@ static sp_status_t sp_run_local(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t 
 out : {
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", sp_last_error());
-    sp__driver_destroy(driver);
     if (pids != NULL)
         sp_run_reap(pids, spawn);
+    /* Executors that were killed could not remove their files: this host's are ours to remove. */
+    if (driver != NULL && spawn > 0)
+        sp__app_dirs_remove(cli->conf, sp__driver_app_id(driver));
+    sp__driver_destroy(driver);
     if (st != SP_OK)
         SP_RAISE(st, "%s", msg);
 }
@@ -593,6 +618,16 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
                                .args = o.args,
                                .nargs = o.nargs,
                                .conf = cli->conf};
+    if (!mpi) {
+        const char *backend = "";
+        sp_conf_get_string(cli->conf, "transport.backend", &backend);
+        if (strcmp(backend, "mpi") == 0) {
+            fprintf(stderr, "spate run: transport.backend=mpi needs MPI: run spate under "
+                            "mpirun or srun, or choose --transport ofi\n");
+            sp__job_unload(plugin);
+            return 2;
+        }
+    }
     if (o.wait_executors > 0) {
         if (mpi) {
             fprintf(stderr, "spate run: --wait-executors does not apply under mpirun/srun\n");

@@ -113,18 +113,21 @@ int main(int argc, char **argv)
     if (sp_conf_create(&cli.conf) != SP_OK)
         return sp_cli_fail("configuration");
     if (conf_file != NULL && sp_conf_load_file(cli.conf, conf_file) != SP_OK) {
-        ret = sp_cli_fail("--conf-file");
+        sp_cli_fail("--conf-file");
+        ret = 2; /* bad configuration: a usage error */
         goto out;
     }
     if (sp_conf_load_env(cli.conf, environ) != SP_OK) {
-        ret = sp_cli_fail("environment");
+        sp_cli_fail("environment");
+        ret = 2; /* bad configuration: a usage error */
         goto out;
     }
     /* Pass 2: --conf assignments, in order, last one wins. */
     for (int j = 1; first_assignment != 0 && j < i; j++) {
         if ((value = sp_cli_value(argc, argv, &j, "--conf")) != NULL &&
             sp_conf_set_assignment(cli.conf, value) != SP_OK) {
-            ret = sp_cli_fail("--conf");
+            sp_cli_fail("--conf");
+            ret = 2; /* bad configuration: a usage error */
             goto out;
         }
     }

@@ -26,6 +26,7 @@
  */
 #include "transport_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
@@ -40,6 +41,7 @@
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SP_OFI_VERSION   FI_VERSION(1, 9)
 #define SP_OFI_KEY_BYTES 32
@@ -88,6 +90,35 @@ typedef struct sp_ofi_mr {
 } sp_ofi_mr_t;
 
 static sp_ofi_t *sp_ofi(sp_transport_t *t) { return sp_container_of(t, sp_ofi_t, base); }
+
+/*
+ * libfabric's shm provider names its shared-memory region after the process
+ * ("PID:N:M" in /dev/shm) and refuses to create one that exists. A process
+ * killed with SIGKILL leaves its region behind, and a later process that
+ * gets the same pid could then not open an endpoint. Regions named after
+ * this pid belong to such a dead process as long as this process has no
+ * shm endpoint of its own yet, so the first one removes them.
+ */
+static atomic_int sp_ofi_shm_opened;
+
+static void sp_ofi_shm_clear_stale(void)
+{
+    char prefix[32], path[64 + 256];
+    struct dirent *e;
+    DIR *d;
+
+    if (atomic_fetch_add(&sp_ofi_shm_opened, 1) != 0 || (d = opendir("/dev/shm")) == NULL)
+        return;
+    snprintf(prefix, sizeof(prefix), "%ld:", (long)getpid());
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        if ((size_t)snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name) < sizeof(path) &&
+            unlink(path) == 0)
+            sp_info("removed %s, the shared memory of a dead process that had this pid", path);
+    }
+    closedir(d);
+}
 
 static sp_status_t sp_ofi_error(sp_status_t st, const char *what, ssize_t ret)
 {
@@ -207,6 +238,8 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         st = sp_ofi_error(SP_ERR_TRANSPORT, "fi_av_open", ret);
         goto err;
     }
+    if (strcmp(o->base.provider, "shm") == 0)
+        sp_ofi_shm_clear_stale();
     if ((ret = fi_endpoint(o->domain, o->info, &o->ep, NULL)) != 0) {
         st = sp_ofi_error(SP_ERR_TRANSPORT, "fi_endpoint", ret);
         goto err;

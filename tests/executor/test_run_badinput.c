@@ -22,20 +22,6 @@
 
 static char base[256];
 
-/*
- * For runs the driver refuses after the executors were started (a bad input
- * or output found by the job's plan or the output check): those executors
- * connect, then wait for a handshake that never comes until
- * executor.register_timeout (60 s), and `spate run` waits 15 s for them
- * before it kills them. A short timeout keeps each such case at a few
- * seconds; the wait itself is a known defect of the launcher, not what these
- * cases test.
- */
-static const char *const give_up_soon[] = {"SPATE_CONF_EXECUTOR_REGISTER_TIMEOUT=3s", NULL};
-
-/* RT_CLI with give_up_soon in the environment. */
-#define RT_CLI_REFUSED(...) rt_cli_env((const char *const[]){__VA_ARGS__, NULL}, give_up_soon)
-
 static int setup(void **state)
 {
     (void)state;
@@ -129,8 +115,8 @@ static void test_run_missing_input_dir(void **state)
     (void)state;
     under_base(in, sizeof(in), "no-such-input");
     under_base(out, sizeof(out), "out-missing-input");
-    run = RT_CLI_REFUSED("run", "wordcount", "--executors", "2", "--input", in, "--output", out,
-                         "--no-baseline");
+    run = RT_CLI("run", "wordcount", "--executors", "2", "--input", in, "--output", out,
+                 "--no-baseline");
     rt_expect_fail(&run, 2, in, "wordcount with a missing --input");
     assert_non_null(strstr(run.err, "No such file or directory"));
     rt_expect_no_output(out);
@@ -147,8 +133,8 @@ static void expect_output_refused(const char *out, const char *phrase, const cha
     assert_int_equal(mkdir(in, 0700), 0);
     rt_path(path, sizeof(path), in, "words");
     rt_write_file(path, "one two two\n", 12);
-    run = RT_CLI_REFUSED("run", "wordcount", "--executors", "2", "--input", in, "--output", out,
-                         "--no-baseline");
+    run = RT_CLI("run", "wordcount", "--executors", "2", "--input", in, "--output", out,
+                 "--no-baseline");
     if (run.status == 0)
         fail_msg("%s: accepted; stderr: %s", what, rt_tail(run.err));
     if (strstr(run.err, phrase) == NULL)
@@ -276,8 +262,8 @@ static void test_run_terasort_input_not_whole_records(void **state)
     rt_free(&run);
     rt_path(path, sizeof(path), in, "part-00001");
     assert_int_equal(truncate(path, 1000 * 100 - 37), 0);
-    run = RT_CLI_REFUSED("run", "terasort", "--executors", "2", "--input", in, "--output", out,
-                         "--no-baseline");
+    run = RT_CLI("run", "terasort", "--executors", "2", "--input", in, "--output", out,
+                 "--no-baseline");
     rt_expect_fail(&run, 2, "part-00001", "terasort input that is not whole records");
     rt_expect_no_output(out);
     rt_free(&run);
