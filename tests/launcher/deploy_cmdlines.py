@@ -28,9 +28,10 @@ and only this:
     per pod;
   * the image's ENTRYPOINT program (spate) -> --spate.
 
---set-env NAME=VALUE and --set-arg OPTION=VALUE then replace a value the
+--set-env NAME=VALUE and --set-arg=OPTION=VALUE then replace a value the
 manifests give (an env var of every container that sets it; the value after
-OPTION on every command line that has it), so a test can scale sizes down.
+OPTION on every command line that has it), so a test can scale sizes down;
+one that replaces nothing is an error.
 
 Output: shell lines (`env -i K=V ... spate ...`), or with --json one object:
 {"namespace", "executors": N, "processes": [{"pod", "role", "index",
@@ -365,6 +366,7 @@ def plan(args):
                          "index": i, "namespace": namespace})
 
     processes = []
+    used = set()
     executors = 0
     driver_waits = None
     for pod in pods:
@@ -377,6 +379,7 @@ def plan(args):
             for k, v in set_env.items():
                 if k in env:
                     env[k] = v
+                    used.add("--set-env " + k)
             argv = list(c.get("command") or entrypoint(args.dockerfile)) + list(c.get("args") or [])
             argv = [expand(str(a), env) for a in argv]
             if argv[0] != spate[0]:
@@ -386,6 +389,7 @@ def plan(args):
                 opt = argv[i]
                 if opt in set_arg:
                     argv[i + 1] = set_arg[opt]
+                    used.add("--set-arg " + opt)
             # Names and ports the cluster would resolve, then the pod's volumes.
             subst = dict(dns)
             if env.get("FI_TCP_IFACE") == POD_IFACE:
@@ -439,6 +443,9 @@ def plan(args):
     if driver_waits is not None and driver_waits != executors:
         problem("driver", "--wait-executors %d, but the manifests start %d executors"
                 % (driver_waits, executors))
+    for what in ["--set-env " + k for k in set_env] + ["--set-arg " + k for k in set_arg]:
+        if what not in used:
+            problem("overrides", "%s: no container sets it, so there is nothing to replace" % what)
     drivers = [p for p in processes if p["role"] == "driver"]
     if len(drivers) != 1:
         problem("manifests", "want one driver container, found %d" % len(drivers))
