@@ -396,6 +396,8 @@ typedef struct sp_zk_conn {
     zhandle_t *zh;
     int state;        /* last session state seen; 0 before the first event */
     bool changed;     /* a znode watch fired or the session (re)connected */
+    int session_ms;   /* the session timeout the server granted; 0 before it did */
+    uint64_t lost_ns; /* when an established session lost its server; 0 when not lost */
     const bool *stop; /* the watch's stop flag, or NULL; read under lock */
     sp_zk_op_t list, get, exists;
 } sp_zk_conn_t;
@@ -458,6 +460,8 @@ static void sp_zk_conn_close(sp_zk_conn_t *c)
     pthread_mutex_lock(&c->lock);
     c->state = 0;
     c->changed = true;
+    c->session_ms = 0;
+    c->lost_ns = 0;
     sp_zk_op_reset(&c->list);
     sp_zk_op_reset(&c->get);
     sp_zk_op_reset(&c->exists);
@@ -480,12 +484,17 @@ static void sp_zk_watcher(zhandle_t *zh, int type, int state, const char *path, 
 {
     sp_zk_conn_t *c = ctx;
 
-    SP_UNUSED(zh);
     SP_UNUSED(path);
     pthread_mutex_lock(&c->lock);
     if (type == ZOO_SESSION_EVENT) {
-        if (state == ZOO_CONNECTED_STATE && c->state != ZOO_CONNECTED_STATE)
-            c->changed = true; /* events may have been missed while disconnected */
+        if (state == ZOO_CONNECTED_STATE) {
+            if (c->state != ZOO_CONNECTED_STATE)
+                c->changed = true; /* events may have been missed while disconnected */
+            c->session_ms = zoo_recv_timeout(zh);
+            c->lost_ns = 0;
+        } else if (c->state == ZOO_CONNECTED_STATE && c->lost_ns == 0) {
+            c->lost_ns = sp__now_ns();
+        }
         c->state = state;
     } else {
         c->changed = true;
@@ -898,7 +907,8 @@ static void *sp_zk_watch_main(void *arg)
         sp_zk_read_t r;
         sp_status_t st;
         uint64_t deadline;
-        int state;
+        int state, read_ms = session_ms;
+        bool lost;
 
         if (c->zh == NULL) {
             st = sp_zk_conn_open(c, session_ms);
@@ -912,28 +922,42 @@ static void *sp_zk_watch_main(void *arg)
         /* Wait for a connected session with something to read, or for trouble. */
         pthread_mutex_lock(&c->lock);
         for (;;) {
-            struct timespec ts = sp_zk_abstime(sp__now_ns() + 1000000000u);
+            struct timespec ts = sp_zk_abstime(sp__now_ns() + 100000000u);
 
             state = c->state;
+            lost = c->lost_ns != 0 && c->session_ms > 0 &&
+                   sp__now_ns() - c->lost_ns > (uint64_t)c->session_ms * 1000000u;
             if (w->stop || state == ZOO_EXPIRED_SESSION_STATE || state == ZOO_AUTH_FAILED_STATE ||
-                (state == ZOO_CONNECTED_STATE && c->changed))
+                lost || (state == ZOO_CONNECTED_STATE && c->changed))
                 break;
             pthread_cond_timedwait(&c->cond, &c->lock, &ts);
         }
         if (state == ZOO_CONNECTED_STATE)
             c->changed = false;
+        if (c->session_ms > 0)
+            read_ms = c->session_ms;
         pthread_mutex_unlock(&c->lock);
         if (sp_zk_stopped(w))
             break;
         if (state != ZOO_CONNECTED_STATE) {
-            /* Expired or refused: the leader is unknown until a new session reads it. */
-            sp_zk_note_error(w, SP_RAISE(SP_ERR_PEER_LOST,
-                                         "ZooKeeper %s: session %s; "
-                                         "opening a new one",
-                                         c->url->hosts,
-                                         state == ZOO_EXPIRED_SESSION_STATE
-                                             ? "expired"
-                                             : "refused the credentials"));
+            /*
+             * Expired, refused, or out of touch for longer than the session
+             * timeout, after which the servers have expired the session
+             * (Mesos' own ZooKeeper group does the same; it also gets past
+             * servers that refuse a client which saw a later zxid than
+             * theirs). The leader is unknown until a new session reads it.
+             */
+            if (lost)
+                sp_zk_note_error(w, SP_RAISE(SP_ERR_PEER_LOST,
+                                             "ZooKeeper %s: no server for longer than the "
+                                             "session timeout (%d ms); opening a new session",
+                                             c->url->hosts, read_ms));
+            else
+                sp_zk_note_error(
+                    w, SP_RAISE(SP_ERR_PEER_LOST, "ZooKeeper %s: session %s; opening a new one",
+                                c->url->hosts,
+                                state == ZOO_EXPIRED_SESSION_STATE ? "expired"
+                                                                   : "refused the credentials"));
             sp_zk_conn_close(c);
             sp_zk_report(w, NULL);
             if (state == ZOO_AUTH_FAILED_STATE) {
@@ -944,8 +968,8 @@ static void *sp_zk_watch_main(void *arg)
         }
         backoff_ms = 100;
 
-        deadline = sp__now_ns() + (uint64_t)session_ms * 1000000u;
-        st = sp_zk_read_leader(c, true, deadline, session_ms, leader, sizeof(leader), &r);
+        deadline = sp__now_ns() + (uint64_t)read_ms * 1000000u;
+        st = sp_zk_read_leader(c, true, deadline, read_ms, leader, sizeof(leader), &r);
         if (st == SP_OK) {
             w->last_error[0] = '\0';
             sp_zk_report(w, leader);
