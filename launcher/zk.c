@@ -787,11 +787,52 @@ not_done:
 /* One-shot lookup                                                          */
 /* ------------------------------------------------------------------------ */
 
-sp_status_t sp__zk_leader(const char *zk_url, int timeout_ms, char *host_port, size_t cap)
-{
+/* A lookup's session, on the heap so that a closer thread can outlive the call. */
+typedef struct sp_zk_lookup {
     sp__zk_url_t url;
     sp_zk_conn_t conn;
-    sp_zk_read_t r;
+} sp_zk_lookup_t;
+
+static void *sp_zk_lookup_close(void *arg)
+{
+    sp_zk_lookup_t *l = arg;
+
+    sp_zk_conn_fini(&l->conn);
+    sp__free(l);
+    return NULL;
+}
+
+/*
+ * Closes the lookup's session. A session that is still established when the
+ * lookup gave up may belong to a server that stopped answering, and closing
+ * it then waits (up to 1.5 s in the Debian client) for the server to close
+ * the connection; that wait happens on a detached thread so that the caller
+ * keeps its deadline.
+ */
+static void sp_zk_lookup_finish(sp_zk_lookup_t *l, bool gave_up)
+{
+    pthread_attr_t attr;
+    pthread_t thread;
+    bool established;
+    int err;
+
+    pthread_mutex_lock(&l->conn.lock);
+    established = l->conn.state == ZOO_CONNECTED_STATE;
+    pthread_mutex_unlock(&l->conn.lock);
+    if (gave_up && established && pthread_attr_init(&attr) == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        err = pthread_create(&thread, &attr, sp_zk_lookup_close, l);
+        pthread_attr_destroy(&attr);
+        if (err == 0)
+            return;
+    }
+    sp_zk_lookup_close(l);
+}
+
+sp_status_t sp__zk_leader(const char *zk_url, int timeout_ms, char *host_port, size_t cap)
+{
+    sp_zk_lookup_t *l;
+    sp_zk_read_t r = {0};
     char leader[SP__ZK_HOST_PORT_MAX];
     uint64_t deadline;
     sp_status_t st;
@@ -801,26 +842,32 @@ sp_status_t sp__zk_leader(const char *zk_url, int timeout_ms, char *host_port, s
     if (timeout_ms <= 0)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "ZooKeeper leader: timeout %d ms is not positive",
                         timeout_ms);
-    st = sp__zk_url_parse(zk_url, &url);
-    if (st != SP_OK)
-        return st;
     deadline = sp__now_ns() + (uint64_t)timeout_ms * 1000000u;
-    st = sp_zk_conn_init(&conn, &url, NULL);
+    l = sp__malloc(sizeof(*l));
+    if (l == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "ZooKeeper leader: out of memory");
+    st = sp__zk_url_parse(zk_url, &l->url);
     if (st != SP_OK)
-        return st;
-    st = sp_zk_conn_open(&conn,
+        goto out_free;
+    st = sp_zk_conn_init(&l->conn, &l->url, NULL);
+    if (st != SP_OK)
+        goto out_free;
+    st = sp_zk_conn_open(&l->conn,
                          SP_MIN(SP_MAX(timeout_ms, SP_ZK_CONNECT_MIN_MS), SP_ZK_CONNECT_MAX_MS));
     if (st != SP_OK)
-        goto out_conn;
+        goto out_lookup;
     for (;;) {
-        st = sp_zk_conn_wait(&conn, deadline, timeout_ms);
+        uint64_t now;
+
+        st = sp_zk_conn_wait(&l->conn, deadline, timeout_ms);
         if (st != SP_OK)
             break;
-        st = sp_zk_read_leader(&conn, false, deadline, timeout_ms, leader, sizeof(leader), &r);
-        if (st == SP_OK || r.pending || !r.retryable || sp__now_ns() >= deadline)
+        st = sp_zk_read_leader(&l->conn, false, deadline, timeout_ms, leader, sizeof(leader), &r);
+        now = sp__now_ns();
+        if (st == SP_OK || r.pending || !r.retryable || now >= deadline)
             break;
         /* The connection dropped under the read: try again once the client reconnects. */
-        sp_zk_sleep_ms(SP_MIN(SP_ZK_RETRY_MS, timeout_ms));
+        sp_zk_sleep_ms((int)SP_MIN((uint64_t)SP_ZK_RETRY_MS, (deadline - now) / 1000000u + 1));
     }
     if (st == SP_OK) {
         if (strlen(leader) >= cap)
@@ -829,8 +876,11 @@ sp_status_t sp__zk_leader(const char *zk_url, int timeout_ms, char *host_port, s
         else
             memcpy(host_port, leader, strlen(leader) + 1);
     }
-out_conn:
-    sp_zk_conn_fini(&conn);
+out_lookup:
+    sp_zk_lookup_finish(l, st == SP_ERR_TIMED_OUT || r.pending);
+    return st;
+out_free:
+    sp__free(l);
     return st;
 }
 

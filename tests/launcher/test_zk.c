@@ -58,6 +58,7 @@ static struct {
     char dir[256]; /* temporary directory: zoo.cfg, data/, server.log */
     int port;
     pid_t pid;      /* the java process this test started; 0 when none */
+    bool frozen;    /* stopped with SIGSTOP by test_frozen_server */
     char skip[512]; /* why the server tests are skipped; "" when the server runs */
     zhandle_t *zh;  /* the test's own session, to create and delete nodes */
     int zh_state;
@@ -283,6 +284,17 @@ static const char *url_of(const char *path)
 
     snprintf(url, sizeof(url), "zk://127.0.0.1:%d%s", zk.port, path);
     return url;
+}
+
+/* Replaces the test's own session with a new one. */
+static void admin_reopen(void)
+{
+    char hosts[64];
+
+    snprintf(hosts, sizeof(hosts), "127.0.0.1:%d", zk.port);
+    zookeeper_close(zk.zh);
+    zk.zh = session_open(hosts, 10000);
+    assert_non_null(zk.zh);
 }
 
 static void node_create(const char *path, const char *data)
@@ -512,6 +524,10 @@ static void watch_stop(void)
 static int watch_teardown(void **state)
 {
     (void)state;
+    if (zk.frozen) {
+        kill(zk.pid, SIGCONT);
+        zk.frozen = false;
+    }
     watch_stop();
     reports_fini(&rep);
     return 0;
@@ -828,6 +844,47 @@ static void test_watch_session_expiry(void **state)
 }
 
 /*
+ * A server that stops answering (SIGSTOP: a hung JVM) with its connections
+ * open: a lookup still ends within its timeout, the watch gives its session
+ * up after the session timeout and reports no leader, and follows the
+ * leader again once the server resumes.
+ */
+static void test_frozen_server(void **state)
+{
+    char out[SP__ZK_HOST_PORT_MAX];
+    uint64_t t0, ms;
+
+    (void)state;
+    NEED_SERVER();
+    node_create("/frozen", NULL);
+    node_create("/frozen/" NODE_A, MASTER_A);
+    assert_int_equal(sp__zk_watch_create(url_of("/frozen"), on_leader, &rep, &watch), SP_OK);
+    wait_report(&rep, "10.0.0.1:5050");
+
+    assert_int_equal(kill(zk.pid, SIGSTOP), 0);
+    zk.frozen = true;
+    t0 = now_ms();
+    assert_int_equal(sp__zk_leader(url_of("/frozen"), 1000, out, sizeof(out)), SP_ERR_TIMED_OUT);
+    ms = now_ms() - t0;
+    printf("frozen server: lookup SP_ERR_TIMED_OUT after %llu ms (timeout 1000)\n",
+           (unsigned long long)ms);
+    assert_true(ms >= 900 && ms < 3000);
+    wait_report(&rep, "-");
+    printf("frozen server: watch reports no leader %llu ms after the freeze\n",
+           (unsigned long long)(now_ms() - t0));
+
+    assert_int_equal(kill(zk.pid, SIGCONT), 0);
+    zk.frozen = false;
+    t0 = now_ms();
+    admin_reopen(); /* the test's own session expired during the freeze too */
+    wait_report(&rep, "10.0.0.1:5050");
+    printf("frozen server: watch follows %s again %llu ms after it resumed\n", "10.0.0.1:5050",
+           (unsigned long long)(now_ms() - t0));
+    assert_int_equal(sp__zk_leader(url_of("/frozen"), 5000, out, sizeof(out)), SP_OK);
+    assert_string_equal(out, "10.0.0.1:5050");
+}
+
+/*
  * The ZooKeeper data is lost: the server restarts with an empty data
  * directory. It refuses the watch's client (which saw a later zxid than the
  * server now has) rather than expire its session, so the watch gives the
@@ -882,6 +939,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_watch_follows_leader, watch_setup, watch_teardown),
         cmocka_unit_test_setup_teardown(test_watch_path_appears, watch_setup, watch_teardown),
         cmocka_unit_test_setup_teardown(test_watch_session_expiry, watch_setup, watch_teardown),
+        cmocka_unit_test_setup_teardown(test_frozen_server, watch_setup, watch_teardown),
         cmocka_unit_test_setup_teardown(test_watch_server_data_lost, watch_setup, watch_teardown),
     };
     uint64_t t0 = now_ms();
