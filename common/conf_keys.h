@@ -47,6 +47,34 @@ SP_CONF_KEY("task.max_failures", SP_CONF_INT, "4", "1", "1000", NULL,
 SP_CONF_KEY("stage.max_attempts", SP_CONF_INT, "4", "1", "100", NULL,
             "Fetch failures a reduce stage survives (each recomputes the lost map outputs) "
             "before the job fails.")
+SP_CONF_KEY("offers.max_executors", SP_CONF_INT, "0", "0", "65536", NULL,
+            "Mesos mode: most executors spate run launches from offers (0: as many as "
+            "--executors asks for).")
+SP_CONF_KEY("offers.max_cores", SP_CONF_INT, "0", "0", "1048576", NULL,
+            "Mesos mode: most cpus its executors hold together, executor.cores each (0: no cap).")
+SP_CONF_KEY("offers.constraints", SP_CONF_STRING, "", NULL, NULL, NULL,
+            "Mesos mode: agent attributes an offer must have, as name:v1,v2;name2:v (TEXT: equal "
+            "to a value; SCALAR: at least one; RANGES: contains one; SET: holds them all; a "
+            "name alone: present).")
+SP_CONF_KEY("offers.refuse_seconds", SP_CONF_DOUBLE, "120", "0", "31536000", NULL,
+            "Mesos mode: seconds the master is asked not to offer again what spate declined "
+            "(too small, constraints unmet, not needed).")
+SP_CONF_KEY("mesos.role", SP_CONF_STRING, "*", NULL, NULL, NULL,
+            "Mesos mode: the role the framework subscribes with.")
+SP_CONF_KEY("mesos.user", SP_CONF_STRING, "", NULL, NULL, NULL,
+            "Mesos mode: the user executors run as on the agents (empty: the user running "
+            "spate run).")
+SP_CONF_KEY("mesos.principal", SP_CONF_STRING, "", NULL, NULL, NULL,
+            "Mesos mode: the framework's principal (empty: none).")
+SP_CONF_KEY("mesos.failover_timeout", SP_CONF_DURATION, "2m", "0", "8760h", NULL,
+            "Mesos mode: how long the master keeps the executors while spate run is "
+            "disconnected from it.")
+SP_CONF_KEY("mesos.connect_timeout", SP_CONF_DURATION, "30s", "100ms", "1h", NULL,
+            "Mesos mode: how long spate run tries to subscribe to a master (and to find the "
+            "leader in ZooKeeper) before it fails.")
+SP_CONF_KEY("mesos.heartbeat_misses", SP_CONF_INT, "5", "1", "1000", NULL,
+            "Mesos mode: master heartbeats missed in a row after which the subscription is "
+            "made again.")
 SP_CONF_KEY("shuffle.local_dirs", SP_CONF_STRING, "/tmp/spate", NULL, NULL, NULL,
             "Comma-separated directories for spill files and committed map outputs (created 0700; "
             "spills go round-robin over them).")

@@ -18,6 +18,7 @@
  * its input are wrong (nothing ran).
  */
 #include "cli.h"
+#include "mesos.h"
 #include "run_report.h"
 
 #include "common_int.h"
@@ -47,6 +48,7 @@ typedef struct sp_run_opts {
     uint32_t executors;
     uint32_t wait_executors; /* standalone: executors that join by themselves */
     const char *listen, *secret_file;
+    const char *master; /* --master: executors from Mesos offers */
     const char *args[SP_RUN_MAX_ARGS];
     size_t nargs;
     int progress; /* -1: when stderr is a terminal */
@@ -75,6 +77,8 @@ static void sp_run_usage(FILE *out)
             "                    `spate executor --driver ADDR` (standalone mode)\n"
             "  --listen HOST:PORT  the driver's control address (driver.address; standalone)\n"
             "  --secret-file F   the job's secret (standalone; default: $SPATE_SECRET)\n"
+            "  --master URL      executors from Mesos offers: mesos://HOST:PORT[,HOST:PORT...]\n"
+            "                    or mesos://zk://HOST:PORT[,...]/PATH (--executors of them)\n"
             "  --memory SIZE     memory per executor (memory.executor)\n"
             "  --cores N         worker threads per executor (executor.cores)\n"
             "  --transport B     ofi or mpi (transport.backend)\n"
@@ -195,6 +199,8 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
             }
         } else if ((v = sp_run_value(argc, argv, &i, "--secret-file", &missing)) != NULL) {
             o->secret_file = v;
+        } else if ((v = sp_run_value(argc, argv, &i, "--master", &missing)) != NULL) {
+            o->master = v;
         } else if ((v = sp_run_value(argc, argv, &i, "--partitions", &missing)) != NULL) {
             if (!sp_run_parse_u32(v, 1, &o->partitions) || o->partitions > (1u << 24)) {
                 fprintf(stderr, "spate run: --partitions '%s' is not a number from 1 to 16777216\n",
@@ -636,6 +642,14 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
         }
         o.executors = o.wait_executors;
     }
+    if (o.master != NULL && (mpi || o.wait_executors > 0 || sp__mesos_url_check(o.master))) {
+        fprintf(stderr, "spate run: %s\n",
+                mpi || o.wait_executors > 0 ? "--master does not go with --wait-executors or "
+                                              "mpirun/srun"
+                                            : sp_last_error());
+        sp__job_unload(plugin);
+        return 2;
+    }
     /* The executors' layout: a configuration that cannot give one fails here, not in them. */
     if ((st = sp_run_slots(cli->conf, mpi ? 1 : o.executors, &params.slots, &default_count)) !=
         SP_OK) {
@@ -655,6 +669,16 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
     if (mpi) {
         /* Every rank has as many slots as this one, as far as planning goes. */
         st = sp_run_mpi(cli, &o, job, &params, &rep, &prog, &is_driver);
+    } else if (o.master != NULL) {
+        sp__mesos_run_opts_t mo = {.conf = cli->conf,
+                                   .master = o.master,
+                                   .job = job,
+                                   .job_name = o.job,
+                                   .params = &params,
+                                   .executors = o.executors,
+                                   .progress = sp_run_progress_cb,
+                                   .progress_arg = &prog};
+        st = sp__mesos_run(&mo, &rep);
     } else {
         st = sp_run_local(cli, &o, job, &params, &rep, &prog);
     }
