@@ -1,54 +1,57 @@
 /*
- * The mpi backend: executors are the ranks of MPI_COMM_WORLD and map outputs
- * are served one-sided through one MPI-3 dynamic window, so an executor whose
- * MPI offloads RMA (Open MPI's osc/rdma over vader's single copy, or an RDMA
- * network) serves reads without its CPU.
+ * The mpi backend: executors are the ranks of MPI_COMM_WORLD. A map output is
+ * served in one of two ways, chosen by transport.mpi_mode:
+ *
+ * - rget: one-sided, through one MPI-3 dynamic window, so an executor whose
+ *   MPI offloads RMA (Open MPI's osc/rdma over vader's single copy, or an
+ *   RDMA network) serves reads without its CPU. A region MPI cannot attach
+ *   (it overlaps an attached one, or the window holds osc_rdma_max_attach
+ *   already) is served two-sided instead, so serving never fails for that.
+ * - twosided: request/response on the transport's private communicator. The
+ *   reader posts the receive of the block, then sends a request (region id,
+ *   base, offset, length, a reply tag); the serving rank checks it against the
+ *   region and answers with one send straight from the region, or with an
+ *   empty message when it refuses. No window exists, so there is no attach
+ *   limit and no need for an osc component.
  *
  * The process calls MPI_Init_thread before sp_transport_open; without it the
  * open is SP_ERR_UNSUPPORTED. Opening and closing are collective over
- * MPI_COMM_WORLD: the open duplicates it into a private communicator, creates
- * the dynamic window on it and opens a passive-target epoch on every rank
- * (MPI_Win_lock_all with MPI_MODE_NOCHECK) that lasts until close.
- * MPI_ERRORS_RETURN is set on both, so MPI failures become statuses whose
- * message carries MPI_Error_string and the raw code.
+ * MPI_COMM_WORLD: the open duplicates it into a private communicator and, in
+ * rget mode, creates the dynamic window on it and opens a passive-target epoch
+ * on every rank (MPI_Win_lock_all with MPI_MODE_NOCHECK) that lasts until
+ * close. MPI_ERRORS_RETURN is set on both, so MPI failures become statuses
+ * whose message carries MPI_Error_string and the raw code.
  *
- * An address is the rank (u32 little endian); a peer id is that rank. A served
- * region is attached to the window (MPI_Win_attach); a local destination needs
- * nothing. A packed remote key is 28 bytes: magic 'S' 'M', version 1, flags
- * (none defined, 0), 4 reserved, u64 base (MPI_Get_address), u64 length, u32
- * owner rank. A fetch is checked against the key's length and owner before
- * anything is posted, then posted as MPI_Rget at displacement base + offset.
+ * An address is the rank (u32 little endian); a peer id is that rank. A
+ * packed remote key is 28 bytes: magic 'S' 'M', version 1, flags (bit 0: the
+ * region is served two-sided), u32 region id, u64 base (MPI_Get_address), u64
+ * length, u32 owner rank. A fetch is checked against the key's length and
+ * owner before anything is posted, and the serving rank checks a request
+ * against the region again, so a peer reads nothing but registered regions.
  * Counts above sp__mpi_count_max (INT_MAX) are described by one derived
  * datatype (chunks plus a remainder), so no fetch length is refused.
  *
- * Two limits of Open MPI 4.1's osc/rdma shape mr_reg. Attached regions may not
- * overlap (MPI_ERR_RMA_ATTACH), and a window takes at most osc_rdma_max_attach
- * of them; reaching that limit leaves the window's region lock held, after
- * which readers of this rank hang. So overlaps are refused here, and the limit
- * is read through MPI_T when the variable exists and enforced before
- * MPI_Win_attach is called.
- *
- * Each posted read is an op with its request and a deadline, kept in two
- * parallel arrays for MPI_Testsome. Poll tests them (or, with none posted,
- * calls MPI_Iprobe so that MPI still progresses reads served to others) and
- * pushes completions into a ring; a fetch counts against
+ * Each posted fetch is an op with its request (the MPI_Rget, or the receive
+ * of the reply) and a deadline, kept in two parallel arrays for
+ * MPI_Testsome; sends (requests of our fetches, replies we serve) are kept
+ * the same way. Progress serves the requests that arrived, tests sends and
+ * fetches, and pushes completions into a ring; a fetch counts against
  * transport.max_outstanding until poll returns its completion, which bounds
- * the ring. MPI cannot cancel an RMA request, so an op older than
- * transport.timeout is reported SP_ERR_TIMED_OUT at once and its request is
+ * the ring. An op older than transport.timeout is reported SP_ERR_TIMED_OUT
+ * at once; a receive is cancelled, an RMA request (MPI cannot cancel those)
  * kept until MPI completes it; MPI_Win_flush_local_all would block, so it is
  * never used for progress. One mutex guards the transport's state, so calls
  * may come from several threads (MPI must then provide MPI_THREAD_SERIALIZED
  * or more). With transport.progress_thread and MPI_THREAD_MULTIPLE, a thread
- * of the transport calls MPI_Iprobe on the private communicator, so reads
- * that an MPI carries out with the target's CPU (active-message RMA) are
- * served while no task polls; it touches none of the transport's state. On
- * Open MPI 4.1 over vader the reads are single copies that need no target
- * progress at all.
+ * of the transport progresses it, answering requests while no task polls; it
+ * takes the mutex only when it is free and backs off while nothing happens.
+ * Without that thread, requests are answered only inside sp_transport_poll.
  */
 #include "transport_int.h"
 
 #include <limits.h>
 #include <mpi.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -58,8 +61,17 @@
 
 #define SP_MPI_KEY_BYTES  28
 #define SP_MPI_ADDR_BYTES 4
-/* The progress thread's pause between two MPI_Iprobe calls. */
-#define SP_MPI_PROGRESS_NS 100000L
+#define SP_MPI_REQ_BYTES  40
+/* Key flag: the region is served two-sided. */
+#define SP_MPI_KEY_TWOSIDED 1u
+/* Requests travel on this tag; replies on tags from SP_MPI_TAG_FIRST to MPI_TAG_UB. */
+#define SP_MPI_TAG_REQ   1
+#define SP_MPI_TAG_FIRST 2
+/* The progress thread's pause: short while work comes in, doubling to the longest when idle. */
+#define SP_MPI_PAUSE_MIN_NS 10000L
+#define SP_MPI_PAUSE_MAX_NS 250000L
+/* Room for the message of a failed completion, raised again on the caller's thread. */
+#define SP_MPI_MSG 256
 
 /* Tests lower it to reach the derived-datatype path (transport_int.h). */
 size_t sp__mpi_count_max = INT_MAX;
@@ -68,36 +80,63 @@ typedef struct sp_mpi_op {
     void *user;
     uint32_t peer;
     size_t len;
+    uint64_t offset;
     uint64_t deadline;
     MPI_Datatype type; /* a derived datatype to free at completion, or MPI_DATATYPE_NULL */
+    int count;         /* elements of the receive (two-sided): a reply of fewer is a refusal */
+    bool twosided;     /* the request is the receive of a reply */
     bool timed_out;    /* reported already; waiting for MPI to complete the request */
 } sp_mpi_op_t;
 
 typedef struct sp_mpi_mr {
     sp_mr_t base;
     MPI_Aint disp;          /* MPI_Get_address of addr */
-    struct sp_mpi_mr *next; /* in the transport's list of attached regions */
+    uint32_t id;            /* in the key; requests name the region by it */
+    bool attached;          /* to the window (rget), else served two-sided */
+    bool dying;             /* being deregistered: requests for it are refused */
+    size_t replies;         /* replies from it still being sent */
+    struct sp_mpi_mr *next; /* in the transport's list of served regions */
 } sp_mpi_mr_t;
+
+/* A send in flight: the request of one of our fetches, or a reply we serve. */
+typedef struct sp_mpi_send {
+    unsigned char hdr[SP_MPI_REQ_BYTES]; /* a request's bytes */
+    sp_mpi_mr_t *region;                 /* a reply's region, NULL for requests and refusals */
+    MPI_Datatype type;                   /* a derived datatype to free, or MPI_DATATYPE_NULL */
+} sp_mpi_send_t;
 
 typedef struct sp_mpi {
     sp_transport_t base;
     MPI_Comm comm;
     MPI_Win win;
+    bool twosided;    /* transport.mpi_mode=twosided: no window */
     bool locked;      /* inside the MPI_Win_lock_all epoch */
     int rank, size;   /* in comm, which mirrors MPI_COMM_WORLD */
     int thread_level; /* MPI_Query_thread */
-    bool *added;      /* size entries: the rank was added as a peer */
-    sp_mpi_mr_t *attached;
+    int tag_ub, next_tag;
+    bool *added; /* size entries: the rank was added as a peer */
+    sp_mpi_mr_t *served;
     size_t nattached;
     size_t attach_max; /* osc_rdma_max_attach; 0 when MPI names no limit */
-    /* Posted ops: reqs[i] belongs to ops[i]; indices and statuses for Testsome. */
+    uint32_t next_id;
+    /* Posted fetches: reqs[i] belongs to ops[i]; indices and statuses for Testsome. */
     MPI_Request *reqs;
     sp_mpi_op_t *ops;
     int *indices;
     MPI_Status *statuses;
     size_t nlive, live_cap;
+    /* Sends in flight: sreqs[i] belongs to sends[i]. */
+    MPI_Request *sreqs;
+    sp_mpi_send_t **sends;
+    int *sindices;
+    size_t nsends, sends_cap;
+    /* The receive of the next request to serve. */
+    MPI_Request req_recv;
+    unsigned char req_buf[SP_MPI_REQ_BYTES];
+    bool warned_request;             /* a malformed request was logged */
     uint32_t outstanding;            /* posted, completion not yet returned by poll */
     sp_transport_completion_t *done; /* ring of completions not yet returned */
+    char (*done_msg)[SP_MPI_MSG];    /* beside each failed one, its message */
     size_t done_head, done_len, done_cap;
     pthread_mutex_t lock; /* the transport's state; held around its MPI calls */
     bool lock_ready;
@@ -125,6 +164,36 @@ static sp_status_t sp_mpi_error(sp_status_t st, const char *what, int rc)
     return SP_RAISE(st, "MPI %s failed: %s (raw %d)", what, sp_mpi_strerror(rc, msg), rc);
 }
 
+static void sp_mpi_put64(unsigned char *b, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void sp_mpi_put32(unsigned char *b, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static uint64_t sp_mpi_get64(const unsigned char *b)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | b[i];
+    return v;
+}
+
+static uint32_t sp_mpi_get32(const unsigned char *b)
+{
+    uint32_t v = 0;
+
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | b[i];
+    return v;
+}
+
 /*
  * The attach limit of Open MPI's osc/rdma (osc_rdma_max_attach), read through
  * the MPI tool interface; 0 when this MPI has no such variable.
@@ -132,14 +201,18 @@ static sp_status_t sp_mpi_error(sp_status_t st, const char *what, int rc)
 static size_t sp_mpi_attach_limit(void)
 {
     char name[128], desc[8];
-    int provided = 0, index = -1, name_len = sizeof(name), desc_len = sizeof(desc);
+    int level = MPI_THREAD_SINGLE, provided = 0, index = -1, name_len = sizeof(name),
+        desc_len = sizeof(desc);
     int verbosity = 0, bind = 0, scope = 0, count = 0;
     MPI_Datatype type = MPI_DATATYPE_NULL;
     MPI_T_enum enumtype;
     MPI_T_cvar_handle handle;
     size_t limit = 0;
 
-    if (MPI_T_init_thread(MPI_THREAD_SINGLE, &provided) != MPI_SUCCESS)
+    /* Open MPI 4.1's MPI_T_init_thread sets the library's thread level to the
+     * one asked for: ask for the level MPI gives already, never less. */
+    if (MPI_Query_thread(&level) != MPI_SUCCESS ||
+        MPI_T_init_thread(level, &provided) != MPI_SUCCESS)
         return 0;
     if (MPI_T_cvar_get_index("osc_rdma_max_attach", &index) == MPI_SUCCESS &&
         MPI_T_cvar_get_info(index, name, &name_len, &verbosity, &type, &enumtype, desc, &desc_len,
@@ -157,21 +230,289 @@ static size_t sp_mpi_attach_limit(void)
     return limit;
 }
 
-/* Drives MPI's progress for reads served to others; see the design note. */
+/*
+ * The datatype of a transfer longer than sp__mpi_count_max: q chunks of that
+ * many bytes, then the remainder. Both ends of a two-sided reply build it
+ * from the length alone, so they agree.
+ */
+static sp_status_t sp_mpi_big_type(size_t len, MPI_Datatype *type_p)
+{
+    size_t chunk = sp__mpi_count_max, q = len / chunk, r = len % chunk;
+    MPI_Datatype chunk_type, type;
+    int blocks[2] = {(int)q, (int)r};
+    MPI_Aint displs[2] = {0, (MPI_Aint)(q * chunk)};
+    MPI_Datatype types[2];
+    int rc;
+
+    if (q > INT_MAX)
+        return SP_RAISE(SP_ERR_TOO_LARGE, "fetch of %zu bytes is more than MPI can describe", len);
+    if ((rc = MPI_Type_contiguous((int)chunk, MPI_BYTE, &chunk_type)) != MPI_SUCCESS)
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Type_contiguous", rc);
+    types[0] = chunk_type;
+    types[1] = MPI_BYTE;
+    rc = MPI_Type_create_struct(r != 0 ? 2 : 1, blocks, displs, types, &type);
+    MPI_Type_free(&chunk_type); /* the struct keeps what it needs */
+    if (rc != MPI_SUCCESS)
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Type_create_struct", rc);
+    if ((rc = MPI_Type_commit(&type)) != MPI_SUCCESS) {
+        MPI_Type_free(&type);
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Type_commit", rc);
+    }
+    *type_p = type;
+    return SP_OK;
+}
+
+/* The (count, type) of a transfer of len bytes; *big_p is a type to free later. */
+static sp_status_t sp_mpi_type_of(size_t len, int *count_p, MPI_Datatype *type_p,
+                                  MPI_Datatype *big_p)
+{
+    sp_status_t st;
+
+    *big_p = MPI_DATATYPE_NULL;
+    if (len <= sp__mpi_count_max) {
+        *count_p = (int)len;
+        *type_p = MPI_BYTE;
+        return SP_OK;
+    }
+    if ((st = sp_mpi_big_type(len, big_p)) != SP_OK)
+        return st;
+    *count_p = 1;
+    *type_p = *big_p;
+    return SP_OK;
+}
+
+/* Makes room for one more send. */
+static sp_status_t sp_mpi_reserve_send(sp_mpi_t *m)
+{
+    size_t cap;
+    MPI_Request *sreqs;
+    sp_mpi_send_t **sends;
+    int *sindices;
+
+    if (m->nsends < m->sends_cap)
+        return SP_OK;
+    cap = m->sends_cap != 0 ? 2 * m->sends_cap : 64;
+    if (cap > INT_MAX)
+        return SP_RAISE(SP_ERR_TOO_LARGE, "more than %d mpi sends in flight", INT_MAX);
+    if ((sreqs = sp__realloc(m->sreqs, cap * sizeof(*sreqs))) != NULL)
+        m->sreqs = sreqs;
+    if ((sends = sp__realloc(m->sends, cap * sizeof(*sends))) != NULL)
+        m->sends = sends;
+    if ((sindices = sp__realloc(m->sindices, cap * sizeof(*sindices))) != NULL)
+        m->sindices = sindices;
+    if (sreqs == NULL || sends == NULL || sindices == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu mpi sends", cap);
+    m->sends_cap = cap;
+    return SP_OK;
+}
+
+/* Frees what a finished send holds. */
+static void sp_mpi_send_free(sp_mpi_send_t *s)
+{
+    if (s->region != NULL)
+        s->region->replies--;
+    if (s->type != MPI_DATATYPE_NULL)
+        MPI_Type_free(&s->type);
+    sp__free(s);
+}
+
+/* Tests the sends in flight and frees the finished ones. */
+static sp_status_t sp_mpi_test_sends(sp_mpi_t *m)
+{
+    int outcount = 0, rc;
+    size_t kept = 0;
+
+    if (m->nsends == 0)
+        return SP_OK;
+    rc = MPI_Testsome((int)m->nsends, m->sreqs, &outcount, m->sindices, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS)
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Testsome over the sends in flight", rc);
+    if (outcount == MPI_UNDEFINED || outcount == 0)
+        return SP_OK;
+    for (int k = 0; k < outcount; k++) {
+        sp_mpi_send_free(m->sends[m->sindices[k]]);
+        m->sends[m->sindices[k]] = NULL;
+    }
+    for (size_t i = 0; i < m->nsends; i++) {
+        if (m->sends[i] == NULL)
+            continue;
+        m->sreqs[kept] = m->sreqs[i];
+        m->sends[kept++] = m->sends[i];
+    }
+    m->nsends = kept;
+    return SP_OK;
+}
+
+/*
+ * Stops every send still in flight: once more tested, then the requests of
+ * those left are freed (Open MPI's ob1 cannot cancel a send); MPI finishes
+ * them or drops them with the communicator. Their regions are not read again
+ * by this transport.
+ */
+static void sp_mpi_drop_sends(sp_mpi_t *m, const sp_mpi_mr_t *only)
+{
+    size_t kept = 0;
+
+    (void)sp_mpi_test_sends(m);
+    for (size_t i = 0; i < m->nsends; i++) {
+        sp_mpi_send_t *s = m->sends[i];
+        if (only != NULL && s->region != only) {
+            m->sreqs[kept] = m->sreqs[i];
+            m->sends[kept++] = s;
+            continue;
+        }
+        MPI_Request_free(&m->sreqs[i]);
+        sp_mpi_send_free(s);
+    }
+    m->nsends = kept;
+}
+
+static sp_mpi_mr_t *sp_mpi_find(sp_mpi_t *m, uint32_t id)
+{
+    for (sp_mpi_mr_t *r = m->served; r != NULL; r = r->next)
+        if (r->id == id)
+            return r;
+    return NULL;
+}
+
+/* Posts the receive of the next request to serve. */
+static sp_status_t sp_mpi_post_request_recv(sp_mpi_t *m)
+{
+    int rc = MPI_Irecv(m->req_buf, SP_MPI_REQ_BYTES, MPI_BYTE, MPI_ANY_SOURCE, SP_MPI_TAG_REQ,
+                       m->comm, &m->req_recv);
+
+    if (rc != MPI_SUCCESS) {
+        m->req_recv = MPI_REQUEST_NULL;
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Irecv of the next request", rc);
+    }
+    return SP_OK;
+}
+
+/*
+ * Answers one request from rank src: the bytes it names, sent from the
+ * region, or an empty message when it names no served region or reads past
+ * one. A request that is not one of ours cannot be answered (it names no
+ * reply tag to trust); it is dropped, and its sender times out.
+ */
+static sp_status_t sp_mpi_answer(sp_mpi_t *m, const unsigned char *q, int qlen, int src)
+{
+    uint32_t id, tag;
+    uint64_t base, offset, len;
+    sp_mpi_mr_t *r;
+    sp_mpi_send_t *s;
+    MPI_Datatype type = MPI_BYTE;
+    const void *from = NULL;
+    int count = 0, rc;
+    sp_status_t st;
+
+    id = sp_mpi_get32(q + 4);
+    tag = sp_mpi_get32(q + 8);
+    if (qlen != SP_MPI_REQ_BYTES || q[0] != 'S' || q[1] != 'Q' || q[2] != 1 ||
+        tag < SP_MPI_TAG_FIRST || tag > (uint32_t)m->tag_ub) {
+        if (!m->warned_request)
+            sp_warn("mpi transport: dropped a malformed request of %d bytes from rank %d", qlen,
+                    src);
+        m->warned_request = true;
+        return SP_OK;
+    }
+    base = sp_mpi_get64(q + 16);
+    offset = sp_mpi_get64(q + 24);
+    len = sp_mpi_get64(q + 32);
+    if ((st = sp_mpi_reserve_send(m)) != SP_OK)
+        return st;
+    s = sp__calloc(1, sizeof(*s));
+    if (s == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to answer a request");
+    s->type = MPI_DATATYPE_NULL;
+    r = sp_mpi_find(m, id);
+    if (r != NULL && !r->dying && base == (uint64_t)r->disp && offset <= r->base.len &&
+        len <= r->base.len - offset && len > 0) {
+        if ((st = sp_mpi_type_of((size_t)len, &count, &type, &s->type)) != SP_OK) {
+            sp__free(s);
+            return st;
+        }
+        from = (const char *)r->base.addr + offset;
+        s->region = r;
+    } else {
+        sp_debug("mpi transport: refused a read of %llu bytes at offset %llu of region %u from "
+                 "rank %d (%s)",
+                 (unsigned long long)len, (unsigned long long)offset, id, src,
+                 r == NULL ? "no such region" : "out of its bounds or being deregistered");
+    }
+    rc = MPI_Isend(from, count, type, src, (int)tag, m->comm, &m->sreqs[m->nsends]);
+    if (rc != MPI_SUCCESS) {
+        sp_mpi_send_free(s);
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Isend of a reply", rc);
+    }
+    if (s->region != NULL) {
+        r->replies++;
+        m->base.stats.requests_served++;
+        m->base.stats.bytes_served += len;
+    }
+    m->sends[m->nsends++] = s;
+    return SP_OK;
+}
+
+/* Answers every request that has arrived. */
+static sp_status_t sp_mpi_serve(sp_mpi_t *m)
+{
+    for (;;) {
+        MPI_Status status;
+        int flag = 0, qlen = 0, rc;
+        sp_status_t st;
+
+        if (m->req_recv == MPI_REQUEST_NULL)
+            return SP_OK;
+        /* MPI_Test sets MPI_ERROR only when it fails: start from success. */
+        status.MPI_ERROR = MPI_SUCCESS;
+        if ((rc = MPI_Test(&m->req_recv, &flag, &status)) != MPI_SUCCESS)
+            return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Test of the request receive", rc);
+        if (!flag)
+            return SP_OK;
+        /* A request longer than ours is truncated: its error says so and it is dropped. */
+        if (status.MPI_ERROR != MPI_SUCCESS ||
+            MPI_Get_count(&status, MPI_BYTE, &qlen) != MPI_SUCCESS)
+            qlen = -1;
+        st = sp_mpi_answer(m, m->req_buf, qlen, status.MPI_SOURCE);
+        if (st != SP_OK) {
+            /* The request goes unanswered: its reader times out. Keep serving others. */
+            (void)sp_mpi_post_request_recv(m);
+            return st;
+        }
+        if ((st = sp_mpi_post_request_recv(m)) != SP_OK)
+            return st;
+    }
+}
+
+/* Drives MPI's progress and answers requests; see the design note. */
+static sp_status_t sp_mpi_progress(sp_mpi_t *m);
+
 static void *sp_mpi_progress_main(void *arg)
 {
     sp_mpi_t *m = arg;
+    long pause_ns = SP_MPI_PAUSE_MIN_NS;
     bool warned = false;
 
     while (!atomic_load(&m->stop)) {
-        struct timespec ts = {0, SP_MPI_PROGRESS_NS};
-        int flag = 0,
-            rc = MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, m->comm, &flag, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS && !warned) {
-            char msg[MPI_MAX_ERROR_STRING];
-            sp_warn("mpi progress thread: MPI_Iprobe failed: %s (raw %d)", sp_mpi_strerror(rc, msg),
-                    rc);
-            warned = true;
+        struct timespec ts = {0, pause_ns};
+        uint64_t before, after;
+        sp_status_t st;
+
+        /* A caller holding the lock is progressing: leave it be. */
+        if (pthread_mutex_trylock(&m->lock) == 0) {
+            before = m->base.stats.fetches_completed + m->base.stats.fetches_failed +
+                     m->base.stats.requests_served;
+            st = sp_mpi_progress(m);
+            after = m->base.stats.fetches_completed + m->base.stats.fetches_failed +
+                    m->base.stats.requests_served;
+            pthread_mutex_unlock(&m->lock);
+            if (st != SP_OK && !warned) {
+                sp_warn("mpi progress thread: %s", sp_last_error());
+                warned = true;
+            }
+            pause_ns =
+                after != before ? SP_MPI_PAUSE_MIN_NS : SP_MIN(pause_ns * 2, SP_MPI_PAUSE_MAX_NS);
+            ts.tv_nsec = pause_ns;
         }
         nanosleep(&ts, NULL);
     }
@@ -191,9 +532,16 @@ static void sp_mpi_close(sp_transport_t *t)
     if (finalized) {
         sp_warn("mpi transport closed after MPI_Finalize; its window and communicator are lost");
     } else {
-        if (m->attached != NULL)
-            sp_warn("mpi transport closed with %zu served regions still registered", m->nattached);
-        /* Unlocking completes every request still posted (timed-out ones too). */
+        if (m->served != NULL)
+            sp_warn("mpi transport closed with served regions still registered");
+        if (m->req_recv != MPI_REQUEST_NULL) {
+            MPI_Cancel(&m->req_recv);
+            MPI_Wait(&m->req_recv, MPI_STATUS_IGNORE);
+        }
+        /* Receives of replies are cancelled; unlocking completes every RMA request. */
+        for (size_t i = 0; i < m->nlive; i++)
+            if (m->ops[i].twosided)
+                MPI_Cancel(&m->reqs[i]);
         if (m->locked)
             MPI_Win_unlock_all(m->win);
         if (m->nlive > 0)
@@ -202,6 +550,7 @@ static void sp_mpi_close(sp_transport_t *t)
             if (m->ops[i].type != MPI_DATATYPE_NULL)
                 MPI_Type_free(&m->ops[i].type);
         }
+        sp_mpi_drop_sends(m, NULL);
         if (m->win != MPI_WIN_NULL)
             MPI_Win_free(&m->win);
         if (m->comm != MPI_COMM_NULL)
@@ -212,7 +561,11 @@ static void sp_mpi_close(sp_transport_t *t)
     sp__free(m->ops);
     sp__free(m->indices);
     sp__free(m->statuses);
+    sp__free(m->sreqs);
+    sp__free(m->sends);
+    sp__free(m->sindices);
     sp__free(m->done);
+    sp__free(m->done_msg);
     if (m->lock_ready)
         pthread_mutex_destroy(&m->lock);
     sp__free(m);
@@ -222,8 +575,10 @@ static const sp_transport_ops_t sp_mpi_ops;
 
 sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
 {
-    int initialized = 0, finalized = 0, rc, len = 0;
+    int initialized = 0, finalized = 0, rc, len = 0, flag = 0;
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    const char *mode = NULL;
+    void *tag_ub = NULL;
     bool thread = true;
     sp_mpi_t *m;
     sp_status_t st;
@@ -240,12 +595,16 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for an mpi transport");
     m->comm = MPI_COMM_NULL;
     m->win = MPI_WIN_NULL;
+    m->req_recv = MPI_REQUEST_NULL;
     if ((st = sp__transport_init_base(&m->base, conf, &sp_mpi_ops, "mpi")) != SP_OK ||
-        (st = sp_conf_get_bool(conf, "transport.progress_thread", &thread)) != SP_OK)
+        (st = sp_conf_get_bool(conf, "transport.progress_thread", &thread)) != SP_OK ||
+        (st = sp_conf_get_string(conf, "transport.mpi_mode", &mode)) != SP_OK)
         goto err;
+    m->twosided = strcmp(mode, "twosided") == 0;
     m->done_cap = (size_t)m->base.max_outstanding + 1;
     m->done = sp__calloc(m->done_cap, sizeof(*m->done));
-    if (m->done == NULL) {
+    m->done_msg = sp__calloc(m->done_cap, sizeof(*m->done_msg));
+    if (m->done == NULL || m->done_msg == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for an mpi completion ring");
         goto err;
     }
@@ -262,36 +621,46 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     }
     if ((rc = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN)) != MPI_SUCCESS ||
         (rc = MPI_Comm_rank(m->comm, &m->rank)) != MPI_SUCCESS ||
-        (rc = MPI_Comm_size(m->comm, &m->size)) != MPI_SUCCESS) {
+        (rc = MPI_Comm_size(m->comm, &m->size)) != MPI_SUCCESS ||
+        (rc = MPI_Comm_get_attr(m->comm, MPI_TAG_UB, &tag_ub, &flag)) != MPI_SUCCESS) {
         st = sp_mpi_error(SP_ERR_TRANSPORT, "setup of the transport's communicator", rc);
         goto err;
     }
+    /* MPI guarantees at least 32767. */
+    m->tag_ub = flag && tag_ub != NULL ? *(int *)tag_ub : 32767;
+    m->next_tag = SP_MPI_TAG_FIRST;
+    m->next_id = 1;
     m->added = sp__calloc((size_t)m->size, sizeof(*m->added));
     if (m->added == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %d mpi peers", m->size);
         goto err;
     }
-    if ((rc = MPI_Win_create_dynamic(MPI_INFO_NULL, m->comm, &m->win)) != MPI_SUCCESS) {
-        char msg[MPI_MAX_ERROR_STRING];
-        m->win = MPI_WIN_NULL;
-        /* Open MPI 4.1 answers MPI_ERR_WIN when no osc component can serve the ranks. */
-        st = SP_RAISE(SP_ERR_UNSUPPORTED,
-                      "MPI_Win_create_dynamic failed: %s (raw %d); this MPI has no one-sided "
-                      "component for these ranks' networks (Open MPI: osc/rdma needs the vader "
-                      "btl on one node or an RDMA network; see the osc and btl MCA parameters)",
-                      sp_mpi_strerror(rc, msg), rc);
-        goto err;
+    if (!m->twosided) {
+        if ((rc = MPI_Win_create_dynamic(MPI_INFO_NULL, m->comm, &m->win)) != MPI_SUCCESS) {
+            char msg[MPI_MAX_ERROR_STRING];
+            m->win = MPI_WIN_NULL;
+            /* Open MPI 4.1 answers MPI_ERR_WIN when no osc component can serve the ranks. */
+            st = SP_RAISE(SP_ERR_UNSUPPORTED,
+                          "MPI_Win_create_dynamic failed: %s (raw %d); this MPI has no one-sided "
+                          "component for these ranks' networks (Open MPI: osc/rdma needs the "
+                          "vader btl on one node or an RDMA network; see the osc and btl MCA "
+                          "parameters), and transport.mpi_mode=twosided needs none",
+                          sp_mpi_strerror(rc, msg), rc);
+            goto err;
+        }
+        if ((rc = MPI_Win_set_errhandler(m->win, MPI_ERRORS_RETURN)) != MPI_SUCCESS) {
+            st = sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Win_set_errhandler", rc);
+            goto err;
+        }
+        if ((rc = MPI_Win_lock_all(MPI_MODE_NOCHECK, m->win)) != MPI_SUCCESS) {
+            st = sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Win_lock_all", rc);
+            goto err;
+        }
+        m->locked = true;
+        m->attach_max = sp_mpi_attach_limit();
     }
-    if ((rc = MPI_Win_set_errhandler(m->win, MPI_ERRORS_RETURN)) != MPI_SUCCESS) {
-        st = sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Win_set_errhandler", rc);
+    if ((st = sp_mpi_post_request_recv(m)) != SP_OK)
         goto err;
-    }
-    if ((rc = MPI_Win_lock_all(MPI_MODE_NOCHECK, m->win)) != MPI_SUCCESS) {
-        st = sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Win_lock_all", rc);
-        goto err;
-    }
-    m->locked = true;
-    m->attach_max = sp_mpi_attach_limit();
     if (MPI_Get_library_version(version, &len) == MPI_SUCCESS) {
         /* "Open MPI v4.1.4, package: ..." names the library in its first field. */
         version[SP_MIN(strcspn(version, ",\n"), sizeof(m->base.provider) - 1)] = '\0';
@@ -308,11 +677,12 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         m->thread_on = true;
     } else if (thread) {
         sp_debug("mpi transport: no progress thread, MPI gives thread level %d, not "
-                 "MPI_THREAD_MULTIPLE",
+                 "MPI_THREAD_MULTIPLE; requests are answered only inside sp_transport_poll",
                  m->thread_level);
     }
-    sp_debug("mpi transport: rank %d of %d on %s, thread level %d, attach limit %zu", m->rank,
-             m->size, m->base.provider, m->thread_level, m->attach_max);
+    sp_debug("mpi transport: rank %d of %d on %s, %s, thread level %d, attach limit %zu", m->rank,
+             m->size, m->base.provider, m->twosided ? "two-sided" : "rget", m->thread_level,
+             m->attach_max);
     *transport_p = &m->base;
     return SP_OK;
 
@@ -329,8 +699,7 @@ static sp_status_t sp_mpi_address(sp_transport_t *t, void *buf, size_t cap, size
     if (cap < SP_MPI_ADDR_BYTES)
         return SP_RAISE(SP_ERR_TOO_LARGE, "an mpi address needs %d bytes, %zu given",
                         SP_MPI_ADDR_BYTES, cap);
-    for (int i = 0; i < SP_MPI_ADDR_BYTES; i++)
-        b[i] = (unsigned char)((uint32_t)m->rank >> (8 * i));
+    sp_mpi_put32(b, (uint32_t)m->rank);
     *len_p = SP_MPI_ADDR_BYTES;
     return SP_OK;
 }
@@ -339,14 +708,12 @@ static sp_status_t sp_mpi_add_peer_locked(sp_transport_t *t, const void *addr, s
                                           uint32_t *peer_p)
 {
     sp_mpi_t *m = sp_mpi(t);
-    const unsigned char *b = addr;
-    uint32_t rank = 0;
+    uint32_t rank;
 
     if (len != SP_MPI_ADDR_BYTES)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "mpi peer address of %zu bytes (a rank is %d bytes)",
                         len, SP_MPI_ADDR_BYTES);
-    for (int i = SP_MPI_ADDR_BYTES - 1; i >= 0; i--)
-        rank = (rank << 8) | b[i];
+    rank = sp_mpi_get32(addr);
     if (rank >= (uint32_t)m->size)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "mpi peer address names rank %u of a %d-rank world",
                         rank, m->size);
@@ -355,52 +722,73 @@ static sp_status_t sp_mpi_add_peer_locked(sp_transport_t *t, const void *addr, s
     return SP_OK;
 }
 
+/*
+ * Whether a served region can be attached to the window: not in two-sided
+ * mode, not overlapping an attached region (MPI_ERR_RMA_ATTACH), and not past
+ * osc_rdma_max_attach (which would leave the window's region lock held, after
+ * which readers of this rank hang). *why_p says why not.
+ */
+static bool sp_mpi_can_attach(const sp_mpi_t *m, const void *addr, size_t len, const char **why_p)
+{
+    const char *a = addr;
+
+    if (m->twosided) {
+        *why_p = "transport.mpi_mode=twosided";
+        return false;
+    }
+    if (m->attach_max != 0 && m->nattached >= m->attach_max) {
+        *why_p = "the window holds osc_rdma_max_attach regions already";
+        return false;
+    }
+    for (const sp_mpi_mr_t *o = m->served; o != NULL; o = o->next) {
+        const char *oa = o->base.addr;
+        if (o->attached && a < oa + o->base.len && oa < a + len) {
+            *why_p = "it overlaps an attached region";
+            return false;
+        }
+    }
+    return true;
+}
+
 static sp_status_t sp_mpi_mr_reg_locked(sp_transport_t *t, void *addr, size_t len, bool remote_read,
                                         sp_mr_t **mr_p)
 {
     sp_mpi_t *m = sp_mpi(t);
     char msg[MPI_MAX_ERROR_STRING];
-    const char *a = addr;
+    const char *why = NULL;
     sp_mpi_mr_t *r;
     sp_status_t st;
     int rc;
 
-    if (remote_read) {
-        for (sp_mpi_mr_t *o = m->attached; o != NULL; o = o->next) {
-            const char *oa = o->base.addr;
-            if (a < oa + o->base.len && oa < a + len)
-                return SP_RAISE(SP_ERR_UNSUPPORTED,
-                                "region of %zu bytes at %p overlaps the served region of %zu bytes "
-                                "at %p; MPI cannot attach overlapping memory to one window",
-                                len, addr, o->base.len, o->base.addr);
-        }
-        if (m->attach_max != 0 && m->nattached >= m->attach_max)
-            return SP_RAISE(SP_ERR_NO_RESOURCE,
-                            "%zu regions are served already, the most one MPI window takes "
-                            "(Open MPI osc_rdma_max_attach; raise it with "
-                            "OMPI_MCA_osc_rdma_max_attach)",
-                            m->nattached);
-    }
     r = sp__calloc(1, sizeof(*r));
     if (r == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a memory region");
     if (remote_read) {
-        if ((rc = MPI_Win_attach(m->win, addr, (MPI_Aint)len)) != MPI_SUCCESS) {
-            int cls = 0;
-            MPI_Error_class(rc, &cls);
-            st = SP_RAISE(cls == MPI_ERR_RMA_ATTACH ? SP_ERR_NO_RESOURCE : SP_ERR_TRANSPORT,
-                          "MPI_Win_attach of %zu bytes at %p: %s (raw %d)", len, addr,
-                          sp_mpi_strerror(rc, msg), rc);
-            goto err_free;
-        }
         if ((rc = MPI_Get_address(addr, &r->disp)) != MPI_SUCCESS) {
             st = SP_RAISE(SP_ERR_TRANSPORT, "MPI_Get_address of %p: %s (raw %d)", addr,
                           sp_mpi_strerror(rc, msg), rc);
-            goto err_detach;
+            goto err_free;
         }
-        r->next = m->attached;
-        m->attached = r;
-        m->nattached++;
+        if (sp_mpi_can_attach(m, addr, len, &why)) {
+            if ((rc = MPI_Win_attach(m->win, addr, (MPI_Aint)len)) != MPI_SUCCESS) {
+                int cls = 0;
+                MPI_Error_class(rc, &cls);
+                st = SP_RAISE(cls == MPI_ERR_RMA_ATTACH ? SP_ERR_NO_RESOURCE : SP_ERR_TRANSPORT,
+                              "MPI_Win_attach of %zu bytes at %p: %s (raw %d)", len, addr,
+                              sp_mpi_strerror(rc, msg), rc);
+                goto err_free;
+            }
+            r->attached = true;
+            m->nattached++;
+        } else if (!m->twosided) {
+            sp_debug("mpi transport: region of %zu bytes at %p served two-sided: %s", len, addr,
+                     why);
+        }
+        r->id = m->next_id++;
+        if (m->next_id == 0)
+            m->next_id = 1;
+        r->next = m->served;
+        m->served = r;
     }
     r->base.transport = t;
     r->base.addr = addr;
@@ -410,25 +798,51 @@ static sp_status_t sp_mpi_mr_reg_locked(sp_transport_t *t, void *addr, size_t le
     *mr_p = &r->base;
     return SP_OK;
 
-err_detach:
-    MPI_Win_detach(m->win, addr);
 err_free:
     sp__free(r);
     return st;
 }
 
-static void sp_mpi_mr_dereg_locked(sp_mr_t *mr)
+/*
+ * Unlinks a served region. Requests for it are refused from now on; replies
+ * still reading it are given transport.timeout to finish (their readers must
+ * progress), then dropped.
+ */
+static void sp_mpi_mr_dereg(sp_mr_t *mr)
 {
     sp_mpi_mr_t *r = sp_container_of(mr, sp_mpi_mr_t, base);
     sp_mpi_t *m = sp_mpi(mr->transport);
+    uint64_t until = sp__now_ns() + m->base.timeout_ns;
 
-    if (mr->remote_read) {
-        sp_mpi_mr_t **pp = &m->attached;
+    pthread_mutex_lock(&m->lock);
+    if (!mr->remote_read) {
+        pthread_mutex_unlock(&m->lock);
+        sp__free(r);
+        return;
+    }
+    r->dying = true;
+    while (r->replies > 0 && sp__now_ns() < until) {
+        (void)sp_mpi_progress(m);
+        if (r->replies == 0)
+            break;
+        pthread_mutex_unlock(&m->lock);
+        sched_yield();
+        pthread_mutex_lock(&m->lock);
+    }
+    if (r->replies > 0) {
+        sp_warn("mpi transport: %zu replies from the region at %p not received in %llu ms; "
+                "dropped",
+                r->replies, mr->addr, (unsigned long long)(m->base.timeout_ns / 1000000));
+        sp_mpi_drop_sends(m, r);
+    }
+    for (sp_mpi_mr_t **pp = &m->served; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    }
+    if (r->attached) {
         int rc;
-
-        while (*pp != r)
-            pp = &(*pp)->next;
-        *pp = r->next;
         m->nattached--;
         if ((rc = MPI_Win_detach(m->win, mr->addr)) != MPI_SUCCESS) {
             char msg[MPI_MAX_ERROR_STRING];
@@ -436,6 +850,7 @@ static void sp_mpi_mr_dereg_locked(sp_mr_t *mr)
                     sp_mpi_strerror(rc, msg), rc);
         }
     }
+    pthread_mutex_unlock(&m->lock);
     sp__free(r);
 }
 
@@ -444,49 +859,48 @@ static sp_status_t sp_mpi_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size
     const sp_mpi_mr_t *r = sp_container_of(mr, sp_mpi_mr_t, base);
     sp_mpi_t *m = sp_mpi(mr->transport);
     unsigned char *b = buf;
-    uint64_t fields[2] = {(uint64_t)r->disp, (uint64_t)mr->len};
 
     if (cap < SP_MPI_KEY_BYTES)
         return SP_RAISE(SP_ERR_TOO_LARGE, "a packed key needs %d bytes, %zu given",
                         SP_MPI_KEY_BYTES, cap);
-    memset(b, 0, 8);
     b[0] = 'S';
     b[1] = 'M';
     b[2] = 1;
-    for (int f = 0; f < 2; f++)
-        for (int i = 0; i < 8; i++)
-            b[8 + 8 * f + i] = (unsigned char)(fields[f] >> (8 * i));
-    for (int i = 0; i < 4; i++)
-        b[24 + i] = (unsigned char)((uint32_t)m->rank >> (8 * i));
+    b[3] = (unsigned char)(r->attached ? 0 : SP_MPI_KEY_TWOSIDED);
+    sp_mpi_put32(b + 4, r->id);
+    sp_mpi_put64(b + 8, (uint64_t)r->disp);
+    sp_mpi_put64(b + 16, (uint64_t)mr->len);
+    sp_mpi_put32(b + 24, (uint32_t)m->rank);
     *len_p = SP_MPI_KEY_BYTES;
     return SP_OK;
 }
 
+typedef struct sp_mpi_key {
+    uint64_t base, length;
+    uint32_t id, owner;
+    bool twosided;
+} sp_mpi_key_t;
+
 /* Unpacks a remote key; SP_ERR_BAD_FORMAT when it is not one of ours. */
-static sp_status_t sp_mpi_unpack(const sp_mpi_t *m, const void *rkey, size_t len, uint64_t *base_p,
-                                 uint64_t *length_p, uint32_t *owner_p)
+static sp_status_t sp_mpi_unpack(const sp_mpi_t *m, const void *rkey, size_t len, sp_mpi_key_t *k)
 {
     const unsigned char *b = rkey;
-    uint64_t fields[2] = {0, 0};
-    uint32_t owner = 0;
 
-    if (len != SP_MPI_KEY_BYTES || b[0] != 'S' || b[1] != 'M' || b[2] != 1 || b[3] != 0)
+    if (len != SP_MPI_KEY_BYTES || b[0] != 'S' || b[1] != 'M' || b[2] != 1 ||
+        (b[3] & ~SP_MPI_KEY_TWOSIDED) != 0)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
-    for (int f = 0; f < 2; f++)
-        for (int i = 7; i >= 0; i--)
-            fields[f] = (fields[f] << 8) | b[8 + 8 * f + i];
-    for (int i = 3; i >= 0; i--)
-        owner = (owner << 8) | b[24 + i];
+    k->twosided = (b[3] & SP_MPI_KEY_TWOSIDED) != 0;
+    k->id = sp_mpi_get32(b + 4);
+    k->base = sp_mpi_get64(b + 8);
+    k->length = sp_mpi_get64(b + 16);
+    k->owner = sp_mpi_get32(b + 24);
     /* The displacement of any byte of the region must be an MPI_Aint. */
-    if (fields[0] > (uint64_t)INTPTR_MAX || fields[1] > (uint64_t)INTPTR_MAX - fields[0] ||
-        owner >= (uint32_t)m->size)
+    if (k->base > (uint64_t)INTPTR_MAX || k->length > (uint64_t)INTPTR_MAX - k->base ||
+        k->owner >= (uint32_t)m->size)
         return SP_RAISE(SP_ERR_BAD_FORMAT,
                         "remote key names %llu bytes at 0x%llx on rank %u of a %d-rank world",
-                        (unsigned long long)fields[1], (unsigned long long)fields[0], owner,
+                        (unsigned long long)k->length, (unsigned long long)k->base, k->owner,
                         m->size);
-    *base_p = fields[0];
-    *length_p = fields[1];
-    *owner_p = owner;
     return SP_OK;
 }
 
@@ -502,6 +916,24 @@ static void sp_mpi_push_done(sp_mpi_t *m, void *user, sp_status_t st, int raw, s
     m->done[(m->done_head + m->done_len) % m->done_cap] =
         (sp_transport_completion_t){user, st, raw, len, peer};
     m->done_len++;
+}
+
+/*
+ * Queues a failed completion with its message, which poll raises on the
+ * caller's thread (the progress thread may be the one that sees it).
+ */
+static void sp_mpi_push_fail(sp_mpi_t *m, void *user, sp_status_t st, int raw, uint32_t peer,
+                             const char *fmt, ...) SP_PRINTF(6, 7);
+static void sp_mpi_push_fail(sp_mpi_t *m, void *user, sp_status_t st, int raw, uint32_t peer,
+                             const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(m->done_msg[(m->done_head + m->done_len) % m->done_cap], SP_MPI_MSG, fmt, ap);
+    va_end(ap);
+    sp_mpi_push_done(m, user, st, raw, 0, peer);
+    m->base.stats.fetches_failed++;
 }
 
 /* Makes room for one more posted op. */
@@ -532,45 +964,61 @@ static sp_status_t sp_mpi_reserve(sp_mpi_t *m)
     return SP_OK;
 }
 
-/* Completes finished requests into the ring; expires overdue fetches. */
+/* Completes one finished op into the ring. */
+static void sp_mpi_complete(sp_mpi_t *m, sp_mpi_op_t *op, MPI_Status *status, int err)
+{
+    char msg[MPI_MAX_ERROR_STRING];
+    int got = -1, cancelled = 0;
+
+    if (op->type != MPI_DATATYPE_NULL)
+        MPI_Type_free(&op->type);
+    if (op->timed_out)
+        return;
+    if (err == MPI_SUCCESS && op->twosided) {
+        MPI_Test_cancelled(status, &cancelled);
+        if (cancelled || MPI_Get_count(status, MPI_BYTE, &got) != MPI_SUCCESS)
+            got = -1;
+        if (got == 0 && op->len > 0) {
+            sp_mpi_push_fail(m, op->user, SP_ERR_FETCH_FAILED, 0, op->peer,
+                             "peer %u refused the read of %zu bytes at offset %llu: its region "
+                             "is no longer served, or the read is past its end",
+                             op->peer, op->len, (unsigned long long)op->offset);
+            return;
+        }
+    }
+    if (err == MPI_SUCCESS) {
+        sp_mpi_push_done(m, op->user, SP_OK, 0, op->len, op->peer);
+        m->base.stats.fetches_completed++;
+        m->base.stats.bytes_fetched += op->len;
+    } else {
+        sp_mpi_push_fail(m, op->user, SP_ERR_FETCH_FAILED, err, op->peer,
+                         "fetch of %zu bytes at offset %llu from peer %u failed: %s (raw %d)",
+                         op->len, (unsigned long long)op->offset, op->peer,
+                         sp_mpi_strerror(err, msg), err);
+    }
+}
+
+/* Serves requests, completes finished ops into the ring, expires overdue ones. */
 static sp_status_t sp_mpi_progress(sp_mpi_t *m)
 {
     uint64_t now;
-    int rc, outcount = 0, flag = 0;
+    int rc, outcount = 0;
     size_t kept = 0;
+    sp_status_t st;
 
-    if (m->nlive == 0) {
-        /* Nothing of ours to test: still let MPI serve reads of others. */
-        if ((rc = MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, m->comm, &flag, MPI_STATUS_IGNORE)) !=
-            MPI_SUCCESS)
-            return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Iprobe", rc);
+    if ((st = sp_mpi_serve(m)) != SP_OK || (st = sp_mpi_test_sends(m)) != SP_OK)
+        return st;
+    if (m->nlive == 0)
         return SP_OK;
-    }
     rc = MPI_Testsome((int)m->nlive, m->reqs, &outcount, m->indices, m->statuses);
     if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS)
         return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Testsome over the posted fetches", rc);
     for (int k = 0; k < outcount && outcount != MPI_UNDEFINED; k++) {
-        sp_mpi_op_t *op = &m->ops[m->indices[k]];
         int err = rc == MPI_ERR_IN_STATUS ? m->statuses[k].MPI_ERROR : MPI_SUCCESS;
 
         /* MPI frees a completed request; make sure it is not tested twice. */
         m->reqs[m->indices[k]] = MPI_REQUEST_NULL;
-        if (op->type != MPI_DATATYPE_NULL)
-            MPI_Type_free(&op->type);
-        if (op->timed_out)
-            continue;
-        if (err == MPI_SUCCESS) {
-            sp_mpi_push_done(m, op->user, SP_OK, 0, op->len, op->peer);
-            m->base.stats.fetches_completed++;
-            m->base.stats.bytes_fetched += op->len;
-        } else {
-            char msg[MPI_MAX_ERROR_STRING];
-            /* The message is the caller's detail for this completion. */
-            SP_RAISE(SP_ERR_FETCH_FAILED, "fetch of %zu bytes from peer %u failed: %s (raw %d)",
-                     op->len, op->peer, sp_mpi_strerror(err, msg), err);
-            sp_mpi_push_done(m, op->user, SP_ERR_FETCH_FAILED, err, 0, op->peer);
-            m->base.stats.fetches_failed++;
-        }
+        sp_mpi_complete(m, &m->ops[m->indices[k]], &m->statuses[k], err);
     }
     /* Completed requests are MPI_REQUEST_NULL now: keep the others, in order. */
     for (size_t i = 0; i < m->nlive; i++) {
@@ -585,44 +1033,62 @@ static sp_status_t sp_mpi_progress(sp_mpi_t *m)
         sp_mpi_op_t *op = &m->ops[i];
         if (!op->timed_out && now > op->deadline) {
             op->timed_out = true;
-            SP_RAISE(SP_ERR_TIMED_OUT,
-                     "fetch of %zu bytes from peer %u did not complete in %llu ms", op->len,
-                     op->peer, (unsigned long long)(m->base.timeout_ns / 1000000));
-            sp_mpi_push_done(m, op->user, SP_ERR_TIMED_OUT, 0, 0, op->peer);
-            m->base.stats.fetches_failed++;
+            if (op->twosided)
+                MPI_Cancel(&m->reqs[i]);
+            sp_mpi_push_fail(m, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
+                             "fetch of %zu bytes at offset %llu from peer %u did not complete in "
+                             "%llu ms",
+                             op->len, (unsigned long long)op->offset, op->peer,
+                             (unsigned long long)(m->base.timeout_ns / 1000000));
         }
     }
     return SP_OK;
 }
 
-/*
- * The datatype of a fetch longer than sp__mpi_count_max: q chunks of that
- * many bytes, then the remainder.
- */
-static sp_status_t sp_mpi_big_type(size_t len, MPI_Datatype *type_p)
+/* Posts the receive of the reply, then the request: the reply always finds its receive. */
+static sp_status_t sp_mpi_post_request(sp_mpi_t *m, const sp_mpi_key_t *k, uint32_t peer,
+                                       uint64_t offset, size_t len, void *dest, int count,
+                                       MPI_Datatype type, MPI_Request *req_p)
 {
-    size_t chunk = sp__mpi_count_max, q = len / chunk, r = len % chunk;
-    MPI_Datatype chunk_type, type;
-    int blocks[2] = {(int)q, (int)r};
-    MPI_Aint displs[2] = {0, (MPI_Aint)(q * chunk)};
-    MPI_Datatype types[2];
-    int rc;
+    char msg[MPI_MAX_ERROR_STRING];
+    int tag = m->next_tag, rc;
+    sp_mpi_send_t *s;
+    sp_status_t st;
 
-    if (q > INT_MAX)
-        return SP_RAISE(SP_ERR_TOO_LARGE, "fetch of %zu bytes is more than MPI can describe", len);
-    if ((rc = MPI_Type_contiguous((int)chunk, MPI_BYTE, &chunk_type)) != MPI_SUCCESS)
-        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Type_contiguous", rc);
-    types[0] = chunk_type;
-    types[1] = MPI_BYTE;
-    rc = MPI_Type_create_struct(r != 0 ? 2 : 1, blocks, displs, types, &type);
-    MPI_Type_free(&chunk_type); /* the struct keeps what it needs */
-    if (rc != MPI_SUCCESS)
-        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Type_create_struct", rc);
-    if ((rc = MPI_Type_commit(&type)) != MPI_SUCCESS) {
-        MPI_Type_free(&type);
-        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Type_commit", rc);
+    if ((st = sp_mpi_reserve_send(m)) != SP_OK)
+        return st;
+    s = sp__calloc(1, sizeof(*s));
+    if (s == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for a request");
+    s->type = MPI_DATATYPE_NULL;
+    m->next_tag = m->next_tag < m->tag_ub ? m->next_tag + 1 : SP_MPI_TAG_FIRST;
+    s->hdr[0] = 'S';
+    s->hdr[1] = 'Q';
+    s->hdr[2] = 1;
+    sp_mpi_put32(s->hdr + 4, k->id);
+    sp_mpi_put32(s->hdr + 8, (uint32_t)tag);
+    sp_mpi_put64(s->hdr + 16, k->base);
+    sp_mpi_put64(s->hdr + 24, offset);
+    sp_mpi_put64(s->hdr + 32, (uint64_t)len);
+    rc = MPI_Irecv(dest, count, type, (int)peer, tag, m->comm, req_p);
+    if (rc != MPI_SUCCESS) {
+        sp__free(s);
+        return SP_RAISE(SP_ERR_FETCH_FAILED,
+                        "MPI_Irecv of %zu bytes at offset %llu from peer %u: %s (raw %d)", len,
+                        (unsigned long long)offset, peer, sp_mpi_strerror(rc, msg), rc);
     }
-    *type_p = type;
+    rc = MPI_Isend(s->hdr, SP_MPI_REQ_BYTES, MPI_BYTE, (int)peer, SP_MPI_TAG_REQ, m->comm,
+                   &m->sreqs[m->nsends]);
+    if (rc != MPI_SUCCESS) {
+        MPI_Cancel(req_p);
+        MPI_Wait(req_p, MPI_STATUS_IGNORE);
+        sp__free(s);
+        return SP_RAISE(SP_ERR_FETCH_FAILED,
+                        "MPI_Isend of the request for %zu bytes at offset %llu to peer %u: %s "
+                        "(raw %d)",
+                        len, (unsigned long long)offset, peer, sp_mpi_strerror(rc, msg), rc);
+    }
+    m->sends[m->nsends++] = s;
     return SP_OK;
 }
 
@@ -632,57 +1098,73 @@ static sp_status_t sp_mpi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
 {
     sp_mpi_t *m = sp_mpi(t);
     char msg[MPI_MAX_ERROR_STRING];
-    uint64_t base = 0, length = 0; /* set by the unpack; gcc -O2 cannot tell */
-    uint32_t owner = 0;
+    sp_mpi_key_t k = {0, 0, 0, 0, false}; /* set by the unpack; gcc -O2 cannot tell */
     MPI_Datatype type = MPI_BYTE, big = MPI_DATATYPE_NULL;
-    int count = (int)SP_MIN(len, (size_t)INT_MAX), rc;
+    int count = 0, rc;
     MPI_Request req = MPI_REQUEST_NULL;
     sp_mpi_op_t *op;
     sp_status_t st;
 
     SP_UNUSED(local); /* MPI needs no registration of the destination */
-    if ((st = sp_mpi_unpack(m, rkey, rkey_len, &base, &length, &owner)) != SP_OK)
+    if ((st = sp_mpi_unpack(m, rkey, rkey_len, &k)) != SP_OK)
         return st;
     if (peer >= (uint32_t)m->size || !m->added[peer])
         return SP_RAISE(SP_ERR_INVALID_PARAM, "fetch from unknown peer %u (not added; %d ranks)",
                         peer, m->size);
-    if (peer != owner)
+    if (peer != k.owner)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "fetch from peer %u with the key of a region of rank %u: a key is read "
                         "only from its owner",
-                        peer, owner);
-    if (offset > length || len > length - offset)
+                        peer, k.owner);
+    if (offset > k.length || len > k.length - offset)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "fetch of %zu bytes at offset %llu from peer %u is past the end of its "
                         "%llu-byte region",
-                        len, (unsigned long long)offset, peer, (unsigned long long)length);
+                        len, (unsigned long long)offset, peer, (unsigned long long)k.length);
+    if (!k.twosided && m->win == MPI_WIN_NULL)
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "key of peer %u names a region in its window, and this transport has "
+                        "none (transport.mpi_mode=twosided here, rget there?)",
+                        peer);
     if (m->outstanding >= m->base.max_outstanding)
         return SP_RAISE(SP_ERR_BUSY,
                         "%u fetches outstanding (transport.max_outstanding); poll first",
                         m->outstanding);
-    if ((st = sp_mpi_reserve(m)) != SP_OK)
-        return st;
-    if (len > sp__mpi_count_max) {
-        if ((st = sp_mpi_big_type(len, &big)) != SP_OK)
-            return st;
-        type = big;
-        count = 1;
+    if (k.twosided && len == 0) {
+        /* Nothing to ask for. */
+        m->outstanding++;
+        t->stats.fetches_posted++;
+        t->stats.fetches_completed++;
+        sp_mpi_push_done(m, context, SP_OK, 0, 0, peer);
+        return SP_OK;
     }
-    rc = MPI_Rget(dest, count, type, (int)peer, MPI_Aint_add((MPI_Aint)base, (MPI_Aint)offset),
-                  count, type, m->win, &req);
-    if (rc != MPI_SUCCESS) {
+    if ((st = sp_mpi_reserve(m)) != SP_OK ||
+        (st = sp_mpi_type_of(len, &count, &type, &big)) != SP_OK)
+        return st;
+    if (k.twosided) {
+        st = sp_mpi_post_request(m, &k, peer, offset, len, dest, count, type, &req);
+    } else {
+        rc = MPI_Rget(dest, count, type, (int)peer,
+                      MPI_Aint_add((MPI_Aint)k.base, (MPI_Aint)offset), count, type, m->win, &req);
+        if (rc != MPI_SUCCESS)
+            st = SP_RAISE(SP_ERR_FETCH_FAILED,
+                          "MPI_Rget of %zu bytes at offset %llu from peer %u: %s (raw %d)", len,
+                          (unsigned long long)offset, peer, sp_mpi_strerror(rc, msg), rc);
+    }
+    if (st != SP_OK) {
         if (big != MPI_DATATYPE_NULL)
             MPI_Type_free(&big);
-        return SP_RAISE(SP_ERR_FETCH_FAILED,
-                        "MPI_Rget of %zu bytes at offset %llu from peer %u: %s (raw %d)", len,
-                        (unsigned long long)offset, peer, sp_mpi_strerror(rc, msg), rc);
+        return st;
     }
     op = &m->ops[m->nlive];
     *op = (sp_mpi_op_t){.user = context,
                         .peer = peer,
                         .len = len,
+                        .offset = offset,
                         .deadline = sp__now_ns() + m->base.timeout_ns,
-                        .type = big};
+                        .type = big,
+                        .count = count,
+                        .twosided = k.twosided};
     m->reqs[m->nlive++] = req;
     m->outstanding++;
     t->stats.fetches_posted++;
@@ -703,6 +1185,8 @@ static sp_status_t sp_mpi_poll(sp_transport_t *t, sp_transport_completion_t *out
         while (st == SP_OK && n < max && m->done_len > 0) {
             m->outstanding--; /* returned to the caller: the slot is free */
             out[n++] = m->done[m->done_head];
+            if (out[n - 1].status != SP_OK)
+                SP_RAISE(out[n - 1].status, "%s", m->done_msg[m->done_head]);
             m->done_head = (m->done_head + 1) % m->done_cap;
             m->done_len--;
         }
@@ -740,15 +1224,6 @@ static sp_status_t sp_mpi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool
     st = sp_mpi_mr_reg_locked(t, addr, len, remote_read, mr_p);
     pthread_mutex_unlock(&m->lock);
     return st;
-}
-
-static void sp_mpi_mr_dereg(sp_mr_t *mr)
-{
-    sp_mpi_t *m = sp_mpi(mr->transport);
-
-    pthread_mutex_lock(&m->lock);
-    sp_mpi_mr_dereg_locked(mr);
-    pthread_mutex_unlock(&m->lock);
 }
 
 static sp_status_t sp_mpi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,

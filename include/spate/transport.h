@@ -1,8 +1,8 @@
 /*
  * spate — transport layer: moving bytes between executors. A transport is
  * one executor's endpoint on a backend (ofi: libfabric RDM endpoints with
- * one-sided reads; mpi: MPI-3 one-sided reads through a dynamic window
- * between the ranks of MPI_COMM_WORLD). Memory regions
+ * one-sided reads; mpi: the ranks of MPI_COMM_WORLD, reading through a
+ * dynamic window or by request and reply, transport.mpi_mode). Memory regions
  * (pages, or a memory-mapped committed data file) are registered read-only
  * for remote access; their packed remote key travels in the map status; a
  * reader posts a fetch (peer, key, offset, length) into a registered local
@@ -41,24 +41,29 @@ typedef struct sp_transport_stats {
     uint64_t bytes_fetched;
     uint64_t eagain; /**< posts deferred by back-pressure */
     uint64_t regions_registered;
+    uint64_t requests_served; /**< reads of this executor's regions answered with a message
+                                   (mpi two-sided); one-sided reads are not seen here */
+    uint64_t bytes_served;    /**< bytes of those answers */
 } sp_transport_stats_t;
 
 /**
  * Opens the transport of one executor: transport.backend (ofi or mpi),
  * transport.provider (libfabric provider, e.g. "tcp;ofi_rxm" or "shm"; empty:
  * FI_PROVIDER or libfabric's choice), transport.max_outstanding,
- * transport.timeout, transport.progress_thread. SP_ERR_UNSUPPORTED when no
- * provider offers what the backend needs (message names the provider and the
- * raw code).
+ * transport.timeout, transport.progress_thread, transport.mpi_mode.
+ * SP_ERR_UNSUPPORTED when no provider offers what the backend needs (message
+ * names the provider and the raw code).
  *
  * The mpi backend needs MPI initialized by the process (MPI_Init_thread,
  * ideally with MPI_THREAD_MULTIPLE; MPI_Finalize only after
  * sp_transport_close), else SP_ERR_UNSUPPORTED. Its open and close are
  * collective over MPI_COMM_WORLD: every rank opens its transport, and every
  * rank closes it, in the same order as its other collective calls on
- * MPI_COMM_WORLD. A peer id is the peer's rank; served regions may not
- * overlap, and Open MPI bounds their number (osc_rdma_max_attach,
- * SP_ERR_NO_RESOURCE beyond it).
+ * MPI_COMM_WORLD. A peer id is the peer's rank. With transport.mpi_mode=rget,
+ * served regions the window cannot take (overlapping ones, more than Open
+ * MPI's osc_rdma_max_attach) are served by request and reply instead; that
+ * way, and with twosided, a rank answers requests from its progress thread
+ * (MPI_THREAD_MULTIPLE) or else only while it polls.
  */
 SP_API sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p);
 

@@ -1,6 +1,8 @@
 /*
- * The mpi backend on the ranks of one mpirun (CTest runs it on 2, 3 and 4).
- * Every rank opens the transport (collective), serves a 16 MiB region whose
+ * The mpi backend on the ranks of one mpirun (CTest runs it on 2, 3 and 4),
+ * once with transport.mpi_mode=rget and once with twosided (the same tests,
+ * two cmocka groups). Every rank opens the transport (collective), serves a
+ * 16 MiB region whose
  * bytes depend on its rank, and exchanges its address and packed key with
  * every other rank through MPI_Allgather. Then each rank fetches blocks of
  * every size at the first bytes, an odd offset and the region's last bytes
@@ -8,14 +10,18 @@
  * 1000 small fetches with SP_ERR_BUSY as back-pressure; fetches again with
  * sp__mpi_count_max lowered, so that blocks travel as one derived datatype;
  * checks that bad requests are refused before anything is posted, that a key
- * whose region was deregistered fails, and that overlapping and over-limit
- * registrations are refused without wedging the window.
+ * whose region was deregistered fails, and that regions the window cannot
+ * take (overlapping, over Open MPI's attach limit) are served two-sided
+ * without wedging it. Two-sided only: a key forged to claim more than its
+ * region is refused by the owner, and an owner that makes no transport call
+ * still answers (its progress thread).
  *
  * cmocka runs in every rank (their output interleaves). Each test ends in a
  * barrier in its teardown, which cmocka runs after a failure too, so the
  * ranks stay in step; a rank with a failure exits non-zero, so mpirun fails.
  *
- * Not covered here: sp_transport_open in a process that never called
+ * Not covered here: a malformed request on the private communicator (no test
+ * can reach it), sp_transport_open in a process that never called
  * MPI_Init (SP_ERR_UNSUPPORTED; every rank of this program initializes MPI,
  * and MPI cannot be un-initialized), a peer that dies (Open MPI 4.1 aborts the
  * job) and SP_ERR_TIMED_OUT (an MPI read cannot be held back on purpose).
@@ -47,6 +53,7 @@ typedef struct card {
 } card_t;
 
 static struct world {
+    const char *mode; /* transport.mpi_mode of the group running */
     int rank, size;
     bool ready; /* the group setup finished on this rank */
     sp_conf_t *conf;
@@ -112,6 +119,8 @@ static void fetch_and_check(int peer, uint64_t offset, size_t len)
     check_bytes(peer, offset, w.dest, len);
 }
 
+static bool twosided(void) { return strcmp(w.mode, "twosided") == 0; }
+
 static int world_setup(void **state)
 {
     sp_transport_stats_t s;
@@ -119,8 +128,10 @@ static int world_setup(void **state)
     size_t alen = 0, klen = 0;
 
     (void)state;
+    w.ready = false;
     assert_int_equal(sp_conf_create(&w.conf), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.backend", "mpi"), SP_OK);
+    assert_int_equal(sp_conf_set(w.conf, "transport.mpi_mode", w.mode), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.timeout", "20s"), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.max_outstanding", "16"), SP_OK);
     assert_int_equal(sp_transport_open(w.conf, &w.t), SP_OK);
@@ -145,6 +156,7 @@ static int world_setup(void **state)
     assert_int_equal(sp_transport_mr_pack(w.region_mr, mine.key, sizeof(mine.key), &klen), SP_OK);
     mine.alen = (uint32_t)alen;
     mine.klen = (uint32_t)klen;
+    assert_int_equal(mine.key[3], twosided() ? 1 : 0); /* the key says how it is served */
     assert_int_equal(MPI_Allgather(&mine, sizeof(mine), MPI_BYTE, w.cards, sizeof(mine), MPI_BYTE,
                                    MPI_COMM_WORLD),
                      MPI_SUCCESS);
@@ -157,6 +169,18 @@ static int world_setup(void **state)
     }
     w.ready = true;
     return 0;
+}
+
+static int setup_rget(void **state)
+{
+    w.mode = "rget";
+    return world_setup(state);
+}
+
+static int setup_twosided(void **state)
+{
+    w.mode = "twosided";
+    return world_setup(state);
 }
 
 static int world_teardown(void **state)
@@ -191,6 +215,7 @@ static void test_mpi_fetch_every_size_from_every_rank(void **state)
 
     (void)state;
     sp_transport_stats(w.t, &before);
+    MPI_Barrier(MPI_COMM_WORLD); /* no rank reads this one before its count starts */
     for (int k = 1; k < w.size; k++) {
         int peer = (w.rank + k) % w.size;
         for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
@@ -203,6 +228,15 @@ static void test_mpi_fetch_every_size_from_every_rank(void **state)
     assert_int_equal(after.fetches_completed - before.fetches_completed,
                      (uint64_t)(w.size - 1) * 15);
     assert_int_equal(after.fetches_failed, 0);
+    /* Two-sided, every fetch was a request some rank answered; rget, none was. */
+    {
+        uint64_t served = after.requests_served - before.requests_served, total = 0;
+        MPI_Barrier(MPI_COMM_WORLD); /* every rank's answers are sent */
+        sp_transport_stats(w.t, &after);
+        served = after.requests_served - before.requests_served;
+        MPI_Allreduce(&served, &total, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+        assert_int_equal(total, twosided() ? (uint64_t)w.size * (uint64_t)(w.size - 1) * 15 : 0);
+    }
 }
 
 static void test_mpi_small_fetches_with_back_pressure(void **state)
@@ -367,7 +401,8 @@ static void test_mpi_deregistered_region_fails(void **state)
     MPI_Barrier(MPI_COMM_WORLD);
     sp_transport_mr_dereg(mr);
     MPI_Barrier(MPI_COMM_WORLD);
-    /* The stale key fails, at the post or in its completion, and never hangs. */
+    /* The stale key fails, at the post or in its completion, and never hangs:
+     * one-sided, MPI finds no region; two-sided, its owner refuses. */
     st = sp_transport_fetch(w.t, (uint32_t)next, cards[next].key, cards[next].klen, 0, len, w.dest,
                             w.dest_mr, NULL);
     if (st == SP_OK) {
@@ -378,48 +413,157 @@ static void test_mpi_deregistered_region_fails(void **state)
             assert_int_equal(sp_transport_poll(w.t, &done, 1, 100, &n), SP_OK);
         assert_int_equal(n, 1);
         st = done.status;
-        assert_int_not_equal(done.raw, 0);
+        if (!twosided())
+            assert_int_not_equal(done.raw, 0);
     }
     assert_int_equal(st, SP_ERR_FETCH_FAILED);
-    assert_non_null(strstr(sp_last_error(), "raw"));
+    assert_non_null(strstr(sp_last_error(), twosided() ? "refused" : "raw"));
     free(cards);
     free(page);
 }
 
-static void test_mpi_overlap_and_attach_limit_are_refused(void **state)
+/* Registers len bytes at addr for remote reads and shares its key: cards[r] is rank r's. */
+static sp_mr_t *serve_and_share(void *addr, size_t len, card_t *cards)
+{
+    card_t mine;
+    sp_mr_t *mr = NULL;
+    size_t klen = 0;
+
+    memset(&mine, 0, sizeof(mine));
+    assert_int_equal(sp_transport_mr_reg(w.t, addr, len, true, &mr), SP_OK);
+    assert_int_equal(sp_transport_mr_pack(mr, mine.key, sizeof(mine.key), &klen), SP_OK);
+    mine.klen = (uint32_t)klen;
+    assert_int_equal(
+        MPI_Allgather(&mine, sizeof(mine), MPI_BYTE, cards, sizeof(mine), MPI_BYTE, MPI_COMM_WORLD),
+        MPI_SUCCESS);
+    return mr;
+}
+
+/* Fetches len bytes at offset of the region behind card from peer and checks them. */
+static void fetch_card_and_check(int peer, const card_t *card, uint64_t offset, size_t len,
+                                 uint64_t owner_offset)
+{
+    memset(w.dest, 0, len);
+    assert_int_equal(sp_transport_fetch(w.t, (uint32_t)peer, card->key, card->klen, offset, len,
+                                        w.dest, w.dest_mr, NULL),
+                     SP_OK);
+    drain(1, NULL);
+    check_bytes(peer, owner_offset, w.dest, len);
+}
+
+static void test_mpi_overlap_and_attach_limit_served_two_sided(void **state)
 {
     enum { MANY = 200 };
-    sp_mr_t *mrs[MANY], *mr = NULL;
+    sp_mr_t *mrs[MANY], *overlap = NULL, *mr = NULL;
     unsigned char *pages = aligned_alloc(4096, (size_t)MANY * 4096);
-    sp_status_t st = SP_OK;
-    int n = 0;
+    card_t *cards = calloc((size_t)w.size, sizeof(*cards));
+    int next = (w.rank + 1) % w.size, flagged = 0;
 
     (void)state;
     assert_non_null(pages);
-    /* Part of the served region again: MPI cannot attach it twice. */
-    assert_int_equal(sp_transport_mr_reg(w.t, w.region + 4096, 100, true, &mr), SP_ERR_UNSUPPORTED);
-    assert_non_null(strstr(sp_last_error(), "overlaps"));
-    /* As a local destination it is fine: nothing is attached. */
+    assert_non_null(cards);
+    /* Part of the served region again: MPI cannot attach it twice, so it is
+     * served two-sided, and reads of it see the region's bytes. */
+    overlap = serve_and_share(w.region + 4096, 100000, cards);
+    assert_int_equal(cards[w.rank].key[3], 1);
+    fetch_card_and_check(next, &cards[next], 5, 99995, 4096 + 5);
+    /* As a local destination it is fine too: nothing is attached. */
     assert_int_equal(sp_transport_mr_reg(w.t, w.region + 4096, 100, false, &mr), SP_OK);
     sp_transport_mr_dereg(mr);
-    /* Page after page until the window is full, if this MPI limits it. */
-    for (n = 0; n < MANY; n++) {
-        st = sp_transport_mr_reg(w.t, pages + (size_t)n * 4096, 4096, true, &mrs[n]);
-        if (st != SP_OK)
-            break;
+    /* Page after page, past the window's limit if this MPI has one. */
+    for (int n = 0; n < MANY; n++) {
+        unsigned char key[SP_TRANSPORT_RKEY_MAX];
+        size_t klen = 0;
+        for (size_t i = 0; i < 4096; i++)
+            pages[(size_t)n * 4096 + i] = pattern(w.rank, (size_t)n * 4096 + i);
+        assert_int_equal(sp_transport_mr_reg(w.t, pages + (size_t)n * 4096, 4096, true, &mrs[n]),
+                         SP_OK);
+        assert_int_equal(sp_transport_mr_pack(mrs[n], key, sizeof(key), &klen), SP_OK);
+        flagged += key[3];
     }
-    if (st != SP_OK) {
-        assert_int_equal(st, SP_ERR_NO_RESOURCE);
-        assert_non_null(strstr(sp_last_error(), "osc_rdma_max_attach"));
-        print_message("rank %d: the window took %d regions besides the served one\n", w.rank, n);
+    /* Open MPI 4.1's window takes 32 by default (osc_rdma_max_attach). */
+    if (!twosided() && strstr(sp_transport_provider(w.t), "Open MPI") != NULL)
+        assert_true(flagged > 0 && flagged < MANY);
+    print_message("rank %d: %d of %d pages served two-sided\n", w.rank, flagged, MANY);
+    /* The first page and the last, whichever way each is served. */
+    for (int n = 0; n < MANY; n += MANY - 1) {
+        card_t mine;
+        size_t klen = 0;
+        memset(&mine, 0, sizeof(mine));
+        assert_int_equal(sp_transport_mr_pack(mrs[n], mine.key, sizeof(mine.key), &klen), SP_OK);
+        mine.klen = (uint32_t)klen;
+        assert_int_equal(MPI_Allgather(&mine, sizeof(mine), MPI_BYTE, cards, sizeof(mine), MPI_BYTE,
+                                       MPI_COMM_WORLD),
+                         MPI_SUCCESS);
+        fetch_card_and_check(next, &cards[next], 0, 4096, (size_t)n * 4096);
     }
-    for (int i = 0; i < n; i++)
+    MPI_Barrier(MPI_COMM_WORLD);
+    for (int i = 0; i < MANY; i++)
         sp_transport_mr_dereg(mrs[i]);
+    sp_transport_mr_dereg(overlap);
     free(pages);
-    /* Refused in time, the window still serves: read every rank again. */
+    free(cards);
+    /* The window still serves: read every rank again. */
     MPI_Barrier(MPI_COMM_WORLD);
     for (int k = 1; k < w.size; k++)
         fetch_and_check((w.rank + k) % w.size, 4097, 1 << 20);
+}
+
+static void test_mpi_owner_refuses_a_forged_key(void **state)
+{
+    int next = (w.rank + 1) % w.size;
+    card_t forged = *card_of(next);
+    sp_transport_completion_t done;
+    size_t n = 0;
+    time_t t0 = time(NULL);
+
+    (void)state;
+    if (!twosided())
+        skip(); /* one-sided, only MPI's own bounds stand between */
+    /* Claim twice the region's length: the reader's check passes, the owner's does not. */
+    forged.key[16 + 3] = (unsigned char)((2 * REGION) >> 24);
+    assert_int_equal(sp_transport_fetch(w.t, (uint32_t)next, forged.key, forged.klen, REGION - 10,
+                                        20, w.dest, w.dest_mr, NULL),
+                     SP_OK);
+    while (n == 0 && time(NULL) - t0 < 30)
+        assert_int_equal(sp_transport_poll(w.t, &done, 1, 100, &n), SP_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(done.status, SP_ERR_FETCH_FAILED);
+    assert_non_null(strstr(sp_last_error(), "refused"));
+    /* A region id that was never given out. */
+    forged = *card_of(next);
+    forged.key[4] ^= 0x55;
+    forged.key[7] = 0x7f;
+    assert_int_equal(sp_transport_fetch(w.t, (uint32_t)next, forged.key, forged.klen, 0, 20, w.dest,
+                                        w.dest_mr, NULL),
+                     SP_OK);
+    n = 0;
+    while (n == 0 && time(NULL) - t0 < 30)
+        assert_int_equal(sp_transport_poll(w.t, &done, 1, 100, &n), SP_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(done.status, SP_ERR_FETCH_FAILED);
+    /* The owner still answers honest reads. */
+    fetch_and_check(next, 0, 1024);
+}
+
+static void test_mpi_idle_owner_answers_from_its_progress_thread(void **state)
+{
+    int provided = 0;
+
+    (void)state;
+    MPI_Query_thread(&provided);
+    if (!twosided() || provided != MPI_THREAD_MULTIPLE)
+        skip(); /* one-sided reads need no owner; without the thread, the owner must poll */
+    /* Rank 0 makes no transport call for a while; every other rank reads it meanwhile. */
+    if (w.rank == 0) {
+        struct timespec ts = {0, 300 * 1000 * 1000};
+        MPI_Barrier(MPI_COMM_WORLD);
+        nanosleep(&ts, NULL);
+    } else {
+        MPI_Barrier(MPI_COMM_WORLD);
+        fetch_and_check(0, 333, 1 << 20);
+        fetch_and_check(0, 0, 64 << 10);
+    }
 }
 
 int main(int argc, char **argv)
@@ -430,7 +574,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_mpi_long_fetches_as_one_datatype, barrier),
         cmocka_unit_test_teardown(test_mpi_bad_requests_are_refused, barrier),
         cmocka_unit_test_teardown(test_mpi_deregistered_region_fails, barrier),
-        cmocka_unit_test_teardown(test_mpi_overlap_and_attach_limit_are_refused, barrier),
+        cmocka_unit_test_teardown(test_mpi_overlap_and_attach_limit_served_two_sided, barrier),
+        cmocka_unit_test_teardown(test_mpi_owner_refuses_a_forged_key, barrier),
+        cmocka_unit_test_teardown(test_mpi_idle_owner_answers_from_its_progress_thread, barrier),
     };
     int provided = 0, failed;
 
@@ -442,7 +588,11 @@ int main(int argc, char **argv)
         printf("test_mpi: %d ranks, thread level %d provided (%d asked)\n", w.size, provided,
                MPI_THREAD_MULTIPLE);
     sp_log_set_level(SP_LOG_ERROR);
-    failed = cmocka_run_group_tests(tests, world_setup, world_teardown);
+    failed = cmocka_run_group_tests_name("rget", tests, setup_rget, world_teardown);
+    /* Two-sided, an owner answers from its progress thread while its tests
+     * wait in collectives: without MPI_THREAD_MULTIPLE they would hang. */
+    if (provided == MPI_THREAD_MULTIPLE)
+        failed += cmocka_run_group_tests_name("twosided", tests, setup_twosided, world_teardown);
     if (failed != 0)
         fprintf(stderr, "rank %d: %d test(s) failed\n", w.rank, failed);
     MPI_Finalize();
