@@ -47,7 +47,10 @@ sp_status_t sp__zk_url_parse(const char *url, sp__zk_url_t *url_p);
  * PORT is address.port, else the top-level port.
  *
  * The whole lookup (connecting, both reads) finishes within timeout_ms
- * (> 0), plus the few milliseconds closing the session takes.
+ * (> 0), plus the few milliseconds closing the session takes (a session
+ * left on a server that stopped answering is closed on a detached thread).
+ * Host names in the URL are resolved before that, by getaddrinfo, which
+ * the deadline does not cover.
  * Returns SP_OK; SP_ERR_INVALID_PARAM for a malformed URL, a bad timeout or
  * credentials ZooKeeper refuses; SP_ERR_TIMED_OUT when no server answered
  * in time; SP_ERR_NOT_FOUND when the path does not exist or no master is
@@ -61,9 +64,11 @@ sp_status_t sp__zk_leader(const char *zk_url, int timeout_ms, char *host_port, s
 /*
  * Called with the leader's "HOST:PORT" each time it changes, or with NULL
  * when no leader is known: none registered, the leader's node is not a
- * MasterInfo, the path is gone, or the ZooKeeper session expired (the watch
- * reconnects and calls again once it knows). The string is valid only
- * during the call.
+ * MasterInfo, the path is gone or unreadable, the ZooKeeper session expired,
+ * or no ZooKeeper server was reachable for longer than the session timeout
+ * (after which the servers expire the session anyway; Mesos' own detector
+ * does the same). NULL means "unknown", not "gone": the watch keeps trying
+ * and calls again once it knows. The string is valid only during the call.
  */
 typedef void (*sp__zk_leader_cb_t)(void *arg, const char *host_port);
 

@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -150,9 +151,12 @@ static bool server_start(void)
     int status;
 
     snprintf(java, sizeof(java), "%s/bin/java", java_home != NULL ? java_home : "/usr");
+    if (access(java, X_OK) != 0)
+        snprintf(java, sizeof(java), "/usr/bin/java");
     if (access(java, X_OK) != 0) {
-        snprintf(zk.skip, sizeof(zk.skip), "no Java runtime at %s (Debian: default-jre-headless)",
-                 java);
+        snprintf(zk.skip, sizeof(zk.skip),
+                 "no Java runtime (neither $JAVA_HOME/bin/java nor /usr/bin/java; Debian: "
+                 "default-jre-headless, a dependency of zookeeper)");
         return false;
     }
     if (access(ZK_JAR, R_OK) != 0) {
@@ -185,6 +189,10 @@ static bool server_start(void)
     if (zk.pid == 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 
+        /* The server dies with the test, even when the test crashes. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() == 1)
+            _exit(127);
         if (fd >= 0) {
             dup2(fd, STDOUT_FILENO);
             dup2(fd, STDERR_FILENO);
