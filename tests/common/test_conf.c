@@ -1169,7 +1169,7 @@ static void test_conf_cli_reports_bad_values_once(void **state)
     {
         char *argv[] = {"spate", "--conf", "memory.fraction=abc", "conf", NULL};
         rc = run_cli(argv, no_env, out, sizeof(out), err, sizeof(err));
-        assert_int_equal(rc, 1);
+        assert_int_equal(rc, 2); /* a bad configuration is a usage error */
         assert_string_equal(out, "");
         assert_string_equal(
             err,
@@ -1178,7 +1178,7 @@ static void test_conf_cli_reports_bad_values_once(void **state)
     {
         char *argv[] = {"spate", "conf", NULL};
         rc = run_cli(argv, bad_env, out, sizeof(out), err, sizeof(err));
-        assert_int_equal(rc, 1);
+        assert_int_equal(rc, 2); /* a bad configuration is a usage error */
         assert_string_equal(err,
                             "spate: environment: environment SPATE_CONF_MEMORY_FRACTON names no "
                             "conf key\n");
@@ -1188,7 +1188,7 @@ static void test_conf_cli_reports_bad_values_once(void **state)
         char expected[512];
         char *argv[] = {"spate", "--conf-file", (char *)file, "conf", NULL};
         rc = run_cli(argv, no_env, out, sizeof(out), err, sizeof(err));
-        assert_int_equal(rc, 1);
+        assert_int_equal(rc, 2); /* a bad configuration is a usage error */
         snprintf(expected, sizeof(expected),
                  "spate: --conf-file: %s:2: conf key 'memory.page_size': value '1k' is out of "
                  "range [4k, 128m]\n",
