@@ -18,7 +18,8 @@
  * waiting with poll() for room up to the conn's send timeout. After a
  * broken stream (a bad header, a close mid-frame, a send abandoned
  * mid-frame) a conn stays failed in that direction, since the stream is no
- * longer in step.
+ * longer in step; so does one whose peer sends a channel (handshake) frame
+ * after the handshake, which no well-behaved peer does.
  *
  * Handshake (TCP and optional on socketpairs), all as frames:
  *   server: HELLO {Ns}            Ns, Nc: 32 random bytes each (RAND_bytes)
@@ -568,6 +569,9 @@ static sp_status_t sp_ctl_recv_frame(sp__ctl_conn_t *c, uint64_t deadline, int t
     }
 }
 
+/* Marks a stream conn's receive side failed with st (already raised); returns st. */
+static sp_status_t sp_ctl_fail_rx(sp__ctl_conn_t *c, sp_status_t st);
+
 /* A channel type (handshake) where only the protocol's may come. */
 static sp_status_t sp_ctl_unexpected(const sp__ctl_conn_t *c, uint16_t type)
 {
@@ -603,7 +607,7 @@ sp_status_t sp__ctl_recv(sp__ctl_conn_t *conn, int timeout_ms, uint16_t *type_p,
         return st;
     if (type < SP__CTL_TYPE_FIRST) {
         sp__free(payload);
-        return sp_ctl_unexpected(conn, type);
+        return sp_ctl_fail_rx(conn, sp_ctl_unexpected(conn, type));
     }
     *type_p = type;
     *payload_p = payload;
@@ -869,6 +873,17 @@ static const sp__ctl_ops_t sp_ctl_sock_ops = {
     .try_recv = sp_ctl_sock_try_recv,
     .close = sp_ctl_sock_close,
 };
+
+static sp_status_t sp_ctl_fail_rx(sp__ctl_conn_t *c, sp_status_t st)
+{
+    /* MPI conns stay in step: each frame is one message. */
+    if (c->ops == &sp_ctl_sock_ops) {
+        pthread_mutex_lock(&c->recv_lock);
+        sp_ctl_sock_rx_fail(sp_ctl_sock(c), st);
+        pthread_mutex_unlock(&c->recv_lock);
+    }
+    return st;
+}
 
 /* A stream conn over fd, which it owns from now on (closed on failure). */
 static sp_status_t sp_ctl_sock_new(int fd, const char *peer, sp_ctl_sock_t **sock_p)
