@@ -952,7 +952,7 @@ sp_status_t sp__ctl_conn_fd(int fd, const char *peer_name, sp__ctl_conn_t **conn
 static sp_status_t sp_ctl_resolve(const char *host_port, bool passive, struct addrinfo **ai_p)
 {
     char host[256];
-    const char *port;
+    const char *start = host_port, *port;
     size_t hlen;
     bool any;
     struct addrinfo hints, *ai = NULL;
@@ -966,9 +966,9 @@ static sp_status_t sp_ctl_resolve(const char *host_port, bool passive, struct ad
         if (end == NULL || end[1] != ':')
             return SP_RAISE(SP_ERR_INVALID_PARAM, "control address '%s': expected [address]:port",
                             host_port);
-        hlen = (size_t)(end - host_port - 1);
+        start = host_port + 1;
+        hlen = (size_t)(end - start);
         port = end + 2;
-        host_port++;
     } else {
         const char *colon = strrchr(host_port, ':');
 
@@ -980,7 +980,7 @@ static sp_status_t sp_ctl_resolve(const char *host_port, bool passive, struct ad
     }
     if (hlen >= sizeof(host))
         return SP_RAISE(SP_ERR_INVALID_PARAM, "control address '%s': host too long", host_port);
-    memcpy(host, host_port, hlen);
+    memcpy(host, start, hlen);
     host[hlen] = '\0';
     if (port[0] == '\0' || strspn(port, "0123456789") != strlen(port) || strlen(port) > 5 ||
         atoi(port) > 65535)
