@@ -35,26 +35,22 @@
  * of the reply) and a deadline, kept in two parallel arrays for
  * MPI_Testsome; sends (requests of our fetches, replies we serve) are kept
  * the same way. Progress serves the requests that arrived, tests sends and
- * fetches, and pushes completions into a ring; a fetch counts against
- * transport.max_outstanding until poll returns its completion, which bounds
- * the ring. An op older than transport.timeout is reported SP_ERR_TIMED_OUT
- * at once; a receive is cancelled, an RMA request (MPI cannot cancel those)
- * kept until MPI completes it; MPI_Win_flush_local_all would block, so it is
- * never used for progress. One mutex guards the transport's state, so calls
- * may come from several threads (MPI must then provide MPI_THREAD_SERIALIZED
- * or more). With transport.progress_thread and MPI_THREAD_MULTIPLE, a thread
- * of the transport progresses it, answering requests while no task polls; it
- * takes the mutex only when it is free and backs off while nothing happens.
- * Without that thread, requests are answered only inside sp_transport_poll.
+ * fetches, and pushes completions into the transport's completion ring
+ * (transport.c). An op older than transport.timeout is reported
+ * SP_ERR_TIMED_OUT at once; a receive is cancelled, an RMA request (MPI
+ * cannot cancel those) kept until MPI completes it; MPI_Win_flush_local_all
+ * would block, so it is never used for progress. The base lock guards the
+ * transport's state and its MPI calls, so calls may come from several threads
+ * (MPI must then provide MPI_THREAD_SERIALIZED or more). With
+ * transport.progress_thread and MPI_THREAD_MULTIPLE, the shared progress
+ * thread progresses it, answering requests while no task polls. Without that
+ * thread, requests are answered only inside sp_transport_poll.
  */
 #include "transport_int.h"
 
 #include <limits.h>
 #include <mpi.h>
-#include <stdarg.h>
-#include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -70,9 +66,6 @@
 /* The progress thread's pause: short while work comes in, doubling to the longest when idle. */
 #define SP_MPI_PAUSE_MIN_NS 10000L
 #define SP_MPI_PAUSE_MAX_NS 250000L
-/* Room for the message of a failed completion, raised again on the caller's thread. */
-#define SP_MPI_MSG 256
-
 /* Tests lower it to reach the derived-datatype path (transport_int.h). */
 size_t sp__mpi_count_max = INT_MAX;
 
@@ -133,16 +126,7 @@ typedef struct sp_mpi {
     /* The receive of the next request to serve. */
     MPI_Request req_recv;
     unsigned char req_buf[SP_MPI_REQ_BYTES];
-    bool warned_request;             /* a malformed request was logged */
-    uint32_t outstanding;            /* posted, completion not yet returned by poll */
-    sp_transport_completion_t *done; /* ring of completions not yet returned */
-    char (*done_msg)[SP_MPI_MSG];    /* beside each failed one, its message */
-    size_t done_head, done_len, done_cap;
-    pthread_mutex_t lock; /* the transport's state; held around its MPI calls */
-    bool lock_ready;
-    pthread_t thread;
-    bool thread_on;
-    atomic_bool stop;
+    bool warned_request; /* a malformed request was logged */
 } sp_mpi_t;
 
 static sp_mpi_t *sp_mpi(sp_transport_t *t) { return sp_container_of(t, sp_mpi_t, base); }
@@ -484,50 +468,12 @@ static sp_status_t sp_mpi_serve(sp_mpi_t *m)
     }
 }
 
-/* Drives MPI's progress and answers requests; see the design note. */
-static sp_status_t sp_mpi_progress(sp_mpi_t *m);
-
-static void *sp_mpi_progress_main(void *arg)
-{
-    sp_mpi_t *m = arg;
-    long pause_ns = SP_MPI_PAUSE_MIN_NS;
-    bool warned = false;
-
-    while (!atomic_load(&m->stop)) {
-        struct timespec ts = {0, pause_ns};
-        uint64_t before, after;
-        sp_status_t st;
-
-        /* A caller holding the lock is progressing: leave it be. */
-        if (pthread_mutex_trylock(&m->lock) == 0) {
-            before = m->base.stats.fetches_completed + m->base.stats.fetches_failed +
-                     m->base.stats.requests_served;
-            st = sp_mpi_progress(m);
-            after = m->base.stats.fetches_completed + m->base.stats.fetches_failed +
-                    m->base.stats.requests_served;
-            pthread_mutex_unlock(&m->lock);
-            if (st != SP_OK && !warned) {
-                sp_warn("mpi progress thread: %s", sp_last_error());
-                warned = true;
-            }
-            pause_ns =
-                after != before ? SP_MPI_PAUSE_MIN_NS : SP_MIN(pause_ns * 2, SP_MPI_PAUSE_MAX_NS);
-            ts.tv_nsec = pause_ns;
-        }
-        nanosleep(&ts, NULL);
-    }
-    return NULL;
-}
-
 static void sp_mpi_close(sp_transport_t *t)
 {
     sp_mpi_t *m = sp_mpi(t);
     int finalized = 0;
 
-    if (m->thread_on) {
-        atomic_store(&m->stop, true);
-        pthread_join(m->thread, NULL);
-    }
+    sp__transport_stop_thread(&m->base);
     MPI_Finalized(&finalized);
     if (finalized) {
         sp_warn("mpi transport closed after MPI_Finalize; its window and communicator are lost");
@@ -564,10 +510,7 @@ static void sp_mpi_close(sp_transport_t *t)
     sp__free(m->sreqs);
     sp__free(m->sends);
     sp__free(m->sindices);
-    sp__free(m->done);
-    sp__free(m->done_msg);
-    if (m->lock_ready)
-        pthread_mutex_destroy(&m->lock);
+    sp__transport_fini_base(&m->base);
     sp__free(m);
 }
 
@@ -601,18 +544,6 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         (st = sp_conf_get_string(conf, "transport.mpi_mode", &mode)) != SP_OK)
         goto err;
     m->twosided = strcmp(mode, "twosided") == 0;
-    m->done_cap = (size_t)m->base.max_outstanding + 1;
-    m->done = sp__calloc(m->done_cap, sizeof(*m->done));
-    m->done_msg = sp__calloc(m->done_cap, sizeof(*m->done_msg));
-    if (m->done == NULL || m->done_msg == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for an mpi completion ring");
-        goto err;
-    }
-    if (pthread_mutex_init(&m->lock, NULL) != 0) {
-        st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot create the mpi transport's lock");
-        goto err;
-    }
-    m->lock_ready = true;
     MPI_Query_thread(&m->thread_level);
     if ((rc = MPI_Comm_dup(MPI_COMM_WORLD, &m->comm)) != MPI_SUCCESS) {
         m->comm = MPI_COMM_NULL;
@@ -669,12 +600,9 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         snprintf(m->base.provider, sizeof(m->base.provider), "MPI");
     }
     if (thread && m->thread_level == MPI_THREAD_MULTIPLE) {
-        if ((rc = pthread_create(&m->thread, NULL, sp_mpi_progress_main, m)) != 0) {
-            st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start the mpi progress thread: %s",
-                          strerror(rc));
+        if ((st = sp__transport_start_thread(&m->base, SP_MPI_PAUSE_MIN_NS, SP_MPI_PAUSE_MAX_NS)) !=
+            SP_OK)
             goto err;
-        }
-        m->thread_on = true;
     } else if (thread) {
         sp_debug("mpi transport: no progress thread, MPI gives thread level %d, not "
                  "MPI_THREAD_MULTIPLE; requests are answered only inside sp_transport_poll",
@@ -704,8 +632,8 @@ static sp_status_t sp_mpi_address(sp_transport_t *t, void *buf, size_t cap, size
     return SP_OK;
 }
 
-static sp_status_t sp_mpi_add_peer_locked(sp_transport_t *t, const void *addr, size_t len,
-                                          uint32_t *peer_p)
+static sp_status_t sp_mpi_add_peer(sp_transport_t *t, const void *addr, size_t len,
+                                   uint32_t *peer_p)
 {
     sp_mpi_t *m = sp_mpi(t);
     uint32_t rank;
@@ -750,8 +678,8 @@ static bool sp_mpi_can_attach(const sp_mpi_t *m, const void *addr, size_t len, c
     return true;
 }
 
-static sp_status_t sp_mpi_mr_reg_locked(sp_transport_t *t, void *addr, size_t len, bool remote_read,
-                                        sp_mr_t **mr_p)
+static sp_status_t sp_mpi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
+                                 sp_mr_t **mr_p)
 {
     sp_mpi_t *m = sp_mpi(t);
     char msg[MPI_MAX_ERROR_STRING];
@@ -803,31 +731,30 @@ err_free:
     return st;
 }
 
+static sp_status_t sp_mpi_progress(sp_transport_t *t);
+
 /*
  * Unlinks a served region. Requests for it are refused from now on; replies
- * still reading it are given transport.timeout to finish (their readers must
- * progress), then dropped.
+ * still reading it are given transport.timeout to finish (their readers must * progress), then
+ * dropped. Called with the lock held; lets it go while waiting.
  */
 static void sp_mpi_mr_dereg(sp_mr_t *mr)
 {
     sp_mpi_mr_t *r = sp_container_of(mr, sp_mpi_mr_t, base);
     sp_mpi_t *m = sp_mpi(mr->transport);
     uint64_t until = sp__now_ns() + m->base.timeout_ns;
-
-    pthread_mutex_lock(&m->lock);
     if (!mr->remote_read) {
-        pthread_mutex_unlock(&m->lock);
         sp__free(r);
         return;
     }
     r->dying = true;
     while (r->replies > 0 && sp__now_ns() < until) {
-        (void)sp_mpi_progress(m);
+        (void)sp_mpi_progress(&m->base);
         if (r->replies == 0)
             break;
-        pthread_mutex_unlock(&m->lock);
+        pthread_mutex_unlock(&m->base.lock);
         sched_yield();
-        pthread_mutex_lock(&m->lock);
+        pthread_mutex_lock(&m->base.lock);
     }
     if (r->replies > 0) {
         sp_warn("mpi transport: %zu replies from the region at %p not received in %llu ms; "
@@ -850,7 +777,6 @@ static void sp_mpi_mr_dereg(sp_mr_t *mr)
                     sp_mpi_strerror(rc, msg), rc);
         }
     }
-    pthread_mutex_unlock(&m->lock);
     sp__free(r);
 }
 
@@ -904,38 +830,6 @@ static sp_status_t sp_mpi_unpack(const sp_mpi_t *m, const void *rkey, size_t len
     return SP_OK;
 }
 
-/*
- * Queues a completion for the caller. A fetch counts as outstanding until its
- * completion is returned by poll, so the ring never holds more than
- * transport.max_outstanding entries; it is sized for that at open.
- */
-static void sp_mpi_push_done(sp_mpi_t *m, void *user, sp_status_t st, int raw, size_t len,
-                             uint32_t peer)
-{
-    SP_ASSERT(m->done_len < m->done_cap);
-    m->done[(m->done_head + m->done_len) % m->done_cap] =
-        (sp_transport_completion_t){user, st, raw, len, peer};
-    m->done_len++;
-}
-
-/*
- * Queues a failed completion with its message, which poll raises on the
- * caller's thread (the progress thread may be the one that sees it).
- */
-static void sp_mpi_push_fail(sp_mpi_t *m, void *user, sp_status_t st, int raw, uint32_t peer,
-                             const char *fmt, ...) SP_PRINTF(6, 7);
-static void sp_mpi_push_fail(sp_mpi_t *m, void *user, sp_status_t st, int raw, uint32_t peer,
-                             const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(m->done_msg[(m->done_head + m->done_len) % m->done_cap], SP_MPI_MSG, fmt, ap);
-    va_end(ap);
-    sp_mpi_push_done(m, user, st, raw, 0, peer);
-    m->base.stats.fetches_failed++;
-}
-
 /* Makes room for one more posted op. */
 static sp_status_t sp_mpi_reserve(sp_mpi_t *m)
 {
@@ -979,28 +873,27 @@ static void sp_mpi_complete(sp_mpi_t *m, sp_mpi_op_t *op, MPI_Status *status, in
         if (cancelled || MPI_Get_count(status, MPI_BYTE, &got) != MPI_SUCCESS)
             got = -1;
         if (got == 0 && op->len > 0) {
-            sp_mpi_push_fail(m, op->user, SP_ERR_FETCH_FAILED, 0, op->peer,
-                             "peer %u refused the read of %zu bytes at offset %llu: its region "
-                             "is no longer served, or the read is past its end",
-                             op->peer, op->len, (unsigned long long)op->offset);
+            sp__transport_fail(&m->base, op->user, SP_ERR_FETCH_FAILED, 0, op->peer,
+                               "peer %u refused the read of %zu bytes at offset %llu: its region "
+                               "is no longer served, or the read is past its end",
+                               op->peer, op->len, (unsigned long long)op->offset);
             return;
         }
     }
     if (err == MPI_SUCCESS) {
-        sp_mpi_push_done(m, op->user, SP_OK, 0, op->len, op->peer);
-        m->base.stats.fetches_completed++;
-        m->base.stats.bytes_fetched += op->len;
+        sp__transport_complete(&m->base, op->user, op->len, op->peer);
     } else {
-        sp_mpi_push_fail(m, op->user, SP_ERR_FETCH_FAILED, err, op->peer,
-                         "fetch of %zu bytes at offset %llu from peer %u failed: %s (raw %d)",
-                         op->len, (unsigned long long)op->offset, op->peer,
-                         sp_mpi_strerror(err, msg), err);
+        sp__transport_fail(&m->base, op->user, SP_ERR_FETCH_FAILED, err, op->peer,
+                           "fetch of %zu bytes at offset %llu from peer %u failed: %s (raw %d)",
+                           op->len, (unsigned long long)op->offset, op->peer,
+                           sp_mpi_strerror(err, msg), err);
     }
 }
 
 /* Serves requests, completes finished ops into the ring, expires overdue ones. */
-static sp_status_t sp_mpi_progress(sp_mpi_t *m)
+static sp_status_t sp_mpi_progress(sp_transport_t *t)
 {
+    sp_mpi_t *m = sp_mpi(t);
     uint64_t now;
     int rc, outcount = 0;
     size_t kept = 0;
@@ -1035,11 +928,11 @@ static sp_status_t sp_mpi_progress(sp_mpi_t *m)
             op->timed_out = true;
             if (op->twosided)
                 MPI_Cancel(&m->reqs[i]);
-            sp_mpi_push_fail(m, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
-                             "fetch of %zu bytes at offset %llu from peer %u did not complete in "
-                             "%llu ms",
-                             op->len, (unsigned long long)op->offset, op->peer,
-                             (unsigned long long)(m->base.timeout_ns / 1000000));
+            sp__transport_fail(&m->base, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
+                               "fetch of %zu bytes at offset %llu from peer %u did not complete in "
+                               "%llu ms",
+                               op->len, (unsigned long long)op->offset, op->peer,
+                               (unsigned long long)(m->base.timeout_ns / 1000000));
         }
     }
     return SP_OK;
@@ -1092,9 +985,9 @@ static sp_status_t sp_mpi_post_request(sp_mpi_t *m, const sp_mpi_key_t *k, uint3
     return SP_OK;
 }
 
-static sp_status_t sp_mpi_fetch_locked(sp_transport_t *t, uint32_t peer, const void *rkey,
-                                       size_t rkey_len, uint64_t offset, size_t len, void *dest,
-                                       sp_mr_t *local, void *context)
+static sp_status_t sp_mpi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
+                                uint64_t offset, size_t len, void *dest, sp_mr_t *local,
+                                void *context)
 {
     sp_mpi_t *m = sp_mpi(t);
     char msg[MPI_MAX_ERROR_STRING];
@@ -1126,16 +1019,12 @@ static sp_status_t sp_mpi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
                         "key of peer %u names a region in its window, and this transport has "
                         "none (transport.mpi_mode=twosided here, rget there?)",
                         peer);
-    if (m->outstanding >= m->base.max_outstanding)
-        return SP_RAISE(SP_ERR_BUSY,
-                        "%u fetches outstanding (transport.max_outstanding); poll first",
-                        m->outstanding);
+    if ((st = sp__transport_admit(t)) != SP_OK)
+        return st;
     if (k.twosided && len == 0) {
         /* Nothing to ask for. */
-        m->outstanding++;
-        t->stats.fetches_posted++;
-        t->stats.fetches_completed++;
-        sp_mpi_push_done(m, context, SP_OK, 0, 0, peer);
+        sp__transport_posted(t);
+        sp__transport_complete(t, context, 0, peer);
         return SP_OK;
     }
     if ((st = sp_mpi_reserve(m)) != SP_OK ||
@@ -1166,77 +1055,8 @@ static sp_status_t sp_mpi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
                         .count = count,
                         .twosided = k.twosided};
     m->reqs[m->nlive++] = req;
-    m->outstanding++;
-    t->stats.fetches_posted++;
+    sp__transport_posted(t);
     return SP_OK;
-}
-
-static sp_status_t sp_mpi_poll(sp_transport_t *t, sp_transport_completion_t *out, size_t max,
-                               int timeout_ms, size_t *n_p)
-{
-    sp_mpi_t *m = sp_mpi(t);
-    uint64_t until = sp__now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
-    size_t n = 0;
-    sp_status_t st;
-
-    for (;;) {
-        pthread_mutex_lock(&m->lock);
-        st = sp_mpi_progress(m);
-        while (st == SP_OK && n < max && m->done_len > 0) {
-            m->outstanding--; /* returned to the caller: the slot is free */
-            out[n++] = m->done[m->done_head];
-            if (out[n - 1].status != SP_OK)
-                SP_RAISE(out[n - 1].status, "%s", m->done_msg[m->done_head]);
-            m->done_head = (m->done_head + 1) % m->done_cap;
-            m->done_len--;
-        }
-        pthread_mutex_unlock(&m->lock);
-        if (st != SP_OK)
-            return st;
-        if (n > 0 || sp__now_ns() >= until)
-            break;
-        sched_yield(); /* without the lock: other threads may post */
-    }
-    *n_p = n;
-    return SP_OK;
-}
-
-/* Locked entry points: one thread at a time changes the transport's state. */
-static sp_status_t sp_mpi_add_peer(sp_transport_t *t, const void *addr, size_t len,
-                                   uint32_t *peer_p)
-{
-    sp_mpi_t *m = sp_mpi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&m->lock);
-    st = sp_mpi_add_peer_locked(t, addr, len, peer_p);
-    pthread_mutex_unlock(&m->lock);
-    return st;
-}
-
-static sp_status_t sp_mpi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
-                                 sp_mr_t **mr_p)
-{
-    sp_mpi_t *m = sp_mpi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&m->lock);
-    st = sp_mpi_mr_reg_locked(t, addr, len, remote_read, mr_p);
-    pthread_mutex_unlock(&m->lock);
-    return st;
-}
-
-static sp_status_t sp_mpi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
-                                uint64_t offset, size_t len, void *dest, sp_mr_t *local,
-                                void *context)
-{
-    sp_mpi_t *m = sp_mpi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&m->lock);
-    st = sp_mpi_fetch_locked(t, peer, rkey, rkey_len, offset, len, dest, local, context);
-    pthread_mutex_unlock(&m->lock);
-    return st;
 }
 
 static const sp_transport_ops_t sp_mpi_ops = {
@@ -1248,5 +1068,5 @@ static const sp_transport_ops_t sp_mpi_ops = {
     .mr_dereg = sp_mpi_mr_dereg,
     .mr_pack = sp_mpi_mr_pack,
     .fetch = sp_mpi_fetch,
-    .poll = sp_mpi_poll,
+    .progress = sp_mpi_progress,
 };

@@ -15,14 +15,14 @@
  * virtual addressing), 4 reserved, u64 key, u64 base address, u64 length.
  * Every fetch is checked against the key's length before it is posted.
  *
- * Completions are polled from one CQ into a ring. Progress is driven by the
- * caller's poll and, with transport.progress_thread (the default), by a thread
- * of the transport, so that an executor serves reads on providers whose RMA
- * needs the target's CPU (tcp) even while none of its threads polls. One
- * mutex serializes every libfabric call (FI_THREAD_DOMAIN). Each posted read
- * carries an op with a deadline; one older than transport.timeout completes
- * with SP_ERR_TIMED_OUT and is cancelled; its op is kept until the provider
- * gives its context back.
+ * Completions are read from one CQ into the transport's completion ring
+ * (transport.c). Progress is driven by the caller's poll and, with
+ * transport.progress_thread (the default), by the shared progress thread, so
+ * that an executor serves reads on providers whose RMA needs the target's CPU
+ * (tcp) even while none of its threads polls. The base lock serializes every
+ * libfabric call (FI_THREAD_DOMAIN). Each posted read carries an op with a
+ * deadline; one older than transport.timeout completes with SP_ERR_TIMED_OUT
+ * and is cancelled; its op is kept until the provider gives its context back.
  */
 #include "transport_int.h"
 
@@ -34,17 +34,18 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
-#include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define SP_OFI_VERSION   FI_VERSION(1, 9)
-#define SP_OFI_KEY_BYTES 32
+#define SP_OFI_VERSION FI_VERSION(1, 9)
+/* The progress thread's pause: short while completions come in, up to 1 ms when idle. */
+#define SP_OFI_PAUSE_MIN_NS 10000L
+#define SP_OFI_PAUSE_MAX_NS 1000000L
+#define SP_OFI_KEY_BYTES    32
 #define SP_OFI_MR_MODES                                                                            \
     (FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT)
 
@@ -72,14 +73,6 @@ typedef struct sp_ofi {
     uint32_t npeers, peers_cap;
     sp_ofi_op_t *live; /* posted, not completed */
     sp_ofi_op_t *free_ops;
-    uint32_t outstanding;
-    sp_transport_completion_t *done; /* ring of completions not yet returned */
-    size_t done_head, done_len, done_cap;
-    pthread_mutex_t lock; /* every libfabric call and the ring */
-    bool lock_ready;
-    pthread_t thread;
-    bool thread_on;
-    atomic_bool stop;
 } sp_ofi_t;
 
 typedef struct sp_ofi_mr {
@@ -132,10 +125,7 @@ static void sp_ofi_close(sp_transport_t *t)
     sp_ofi_t *o = sp_ofi(t);
     sp_ofi_op_t *op;
 
-    if (o->thread_on) {
-        atomic_store(&o->stop, true);
-        pthread_join(o->thread, NULL);
-    }
+    sp__transport_stop_thread(&o->base);
     if (o->ep != NULL)
         fi_close(&o->ep->fid);
     if (o->av != NULL)
@@ -157,14 +147,11 @@ static void sp_ofi_close(sp_transport_t *t)
         sp__free(op);
     }
     sp__free(o->peers);
-    sp__free(o->done);
-    if (o->lock_ready)
-        pthread_mutex_destroy(&o->lock);
+    sp__transport_fini_base(&o->base);
     sp__free(o);
 }
 
 static const sp_transport_ops_t sp_ofi_ops;
-static void *sp_ofi_progress_main(void *arg);
 
 sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
 {
@@ -182,12 +169,6 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     if ((st = sp__transport_init_base(&o->base, conf, &sp_ofi_ops, "ofi")) != SP_OK ||
         (st = sp_conf_get_string(conf, "transport.provider", &provider)) != SP_OK)
         goto err;
-    o->done_cap = (size_t)o->base.max_outstanding + 1;
-    o->done = sp__calloc(o->done_cap, sizeof(*o->done));
-    if (o->done == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for an ofi completion ring");
-        goto err;
-    }
     hints = fi_allocinfo();
     if (hints == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for libfabric hints");
@@ -254,23 +235,12 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         goto err;
     }
     o->next_key = 1;
-    if (pthread_mutex_init(&o->lock, NULL) != 0) {
-        st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot create the ofi transport's lock");
-        goto err;
-    }
-    o->lock_ready = true;
     {
         bool thread = true;
-        if ((st = sp_conf_get_bool(conf, "transport.progress_thread", &thread)) != SP_OK)
+        if ((st = sp_conf_get_bool(conf, "transport.progress_thread", &thread)) != SP_OK ||
+            (thread && (st = sp__transport_start_thread(&o->base, SP_OFI_PAUSE_MIN_NS,
+                                                        SP_OFI_PAUSE_MAX_NS)) != SP_OK))
             goto err;
-        if (thread) {
-            if ((ret = pthread_create(&o->thread, NULL, sp_ofi_progress_main, o)) != 0) {
-                st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start the ofi progress thread: %s",
-                              strerror(ret));
-                goto err;
-            }
-            o->thread_on = true;
-        }
     }
     sp_debug("ofi transport on provider %s, mr_mode 0x%llx", o->base.provider,
              (unsigned long long)o->mr_mode);
@@ -282,7 +252,7 @@ err:
     return st;
 }
 
-static sp_status_t sp_ofi_address_locked(sp_transport_t *t, void *buf, size_t cap, size_t *len_p)
+static sp_status_t sp_ofi_address(sp_transport_t *t, void *buf, size_t cap, size_t *len_p)
 {
     sp_ofi_t *o = sp_ofi(t);
     size_t len = cap;
@@ -296,8 +266,8 @@ static sp_status_t sp_ofi_address_locked(sp_transport_t *t, void *buf, size_t ca
     return SP_OK;
 }
 
-static sp_status_t sp_ofi_add_peer_locked(sp_transport_t *t, const void *addr, size_t len,
-                                          uint32_t *peer_p)
+static sp_status_t sp_ofi_add_peer(sp_transport_t *t, const void *addr, size_t len,
+                                   uint32_t *peer_p)
 {
     sp_ofi_t *o = sp_ofi(t);
     fi_addr_t fa = FI_ADDR_UNSPEC;
@@ -323,8 +293,8 @@ static sp_status_t sp_ofi_add_peer_locked(sp_transport_t *t, const void *addr, s
     return SP_OK;
 }
 
-static sp_status_t sp_ofi_mr_reg_locked(sp_transport_t *t, void *addr, size_t len, bool remote_read,
-                                        sp_mr_t **mr_p)
+static sp_status_t sp_ofi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
+                                 sp_mr_t **mr_p)
 {
     sp_ofi_t *o = sp_ofi(t);
     uint64_t access = remote_read ? FI_REMOTE_READ : FI_READ;
@@ -370,7 +340,7 @@ err_free:
     return st;
 }
 
-static void sp_ofi_mr_dereg_locked(sp_mr_t *mr)
+static void sp_ofi_mr_dereg(sp_mr_t *mr)
 {
     sp_ofi_mr_t *m = sp_container_of(mr, sp_ofi_mr_t, base);
 
@@ -419,20 +389,6 @@ static sp_status_t sp_ofi_unpack(const void *rkey, size_t len, uint64_t *key_p, 
     return SP_OK;
 }
 
-/*
- * Queues a completion for the caller. A fetch counts as outstanding until
- * its completion is returned by poll, so the ring never holds more than
- * transport.max_outstanding entries; it is sized for that at open.
- */
-static void sp_ofi_push_done(sp_ofi_t *o, void *user, sp_status_t st, int raw, size_t len,
-                             uint32_t peer)
-{
-    SP_ASSERT(o->done_len < o->done_cap);
-    o->done[(o->done_head + o->done_len) % o->done_cap] =
-        (sp_transport_completion_t){user, st, raw, len, peer};
-    o->done_len++;
-}
-
 static void sp_ofi_retire(sp_ofi_t *o, sp_ofi_op_t *op)
 {
     sp_ofi_op_t **pp = &o->live;
@@ -445,8 +401,9 @@ static void sp_ofi_retire(sp_ofi_t *o, sp_ofi_op_t *op)
 }
 
 /* Reads the CQ into the completion ring; expires overdue fetches. */
-static sp_status_t sp_ofi_progress(sp_ofi_t *o)
+static sp_status_t sp_ofi_progress(sp_transport_t *t)
 {
+    sp_ofi_t *o = sp_ofi(t);
     struct fi_cq_entry entries[16];
     uint64_t now = sp__now_ns();
     ssize_t n;
@@ -454,11 +411,8 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
     while ((n = fi_cq_read(o->cq, entries, 16)) > 0) {
         for (ssize_t i = 0; i < n; i++) {
             sp_ofi_op_t *op = entries[i].op_context;
-            if (!op->timed_out) {
-                sp_ofi_push_done(o, op->user, SP_OK, 0, op->len, op->peer);
-                o->base.stats.fetches_completed++;
-                o->base.stats.bytes_fetched += op->len;
-            }
+            if (!op->timed_out)
+                sp__transport_complete(t, op->user, op->len, op->peer);
             sp_ofi_retire(o, op);
         }
     }
@@ -467,16 +421,13 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
         memset(&err, 0, sizeof(err));
         if (fi_cq_readerr(o->cq, &err, 0) > 0 && err.op_context != NULL) {
             sp_ofi_op_t *op = err.op_context;
-            if (!op->timed_out) {
-                /* The message is the caller's detail for this completion. */
-                SP_RAISE(SP_ERR_FETCH_FAILED,
-                         "fetch of %zu bytes from peer %u failed: %s "
-                         "(raw %d, provider %d)",
-                         op->len, op->peer, fi_strerror(err.err), err.err, err.prov_errno);
-                sp_ofi_push_done(o, op->user, SP_ERR_FETCH_FAILED,
-                                 err.prov_errno != 0 ? err.prov_errno : err.err, 0, op->peer);
-                o->base.stats.fetches_failed++;
-            }
+            if (!op->timed_out)
+                sp__transport_fail(t, op->user, SP_ERR_FETCH_FAILED,
+                                   err.prov_errno != 0 ? err.prov_errno : err.err, op->peer,
+                                   "fetch of %zu bytes from peer %u failed: %s (raw %d, "
+                                   "provider %d)",
+                                   op->len, op->peer, fi_strerror(err.err), err.err,
+                                   err.prov_errno);
             sp_ofi_retire(o, op);
         }
     } else if (n < 0 && n != -FI_EAGAIN) {
@@ -486,20 +437,18 @@ static sp_status_t sp_ofi_progress(sp_ofi_t *o)
         if (!op->timed_out && now > op->deadline) {
             op->timed_out = true;
             (void)fi_cancel(&o->ep->fid, &op->ctx);
-            SP_RAISE(SP_ERR_TIMED_OUT,
-                     "fetch of %zu bytes from peer %u did not complete in "
-                     "%llu ms",
-                     op->len, op->peer, (unsigned long long)(o->base.timeout_ns / 1000000));
-            sp_ofi_push_done(o, op->user, SP_ERR_TIMED_OUT, 0, 0, op->peer);
-            o->base.stats.fetches_failed++;
+            sp__transport_fail(t, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
+                               "fetch of %zu bytes from peer %u did not complete in %llu ms",
+                               op->len, op->peer,
+                               (unsigned long long)(o->base.timeout_ns / 1000000));
         }
     }
     return SP_OK;
 }
 
-static sp_status_t sp_ofi_fetch_locked(sp_transport_t *t, uint32_t peer, const void *rkey,
-                                       size_t rkey_len, uint64_t offset, size_t len, void *dest,
-                                       sp_mr_t *local, void *context)
+static sp_status_t sp_ofi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
+                                uint64_t offset, size_t len, void *dest, sp_mr_t *local,
+                                void *context)
 {
     sp_ofi_t *o = sp_ofi(t);
     sp_ofi_mr_t *lm = sp_container_of(local, sp_ofi_mr_t, base);
@@ -519,11 +468,8 @@ static sp_status_t sp_ofi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
                         "fetch of %zu bytes at offset %llu from peer %u is past the end of its "
                         "%llu-byte region",
                         len, (unsigned long long)offset, peer, (unsigned long long)length);
-    if (o->outstanding >= o->base.max_outstanding)
-        return SP_RAISE(SP_ERR_BUSY,
-                        "%u fetches outstanding (transport.max_outstanding); poll "
-                        "first",
-                        o->outstanding);
+    if ((st = sp__transport_admit(t)) != SP_OK)
+        return st;
     op = o->free_ops;
     if (op != NULL) {
         o->free_ops = op->next;
@@ -545,7 +491,7 @@ static sp_status_t sp_ofi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
             break;
         /* Back-pressure: make progress, then try again, within the timeout. */
         t->stats.eagain++;
-        if ((st = sp_ofi_progress(o)) != SP_OK || sp__now_ns() > deadline) {
+        if ((st = sp_ofi_progress(t)) != SP_OK || sp__now_ns() > deadline) {
             op->next = o->free_ops;
             o->free_ops = op;
             return st != SP_OK ? st
@@ -562,139 +508,8 @@ static sp_status_t sp_ofi_fetch_locked(sp_transport_t *t, uint32_t peer, const v
     }
     op->next = o->live;
     o->live = op;
-    o->outstanding++;
-    t->stats.fetches_posted++;
+    sp__transport_posted(t);
     return SP_OK;
-}
-
-static sp_status_t sp_ofi_poll(sp_transport_t *t, sp_transport_completion_t *out, size_t max,
-                               int timeout_ms, size_t *n_p)
-{
-    sp_ofi_t *o = sp_ofi(t);
-    uint64_t until = sp__now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
-    size_t n = 0;
-    sp_status_t st;
-
-    for (;;) {
-        pthread_mutex_lock(&o->lock);
-        st = sp_ofi_progress(o);
-        while (st == SP_OK && n < max && o->done_len > 0) {
-            out[n++] = o->done[o->done_head];
-            o->done_head = (o->done_head + 1) % o->done_cap;
-            o->done_len--;
-            o->outstanding--; /* returned to the caller: the slot is free */
-            if (out[n - 1].status != SP_OK)
-                /* Written on the caller's thread: the progress thread may
-                 * have been the one that saw the failure. */
-                SP_RAISE(out[n - 1].status, "fetch of %zu bytes from peer %u failed: %s (raw %d)",
-                         out[n - 1].length, out[n - 1].peer, sp_status_str(out[n - 1].status),
-                         out[n - 1].raw);
-        }
-        pthread_mutex_unlock(&o->lock);
-        if (st != SP_OK)
-            return st;
-        if (n > 0 || sp__now_ns() >= until)
-            break;
-        sched_yield(); /* without the lock: the progress thread may run */
-    }
-    *n_p = n;
-    return SP_OK;
-}
-
-/* The progress thread: progress, then back off while nothing happens. */
-static void *sp_ofi_progress_main(void *arg)
-{
-    sp_ofi_t *o = arg;
-    long idle_ns = 10000;
-    bool warned = false;
-
-    while (!atomic_load(&o->stop)) {
-        uint64_t before, after;
-        struct timespec ts;
-        sp_status_t st;
-
-        /* A caller holding the lock is progressing (shm even copies inside
-         * fi_read): sleep rather than queue on the mutex, which would make
-         * every unlock of the caller pay a futex wake. */
-        if (pthread_mutex_trylock(&o->lock) != 0) {
-            ts.tv_sec = 0;
-            ts.tv_nsec = idle_ns;
-            nanosleep(&ts, NULL);
-            continue;
-        }
-        before = o->base.stats.fetches_completed + o->base.stats.fetches_failed;
-        st = sp_ofi_progress(o);
-        after = o->base.stats.fetches_completed + o->base.stats.fetches_failed;
-        pthread_mutex_unlock(&o->lock);
-        if (st != SP_OK && !warned) {
-            sp_warn("ofi progress thread: %s", sp_last_error());
-            warned = true;
-        }
-        /* Busy while completions come in; up to 1 ms between polls when idle. */
-        idle_ns = after != before ? 10000 : SP_MIN(idle_ns * 2, 1000000L);
-        ts.tv_sec = 0;
-        ts.tv_nsec = idle_ns;
-        nanosleep(&ts, NULL);
-    }
-    return NULL;
-}
-
-/* Locked entry points: libfabric is opened with FI_THREAD_DOMAIN. */
-static sp_status_t sp_ofi_address(sp_transport_t *t, void *buf, size_t cap, size_t *len_p)
-{
-    sp_ofi_t *o = sp_ofi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&o->lock);
-    st = sp_ofi_address_locked(t, buf, cap, len_p);
-    pthread_mutex_unlock(&o->lock);
-    return st;
-}
-
-static sp_status_t sp_ofi_add_peer(sp_transport_t *t, const void *addr, size_t len,
-                                   uint32_t *peer_p)
-{
-    sp_ofi_t *o = sp_ofi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&o->lock);
-    st = sp_ofi_add_peer_locked(t, addr, len, peer_p);
-    pthread_mutex_unlock(&o->lock);
-    return st;
-}
-
-static sp_status_t sp_ofi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
-                                 sp_mr_t **mr_p)
-{
-    sp_ofi_t *o = sp_ofi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&o->lock);
-    st = sp_ofi_mr_reg_locked(t, addr, len, remote_read, mr_p);
-    pthread_mutex_unlock(&o->lock);
-    return st;
-}
-
-static void sp_ofi_mr_dereg(sp_mr_t *mr)
-{
-    sp_ofi_t *o = sp_ofi(mr->transport);
-
-    pthread_mutex_lock(&o->lock);
-    sp_ofi_mr_dereg_locked(mr);
-    pthread_mutex_unlock(&o->lock);
-}
-
-static sp_status_t sp_ofi_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
-                                uint64_t offset, size_t len, void *dest, sp_mr_t *local,
-                                void *context)
-{
-    sp_ofi_t *o = sp_ofi(t);
-    sp_status_t st;
-
-    pthread_mutex_lock(&o->lock);
-    st = sp_ofi_fetch_locked(t, peer, rkey, rkey_len, offset, len, dest, local, context);
-    pthread_mutex_unlock(&o->lock);
-    return st;
 }
 
 static const sp_transport_ops_t sp_ofi_ops = {
@@ -706,5 +521,5 @@ static const sp_transport_ops_t sp_ofi_ops = {
     .mr_dereg = sp_ofi_mr_dereg,
     .mr_pack = sp_ofi_mr_pack,
     .fetch = sp_ofi_fetch,
-    .poll = sp_ofi_poll,
+    .progress = sp_ofi_progress,
 };

@@ -2,11 +2,21 @@
  * Entry points of the transport layer: choose the backend from the
  * configuration and dispatch each call through the backend's ops table. A
  * slot a backend leaves empty answers SP_ERR_UNSUPPORTED from one place,
- * naming the backend and the operation.
+ * naming the backend and the operation. The dispatchers take the base lock
+ * around the slots that change a backend's state (transport_int.h), and the
+ * machinery every backend shares lives here: the completion ring with its
+ * outstanding count (a fetch stays outstanding until poll returns its
+ * completion, so the ring, sized max_outstanding + 1 at open, never
+ * overflows), the poll loop, and the progress thread that calls the
+ * backend's progress whenever no caller holds the lock.
  */
 #include "transport_int.h"
 
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 static sp_status_t sp_transport_unsupported(const sp_transport_t *t, const char *op)
 {
@@ -26,11 +36,168 @@ sp_status_t sp__transport_init_base(sp_transport_t *t, const sp_conf_t *conf,
 
     t->ops = ops;
     t->backend = backend;
+    atomic_init(&t->stop, false);
     if ((st = sp_conf_get_duration(conf, "transport.timeout", &t->timeout_ns)) != SP_OK ||
         (st = sp_conf_get_int(conf, "transport.max_outstanding", &max_outstanding)) != SP_OK)
         return st;
     t->max_outstanding = (uint32_t)max_outstanding;
+    t->done_cap = (size_t)t->max_outstanding + 1;
+    t->done = sp__calloc(t->done_cap, sizeof(*t->done));
+    t->done_msg = sp__calloc(t->done_cap, sizeof(*t->done_msg));
+    if (t->done == NULL || t->done_msg == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the completion ring of a %s transport",
+                        backend);
+    if (pthread_mutex_init(&t->lock, NULL) != 0)
+        return SP_RAISE(SP_ERR_NO_RESOURCE, "cannot create the lock of a %s transport", backend);
+    t->lock_ready = true;
     return SP_OK;
+}
+
+void sp__transport_fini_base(sp_transport_t *t)
+{
+    SP_ASSERT(!t->thread_on);
+    sp__free(t->done);
+    sp__free(t->done_msg);
+    t->done = NULL;
+    t->done_msg = NULL;
+    if (t->lock_ready)
+        pthread_mutex_destroy(&t->lock);
+    t->lock_ready = false;
+}
+
+sp_status_t sp__transport_admit(sp_transport_t *t)
+{
+    if (t->outstanding >= t->max_outstanding)
+        return SP_RAISE(SP_ERR_BUSY,
+                        "%u fetches outstanding (transport.max_outstanding); poll first",
+                        t->outstanding);
+    return SP_OK;
+}
+
+void sp__transport_posted(sp_transport_t *t)
+{
+    t->outstanding++;
+    t->stats.fetches_posted++;
+}
+
+/* The ring's next free entry; the outstanding count guarantees one. */
+static size_t sp_transport_ring_tail(sp_transport_t *t)
+{
+    SP_ASSERT(t->done_len < t->done_cap);
+    return (t->done_head + t->done_len) % t->done_cap;
+}
+
+void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32_t peer)
+{
+    t->done[sp_transport_ring_tail(t)] = (sp_transport_completion_t){context, SP_OK, 0, len, peer};
+    t->done_len++;
+    t->stats.fetches_completed++;
+    t->stats.bytes_fetched += len;
+}
+
+void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int raw, uint32_t peer,
+                        const char *fmt, ...)
+{
+    size_t tail = sp_transport_ring_tail(t);
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(t->done_msg[tail], SP_TRANSPORT_MSG, fmt, ap);
+    va_end(ap);
+    t->done[tail] = (sp_transport_completion_t){context, st, raw, 0, peer};
+    t->done_len++;
+    t->stats.fetches_failed++;
+}
+
+/*
+ * The shared poll: progress under the lock, then hand over what the ring
+ * holds; between empty rounds the lock is let go and the CPU yielded, so
+ * other threads may post and the progress thread may run.
+ */
+static sp_status_t sp_transport_poll_ring(sp_transport_t *t, sp_transport_completion_t *out,
+                                          size_t max, int timeout_ms, size_t *n_p)
+{
+    uint64_t until = sp__now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    size_t n = 0;
+    sp_status_t st;
+
+    for (;;) {
+        pthread_mutex_lock(&t->lock);
+        st = t->ops->progress(t);
+        while (st == SP_OK && n < max && t->done_len > 0) {
+            out[n] = t->done[t->done_head];
+            if (out[n].status != SP_OK)
+                SP_RAISE(out[n].status, "%s", t->done_msg[t->done_head]);
+            n++;
+            t->done_head = (t->done_head + 1) % t->done_cap;
+            t->done_len--;
+            t->outstanding--; /* returned to the caller: the slot is free */
+        }
+        pthread_mutex_unlock(&t->lock);
+        if (st != SP_OK)
+            return st;
+        if (n > 0 || sp__now_ns() >= until)
+            break;
+        sched_yield();
+    }
+    *n_p = n;
+    return SP_OK;
+}
+
+/* The progress thread: progress whenever the lock is free; back off while nothing happens. */
+static void *sp_transport_progress_main(void *arg)
+{
+    sp_transport_t *t = arg;
+    long pause_ns = t->pause_min_ns;
+    bool warned = false;
+
+    while (!atomic_load(&t->stop)) {
+        struct timespec ts = {0, pause_ns};
+
+        /* A caller holding the lock is progressing (shm even copies inside
+         * fi_read): sleep rather than queue on the mutex, which would make
+         * every unlock of the caller pay a futex wake. */
+        if (pthread_mutex_trylock(&t->lock) == 0) {
+            uint64_t before =
+                t->stats.fetches_completed + t->stats.fetches_failed + t->stats.requests_served;
+            sp_status_t st = t->ops->progress(t);
+            uint64_t after =
+                t->stats.fetches_completed + t->stats.fetches_failed + t->stats.requests_served;
+
+            pthread_mutex_unlock(&t->lock);
+            if (st != SP_OK && !warned) {
+                sp_warn("%s progress thread: %s", t->backend, sp_last_error());
+                warned = true;
+            }
+            pause_ns = after != before ? t->pause_min_ns : SP_MIN(pause_ns * 2, t->pause_max_ns);
+            ts.tv_nsec = pause_ns;
+        }
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+sp_status_t sp__transport_start_thread(sp_transport_t *t, long pause_min_ns, long pause_max_ns)
+{
+    int rc;
+
+    SP_ASSERT(pause_min_ns > 0 && pause_max_ns >= pause_min_ns && pause_max_ns < 1000000000L);
+    t->pause_min_ns = pause_min_ns;
+    t->pause_max_ns = pause_max_ns;
+    if ((rc = pthread_create(&t->thread, NULL, sp_transport_progress_main, t)) != 0)
+        return SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start the %s progress thread: %s", t->backend,
+                        strerror(rc));
+    t->thread_on = true;
+    return SP_OK;
+}
+
+void sp__transport_stop_thread(sp_transport_t *t)
+{
+    if (!t->thread_on)
+        return;
+    atomic_store(&t->stop, true);
+    pthread_join(t->thread, NULL);
+    t->thread_on = false;
 }
 
 sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p)
@@ -75,7 +242,9 @@ sp_status_t sp_transport_address(sp_transport_t *t, void *buf, size_t cap, size_
         return sp_transport_unsupported(t, "address");
     if (cap <= SP_ADDR_HEADER)
         return SP_RAISE(SP_ERR_TOO_LARGE, "an address needs more than %d bytes", SP_ADDR_HEADER);
+    pthread_mutex_lock(&t->lock);
     st = t->ops->address(t, b + SP_ADDR_HEADER, cap - SP_ADDR_HEADER, &raw);
+    pthread_mutex_unlock(&t->lock);
     if (st != SP_OK)
         return st;
     b[0] = 'S';
@@ -93,6 +262,7 @@ sp_status_t sp_transport_add_peer(sp_transport_t *t, const void *address, size_t
 {
     const unsigned char *b = address;
     size_t raw;
+    sp_status_t st;
 
     if (address == NULL || len <= SP_ADDR_HEADER || len > SP_TRANSPORT_ADDR_MAX)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "peer address of %zu bytes (%d to %d allowed)", len,
@@ -103,23 +273,39 @@ sp_status_t sp_transport_add_peer(sp_transport_t *t, const void *address, size_t
                         "peer address of %zu bytes is not a spate %s address (bad header or "
                         "length)",
                         len, t->backend);
-    return SP_TRANSPORT_HAS(t, add_peer) ? t->ops->add_peer(t, b + SP_ADDR_HEADER, raw, peer_p)
-                                         : sp_transport_unsupported(t, "add_peer");
+    if (!SP_TRANSPORT_HAS(t, add_peer))
+        return sp_transport_unsupported(t, "add_peer");
+    pthread_mutex_lock(&t->lock);
+    st = t->ops->add_peer(t, b + SP_ADDR_HEADER, raw, peer_p);
+    pthread_mutex_unlock(&t->lock);
+    return st;
 }
 
 sp_status_t sp_transport_mr_reg(sp_transport_t *t, void *addr, size_t len, bool remote_read,
                                 sp_mr_t **mr_p)
 {
+    sp_status_t st;
+
     if (addr == NULL || len == 0)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "cannot register an empty region");
-    return SP_TRANSPORT_HAS(t, mr_reg) ? t->ops->mr_reg(t, addr, len, remote_read, mr_p)
-                                       : sp_transport_unsupported(t, "mr_reg");
+    if (!SP_TRANSPORT_HAS(t, mr_reg))
+        return sp_transport_unsupported(t, "mr_reg");
+    pthread_mutex_lock(&t->lock);
+    st = t->ops->mr_reg(t, addr, len, remote_read, mr_p);
+    pthread_mutex_unlock(&t->lock);
+    return st;
 }
 
 void sp_transport_mr_dereg(sp_mr_t *mr)
 {
-    if (mr != NULL && SP_TRANSPORT_HAS(mr->transport, mr_dereg))
-        mr->transport->ops->mr_dereg(mr);
+    sp_transport_t *t;
+
+    if (mr == NULL || !SP_TRANSPORT_HAS(mr->transport, mr_dereg))
+        return;
+    t = mr->transport;
+    pthread_mutex_lock(&t->lock);
+    t->ops->mr_dereg(mr);
+    pthread_mutex_unlock(&t->lock);
 }
 
 sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p)
@@ -138,6 +324,7 @@ sp_status_t sp_transport_fetch(sp_transport_t *t, uint32_t peer, const void *rke
 {
     const char *l = local != NULL ? (const char *)local->addr : NULL;
     const char *d = dest;
+    sp_status_t st;
 
     /* The destination must lie inside the local registered region. */
     if (local == NULL || d < l || len > local->len || d - l > (ptrdiff_t)(local->len - len))
@@ -147,19 +334,29 @@ sp_status_t sp_transport_fetch(sp_transport_t *t, uint32_t peer, const void *rke
     if (rkey == NULL || rkey_len == 0 || rkey_len > SP_TRANSPORT_RKEY_MAX)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes (1 to %d allowed)", rkey_len,
                         SP_TRANSPORT_RKEY_MAX);
-    return SP_TRANSPORT_HAS(t, fetch)
-               ? t->ops->fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context)
-               : sp_transport_unsupported(t, "fetch");
+    if (!SP_TRANSPORT_HAS(t, fetch))
+        return sp_transport_unsupported(t, "fetch");
+    pthread_mutex_lock(&t->lock);
+    st = t->ops->fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
+    pthread_mutex_unlock(&t->lock);
+    return st;
 }
 
 sp_status_t sp_transport_poll(sp_transport_t *t, sp_transport_completion_t *out, size_t max,
                               int timeout_ms, size_t *n_p)
 {
-    return SP_TRANSPORT_HAS(t, poll) ? t->ops->poll(t, out, max, timeout_ms, n_p)
-                                     : sp_transport_unsupported(t, "poll");
+    if (SP_TRANSPORT_HAS(t, poll))
+        return t->ops->poll(t, out, max, timeout_ms, n_p);
+    if (SP_TRANSPORT_HAS(t, progress))
+        return sp_transport_poll_ring(t, out, max, timeout_ms, n_p);
+    return sp_transport_unsupported(t, "poll");
 }
 
 void sp_transport_stats(const sp_transport_t *transport, sp_transport_stats_t *stats_p)
 {
-    *stats_p = transport->stats;
+    sp_transport_t *t = (sp_transport_t *)transport; /* the lock, not the object, changes */
+
+    pthread_mutex_lock(&t->lock);
+    *stats_p = t->stats;
+    pthread_mutex_unlock(&t->lock);
 }

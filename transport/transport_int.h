@@ -1,14 +1,28 @@
 /*
  * Private interface of the transport layer: the ops table every backend
  * fills (size-prefixed, designated initializers; an absent slot reaches one
- * shared "unsupported" path in the dispatchers), and the base objects the
- * backends embed first and get back from with container_of.
+ * shared "unsupported" path in the dispatchers), the base objects the
+ * backends embed first and get back from with container_of, and the
+ * machinery they share (transport.c): the lock, the completion ring with the
+ * outstanding count that bounds it, the poll loop and the progress thread.
+ *
+ * Locking: the dispatchers in transport.c take the base lock around address,
+ * add_peer, mr_reg, mr_dereg and fetch, so a backend's
+ * slots for those run with it held. progress runs with it held too (from poll
+ * or the progress thread). close, mr_pack and poll are called without it. A
+ * backend that waits inside a locked slot may drop and retake the lock.
  */
 #ifndef SPATE_TRANSPORT_INT_H
 #define SPATE_TRANSPORT_INT_H
 
 #include "common_int.h"
 #include <spate/transport.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* Room for the message of a failed completion, raised again on the polling thread. */
+#define SP_TRANSPORT_MSG 256
 
 typedef struct sp_transport_ops {
     size_t size; /* sizeof(sp_transport_ops_t) */
@@ -21,6 +35,12 @@ typedef struct sp_transport_ops {
     sp_status_t (*mr_pack)(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);
     sp_status_t (*fetch)(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
                          uint64_t offset, size_t len, void *dest, sp_mr_t *local, void *context);
+    /*
+     * Moves finished work into the completion ring (sp__transport_complete
+     * and sp__transport_fail) and serves what the backend serves; called with
+     * the lock held by the shared poll and the progress thread.
+     */
+    sp_status_t (*progress)(sp_transport_t *t);
     sp_status_t (*poll)(sp_transport_t *t, sp_transport_completion_t *out, size_t max,
                         int timeout_ms, size_t *n_p);
 } sp_transport_ops_t;
@@ -31,7 +51,19 @@ struct sp_transport {
     char provider[64];
     uint64_t timeout_ns;
     uint32_t max_outstanding;
-    sp_transport_stats_t stats;
+    sp_transport_stats_t stats; /* written with the lock held */
+    pthread_mutex_t lock;
+    bool lock_ready;
+    /* A fetch counts as outstanding from its post until poll returns its
+     * completion, so the ring never holds more than max_outstanding. */
+    uint32_t outstanding;
+    sp_transport_completion_t *done;    /* ring of completions not yet returned */
+    char (*done_msg)[SP_TRANSPORT_MSG]; /* beside each failed one, its message */
+    size_t done_head, done_len, done_cap;
+    pthread_t thread;
+    bool thread_on;
+    atomic_bool stop;
+    long pause_min_ns, pause_max_ns; /* the progress thread's back-off */
 };
 
 struct sp_mr {
@@ -51,8 +83,38 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p);
  */
 extern size_t sp__mpi_count_max;
 
-/* Fills the base fields every backend shares from conf. */
+/*
+ * Fills the base fields every backend shares from conf (transport.timeout,
+ * transport.max_outstanding) and makes its lock and completion ring.
+ * sp__transport_fini_base undoes it (after the progress thread stopped);
+ * it accepts a base whose init failed part way.
+ */
 sp_status_t sp__transport_init_base(sp_transport_t *t, const sp_conf_t *conf,
                                     const sp_transport_ops_t *ops, const char *backend);
+void sp__transport_fini_base(sp_transport_t *t);
+
+/*
+ * Starts the progress thread when transport.progress_thread is true: it calls
+ * ops->progress whenever the lock is free, every pause_min_ns while work
+ * comes in, backing off to pause_max_ns when idle; it never queues on the lock
+ * while a caller holds it. sp__transport_stop_thread joins it (no-op when
+ * none runs); a backend's close calls it first.
+ */
+sp_status_t sp__transport_start_thread(sp_transport_t *t, long pause_min_ns, long pause_max_ns);
+void sp__transport_stop_thread(sp_transport_t *t);
+
+/* SP_ERR_BUSY while max_outstanding fetches are outstanding; call before posting. */
+sp_status_t sp__transport_admit(sp_transport_t *t);
+/* Counts one fetch posted (outstanding until poll returns it). */
+void sp__transport_posted(sp_transport_t *t);
+
+/* Queues the successful completion of a fetch of len bytes (lock held). */
+void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32_t peer);
+/*
+ * Queues a failed completion with its message, which poll raises on the
+ * polling thread (the progress thread may be the one that saw the failure).
+ */
+void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int raw, uint32_t peer,
+                        const char *fmt, ...) SP_PRINTF(6, 7);
 
 #endif
