@@ -144,7 +144,8 @@ void sp__msg_job_clear(sp__msg_job_t *m)
     for (uint32_t i = 0; m->args != NULL && i < m->nargs; i++)
         free(m->args[i]);
     free(m->args);
-    for (uint32_t i = 0; i < m->nconf; i++) {
+    /* nconf may be a count that was refused before the arrays were allocated. */
+    for (uint32_t i = 0; (m->conf_keys != NULL || m->conf_values != NULL) && i < m->nconf; i++) {
         if (m->conf_keys != NULL)
             free(m->conf_keys[i]);
         if (m->conf_values != NULL)
