@@ -1332,9 +1332,21 @@ sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t sl
     int fd = -1, err = 0;
     sp_status_t st;
 
-    if ((st = sp_ctl_check_secret(secret, slen)) != SP_OK ||
-        (st = sp_ctl_resolve(host_port, false, &ai)) != SP_OK)
+    if ((st = sp_ctl_check_secret(secret, slen)) != SP_OK)
         return st;
+    /*
+     * A name that does not resolve yet is retried like a refused connection:
+     * in a cluster the driver's name (a Kubernetes Service, say) may appear
+     * in DNS a little after its executors start.
+     */
+    while ((st = sp_ctl_resolve(host_port, false, &ai)) != SP_OK) {
+        uint64_t left = sp_ctl_left(deadline);
+        if (st != SP_ERR_NOT_FOUND || left == 0)
+            return st;
+        sp__ctl_sleep_ns(SP_MIN(backoff_ms * 1000000u, left));
+        backoff_ms = SP_MIN(backoff_ms * 2, 200u);
+    }
+    backoff_ms = 10;
     for (;;) {
         uint64_t left;
 
