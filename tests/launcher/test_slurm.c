@@ -23,6 +23,7 @@
 #include "../executor/run_test_util.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pwd.h>
@@ -154,27 +155,29 @@ static void slurm_daemon_stop(slurm_daemon_t *d)
     d->pid = 0;
 }
 
-static void slurm_print_file(const char *name)
+/* Prints the tail of DIR/name; false when there is no such file. */
+static bool slurm_print_file(const char *name)
 {
     char path[256];
     char *text;
 
     rt_path(path, sizeof(path), g.dir, name);
     if ((text = rt_read_file(path, NULL)) == NULL)
-        return;
+        return false;
     fprintf(stderr, "---- %s (last %d bytes) ----\n%s\n", path, SLURM_LOG_TAIL,
             strlen(text) > SLURM_LOG_TAIL ? text + strlen(text) - SLURM_LOG_TAIL : text);
     free(text);
+    return true;
 }
 
+/* The daemons' logs; their stdout and stderr only where a daemon never opened its log. */
 static void slurm_print_logs(void)
 {
-    static const char *const logs[] = {"munged.out",    "munge/munged.log", "slurmctld.out",
-                                       "slurmctld.log", "slurmd.out",       "slurmd.log",
-                                       "sbatch.out"};
-
-    for (size_t i = 0; i < sizeof(logs) / sizeof(logs[0]); i++)
-        slurm_print_file(logs[i]);
+    slurm_print_file("munged.out");
+    if (!slurm_print_file("slurmctld.log"))
+        slurm_print_file("slurmctld.out");
+    if (!slurm_print_file("slurmd.log"))
+        slurm_print_file("slurmd.out");
 }
 
 /* A free TCP port on 127.0.0.1, held open in *fd_p so the next call gets another. */
@@ -201,6 +204,28 @@ static unsigned long slurm_conf_value(const char *text, const char *key)
 
 /* A client command (sinfo, sbatch, ...), given SLURM_JOB_S seconds. */
 #define SLURM_CMD(...) rt_spawn_env((const char *const[]){__VA_ARGS__, NULL}, NULL, SLURM_JOB_S)
+
+/* Whether slurmctld answers (sinfo exits 0) within SLURM_START_S. */
+static bool slurm_wait_ctld(void)
+{
+    double deadline = rt_now() + SLURM_START_S;
+
+    while (rt_now() < deadline) {
+        rt_run_t run;
+        bool up;
+
+        if (!slurm_daemon_alive(&g.slurmctld))
+            return false;
+        run = rt_spawn_env((const char *const[]){"sinfo", "-h", NULL}, NULL, 10);
+        up = run.status == 0;
+        rt_free(&run);
+        if (up)
+            return true;
+        usleep(100000);
+    }
+    fprintf(stderr, "test_slurm: slurmctld did not answer within %d s\n", SLURM_START_S);
+    return false;
+}
 
 /* Whether sinfo shows the node idle (the daemons' state is checked too). */
 static bool slurm_wait_idle(void)
@@ -318,7 +343,12 @@ static void slurm_write_conf(void)
     d_port = slurm_free_port(&fd2);
     close(fd1);
     close(fd2);
-    /* RealMemory above what slurmd finds drains the node; half of it is always safe. */
+    /*
+     * RealMemory above what slurmd finds drains the node; half of it is always
+     * safe. MinJobAge=4: sbatch --wait polls every 2 s while that is below half
+     * the age, instead of backing off to 8 s, and a job still stays listed for
+     * its next poll.
+     */
     n = snprintf(conf, sizeof(conf),
                  "ClusterName=spatetest\n"
                  "SlurmctldHost=localhost(127.0.0.1)\n"
@@ -336,6 +366,7 @@ static void slurm_write_conf(void)
                  "SelectType=select/cons_tres\n"
                  "SelectTypeParameters=CR_Core\n"
                  "ReturnToService=2\n"
+                 "MinJobAge=4\n"
                  "CommunicationParameters=NoInAddrAny\n"
                  "StateSaveLocation=%s/state\n"
                  "SlurmdSpoolDir=%s/spool\n"
@@ -375,6 +406,36 @@ static void slurm_env_clean(void)
     setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
 }
 
+/*
+ * Waits until no slurmstepd of this cluster is left: each keeps a socket
+ * named NODE_JOB.STEP in the spool directory while it runs, and a job leaves
+ * squeue a little before its stepds have exited.
+ */
+static void slurm_wait_steps(void)
+{
+    double deadline = rt_now() + SLURM_STOP_S;
+    char spool[256];
+
+    rt_path(spool, sizeof(spool), g.dir, "spool");
+    for (;;) {
+        DIR *d = opendir(spool);
+        struct dirent *de;
+        const char *left = NULL;
+
+        while (d != NULL && (de = readdir(d)) != NULL && left == NULL)
+            if (strncmp(de->d_name, "localhost_", 10) == 0)
+                left = de->d_name;
+        if (left != NULL && rt_now() > deadline)
+            fprintf(stderr, "test_slurm: step %s is still running after %d s\n", left,
+                    SLURM_STOP_S);
+        if (d != NULL)
+            closedir(d);
+        if (left == NULL || rt_now() > deadline)
+            return;
+        usleep(50000);
+    }
+}
+
 static int slurm_group_teardown(void **state);
 
 /* A failed assertion in the group setup still stops what was started. */
@@ -386,6 +447,7 @@ static void slurm_atexit(void)
 
 static int slurm_group_setup(void **state)
 {
+    double t0 = rt_now();
     char path[256];
 
     (void)state;
@@ -411,11 +473,15 @@ static int slurm_group_setup(void **state)
     slurm_write_conf();
     slurm_env_clean();
     slurm_daemon_start(&g.slurmctld, (const char *const[]){g.sbin[1], "-D", "-i", NULL});
+    /* slurmd registers at once when slurmctld answers, else only after a retry delay. */
+    if (!slurm_wait_ctld())
+        goto fail;
     /* This host's name is not the node's: -N says which node this slurmd is. */
     slurm_daemon_start(&g.slurmd, (const char *const[]){g.sbin[2], "-D", "-N", "localhost", NULL});
     if (!slurm_wait_idle())
         goto fail;
-    fprintf(stderr, "test_slurm: single-node Slurm up in %s (%u CPUs)\n", g.dir, g.cpus);
+    fprintf(stderr, "test_slurm: single-node Slurm up in %.1f s in %s (%u CPUs)\n", rt_now() - t0,
+            g.dir, g.cpus);
     return 0;
 fail:
     g.started++; /* the teardown prints the logs */
@@ -444,6 +510,7 @@ static int slurm_group_teardown(void **state)
             usleep(200000);
         }
     }
+    slurm_wait_steps();
     slurm_daemon_stop(&g.slurmd);
     slurm_daemon_stop(&g.slurmctld);
     slurm_daemon_stop(&g.munged);
@@ -462,6 +529,12 @@ static void slurm_test_begin(void)
         skip();
     }
     g.started++;
+    /*
+     * A job submitted while the last one is still completing waits for the
+     * scheduler's next pass (seconds); one submitted to an idle node starts.
+     */
+    if (!slurm_wait_idle())
+        fail_msg("the node is not idle before the test");
 }
 
 /* Each test's last line: the logs are printed only when some test did not get here. */
