@@ -134,7 +134,7 @@ struct sp__mesos {
     json_t *agent_failures; /* agent id -> failed executors */
     json_t *offers;         /* of this batch, not yet decided */
     bool suppressed, need_revive;
-    bool warned_small;
+    unsigned warned;           /* verdicts already explained at warning level (bit per verdict) */
     uint64_t balance_after_ns; /* a failed SUPPRESS/REVIVE/KILL is retried from then */
 
     /* Shared with other threads, under lock. */
@@ -576,16 +576,14 @@ static void sp_mesos_decide(sp__mesos_t *m)
             continue;
         }
         m->stats.offers_declined++;
-        /* Why an offer did not fit is worth a warning once; the rest is routine. */
-        if (plan.verdict == SP_OFFER_UNNEEDED ||
-            (m->warned_small && plan.verdict != SP_OFFER_MALFORMED))
+        /* Why offers do not fit is worth a warning once per reason; the rest is routine. */
+        if (plan.verdict == SP_OFFER_UNNEEDED || (m->warned & (1u << plan.verdict)))
             sp_info("Mesos: declining offer %s for %.0f s: %s: %s", id, m->refuse_s,
                     sp__offer_verdict_str(plan.verdict), plan.why);
         else
             sp_warn("Mesos: declining offer %s for %.0f s: %s: %s", id, m->refuse_s,
                     sp__offer_verdict_str(plan.verdict), plan.why);
-        if (plan.verdict == SP_OFFER_TOO_SMALL || plan.verdict == SP_OFFER_CONSTRAINTS)
-            m->warned_small = true;
+        m->warned |= 1u << plan.verdict;
         json_array_append_new(declined, json_pack("{s:s}", "value", id));
     }
     json_array_clear(m->offers);

@@ -42,9 +42,10 @@ The scenario (--scenario FILE, JSON) scripts the rest:
           "no_stream_id"): every event stream is broken that way,
   drop_after_subscribe (int): that many first streams are cut right after
           SUBSCRIBED,
-  failover_when_running (int): once that many tasks run, the leader moves to
-          the next master and the old leader's stream goes silent
-          ("failover_mode": "stall", the default) or is cut ("drop"),
+  failover_when_running (int): once that many tasks run (and failover_delay
+          seconds more), the leader moves to the next master and the old
+          leader's stream goes silent ("failover_mode": "stall", the
+          default) or is cut ("drop"),
   kill_on_file ({"dir", "suffix"}): when a file so named appears under dir,
           every task process gets SIGKILL (an executor dies mid-job).
 
@@ -261,6 +262,17 @@ class Master:
         if want is None or self.failed_over or self.running_seen < want:
             return
         self.failed_over = True
+        delay = float(self.sc.get("failover_delay", 0))
+        if delay > 0:
+            threading.Timer(delay, self.fail_over).start()
+        else:
+            self.fail_over()
+
+    def fail_over(self):
+        with LOCK:
+            self.fail_over_locked()
+
+    def fail_over_locked(self):
         old = self.leader
         self.leader = (self.leader + 1) % len(self.ports)
         stream = self.framework.get("stream") if self.framework else None
