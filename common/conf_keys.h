@@ -103,10 +103,15 @@ SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NU
 SP_CONF_KEY("shuffle.max_block_in_memory", SP_CONF_SIZE, "200m", "4k", "1t", NULL,
             "A fetched block larger than this is streamed to a temporary file in "
             "shuffle.local_dirs and read from there (blocks read in place are not copied).")
-SP_CONF_KEY("transport.backend", SP_CONF_ENUM, "ofi", NULL, NULL, "ofi|mpi",
-            "Transport between executors: ofi (libfabric RDM endpoints, one-sided reads) or mpi "
-            "(MPI-3 one-sided reads through a dynamic window; executors are the ranks of "
-            "MPI_COMM_WORLD, which open and close the transport together).")
+SP_CONF_KEY("transport.backend", SP_CONF_ENUM, "ofi", NULL, NULL, "ofi|mpi|local|auto",
+            "Transport between executors: ofi (libfabric RDM endpoints, one-sided reads), mpi "
+            "(executors are the ranks of MPI_COMM_WORLD, which open and close the transport "
+            "together; see transport.mpi_mode), local (executors of one host read each other's "
+            "committed files directly) or auto (mpi when the process initialized MPI and runs "
+            "on more than one rank, else ofi).")
+SP_CONF_KEY("transport.local", SP_CONF_BOOL, "false", NULL, NULL, NULL,
+            "Read map outputs of executors on the same host (and mount namespace) straight from "
+            "their committed files, and only those of the others over transport.backend.")
 SP_CONF_KEY("transport.mpi_mode", SP_CONF_ENUM, "rget", NULL, NULL, "rget|twosided",
             "How the mpi backend reads a block: rget (MPI_Rget through a dynamic window; a "
             "region the window cannot take is served twosided) or twosided (a request to the "

@@ -64,13 +64,16 @@ sp_status_t sp_map_output_serve(sp_transport_t *t, sp_map_status_t *status,
     }
     s->len = (size_t)sb.st_size;
     s->map = mmap(NULL, s->len, PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
     if (s->map == MAP_FAILED) {
         st =
             SP_RAISE(SP_ERR_IO, "map %s: %s (errno %d)", status->data_path, strerror(errno), errno);
+        close(fd);
         goto err_free;
     }
-    if ((st = sp_transport_mr_reg(t, s->map, s->len, true, &s->mr)) != SP_OK)
+    /* With the file, so that a transport reading files (local) can key it by its identity. */
+    st = sp_transport_mr_reg_file(t, s->map, s->len, fd, 0, &s->mr);
+    close(fd);
+    if (st != SP_OK)
         goto err_unmap;
     if ((st = sp_transport_mr_pack(s->mr, key, sizeof(key), &klen)) != SP_OK ||
         (st = sp_transport_address(t, addr, sizeof(addr), &alen)) != SP_OK)
@@ -135,6 +138,7 @@ typedef struct sp_tf_req {
     uint32_t peer;
     const unsigned char *rkey;
     size_t rkey_len;
+    const char *index_path; /* of the map output, in the block list */
 } sp_tf_req_t;
 
 typedef struct sp_tf_peer {
@@ -241,15 +245,33 @@ static void sp_tf_unlink_posted(sp_tfetcher_t *tf, sp_tf_req_t *r)
     r->prev_posted = r->next_posted = NULL;
 }
 
+/*
+ * The data file beside an index path ("x.index" -> "x.data") into buf; NULL
+ * when it does not fit or the path is not an index path.
+ */
+static const char *sp_tf_data_path(const char *index_path, char *buf, size_t cap)
+{
+    size_t n = index_path != NULL ? strlen(index_path) : 0;
+
+    if (n < 6 || n > cap || strcmp(index_path + n - 6, ".index") != 0)
+        return NULL;
+    memcpy(buf, index_path, n - 6);
+    memcpy(buf + n - 6, ".data", 6);
+    return buf;
+}
+
 /* Posts r; false when back-pressure says later. Errors complete r. */
 static bool sp_tf_post(sp_tfetcher_t *tf, sp_tf_req_t *r)
 {
+    char data_path[4096];
     sp_status_t st;
 
-    /* Posted and linked under the router's lock, so no poll routes r before it is linked. */
+    /* Posted and linked under the router's lock, so no poll routes r before it is linked.
+     * The data file's path lets a transport that reads files (local) open it. */
     pthread_mutex_lock(&tf->router->lock);
-    st = sp_transport_fetch(tf->t, r->peer, r->rkey, r->rkey_len, r->offset, r->len, r->buf, r->mr,
-                            r);
+    st = sp_transport_fetch_file(tf->t, r->peer, r->rkey, r->rkey_len,
+                                 sp_tf_data_path(r->index_path, data_path, sizeof(data_path)),
+                                 r->offset, r->len, r->buf, r->mr, r);
     if (st == SP_OK) {
         r->owner = tf;
         r->prev_posted = NULL;
@@ -326,6 +348,7 @@ static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *bloc
         r->offset = b->offset;
         r->rkey = b->rkey;
         r->rkey_len = b->rkey_len;
+        r->index_path = b->index_path;
         if ((st = sp_tf_peer(tf, b->address, &r->peer)) != SP_OK ||
             (st = sp_transport_mr_reg(tf->t, r->buf, r->len != 0 ? r->len : 1, false, &r->mr)) !=
                 SP_OK) {

@@ -12,6 +12,7 @@
  */
 #include "transport_int.h"
 
+#include <mpi.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +22,19 @@
 static sp_status_t sp_transport_unsupported(const sp_transport_t *t, const char *op)
 {
     return SP_RAISE(SP_ERR_UNSUPPORTED, "transport backend %s does not support %s", t->backend, op);
+}
+
+/* The base lock, unless the backend locks itself (transport_int.h). */
+static void sp_transport_lock(sp_transport_t *t)
+{
+    if (!t->ops->own_locking)
+        pthread_mutex_lock(&t->lock);
+}
+
+static void sp_transport_unlock(sp_transport_t *t)
+{
+    if (!t->ops->own_locking)
+        pthread_mutex_unlock(&t->lock);
 }
 
 /* True when ops has a non-NULL slot at offset (and is large enough to hold it). */
@@ -200,18 +214,57 @@ void sp__transport_stop_thread(sp_transport_t *t)
     t->thread_on = false;
 }
 
-sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p)
+/*
+ * transport.backend=auto: mpi when the process runs under mpirun (or srun) and
+ * asked for MPI by initializing it, so that its ranks can reach each other
+ * over it; else ofi.
+ */
+static const char *sp_transport_auto(void)
 {
-    const char *backend = NULL;
-    sp_status_t st = sp_conf_get_string(conf, "transport.backend", &backend);
+    int initialized = 0, finalized = 0, size = 0;
 
-    if (st != SP_OK)
-        return st;
+    if (MPI_Initialized(&initialized) != MPI_SUCCESS || !initialized ||
+        MPI_Finalized(&finalized) != MPI_SUCCESS || finalized ||
+        MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || size < 2)
+        return "ofi";
+    return "mpi";
+}
+
+static sp_status_t sp_transport_open_backend(const char *backend, const sp_conf_t *conf,
+                                             sp_transport_t **transport_p)
+{
     if (strcmp(backend, "ofi") == 0)
         return sp__ofi_open(conf, transport_p);
     if (strcmp(backend, "mpi") == 0)
         return sp__mpi_open(conf, transport_p);
+    if (strcmp(backend, "local") == 0)
+        return sp__local_open(conf, transport_p);
     return SP_RAISE(SP_ERR_BAD_CONF, "transport.backend '%s' is not built in", backend);
+}
+
+sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p)
+{
+    const char *backend = NULL;
+    sp_transport_t *net = NULL, *local = NULL;
+    bool with_local = false;
+    sp_status_t st;
+
+    if ((st = sp_conf_get_string(conf, "transport.backend", &backend)) != SP_OK ||
+        (st = sp_conf_get_bool(conf, "transport.local", &with_local)) != SP_OK)
+        return st;
+    if (strcmp(backend, "auto") == 0)
+        backend = sp_transport_auto();
+    if ((st = sp_transport_open_backend(backend, conf, &net)) != SP_OK)
+        return st;
+    if (!with_local || strcmp(backend, "local") == 0) {
+        *transport_p = net;
+        return SP_OK;
+    }
+    if ((st = sp__local_open(conf, &local)) != SP_OK) {
+        sp_transport_close(net);
+        return st;
+    }
+    return sp__route_open(conf, net, local, transport_p);
 }
 
 void sp_transport_close(sp_transport_t *transport)
@@ -242,9 +295,9 @@ sp_status_t sp_transport_address(sp_transport_t *t, void *buf, size_t cap, size_
         return sp_transport_unsupported(t, "address");
     if (cap <= SP_ADDR_HEADER)
         return SP_RAISE(SP_ERR_TOO_LARGE, "an address needs more than %d bytes", SP_ADDR_HEADER);
-    pthread_mutex_lock(&t->lock);
+    sp_transport_lock(t);
     st = t->ops->address(t, b + SP_ADDR_HEADER, cap - SP_ADDR_HEADER, &raw);
-    pthread_mutex_unlock(&t->lock);
+    sp_transport_unlock(t);
     if (st != SP_OK)
         return st;
     b[0] = 'S';
@@ -275,9 +328,9 @@ sp_status_t sp_transport_add_peer(sp_transport_t *t, const void *address, size_t
                         len, t->backend);
     if (!SP_TRANSPORT_HAS(t, add_peer))
         return sp_transport_unsupported(t, "add_peer");
-    pthread_mutex_lock(&t->lock);
+    sp_transport_lock(t);
     st = t->ops->add_peer(t, b + SP_ADDR_HEADER, raw, peer_p);
-    pthread_mutex_unlock(&t->lock);
+    sp_transport_unlock(t);
     return st;
 }
 
@@ -290,9 +343,26 @@ sp_status_t sp_transport_mr_reg(sp_transport_t *t, void *addr, size_t len, bool 
         return SP_RAISE(SP_ERR_INVALID_PARAM, "cannot register an empty region");
     if (!SP_TRANSPORT_HAS(t, mr_reg))
         return sp_transport_unsupported(t, "mr_reg");
-    pthread_mutex_lock(&t->lock);
+    sp_transport_lock(t);
     st = t->ops->mr_reg(t, addr, len, remote_read, mr_p);
-    pthread_mutex_unlock(&t->lock);
+    sp_transport_unlock(t);
+    return st;
+}
+
+sp_status_t sp_transport_mr_reg_file(sp_transport_t *t, void *addr, size_t len, int fd,
+                                     uint64_t file_offset, sp_mr_t **mr_p)
+{
+    sp_status_t st;
+
+    if (addr == NULL || len == 0 || fd < 0)
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "cannot serve %zu bytes at %p of file descriptor %d: empty or no file", len,
+                        addr, fd);
+    if (!SP_TRANSPORT_HAS(t, mr_reg_file))
+        return sp_transport_mr_reg(t, addr, len, true, mr_p);
+    sp_transport_lock(t);
+    st = t->ops->mr_reg_file(t, addr, len, fd, file_offset, mr_p);
+    sp_transport_unlock(t);
     return st;
 }
 
@@ -303,9 +373,9 @@ void sp_transport_mr_dereg(sp_mr_t *mr)
     if (mr == NULL || !SP_TRANSPORT_HAS(mr->transport, mr_dereg))
         return;
     t = mr->transport;
-    pthread_mutex_lock(&t->lock);
+    sp_transport_lock(t);
     t->ops->mr_dereg(mr);
-    pthread_mutex_unlock(&t->lock);
+    sp_transport_unlock(t);
 }
 
 sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p)
@@ -336,9 +406,32 @@ sp_status_t sp_transport_fetch(sp_transport_t *t, uint32_t peer, const void *rke
                         SP_TRANSPORT_RKEY_MAX);
     if (!SP_TRANSPORT_HAS(t, fetch))
         return sp_transport_unsupported(t, "fetch");
-    pthread_mutex_lock(&t->lock);
+    sp_transport_lock(t);
     st = t->ops->fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
-    pthread_mutex_unlock(&t->lock);
+    sp_transport_unlock(t);
+    return st;
+}
+
+sp_status_t sp_transport_fetch_file(sp_transport_t *t, uint32_t peer, const void *rkey,
+                                    size_t rkey_len, const char *path, uint64_t offset, size_t len,
+                                    void *dest, sp_mr_t *local, void *context)
+{
+    const char *l = local != NULL ? (const char *)local->addr : NULL;
+    const char *d = dest;
+    sp_status_t st;
+
+    if (path == NULL || !SP_TRANSPORT_HAS(t, fetch_file))
+        return sp_transport_fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
+    if (local == NULL || d < l || len > local->len || d - l > (ptrdiff_t)(local->len - len))
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "fetch of %zu bytes: destination is not inside a registered local region",
+                        len);
+    if (rkey == NULL || rkey_len == 0 || rkey_len > SP_TRANSPORT_RKEY_MAX)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes (1 to %d allowed)", rkey_len,
+                        SP_TRANSPORT_RKEY_MAX);
+    sp_transport_lock(t);
+    st = t->ops->fetch_file(t, peer, rkey, rkey_len, path, offset, len, dest, local, context);
+    sp_transport_unlock(t);
     return st;
 }
 
@@ -356,6 +449,10 @@ void sp_transport_stats(const sp_transport_t *transport, sp_transport_stats_t *s
 {
     sp_transport_t *t = (sp_transport_t *)transport; /* the lock, not the object, changes */
 
+    if (SP_TRANSPORT_HAS(t, stats)) {
+        t->ops->stats(t, stats_p);
+        return;
+    }
     pthread_mutex_lock(&t->lock);
     *stats_p = t->stats;
     pthread_mutex_unlock(&t->lock);

@@ -7,10 +7,12 @@
  * outstanding count that bounds it, the poll loop and the progress thread.
  *
  * Locking: the dispatchers in transport.c take the base lock around address,
- * add_peer, mr_reg, mr_dereg and fetch, so a backend's
- * slots for those run with it held. progress runs with it held too (from poll
- * or the progress thread). close, mr_pack and poll are called without it. A
- * backend that waits inside a locked slot may drop and retake the lock.
+ * add_peer, mr_reg, mr_reg_file, mr_dereg, fetch and fetch_file, so a
+ * backend's slots for those run with it held. progress runs with it held too
+ * (from poll or the progress thread). close, mr_pack, poll and stats are
+ * called without it. A backend that waits inside a locked slot may drop and
+ * retake the lock. A backend whose ops say own_locking (a composite over
+ * other transports, which lock themselves) gets every slot without it.
  */
 #ifndef SPATE_TRANSPORT_INT_H
 #define SPATE_TRANSPORT_INT_H
@@ -25,7 +27,8 @@
 #define SP_TRANSPORT_MSG 256
 
 typedef struct sp_transport_ops {
-    size_t size; /* sizeof(sp_transport_ops_t) */
+    size_t size;      /* sizeof(sp_transport_ops_t) */
+    bool own_locking; /* the dispatchers take no lock for this backend */
     void (*close)(sp_transport_t *t);
     sp_status_t (*address)(sp_transport_t *t, void *buf, size_t cap, size_t *len_p);
     sp_status_t (*add_peer)(sp_transport_t *t, const void *addr, size_t len, uint32_t *peer_p);
@@ -43,6 +46,15 @@ typedef struct sp_transport_ops {
     sp_status_t (*progress)(sp_transport_t *t);
     sp_status_t (*poll)(sp_transport_t *t, sp_transport_completion_t *out, size_t max,
                         int timeout_ms, size_t *n_p);
+    /* Optional: a served region that maps [file_offset, +len) of fd; absent: mr_reg. */
+    sp_status_t (*mr_reg_file)(sp_transport_t *t, void *addr, size_t len, int fd,
+                               uint64_t file_offset, sp_mr_t **mr_p);
+    /* Optional: a fetch that may read the file at path; absent: fetch. */
+    sp_status_t (*fetch_file)(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
+                              const char *path, uint64_t offset, size_t len, void *dest,
+                              sp_mr_t *local, void *context);
+    /* Optional: the statistics, when they are not the base's own (a composite). */
+    void (*stats)(const sp_transport_t *t, sp_transport_stats_t *stats_p);
 } sp_transport_ops_t;
 
 struct sp_transport {
@@ -76,6 +88,14 @@ struct sp_mr {
 /* The backends. */
 sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p);
 sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p);
+sp_status_t sp__local_open(const sp_conf_t *conf, sp_transport_t **transport_p);
+/*
+ * The composite of transport.local: net (ofi or mpi) for every peer, and
+ * local for the peers on this host, which read served files directly. Takes
+ * both transports (closed with it, or on failure).
+ */
+sp_status_t sp__route_open(const sp_conf_t *conf, sp_transport_t *net, sp_transport_t *local,
+                           sp_transport_t **transport_p);
 
 /*
  * Largest element count the mpi backend gives one MPI call (INT_MAX); a

@@ -2,7 +2,8 @@
  * spate — transport layer: moving bytes between executors. A transport is
  * one executor's endpoint on a backend (ofi: libfabric RDM endpoints with
  * one-sided reads; mpi: the ranks of MPI_COMM_WORLD, reading through a
- * dynamic window or by request and reply, transport.mpi_mode). Memory regions
+ * dynamic window or by request and reply, transport.mpi_mode; local:
+ * executors of one host reading each other's committed files). Memory regions
  * (pages, or a memory-mapped committed data file) are registered read-only
  * for remote access; their packed remote key travels in the map status; a
  * reader posts a fetch (peer, key, offset, length) into a registered local
@@ -23,7 +24,7 @@ typedef struct sp_mr sp_mr_t;
 
 /** Largest endpoint address and packed remote key, in bytes. */
 #define SP_TRANSPORT_ADDR_MAX 256
-#define SP_TRANSPORT_RKEY_MAX 64
+#define SP_TRANSPORT_RKEY_MAX 128
 
 /** A finished fetch: the caller's context, its status and the raw backend code. */
 typedef struct sp_transport_completion {
@@ -47,12 +48,20 @@ typedef struct sp_transport_stats {
 } sp_transport_stats_t;
 
 /**
- * Opens the transport of one executor: transport.backend (ofi or mpi),
+ * Opens the transport of one executor: transport.backend (ofi, mpi, local, or
+ * auto: mpi when the process initialized MPI and runs on more than one rank,
+ * else ofi), transport.local (true: peers on this host read served files
+ * directly, through the local backend, and the others over the network
+ * backend; the backend's name is then "ofi+local" or "mpi+local"),
  * transport.provider (libfabric provider, e.g. "tcp;ofi_rxm" or "shm"; empty:
  * FI_PROVIDER or libfabric's choice), transport.max_outstanding,
  * transport.timeout, transport.progress_thread, transport.mpi_mode.
  * SP_ERR_UNSUPPORTED when no provider offers what the backend needs (message
  * names the provider and the raw code).
+ *
+ * The local backend serves only files (sp_transport_mr_reg_file) and reads
+ * only with a path (sp_transport_fetch_file); its peers must be on this host
+ * and in this mount namespace (else add_peer is SP_ERR_UNSUPPORTED).
  *
  * The mpi backend needs MPI initialized by the process (MPI_Init_thread,
  * ideally with MPI_THREAD_MULTIPLE; MPI_Finalize only after
@@ -73,7 +82,10 @@ SP_API sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **tra
  */
 SP_API void sp_transport_close(sp_transport_t *transport);
 
-/** The backend's name ("ofi", "mpi") and the provider in use (for mpi, the MPI library). */
+/**
+ * The backend's name ("ofi", "mpi", "local", "ofi+local", "mpi+local") and
+ * the provider in use (for mpi, the MPI library).
+ */
 SP_API const char *sp_transport_backend(const sp_transport_t *transport);
 SP_API const char *sp_transport_provider(const sp_transport_t *transport);
 
@@ -97,6 +109,16 @@ SP_API sp_status_t sp_transport_mr_reg(sp_transport_t *transport, void *addr, si
                                        bool remote_read, sp_mr_t **mr_p);
 SP_API void sp_transport_mr_dereg(sp_mr_t *mr);
 
+/**
+ * Registers a served region that maps bytes [file_offset, file_offset+len)
+ * of the open file fd read-only (a committed data file): as
+ * sp_transport_mr_reg(remote_read = true), and, for a backend that reads files
+ * directly (local), keyed by the file's device and inode, never its path. fd
+ * is used during the call only. Deregister with sp_transport_mr_dereg.
+ */
+SP_API sp_status_t sp_transport_mr_reg_file(sp_transport_t *transport, void *addr, size_t len,
+                                            int fd, uint64_t file_offset, sp_mr_t **mr_p);
+
 /** Packs the remote key of a served region (at most SP_TRANSPORT_RKEY_MAX bytes). */
 SP_API sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);
 
@@ -111,6 +133,18 @@ SP_API sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap
 SP_API sp_status_t sp_transport_fetch(sp_transport_t *transport, uint32_t peer, const void *rkey,
                                       size_t rkey_len, uint64_t offset, size_t len, void *dest,
                                       sp_mr_t *local, void *context);
+
+/**
+ * sp_transport_fetch of a region registered with sp_transport_mr_reg_file,
+ * naming the file on this host: path (from the map status; NULL when not
+ * known) is opened by a backend that reads files (local), which checks that
+ * it is the file the key names and that the read lies inside the region
+ * before reading; the other backends ignore it.
+ */
+SP_API sp_status_t sp_transport_fetch_file(sp_transport_t *transport, uint32_t peer,
+                                           const void *rkey, size_t rkey_len, const char *path,
+                                           uint64_t offset, size_t len, void *dest, sp_mr_t *local,
+                                           void *context);
 
 /**
  * Progresses and returns up to max finished fetches in out (*n_p of them),

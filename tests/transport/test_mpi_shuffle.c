@@ -1,12 +1,13 @@
 /*
  * A whole shuffle across the ranks of one mpirun over the mpi transport
- * (CTest runs it on 2, 3 and 4 ranks), once with transport.mpi_mode=rget and
- * once with twosided: every rank commits two key-ordered map outputs, serves
- * them (sp_map_output_serve), and sends their statuses in wire form to every
- * other rank (MPI_Allgatherv); every rank then reads the reduce partitions it
- * owns (p % size == rank) from all map outputs, its own in place and the
- * others' over the transport, unordered and merged, and compares each key's
- * record count and value total with what a single process computes from the
+ * (CTest runs it on 2, 3 and 4 ranks), with transport.mpi_mode=rget (and
+ * transport.backend=auto, which is mpi under mpirun), with twosided, and with
+ * transport.local=true (the ranks share this host, so every read goes to the
+ * files directly; the backend is then "mpi+local"): every rank commits two key-ordered map outputs,
+ * serves them (sp_map_output_serve), and sends their statuses in wire form to every other rank
+ * (MPI_Allgatherv); every rank then reads the reduce partitions it owns (p % size == rank) from all
+ * map outputs, its own in place and the others' over the transport, unordered and merged, and
+ * compares each key's record count and value total with what a single process computes from the
  * same records.
  */
 /* LABELS: mpi */
@@ -29,7 +30,8 @@
 #define KEYS          400
 
 static struct world {
-    const char *mode;
+    const char *mode, *backend, *expect;
+    bool local;
     int rank, size;
     char dir[256];
     sp_conf_t *conf;
@@ -76,7 +78,8 @@ static int world_setup(void **state)
     char cmd[600];
 
     (void)state;
-    snprintf(w.dir, sizeof(w.dir), "/tmp/spate-test-mpishuffle-%d-%s", (int)getpid(), w.mode);
+    snprintf(w.dir, sizeof(w.dir), "/tmp/spate-test-mpishuffle-%d-%s%s", (int)getpid(), w.mode,
+             w.local ? "-local" : "");
     snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", w.dir, w.dir);
     assert_int_equal(system(cmd), 0);
     assert_int_equal(sp_conf_create(&w.conf), SP_OK);
@@ -84,11 +87,13 @@ static int world_setup(void **state)
     assert_int_equal(sp_conf_set(w.conf, "memory.reserved", "0"), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "memory.numa_bind", "false"), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "shuffle.local_dirs", w.dir), SP_OK);
-    assert_int_equal(sp_conf_set(w.conf, "transport.backend", "mpi"), SP_OK);
+    assert_int_equal(sp_conf_set(w.conf, "transport.backend", w.backend), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.mpi_mode", w.mode), SP_OK);
+    assert_int_equal(sp_conf_set(w.conf, "transport.local", w.local ? "true" : "false"), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.timeout", "20s"), SP_OK);
     assert_int_equal(sp_memory_manager_create(w.conf, NULL, 0, &w.mm), SP_OK);
     assert_int_equal(sp_transport_open(w.conf, &w.t), SP_OK); /* collective */
+    assert_string_equal(sp_transport_backend(w.t), w.expect);
 
     /* Commit and serve this rank's maps; gather everyone's statuses in wire form. */
     for (unsigned j = 0; j < MAPS_PER_RANK; j++) {
@@ -167,12 +172,26 @@ static int world_teardown(void **state)
 static int setup_rget(void **state)
 {
     w.mode = "rget";
+    w.backend = "auto";
+    w.expect = "mpi";
+    w.local = false;
     return world_setup(state);
 }
 
 static int setup_twosided(void **state)
 {
     w.mode = "twosided";
+    w.backend = w.expect = "mpi";
+    w.local = false;
+    return world_setup(state);
+}
+
+static int setup_local(void **state)
+{
+    w.mode = "rget";
+    w.backend = "mpi";
+    w.expect = "mpi+local";
+    w.local = true;
     return world_setup(state);
 }
 
@@ -272,6 +291,7 @@ int main(int argc, char **argv)
     /* Two-sided, owners answer from their progress threads while they wait in barriers. */
     if (provided == MPI_THREAD_MULTIPLE)
         failed += cmocka_run_group_tests_name("twosided", tests, setup_twosided, world_teardown);
+    failed += cmocka_run_group_tests_name("mpi+local", tests, setup_local, world_teardown);
     if (failed != 0)
         fprintf(stderr, "rank %d: %d test(s) failed\n", w.rank, failed);
     MPI_Finalize();

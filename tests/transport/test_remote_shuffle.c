@@ -5,6 +5,12 @@
  * a pipe in their wire form; the parent commits two map outputs of its own
  * and reads every reduce partition over the transport, unordered, merged and
  * aggregated, comparing with a reference computed from the same records.
+ *
+ * Once more with transport.local=true over tcp;ofi_rxm: both executors are
+ * on this host, so the reads go to the files directly. To tell, the serving
+ * executor runs without a progress thread and never polls, so a read over
+ * tcp (which needs the target's progress) would time out. transport.backend
+ * is auto there, which is ofi outside mpirun.
  */
 /* LABELS: fabric */
 #include <spate/shuffle.h>
@@ -32,19 +38,24 @@ static char dir[256];
 /* Record i of map m: key "k%03u", partition from the key, value m*1e6+i. */
 static unsigned key_of(unsigned m, unsigned i) { return (m * 7919u + i * 104729u) % KEYS; }
 
-static sp_conf_t *make_conf(const char *sub, const char *provider)
+static sp_conf_t *make_conf(const char *sub, const char *provider, bool local)
 {
-    char local[600];
+    char dirs[600];
     sp_conf_t *conf = NULL;
 
-    snprintf(local, sizeof(local), "%s/%s", dir, sub);
+    snprintf(dirs, sizeof(dirs), "%s/%s", dir, sub);
     assert_int_equal(sp_conf_create(&conf), SP_OK);
     assert_int_equal(sp_conf_set(conf, "memory.executor", "64m"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "memory.reserved", "0"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "memory.numa_bind", "false"), SP_OK);
-    assert_int_equal(sp_conf_set(conf, "shuffle.local_dirs", local), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "shuffle.local_dirs", dirs), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.provider", provider), SP_OK);
-    assert_int_equal(sp_conf_set(conf, "transport.timeout", "10s"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "transport.timeout", local ? "3s" : "10s"), SP_OK);
+    if (local) {
+        assert_int_equal(sp_conf_set(conf, "transport.backend", "auto"), SP_OK);
+        assert_int_equal(sp_conf_set(conf, "transport.local", "true"), SP_OK);
+        assert_int_equal(sp_conf_set(conf, "transport.progress_thread", "false"), SP_OK);
+    }
     return conf;
 }
 
@@ -77,9 +88,9 @@ static sp_map_status_t *write_map(sp_conf_t *conf, sp_memory_manager_t *mm, unsi
 }
 
 /* The serving executor: maps 2 and 3, served until the parent closes the pipe. */
-static void serve(const char *provider, int to_parent, int from_parent)
+static void serve(const char *provider, bool local, int to_parent, int from_parent)
 {
-    sp_conf_t *conf = make_conf("child", provider);
+    sp_conf_t *conf = make_conf("child", provider, local);
     sp_memory_manager_t *mm = NULL;
     sp_transport_t *t = NULL;
     sp_served_output_t *served[2] = {NULL, NULL};
@@ -101,8 +112,11 @@ static void serve(const char *provider, int to_parent, int from_parent)
             _exit(4);
         free(buf);
     }
+    /* With transport.local, no polls: a read that went over tcp would hang. */
+    while (local && read(from_parent, &c, 1) > 0)
+        ;
     fcntl(from_parent, F_SETFL, O_NONBLOCK);
-    for (;;) {
+    while (!local) {
         sp_transport_completion_t done[4];
         size_t n = 0;
         if (read(from_parent, &c, 1) == 0)
@@ -149,7 +163,7 @@ static size_t sum_combine(void *arg, const void *key, size_t klen, const void *a
     return 8;
 }
 
-static void run(const char *provider)
+static void run(const char *provider, bool local)
 {
     static const sp_combiner_t sum = {.combine = sum_combine};
     int up[2], down[2];
@@ -163,7 +177,7 @@ static void run(const char *provider)
 
     snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", dir, dir);
     assert_int_equal(system(cmd), 0);
-    conf = make_conf("parent", provider);
+    conf = make_conf("parent", provider, local);
     /* Fork first: transports run progress threads. */
     assert_int_equal(pipe(up), 0);
     assert_int_equal(pipe(down), 0);
@@ -172,7 +186,7 @@ static void run(const char *provider)
     if (child == 0) {
         close(up[0]);
         close(down[1]);
-        serve(provider, up[1], down[0]);
+        serve(provider, local, up[1], down[0]);
     }
     close(up[1]);
     close(down[0]);
@@ -185,6 +199,7 @@ static void run(const char *provider)
         skip();
     }
     assert_int_equal(ost, SP_OK);
+    assert_string_equal(sp_transport_backend(t), local ? "ofi+local" : "ofi");
     assert_int_equal(sp_memory_manager_create(conf, NULL, 0, &mm), SP_OK);
     st[0] = write_map(conf, mm, 0);
     st[1] = write_map(conf, mm, 1);
@@ -294,13 +309,19 @@ static void run(const char *provider)
 static void test_remote_shuffle_tcp_rxm(void **state)
 {
     (void)state;
-    run("tcp;ofi_rxm");
+    run("tcp;ofi_rxm", false);
 }
 
 static void test_remote_shuffle_shm(void **state)
 {
     (void)state;
-    run("shm");
+    run("shm", false);
+}
+
+static void test_remote_shuffle_same_host_reads_files(void **state)
+{
+    (void)state;
+    run("tcp;ofi_rxm", true);
 }
 
 int main(void)
@@ -308,6 +329,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_remote_shuffle_tcp_rxm),
         cmocka_unit_test(test_remote_shuffle_shm),
+        cmocka_unit_test(test_remote_shuffle_same_host_reads_files),
     };
     int rc;
 
