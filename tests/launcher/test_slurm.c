@@ -14,7 +14,8 @@
  *
  * The daemons are this process's children, each leading its own process
  * group; the group teardown cancels what is still queued and stops them by
- * PID, also after a failed test, and prints their logs when anything failed.
+ * PID, also after a failed test, and prints their logs when anything failed;
+ * should the test itself be killed, their parent-death signal ends them.
  * Needs root (munged runs as the munge user, slurmd as root): elsewhere the
  * tests skip with a message, and with CI set a missing package fails them.
  *
@@ -87,11 +88,11 @@ static bool slurm_which(const char *name, char *path, size_t cap)
  */
 static pid_t slurm_daemon_start(slurm_daemon_t *d, const char *const *argv)
 {
-    char out[256];
+    char out[256], name[64];
     pid_t pid;
 
-    rt_path(out, sizeof(out), g.dir, d->name);
-    strcat(out, ".out");
+    snprintf(name, sizeof(name), "%s.out", d->name);
+    rt_path(out, sizeof(out), g.dir, name);
     fflush(stdout);
     fflush(stderr);
     pid = fork();
@@ -615,7 +616,7 @@ static void slurm_terasort(unsigned tasks, const char *size, unsigned long long 
     assert_non_null(cli);
     snprintf(name, sizeof(name), "terasort-n%u", tasks);
     rt_path(out, sizeof(out), g.dir, name);
-    strcat(name, ".json");
+    snprintf(name, sizeof(name), "terasort-n%u.json", tasks);
     rt_path(json, sizeof(json), g.dir, name);
     rt_path(scratch, sizeof(scratch), g.dir, "gensort-scratch");
     run = SLURM_SRUN(tasks, cli, "run", "terasort", "--size", size, "--output", out, "--json", json,
