@@ -613,6 +613,15 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
 
     if ((ret = sp_run_parse(cli, argc, argv, &o)) >= 0)
         return ret;
+    if (!mpi && getenv("SLURM_STEP_ID") != NULL && getenv("SLURM_STEP_NUM_TASKS") != NULL &&
+        atoi(getenv("SLURM_STEP_NUM_TASKS")) > 1) {
+        /* Each task would run a job of its own into the same output. */
+        fprintf(stderr,
+                "spate run: started by srun as one of %s tasks without PMI (srun --mpi=none?); "
+                "use srun --mpi=pmix so that the tasks form one job\n",
+                getenv("SLURM_STEP_NUM_TASKS"));
+        return 2;
+    }
     if ((st = sp__job_load(o.job, &job, &plugin)) != SP_OK) {
         fprintf(stderr, "spate run: %s\n", sp_last_error());
         return 2;
