@@ -148,7 +148,7 @@ struct sp__mesos {
     bool stop_requested;
     sp_minit_t init;
     sp_status_t init_st;
-    char init_msg[1024];
+    char init_msg[2048];
 
     /* This thread's own. */
     bool stopping, fatal, torn_down;
