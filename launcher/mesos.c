@@ -796,12 +796,12 @@ static sp_status_t sp_mesos_on_record(void *arg, const char *rec, size_t len)
     json_t *ev = json_loadb(rec, len, 0, &err);
 
     if (ev == NULL)
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "event %zu from %s is not JSON (%s): %.80s",
-                        sp__recordio_records(m->rio), m->via, err.text, rec);
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "event %zu from %s is not JSON (%s): %.*s",
+                        sp__recordio_records(m->rio), m->via, err.text, (int)SP_MIN(len, 80), rec);
     if (!json_is_string(json_object_get(ev, "type"))) {
         json_decref(ev);
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "event %zu from %s has no type: %.80s",
-                        sp__recordio_records(m->rio), m->via, rec);
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "event %zu from %s has no type: %.*s",
+                        sp__recordio_records(m->rio), m->via, (int)SP_MIN(len, 80), rec);
     }
     if (json_array_append_new(m->events, ev) != 0)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for an event");
