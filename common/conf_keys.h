@@ -116,6 +116,10 @@ SP_CONF_KEY("transport.mpi_mode", SP_CONF_ENUM, "rget", NULL, NULL, "rget|twosid
             "How the mpi backend reads a block: rget (MPI_Rget through a dynamic window; a "
             "region the window cannot take is served twosided) or twosided (a request to the "
             "owner, answered with a send from its progress thread or its polls).")
+SP_CONF_KEY("transport.register_chunk", SP_CONF_SIZE, "256m", "4k", "1t", NULL,
+            "Served map outputs are mapped and registered in chunks of this many bytes (whole "
+            "pages), shared by every registration of the same file; a read across chunks is "
+            "split.")
 SP_CONF_KEY("transport.provider", SP_CONF_STRING, "", NULL, NULL, NULL,
             "libfabric provider for the ofi backend (tcp;ofi_rxm, shm, verbs;ofi_rxm, efa); empty: "
             "FI_PROVIDER, else libfabric's first match.")

@@ -1,7 +1,8 @@
 /*
- * The shuffle over a transport. Serving: a committed data file is mapped
- * read-only and registered for remote reads; its packed key and the
- * executor's transport address (hex) go into the map status. Fetching: each
+ * The shuffle over a transport. Serving: a committed data file is registered
+ * with the transport for remote reads (which maps it, in chunks, shared by
+ * every registration of the file); its packed key and the executor's
+ * transport address (hex) go into the map status. Fetching: each
  * remote block is read one-sided at its exact offset into a buffer of its own
  * registered for the read; blocks with no address are read in place by a
  * local fetcher. Posts the transport refuses as back-pressure wait in a queue
@@ -27,14 +28,11 @@
 #include <spate/transport.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 struct sp_served_output {
     sp_mr_t *mr;
-    void *map;
-    size_t len;
 };
 
 static const char sp_hex[] = "0123456789abcdef";
@@ -62,19 +60,10 @@ sp_status_t sp_map_output_serve(sp_transport_t *t, sp_map_status_t *status,
             close(fd);
         goto err_free;
     }
-    s->len = (size_t)sb.st_size;
-    s->map = mmap(NULL, s->len, PROT_READ, MAP_SHARED, fd, 0);
-    if (s->map == MAP_FAILED) {
-        st =
-            SP_RAISE(SP_ERR_IO, "map %s: %s (errno %d)", status->data_path, strerror(errno), errno);
-        close(fd);
-        goto err_free;
-    }
-    /* With the file, so that a transport reading files (local) can key it by its identity. */
-    st = sp_transport_mr_reg_file(t, s->map, s->len, fd, 0, &s->mr);
+    st = sp_transport_mr_reg_file(t, fd, 0, (size_t)sb.st_size, &s->mr);
     close(fd);
     if (st != SP_OK)
-        goto err_unmap;
+        goto err_free;
     if ((st = sp_transport_mr_pack(s->mr, key, sizeof(key), &klen)) != SP_OK ||
         (st = sp_transport_address(t, addr, sizeof(addr), &alen)) != SP_OK)
         goto err_dereg;
@@ -103,8 +92,6 @@ err_strings:
     sp__free(hex);
 err_dereg:
     sp_transport_mr_dereg(s->mr);
-err_unmap:
-    munmap(s->map, s->len);
 err_free:
     sp__free(s);
     return st;
@@ -115,7 +102,6 @@ void sp_served_output_release(sp_served_output_t *served)
     if (served == NULL)
         return;
     sp_transport_mr_dereg(served->mr);
-    munmap(served->map, served->len);
     sp__free(served);
 }
 

@@ -212,8 +212,8 @@ static sp_status_t sp_local_mr_reg(sp_transport_t *t, void *addr, size_t len, bo
     return SP_OK;
 }
 
-static sp_status_t sp_local_mr_reg_file(sp_transport_t *t, void *addr, size_t len, int fd,
-                                        uint64_t file_offset, sp_mr_t **mr_p)
+static sp_status_t sp_local_mr_reg_file(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
+                                        sp_mr_t **mr_p)
 {
     sp_local_mr_t *m = NULL;
     struct stat sb;
@@ -228,7 +228,7 @@ static sp_status_t sp_local_mr_reg_file(sp_transport_t *t, void *addr, size_t le
                         "serve %zu bytes at offset %llu of file descriptor %d: not inside a "
                         "regular file of %lld bytes",
                         len, (unsigned long long)file_offset, fd, (long long)sb.st_size);
-    if ((st = sp_local_mr_new(t, addr, len, true, &m)) != SP_OK)
+    if ((st = sp_local_mr_new(t, NULL, len, true, &m)) != SP_OK)
         return st;
     m->dev = (uint64_t)sb.st_dev;
     m->ino = (uint64_t)sb.st_ino;
@@ -247,6 +247,7 @@ static sp_status_t sp_local_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, si
 
     if (!m->file)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "region at %p is not a served file", mr->addr);
+    /* The file, not the transport, is the object: no chunks, any size. */
     if (cap < SP_LOCAL_KEY_BYTES)
         return SP_RAISE(SP_ERR_TOO_LARGE, "a packed key needs %d bytes, %zu given",
                         SP_LOCAL_KEY_BYTES, cap);

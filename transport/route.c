@@ -9,8 +9,8 @@
  * every peer to the network transport, whose peer id becomes the composite's,
  * and also to the local one when the local backend accepts it (same host and
  * mount namespace). A served file is registered with both, and its key
- * carries both keys: magic 'S' 'R', version 1, flags 0, u8 network key
- * length, u8 local key length, 2 reserved, the network key, the local key.
+ * carries both keys: magic 'S' 'R', version 1, flags 0, u16 network key
+ * length, u16 local key length, the network key, the local key.
  * A fetch with a path (sp_transport_fetch_file) from a same-host peer whose
  * key has a local part is a local read; every other fetch goes over the
  * network transport. Poll takes what the local transport finished first
@@ -179,17 +179,17 @@ static sp_status_t sp_route_mr_reg(sp_transport_t *t, void *addr, size_t len, bo
     return SP_OK;
 }
 
-static sp_status_t sp_route_mr_reg_file(sp_transport_t *t, void *addr, size_t len, int fd,
-                                        uint64_t file_offset, sp_mr_t **mr_p)
+static sp_status_t sp_route_mr_reg_file(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
+                                        sp_mr_t **mr_p)
 {
     sp_route_t *r = sp_route(t);
     sp_route_mr_t *m = NULL;
     sp_status_t st;
 
-    if ((st = sp_route_mr_new(t, addr, len, true, &m)) != SP_OK)
+    if ((st = sp_route_mr_new(t, NULL, len, true, &m)) != SP_OK)
         return st;
-    if ((st = sp_transport_mr_reg_file(r->net, addr, len, fd, file_offset, &m->net)) != SP_OK ||
-        (st = sp_transport_mr_reg_file(r->local, addr, len, fd, file_offset, &m->local)) != SP_OK) {
+    if ((st = sp_transport_mr_reg_file(r->net, fd, file_offset, len, &m->net)) != SP_OK ||
+        (st = sp_transport_mr_reg_file(r->local, fd, file_offset, len, &m->local)) != SP_OK) {
         sp_route_mr_dereg(&m->base);
         return st;
     }
@@ -213,14 +213,16 @@ static sp_status_t sp_route_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, si
         (st = sp_transport_mr_pack(m->local, b + SP_ROUTE_KEY_HEADER + nlen,
                                    cap - SP_ROUTE_KEY_HEADER - nlen, &llen)) != SP_OK)
         return st;
-    if (nlen > 255 || llen > 255)
+    if (nlen > UINT16_MAX || llen > UINT16_MAX)
         return SP_RAISE(SP_ERR_TOO_LARGE, "inner keys of %zu and %zu bytes", nlen, llen);
     memset(b, 0, SP_ROUTE_KEY_HEADER);
     b[0] = 'S';
     b[1] = 'R';
     b[2] = 1;
     b[4] = (unsigned char)nlen;
-    b[5] = (unsigned char)llen;
+    b[5] = (unsigned char)(nlen >> 8);
+    b[6] = (unsigned char)llen;
+    b[7] = (unsigned char)(llen >> 8);
     *len_p = SP_ROUTE_KEY_HEADER + nlen + llen;
     return SP_OK;
 }
@@ -230,14 +232,18 @@ static sp_status_t sp_route_unpack(const void *rkey, size_t len, const unsigned 
                                    size_t *nlen_p, const unsigned char **local_p, size_t *llen_p)
 {
     const unsigned char *b = rkey;
+    size_t nlen, llen;
 
-    if (len < SP_ROUTE_KEY_HEADER || b[0] != 'S' || b[1] != 'R' || b[2] != 1 || b[3] != 0 ||
-        b[4] == 0 || (size_t)SP_ROUTE_KEY_HEADER + b[4] + b[5] != len)
+    if (len < SP_ROUTE_KEY_HEADER || b[0] != 'S' || b[1] != 'R' || b[2] != 1 || b[3] != 0)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
+    nlen = (size_t)b[4] | (size_t)b[5] << 8;
+    llen = (size_t)b[6] | (size_t)b[7] << 8;
+    if (nlen == 0 || SP_ROUTE_KEY_HEADER + nlen + llen != len)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
     *net_p = b + SP_ROUTE_KEY_HEADER;
-    *nlen_p = b[4];
-    *local_p = b + SP_ROUTE_KEY_HEADER + b[4];
-    *llen_p = b[5];
+    *nlen_p = nlen;
+    *local_p = b + SP_ROUTE_KEY_HEADER + nlen;
+    *llen_p = llen;
     return SP_OK;
 }
 

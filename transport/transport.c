@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static sp_status_t sp_transport_unsupported(const sp_transport_t *t, const char *op)
 {
@@ -55,6 +56,13 @@ sp_status_t sp__transport_init_base(sp_transport_t *t, const sp_conf_t *conf,
         (st = sp_conf_get_int(conf, "transport.max_outstanding", &max_outstanding)) != SP_OK)
         return st;
     t->max_outstanding = (uint32_t)max_outstanding;
+    if ((st = sp_conf_get_size(conf, "transport.register_chunk", &t->register_chunk)) != SP_OK)
+        return st;
+    {
+        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+        /* Chunks are mapped at multiples of their size: whole pages. */
+        t->register_chunk = SP_MAX(t->register_chunk / page * page, page);
+    }
     t->done_cap = (size_t)t->max_outstanding + 1;
     t->done = sp__calloc(t->done_cap, sizeof(*t->done));
     t->done_msg = sp__calloc(t->done_cap, sizeof(*t->done_msg));
@@ -70,6 +78,7 @@ sp_status_t sp__transport_init_base(sp_transport_t *t, const sp_conf_t *conf,
 void sp__transport_fini_base(sp_transport_t *t)
 {
     SP_ASSERT(!t->thread_on);
+    sp__file_fini(t);
     sp__free(t->done);
     sp__free(t->done_msg);
     t->done = NULL;
@@ -101,26 +110,41 @@ static size_t sp_transport_ring_tail(sp_transport_t *t)
     return (t->done_head + t->done_len) % t->done_cap;
 }
 
+void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int raw, size_t len,
+                        uint32_t peer, const char *msg)
+{
+    size_t tail = sp_transport_ring_tail(t);
+
+    t->done[tail] = (sp_transport_completion_t){context, st, raw, st == SP_OK ? len : 0, peer};
+    t->done_len++;
+    if (st == SP_OK) {
+        t->stats.fetches_completed++;
+        t->stats.bytes_fetched += len;
+    } else {
+        snprintf(t->done_msg[tail], SP_TRANSPORT_MSG, "%s", msg != NULL ? msg : "");
+        t->stats.fetches_failed++;
+    }
+}
+
 void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32_t peer)
 {
-    t->done[sp_transport_ring_tail(t)] = (sp_transport_completion_t){context, SP_OK, 0, len, peer};
-    t->done_len++;
-    t->stats.fetches_completed++;
-    t->stats.bytes_fetched += len;
+    if (t->splits != NULL && sp__split_part(t, context, SP_OK, 0, NULL))
+        return;
+    sp__transport_push(t, context, SP_OK, 0, len, peer, NULL);
 }
 
 void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int raw, uint32_t peer,
                         const char *fmt, ...)
 {
-    size_t tail = sp_transport_ring_tail(t);
+    char msg[SP_TRANSPORT_MSG];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(t->done_msg[tail], SP_TRANSPORT_MSG, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    t->done[tail] = (sp_transport_completion_t){context, st, raw, 0, peer};
-    t->done_len++;
-    t->stats.fetches_failed++;
+    if (t->splits != NULL && sp__split_part(t, context, st, raw, msg))
+        return;
+    sp__transport_push(t, context, st, raw, 0, peer, msg);
 }
 
 /*
@@ -349,19 +373,21 @@ sp_status_t sp_transport_mr_reg(sp_transport_t *t, void *addr, size_t len, bool 
     return st;
 }
 
-sp_status_t sp_transport_mr_reg_file(sp_transport_t *t, void *addr, size_t len, int fd,
-                                     uint64_t file_offset, sp_mr_t **mr_p)
+sp_status_t sp_transport_mr_reg_file(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
+                                     sp_mr_t **mr_p)
 {
     sp_status_t st;
 
-    if (addr == NULL || len == 0 || fd < 0)
+    if (len == 0 || fd < 0)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "cannot serve %zu bytes at %p of file descriptor %d: empty or no file", len,
-                        addr, fd);
-    if (!SP_TRANSPORT_HAS(t, mr_reg_file))
-        return sp_transport_mr_reg(t, addr, len, true, mr_p);
+                        "cannot serve %zu bytes of file descriptor %d: empty or no file", len, fd);
     sp_transport_lock(t);
-    st = t->ops->mr_reg_file(t, addr, len, fd, file_offset, mr_p);
+    if (SP_TRANSPORT_HAS(t, mr_reg_file))
+        st = t->ops->mr_reg_file(t, fd, file_offset, len, mr_p);
+    else if (SP_TRANSPORT_HAS(t, mr_reg) && SP_TRANSPORT_HAS(t, mr_pack))
+        st = sp__file_mr_reg(t, fd, file_offset, len, mr_p);
+    else
+        st = sp_transport_unsupported(t, "mr_reg_file");
     sp_transport_unlock(t);
     return st;
 }
@@ -370,11 +396,14 @@ void sp_transport_mr_dereg(sp_mr_t *mr)
 {
     sp_transport_t *t;
 
-    if (mr == NULL || !SP_TRANSPORT_HAS(mr->transport, mr_dereg))
+    if (mr == NULL || (!mr->file && !SP_TRANSPORT_HAS(mr->transport, mr_dereg)))
         return;
     t = mr->transport;
     sp_transport_lock(t);
-    t->ops->mr_dereg(mr);
+    if (mr->file)
+        sp__file_mr_dereg(mr);
+    else
+        t->ops->mr_dereg(mr);
     sp_transport_unlock(t);
 }
 
@@ -383,56 +412,61 @@ sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_
     if (!mr->remote_read)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "region at %p is not registered for remote reads",
                         mr->addr);
+    if (mr->file)
+        return sp__file_mr_pack(mr, buf, cap, len_p); /* chunks never change once registered */
     return SP_TRANSPORT_HAS(mr->transport, mr_pack)
                ? mr->transport->ops->mr_pack(mr, buf, cap, len_p)
                : sp_transport_unsupported(mr->transport, "mr_pack");
 }
 
-sp_status_t sp_transport_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
-                               uint64_t offset, size_t len, void *dest, sp_mr_t *local,
-                               void *context)
+/* The checks every fetch passes before its backend sees it. */
+static sp_status_t sp_transport_fetch_check(const void *rkey, size_t rkey_len, size_t len,
+                                            const void *dest, const sp_mr_t *local)
 {
     const char *l = local != NULL ? (const char *)local->addr : NULL;
     const char *d = dest;
-    sp_status_t st;
 
     /* The destination must lie inside the local registered region. */
-    if (local == NULL || d < l || len > local->len || d - l > (ptrdiff_t)(local->len - len))
+    if (local == NULL || local->file || d < l || len > local->len ||
+        d - l > (ptrdiff_t)(local->len - len))
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "fetch of %zu bytes: destination is not inside a registered local region",
                         len);
     if (rkey == NULL || rkey_len == 0 || rkey_len > SP_TRANSPORT_RKEY_MAX)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes (1 to %d allowed)", rkey_len,
                         SP_TRANSPORT_RKEY_MAX);
-    if (!SP_TRANSPORT_HAS(t, fetch))
-        return sp_transport_unsupported(t, "fetch");
-    sp_transport_lock(t);
-    st = t->ops->fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
-    sp_transport_unlock(t);
-    return st;
+    return SP_OK;
 }
 
 sp_status_t sp_transport_fetch_file(sp_transport_t *t, uint32_t peer, const void *rkey,
                                     size_t rkey_len, const char *path, uint64_t offset, size_t len,
                                     void *dest, sp_mr_t *local, void *context)
 {
-    const char *l = local != NULL ? (const char *)local->addr : NULL;
-    const char *d = dest;
-    sp_status_t st;
+    sp_status_t st = sp_transport_fetch_check(rkey, rkey_len, len, dest, local);
 
-    if (path == NULL || !SP_TRANSPORT_HAS(t, fetch_file))
-        return sp_transport_fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
-    if (local == NULL || d < l || len > local->len || d - l > (ptrdiff_t)(local->len - len))
-        return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "fetch of %zu bytes: destination is not inside a registered local region",
-                        len);
-    if (rkey == NULL || rkey_len == 0 || rkey_len > SP_TRANSPORT_RKEY_MAX)
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes (1 to %d allowed)", rkey_len,
-                        SP_TRANSPORT_RKEY_MAX);
+    if (st != SP_OK)
+        return st;
+    if (!SP_TRANSPORT_HAS(t, fetch))
+        return sp_transport_unsupported(t, "fetch");
     sp_transport_lock(t);
-    st = t->ops->fetch_file(t, peer, rkey, rkey_len, path, offset, len, dest, local, context);
+    /* A chunked key is ours (file_mr.c), never a backend's, and no backend reading
+     * files directly makes one, so its path is of no use. */
+    if (!t->ops->own_locking && sp__is_chunked_key(rkey, rkey_len))
+        st = sp__chunked_fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
+    else if (path != NULL && SP_TRANSPORT_HAS(t, fetch_file))
+        st = t->ops->fetch_file(t, peer, rkey, rkey_len, path, offset, len, dest, local, context);
+    else
+        st = t->ops->fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
     sp_transport_unlock(t);
     return st;
+}
+
+sp_status_t sp_transport_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
+                               uint64_t offset, size_t len, void *dest, sp_mr_t *local,
+                               void *context)
+{
+    return sp_transport_fetch_file(t, peer, rkey, rkey_len, NULL, offset, len, dest, local,
+                                   context);
 }
 
 sp_status_t sp_transport_poll(sp_transport_t *t, sp_transport_completion_t *out, size_t max,

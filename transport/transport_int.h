@@ -46,9 +46,13 @@ typedef struct sp_transport_ops {
     sp_status_t (*progress)(sp_transport_t *t);
     sp_status_t (*poll)(sp_transport_t *t, sp_transport_completion_t *out, size_t max,
                         int timeout_ms, size_t *n_p);
-    /* Optional: a served region that maps [file_offset, +len) of fd; absent: mr_reg. */
-    sp_status_t (*mr_reg_file)(sp_transport_t *t, void *addr, size_t len, int fd,
-                               uint64_t file_offset, sp_mr_t **mr_p);
+    /*
+     * Optional: serves [file_offset, +len) of the file fd itself (local, or a
+     * composite); absent: the transport maps and registers the file in chunks
+     * through mr_reg (file_mr.c).
+     */
+    sp_status_t (*mr_reg_file)(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
+                               sp_mr_t **mr_p);
     /* Optional: a fetch that may read the file at path; absent: fetch. */
     sp_status_t (*fetch_file)(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
                               const char *path, uint64_t offset, size_t len, void *dest,
@@ -76,14 +80,20 @@ struct sp_transport {
     bool thread_on;
     atomic_bool stop;
     long pause_min_ns, pause_max_ns; /* the progress thread's back-off */
+    uint64_t register_chunk;         /* transport.register_chunk, whole pages */
+    struct sp_file_cache *files;     /* chunks of served files (file_mr.c) */
+    struct sp_split *splits;         /* reads split at chunk boundaries, in flight */
 };
 
 struct sp_mr {
     sp_transport_t *transport;
-    void *addr;
+    void *addr; /* NULL for a served file */
     size_t len;
     bool remote_read;
+    bool file; /* a served file in chunks (file_mr.c), not a backend's region */
 };
+
+typedef struct sp_split sp_split_t;
 
 /* The backends. */
 sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p);
@@ -128,7 +138,10 @@ sp_status_t sp__transport_admit(sp_transport_t *t);
 /* Counts one fetch posted (outstanding until poll returns it). */
 void sp__transport_posted(sp_transport_t *t);
 
-/* Queues the successful completion of a fetch of len bytes (lock held). */
+/*
+ * Queues the successful completion of a fetch of len bytes (lock held). The
+ * completion of a part of a split read goes to its split instead.
+ */
 void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32_t peer);
 /*
  * Queues a failed completion with its message, which poll raises on the
@@ -136,5 +149,23 @@ void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32
  */
 void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int raw, uint32_t peer,
                         const char *fmt, ...) SP_PRINTF(6, 7);
+/* Puts a completion in the ring as it is (msg: a failure's message, or NULL). */
+void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int raw, size_t len,
+                        uint32_t peer, const char *msg);
+
+/* Served files in chunks, with their cache and chunked keys (file_mr.c); lock held. */
+sp_status_t sp__file_mr_reg(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
+                            sp_mr_t **mr_p);
+void sp__file_mr_dereg(sp_mr_t *mr);
+sp_status_t sp__file_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);
+/* Frees the cache and the splits left at close (warning about chunks still registered). */
+void sp__file_fini(sp_transport_t *t);
+bool sp__is_chunked_key(const void *rkey, size_t len);
+/* A read through a chunked key: one backend read per chunk it touches, one completion. */
+sp_status_t sp__chunked_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
+                              uint64_t offset, size_t len, void *dest, sp_mr_t *local,
+                              void *context);
+/* Takes the completion of a part of a split read; false when context is no split. */
+bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg);
 
 #endif

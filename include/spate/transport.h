@@ -24,7 +24,7 @@ typedef struct sp_mr sp_mr_t;
 
 /** Largest endpoint address and packed remote key, in bytes. */
 #define SP_TRANSPORT_ADDR_MAX 256
-#define SP_TRANSPORT_RKEY_MAX 128
+#define SP_TRANSPORT_RKEY_MAX 4096
 
 /** A finished fetch: the caller's context, its status and the raw backend code. */
 typedef struct sp_transport_completion {
@@ -110,14 +110,18 @@ SP_API sp_status_t sp_transport_mr_reg(sp_transport_t *transport, void *addr, si
 SP_API void sp_transport_mr_dereg(sp_mr_t *mr);
 
 /**
- * Registers a served region that maps bytes [file_offset, file_offset+len)
- * of the open file fd read-only (a committed data file): as
- * sp_transport_mr_reg(remote_read = true), and, for a backend that reads files
- * directly (local), keyed by the file's device and inode, never its path. fd
- * is used during the call only. Deregister with sp_transport_mr_dereg.
+ * Serves bytes [file_offset, file_offset+len) of the open file fd (a committed
+ * data file, never written again) for remote reads. ofi and mpi map and
+ * register the file themselves, in chunks of transport.register_chunk bytes
+ * at multiples of it, cached per transport by (device, inode, chunk): another
+ * registration of the same file shares the chunks it covers, which go with
+ * their last registration; a read that straddles chunks is split, one read
+ * per chunk, and completes once. local keys it by its device and inode, never
+ * its path. fd is used during the call only. Release with
+ * sp_transport_mr_dereg; *mr_p has no address, and is no fetch destination.
  */
-SP_API sp_status_t sp_transport_mr_reg_file(sp_transport_t *transport, void *addr, size_t len,
-                                            int fd, uint64_t file_offset, sp_mr_t **mr_p);
+SP_API sp_status_t sp_transport_mr_reg_file(sp_transport_t *transport, int fd, uint64_t file_offset,
+                                            size_t len, sp_mr_t **mr_p);
 
 /** Packs the remote key of a served region (at most SP_TRANSPORT_RKEY_MAX bytes). */
 SP_API sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);

@@ -1,6 +1,6 @@
 /*
  * The local backend between two processes of this host: a forked owner
- * writes a file, maps it, registers part of it (sp_transport_mr_reg_file)
+ * writes a file, registers part of it (sp_transport_mr_reg_file)
  * and sends its address, the key and the path over a pipe; the reader fetches
  * with the path at every kind of offset, from two threads at once, and checks
  * the bytes. Bad requests are refused before anything is read (past the
@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,7 +82,6 @@ static void own(int to_reader, int from_reader)
                   key[SP_TRANSPORT_RKEY_MAX];
     size_t alen = 0, klen = 0;
     int fd;
-    void *map;
     char c;
 
     if (buf == NULL || conf == NULL || sp_transport_open(conf, &t) != SP_OK)
@@ -93,14 +91,10 @@ static void own(int to_reader, int from_reader)
     fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
     if (fd < 0 || write(fd, buf, FILE_BYTES) != FILE_BYTES)
         _exit(3);
-    map = mmap(NULL, FILE_BYTES, PROT_READ, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED)
-        _exit(3);
     /* Memory is not servable; a file is. */
     if (sp_transport_mr_reg(t, buf, 4096, true, &mem) != SP_ERR_UNSUPPORTED)
         _exit(4);
-    if (sp_transport_mr_reg_file(t, (char *)map + REGION_OFF, REGION_LEN, fd, REGION_OFF, &mr) !=
-            SP_OK ||
+    if (sp_transport_mr_reg_file(t, fd, REGION_OFF, REGION_LEN, &mr) != SP_OK ||
         sp_transport_mr_pack(mr, key, sizeof(key), &klen) != SP_OK ||
         sp_transport_address(t, addr, sizeof(addr), &alen) != SP_OK)
         _exit(4);
@@ -113,7 +107,6 @@ static void own(int to_reader, int from_reader)
     while (read(from_reader, &c, 1) > 0)
         ;
     sp_transport_mr_dereg(mr);
-    munmap(map, FILE_BYTES);
     sp_transport_close(t);
     sp_conf_destroy(conf);
     free(buf);

@@ -3,11 +3,13 @@
  * (CTest runs it on 2, 3 and 4 ranks), with transport.mpi_mode=rget (and
  * transport.backend=auto, which is mpi under mpirun), with twosided, and with
  * transport.local=true (the ranks share this host, so every read goes to the
- * files directly; the backend is then "mpi+local"): every rank commits two key-ordered map outputs,
- * serves them (sp_map_output_serve), and sends their statuses in wire form to every other rank
- * (MPI_Allgatherv); every rank then reads the reduce partitions it owns (p % size == rank) from all
- * map outputs, its own in place and the others' over the transport, unordered and merged, and
- * compares each key's record count and value total with what a single process computes from the
+ * files directly; the backend is then "mpi+local"). The first two register
+ * the served files in chunks of one page (transport.register_chunk=4k), so
+ * that most blocks straddle chunks and are read in parts. Every rank commits two key-ordered map
+ * outputs, serves them (sp_map_output_serve), and sends their statuses in wire form to every other
+ * rank (MPI_Allgatherv); every rank then reads the reduce partitions it owns (p % size == rank)
+ * from all map outputs, its own in place and the others' over the transport, unordered and merged,
+ * and compares each key's record count and value total with what a single process computes from the
  * same records.
  */
 /* LABELS: mpi */
@@ -90,6 +92,8 @@ static int world_setup(void **state)
     assert_int_equal(sp_conf_set(w.conf, "transport.backend", w.backend), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.mpi_mode", w.mode), SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.local", w.local ? "true" : "false"), SP_OK);
+    assert_int_equal(sp_conf_set(w.conf, "transport.register_chunk", w.local ? "256m" : "4k"),
+                     SP_OK);
     assert_int_equal(sp_conf_set(w.conf, "transport.timeout", "20s"), SP_OK);
     assert_int_equal(sp_memory_manager_create(w.conf, NULL, 0, &w.mm), SP_OK);
     assert_int_equal(sp_transport_open(w.conf, &w.t), SP_OK); /* collective */
@@ -112,6 +116,12 @@ static int world_setup(void **state)
         mine_len += (int)(sizeof(uint32_t) + len);
         free(buf);
         sp_map_status_destroy(st);
+    }
+    if (!w.local) {
+        sp_transport_stats_t s;
+        sp_transport_stats(w.t, &s);
+        /* Files of tens of KiB in chunks of 4 KiB: several registrations each. */
+        assert_true(s.regions_registered > 4 * MAPS_PER_RANK);
     }
     lens = calloc((size_t)w.size, sizeof(*lens));
     displs = calloc((size_t)w.size, sizeof(*displs));
