@@ -1,17 +1,7 @@
 /*
- * `spate run JOB`: runs a job on a local cluster of executor processes
- * forked from this one, or, under mpirun/srun, with every rank an executor
- * and rank 0 also the driver. The launch mode is decided from the
- * environment before MPI is touched: OMPI_COMM_WORLD_RANK (Open MPI), else
- * PMIX_RANK (PMIx, srun --mpi=pmix), else PMI_RANK; none of them means
- * local mode.
- *
- * Local mode: the driver listens on driver.address (127.0.0.1, any port),
- * generates a secret, and starts each executor as `spate executor --driver
- * ADDR` with the secret in its environment (SPATE_SECRET), never on a
- * command line. Executors prove they know it in the control plane's
- * handshake. Under MPI the control messages go over a private communicator
- * and rank 0's own executor talks to the driver over a socket pair.
+ * `spate run JOB`: parses the command line, checks it against the launch
+ * (local, standalone, Mesos or mpirun/srun), loads the job and runs it with
+ * sp_run_job (run.c), then prints the driver's summary and JSON report.
  *
  * Exit codes: 0 the job succeeded (and its output checked, where the job
  * checks it); 1 the job failed; 2 the command line, the job's parameters or
@@ -19,24 +9,17 @@
  */
 #include "cli.h"
 #include "mesos.h"
+#include "run.h"
 #include "run_report.h"
 
 #include "common_int.h"
 #include "executor/executor.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <mpi.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-
-extern char **environ;
 
 #define SP_RUN_MAX_ARGS 256
 
@@ -97,19 +80,6 @@ static void sp_run_usage(FILE *out)
             "  -h, --help        print this help\n"
             "\n"
             "exit codes: 0 success, 1 the job failed, 2 bad command line, parameters or input.\n");
-}
-
-static int sp_run_exit_code(sp_status_t st)
-{
-    switch (st) {
-    case SP_OK: return 0;
-    case SP_ERR_INVALID_PARAM:
-    case SP_ERR_BAD_CONF:
-    case SP_ERR_NOT_FOUND:
-    case SP_ERR_EXISTS:
-    case SP_ERR_BAD_FORMAT: return 2;
-    default: return 1;
-    }
 }
 
 /* Value of "--opt VALUE" / "--opt=VALUE"; NULL when argv[*i] is another option. */
@@ -260,344 +230,6 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
     return -1; /* go on */
 }
 
-/* The launch environment, read before MPI_Init. */
-static bool sp_run_under_mpi(void)
-{
-    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
-
-    for (size_t i = 0; i < SP_ARRAY_SIZE(vars); i++)
-        if (getenv(vars[i]) != NULL)
-            return true;
-    return false;
-}
-
-/* Task slots over count executors (0: the default count), as their NUMA plan will give them. */
-static sp_status_t sp_run_slots(const sp_conf_t *conf, uint32_t count, uint32_t *slots_p,
-                                uint32_t *default_count_p)
-{
-    sp_executor_plan_t *plan = NULL;
-    sp_topology_t *topo = NULL;
-    const char *src = "";
-    int64_t cores = 0;
-    uint32_t slots = 0;
-    sp_status_t st;
-
-    if ((st = sp_conf_get_string(conf, "memory.topology", &src)) != SP_OK ||
-        (st = sp_conf_get_int(conf, "executor.cores", &cores)) != SP_OK ||
-        (st = sp_topology_create(src[0] ? src : NULL, &topo)) != SP_OK)
-        return st;
-    if ((st = sp_topology_plan_executors(topo, conf, count ? count : 2, &plan)) == SP_OK) {
-        if (default_count_p != NULL)
-            *default_count_p = plan->count;
-        if (count == 0)
-            count = plan->count;
-        for (uint32_t i = 0; i < count; i++)
-            slots += cores > 0 ? (uint32_t)cores : SP_MAX(plan->slots[i % plan->count].cores, 1u);
-        *slots_p = slots ? slots : count;
-    }
-    sp_executor_plan_destroy(plan);
-    sp_topology_destroy(topo);
-    return st;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Local mode                                                                */
-/* ------------------------------------------------------------------------ */
-
-static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret, unsigned index,
-                          unsigned count)
-{
-    char idx[16], cnt[16], env_secret[80], level[16];
-    pid_t pid;
-
-    snprintf(idx, sizeof(idx), "%u", index);
-    snprintf(cnt, sizeof(cnt), "%u", count);
-    snprintf(env_secret, sizeof(env_secret), "SPATE_SECRET=%s", secret);
-    snprintf(level, sizeof(level), "%d", (int)sp_log_level());
-    pid = fork();
-    if (pid != 0)
-        return pid;
-    /* Child: the secret goes only into the environment. */
-    if (putenv(env_secret) != 0)
-        _exit(127);
-    {
-        static const char *const names[] = {"error", "warn", "info", "debug"};
-        char *argv[] = {(char *)self, "--log",    (char *)names[sp_log_level()],
-                        "executor",   "--driver", (char *)addr,
-                        "--index",    idx,        "--of",
-                        cnt,          NULL};
-        execve(self, argv, environ);
-    }
-    fprintf(stderr, "spate: cannot start an executor (%s): %s\n", self, strerror(errno));
-    _exit(127);
-}
-
-/* Removes the shm provider's regions of an executor that died without closing its endpoint. */
-static void sp_run_clear_shm(pid_t pid)
-{
-    char prefix[32], path[64 + 256];
-    struct dirent *e;
-    DIR *d = opendir("/dev/shm");
-
-    if (d == NULL)
-        return;
-    snprintf(prefix, sizeof(prefix), "%ld:", (long)pid);
-    while ((e = readdir(d)) != NULL)
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 &&
-            (size_t)snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name) < sizeof(path))
-            unlink(path);
-    closedir(d);
-}
-
-static void sp_run_reap(pid_t *pids, unsigned n)
-{
-    uint64_t deadline = sp__now_ns() + 15ull * 1000000000ull;
-    unsigned left = n;
-
-    while (left > 0) {
-        left = 0;
-        for (unsigned i = 0; i < n; i++) {
-            if (pids[i] <= 0)
-                continue;
-            int status = 0;
-            if (waitpid(pids[i], &status, WNOHANG) == pids[i]) {
-                if (WIFSIGNALED(status))
-                    sp_run_clear_shm(pids[i]);
-                pids[i] = 0;
-            } else
-                left++;
-        }
-        if (left == 0)
-            break;
-        if (sp__now_ns() > deadline) {
-            for (unsigned i = 0; i < n; i++)
-                if (pids[i] > 0) {
-                    sp_warn("executor pid %d did not exit; killing it", (int)pids[i]);
-                    kill(pids[i], SIGKILL);
-                    waitpid(pids[i], NULL, 0);
-                    sp_run_clear_shm(pids[i]);
-                    pids[i] = 0;
-                }
-            break;
-        }
-        usleep(10000);
-    }
-}
-
-static sp_status_t sp_run_local(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t *job,
-                                sp_job_params_t *params, sp__driver_report_t *rep,
-                                sp_run_progress_t *prog)
-{
-    const char *listen_at = "127.0.0.1:0";
-    char bound[128], generated[65], self[4096];
-    bool standalone = o->wait_executors > 0;
-    unsigned spawn = standalone ? 0 : o->executors;
-    sp__driver_t *driver = NULL;
-    void *secret = NULL;
-    size_t secret_len = 0;
-    pid_t *pids = NULL;
-    ssize_t n;
-    int lfd = -1;
-    sp_status_t st;
-
-    if ((n = readlink("/proc/self/exe", self, sizeof(self) - 1)) <= 0)
-        return SP_RAISE(SP_ERR_IO, "cannot find this program (/proc/self/exe): %s",
-                        strerror(errno));
-    self[n] = '\0';
-    sp_conf_get_string(cli->conf, "driver.address", &listen_at);
-    if (standalone) {
-        /* Executors started elsewhere know the secret from the same file or variable. */
-        if ((st = sp_cli_secret_load(o->secret_file, NULL, &secret, &secret_len)) != SP_OK)
-            return SP_RAISE(SP_ERR_INVALID_PARAM, "standalone mode needs the job's secret: %s",
-                            sp_last_error());
-        o->executors = o->wait_executors;
-    } else {
-        /* Every executor is on this host: libfabric's tcp provider stays on loopback. */
-        setenv("FI_TCP_IFACE", "lo", 0);
-        if ((st = sp__ctl_secret_generate(generated)) != SP_OK)
-            return st;
-        if ((secret = strdup(generated)) == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory for the secret");
-        secret_len = strlen(generated);
-    }
-    if ((st = sp__ctl_listen(listen_at, bound, sizeof(bound), &lfd)) != SP_OK) {
-        free(secret);
-        return st;
-    }
-    if (standalone) {
-        fprintf(stderr, "spate run: driver listening on %s; waiting for %u executors\n", bound,
-                o->executors);
-        fflush(stderr);
-    }
-    if ((pids = calloc(o->executors + 1, sizeof(*pids))) == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u executors", o->executors);
-        goto out;
-    }
-    sp__driver_opts_t dopts = {.conf = cli->conf,
-                               .job = job,
-                               .job_name = o->job,
-                               .params = params,
-                               .executors = o->executors,
-                               .listen_fd = lfd,
-                               .secret = secret,
-                               .secret_len = secret_len,
-                               .progress = sp_run_progress_cb,
-                               .progress_arg = prog,
-                               .pids = pids,
-                               .npids = spawn};
-    if ((st = sp__driver_create(&dopts, &driver)) != SP_OK)
-        goto out;
-    for (unsigned i = 0; i < spawn; i++) {
-        pids[i] = sp_run_spawn(self, bound, secret, i, spawn);
-        if (pids[i] < 0) {
-            st = SP_RAISE(SP_ERR_NO_RESOURCE, "fork of executor %u: %s", i, strerror(errno));
-            goto out;
-        }
-    }
-    if (spawn > 0)
-        sp_info("driver listening on %s, %u executors started", bound, spawn);
-    st = sp__driver_run(driver, rep);
-out : {
-    char msg[1024];
-    snprintf(msg, sizeof(msg), "%s", sp_last_error());
-    if (pids != NULL)
-        sp_run_reap(pids, spawn);
-    /* Executors that were killed could not remove their files: this host's are ours to remove. */
-    if (driver != NULL && spawn > 0)
-        sp__app_dirs_remove(cli->conf, sp__driver_app_id(driver));
-    sp__driver_destroy(driver);
-    if (st != SP_OK)
-        SP_RAISE(st, "%s", msg);
-}
-    free(pids);
-    free(secret);
-    if (lfd >= 0)
-        close(lfd);
-    return st;
-}
-
-/* ------------------------------------------------------------------------ */
-/* MPI mode                                                                  */
-/* ------------------------------------------------------------------------ */
-
-typedef struct sp_run_exec_thread {
-    sp__executor_opts_t opts;
-    sp_status_t status;
-    char message[1024];
-} sp_run_exec_thread_t;
-
-static void *sp_run_exec_main(void *arg)
-{
-    sp_run_exec_thread_t *t = arg;
-
-    t->status = sp__executor_run(&t->opts);
-    if (t->status != SP_OK)
-        snprintf(t->message, sizeof(t->message), "%s", sp_last_error());
-    return NULL;
-}
-
-static sp_status_t sp_run_mpi(sp_cli_t *cli, sp_run_opts_t *o, const sp_job_t *job,
-                              sp_job_params_t *params, sp__driver_report_t *rep,
-                              sp_run_progress_t *prog, bool *is_driver_p)
-{
-    MPI_Comm comm, node;
-    int provided, rank, size, local_rank = 0, local_size = 1;
-    sp__ctl_conn_t *conn = NULL, *mine = NULL;
-    sp_status_t st = SP_OK;
-
-    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
-        return SP_RAISE(SP_ERR_TRANSPORT, "MPI_Init_thread failed");
-    if (provided < MPI_THREAD_MULTIPLE) {
-        MPI_Finalize();
-        return SP_RAISE(SP_ERR_UNSUPPORTED,
-                        "this MPI library does not provide MPI_THREAD_MULTIPLE (it gave level %d), "
-                        "which spate's executors need",
-                        provided);
-    }
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &local_rank);
-    MPI_Comm_size(node, &local_size);
-    MPI_Comm_free(&node);
-    *is_driver_p = rank == 0;
-    params->executors = (uint32_t)size;
-    /* Planning assumes every host runs as many ranks as this one. */
-    if (sp_run_slots(cli->conf, (uint32_t)local_size, &params->slots, NULL) == SP_OK)
-        params->slots *= SP_MAX((uint32_t)(size / local_size), 1u);
-    if (rank != 0) {
-        sp__executor_opts_t eo = {.conf = cli->conf,
-                                  .transport = size > 1,
-                                  .local_index = (unsigned)local_rank,
-                                  .local_executors = (unsigned)local_size,
-                                  .register_timeout_ms = 600000};
-        if ((st = sp__ctl_conn_mpi(comm, 0, &conn)) == SP_OK) {
-            eo.conn = conn;
-            st = sp__executor_run(&eo);
-            sp__ctl_close(conn);
-        }
-    } else {
-        sp__driver_t *driver = NULL;
-        sp_run_exec_thread_t et = {.opts = {.conf = cli->conf,
-                                            .transport = size > 1,
-                                            .local_index = (unsigned)local_rank,
-                                            .local_executors = (unsigned)local_size,
-                                            .register_timeout_ms = 600000}};
-        pthread_t tid;
-        bool started = false;
-        sp__driver_opts_t dopts = {.conf = cli->conf,
-                                   .job = job,
-                                   .job_name = o->job,
-                                   .params = params,
-                                   .executors = (uint32_t)size,
-                                   .listen_fd = -1,
-                                   .progress = sp_run_progress_cb,
-                                   .progress_arg = prog};
-        if ((st = sp__driver_create(&dopts, &driver)) != SP_OK ||
-            (st = sp__ctl_pair(NULL, 0, &conn, &mine)) != SP_OK)
-            goto rank0_out;
-        /* Rank 0's own executor is executor 0, over the socket pair. */
-        if ((st = sp__driver_add_conn(driver, conn)) != SP_OK) {
-            conn = NULL;
-            goto rank0_out;
-        }
-        conn = NULL;
-        for (int r = 1; r < size; r++) {
-            sp__ctl_conn_t *c;
-            if ((st = sp__ctl_conn_mpi(comm, r, &c)) != SP_OK ||
-                (st = sp__driver_add_conn(driver, c)) != SP_OK)
-                goto rank0_out;
-        }
-        et.opts.conn = mine;
-        if (pthread_create(&tid, NULL, sp_run_exec_main, &et) != 0) {
-            st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start rank 0's executor thread");
-            goto rank0_out;
-        }
-        started = true;
-        st = sp__driver_run(driver, rep);
-    rank0_out : {
-        char msg[1024];
-        snprintf(msg, sizeof(msg), "%s", sp_last_error());
-        if (started)
-            pthread_join(tid, NULL);
-        sp__driver_destroy(driver);
-        sp__ctl_close(mine);
-        if (st != SP_OK)
-            SP_RAISE(st, "%s", msg);
-    }
-        if (st == SP_OK && started && et.status != SP_OK)
-            sp_warn("rank 0's executor ended with: %s", et.message);
-    }
-    if (st != SP_OK && rank == 0 && size > 1) {
-        fprintf(stderr, "spate run: %s\n", sp_last_error());
-        MPI_Abort(MPI_COMM_WORLD, sp_run_exit_code(st));
-    }
-    MPI_Comm_free(&comm);
-    MPI_Finalize();
-    return st;
-}
-
 int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
 {
     sp_run_opts_t o = {0};
@@ -675,21 +307,19 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
     prog.out = stderr;
     prog.tty = isatty(STDERR_FILENO);
     prog.last_stage = -1;
-    if (mpi) {
-        /* Every rank has as many slots as this one, as far as planning goes. */
-        st = sp_run_mpi(cli, &o, job, &params, &rep, &prog, &is_driver);
-    } else if (o.master != NULL) {
-        sp__mesos_run_opts_t mo = {.conf = cli->conf,
-                                   .master = o.master,
-                                   .job = job,
-                                   .job_name = o.job,
-                                   .params = &params,
-                                   .executors = o.executors,
-                                   .progress = sp_run_progress_cb,
-                                   .progress_arg = &prog};
-        st = sp__mesos_run(&mo, &rep);
-    } else {
-        st = sp_run_local(cli, &o, job, &params, &rep, &prog);
+    {
+        /* Under MPI every rank has as many slots as this one, as far as planning goes. */
+        sp_run_request_t req = {.conf = cli->conf,
+                                .job = job,
+                                .job_name = o.job,
+                                .params = &params,
+                                .executors = o.executors,
+                                .wait_executors = o.wait_executors,
+                                .secret_file = o.secret_file,
+                                .master = o.master,
+                                .progress = &prog,
+                                .prog = "spate run"};
+        st = sp_run_job(&req, &rep, &is_driver);
     }
     if (is_driver) {
         sp_run_summary(stdout, o.job, &params, &rep, st, o.baseline);
