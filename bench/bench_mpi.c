@@ -13,7 +13,7 @@
  *                        client by MPI_Alltoallv calls of one region each
  *     vs  memcpy         the client copying the same blocks locally (one core)
  *
- * Run: mpirun -n 2 bench_mpi [--blocks 64k,1m,8m] [--inflight 16] [--rounds 5]
+ * Run: mpirun -n 2 bench_mpi [--blocks 64k,1m,8m] [--inflight 16] [--rounds 7]
  *      [--round-bytes 512m] [--server poll|idle]
  * Rank 1 serves a 64 MiB region filled with a pattern, registered with both
  * spate transports and attached to the bare window; rank 0 reads it into a
@@ -114,7 +114,7 @@ static void usage(void)
 {
     if (b.rank == 0)
         fprintf(stderr, "usage: mpirun -n 2 bench_mpi [--blocks 64k,1m,8m] [--inflight 16] "
-                        "[--rounds 5] [--round-bytes 512m] [--server poll|idle]\n");
+                        "[--rounds 7] [--round-bytes 512m] [--server poll|idle]\n");
     MPI_Finalize();
     exit(2);
 }
@@ -124,7 +124,7 @@ static void parse_args(int argc, char **argv)
     const char *blocks = "64k,1m,8m";
 
     b.inflight = 16;
-    b.rounds = 5;
+    b.rounds = 7;
     b.round_bytes = (size_t)512 << 20;
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
