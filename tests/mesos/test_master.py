@@ -46,8 +46,16 @@ The scenario (--scenario FILE, JSON) scripts the rest:
           seconds more), the leader moves to the next master and the old
           leader's stream goes silent ("failover_mode": "stall", the
           default) or is cut ("drop"),
+  per_master ([{...}, ...]): subscribe_status and stream for each master
+          port apart, with all_lead (bool): every port answers as a leader,
   kill_on_file ({"dir", "suffix"}): when a file so named appears under dir,
-          every task process gets SIGKILL (an executor dies mid-job).
+          every task process gets SIGKILL (an executor dies mid-job),
+  zookeeper (bool): start a ZooKeeper server (Debian's zookeeper.jar, on
+          127.0.0.1) and register every master in it as Mesos does, an
+          ephemeral sequential json.info_ znode of MasterInfo JSON under
+          /mesos, the leader first; a failover closes the old leader's
+          session, so its znode goes and the next one leads. The ready file
+          then holds "zk_port", or "zk_error" when the server did not start.
 
 It writes --ready FILE ({"ports": [...], "pid": N}) once listening, and logs
 every call, offer, update and process to --log FILE as JSON lines, which the
@@ -56,12 +64,14 @@ test reads back. SIGTERM ends it and every task process it started.
 
 import argparse
 import base64
+import ctypes
 import json
 import os
 import random
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -101,6 +111,14 @@ class Master:
         self.killed_on_file = False
         self.running_seen = 0
         self.stopping = False
+        self.zk_sessions = {}  # master index -> ZkSession
+
+    def setting(self, index, key):
+        """A scenario key, as overridden for master index by "per_master"."""
+        per = self.sc.get("per_master", [])
+        if index < len(per) and key in per[index]:
+            return per[index][key]
+        return self.sc.get(key)
 
     def log(self, **rec):
         rec["t"] = time.time()
@@ -275,6 +293,8 @@ class Master:
     def fail_over_locked(self):
         old = self.leader
         self.leader = (self.leader + 1) % len(self.ports)
+        if self.zk_sessions.get(old) is not None:
+            self.zk_sessions.pop(old).close()  # its znode goes: the next one leads
         stream = self.framework.get("stream") if self.framework else None
         mode = self.sc.get("failover_mode", "stall")
         self.log(event="failover", old=old, new=self.leader, mode=mode)
@@ -358,6 +378,139 @@ class Master:
                 t["killed"] = why != "file"
                 self.log(event="kill", task_id=t["id"], pid=t["pid"], why=why)
                 self.kill_task(t, signal.SIGKILL)
+
+
+class ZkSession:
+    """A minimal ZooKeeper client (jute over TCP): connect, create, ping, close."""
+
+    def __init__(self, port, timeout_ms=4000):
+        self.lock = threading.Lock()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.xid = 0
+        req = struct.pack(">iqiqi", 0, 0, timeout_ms, 0, 16) + b"\0" * 16 + b"\0"
+        self.sock.sendall(struct.pack(">i", len(req)) + req)
+        resp = self.packet()
+        _, self.timeout, self.session = struct.unpack(">iiq", resp[:16])
+        self.open = True
+        threading.Thread(target=self.pinger, daemon=True).start()
+
+    def recv(self, n):
+        out = b""
+        while len(out) < n:
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                raise OSError("ZooKeeper closed the session's connection")
+            out += chunk
+        return out
+
+    def packet(self):
+        (n,) = struct.unpack(">i", self.recv(4))
+        return self.recv(n)
+
+    @staticmethod
+    def string(text):
+        raw = text.encode() if isinstance(text, str) else text
+        return struct.pack(">i", len(raw)) + raw
+
+    def call(self, op, body, xid=None):
+        """Sends one request; returns (err, reply body) of its answer."""
+        with self.lock:
+            if xid is None:
+                self.xid += 1
+                xid = self.xid
+            req = struct.pack(">ii", xid, op) + body
+            self.sock.sendall(struct.pack(">i", len(req)) + req)
+            while True:
+                resp = self.packet()
+                rxid, _, err = struct.unpack(">iqi", resp[:16])
+                if rxid == xid:
+                    return err, resp[16:]
+
+    def create(self, path, data, flags):
+        acl = struct.pack(">ii", 1, 31) + self.string("world") + self.string("anyone")
+        err, body = self.call(1, self.string(path) + self.string(data) + acl +
+                              struct.pack(">i", flags))
+        if err == -110:  # ZNODEEXISTS
+            return path
+        if err != 0:
+            raise OSError("ZooKeeper create %s: error %d" % (path, err))
+        (n,) = struct.unpack(">i", body[:4])
+        return body[4:4 + n].decode()
+
+    def pinger(self):
+        while self.open:
+            time.sleep(self.timeout / 3000.0)
+            try:
+                if self.open:
+                    self.call(11, b"", xid=-2)
+            except OSError:
+                return
+
+    def close(self):
+        if self.open:
+            self.open = False
+            try:
+                self.call(-11, b"")
+            except OSError:
+                pass
+            self.sock.close()
+
+
+def zk_server(workdir):
+    """Starts a ZooKeeper server on 127.0.0.1; returns (process, port) or raises."""
+    java, jar = "/usr/bin/java", "/usr/share/java/zookeeper.jar"
+    if os.environ.get("JAVA_HOME") and os.access(os.environ["JAVA_HOME"] + "/bin/java", os.X_OK):
+        java = os.environ["JAVA_HOME"] + "/bin/java"
+    if not os.access(java, os.X_OK) or not os.access(jar, os.R_OK):
+        raise OSError("no Java runtime or no %s (Debian package zookeeper)" % jar)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    zdir = os.path.join(workdir, "zookeeper")
+    os.makedirs(os.path.join(zdir, "data"), exist_ok=True)
+    cfg = os.path.join(zdir, "zoo.cfg")
+    with open(cfg, "w") as f:
+        f.write("tickTime=500\nmaxSessionTimeout=4000\ndataDir=%s\nclientPort=%d\n"
+                "clientPortAddress=127.0.0.1\nadmin.enableServer=false\nmaxClientCnxns=0\n"
+                "4lw.commands.whitelist=\n" % (os.path.join(zdir, "data"), port))
+
+    def die_with_parent():
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    log = open(os.path.join(zdir, "server.log"), "wb")
+    proc = subprocess.Popen([java, "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                             "-XX:-UsePerfData", "-Djava.net.preferIPv4Stack=true",
+                             "-Dzookeeper.admin.enableServer=false", "-cp", jar,
+                             "org.apache.zookeeper.server.ZooKeeperServerMain", cfg],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)
+    log.close()
+    end = time.time() + 30
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise OSError("the ZooKeeper server exited with %d; see %s/server.log"
+                          % (proc.returncode, zdir))
+        try:
+            ZkSession(port).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise OSError("the ZooKeeper server did not answer within 30 s")
+
+
+def zk_register(port, index):
+    """Registers master index as Mesos does: an ephemeral sequential json.info_ znode."""
+    mport = M.ports[index]
+    info = {"address": {"hostname": "localhost", "ip": "127.0.0.1", "port": mport},
+            "hostname": "localhost", "id": "master-%d" % index, "ip": 16777343,
+            "pid": "master@127.0.0.1:%d" % mport, "port": mport, "version": "1.11.0"}
+    zs = ZkSession(port)
+    zs.create("/mesos", b"", 0)
+    node = zs.create("/mesos/json.info_", json.dumps(info).encode(), 3)
+    M.log(event="zk_register", master=index, node=node)
+    return zs
 
 
 M = None  # the Master
@@ -477,7 +630,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         with LOCK:
             leader = M.leader
-        if leader != self.index:
+        if leader != self.index and not M.sc.get("all_lead"):
             loc = "//127.0.0.1:%d%s" % (M.ports[leader], PATH)
             M.log(event="call", master=self.index, status=307, redirect=loc)
             self.answer(307, "", {"Location": loc})
@@ -520,13 +673,13 @@ class Handler(BaseHTTPRequestHandler):
             M.log(status=400, **rec)
             self.answer(400, "'framework_id' differs from 'subscribe.framework_info.id'")
             return
-        status = M.sc.get("subscribe_status")
+        status = M.setting(self.index, "subscribe_status")
         if status:
             M.log(status=status[0], **rec)
             self.answer(status[0], status[1])
             return
         stream_id = str(uuid.uuid4())
-        broken = M.sc.get("stream")
+        broken = M.setting(self.index, "stream")
         headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
         if broken != "no_stream_id":
             headers["Mesos-Stream-Id"] = stream_id
@@ -843,9 +996,20 @@ def main():
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
+    ready = {"ports": M.ports, "pid": os.getpid()}
+    zk_proc = None
+    if scenario.get("zookeeper"):
+        try:
+            zk_proc, ready["zk_port"] = zk_server(args.workdir)
+            n = len(M.ports)
+            for k in range(n):
+                i = (M.leader + k) % n
+                M.zk_sessions[i] = zk_register(ready["zk_port"], i)
+        except OSError as e:
+            ready["zk_error"] = str(e)
     tmp = args.ready + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"ports": M.ports, "pid": os.getpid()}, f)
+        json.dump(ready, f)
     os.rename(tmp, args.ready)
     M.log(event="ready", ports=M.ports)
     done.wait()
@@ -854,8 +1018,20 @@ def main():
         M.kill_all("master exit")
     for srv in servers:
         srv.shutdown()
+    for zs in list(M.zk_sessions.values()):
+        zs.close()
+    if zk_proc is not None:
+        zk_proc.terminate()  # by pid: the server this master started
+        try:
+            zk_proc.wait(10)
+        except subprocess.TimeoutExpired:
+            zk_proc.kill()
     M.log(event="exit")
 
 
 if __name__ == "__main__":
     main()
+    # Daemon threads may sit in sleeps or socket reads; nothing is left to flush.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
