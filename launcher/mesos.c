@@ -35,6 +35,9 @@
  * failover_timeout is mesos.failover_timeout); a RECONCILE then learns what
  * happened to them meanwhile.
  *
+ * Masters are reached directly: http_proxy and the like are ignored, as
+ * Mesos' own components ignore them for cluster-internal traffic.
+ *
  * Errors found on this thread have no caller to return to: they are logged
  * here, except before the first SUBSCRIBED, where sp__mesos_start waits for
  * the outcome and raises it on its own thread.
@@ -358,6 +361,7 @@ static sp_status_t sp_mesos_call(sp__mesos_t *m, json_t *call)
     curl_easy_setopt(m->call, CURLOPT_WRITEFUNCTION, sp_mesos_on_call_body);
     curl_easy_setopt(m->call, CURLOPT_WRITEDATA, m);
     curl_easy_setopt(m->call, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(m->call, CURLOPT_PROXY, "");
     curl_easy_setopt(m->call, CURLOPT_TIMEOUT_MS, (long)SP_MESOS_CALL_MS);
     curl_easy_setopt(m->call, CURLOPT_ERRORBUFFER, m->curl_err);
     m->curl_err[0] = '\0';
@@ -897,6 +901,7 @@ static sp_status_t sp_mesos_connect(sp__mesos_t *m)
     curl_easy_setopt(m->sub, CURLOPT_HEADERFUNCTION, sp_mesos_on_header);
     curl_easy_setopt(m->sub, CURLOPT_HEADERDATA, m);
     curl_easy_setopt(m->sub, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(m->sub, CURLOPT_PROXY, "");
     curl_easy_setopt(m->sub, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)SP_MIN(m->connect_ns / 1000000, (uint64_t)10000));
     curl_easy_setopt(m->sub, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -1352,6 +1357,28 @@ void sp__mesos_stop(sp__mesos_t *m, sp__mesos_stats_t *stats_p)
 /* spate run --master                                                        */
 /* ------------------------------------------------------------------------ */
 
+/* Whether every host of a --master URL (masters or ZooKeeper servers) is a loopback one. */
+static bool sp_mesos_url_loopback(const char *url)
+{
+    const char *p = url + 8, *end;
+
+    if (strncmp(p, "zk://", 5) == 0) {
+        p += 5;
+        if (strchr(p, '@') != NULL)
+            p = strchr(p, '@') + 1;
+    }
+    end = p + strcspn(p, "/");
+    while (p < end) {
+        if (strncmp(p, "127.", 4) != 0 && strncmp(p, "localhost:", 10) != 0 &&
+            strncmp(p, "[::1]:", 6) != 0)
+            return false;
+        p += strcspn(p, ",/");
+        if (*p == ',')
+            p++;
+    }
+    return true;
+}
+
 /* The address executors are told: a wildcard bind becomes this host's name. */
 static void sp_mesos_advertised(const char *bound, char *out, size_t cap)
 {
@@ -1415,6 +1442,12 @@ sp_status_t sp__mesos_run(const sp__mesos_run_opts_t *o, sp__driver_report_t *re
     if ((st = sp__ctl_listen(listen_at, bound, sizeof(bound), &lfd)) != SP_OK)
         return st;
     sp_mesos_advertised(bound, advertised, sizeof(advertised));
+    if ((strncmp(advertised, "127.", 4) == 0 || strncmp(advertised, "localhost:", 10) == 0 ||
+         strncmp(advertised, "[::1]:", 6) == 0) &&
+        !sp_mesos_url_loopback(o->master))
+        sp_warn("Mesos: executors will reach the driver at %s, a loopback address that agents "
+                "on other hosts cannot reach; set --listen (driver.address) to one they can",
+                advertised);
     snprintf(name, sizeof(name), "spate %s", o->job->name);
     sp__mesos_opts_t mo = {.conf = o->conf,
                            .master = o->master,
