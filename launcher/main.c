@@ -51,13 +51,6 @@ static void sp_cli_usage(FILE *out)
             "`spate conf` lists every key. `spate <command> --help` shows a command's options.\n");
 }
 
-int sp_cli_fail(const char *what)
-{
-    fprintf(stderr, "spate: %s: %s\n", what,
-            sp_last_error()[0] != '\0' ? sp_last_error() : sp_status_str(sp_last_error_status()));
-    return 1;
-}
-
 /* Value of "--opt VALUE" or "--opt=VALUE" at argv[*i], advancing *i; NULL if absent. */
 static const char *sp_cli_value(int argc, char **argv, int *i, const char *opt)
 {

@@ -77,8 +77,7 @@ static uint32_t sp_active_executors(const sp__driver_report_t *r)
     return n ? n : 1;
 }
 
-/* Single-threaded memcpy of bytes (at most 256 MiB buffers, repeated): seconds. */
-static double sp_memcpy_seconds(uint64_t bytes)
+double sp_run_memcpy_seconds(uint64_t bytes)
 {
     size_t chunk = (size_t)SP_MIN(bytes, (uint64_t)256 << 20);
     unsigned char *a = malloc(chunk), *b = malloc(chunk);
@@ -153,7 +152,7 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
             "executors lost\n",
             r->task_failures, r->fetch_failures, r->maps_recomputed, r->executors_lost);
     if (baseline && status == SP_OK && params->size > 0 && wall > 0) {
-        double mc = sp_memcpy_seconds(params->size);
+        double mc = sp_run_memcpy_seconds(params->size);
         if (mc > 0)
             fprintf(out,
                     "rate: %.3f GB/s of input end to end; a single-threaded memcpy of the same "

@@ -26,6 +26,12 @@ void sp_run_progress_cb(void *arg, const sp__driver_report_t *report, bool final
 void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
                     const sp__driver_report_t *report, sp_status_t status, bool baseline);
 
+/*
+ * Seconds a single-threaded memcpy of bytes takes here (buffers of at most
+ * 256 MiB, faulted in before timing, reused); 0 when there is no memory.
+ */
+double sp_run_memcpy_seconds(uint64_t bytes);
+
 /* Writes the same as JSON to path (atomically: temporary name, then rename). */
 sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t *params,
                         const sp__driver_report_t *report, sp_status_t status);
