@@ -1,6 +1,7 @@
 /*
  * SVG drawn by spate-bench itself (no gnuplot at run time): two panels of
- * lines with markers, axes with labels and units, ticks at round values,
+ * lines with markers, axes with labels and units (GB/s on a log10 axis:
+ * memcpy and a spilling map differ by decades), ticks at round values,
  * and a legend under each panel. spate's series are solid (map write) or
  * dashed (exchange + reduce read, total); limits are grey-scale dotted
  * lines, so a reader sees at once how far below its limit each phase runs.
@@ -145,8 +146,17 @@ static void sp_plot_escape(FILE *f, const char *text)
 static void sp_plot_panel_draw(FILE *f, sp_plot_panel_t *p, double ox, double oy, double w,
                                double h)
 {
-    double xmin = INFINITY, xmax = -INFINITY, ymax = 0, step;
+    double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = 0, lymin, lymax;
     unsigned ci = 0, gi = 0;
+    sp_plot_series_t tmp;
+
+    /* spate's series first, then the limits, in the order they came. */
+    for (unsigned i = 1; i < p->n; i++)
+        for (unsigned k = i; k > 0 && p->s[k - 1].limit && !p->s[k].limit; k--) {
+            tmp = p->s[k - 1];
+            p->s[k - 1] = p->s[k];
+            p->s[k] = tmp;
+        }
 
     for (unsigned i = 0; i < p->n; i++) {
         qsort(p->s[i].pts, p->s[i].n, sizeof(sp_plot_point_t), sp_plot_cmp_point);
@@ -157,6 +167,7 @@ static void sp_plot_panel_draw(FILE *f, sp_plot_panel_t *p, double ox, double oy
             xmin = SP_MIN(xmin, x);
             xmax = SP_MAX(xmax, x);
             ymax = SP_MAX(ymax, p->s[i].pts[k].y[0]);
+            ymin = SP_MIN(ymin, p->s[i].pts[k].y[0]);
         }
     }
     fprintf(f,
@@ -184,17 +195,26 @@ static void sp_plot_panel_draw(FILE *f, sp_plot_panel_t *p, double ox, double oy
     }
     if (!p->xlog2 && xmin > 0 && xmin < 1)
         xmin = 0;
-    step = sp_plot_step(ymax * 1.1, 6);
-    ymax = ceil(ymax * 1.1 / step) * step;
+    /* GB/s spans decades (memcpy against a spilling map): a log10 axis keeps both readable. */
+    lymin = floor(log10(ymin / 1.2));
+    lymax = ceil(log10(ymax * 1.2));
+    if (lymax - lymin < 1)
+        lymax = lymin + 1;
 #define SX(x) (ox + ((x)-xmin) / (xmax - xmin) * w)
-#define SY(y) (oy + h - (y) / ymax * h)
-    /* Grid and y ticks. */
+#define SY(y) (oy + h - (log10(y) - lymin) / (lymax - lymin) * h)
     fputs("<g class=\"y-axis\" font-size=\"11\" text-anchor=\"end\">\n", f);
-    for (double y = 0; y <= ymax + step / 2; y += step)
-        fprintf(f,
-                "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>"
-                "<text x=\"%.1f\" y=\"%.1f\">%g</text>\n",
-                ox, SY(y), ox + w, SY(y), ox - 6, SY(y) + 4, y);
+    for (double e = lymin; e <= lymax; e++)
+        for (int m = 1; m < 10; m++) {
+            double y = (double)m * pow(10, e);
+            bool labelled = m == 1 || m == 2 || m == 5;
+            if (log10(y) > lymax + 1e-9)
+                break;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>", ox,
+                    SY(y), ox + w, SY(y), m == 1 ? "#bbb" : "#eee");
+            if (labelled)
+                fprintf(f, "<text x=\"%.1f\" y=\"%.1f\">%g</text>", ox - 6, SY(y) + 4, y);
+            fputc('\n', f);
+        }
     fputs("</g>\n<g class=\"x-axis\" font-size=\"11\" text-anchor=\"middle\">\n", f);
     if (p->xlog2) {
         for (double e = ceil(xmin); e <= floor(xmax); e++) {
@@ -304,11 +324,11 @@ sp_status_t sp_bench_plot_svg(const char *path, const json_t *runs)
     }
     size->title = "Throughput vs data size (per executor)";
     size->xlabel = "data per executor (log scale)";
-    size->ylabel = "GB/s per executor";
+    size->ylabel = "GB/s per executor (log scale)";
     size->xlog2 = true;
     ranks->title = "Throughput vs ranks (no spill; hollow: oversubscribed)";
     ranks->xlabel = "ranks (executors)";
-    ranks->ylabel = "aggregate GB/s";
+    ranks->ylabel = "aggregate GB/s (log scale)";
     json_array_foreach(runs, i, run)
     {
         const json_t *cfg = json_object_get(run, "config");
@@ -340,7 +360,7 @@ sp_status_t sp_bench_plot_svg(const char *path, const json_t *runs)
 
         if (spill || strcmp(codec, first_codec) != 0)
             continue;
-        snprintf(pre, sizeof(pre), "%s%s%s", label, label[0] ? ": " : "", codec);
+        snprintf(pre, sizeof(pre), "%s%scodec %s:", label, label[0] ? ", " : "", codec);
         snprintf(name, sizeof(name), "%s map write", pre);
         sp_plot_add(ranks, name, false, 0, n, sp_plot_phase(run, "map", "gbps_aggregate"), over);
         snprintf(name, sizeof(name), "%s exchange+reduce", pre);
