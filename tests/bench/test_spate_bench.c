@@ -1,0 +1,230 @@
+/*
+ * spate-bench end to end, small ($SPATE_BENCH, through
+ * tests/executor/run_test_util.h): `spate-bench shuffle --size 16m --repeat
+ * 1 --json F --plot P.svg` on a local cluster of 2 executors, with
+ * shuffle.local_dirs in the test's own directory. Checks the JSON (one
+ * run object: configuration, machine, the three phases, limits, ratios)
+ * and that the SVG is well-formed XML (a small checker here: tags nest and
+ * close, attributes are quoted) with the expected elements: an <svg> root,
+ * two panels, axes, series polylines and legend entries. A refused option
+ * exits 2. No timing is asserted: CI machines are noisy.
+ *
+ * LABELS: slow
+ */
+#include "../executor/run_test_util.h"
+
+#include <jansson.h>
+
+static char base[256];
+
+static int setup(void **state)
+{
+    (void)state;
+    rt_env_loopback();
+    rt_mkdtemp(base, sizeof(base), "bench");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rt_rmtree(base);
+    return 0;
+}
+
+static rt_run_t bench(const char *const *args)
+{
+    const char *bin = getenv("SPATE_BENCH");
+    const char *argv[32];
+    size_t n = 0;
+
+    if (bin == NULL)
+        fail_msg("SPATE_BENCH is not set: run this test through ctest");
+    argv[n++] = bin;
+    for (; args[n - 1] != NULL; n++) {
+        assert_true(n < sizeof(argv) / sizeof(argv[0]) - 1);
+        argv[n] = args[n - 1];
+    }
+    argv[n] = NULL;
+    return rt_spawn_env(argv, NULL, RT_TIMEOUT_S);
+}
+
+/*
+ * Well-formedness of the XML spate-bench writes: every tag closes in order,
+ * attribute values are quoted, text holds no bare '<' or '&' other than
+ * entities. Counts elements by name into counts (names[i] -> counts[i]).
+ */
+static bool xml_check(const char *s, const char *const *names, unsigned *counts, size_t nnames,
+                      char *why, size_t cap)
+{
+    char stack[32][32];
+    unsigned depth = 0, roots = 0;
+
+    if (strncmp(s, "<?xml", 5) == 0 && (s = strstr(s, "?>")) != NULL)
+        s += 2;
+    while (s != NULL && *s) {
+        if (*s == '&') {
+            size_t len = strspn(s + 1, "abcdefghijklmnopqrstuvwxyz#0123456789");
+            if (len == 0 || s[1 + len] != ';')
+                return snprintf(why, cap, "bare '&' in text"), false;
+            s += len + 2;
+            continue;
+        }
+        if (*s != '<') {
+            s++;
+            continue;
+        }
+        bool closing = s[1] == '/';
+        const char *name = s + 1 + closing;
+        size_t len = strcspn(name, " \t\n/>");
+        if (len == 0 || len >= sizeof(stack[0]))
+            return snprintf(why, cap, "bad tag name"), false;
+        if (closing) {
+            if (depth == 0 || strncmp(stack[depth - 1], name, len) != 0 ||
+                stack[depth - 1][len] != '\0')
+                return snprintf(why, cap, "</%.*s> closes nothing open", (int)len, name), false;
+            depth--;
+            s = strchr(name, '>');
+            if (s != NULL)
+                s++;
+            continue;
+        }
+        for (size_t i = 0; i < nnames; i++)
+            if (strlen(names[i]) == len && strncmp(names[i], name, len) == 0)
+                counts[i]++;
+        const char *p = name + len;
+        while (*p && *p != '>' && !(*p == '/' && p[1] == '>')) {
+            if (*p == '=') {
+                char q = p[1];
+                const char *end;
+                if (q != '"' && q != '\'')
+                    return snprintf(why, cap, "unquoted attribute in <%.*s>", (int)len, name),
+                           false;
+                if ((end = strchr(p + 2, q)) == NULL)
+                    return snprintf(why, cap, "unterminated attribute"), false;
+                if (memchr(p + 2, '<', (size_t)(end - p - 2)) != NULL)
+                    return snprintf(why, cap, "'<' in an attribute"), false;
+                p = end + 1;
+                continue;
+            }
+            p++;
+        }
+        if (*p == '\0')
+            return snprintf(why, cap, "unterminated <%.*s>", (int)len, name), false;
+        if (*p == '/') {
+            p += 2; /* empty element */
+        } else {
+            if (depth == 0)
+                roots++;
+            if (depth == 32)
+                return snprintf(why, cap, "too deep"), false;
+            snprintf(stack[depth++], sizeof(stack[0]), "%.*s", (int)len, name);
+            p++;
+        }
+        s = p;
+    }
+    if (depth != 0)
+        return snprintf(why, cap, "<%s> never closes", stack[depth - 1]), false;
+    if (roots != 1)
+        return snprintf(why, cap, "%u root elements", roots), false;
+    return true;
+}
+
+static void test_spate_bench_shuffle_json_and_plot(void **state)
+{
+    char json_path[400], svg_path[400], dirs[400], why[128] = "";
+    json_error_t err;
+    json_t *runs, *run;
+    rt_run_t r;
+
+    (void)state;
+    rt_path(json_path, sizeof(json_path), base, "runs.json");
+    rt_path(svg_path, sizeof(svg_path), base, "plot.svg");
+    snprintf(dirs, sizeof(dirs), "shuffle.local_dirs=%s/local", base);
+    r = bench((const char *const[]){"shuffle", "--size", "16m", "--repeat", "1", "--conf", dirs,
+                                    "--json", json_path, "--plot", svg_path, NULL});
+    rt_expect_ok(&r, "spate-bench shuffle");
+    assert_non_null(strstr(r.out, "map write"));
+    assert_non_null(strstr(r.out, "exchange+reduce"));
+    rt_free(&r);
+
+    runs = json_load_file(json_path, 0, &err);
+    if (runs == NULL)
+        fail_msg("%s: %s", json_path, err.text);
+    assert_true(json_is_array(runs));
+    assert_int_equal(json_array_size(runs), 1);
+    run = json_array_get(runs, 0);
+    assert_true(json_is_true(json_object_get(run, "succeeded")));
+    assert_string_equal(json_string_value(json_object_get(run, "bench")), "shuffle");
+    {
+        const json_t *cfg = json_object_get(run, "config"), *m = json_object_get(run, "machine");
+        const json_t *ph = json_object_get(run, "phases"), *lim = json_object_get(run, "limits");
+        const json_t *rat = json_object_get(run, "ratios");
+        static const char *const phases[] = {"map", "exchange", "total"};
+
+        assert_int_equal(json_integer_value(json_object_get(cfg, "size_per_executor")), 16 << 20);
+        assert_int_equal(json_integer_value(json_object_get(cfg, "executors")), 2);
+        assert_int_equal(json_integer_value(json_object_get(cfg, "record_size")), 100);
+        assert_string_equal(json_string_value(json_object_get(cfg, "codec")), "lz4");
+        assert_true(json_integer_value(json_object_get(m, "cores")) >= 1);
+        assert_true(json_integer_value(json_object_get(m, "pus")) >= 1);
+        for (size_t i = 0; i < 3; i++) {
+            const json_t *p = json_object_get(ph, phases[i]);
+            assert_non_null(p);
+            assert_true(json_number_value(json_object_get(p, "seconds")) > 0);
+            assert_true(json_number_value(json_object_get(p, "gbps_aggregate")) > 0);
+            assert_true(json_number_value(json_object_get(p, "records_per_s")) > 0);
+            assert_non_null(json_object_get(p, "spill_bytes"));
+        }
+        assert_int_equal(json_integer_value(json_object_get(run, "records")),
+                         (2 * (16 << 20)) / 100);
+        assert_true(json_number_value(json_object_get(lim, "memcpy_gbps")) > 0);
+        assert_true(json_number_value(json_object_get(lim, "disk_write_gbps")) > 0);
+        assert_non_null(json_object_get(lim, "disk_method"));
+        assert_true(json_number_value(json_object_get(rat, "map_per_core_to_memcpy")) > 0);
+        assert_non_null(json_object_get(rat, "exchange_remote_to_fi_read"));
+        assert_true(json_number_value(json_object_get(rat, "peak_rss_to_memory")) > 0);
+    }
+    json_decref(runs);
+
+    {
+        static const char *const names[] = {"svg", "polyline", "text", "line", "g"};
+        unsigned counts[5] = {0};
+        size_t len = 0;
+        char *svg = rt_read_file(svg_path, &len);
+
+        assert_non_null(svg);
+        if (!xml_check(svg, names, counts, 5, why, sizeof(why)))
+            fail_msg("%s is not well-formed XML: %s", svg_path, why);
+        assert_int_equal(counts[0], 1);
+        assert_true(counts[1] >= 3); /* spate's phases and the limits */
+        assert_non_null(strstr(svg, "GB/s per executor"));
+        assert_non_null(strstr(svg, "data per executor"));
+        assert_non_null(strstr(svg, "ranks (executors)"));
+        assert_non_null(strstr(svg, "class=\"legend\""));
+        assert_non_null(strstr(svg, "limit: memcpy"));
+        free(svg);
+    }
+}
+
+static void test_spate_bench_refuses_bad_option(void **state)
+{
+    rt_run_t r;
+
+    (void)state;
+    r = bench((const char *const[]){"shuffle", "--size", "lots", NULL});
+    rt_expect_fail(&r, 2, "--size", "a bad size");
+    rt_free(&r);
+    r = bench((const char *const[]){"shuffle", "--no-such-option", "1", NULL});
+    rt_expect_fail(&r, 2, "unknown option", "an unknown option");
+    rt_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spate_bench_shuffle_json_and_plot),
+        cmocka_unit_test(test_spate_bench_refuses_bad_option),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
