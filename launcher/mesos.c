@@ -218,7 +218,7 @@ sp_status_t sp__mesos_url_check(const char *url)
     p = url + 8;
     if (strncmp(p, "zk://", 5) == 0) {
         sp__zk_url_t zk;
-        if ((st = sp__zk_url_parse(p, &zk)) != SP_OK)
+        if (sp__zk_url_parse(p, &zk) != SP_OK)
             return SP_RAISE(SP_ERR_INVALID_PARAM, "--master %s: %s", url, sp_last_error());
         return SP_OK;
     }

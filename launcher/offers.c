@@ -258,8 +258,9 @@ double sp__offer_executor_mem(uint64_t memory_bytes)
 {
     const uint64_t mib = 1ull << 20;
     uint64_t overhead = SP_MAX(memory_bytes / 10, 384 * mib);
+    uint64_t mb = (memory_bytes + overhead + mib - 1) / mib; /* whole MB, rounded up */
 
-    return (double)((memory_bytes + overhead + mib - 1) / mib);
+    return (double)mb;
 }
 
 sp_status_t sp__offer_wanted(uint32_t requested, uint32_t cores, int64_t max_cores,
@@ -394,9 +395,7 @@ static sp_status_t sp_res_take(json_t *remaining, const char *name, int64_t want
                : SP_RAISE(SP_ERR_INTERNAL, "%s: %lld thousandths short", name, (long long)want);
 }
 
-static sp_status_t sp_plan_decline(sp__offer_plan_t *plan, sp__offer_verdict_t verdict,
-                                   const char *fmt, ...) SP_PRINTF(3, 4);
-
+SP_PRINTF(3, 4)
 static sp_status_t sp_plan_decline(sp__offer_plan_t *plan, sp__offer_verdict_t verdict,
                                    const char *fmt, ...)
 {
