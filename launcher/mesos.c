@@ -113,7 +113,8 @@ struct sp__mesos {
     CURL *sub, *call;
     struct curl_slist *sub_headers;
     char *sub_body;
-    char curl_err[CURL_ERROR_SIZE];
+    char curl_err[CURL_ERROR_SIZE]; /* the stream's */
+    char call_err[CURL_ERROR_SIZE]; /* the last call's */
     sp__recordio_t *rio;
     json_t *events; /* decoded, not yet handled */
     char stream_id[130];
@@ -363,14 +364,14 @@ static sp_status_t sp_mesos_call(sp__mesos_t *m, json_t *call)
     curl_easy_setopt(m->call, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(m->call, CURLOPT_PROXY, "");
     curl_easy_setopt(m->call, CURLOPT_TIMEOUT_MS, (long)SP_MESOS_CALL_MS);
-    curl_easy_setopt(m->call, CURLOPT_ERRORBUFFER, m->curl_err);
-    m->curl_err[0] = '\0';
+    curl_easy_setopt(m->call, CURLOPT_ERRORBUFFER, m->call_err);
+    m->call_err[0] = '\0';
     sp_debug("Mesos: %s %s", what, text);
     rc = curl_easy_perform(m->call);
     curl_easy_getinfo(m->call, CURLINFO_RESPONSE_CODE, &code);
     if (rc != CURLE_OK) {
         st = SP_RAISE(SP_ERR_PEER_LOST, "Mesos: %s to %s: %s", what, m->via,
-                      m->curl_err[0] ? m->curl_err : curl_easy_strerror(rc));
+                      m->call_err[0] ? m->call_err : curl_easy_strerror(rc));
     } else if (code == 307) {
         char *loc = NULL;
         curl_easy_getinfo(m->call, CURLINFO_REDIRECT_URL, &loc);
@@ -527,6 +528,8 @@ static void sp_mesos_launch(sp__mesos_t *m, const json_t *offer, const sp__offer
             0) {
             sp_warn("Mesos: no memory for a task info");
             json_decref(infos);
+            for (size_t i = first; i < m->ntasks; i++)
+                sp_mesos_task_gone(m, &m->tasks[i], false);
             return;
         }
         m->ntasks++;
@@ -598,7 +601,6 @@ static void sp_mesos_decide(sp__mesos_t *m)
 static void sp_mesos_balance(sp__mesos_t *m)
 {
     bool want_more = !m->stopping && !m->fatal && sp_mesos_active(m) < m->wanted;
-
     uint64_t failed = m->stats.calls_failed;
 
     if (!m->subscribed || sp__now_ns() < m->balance_after_ns)
@@ -677,11 +679,9 @@ static void sp_mesos_on_update(sp__mesos_t *m, const json_t *status)
         sp_mesos_task_gone(m, t, !m->stopping);
         return;
     }
-    sp_warn("Mesos: executor task %s on %s ended: %s%s%s%s%s; launching a replacement", id, t->host,
-            state, reason != NULL ? " (" : "", reason != NULL ? reason : "",
-            reason != NULL ? ")" : "", msg != NULL && msg[0] ? ": " : "");
-    if (msg != NULL && msg[0])
-        sp_warn("Mesos: %s: %s", id, msg);
+    sp_warn("Mesos: executor task %s on %s ended: %s%s%s%s%s%s; launching a replacement", id,
+            t->host, state, reason != NULL ? " (" : "", reason != NULL ? reason : "",
+            reason != NULL ? ")" : "", msg != NULL && msg[0] ? ": " : "", msg != NULL ? msg : "");
     sp_mesos_task_gone(m, t, true);
 }
 
@@ -709,8 +709,16 @@ static void sp_mesos_on_subscribed(sp__mesos_t *m, const json_t *sub)
         sp_mesos_stream_drop(m, "SUBSCRIBED carries no usable framework_id");
         return;
     }
-    if (m->framework_id[0] != '\0' && strcmp(m->framework_id, fw) != 0)
-        sp_warn("Mesos: the master gave framework id %s instead of %s", fw, m->framework_id);
+    if (m->framework_id[0] != '\0' && strcmp(m->framework_id, fw) != 0) {
+        /* The master forgot us (failover_timeout passed): our tasks went with the old id. */
+        sp_warn("Mesos: the master gave framework id %s instead of %s: launching the executors "
+                "again",
+                fw, m->framework_id);
+        for (size_t i = 0; i < m->ntasks; i++) {
+            m->tasks[i].exited = true;
+            sp_mesos_task_gone(m, &m->tasks[i], false);
+        }
+    }
     snprintf(m->framework_id, sizeof(m->framework_id), "%s", fw);
     m->heartbeat_s = json_is_number(hb) && json_number_value(hb) > 0 ? json_number_value(hb) : 15.0;
     m->subscribed = true;
