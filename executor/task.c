@@ -729,11 +729,12 @@ sp_status_t sp__output_prepare(const char *dir)
         return SP_RAISE(SP_ERR_IO, "output directory %s: %s", dir, strerror(errno));
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, "_SUCCESS") == 0 || strncmp(e->d_name, "part-r-", 7) == 0) {
-            closedir(d);
-            return SP_RAISE(SP_ERR_EXISTS,
-                            "output directory %s already holds a job's output (%s); remove it or "
-                            "choose another",
-                            dir, e->d_name);
+            sp_status_t exists = SP_RAISE(SP_ERR_EXISTS,
+                                          "output directory %s already holds a job's output "
+                                          "(%s); remove it or choose another",
+                                          dir, e->d_name);
+            closedir(d); /* e points into d */
+            return exists;
         }
     }
     closedir(d);
