@@ -38,6 +38,7 @@
 #include "protocol.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,10 @@ struct sp__driver {
     int kill_signal;
     bool killed;
     bool output_prepared;
+    /* Executors a launcher reported gone (sp__driver_lose_executor, any thread). */
+    pthread_mutex_t lose_lock;
+    char (*lose_names)[256];
+    size_t nlose, cap_lose;
     uint64_t starved_since; /* replaceable: when the last executor was lost; 0: not starved */
     uint64_t register_ns;
 };
@@ -778,6 +783,48 @@ static sp_status_t sp_drv_check_heartbeats(sp__driver_t *d)
     return SP_OK;
 }
 
+void sp__driver_lose_executor(sp__driver_t *d, const char *name, const char *why)
+{
+    pthread_mutex_lock(&d->lose_lock);
+    if (d->nlose == d->cap_lose) {
+        size_t cap = d->cap_lose ? 2 * d->cap_lose : 8;
+        char(*grown)[256] = realloc(d->lose_names, cap * sizeof(*grown));
+        if (grown == NULL) {
+            pthread_mutex_unlock(&d->lose_lock);
+            sp_warn("no memory to note that executor %s is gone; its heartbeats will tell", name);
+            return;
+        }
+        d->lose_names = grown;
+        d->cap_lose = cap;
+    }
+    snprintf(d->lose_names[d->nlose++], sizeof(d->lose_names[0]), "%.127s\t%.120s", name,
+             why != NULL ? why : "its launcher reported it gone");
+    pthread_mutex_unlock(&d->lose_lock);
+}
+
+/* Executors their launcher reported gone are lost now, not at their heartbeat timeout. */
+static sp_status_t sp_drv_take_losses(sp__driver_t *d)
+{
+    sp_status_t st = SP_OK;
+
+    pthread_mutex_lock(&d->lose_lock);
+    for (size_t i = 0; i < d->nlose && st == SP_OK; i++) {
+        char *tab = strchr(d->lose_names[i], '\t');
+        if (tab == NULL)
+            continue;
+        *tab = '\0';
+        for (uint32_t e = 0; e < d->nexecs && st == SP_OK; e++) {
+            sp_dexec_t *x = &d->execs[e];
+            if ((x->state == SP_DEXEC_READY || x->state == SP_DEXEC_REGISTERED) &&
+                strcmp(x->rep.name, d->lose_names[i]) == 0)
+                st = sp_drv_exec_lost(d, e, tab + 1);
+        }
+    }
+    d->nlose = 0;
+    pthread_mutex_unlock(&d->lose_lock);
+    return st;
+}
+
 static void sp_drv_fault_hook(sp__driver_t *d)
 {
     sp_dexec_t *x;
@@ -825,6 +872,7 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
     if (d == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for the driver");
     d->o = *opts;
+    pthread_mutex_init(&d->lose_lock, NULL);
     if ((st = sp__ctl_hub_create(&d->hub)) != SP_OK)
         goto err;
     if (opts->listen_fd >= 0 &&
@@ -981,6 +1029,8 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
             goto out;
         if ((st = sp_drv_check_heartbeats(d)) != SP_OK)
             goto out;
+        if ((st = sp_drv_take_losses(d)) != SP_OK)
+            goto out;
         sp_drv_fault_hook(d);
         now = sp__now_ns();
         if (now >= next_progress) {
@@ -1059,6 +1109,8 @@ void sp__driver_destroy(sp__driver_t *d)
     free(d->rep.executors);
     if (d->planned)
         sp__job_plan_clear(&d->plan);
+    free(d->lose_names);
+    pthread_mutex_destroy(&d->lose_lock);
     free(d);
 }
 

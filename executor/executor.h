@@ -123,6 +123,13 @@ sp_status_t sp__driver_add_conn(sp__driver_t *driver, sp__ctl_conn_t *conn);
  */
 sp_status_t sp__driver_run(sp__driver_t *driver, sp__driver_report_t *report);
 void sp__driver_destroy(sp__driver_t *driver);
+/*
+ * A launcher's news that the executor it named `name` is gone (its process
+ * exited, its task was lost): the driver handles it as a lost executor on
+ * its next turn instead of waiting for the heartbeat timeout. Thread safe;
+ * an unknown name is ignored.
+ */
+void sp__driver_lose_executor(sp__driver_t *driver, const char *name, const char *why);
 /* The run's id: executors keep their files under <each shuffle.local_dirs entry>/<app id>/. */
 const char *sp__driver_app_id(const sp__driver_t *driver);
 /* Removes <each shuffle.local_dirs entry>/<app_id> (what lost executors could not). */

@@ -52,6 +52,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -92,6 +93,8 @@ typedef enum sp_minit {
 } sp_minit_t;
 
 struct sp__mesos {
+    /* The driver, once it exists: told at once when an executor's task ends. */
+    _Atomic(sp__driver_t *) run_driver;
     /* Settings (copied at start). */
     char *master_url, *name, *command, *driver, *secret, *role, *user, *principal;
     uint32_t wanted;
@@ -682,6 +685,12 @@ static void sp_mesos_on_update(sp__mesos_t *m, const json_t *status)
     sp_warn("Mesos: executor task %s on %s ended: %s%s%s%s%s%s; launching a replacement", id,
             t->host, state, reason != NULL ? " (" : "", reason != NULL ? reason : "",
             reason != NULL ? ")" : "", msg != NULL && msg[0] ? ": " : "", msg != NULL ? msg : "");
+    {
+        /* The driver learns now, not at the heartbeat timeout (a TASK_LOST agent, say). */
+        sp__driver_t *driver = atomic_load(&m->run_driver);
+        if (driver != NULL && t->ready)
+            sp__driver_lose_executor(driver, t->id, state);
+    }
     sp_mesos_task_gone(m, t, true);
 }
 
@@ -1485,10 +1494,13 @@ sp_status_t sp__mesos_run(const sp__mesos_run_opts_t *o, sp__driver_report_t *re
                                .replaceable = true};
     if ((st = sp__driver_create(&dopts, &driver)) != SP_OK)
         goto out;
+    atomic_store(&mesos->run_driver, driver);
     st = sp__driver_run(driver, report);
 out : {
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", sp_last_error());
+    if (mesos != NULL)
+        atomic_store(&mesos->run_driver, NULL);
     sp__mesos_stop(mesos, NULL);
     sp__driver_destroy(driver);
     if (st != SP_OK)
