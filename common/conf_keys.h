@@ -116,6 +116,11 @@ SP_CONF_KEY("transport.mpi_mode", SP_CONF_ENUM, "rget", NULL, NULL, "rget|twosid
             "How the mpi backend reads a block: rget (MPI_Rget through a dynamic window; a "
             "region the window cannot take is served twosided) or twosided (a request to the "
             "owner, answered with a send from its progress thread or its polls).")
+SP_CONF_KEY("transport.ofi_mode", SP_CONF_ENUM, "auto", NULL, NULL, "auto|rma|msg",
+            "How the ofi backend reads a block: rma (one-sided fi_read of the registered "
+            "output), msg (a tagged request to the owner, answered with a tagged send from its "
+            "progress thread or its polls; for providers without FI_RMA) or auto (rma when the "
+            "provider offers FI_RMA with remote reads, else msg).")
 SP_CONF_KEY("transport.register_chunk", SP_CONF_SIZE, "256m", "4k", "1t", NULL,
             "Served map outputs are mapped and registered in chunks of this many bytes (whole "
             "pages), shared by every registration of the same file; a read across chunks is "

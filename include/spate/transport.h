@@ -1,7 +1,8 @@
 /*
  * spate — transport layer: moving bytes between executors. A transport is
  * one executor's endpoint on a backend (ofi: libfabric RDM endpoints with
- * one-sided reads; mpi: the ranks of MPI_COMM_WORLD, reading through a
+ * one-sided reads, or request and reply over tagged messages,
+ * transport.ofi_mode; mpi: the ranks of MPI_COMM_WORLD, reading through a
  * dynamic window or by request and reply, transport.mpi_mode; local:
  * executors of one host reading each other's committed files). Memory regions
  * (pages, or a memory-mapped committed data file) are registered read-only
@@ -43,7 +44,8 @@ typedef struct sp_transport_stats {
     uint64_t eagain; /**< posts deferred by back-pressure */
     uint64_t regions_registered;
     uint64_t requests_served; /**< reads of this executor's regions answered with a message
-                                   (mpi two-sided); one-sided reads are not seen here */
+                                   (mpi two-sided, ofi msg); one-sided reads are not
+                                   seen here */
     uint64_t bytes_served;    /**< bytes of those answers */
 } sp_transport_stats_t;
 
@@ -55,7 +57,11 @@ typedef struct sp_transport_stats {
  * backend; the backend's name is then "ofi+local" or "mpi+local"),
  * transport.provider (libfabric provider, e.g. "tcp;ofi_rxm" or "shm"; empty:
  * FI_PROVIDER or libfabric's choice), transport.max_outstanding,
- * transport.timeout, transport.progress_thread, transport.mpi_mode.
+ * transport.timeout, transport.progress_thread, transport.mpi_mode,
+ * transport.ofi_mode (rma: one-sided fi_read; msg: a tagged request answered
+ * by the owner's progress thread or polls, for providers without FI_RMA;
+ * auto: rma where the provider offers it, else msg; every executor must end
+ * up in the same mode, a key of the other mode is SP_ERR_INVALID_PARAM).
  * SP_ERR_UNSUPPORTED when no provider offers what the backend needs (message
  * names the provider and the raw code).
  *
