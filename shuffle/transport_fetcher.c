@@ -1,11 +1,13 @@
 /*
- * The shuffle over a transport. Serving: a committed data file is registered
- * with the transport for remote reads (which maps it, in chunks, shared by
- * every registration of the file); its packed key and the executor's
- * transport address (hex) go into the map status. Fetching: each
- * remote block is read one-sided at its exact offset into a buffer of its own
- * registered for the read; blocks with no address are read in place by a
- * local fetcher. Posts the transport refuses as back-pressure wait in a queue
+ * The shuffle over a transport. Serving: a committed data file, its index and
+ * its checksum file are registered with the transport for remote reads (which
+ * maps them, in chunks, shared by every registration of a file); their packed
+ * keys, as one key set, and the executor's transport address (hex) go into
+ * the map status. Fetching: each remote block of an exact status is read at
+ * its exact offset into a buffer of its own registered for the read; one of
+ * an approximate (compact) status first reads its two index entries and its
+ * checksum (two small reads), then itself. Blocks with no address are read
+ * in place by a local fetcher. Posts the transport refuses as back-pressure wait in a queue
  * and are retried from progress(). Completions carry the owner's checksum,
  * which the reader verifies.
  *
@@ -32,48 +34,117 @@
 #include <unistd.h>
 
 struct sp_served_output {
-    sp_mr_t *mr;
+    sp_mr_t *mr[3]; /* data, index, checksum */
 };
 
 static const char sp_hex[] = "0123456789abcdef";
 
+/*
+ * The key set of a served output, in the status's rkey: 'S' 'O', version 1,
+ * flags 0, u16 lengths of the data, index and checksum keys, u16 reserved,
+ * then the three keys. A status whose rkey does not start so holds the data
+ * key alone (an executor from before the key set): its exact blocks are read
+ * as ever, its approximate ones cannot be.
+ */
+#define SP_TF_KEYS_HEADER 12
+
+typedef struct sp_tf_keys {
+    const unsigned char *key[3];
+    size_t len[3];
+} sp_tf_keys_t;
+
+/* Splits a status's rkey; false when it holds no key set (an older status). */
+static bool sp_tf_keys_unpack(const unsigned char *rkey, size_t len, sp_tf_keys_t *k)
+{
+    size_t off = SP_TF_KEYS_HEADER;
+
+    if (rkey == NULL || len < SP_TF_KEYS_HEADER || rkey[0] != 'S' || rkey[1] != 'O' ||
+        rkey[2] != 1 || rkey[3] != 0)
+        return false;
+    for (int i = 0; i < 3; i++) {
+        size_t n = (size_t)rkey[4 + 2 * i] | (size_t)rkey[5 + 2 * i] << 8;
+        if (n == 0 || n > len - off)
+            return false;
+        k->key[i] = rkey + off;
+        k->len[i] = n;
+        off += n;
+    }
+    return off == len;
+}
+
+/* Registers the whole of the file at path for remote reads. */
+static sp_status_t sp_tf_serve_file(sp_transport_t *t, const char *path, off_t min, sp_mr_t **mr_p)
+{
+    struct stat sb;
+    sp_status_t st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0 || fstat(fd, &sb) != 0 || sb.st_size < min) {
+        st = SP_RAISE(SP_ERR_IO, "serve %s: cannot open it or it is too short: %s (errno %d)", path,
+                      strerror(errno), errno);
+        if (fd >= 0)
+            close(fd);
+        return st;
+    }
+    st = sp_transport_mr_reg_file(t, fd, 0, (size_t)sb.st_size, mr_p);
+    close(fd);
+    return st;
+}
+
 sp_status_t sp_map_output_serve(sp_transport_t *t, sp_map_status_t *status,
                                 sp_served_output_t **served_p)
 {
-    unsigned char addr[SP_TRANSPORT_ADDR_MAX], key[SP_TRANSPORT_RKEY_MAX];
-    size_t alen = 0, klen = 0;
+    static const size_t cap = SP_TRANSPORT_RKEY_MAX;
+    unsigned char addr[SP_TRANSPORT_ADDR_MAX];
+    const char *paths[3] = {status->data_path, status->index_path, status->checksum_path};
+    const off_t mins[3] = {SP_DATA_HEADER, SP_INDEX_HEADER, SP_CSUM_HEADER};
+    size_t alen = 0, klen = SP_TF_KEYS_HEADER;
     sp_served_output_t *s;
     unsigned char *rkey = NULL;
     char *hex = NULL;
-    struct stat sb;
-    sp_status_t st;
-    int fd;
+    sp_status_t st = SP_OK;
 
     s = sp__calloc(1, sizeof(*s));
-    if (s == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory to serve %s", status->data_path);
-    fd = open(status->data_path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &sb) != 0 || sb.st_size < SP_DATA_HEADER) {
-        st = SP_RAISE(SP_ERR_IO, "serve %s: cannot open it or it is too short: %s (errno %d)",
-                      status->data_path, strerror(errno), errno);
-        if (fd >= 0)
-            close(fd);
+    rkey = sp__malloc(SP_TF_KEYS_HEADER + 3 * cap);
+    if (s == NULL || rkey == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory to serve %s", status->data_path);
         goto err_free;
     }
-    st = sp_transport_mr_reg_file(t, fd, 0, (size_t)sb.st_size, &s->mr);
-    close(fd);
-    if (st != SP_OK)
-        goto err_free;
-    if ((st = sp_transport_mr_pack(s->mr, key, sizeof(key), &klen)) != SP_OK ||
-        (st = sp_transport_address(t, addr, sizeof(addr), &alen)) != SP_OK)
+    memset(rkey, 0, SP_TF_KEYS_HEADER);
+    rkey[0] = 'S';
+    rkey[1] = 'O';
+    rkey[2] = 1;
+    /* The index and checksum files too: approximate statuses are read through them. */
+    for (int i = 0; i < 3 && st == SP_OK; i++) {
+        size_t n = 0;
+        if (paths[i] == NULL) {
+            st = SP_RAISE(SP_ERR_INVALID_PARAM, "serve %s: the status names no %s file",
+                          status->data_path, i == 1 ? "index" : "checksum");
+            break;
+        }
+        if ((st = sp_tf_serve_file(t, paths[i], mins[i], &s->mr[i])) != SP_OK ||
+            (st = sp_transport_mr_pack(s->mr[i], rkey + klen, cap, &n)) != SP_OK)
+            break;
+        if (n > UINT16_MAX) {
+            st = SP_RAISE(SP_ERR_TOO_LARGE, "serve %s: a key of %zu bytes", paths[i], n);
+            break;
+        }
+        rkey[4 + 2 * i] = (unsigned char)n;
+        rkey[5 + 2 * i] = (unsigned char)(n >> 8);
+        klen += n;
+    }
+    if (st != SP_OK || (st = sp_transport_address(t, addr, sizeof(addr), &alen)) != SP_OK)
         goto err_dereg;
-    rkey = sp__malloc(klen);
-    hex = sp__malloc(2 * alen + 1);
-    if (rkey == NULL || hex == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for the key of %s", status->data_path);
-        goto err_strings;
+    {
+        unsigned char *shrunk = sp__realloc(rkey, klen);
+        if (shrunk != NULL)
+            rkey = shrunk;
     }
-    memcpy(rkey, key, klen);
+    hex = sp__malloc(2 * alen + 1);
+    if (hex == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for the key of %s", status->data_path);
+        goto err_dereg;
+    }
     for (size_t i = 0; i < alen; i++) {
         hex[2 * i] = sp_hex[addr[i] >> 4];
         hex[2 * i + 1] = sp_hex[addr[i] & 15];
@@ -87,12 +158,11 @@ sp_status_t sp_map_output_serve(sp_transport_t *t, sp_map_status_t *status,
     *served_p = s;
     return SP_OK;
 
-err_strings:
-    sp__free(rkey);
-    sp__free(hex);
 err_dereg:
-    sp_transport_mr_dereg(s->mr);
+    for (int i = 2; i >= 0; i--)
+        sp_transport_mr_dereg(s->mr[i]);
 err_free:
+    sp__free(rkey);
     sp__free(s);
     return st;
 }
@@ -101,13 +171,21 @@ void sp_served_output_release(sp_served_output_t *served)
 {
     if (served == NULL)
         return;
-    sp_transport_mr_dereg(served->mr);
+    for (int i = 2; i >= 0; i--)
+        sp_transport_mr_dereg(served->mr[i]);
     sp__free(served);
 }
 
 /* ---- the fetcher ---- */
 
 struct sp_tfetcher;
+
+/*
+ * What a request reads now. A block of an exact status is read at once; one
+ * of an approximate status (no offsets or checksums) reads its two index
+ * entries (where it starts and ends), then its checksum, then itself.
+ */
+typedef enum sp_tf_stage { SP_TF_DATA, SP_TF_INDEX, SP_TF_CHECKSUM } sp_tf_stage_t;
 
 typedef struct sp_tf_req {
     struct sp_tf_req *next;
@@ -122,9 +200,11 @@ typedef struct sp_tf_req {
     sp_mr_t *mr;
     uint64_t expected, offset;
     uint32_t peer;
-    const unsigned char *rkey;
-    size_t rkey_len;
+    sp_tf_keys_t keys;      /* into the block list: data, index, checksum (or the data key alone) */
     const char *index_path; /* of the map output, in the block list */
+    sp_tf_stage_t stage;
+    uint64_t shuffle_id, map_id;
+    uint32_t reduce_id;
 } sp_tf_req_t;
 
 typedef struct sp_tf_peer {
@@ -232,32 +312,54 @@ static void sp_tf_unlink_posted(sp_tfetcher_t *tf, sp_tf_req_t *r)
 }
 
 /*
- * The data file beside an index path ("x.index" -> "x.data") into buf; NULL
- * when it does not fit or the path is not an index path.
+ * The file beside an index path ("x.index" -> "x.data" with suffix ".data")
+ * into buf; NULL when it does not fit or the path is not an index path.
  */
-static const char *sp_tf_data_path(const char *index_path, char *buf, size_t cap)
+static const char *sp_tf_sibling_path(const char *index_path, const char *suffix, char *buf,
+                                      size_t cap)
 {
-    size_t n = index_path != NULL ? strlen(index_path) : 0;
+    size_t n = index_path != NULL ? strlen(index_path) : 0, sn = strlen(suffix);
 
-    if (n < 6 || n > cap || strcmp(index_path + n - 6, ".index") != 0)
+    if (n < 6 || n - 6 + sn + 1 > cap || strcmp(index_path + n - 6, ".index") != 0)
         return NULL;
     memcpy(buf, index_path, n - 6);
-    memcpy(buf + n - 6, ".data", 6);
+    memcpy(buf + n - 6, suffix, sn + 1);
     return buf;
 }
 
 /* Posts r; false when back-pressure says later. Errors complete r. */
 static bool sp_tf_post(sp_tfetcher_t *tf, sp_tf_req_t *r)
 {
-    char data_path[4096];
+    char pathbuf[4096];
+    const char *path;
+    uint64_t offset = r->offset;
+    size_t len = r->len;
+    int k = 0;
     sp_status_t st;
 
+    switch (r->stage) {
+    case SP_TF_DATA:
+        path = sp_tf_sibling_path(r->index_path, ".data", pathbuf, sizeof(pathbuf));
+        break;
+    case SP_TF_INDEX: /* offset[reduce] and offset[reduce + 1] */
+        k = 1;
+        path = r->index_path;
+        offset = SP_INDEX_HEADER + 8 * (uint64_t)r->reduce_id;
+        len = 16;
+        break;
+    case SP_TF_CHECKSUM:
+    default:
+        k = 2;
+        path = sp_tf_sibling_path(r->index_path, ".checksum", pathbuf, sizeof(pathbuf));
+        offset = SP_CSUM_HEADER + 8 * (uint64_t)r->reduce_id;
+        len = 8;
+        break;
+    }
     /* Posted and linked under the router's lock, so no poll routes r before it is linked.
-     * The data file's path lets a transport that reads files (local) open it. */
+     * The file's path lets a transport that reads files (local) open it. */
     pthread_mutex_lock(&tf->router->lock);
-    st = sp_transport_fetch_file(tf->t, r->peer, r->rkey, r->rkey_len,
-                                 sp_tf_data_path(r->index_path, data_path, sizeof(data_path)),
-                                 r->offset, r->len, r->buf, r->mr, r);
+    st = sp_transport_fetch_file(tf->t, r->peer, r->keys.key[k], r->keys.len[k], path, offset, len,
+                                 r->buf, r->mr, r);
     if (st == SP_OK) {
         r->owner = tf;
         r->prev_posted = NULL;
@@ -292,6 +394,78 @@ static void sp_tf_local_done(void *arg, size_t i, sp_status_t status, const void
     l->done(l->arg, l->index, status, data, len, expected);
 }
 
+/* Posts r, or queues it behind the others refused by back-pressure. */
+static void sp_tf_submit(sp_tfetcher_t *tf, sp_tf_req_t *r)
+{
+    if (tf->waiting != NULL || !sp_tf_post(tf, r)) {
+        r->next = NULL;
+        if (tf->waiting_tail != NULL)
+            tf->waiting_tail->next = r;
+        else
+            tf->waiting = r;
+        tf->waiting_tail = r;
+    }
+}
+
+/*
+ * An approximate block's index entries or checksum arrived: take what they
+ * say and read on. The entries come from the wire: a block that would end
+ * before it starts, or start inside the data file's header, fails the read
+ * (SP_ERR_CORRUPT); one past the data file's end is refused by the transport
+ * against the key. Errors complete r.
+ */
+static void sp_tf_advance(sp_tfetcher_t *tf, sp_tf_req_t *r)
+{
+    sp_status_t st = SP_OK;
+
+    if (r->stage == SP_TF_INDEX) {
+        uint64_t start = sp__get_le64(r->buf), end = sp__get_le64(r->buf + 8);
+
+        if (start < SP_DATA_HEADER || end < start || end - start > SIZE_MAX / 2) {
+            st = SP_RAISE(SP_ERR_CORRUPT,
+                          "block of shuffle %llu map %llu reduce %u: the index of %s says it "
+                          "spans [%llu, %llu)",
+                          (unsigned long long)r->shuffle_id, (unsigned long long)r->map_id,
+                          r->reduce_id, r->index_path, (unsigned long long)start,
+                          (unsigned long long)end);
+        } else {
+            r->offset = start;
+            r->len = (size_t)(end - start);
+            r->stage = SP_TF_CHECKSUM; /* into the same 16 bytes */
+            sp_tf_submit(tf, r);
+            return;
+        }
+    } else {
+        unsigned char *buf;
+        sp_mr_t *mr = NULL;
+
+        r->expected = sp__get_le64(r->buf);
+        buf = sp__malloc(r->len != 0 ? r->len : 1);
+        if (buf == NULL)
+            st = SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %zu bytes", r->len);
+        else if ((st = sp_transport_mr_reg(tf->t, buf, r->len != 0 ? r->len : 1, false, &mr)) !=
+                 SP_OK)
+            sp__free(buf);
+        if (st == SP_OK) {
+            sp_transport_mr_dereg(r->mr);
+            sp__free(r->buf);
+            r->buf = buf;
+            r->mr = mr;
+            r->stage = SP_TF_DATA;
+            if (r->len == 0) { /* nothing to read */
+                r->next = tf->held;
+                tf->held = r;
+                r->done(r->arg, r->index, SP_OK, r->buf, 0, r->expected);
+                return;
+            }
+            sp_tf_submit(tf, r);
+            return;
+        }
+    }
+    r->done(r->arg, r->index, st, NULL, 0, 0);
+    sp_tf_req_free(r);
+}
+
 static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *blocks, size_t n,
                                sp_fetch_done_fn_t done, void *arg)
 {
@@ -299,7 +473,9 @@ static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *bloc
 
     for (size_t i = 0; i < n; i++) {
         const sp_block_ref_t *b = &blocks[i];
+        sp_tf_keys_t keys;
         sp_tf_req_t *r;
+        size_t alloc;
         sp_status_t st;
 
         if (b->address == NULL) {
@@ -309,17 +485,24 @@ static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *bloc
                 done(arg, i, st, NULL, 0, 0);
             continue;
         }
-        if (!b->exact || b->rkey == NULL) {
+        if (b->rkey == NULL || (!b->exact && !sp_tf_keys_unpack(b->rkey, b->rkey_len, &keys))) {
             SP_RAISE(SP_ERR_UNSUPPORTED,
-                     "block of shuffle %llu map %llu reduce %u: remote reads need an exact status "
-                     "with a remote key",
+                     "block of shuffle %llu map %llu reduce %u: remote reads need a remote key, "
+                     "and for an approximate status the keys of its index and checksum files "
+                     "(served by an older executor?)",
                      (unsigned long long)b->shuffle_id, (unsigned long long)b->map_id,
                      b->reduce_id);
             done(arg, i, SP_ERR_UNSUPPORTED, NULL, 0, 0);
             continue;
         }
+        if (!sp_tf_keys_unpack(b->rkey, b->rkey_len, &keys)) {
+            keys.key[0] = b->rkey; /* the data key alone */
+            keys.len[0] = b->rkey_len;
+        }
+        /* An approximate block starts with its index entries, 16 bytes. */
+        alloc = b->exact ? (size_t)b->size : 16;
         r = sp__calloc(1, sizeof(*r));
-        if (r == NULL || (r->buf = sp__malloc(b->size != 0 ? b->size : 1)) == NULL) {
+        if (r == NULL || (r->buf = sp__malloc(alloc != 0 ? alloc : 1)) == NULL) {
             sp__free(r);
             SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %llu bytes",
                      (unsigned long long)b->size);
@@ -332,24 +515,20 @@ static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *bloc
         r->len = (size_t)b->size;
         r->expected = b->checksum;
         r->offset = b->offset;
-        r->rkey = b->rkey;
-        r->rkey_len = b->rkey_len;
+        r->keys = keys;
         r->index_path = b->index_path;
+        r->stage = b->exact ? SP_TF_DATA : SP_TF_INDEX;
+        r->shuffle_id = b->shuffle_id;
+        r->map_id = b->map_id;
+        r->reduce_id = b->reduce_id;
         if ((st = sp_tf_peer(tf, b->address, &r->peer)) != SP_OK ||
-            (st = sp_transport_mr_reg(tf->t, r->buf, r->len != 0 ? r->len : 1, false, &r->mr)) !=
+            (st = sp_transport_mr_reg(tf->t, r->buf, alloc != 0 ? alloc : 1, false, &r->mr)) !=
                 SP_OK) {
             done(arg, i, st, NULL, 0, 0);
             sp_tf_req_free(r);
             continue;
         }
-        if (tf->waiting != NULL || !sp_tf_post(tf, r)) {
-            r->next = NULL;
-            if (tf->waiting_tail != NULL)
-                tf->waiting_tail->next = r;
-            else
-                tf->waiting = r;
-            tf->waiting_tail = r;
-        }
+        sp_tf_submit(tf, r);
     }
     return SP_OK;
 }
@@ -410,6 +589,10 @@ static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
     while (list != NULL) {
         sp_tf_req_t *r = list;
         list = r->next;
+        if (r->status == SP_OK && r->stage != SP_TF_DATA) {
+            sp_tf_advance(tf, r);
+            continue;
+        }
         if (r->status != SP_OK) {
             r->done(r->arg, r->index, r->status, NULL, 0, 0);
             sp_tf_req_free(r);

@@ -34,6 +34,7 @@
 #define KEYS    400
 
 static char dir[256];
+static const char *ofi_mode = "auto"; /* transport.ofi_mode of both executors */
 
 /* Record i of map m: key "k%03u", partition from the key, value m*1e6+i. */
 static unsigned key_of(unsigned m, unsigned i) { return (m * 7919u + i * 104729u) % KEYS; }
@@ -50,6 +51,7 @@ static sp_conf_t *make_conf(const char *sub, const char *provider, bool local)
     assert_int_equal(sp_conf_set(conf, "memory.numa_bind", "false"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "shuffle.local_dirs", dirs), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.provider", provider), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "transport.ofi_mode", ofi_mode), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.timeout", local ? "3s" : "10s"), SP_OK);
     if (local) {
         assert_int_equal(sp_conf_set(conf, "transport.backend", "auto"), SP_OK);
@@ -88,6 +90,8 @@ static sp_map_status_t *write_map(sp_conf_t *conf, sp_memory_manager_t *mm, unsi
 }
 
 /* The serving executor: maps 2 and 3, served until the parent closes the pipe. */
+static bool compact; /* statuses go in the compact wire form: approximate, no offsets */
+
 static void serve(const char *provider, bool local, int to_parent, int from_parent)
 {
     sp_conf_t *conf = make_conf("child", provider, local);
@@ -105,7 +109,8 @@ static void serve(const char *provider, bool local, int to_parent, int from_pare
         size_t len = 0;
         st[m - 2] = write_map(conf, mm, m);
         if (sp_map_output_serve(t, st[m - 2], &served[m - 2]) != SP_OK ||
-            sp_map_status_serialize(st[m - 2], 100000, 0, &buf, &len) != SP_OK)
+            sp_map_status_serialize(st[m - 2], compact ? 1 : 100000, compact ? 300 : 0, &buf,
+                                    &len) != SP_OK)
             _exit(3);
         if (write(to_parent, &len, sizeof(len)) != sizeof(len) ||
             write(to_parent, buf, len) != (ssize_t)len)
@@ -213,6 +218,7 @@ static void run(const char *provider, bool local)
         assert_int_equal(sp_map_status_deserialize(buf, len, &st[i]), SP_OK);
         assert_non_null(st[i]->address);
         assert_non_null(st[i]->rkey);
+        assert_int_equal(st[i]->approximate, compact);
         free(buf);
     }
     for (uint32_t r = 0; r < PARTS; r++) {
@@ -324,12 +330,42 @@ static void test_remote_shuffle_same_host_reads_files(void **state)
     run("tcp;ofi_rxm", true);
 }
 
+/* Statuses in the compact form: each block's index entries and checksum are read first. */
+static void test_remote_shuffle_compact_statuses_tcp_rxm(void **state)
+{
+    (void)state;
+    compact = true;
+    run("tcp;ofi_rxm", false);
+    compact = false;
+}
+
+static void test_remote_shuffle_compact_statuses_shm_msg(void **state)
+{
+    (void)state;
+    compact = true;
+    ofi_mode = "msg";
+    run("shm", false);
+    ofi_mode = "auto";
+    compact = false;
+}
+
+static void test_remote_shuffle_compact_statuses_same_host(void **state)
+{
+    (void)state;
+    compact = true;
+    run("tcp;ofi_rxm", true);
+    compact = false;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_remote_shuffle_tcp_rxm),
         cmocka_unit_test(test_remote_shuffle_shm),
         cmocka_unit_test(test_remote_shuffle_same_host_reads_files),
+        cmocka_unit_test(test_remote_shuffle_compact_statuses_tcp_rxm),
+        cmocka_unit_test(test_remote_shuffle_compact_statuses_shm_msg),
+        cmocka_unit_test(test_remote_shuffle_compact_statuses_same_host),
     };
     int rc;
 
