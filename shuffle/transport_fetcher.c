@@ -570,9 +570,17 @@ static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
     sp_tf_req_t *list = NULL;
     sp_status_t st = SP_OK;
 
-    while (tf->waiting != NULL && sp_tf_post(tf, tf->waiting)) {
-        tf->waiting = tf->waiting->next;
-        if (tf->waiting == NULL)
+    /*
+     * Take each request's successor before posting it: once posted, another
+     * fetcher's poll may route its completion and reuse its next pointer (or
+     * a failed post frees it), and the rest of the queue would be lost.
+     */
+    while (tf->waiting != NULL) {
+        sp_tf_req_t *r = tf->waiting, *next = r->next;
+        if (!sp_tf_post(tf, r))
+            break;
+        tf->waiting = next;
+        if (next == NULL)
             tf->waiting_tail = NULL;
     }
     for (;;) {
