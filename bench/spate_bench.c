@@ -85,8 +85,9 @@ static void sp_bench_usage(FILE *out)
             "  --partitions N     reduce partitions (default: the job's, twice the slots)\n"
             "  --codec LIST       none, lz4, zstd (shuffle.codec; default lz4)\n"
             "  --memory LIST      memory.executor: auto (the executor's share), a size, or 1/N:\n"
-            "                     unified memory of 1/N of the data per executor, to force\n"
-            "                     spills (memory.reserved + data/N/memory.fraction; default auto)\n"
+            "                     unified memory of 1/N of what the executor's running map\n"
+            "                     tasks hold at once (its data when less), to force spills\n"
+            "                     (memory.reserved + that/N/memory.fraction; default auto)\n"
             "  --transport B      transport.backend (ofi, mpi, local, auto)\n"
             "  --provider P       transport.provider, e.g. tcp;ofi_rxm or shm\n"
             "  --executors N      local mode: executors (default 2)\n"
@@ -222,11 +223,10 @@ static int sp_bench_parse(int argc, char **argv, sp_bench_opts_t *o)
 /*
  * memory.executor for a run: "auto" gives 0 (the executor's share). "1/N"
  * sizes the executor so that its unified (execution + storage) memory, what
- * the shuffle writer may hold before it spills, is 1/N of its data:
- * memory.reserved + data / N / memory.fraction, at least 4 memory pages of
- * unified memory, with memory.reserved (*reserved_p, which the run sets)
- * lowered where needed to the 2/3 of the executor that it may take at most;
- * *spill_p tells such runs apart.
+ * the shuffle writers may hold before they spill, is 1/N of `held`, what its
+ * running map tasks hold at once: memory.reserved + held / N / memory.fraction, at least 4 memory
+ * pages of unified memory, with memory.reserved (*reserved_p, which the run sets) lowered where
+ * needed to the 2/3 of the executor that it may take at most; *spill_p tells such runs apart.
  */
 static sp_status_t sp_bench_memory(const sp_conf_t *conf, const char *spec, uint64_t per_executor,
                                    uint64_t *bytes_p, uint64_t *reserved_p, bool *spill_p)
@@ -701,7 +701,22 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
                     bool spill = false, is_driver = false;
 
                     run++;
-                    if ((st = sp_bench_memory(base, o->memories[mi], sz, &mem, &reserved,
+                    /*
+                     * A map task per slot at least, so that small sizes use every executor;
+                     * 1/N memory is of what an executor's running map tasks hold at once
+                     * (its slots' tasks, or all its data when that is less), so that every
+                     * run of a 1/N row spills whatever its size.
+                     */
+                    uint64_t maps, held;
+                    {
+                        uint32_t slots = executors;
+                        uint64_t total = sz * executors;
+                        sp_run_slots(base, executors, &slots, NULL);
+                        maps = SP_MAX((total + (64u << 20) - 1) / (64u << 20), (uint64_t)slots);
+                        held = SP_MIN(sz, total / maps * SP_MAX(slots / executors, 1u));
+                        snprintf(ms, sizeof(ms), "maps=%llu", (unsigned long long)maps);
+                    }
+                    if ((st = sp_bench_memory(base, o->memories[mi], held, &mem, &reserved,
                                               &spill)) != SP_OK ||
                         (st = sp_conf_dup(base, &conf)) != SP_OK) {
                         fprintf(stderr, "spate-bench: %s\n", sp_last_error());
@@ -712,15 +727,6 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
                     snprintf(restext, sizeof(restext), "%llu", (unsigned long long)reserved);
                     snprintf(vs, sizeof(vs), "value_size=%u", o->record_size - 10);
                     snprintf(ks, sizeof(ks), "key_size=10");
-                    /* A map task per slot at least, so that small sizes use every executor. */
-                    {
-                        uint32_t slots = executors;
-                        uint64_t total = sz * executors;
-                        sp_run_slots(conf, executors, &slots, NULL);
-                        snprintf(ms, sizeof(ms), "maps=%llu",
-                                 (unsigned long long)SP_MAX((total + (64u << 20) - 1) / (64u << 20),
-                                                            (uint64_t)slots));
-                    }
                     if (sp_conf_set(conf, "shuffle.codec", o->codecs[ci]) != SP_OK ||
                         sp_conf_set(conf, "shuffle.compress",
                                     strcmp(o->codecs[ci], "none") ? "true" : "false") != SP_OK ||
