@@ -64,7 +64,7 @@ static void sp_run_usage(FILE *out)
             "                    or mesos://zk://HOST:PORT[,...]/PATH (--executors of them)\n"
             "  --memory SIZE     memory per executor (memory.executor)\n"
             "  --cores N         worker threads per executor (executor.cores)\n"
-            "  --transport B     ofi or mpi (transport.backend)\n"
+            "  --transport B     ofi, mpi, local or auto (transport.backend)\n"
             "  --provider P      libfabric provider, e.g. tcp;ofi_rxm or shm (transport.provider)\n"
             "  --input DIR       the job's input\n"
             "  --output DIR      where the job writes part-r-NNNNN files and _SUCCESS\n"
