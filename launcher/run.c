@@ -24,8 +24,8 @@
 #include "mesos.h"
 
 #include "common_int.h"
+#include "transport/transport_int.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <mpi.h>
 #include <pthread.h>
@@ -126,23 +126,6 @@ static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret
     _exit(127);
 }
 
-/* Removes the shm provider's regions of an executor that died without closing its endpoint. */
-static void sp_run_clear_shm(pid_t pid)
-{
-    char prefix[32], path[64 + 256];
-    struct dirent *e;
-    DIR *d = opendir("/dev/shm");
-
-    if (d == NULL)
-        return;
-    snprintf(prefix, sizeof(prefix), "%ld:", (long)pid);
-    while ((e = readdir(d)) != NULL)
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0 &&
-            (size_t)snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name) < sizeof(path))
-            unlink(path);
-    closedir(d);
-}
-
 static void sp_run_reap(pid_t *pids, unsigned n)
 {
     uint64_t deadline = sp__now_ns() + 15ull * 1000000000ull;
@@ -156,7 +139,7 @@ static void sp_run_reap(pid_t *pids, unsigned n)
             int status = 0;
             if (waitpid(pids[i], &status, WNOHANG) == pids[i]) {
                 if (WIFSIGNALED(status))
-                    sp_run_clear_shm(pids[i]);
+                    sp__ofi_shm_clear((long)pids[i]); /* it died without closing its endpoint */
                 pids[i] = 0;
             } else
                 left++;
@@ -169,7 +152,7 @@ static void sp_run_reap(pid_t *pids, unsigned n)
                     sp_warn("executor pid %d did not exit; killing it", (int)pids[i]);
                     kill(pids[i], SIGKILL);
                     waitpid(pids[i], NULL, 0);
-                    sp_run_clear_shm(pids[i]);
+                    sp__ofi_shm_clear((long)pids[i]); /* it died without closing its endpoint */
                     pids[i] = 0;
                 }
             break;

@@ -187,23 +187,29 @@ static sp_ofi_t *sp_ofi(sp_transport_t *t) { return sp_container_of(t, sp_ofi_t,
  */
 static atomic_int sp_ofi_shm_opened;
 
-static void sp_ofi_shm_clear_stale(void)
+void sp__ofi_shm_clear(long pid)
 {
     char prefix[32], path[64 + 256];
     struct dirent *e;
     DIR *d;
 
-    if (atomic_fetch_add(&sp_ofi_shm_opened, 1) != 0 || (d = opendir("/dev/shm")) == NULL)
+    if ((d = opendir("/dev/shm")) == NULL)
         return;
-    snprintf(prefix, sizeof(prefix), "%ld:", (long)getpid());
+    snprintf(prefix, sizeof(prefix), "%ld:", pid);
     while ((e = readdir(d)) != NULL) {
         if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
             continue;
         if ((size_t)snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name) < sizeof(path) &&
             unlink(path) == 0)
-            sp_info("removed %s, the shared memory of a dead process that had this pid", path);
+            sp_info("removed %s, the shared memory of process %ld, which is gone", path, pid);
     }
     closedir(d);
+}
+
+static void sp_ofi_shm_clear_stale(void)
+{
+    if (atomic_fetch_add(&sp_ofi_shm_opened, 1) == 0)
+        sp__ofi_shm_clear((long)getpid());
 }
 
 static sp_status_t sp_ofi_error(sp_status_t st, const char *what, ssize_t ret)

@@ -114,6 +114,14 @@ sp_status_t sp__route_open(const sp_conf_t *conf, sp_transport_t *net, sp_transp
 extern size_t sp__mpi_count_max;
 
 /*
+ * Removes the shm provider's shared-memory regions named after pid
+ * ("PID:..." in /dev/shm): those of a process killed before it could close
+ * its endpoint. Only for a pid whose process is gone (or is this one, before
+ * its first shm endpoint).
+ */
+void sp__ofi_shm_clear(long pid);
+
+/*
  * Fills the base fields every backend shares from conf (transport.timeout,
  * transport.max_outstanding) and makes its lock and completion ring.
  * sp__transport_fini_base undoes it (after the progress thread stopped);
