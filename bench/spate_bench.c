@@ -101,19 +101,6 @@ static void sp_bench_usage(FILE *out)
             "  -h, --help         print this help\n");
 }
 
-static bool sp_bench_u32(const char *text, uint32_t min, uint32_t max, uint32_t *v_p)
-{
-    char *end;
-    unsigned long v;
-
-    errno = 0;
-    v = strtoul(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || v < min || v > max)
-        return false;
-    *v_p = (uint32_t)v;
-    return true;
-}
-
 /* Splits a comma list in place into list (at most SP_BENCH_MAX_LIST); false when too long. */
 static bool sp_bench_split(char *text, const char **list, unsigned *n_p)
 {
@@ -167,16 +154,16 @@ static int sp_bench_parse(int argc, char **argv, sp_bench_opts_t *o)
             if (!sp_bench_split(v, o->memories, &o->nmemories))
                 goto bad;
         } else if (strcmp(a, "--record-size") == 0) {
-            if (!sp_bench_u32(v, 11, 64u << 20, &o->record_size))
+            if (!sp_cli_parse_u32(v, 11, 64u << 20, &o->record_size))
                 goto bad;
         } else if (strcmp(a, "--partitions") == 0) {
-            if (!sp_bench_u32(v, 1, 1u << 24, &o->partitions))
+            if (!sp_cli_parse_u32(v, 1, 1u << 24, &o->partitions))
                 goto bad;
         } else if (strcmp(a, "--executors") == 0) {
-            if (!sp_bench_u32(v, 1, 1024, &o->executors))
+            if (!sp_cli_parse_u32(v, 1, 1024, &o->executors))
                 goto bad;
         } else if (strcmp(a, "--repeat") == 0) {
-            if (!sp_bench_u32(v, 1, 1000, &o->repeat))
+            if (!sp_cli_parse_u32(v, 1, 1000, &o->repeat))
                 goto bad;
         } else if (strcmp(a, "--transport") == 0) {
             o->transport = v;
@@ -240,7 +227,7 @@ static sp_status_t sp_bench_memory(const sp_conf_t *conf, const char *spec, uint
         *bytes_p = 0;
         return SP_OK;
     }
-    if (strncmp(spec, "1/", 2) == 0 && sp_bench_u32(spec + 2, 1, 1u << 20, &n)) {
+    if (strncmp(spec, "1/", 2) == 0 && sp_cli_parse_u32(spec + 2, 1, 1u << 20, &n)) {
         uint64_t unified;
         sp_conf_get_size(conf, "memory.reserved", &reserved);
         sp_conf_get_size(conf, "memory.page_size", &page);

@@ -3,6 +3,8 @@
 #define SPATE_CLI_H
 
 #include <spate/conf.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <spate/memory.h>
 
 /* Global options parsed before the subcommand. */
@@ -25,6 +27,9 @@ int sp_cmd_valsort(sp_cli_t *cli, int argc, char **argv);
  * SPATE_SECRET). *secret_p is malloc'ed.
  */
 sp_status_t sp_cli_secret_load(const char *file, const char *env, void **secret_p, size_t *len_p);
+
+/* A whole decimal number in [min, max] (no sign, no blanks); false otherwise. */
+bool sp_cli_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *v_p);
 
 /* Prints "spate: <message>" for the calling thread's last error; returns 1. */
 int sp_cli_fail(const char *what);

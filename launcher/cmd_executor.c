@@ -71,7 +71,7 @@ int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
 {
     const char *driver = NULL, *secret_env = "SPATE_SECRET", *secret_file = NULL;
     const char *name = getenv("SPATE_EXECUTOR_NAME");
-    unsigned index = 0, of = 1;
+    uint32_t index = 0, of = 1;
     sp__ctl_conn_t *conn = NULL;
     void *secret = NULL;
     size_t secret_len = 0;
@@ -94,12 +94,15 @@ int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
             secret_env = argv[++i];
         else if (strcmp(a, "--secret-file") == 0)
             secret_file = argv[++i];
-        else if (strcmp(a, "--index") == 0)
-            index = (unsigned)strtoul(argv[++i], NULL, 10);
-        else if (strcmp(a, "--name") == 0)
+        else if (strcmp(a, "--index") == 0 || strcmp(a, "--of") == 0) {
+            uint32_t *v = a[2] == 'i' ? &index : &of;
+            if (!sp_cli_parse_u32(argv[++i], a[2] == 'i' ? 0 : 1, 65536, v)) {
+                fprintf(stderr, "spate executor: %s '%s' is not a number from %d to 65536\n", a,
+                        argv[i], a[2] == 'i' ? 0 : 1);
+                return 2;
+            }
+        } else if (strcmp(a, "--name") == 0)
             name = argv[++i];
-        else if (strcmp(a, "--of") == 0)
-            of = (unsigned)strtoul(argv[++i], NULL, 10);
         else {
             fprintf(stderr, "spate executor: unknown option '%s' (see spate executor --help)\n", a);
             return 2;

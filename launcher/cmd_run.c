@@ -100,19 +100,6 @@ static const char *sp_run_value(int argc, char **argv, int *i, const char *opt, 
     return argv[++(*i)];
 }
 
-static bool sp_run_parse_u32(const char *text, uint32_t min, uint32_t *v_p)
-{
-    char *end;
-    unsigned long v;
-
-    errno = 0;
-    v = strtoul(text, &end, 10);
-    if (errno != 0 || end == text || *end != '\0' || v < min || v > UINT32_MAX || text[0] == '-')
-        return false;
-    *v_p = (uint32_t)v;
-    return true;
-}
-
 static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
 {
     static const struct {
@@ -152,12 +139,12 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
         if (matched)
             continue;
         if ((v = sp_run_value(argc, argv, &i, "--executors", &missing)) != NULL) {
-            if (!sp_run_parse_u32(v, 1, &o->executors) || o->executors > 1024) {
+            if (!sp_cli_parse_u32(v, 1, 1024, &o->executors)) {
                 fprintf(stderr, "spate run: --executors '%s' is not a number from 1 to 1024\n", v);
                 return 2;
             }
         } else if ((v = sp_run_value(argc, argv, &i, "--wait-executors", &missing)) != NULL) {
-            if (!sp_run_parse_u32(v, 1, &o->wait_executors) || o->wait_executors > 65536) {
+            if (!sp_cli_parse_u32(v, 1, 65536, &o->wait_executors)) {
                 fprintf(stderr,
                         "spate run: --wait-executors '%s' is not a number from 1 to 65536\n", v);
                 return 2;
@@ -172,7 +159,7 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
         } else if ((v = sp_run_value(argc, argv, &i, "--master", &missing)) != NULL) {
             o->master = v;
         } else if ((v = sp_run_value(argc, argv, &i, "--partitions", &missing)) != NULL) {
-            if (!sp_run_parse_u32(v, 1, &o->partitions) || o->partitions > (1u << 24)) {
+            if (!sp_cli_parse_u32(v, 1, 1u << 24, &o->partitions)) {
                 fprintf(stderr, "spate run: --partitions '%s' is not a number from 1 to 16777216\n",
                         v);
                 return 2;
