@@ -25,79 +25,11 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "../executor/run_test_util.h"
+
 #define REC SP__GENSORT_RECORD_SIZE
 
-typedef struct cli_run {
-    int status; /* exit code, or -1 when the command did not exit normally */
-    char *out;  /* stdout, NUL-terminated, malloc'ed */
-    char *err;  /* stderr, NUL-terminated, malloc'ed */
-} cli_run_t;
-
 static char base_dir[256];
-
-static char *slurp_stream(FILE *f)
-{
-    long len;
-    char *text;
-
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    len = ftell(f);
-    assert_true(len >= 0);
-    rewind(f);
-    text = malloc((size_t)len + 1);
-    assert_non_null(text);
-    assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
-    text[len] = '\0';
-    fclose(f);
-    return text;
-}
-
-/* Runs $SPATE_CLI with args (NULL-terminated) and collects its output. */
-static cli_run_t run_cli(const char *const *args)
-{
-    const char *cli = getenv("SPATE_CLI");
-    FILE *out = tmpfile(), *err = tmpfile();
-    char *argv[32];
-    cli_run_t run;
-    size_t n = 0;
-    int wstatus;
-    pid_t pid;
-
-    assert_non_null(cli);
-    assert_non_null(out);
-    assert_non_null(err);
-    argv[n++] = (char *)cli;
-    for (; args[n - 1] != NULL && n < 31; n++)
-        argv[n] = (char *)args[n - 1];
-    argv[n] = NULL;
-    fflush(stdout);
-    fflush(stderr);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fileno(out), STDOUT_FILENO);
-        dup2(fileno(err), STDERR_FILENO);
-        execv(cli, argv);
-        _exit(127);
-    }
-    assert_int_equal(waitpid(pid, &wstatus, 0), pid);
-    run.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
-    run.out = slurp_stream(out);
-    run.err = slurp_stream(err);
-    return run;
-}
-
-static void run_free(cli_run_t *run)
-{
-    free(run->out);
-    free(run->err);
-}
-
-static void expect_ok(cli_run_t *run, const char *what)
-{
-    if (run->status != 0)
-        fail_msg("%s: exit %d, stderr: %s", what, run->status, run->err);
-}
 
 /* The whole content of a file (*len_p bytes; NULL when it does not exist). */
 static unsigned char *slurp_file(const char *path, size_t *len_p)
@@ -222,13 +154,13 @@ static void test_cli_gensort_one_file_is_gensort(void **state)
     char dir[512], want[SP__U128_HEX_SIZE + 1];
     const char *args[] = {"gensort", "-c", "12345", dir, NULL};
     unsigned char *expect = expected_records(SP__GENSORT_V15, 0, N), *got;
-    cli_run_t run;
+    rt_run_t run;
     size_t len;
 
     (void)state;
     sub_dir(dir, sizeof(dir), "one");
-    run = run_cli(args);
-    expect_ok(&run, "gensort -c");
+    run = rt_cli(args);
+    rt_expect_ok(&run, "gensort -c");
     /* -c: the checksum alone on standard error, like gensort. */
     sp__u128_hex(sp__gensort_checksum(expect, N), want);
     strcat(want, "\n");
@@ -237,7 +169,7 @@ static void test_cli_gensort_one_file_is_gensort(void **state)
     got = slurp_parts(dir, 1, &len);
     assert_int_equal(len, (size_t)N * REC);
     assert_memory_equal(got, expect, len);
-    run_free(&run);
+    rt_free(&run);
     free(got);
     free(expect);
     clear_dir(dir);
@@ -265,13 +197,13 @@ static void test_cli_gensort_files_concatenate(void **state)
                               cases[i].files, "--threads", cases[i].threads, NULL};
         unsigned char *expect = expected_records(SP__GENSORT_V15, cases[i].start_value, cases[i].n),
                       *got;
-        cli_run_t run;
+        rt_run_t run;
         size_t len;
 
         snprintf(b, sizeof(b), "-b%s", cases[i].start);
         sub_dir(dir, sizeof(dir), "files");
-        run = run_cli(args);
-        expect_ok(&run, "gensort --files");
+        run = rt_cli(args);
+        rt_expect_ok(&run, "gensort --files");
         got = slurp_parts(dir, cases[i].k, &len);
         assert_int_equal(len, cases[i].n * REC);
         assert_memory_equal(got, expect, len);
@@ -284,7 +216,7 @@ static void test_cli_gensort_files_concatenate(void **state)
             assert_int_equal(stat(path, &sb), 0);
             assert_int_equal((size_t)sb.st_size, want * REC);
         }
-        run_free(&run);
+        rt_free(&run);
         free(got);
         free(expect);
         clear_dir(dir);
@@ -300,19 +232,19 @@ static void test_cli_gensort_start_and_layout(void **state)
                           dir,        NULL};
     sp__u128_t start = ~(sp__u128_t)0 - 455; /* wraps past 2^128 like gensort's u16 */
     unsigned char *expect = expected_records(SP__GENSORT_V12, start, N), *got;
-    cli_run_t run;
+    rt_run_t run;
     size_t len;
 
     (void)state;
     sub_dir(dir, sizeof(dir), "layout");
-    run = run_cli(args);
-    expect_ok(&run, "gensort --layout 1.2");
+    run = rt_cli(args);
+    rt_expect_ok(&run, "gensort --layout 1.2");
     got = slurp_parts(dir, 1, &len);
     assert_int_equal(len, (size_t)N * REC);
     assert_memory_equal(got, expect, len);
     assert_int_equal(got[10], 0x00);
     assert_int_equal(got[11], 0x11);
-    run_free(&run);
+    rt_free(&run);
     free(got);
     free(expect);
     clear_dir(dir);
@@ -329,26 +261,26 @@ static void test_cli_valsort_round_trip(void **state)
     const char *val_sorted[] = {"valsort", "--threads", "3", sorted_dir, NULL};
     const char *val_quiet[] = {"valsort", "-q", sorted_dir, NULL};
     unsigned char *recs;
-    cli_run_t run;
+    rt_run_t run;
     size_t len;
     char want[512];
 
     (void)state;
     sub_dir(dir, sizeof(dir), "input");
     sub_dir(sorted_dir, sizeof(sorted_dir), "sorted");
-    run = run_cli(gen_args);
-    expect_ok(&run, "gensort");
+    run = rt_cli(gen_args);
+    rt_expect_ok(&run, "gensort");
     snprintf(checksum, sizeof(checksum), "%s", run.err);
     checksum[strcspn(checksum, "\n")] = '\0';
-    run_free(&run);
+    rt_free(&run);
 
     /* Generated input is not in order. */
-    run = run_cli(val_dir);
+    run = rt_cli(val_dir);
     assert_int_equal(run.status, 1);
     assert_non_null(strstr(run.err, "First unordered record is record "));
     assert_non_null(strstr(run.err, "Records: 30000\n"));
     assert_non_null(strstr(run.err, "ERROR - there are "));
-    run_free(&run);
+    rt_free(&run);
 
     /* Sorted, split over part-r-* files like a job's output: SUCCESS, same checksum. */
     recs = slurp_parts(dir, 4, &len);
@@ -365,18 +297,18 @@ static void test_cli_valsort_round_trip(void **state)
     }
     snprintf(path, sizeof(path), "%s/_SUCCESS", sorted_dir);
     fclose(fopen(path, "wb"));
-    run = run_cli(val_sorted);
-    expect_ok(&run, "valsort of sorted records");
+    run = rt_cli(val_sorted);
+    rt_expect_ok(&run, "valsort of sorted records");
     snprintf(want, sizeof(want),
              "Records: 30000\nChecksum: %s\nDuplicate keys: 0\nSUCCESS - all records are in "
              "order\n",
              checksum);
     assert_string_equal(run.err, want);
-    run_free(&run);
-    run = run_cli(val_quiet);
+    rt_free(&run);
+    run = rt_cli(val_quiet);
     assert_int_equal(run.status, 0);
     assert_string_equal(run.err, "");
-    run_free(&run);
+    rt_free(&run);
 
     /* A duplicate key is counted, and still in order. */
     memcpy(recs + 20001 * REC, recs + 20000 * REC, SP__GENSORT_KEY_SIZE);
@@ -387,18 +319,18 @@ static void test_cli_valsort_round_trip(void **state)
         assert_int_equal(fwrite(recs + 20000 * REC, REC, 10000, f), 10000);
         fclose(f);
     }
-    run = run_cli(val_sorted);
-    expect_ok(&run, "valsort with a duplicate");
+    run = rt_cli(val_sorted);
+    rt_expect_ok(&run, "valsort with a duplicate");
     assert_non_null(strstr(run.err, "Duplicate keys: 1\n"));
-    run_free(&run);
+    rt_free(&run);
 
     /* A truncated file: exit 1 and a message naming it. */
     assert_int_equal(truncate(path, 10000 * REC - 1), 0);
-    run = run_cli(val_sorted);
+    run = rt_cli(val_sorted);
     assert_int_equal(run.status, 1);
     assert_non_null(strstr(run.err, "part-r-00002"));
     assert_non_null(strstr(run.err, "not a whole number"));
-    run_free(&run);
+    rt_free(&run);
 
     free(recs);
     clear_dir(dir);
@@ -410,26 +342,26 @@ static void test_cli_gensort_refuses_parts_it_would_not_replace(void **state)
     char dir[512], path[600];
     const char *three[] = {"gensort", "--files", "3", "300", dir, NULL};
     const char *two[] = {"gensort", "--files", "2", "300", dir, NULL};
-    cli_run_t run;
+    rt_run_t run;
     size_t len;
     unsigned char *got, *expect = expected_records(SP__GENSORT_V15, 0, 300);
 
     (void)state;
     sub_dir(dir, sizeof(dir), "stale");
-    run = run_cli(three);
-    expect_ok(&run, "gensort --files 3");
-    run_free(&run);
-    run = run_cli(two);
+    run = rt_cli(three);
+    rt_expect_ok(&run, "gensort --files 3");
+    rt_free(&run);
+    run = rt_cli(two);
     assert_int_equal(run.status, 1);
     assert_non_null(strstr(run.err, "part-00002"));
-    run_free(&run);
+    rt_free(&run);
     /* Nothing was touched, and the same run again replaces its files. */
     got = slurp_parts(dir, 3, &len);
     assert_memory_equal(got, expect, 300 * REC);
     free(got);
-    run = run_cli(three);
-    expect_ok(&run, "gensort --files 3 again");
-    run_free(&run);
+    run = rt_cli(three);
+    rt_expect_ok(&run, "gensort --files 3 again");
+    rt_free(&run);
     got = slurp_parts(dir, 3, &len);
     assert_int_equal(len, 300 * REC);
     assert_memory_equal(got, expect, len);
@@ -439,10 +371,10 @@ static void test_cli_gensort_refuses_parts_it_would_not_replace(void **state)
     snprintf(path, sizeof(path), "%s/part-00000", dir);
     {
         const char *args[] = {"gensort", "10", path, NULL};
-        run = run_cli(args);
+        run = rt_cli(args);
         assert_int_equal(run.status, 1);
         assert_non_null(strstr(run.err, "spate gensort:"));
-        run_free(&run);
+        rt_free(&run);
     }
     free(expect);
     clear_dir(dir);
@@ -452,18 +384,18 @@ static void test_cli_gensort_help(void **state)
 {
     static const char *const gen[] = {"gensort", "--help", NULL};
     static const char *const val[] = {"valsort", "-h", NULL};
-    cli_run_t run;
+    rt_run_t run;
 
     (void)state;
-    run = run_cli(gen);
+    run = rt_cli(gen);
     assert_int_equal(run.status, 0);
     assert_non_null(strstr(run.out, "usage: spate gensort"));
     assert_non_null(strstr(run.out, "--files K"));
-    run_free(&run);
-    run = run_cli(val);
+    rt_free(&run);
+    run = rt_cli(val);
     assert_int_equal(run.status, 0);
     assert_non_null(strstr(run.out, "usage: spate valsort"));
-    run_free(&run);
+    rt_free(&run);
 }
 
 static void test_cli_gensort_bad_arguments(void **state)
@@ -489,19 +421,19 @@ static void test_cli_gensort_bad_arguments(void **state)
         {"valsort", "-x", dir, NULL},
         {"valsort", dir, dir, NULL},
     };
-    cli_run_t run;
+    rt_run_t run;
 
     (void)state;
     sub_dir(dir, sizeof(dir), "bad");
     for (size_t i = 0; i < SP_ARRAY_SIZE(bad); i++) {
         char prefix[32];
-        run = run_cli(bad[i]);
+        run = rt_cli(bad[i]);
         if (run.status != 2)
             fail_msg("case %zu (%s %s) exited %d: %s", i, bad[i][0], bad[i][1] ? bad[i][1] : "",
                      run.status, run.err);
         snprintf(prefix, sizeof(prefix), "spate %s:", bad[i][0]);
         assert_non_null(strstr(run.err, prefix));
-        run_free(&run);
+        rt_free(&run);
     }
     /* Nothing was created by a refused command line. */
     assert_int_equal(access(dir, F_OK), -1);
@@ -510,27 +442,27 @@ static void test_cli_gensort_bad_arguments(void **state)
     sub_dir(missing, sizeof(missing), "nothing-here");
     {
         const char *args[] = {"valsort", missing, NULL};
-        run = run_cli(args);
+        run = rt_cli(args);
         assert_int_equal(run.status, 1);
         assert_non_null(strstr(run.err, "nothing-here"));
-        run_free(&run);
+        rt_free(&run);
         assert_int_equal(mkdir(missing, 0700), 0);
-        run = run_cli(args);
+        run = rt_cli(args);
         assert_int_equal(run.status, 1);
         assert_non_null(strstr(run.err, "no part-r-* or part-* files"));
-        run_free(&run);
+        rt_free(&run);
     }
     /* Part files with no records: valsort's "at least one record". */
     {
         const char *gen[] = {"gensort", "0", missing, NULL};
         const char *val[] = {"valsort", missing, NULL};
-        run = run_cli(gen);
-        expect_ok(&run, "gensort 0");
-        run_free(&run);
-        run = run_cli(val);
+        run = rt_cli(gen);
+        rt_expect_ok(&run, "gensort 0");
+        rt_free(&run);
+        run = rt_cli(val);
         assert_int_equal(run.status, 1);
         assert_non_null(strstr(run.err, "at least one record"));
-        run_free(&run);
+        rt_free(&run);
     }
     clear_dir(missing);
 }
