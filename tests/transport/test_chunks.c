@@ -19,6 +19,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include "pipe_util.h"
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -70,12 +72,6 @@ static int write_file(const char *path, unsigned file, size_t len)
         _exit(3);
     free(buf);
     return fd;
-}
-
-static void write_all(int fd, const void *buf, size_t len)
-{
-    if (write(fd, buf, len) != (ssize_t)len)
-        _exit(5);
 }
 
 static void send_key(int to, const sp_mr_t *mr)
@@ -154,17 +150,6 @@ static struct reader {
     unsigned char *dest;
     sp_mr_t *dest_mr;
 } g;
-
-static void read_all(int fd, void *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
-}
 
 static int setup(const char *provider)
 {

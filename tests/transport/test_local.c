@@ -15,6 +15,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include "pipe_util.h"
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -53,23 +55,6 @@ static sp_conf_t *local_conf(void)
         sp_conf_set(conf, "transport.max_outstanding", "16") != SP_OK)
         return NULL;
     return conf;
-}
-
-static void write_all(int fd, const void *buf, size_t len)
-{
-    if (write(fd, buf, len) != (ssize_t)len)
-        _exit(5);
-}
-
-static void read_all(int fd, void *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
 }
 
 /* The owner: writes, maps and serves the file until the pipe closes. */

@@ -13,6 +13,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include "pipe_util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -36,22 +38,6 @@ static sp_conf_t *conf_for(const char *provider, const char *timeout)
     assert_int_equal(sp_conf_set(conf, "transport.timeout", timeout), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.max_outstanding", "16"), SP_OK);
     return conf;
-}
-
-static void write_all(int fd, const void *buf, size_t len)
-{
-    assert_int_equal(write(fd, buf, len), (ssize_t)len);
-}
-
-static void read_all(int fd, void *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
 }
 
 /* The server: serve REGION bytes until the parent closes the pipe. */

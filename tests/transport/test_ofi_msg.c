@@ -18,6 +18,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include "pipe_util.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -65,18 +67,8 @@ typedef struct card {
     blob_t addr, key, fkey;
 } card_t;
 
-static void write_all(int fd, const void *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n <= 0)
-            _exit(20);
-        buf = (const char *)buf + n;
-        len -= (size_t)n;
-    }
-}
-
-static bool read_all(int fd, void *buf, size_t len)
+/* In a child: reads exactly len bytes; false when the parent is gone. */
+static bool read_whole(int fd, void *buf, size_t len)
 {
     while (len > 0) {
         ssize_t n = read(fd, buf, len);
@@ -256,7 +248,7 @@ static void child(const char *provider, const char *mode, int to_parent, int fro
               SP_OK);
         write_all(to_parent, &mine, sizeof(mine));
     }
-    CHECK(read_all(from_parent, p.cards, sizeof(p.cards)));
+    CHECK(read_whole(from_parent, p.cards, sizeof(p.cards)));
     for (int o = 0; o < NPROC; o++) {
         if (o != me)
             CHECK(sp_transport_add_peer(p.t, p.cards[o].addr.bytes, p.cards[o].addr.len,
@@ -272,7 +264,7 @@ static void child(const char *provider, const char *mode, int to_parent, int fro
     }
     write_all(to_parent, "o", 1);
     /* Keep serving (the progress thread answers) until the parent says what next. */
-    CHECK(read_all(from_parent, &c, 1));
+    CHECK(read_whole(from_parent, &c, 1));
     {
         /* Everyone has read from us by now, by request in msg mode. */
         sp_transport_stats_t s;
@@ -290,7 +282,7 @@ static void child(const char *provider, const char *mode, int to_parent, int fro
         CHECK(time(NULL) - t0 <= 10);
         CHECK(strstr(sp_last_error(), "peer 0") != NULL);
         write_all(to_parent, "f", 1);
-        CHECK(read_all(from_parent, &c, 1));
+        CHECK(read_whole(from_parent, &c, 1));
     }
     sp_transport_mr_dereg(p.dest_mr);
     sp_transport_mr_dereg(fmr);
@@ -362,12 +354,12 @@ static void run(const char *provider, const char *mode)
         close(down[i][0]);
     }
     for (int i = 0; i < NPROC; i++)
-        if (!read_all(up[i][0], &cards[i], sizeof(cards[i])))
+        if (!read_whole(up[i][0], &cards[i], sizeof(cards[i])))
             give_up("failed before it published its address", i);
     for (int i = 0; i < NPROC; i++)
         write_all(down[i][1], cards, sizeof(cards));
     for (int i = 0; i < NPROC; i++) {
-        if (!read_all(up[i][0], &c, 1))
+        if (!read_whole(up[i][0], &c, 1))
             give_up("failed its reads", i);
         assert_int_equal(c, 'o');
     }
@@ -377,7 +369,7 @@ static void run(const char *provider, const char *mode)
     pids[0] = 0;
     write_all(down[1][1], "k", 1);
     write_all(down[2][1], "q", 1);
-    if (!read_all(up[1][0], &c, 1))
+    if (!read_whole(up[1][0], &c, 1))
         give_up("did not see the read from the killed process fail", 1);
     assert_int_equal(c, 'f');
     write_all(down[1][1], "q", 1);

@@ -22,6 +22,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include "pipe_util.h"
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -145,17 +147,6 @@ static void serve(const char *provider, int to_parent, int from_parent)
     sp_memory_manager_destroy(mm);
     sp_conf_destroy(conf);
     _exit(0);
-}
-
-static void read_all(int fd, void *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
 }
 
 static int remote_setup(const char *provider)

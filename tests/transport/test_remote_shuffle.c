@@ -20,6 +20,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+
+#include "pipe_util.h"
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -136,17 +138,6 @@ static void serve(const char *provider, bool local, int to_parent, int from_pare
     sp_memory_manager_destroy(mm);
     sp_conf_destroy(conf);
     _exit(0);
-}
-
-static void read_all(int fd, void *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n = read(fd, (char *)buf + got, len - got);
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
 }
 
 static size_t sum_combine(void *arg, const void *key, size_t klen, const void *a, size_t alen,
