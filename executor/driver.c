@@ -597,9 +597,8 @@ static bool sp_drv_maps_complete(const sp__driver_t *d)
 }
 
 /* A pending task of stage for executor e; pass 0 takes only tasks e is preferred for. */
-static int64_t sp_drv_pick(sp__driver_t *d, int stage, uint32_t e, int pass)
+static int64_t sp_drv_pick(sp__driver_t *d, int stage, uint32_t e, int pass, uint32_t alive)
 {
-    uint32_t alive = sp_drv_ready_count(d);
     int64_t fallback = -1;
 
     for (uint32_t i = 0; i < d->ntasks[stage]; i++) {
@@ -650,6 +649,7 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
 
 static sp_status_t sp_drv_schedule(sp__driver_t *d)
 {
+    uint32_t alive;
     int stage;
     sp_status_t st;
 
@@ -661,11 +661,12 @@ static sp_status_t sp_drv_schedule(sp__driver_t *d)
         stage = SP_STAGE_REDUCE;
     if (stage == SP_STAGE_REDUCE && !d->preferred_valid)
         sp_drv_compute_preferred(d);
+    alive = sp_drv_ready_count(d);
     for (int pass = stage == SP_STAGE_REDUCE ? 0 : 1; pass < 2; pass++)
         for (uint32_t e = 0; e < d->nexecs; e++) {
             sp_dexec_t *x = &d->execs[e];
             while (x->state == SP_DEXEC_READY && x->busy < x->rep.slots) {
-                int64_t i = sp_drv_pick(d, stage, e, pass);
+                int64_t i = sp_drv_pick(d, stage, e, pass, alive);
                 if (i < 0)
                     break;
                 if ((st = sp_drv_launch(d, stage, (uint32_t)i, e)) != SP_OK)
@@ -946,13 +947,27 @@ static sp_status_t sp_drv_plan(sp__driver_t *d)
                                                   d->plan.partitions);
 }
 
+/* Copies every executor's report into the run's report. */
+static void sp_drv_snapshot(sp__driver_t *d)
+{
+    sp__executor_report_t *x =
+        sp__realloc(d->rep.executors, (d->nexecs + 1) * sizeof(*d->rep.executors));
+
+    if (x == NULL) {
+        d->rep.nexecutors = 0; /* the report goes without them */
+        return;
+    }
+    d->rep.executors = x;
+    d->rep.nexecutors = d->nexecs;
+    for (uint32_t e = 0; e < d->nexecs; e++)
+        x[e] = d->execs[e].rep;
+}
+
 static void sp_drv_progress(sp__driver_t *d, bool final)
 {
     if (d->o.progress == NULL)
         return;
-    d->rep.nexecutors = d->nexecs;
-    for (uint32_t e = 0; e < d->nexecs && d->rep.executors != NULL; e++)
-        d->rep.executors[e] = d->execs[e].rep;
+    sp_drv_snapshot(d);
     d->o.progress(d->o.progress_arg, &d->rep, final);
 }
 
@@ -1015,7 +1030,6 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
         if ((st = sp_drv_step(d, 100)) != SP_OK)
             goto out;
     }
-    d->rep.executors = sp__calloc(1, sizeof(*d->rep.executors));
     for (;;) {
         uint64_t now;
         if (d->sampling && d->rep.stages[SP_STAGE_SAMPLE].done == d->ntasks[SP_STAGE_SAMPLE] &&
@@ -1034,19 +1048,12 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
         sp_drv_fault_hook(d);
         now = sp__now_ns();
         if (now >= next_progress) {
-            free(d->rep.executors);
-            d->rep.executors = sp__calloc(d->nexecs + 1, sizeof(*d->rep.executors));
             sp_drv_progress(d, false);
             next_progress = now + 200000000ull;
         }
     }
     sp_drv_result(d);
-    if (d->o.progress != NULL) {
-        /* The last stage's line, before finish() prints what it checked. */
-        free(d->rep.executors);
-        d->rep.executors = sp__calloc(d->nexecs + 1, sizeof(*d->rep.executors));
-        sp_drv_progress(d, false);
-    }
+    sp_drv_progress(d, false); /* the last stage's line, before finish() prints its check */
     if (p->output != NULL && (st = sp__output_publish(p->output, d->plan.partitions)) != SP_OK)
         goto out;
     if (d->o.job->finish != NULL && (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
@@ -1069,11 +1076,7 @@ out:
             SP_RAISE(st, "%s", msg);
     }
     d->rep.end_ns = sp__now_ns();
-    free(d->rep.executors);
-    d->rep.nexecutors = d->nexecs;
-    d->rep.executors = sp__calloc(d->nexecs + 1, sizeof(*d->rep.executors));
-    for (uint32_t e = 0; e < d->nexecs && d->rep.executors != NULL; e++)
-        d->rep.executors[e] = d->execs[e].rep;
+    sp_drv_snapshot(d);
     if (d->o.progress != NULL)
         d->o.progress(d->o.progress_arg, &d->rep, true);
     *report = d->rep;
