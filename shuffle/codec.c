@@ -15,8 +15,16 @@
  * (64 KiB staging for raw bytes, one LZ4 block's worst case, or zstd's
  * recommended stream output size) and calls the sink only when that buffer
  * is full or the segment ends, so records written a few bytes at a time
- * still reach the file in large writes. Input is fed to LZ4 in 64 KiB
- * pieces so that the output buffer stays bounded by one block.
+ * still reach the file in large writes; raw writes of 4 KiB or more (the
+ * writer's staged records) go to the sink as they are.
+ *
+ * LZ4 frames are written here, not by LZ4F: 64 KiB independent blocks, each
+ * compressed with LZ4's block API or stored raw (the frame format's
+ * uncompressed block) when compression does not pay, so any LZ4 frame
+ * decoder reads them. Random values, as in TeraSort's or the synthetic
+ * job's records, do not compress; after a block that fails to shrink by
+ * 1/8 the encoder stores the next blocks raw without trying, for a backoff
+ * that doubles per miss up to 4 MiB, and tries again after it.
  *
  * Decoding is pull-based over an in-memory input (a fetched block or a
  * mapped file range) that may hold several concatenated frames. The input
@@ -31,17 +39,42 @@
  * segments; tasks keep one of each.
  */
 #include "codec.h"
+#include "shuffle_int.h"
 
 #include <string.h>
 
 #define LZ4F_STATIC_LINKING_ONLY
 #include <isa-l/crc.h>
+#include <lz4.h>
 #include <lz4frame.h>
 #include <zstd.h>
 #include <zstd_errors.h>
 
 /* Input fed to LZ4 per call: one 64 KiB block, so output stays bounded. */
 #define SP_CODEC_CHUNK ((size_t)64 * 1024)
+/* Writes at least this long bypass the raw (codec none) staging buffer. */
+#define SP_CODEC_NONE_DIRECT ((size_t)4096)
+/*
+ * LZ4 frame format (lz4_Frame_format.md): magic, FLG = version 01 with
+ * independent blocks and no checksums, BD = 64 KiB blocks, then a header
+ * checksum byte; each block has a little-endian 32-bit size whose top bit
+ * marks it stored uncompressed; a zero size ends the frame.
+ */
+#define SP_LZ4_MAGIC   0x184D2204u
+#define SP_LZ4_FLG     0x60
+#define SP_LZ4_BD      0x40
+#define SP_LZ4_HEADER  7
+#define SP_LZ4_RAW_BIT 0x80000000u
+/*
+ * Adaptive compression: a block that LZ4 does not shrink by at least
+ * 1/SP_LZ4_MIN_GAIN is a miss, and after a miss the next `backoff` blocks
+ * are stored raw without trying, backoff doubling per consecutive miss up
+ * to SP_LZ4_BACKOFF_MAX blocks (4 MiB): incompressible data costs about
+ * one trial per 4 MiB instead of a failed compression of every byte.
+ */
+#define SP_LZ4_MIN_GAIN    8
+#define SP_LZ4_BACKOFF_MAX 64
+#define SP_LZ4_PROBE_MIN   ((size_t)1024)
 /* Largest zstd window a decoder accepts (128 MiB of history). */
 #define SP_CODEC_ZSTD_WINDOW_LOG_MAX 27
 #define SP_CODEC_ZSTD_LEVEL_MAX      19
@@ -57,9 +90,12 @@ struct sp_encoder {
     uint64_t encoded;   /* bytes the sink received for this segment */
     unsigned char *buf; /* staging (none) or compressed output not yet sunk */
     size_t buf_cap, buf_len;
-    LZ4F_cctx *lz4;
-    LZ4F_preferences_t lz4_prefs;
-    size_t lz4_bound; /* room one update of SP_CODEC_CHUNK, or the end, needs */
+    void *lz4_state;        /* LZ4_compress_fast_extState's state */
+    unsigned char *lz4_blk; /* input of the LZ4 block being filled */
+    size_t lz4_blk_len;
+    size_t lz4_bound;     /* room one block, its size and the end mark need */
+    uint32_t lz4_skip;    /* blocks still to store raw without trying */
+    uint32_t lz4_backoff; /* blocks to skip after the next miss */
     ZSTD_CCtx *zstd;
 };
 
@@ -166,12 +202,8 @@ sp_status_t sp__encoder_create(sp_codec_t codec, int level, sp_encoder_t **enc_p
     switch (codec) {
     case SP_CODEC_NONE: enc->buf_cap = SP_CODEC_CHUNK; break;
     case SP_CODEC_LZ4:
-        enc->lz4_prefs.frameInfo.blockSizeID = LZ4F_max64KB;
-        enc->lz4_prefs.frameInfo.blockMode = LZ4F_blockLinked;
-        enc->lz4_prefs.frameInfo.contentChecksumFlag = LZ4F_noContentChecksum;
-        enc->lz4_bound = SP_MAX(LZ4F_compressBound(SP_CODEC_CHUNK, &enc->lz4_prefs),
-                                LZ4F_compressBound(0, &enc->lz4_prefs));
-        enc->buf_cap = LZ4F_HEADER_SIZE_MAX + enc->lz4_bound;
+        enc->lz4_bound = 4 + (size_t)LZ4_COMPRESSBOUND(SP_CODEC_CHUNK) + 4;
+        enc->buf_cap = SP_LZ4_HEADER + enc->lz4_bound;
         break;
     case SP_CODEC_ZSTD: enc->buf_cap = ZSTD_CStreamOutSize(); break;
     }
@@ -182,17 +214,17 @@ sp_status_t sp__encoder_create(sp_codec_t codec, int level, sp_encoder_t **enc_p
         goto err_free_enc;
     }
     if (codec == SP_CODEC_LZ4) {
-        r = LZ4F_createCompressionContext(&enc->lz4, LZ4F_VERSION);
-        if (LZ4F_isError(r)) {
-            st = SP_RAISE(SP_ERR_NOMEM, "create an LZ4 compression context: LZ4 error %s",
-                          LZ4F_getErrorName(r));
-            goto err_free_buf;
+        enc->lz4_state = sp__malloc((size_t)LZ4_sizeofState());
+        enc->lz4_blk = sp__malloc(SP_CODEC_CHUNK);
+        if (enc->lz4_state == NULL || enc->lz4_blk == NULL) {
+            st = SP_RAISE(SP_ERR_NOMEM, "no memory for the LZ4 state and block of an encoder");
+            goto err_free_lz4;
         }
     } else if (codec == SP_CODEC_ZSTD) {
         enc->zstd = ZSTD_createCCtx();
         if (enc->zstd == NULL) {
             st = SP_RAISE(SP_ERR_NOMEM, "no memory for a zstd compression context");
-            goto err_free_buf;
+            goto err_free_lz4;
         }
         r = ZSTD_CCtx_setParameter(enc->zstd, ZSTD_c_compressionLevel,
                                    level != 0 ? level : ZSTD_CLEVEL_DEFAULT);
@@ -208,7 +240,9 @@ sp_status_t sp__encoder_create(sp_codec_t codec, int level, sp_encoder_t **enc_p
 
 err_free_zstd:
     ZSTD_freeCCtx(enc->zstd);
-err_free_buf:
+err_free_lz4:
+    sp__free(enc->lz4_state);
+    sp__free(enc->lz4_blk);
     sp__free(enc->buf);
 err_free_enc:
     sp__free(enc);
@@ -219,8 +253,8 @@ void sp__encoder_destroy(sp_encoder_t *enc)
 {
     if (enc == NULL)
         return;
-    if (enc->lz4 != NULL)
-        LZ4F_freeCompressionContext(enc->lz4);
+    sp__free(enc->lz4_state);
+    sp__free(enc->lz4_blk);
     ZSTD_freeCCtx(enc->zstd);
     sp__free(enc->buf);
     sp__free(enc);
@@ -235,6 +269,7 @@ void sp__encoder_begin(sp_encoder_t *enc, sp_sink_fn_t sink, void *arg)
     enc->started = false;
     enc->encoded = 0;
     enc->buf_len = 0;
+    enc->lz4_blk_len = 0;
     /* Drops whatever a segment abandoned after an error left in the context. */
     if (enc->codec == SP_CODEC_ZSTD)
         (void)ZSTD_CCtx_reset(enc->zstd, ZSTD_reset_session_only);
@@ -266,7 +301,8 @@ static sp_status_t sp_enc_none_write(sp_encoder_t *enc, const unsigned char *p, 
 {
     sp_status_t st;
 
-    if (len <= enc->buf_cap - enc->buf_len) {
+    /* Large writes come staged already: the sink gets them as they are. */
+    if (len < SP_CODEC_NONE_DIRECT && len <= enc->buf_cap - enc->buf_len) {
         memcpy(enc->buf + enc->buf_len, p, len);
         enc->buf_len += len;
         return SP_OK;
@@ -274,42 +310,98 @@ static sp_status_t sp_enc_none_write(sp_encoder_t *enc, const unsigned char *p, 
     st = sp_enc_flush(enc);
     if (st != SP_OK)
         return st;
-    if (len >= enc->buf_cap)
+    if (len >= SP_CODEC_NONE_DIRECT)
         return sp_enc_emit(enc, p, len);
     memcpy(enc->buf, p, len);
     enc->buf_len = len;
     return SP_OK;
 }
 
+/* The frame header for SP_LZ4_FLG/SP_LZ4_BD, at the front of the buffer. */
+static void sp_enc_lz4_begin(sp_encoder_t *enc)
+{
+    unsigned char *h = enc->buf + enc->buf_len;
+
+    sp__put_le32(h, SP_LZ4_MAGIC);
+    h[4] = SP_LZ4_FLG;
+    h[5] = SP_LZ4_BD;
+    h[6] = (unsigned char)(XXH32(h + 4, 2, 0) >> 8);
+    enc->buf_len += SP_LZ4_HEADER;
+    enc->started = true;
+}
+
+/*
+ * Appends one block of len <= SP_CODEC_CHUNK input bytes: compressed when
+ * that is tried and shrinks it, else stored raw (see SP_LZ4_MIN_GAIN).
+ */
+static sp_status_t sp_enc_lz4_block(sp_encoder_t *enc, const unsigned char *p, size_t len)
+{
+    unsigned char *out;
+    sp_status_t st;
+    bool hit;
+    int n = 0;
+
+    if (enc->buf_cap - enc->buf_len < enc->lz4_bound) {
+        st = sp_enc_flush(enc);
+        if (st != SP_OK)
+            return st;
+    }
+    out = enc->buf + enc->buf_len;
+    if (enc->lz4_skip > 0) {
+        enc->lz4_skip--;
+    } else {
+        /* 0 (does not fit in len - 1 bytes) is a miss like a poor ratio. */
+        n = LZ4_compress_fast_extState(enc->lz4_state, (const char *)p, (char *)out + 4, (int)len,
+                                       (int)len - 1, 1);
+        hit = n > 0 && (size_t)n <= len - len / SP_LZ4_MIN_GAIN;
+        /* A short tail says little about the data: it leaves the backoff as it is. */
+        if (hit) {
+            enc->lz4_backoff = 0;
+        } else if (len >= SP_LZ4_PROBE_MIN) {
+            enc->lz4_backoff = SP_MIN(SP_MAX(enc->lz4_backoff * 2, 1u), SP_LZ4_BACKOFF_MAX);
+            enc->lz4_skip = enc->lz4_backoff;
+        }
+    }
+    if (n > 0) {
+        sp__put_le32(out, (uint32_t)n);
+        enc->buf_len += 4 + (size_t)n;
+    } else {
+        sp__put_le32(out, (uint32_t)len | SP_LZ4_RAW_BIT);
+        memcpy(out + 4, p, len);
+        enc->buf_len += 4 + len;
+    }
+    return SP_OK;
+}
+
 static sp_status_t sp_enc_lz4_write(sp_encoder_t *enc, const unsigned char *p, size_t len)
 {
     sp_status_t st;
-    size_t n;
 
-    if (!enc->started) {
-        /* The header stays in the buffer and goes out with the first block. */
-        n = LZ4F_compressBegin(enc->lz4, enc->buf, enc->buf_cap, &enc->lz4_prefs);
-        if (LZ4F_isError(n))
-            return sp_codec_lz4_error(n, SP_ERR_INTERNAL, "begin an LZ4 frame", 0);
-        enc->buf_len = n;
-        enc->started = true;
-    }
+    if (!enc->started)
+        sp_enc_lz4_begin(enc);
     while (len > 0) {
-        size_t chunk = SP_MIN(len, SP_CODEC_CHUNK);
+        size_t n;
 
-        if (enc->buf_cap - enc->buf_len < enc->lz4_bound) {
-            st = sp_enc_flush(enc);
+        /* Whole blocks of input go in place; the rest fills lz4_blk. */
+        if (enc->lz4_blk_len == 0 && len >= SP_CODEC_CHUNK) {
+            st = sp_enc_lz4_block(enc, p, SP_CODEC_CHUNK);
             if (st != SP_OK)
                 return st;
+            p += SP_CODEC_CHUNK;
+            len -= SP_CODEC_CHUNK;
+            continue;
         }
-        n = LZ4F_compressUpdate(enc->lz4, enc->buf + enc->buf_len, enc->buf_cap - enc->buf_len, p,
-                                chunk, NULL);
-        if (LZ4F_isError(n))
-            return sp_codec_lz4_error(n, SP_ERR_INTERNAL, "compress into an LZ4 frame",
-                                      (size_t)enc->encoded + enc->buf_len);
-        enc->buf_len += n;
-        p += chunk;
-        len -= chunk;
+        n = SP_MIN(len, SP_CODEC_CHUNK - enc->lz4_blk_len);
+        memcpy(enc->lz4_blk + enc->lz4_blk_len, p, n);
+        enc->lz4_blk_len += n;
+        p += n;
+        len -= n;
+        if (enc->lz4_blk_len == SP_CODEC_CHUNK) {
+            st = sp_enc_lz4_block(enc, enc->lz4_blk, SP_CODEC_CHUNK);
+            if (st != SP_OK)
+                return st;
+            enc->lz4_blk_len = 0;
+        }
     }
     return SP_OK;
 }
@@ -317,20 +409,23 @@ static sp_status_t sp_enc_lz4_write(sp_encoder_t *enc, const unsigned char *p, s
 static sp_status_t sp_enc_lz4_end(sp_encoder_t *enc)
 {
     sp_status_t st;
-    size_t n;
 
     if (!enc->started)
         return SP_OK;
-    if (enc->buf_cap - enc->buf_len < enc->lz4_bound) {
+    if (enc->lz4_blk_len > 0) {
+        st = sp_enc_lz4_block(enc, enc->lz4_blk, enc->lz4_blk_len);
+        if (st != SP_OK)
+            return st;
+        enc->lz4_blk_len = 0;
+    }
+    /* sp_enc_lz4_block left room for the end mark. */
+    if (enc->buf_cap - enc->buf_len < 4) {
         st = sp_enc_flush(enc);
         if (st != SP_OK)
             return st;
     }
-    n = LZ4F_compressEnd(enc->lz4, enc->buf + enc->buf_len, enc->buf_cap - enc->buf_len, NULL);
-    if (LZ4F_isError(n))
-        return sp_codec_lz4_error(n, SP_ERR_INTERNAL, "end an LZ4 frame",
-                                  (size_t)enc->encoded + enc->buf_len);
-    enc->buf_len += n;
+    sp__put_le32(enc->buf + enc->buf_len, 0);
+    enc->buf_len += 4;
     return sp_enc_flush(enc);
 }
 

@@ -8,7 +8,9 @@
  * and up to 5 MiB, written in random chunks from 1 byte to 200 KiB, and
  * decoded with output caps down to 1 byte. The encoded length reported must
  * be what the sink received, an empty segment must be 0 bytes, and small
- * writes must still reach the sink in large pieces.
+ * writes must still reach the sink in large pieces. LZ4 frames are walked
+ * block by block: random input is stored raw, compressible input compressed
+ * (after the encoder's backoff when random input came before it).
  *
  * Damaged input must never crash or write outside its buffers (the inputs
  * are copied into exact-size allocations so that ASan sees any overrun):
@@ -253,7 +255,17 @@ static void test_codec_round_trip_every_size(void **state)
                 size_t len = sizes[i];
                 unsigned char *in = make_input(len, compressible, &rng);
                 sink_t sink = {0};
-                uint64_t encoded = encode_segment(enc, &sink, in, len, &rng);
+                sp_encoder_t *fresh = NULL;
+                uint64_t encoded;
+
+                /*
+                 * LZ4 goes on storing blocks raw for a while after random
+                 * input: the ratio is checked on a fresh encoder.
+                 */
+                if (compressible)
+                    assert_int_equal(sp__encoder_create(codec, 0, &fresh), SP_OK);
+                encoded = encode_segment(fresh != NULL ? fresh : enc, &sink, in, len, &rng);
+                sp__encoder_destroy(fresh);
 
                 if (len == 0) {
                     assert_int_equal(encoded, 0);
@@ -277,6 +289,111 @@ static void test_codec_round_trip_every_size(void **state)
         sp__decoder_destroy(dec);
         sp__encoder_destroy(enc);
     }
+}
+
+/* The blocks of one LZ4 frame (lz4_Frame_format.md) at f[0..len). */
+typedef struct lz4_blocks {
+    size_t raw, compressed;
+    size_t first_compressed; /* index of the first compressed block; SIZE_MAX if none */
+} lz4_blocks_t;
+
+static lz4_blocks_t walk_lz4_frame(const unsigned char *f, size_t len)
+{
+    lz4_blocks_t b = {0, 0, SIZE_MAX};
+    size_t pos = 7;
+
+    assert_true(len >= 11);
+    assert_int_equal(f[0] | f[1] << 8 | f[2] << 16 | (uint32_t)f[3] << 24, 0x184D2204u);
+    assert_int_equal(f[4], 0x60); /* version 01, independent blocks, no checksums */
+    assert_int_equal(f[5], 0x40); /* 64 KiB blocks */
+    assert_int_equal(f[6], (unsigned char)(XXH32(f + 4, 2, 0) >> 8));
+    for (;;) {
+        uint32_t word;
+        size_t size;
+
+        assert_true(pos + 4 <= len);
+        word = f[pos] | f[pos + 1] << 8 | f[pos + 2] << 16 | (uint32_t)f[pos + 3] << 24;
+        pos += 4;
+        if (word == 0)
+            break;
+        size = word & 0x7FFFFFFFu;
+        assert_true(size > 0 && size <= 64 * KiB);
+        if (word & 0x80000000u) {
+            b.raw++;
+        } else {
+            if (b.first_compressed == SIZE_MAX)
+                b.first_compressed = b.raw + b.compressed;
+            b.compressed++;
+        }
+        pos += size;
+    }
+    assert_int_equal(pos, len);
+    return b;
+}
+
+/* Encodes in[0..len) as one segment with enc and checks it decodes back. */
+static lz4_blocks_t encode_lz4_checked(sp_encoder_t *enc, sp_decoder_t *dec,
+                                       const unsigned char *in, size_t len, uint64_t *rng,
+                                       uint64_t *encoded_p)
+{
+    sink_t sink = {0};
+    lz4_blocks_t b;
+
+    *encoded_p = encode_segment(enc, &sink, in, len, rng);
+    b = walk_lz4_frame(sink.buf, sink.len);
+    check_decodes_to(dec, sink.buf, sink.len, 256 * KiB, in, len);
+    sink_clear(&sink);
+    return b;
+}
+
+/*
+ * Random input is stored in raw blocks (and not expanded beyond their
+ * headers); after it, compressible input is compressed again once the
+ * backoff (at most 64 blocks) has passed, and from the first block once a
+ * block has compressed well.
+ */
+static void test_codec_lz4_stores_incompressible_blocks_raw(void **state)
+{
+    unsigned char *noise, *text, *mixed;
+    sp_encoder_t *enc = NULL;
+    sp_decoder_t *dec = NULL;
+    uint64_t rng = 42, encoded;
+    lz4_blocks_t b;
+
+    (void)state;
+    noise = make_input(4 * MiB, false, &rng);
+    text = make_input(16 * MiB, true, &rng);
+    assert_int_equal(sp__encoder_create(SP_CODEC_LZ4, 0, &enc), SP_OK);
+    assert_int_equal(sp__decoder_create(SP_CODEC_LZ4, &dec), SP_OK);
+
+    b = encode_lz4_checked(enc, dec, noise, 4 * MiB, &rng, &encoded);
+    assert_int_equal(b.compressed, 0);
+    assert_int_equal(b.raw, 64);
+    assert_int_equal(encoded, 7 + 64 * (4 + 64 * KiB) + 4);
+
+    b = encode_lz4_checked(enc, dec, text, 16 * MiB, &rng, &encoded);
+    assert_true(b.raw >= 1 && b.raw <= 64);
+    assert_int_equal(b.raw + b.compressed, 256);
+    assert_int_equal(b.first_compressed, b.raw); /* raw only while backing off */
+    assert_true(encoded < 8 * MiB);
+
+    b = encode_lz4_checked(enc, dec, text, 1 * MiB, &rng, &encoded);
+    assert_int_equal(b.raw, 0);
+    assert_int_equal(b.compressed, 16);
+
+    /* Text, noise and text again in one segment: each part decodes. */
+    mixed = xmalloc(3 * MiB);
+    memcpy(mixed, text, MiB);
+    memcpy(mixed + MiB, noise, MiB);
+    memcpy(mixed + 2 * MiB, text + MiB, MiB);
+    b = encode_lz4_checked(enc, dec, mixed, 3 * MiB, &rng, &encoded);
+    assert_true(b.raw >= 16 && b.compressed >= 16);
+
+    free(mixed);
+    free(text);
+    free(noise);
+    sp__decoder_destroy(dec);
+    sp__encoder_destroy(enc);
 }
 
 static void test_codec_zstd_levels_round_trip(void **state)
@@ -936,6 +1053,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_codec_round_trip_every_size),
+        cmocka_unit_test(test_codec_lz4_stores_incompressible_blocks_raw),
         cmocka_unit_test(test_codec_zstd_levels_round_trip),
         cmocka_unit_test(test_codec_empty_segment_is_zero_bytes),
         cmocka_unit_test(test_codec_concatenated_segments_decode_to_concatenation),
