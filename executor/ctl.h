@@ -39,8 +39,13 @@
 
 /* The bytes 'S' 'P' 'C' 'M' read as a little-endian u32. */
 #define SP__CTL_MAGIC 0x4d435053u
-/* The one version of the frame and handshake this build speaks. */
-#define SP__CTL_VERSION 1u
+/*
+ * The one version of the frame, the handshake and the protocol's payloads
+ * (protocol.h) this build speaks: a change to any of them bumps it, so that
+ * a driver and executors of different builds part at their first frame
+ * instead of misreading a message later. 2: HEARTBEAT and BYE carry peak anon.
+ */
+#define SP__CTL_VERSION 2u
 /* Header: u32 magic, u16 version, u16 type, u32 payload length. */
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */

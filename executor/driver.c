@@ -391,6 +391,7 @@ static sp_status_t sp_drv_on_heartbeat(sp__driver_t *d, uint32_t e, const void *
     if ((st = sp__msg_heartbeat_decode(buf, len, &hb)) != SP_OK)
         return st;
     x->rep.peak_rss = SP_MAX(x->rep.peak_rss, hb.peak_rss);
+    x->rep.peak_anon = SP_MAX(x->rep.peak_anon, hb.peak_anon);
     x->rep.peak_execution = SP_MAX(x->rep.peak_execution, hb.execution_used);
     if (bye)
         x->state = SP_DEXEC_DONE;

@@ -17,6 +17,14 @@
  * executor's CPU. Statuses are reference counted so that a reduce task keeps
  * the ones it started with while the driver replaces or drops them.
  *
+ * Memory peaks for the driver's report: VmHWM (the kernel's high-water mark
+ * of the resident set) counts the committed map outputs this executor maps
+ * to read or serve them, page cache rather than its own memory, so the
+ * executor also keeps the peak of its anonymous resident memory (heap,
+ * arena pages, buffers: /proc/self/statm's resident less shared pages). A
+ * sampler thread reads it every SP_EXEC_SAMPLE_MS while tasks run and
+ * sleeps while none does; every task's end and every heartbeat read it too.
+ *
  * Testing hook: SPATE_FAULT_CORRUPT_MAP=<map id> damages one byte of that
  * map's first committed attempt after the commit, as a disk might; readers
  * must detect it and the driver must recompute the output.
@@ -34,7 +42,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+/* How often the sampler reads the anonymous resident memory while tasks run. */
+#define SP_EXEC_SAMPLE_MS 10
 
 typedef struct sp_status_ref {
     sp_map_status_t *status;
@@ -63,6 +75,7 @@ typedef struct sp_executor {
 
     pthread_mutex_t lock; /* statuses, served, bounds, queue */
     pthread_cond_t cond;
+    pthread_cond_t sample_cond; /* wakes the sampler: a task started, or stopping */
     sp_status_ref_t **statuses; /* plan.maps */
     sp_served_output_t **served;
     sp_key_t *bounds;
@@ -70,10 +83,13 @@ typedef struct sp_executor {
     uint32_t nbounds;
     sp_task_item_t *head, *tail;
     bool stopping;
-    atomic_uint running;
+    atomic_uint running; /* raised under lock (it wakes the sampler), lowered without */
 
     pthread_t *workers;
     uint32_t nworkers;
+    pthread_t sampler;
+    bool sampler_started;
+    _Atomic uint64_t peak_anon; /* highest anonymous resident bytes seen */
     int64_t corrupt_map;
 } sp_executor_t;
 
@@ -94,6 +110,95 @@ static sp_status_t sp_exec_send(sp_executor_t *ex, uint16_t type, sp_status_t en
         st = sp__ctl_send(ex->conn, type, buf, len);
     free(buf);
     return st;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory peaks                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The process's anonymous resident bytes now: statm's resident less shared
+ * pages, which is RssAnon (shared counts file-backed and shmem pages). 0
+ * when /proc is not there. Reads /proc/self/statm, one short line, without
+ * stdio: cheap enough to call every few milliseconds from any thread.
+ */
+static uint64_t sp_exec_anon_now(void)
+{
+    char buf[160];
+    unsigned long long size, resident, shared;
+    ssize_t n;
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return 0;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    if (sscanf(buf, "%llu %llu %llu", &size, &resident, &shared) != 3 || shared > resident)
+        return 0;
+    return (uint64_t)(resident - shared) * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Reads the anonymous resident memory and raises ex->peak_anon to it. Thread safe. */
+static void sp_exec_sample_anon(sp_executor_t *ex)
+{
+    uint64_t now = sp_exec_anon_now(),
+             peak = atomic_load_explicit(&ex->peak_anon, memory_order_relaxed);
+
+    while (now > peak &&
+           !atomic_compare_exchange_weak_explicit(&ex->peak_anon, &peak, now, memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
+
+static uint64_t sp_exec_peak_rss(void)
+{
+    char line[256];
+    uint64_t kb = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmHWM: %llu kB", (unsigned long long *)&kb) == 1)
+            break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/*
+ * The sampler thread: every SP_EXEC_SAMPLE_MS while tasks run, so that a
+ * peak inside a task is seen (a task's memory is back in the arenas by its
+ * end); asleep on sample_cond while none runs, until stopping.
+ */
+static void *sp_exec_sampler(void *arg)
+{
+    sp_executor_t *ex = arg;
+
+    pthread_mutex_lock(&ex->lock);
+    while (!ex->stopping) {
+        struct timespec ts;
+
+        if (atomic_load(&ex->running) == 0) {
+            pthread_cond_wait(&ex->sample_cond, &ex->lock);
+            continue;
+        }
+        pthread_mutex_unlock(&ex->lock);
+        sp_exec_sample_anon(ex);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += SP_EXEC_SAMPLE_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&ex->lock);
+        if (!ex->stopping)
+            pthread_cond_timedwait(&ex->sample_cond, &ex->lock, &ts);
+    }
+    pthread_mutex_unlock(&ex->lock);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -223,6 +328,7 @@ static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
                       (unsigned long long)t->task_id, t->kind);
         break;
     }
+    sp_exec_sample_anon(ex);
     r.status = st;
     if (st != SP_OK) {
         snprintf(r.message, sizeof(r.message), "%s", sp_last_error());
@@ -263,8 +369,9 @@ static void *sp_exec_worker(void *arg)
         ex->head = item->next;
         if (ex->head == NULL)
             ex->tail = NULL;
+        if (atomic_fetch_add(&ex->running, 1) == 0)
+            pthread_cond_signal(&ex->sample_cond);
         pthread_mutex_unlock(&ex->lock);
-        atomic_fetch_add(&ex->running, 1);
         sp_exec_run_task(ex, &item->task);
         atomic_fetch_sub(&ex->running, 1);
         free(item);
@@ -552,21 +659,6 @@ static sp_status_t sp_exec_on_task(sp_executor_t *ex, const void *buf, size_t le
     return SP_OK;
 }
 
-static uint64_t sp_exec_peak_rss(void)
-{
-    char line[256];
-    uint64_t kb = 0;
-    FILE *f = fopen("/proc/self/status", "r");
-
-    if (f == NULL)
-        return 0;
-    while (fgets(line, sizeof(line), f) != NULL)
-        if (sscanf(line, "VmHWM: %llu kB", (unsigned long long *)&kb) == 1)
-            break;
-    fclose(f);
-    return kb * 1024;
-}
-
 static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
 {
     sp__msg_heartbeat_t hb = {.peak_rss = sp_exec_peak_rss(), .running = ex->running};
@@ -575,6 +667,8 @@ static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
     size_t len = 0;
     sp_status_t st;
 
+    sp_exec_sample_anon(ex);
+    hb.peak_anon = atomic_load(&ex->peak_anon);
     if (ex->mm != NULL) {
         sp_memory_manager_stats(ex->mm, &ms);
         hb.execution_used = ms.execution_used;
@@ -588,9 +682,13 @@ static void sp_exec_teardown(sp_executor_t *ex)
     pthread_mutex_lock(&ex->lock);
     ex->stopping = true;
     pthread_cond_broadcast(&ex->cond);
+    pthread_cond_broadcast(&ex->sample_cond);
     pthread_mutex_unlock(&ex->lock);
     for (uint32_t i = 0; i < ex->nworkers && ex->workers != NULL; i++)
         pthread_join(ex->workers[i], NULL);
+    if (ex->sampler_started)
+        pthread_join(ex->sampler, NULL);
+    ex->sampler_started = false;
     while (ex->head != NULL) {
         sp_task_item_t *next = ex->head->next;
         free(ex->head);
@@ -619,6 +717,7 @@ static void sp_exec_teardown(sp_executor_t *ex)
     free(ex->app_dirs);
     sp_conf_destroy(ex->conf);
     sp__msg_job_clear(&ex->job);
+    pthread_cond_destroy(&ex->sample_cond);
     pthread_cond_destroy(&ex->cond);
     pthread_mutex_destroy(&ex->lock);
 }
@@ -637,7 +736,15 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
 
     pthread_mutex_init(&ex.lock, NULL);
     pthread_cond_init(&ex.cond, NULL);
+    {
+        pthread_condattr_t attr;
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&ex.sample_cond, &attr);
+        pthread_condattr_destroy(&attr);
+    }
     atomic_init(&ex.running, 0);
+    atomic_init(&ex.peak_anon, 0);
     if (fault != NULL && *fault != '\0')
         ex.corrupt_map = strtoll(fault, NULL, 10);
     gethostname(reg.host, sizeof(reg.host) - 1);
@@ -682,6 +789,11 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
             goto out;
         }
     }
+    if (pthread_create(&ex.sampler, NULL, sp_exec_sampler, &ex) != 0) {
+        st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start the memory sampler thread");
+        goto out;
+    }
+    ex.sampler_started = true;
     st = sp__msg_ready_encode(&ready, &buf, &len);
     if ((st = sp_exec_send(&ex, SP_MSG_READY, st, buf, len)) != SP_OK)
         goto out;

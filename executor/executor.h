@@ -57,8 +57,9 @@ typedef struct sp__executor_report {
     char name[128]; /* what its launcher called it (REGISTER's name) */
     uint32_t pid;
     uint32_t slots;
-    uint64_t memory; /* memory.executor */
-    uint64_t peak_rss;
+    uint64_t memory;         /* memory.executor */
+    uint64_t peak_rss;       /* highest VmHWM: resident memory, mapped map outputs included */
+    uint64_t peak_anon;      /* highest anonymous resident memory: the executor's own */
     uint64_t peak_execution; /* highest execution memory seen in heartbeats */
     uint64_t shuffle_bytes;  /* written by its map tasks + read by its reduce tasks */
     uint64_t busy_ns;        /* time its tasks ran */

@@ -399,6 +399,7 @@ sp_status_t sp__msg_heartbeat_encode(const sp__msg_heartbeat_t *m, void **buf_p,
     sp__wbuf_init(&w);
     sp__wbuf_put_u64(&w, m->execution_used);
     sp__wbuf_put_u64(&w, m->peak_rss);
+    sp__wbuf_put_u64(&w, m->peak_anon);
     sp__wbuf_put_u32(&w, m->running);
     return sp_msg_finish(&w, buf_p, len_p);
 }
@@ -412,6 +413,7 @@ sp_status_t sp__msg_heartbeat_decode(const void *buf, size_t len, sp__msg_heartb
     sp__rbuf_init(&r, buf, len);
     if ((st = sp__rbuf_get_u64(&r, "HEARTBEAT execution", &out.execution_used)) != SP_OK ||
         (st = sp__rbuf_get_u64(&r, "HEARTBEAT peak rss", &out.peak_rss)) != SP_OK ||
+        (st = sp__rbuf_get_u64(&r, "HEARTBEAT peak anon", &out.peak_anon)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "HEARTBEAT running", &out.running)) != SP_OK ||
         (st = sp__rbuf_done(&r, "HEARTBEAT")) != SP_OK)
         return st;

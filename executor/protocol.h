@@ -92,7 +92,8 @@ typedef struct sp__msg_result {
 
 typedef struct sp__msg_heartbeat {
     uint64_t execution_used; /* execution memory held now */
-    uint64_t peak_rss;       /* process high-water mark (VmHWM) */
+    uint64_t peak_rss;       /* process high-water mark (VmHWM), mapped files included */
+    uint64_t peak_anon;      /* highest anonymous resident memory sampled (RssAnon) */
     uint32_t running;
 } sp__msg_heartbeat_t;
 

@@ -130,18 +130,21 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
                 st->done, st->tasks, sp_sec(sw), (unsigned long long)st->records, b1, b2,
                 sw ? (double)st->bytes / (double)sw / active : 0.0, b3);
     }
-    fprintf(out, "%-4s %-16s %8s %6s %10s %10s %10s %10s %10s\n", "exec", "host", "pid", "slots",
-            "memory", "peak rss", "peak exec", "shuffled", "tasks");
+    fprintf(out, "%-4s %-16s %8s %6s %10s %10s %10s %10s %10s %10s\n", "exec", "host", "pid",
+            "slots", "memory", "peak anon", "peak rss", "peak exec", "shuffled", "tasks");
     for (uint32_t e = 0; e < r->nexecutors; e++) {
         const sp__executor_report_t *x = &r->executors[e];
-        char m[32], rss[32], pe[32], sh[32];
+        char m[32], anon[32], rss[32], pe[32], sh[32];
         sp_human(m, sizeof(m), (double)x->memory);
+        sp_human(anon, sizeof(anon), (double)x->peak_anon);
         sp_human(rss, sizeof(rss), (double)x->peak_rss);
         sp_human(pe, sizeof(pe), (double)x->peak_execution);
         sp_human(sh, sizeof(sh), (double)x->shuffle_bytes);
-        fprintf(out, "%-4u %-16.16s %8u %6u %10s %10s %10s %10s %10u%s\n", x->id, x->host, x->pid,
-                x->slots, m, rss, pe, sh, x->tasks, x->lost ? "  (lost)" : "");
+        fprintf(out, "%-4u %-16.16s %8u %6u %10s %10s %10s %10s %10s %10u%s\n", x->id, x->host,
+                x->pid, x->slots, m, anon, rss, pe, sh, x->tasks, x->lost ? "  (lost)" : "");
     }
+    fprintf(out, "(peak anon: the executor's own memory, heap and buffers; peak rss also counts "
+                 "the shuffle files it maps)\n");
     sp_human(b1, sizeof(b1), (double)shuffle);
     fprintf(out, "shuffle: %s written; output: %llu bytes; records: %llu mapped, %llu reduced\n",
             b1, (unsigned long long)r->result.output_bytes,
@@ -214,13 +217,14 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
         const sp__executor_report_t *x = &r->executors[e];
         json_array_append_new(
             execs,
-            json_pack("{s:s, s:I, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b}",
+            json_pack("{s:s, s:I, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b}",
                       "name", x->name, "numa_node", (json_int_t)x->numa_node, "cpuset", x->cpuset,
                       "id", (json_int_t)x->id, "host", x->host, "pid", (json_int_t)x->pid, "slots",
                       (json_int_t)x->slots, "memory", (json_int_t)x->memory, "peak_rss",
-                      (json_int_t)x->peak_rss, "peak_execution", (json_int_t)x->peak_execution,
-                      "shuffle_bytes", (json_int_t)x->shuffle_bytes, "tasks", (json_int_t)x->tasks,
-                      "busy_s", sp_sec(x->busy_ns), "lost", x->lost));
+                      (json_int_t)x->peak_rss, "peak_anon", (json_int_t)x->peak_anon,
+                      "peak_execution", (json_int_t)x->peak_execution, "shuffle_bytes",
+                      (json_int_t)x->shuffle_bytes, "tasks", (json_int_t)x->tasks, "busy_s",
+                      sp_sec(x->busy_ns), "lost", x->lost));
     }
     json_object_set_new(root, "executors", execs);
     for (unsigned i = 0; i < SP_JOB_COUNTERS; i++)

@@ -412,9 +412,16 @@ static inline void rt_expect_report(json_t *rep, unsigned executors, bool clean)
         assert_int_equal(rt_json_int(rep, "recovery.fetch_failures"), 0);
         assert_int_equal(rt_json_int(rep, "recovery.maps_recomputed"), 0);
         assert_int_equal(rt_json_int(rep, "recovery.task_retries"), 0);
-        for (size_t e = 0; e < json_array_size(rt_json_at(rep, "executors")); e++)
-            assert_false(json_is_true(
-                json_object_get(json_array_get(rt_json_at(rep, "executors"), e), "lost")));
+        for (size_t e = 0; e < json_array_size(rt_json_at(rep, "executors")); e++) {
+            json_t *x = json_array_get(rt_json_at(rep, "executors"), e);
+            json_int_t anon = json_integer_value(json_object_get(x, "peak_anon"));
+
+            assert_false(json_is_true(json_object_get(x, "lost")));
+            /* The executor's own memory is part of its resident set. */
+            if (anon <= 0 || anon > json_integer_value(json_object_get(x, "peak_rss")))
+                fail_msg("executor %zu: peak_anon %lld, peak_rss %lld", e, (long long)anon,
+                         (long long)json_integer_value(json_object_get(x, "peak_rss")));
+        }
     }
 }
 

@@ -1142,7 +1142,8 @@ static const bad_frame_t bad_frames[] = {
     {"bad magic", 0x4d435058u, V, 16, 0, H, 0, false, "bad magic 0x4d435058"},
     {"magic byte-swapped", 0x5350434du, V, 16, 4, H, 4, false, "bad magic"},
     {"version 0", M, 0, 16, 0, H, 0, false, "unsupported version 0"},
-    {"version 2", M, 2, 16, 8, H, 8, false, "unsupported version 2"},
+    {"an older build's version", M, V - 1, 16, 8, H, 8, false, "unsupported version"},
+    {"a newer build's version", M, V + 1, 16, 8, H, 8, false, "unsupported version"},
     {"length over the limit", M, V, 16, SP__CTL_MAX_PAYLOAD + 1, H, 0, false, "above the limit"},
     {"length 0xffffffff", M, V, 16, UINT32_MAX, H, 100, false, "above the limit"},
     {"channel type HELLO", M, V, 1, 32, H, 32, false, "type 1 is reserved for the channel"},
@@ -1410,8 +1411,8 @@ static bool read_hello(int fd)
 {
     unsigned char h[SP__CTL_HEADER_SIZE + SP__CTL_NONCE_SIZE];
 
-    return read_all(fd, h, sizeof(h), T) == 1 && get32(h) == SP__CTL_MAGIC && h[4] == 1 &&
-           h[6] == SP__CTL_HELLO && get32(h + 8) == SP__CTL_NONCE_SIZE;
+    return read_all(fd, h, sizeof(h), T) == 1 && get32(h) == SP__CTL_MAGIC &&
+           h[4] == SP__CTL_VERSION && h[6] == SP__CTL_HELLO && get32(h + 8) == SP__CTL_NONCE_SIZE;
 }
 
 /*

@@ -7,7 +7,9 @@
  * message, and each with one byte more, is refused with SP_ERR_BAD_FORMAT
  * and leaves the output alone. A JOB or BOUNDS whose counts claim more
  * entries than its bytes can hold is refused before anything is allocated
- * for them (counted with the allocation fault hook); app ids with '/' or
+ * for them (counted with the allocation fault hook). HEARTBEAT's fields lie
+ * where docs/FORMATS.md puts them, and one of the previous version (without
+ * peak anon) is refused. App ids with '/' or
  * "..", plans, task kinds, slots and statuses out of range are refused.
  * Every allocation of each encoder and decoder fails once (SP_ERR_NOMEM,
  * nothing leaked). Last, a small fuzzer: 10,000 mutations of the corpus
@@ -182,7 +184,7 @@ static bool msg_equal(kind_t k, const msg_t *a, const msg_t *b)
     case K_RESULT: return result_equal(&a->result, &b->result);
     case K_HEARTBEAT:
         return a->hb.execution_used == b->hb.execution_used && a->hb.peak_rss == b->hb.peak_rss &&
-               a->hb.running == b->hb.running;
+               a->hb.peak_anon == b->hb.peak_anon && a->hb.running == b->hb.running;
     case K_MAP_LOST:
         return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id;
     case K_BOUNDS: return bounds_equal(&a->bounds, &b->bounds);
@@ -419,6 +421,7 @@ static int corpus_build(void **state)
     s = add("heartbeat", K_HEARTBEAT);
     s->m.hb.execution_used = 123456789;
     s->m.hb.peak_rss = UINT64_MAX - 1;
+    s->m.hb.peak_anon = 0x0123456789abcdefull;
     s->m.hb.running = 7;
     s = add("heartbeat, zero", K_HEARTBEAT);
 
@@ -537,6 +540,45 @@ static void test_protocol_refuses_truncations_and_trailing_bytes(void **state)
         }
         free(buf);
     }
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    return (uint64_t)get32(p) | ((uint64_t)get32(p + 4) << 32);
+}
+
+/*
+ * HEARTBEAT as docs/FORMATS.md lays it out: execution u64, peak RSS u64,
+ * peak anon u64, running u32. The 20 bytes of version 1 (no peak anon) are
+ * refused, not read as something else.
+ */
+static void test_protocol_heartbeat_layout(void **state)
+{
+    const sp__msg_heartbeat_t hb = {.execution_used = 0x1111111111111111ull,
+                                    .peak_rss = 0x2222222222222222ull,
+                                    .peak_anon = 0x3333333333333333ull,
+                                    .running = 0x44444444u};
+    unsigned char *buf = NULL, *old;
+    size_t len = 0;
+    sp__msg_heartbeat_t out;
+
+    (void)state;
+    assert_int_equal(sp__msg_heartbeat_encode(&hb, (void **)&buf, &len), SP_OK);
+    assert_int_equal(len, 8 + 8 + 8 + 4);
+    assert_true(get64(buf) == hb.execution_used);
+    assert_true(get64(buf + 8) == hb.peak_rss);
+    assert_true(get64(buf + 16) == hb.peak_anon);
+    assert_int_equal(get32(buf + 24), hb.running);
+
+    old = malloc(20);
+    assert_non_null(old);
+    memcpy(old, buf, 16);
+    memcpy(old + 16, buf + 24, 4);
+    memset(&out, 0x5a, sizeof(out));
+    assert_int_equal(sp__msg_heartbeat_decode(old, 20, &out), SP_ERR_BAD_FORMAT);
+    assert_true(contains(sp_last_error(), "HEARTBEAT"));
+    free(old);
+    free(buf);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -906,6 +948,7 @@ int main(void)
         cmocka_unit_test(test_protocol_types_follow_the_channel),
         cmocka_unit_test(test_protocol_every_type_round_trips),
         cmocka_unit_test(test_protocol_refuses_truncations_and_trailing_bytes),
+        cmocka_unit_test(test_protocol_heartbeat_layout),
         cmocka_unit_test(test_protocol_counts_beyond_the_bytes_are_refused_before_allocating),
         cmocka_unit_test(test_protocol_refuses_bad_names_and_ranges),
         cmocka_unit_test(test_protocol_allocation_failures),
