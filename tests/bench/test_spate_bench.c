@@ -3,7 +3,8 @@
  * tests/executor/run_test_util.h): `spate-bench shuffle --size 16m --repeat
  * 1 --json F --plot P.svg` on a local cluster of 2 executors, with
  * shuffle.local_dirs in the test's own directory. Checks the JSON (one
- * run object: configuration, machine, the three phases, limits, ratios)
+ * run object: configuration, machine, the three phases, limits, ratios,
+ * the peak anonymous memory within the peak RSS, overall and per executor)
  * and that the SVG is well-formed XML (a small checker here: tags nest and
  * close, attributes are quoted) with the expected elements: an <svg> root,
  * two panels, axes, series polylines and legend entries. A refused option
@@ -146,6 +147,7 @@ static void test_spate_bench_shuffle_json_and_plot(void **state)
     rt_expect_ok(&r, "spate-bench shuffle");
     assert_non_null(strstr(r.out, "map write"));
     assert_non_null(strstr(r.out, "exchange+reduce"));
+    assert_non_null(strstr(r.out, "anon/mem"));
     rt_free(&r);
 
     runs = json_load_file(json_path, 0, &err);
@@ -184,6 +186,19 @@ static void test_spate_bench_shuffle_json_and_plot(void **state)
         assert_true(json_number_value(json_object_get(rat, "map_per_core_to_memcpy")) > 0);
         assert_non_null(json_object_get(rat, "exchange_remote_to_fi_read"));
         assert_true(json_number_value(json_object_get(rat, "peak_rss_to_memory")) > 0);
+        assert_true(json_number_value(json_object_get(rat, "peak_anon_to_memory")) > 0);
+        /* The executors' own memory, without mapped files, is part of their resident set. */
+        assert_true(json_integer_value(json_object_get(run, "peak_anon_max")) > 0);
+        assert_true(json_integer_value(json_object_get(run, "peak_anon_max")) <=
+                    json_integer_value(json_object_get(run, "peak_rss_max")));
+        assert_int_equal(json_array_size(json_object_get(run, "executors")), 2);
+        for (size_t e = 0; e < 2; e++) {
+            const json_t *x = json_array_get(json_object_get(run, "executors"), e);
+            assert_true(json_integer_value(json_object_get(x, "peak_anon")) > 0);
+            assert_true(json_integer_value(json_object_get(x, "peak_anon")) <=
+                        json_integer_value(json_object_get(x, "peak_rss")));
+            assert_true(json_integer_value(json_object_get(x, "memory")) > 0);
+        }
     }
     json_decref(runs);
 
