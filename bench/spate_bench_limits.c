@@ -9,7 +9,10 @@
  * registers a 64 MiB region and polls its completion queue (providers
  * without offload, tcp among them, progress only when polled, as spate's
  * progress thread does); the client reads the region over and over in
- * blocks, 16 reads in flight. Address, key and base go over a socket pair.
+ * blocks, 16 reads in flight. Then both ways at once, as executors exchange
+ * a shuffle: the client sends its own region and each reads the same bytes
+ * from the other while serving the other's reads; the slower one's time
+ * counts. Addresses, keys and results go over a socket pair.
  */
 #include "spate_bench_limits.h"
 
@@ -18,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
@@ -31,14 +35,32 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SP_BENCH_FI_REGION   (64u << 20)
 #define SP_BENCH_FI_INFLIGHT 16u
-#define SP_BENCH_CHUNK       ((uint64_t)256 << 20)
-#define SP_BENCH_DISK_BLOCK  ((size_t)4 << 20)
+/* Each side's destination of its reads: SP_BENCH_FI_INFLIGHT blocks of 1 MiB. */
+#define SP_BENCH_FI_REGION_DEST (16u << 20)
+#define SP_BENCH_CHUNK          ((uint64_t)256 << 20)
+#define SP_BENCH_DISK_BLOCK     ((size_t)4 << 20)
 
 static double sp_bench_sec(uint64_t ns) { return (double)ns / 1e9; }
+
+void sp_bench_quiet_barrier(MPI_Comm comm)
+{
+    MPI_Request req;
+    int done = 0;
+
+    if (MPI_Ibarrier(comm, &req) != MPI_SUCCESS) {
+        MPI_Barrier(comm);
+        return;
+    }
+    while (MPI_Test(&req, &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && !done) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
 
 sp_status_t sp_bench_alltoallv_seconds(MPI_Comm comm, uint64_t bytes_per_rank, double *seconds_p)
 {
@@ -109,7 +131,8 @@ typedef struct sp_bench_fab {
 typedef struct sp_bench_fi_hello {
     int32_t error; /* 0: the rest is valid; else a message follows in text */
     uint32_t addr_len;
-    uint64_t key, base;
+    uint64_t key, base, len; /* the region: [base, base + len) under key */
+    uint64_t bytes, block;   /* a client's hello: what the server is to read back */
     unsigned char addr[256];
     char text[256];
 } sp_bench_fi_hello_t;
@@ -212,20 +235,97 @@ static bool sp_bench_io(int fd, void *buf, size_t len, bool out)
     return true;
 }
 
+/*
+ * Reads bytes from the peer's region [base, base + region) under key in
+ * blocks of block, SP_BENCH_FI_INFLIGHT at a time, into dest (registered in
+ * f), over and over; *seconds_p is the time taken. 0 or a message in err.
+ */
+static int sp_bench_fi_read_loop(sp_bench_fab_t *f, fi_addr_t peer, uint64_t base, uint64_t region,
+                                 uint64_t key, unsigned char *dest, uint64_t bytes, size_t block,
+                                 double *seconds_p, char *err, size_t cap)
+{
+    struct fi_context2 ctx[SP_BENCH_FI_INFLIGHT];
+    uint64_t posted = 0, completed = 0, t0 = sp__now_ns();
+
+    block = (size_t)SP_MIN((uint64_t)block, region);
+    while (completed < bytes) {
+        struct fi_cq_entry e[SP_BENCH_FI_INFLIGHT];
+        ssize_t n;
+
+        while (posted < bytes && posted - completed < (uint64_t)block * SP_BENCH_FI_INFLIGHT) {
+            uint64_t i = posted / block;
+            size_t slot = (size_t)(i % SP_BENCH_FI_INFLIGHT);
+            size_t len = (size_t)SP_MIN((uint64_t)block, bytes - posted);
+            uint64_t off = (i * block) % (region - block + 1);
+            n = fi_read(f->ep, dest + slot * block, len, fi_mr_desc(f->mr), peer, base + off, key,
+                        &ctx[slot]);
+            if (n == -FI_EAGAIN)
+                break;
+            if (n != 0) {
+                snprintf(err, cap, "fi_read: %s (raw %zd)", fi_strerror((int)-n), n);
+                return -1;
+            }
+            posted += len;
+        }
+        n = fi_cq_read(f->cq, e, SP_BENCH_FI_INFLIGHT);
+        if (n > 0) {
+            /* Reads complete in order of posting on these providers, or nearly: count blocks. */
+            for (ssize_t k = 0; k < n; k++)
+                completed += SP_MIN((uint64_t)block, bytes - completed);
+        } else if (n == -FI_EAVAIL) {
+            struct fi_cq_err_entry ee = {0};
+            fi_cq_readerr(f->cq, &ee, 0);
+            snprintf(err, cap, "fi_read completion: %s (raw -%d)", fi_strerror(ee.err), ee.err);
+            return -1;
+        } else if (n != -FI_EAGAIN) {
+            snprintf(err, cap, "fi_cq_read: %s (raw %zd)", fi_strerror((int)-n), n);
+            return -1;
+        }
+    }
+    *seconds_p = sp_bench_sec(sp__now_ns() - t0);
+    return 0;
+}
+
+/* Polls f's queue (serving the peer's reads) until fd is readable or closed. */
+static void sp_bench_fi_progress_until(sp_bench_fab_t *f, int fd)
+{
+    for (uint64_t loops = 0;; loops++) {
+        struct fi_cq_entry e[16];
+        (void)fi_cq_read(f->cq, e, 16);
+        if (loops % 256 == 0) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, 0) > 0)
+                return;
+        }
+    }
+}
+
+/*
+ * The server: exposes its region and progresses the client's reads until
+ * the client sends its own hello; then reads the client's region back
+ * (both directions at once), sends its seconds, and progresses until the
+ * client closes the socket.
+ */
 static _Noreturn void sp_bench_fi_serve(const char *provider, int fd)
 {
-    sp_bench_fi_hello_t hello = {0};
+    sp_bench_fi_hello_t hello = {0}, client;
     sp_bench_fab_t f;
-    unsigned char *region = malloc(SP_BENCH_FI_REGION);
+    /* The exposed region, then the destination of the server's own reads. */
+    size_t dest_len = (size_t)SP_BENCH_FI_REGION_DEST;
+    unsigned char *region = malloc(SP_BENCH_FI_REGION + dest_len);
     size_t alen = sizeof(hello.addr);
+    fi_addr_t peer;
+    double seconds = -1;
+    char err[256] = "";
     int ret;
 
     if (region == NULL) {
         hello.error = 1;
         snprintf(hello.text, sizeof(hello.text), "server: no memory for the region");
-    } else if (memset(region, 5, SP_BENCH_FI_REGION),
-               sp_bench_fab_open(provider, region, SP_BENCH_FI_REGION, FI_REMOTE_READ, &f,
-                                 hello.text, sizeof(hello.text)) != 0) {
+    } else if (memset(region, 5, SP_BENCH_FI_REGION + dest_len),
+               sp_bench_fab_open(provider, region, SP_BENCH_FI_REGION + dest_len,
+                                 FI_READ | FI_REMOTE_READ, &f, hello.text,
+                                 sizeof(hello.text)) != 0) {
         hello.error = 1;
     } else if ((ret = fi_getname(&f.ep->fid, hello.addr, &alen)) != 0) {
         hello.error = 1;
@@ -234,21 +334,44 @@ static _Noreturn void sp_bench_fi_serve(const char *provider, int fd)
         hello.addr_len = (uint32_t)alen;
         hello.key = fi_mr_key(f.mr);
         hello.base = (f.mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)region : 0;
+        hello.len = SP_BENCH_FI_REGION;
     }
     if (!sp_bench_io(fd, &hello, sizeof(hello), true) || hello.error)
         _exit(1);
-    /* Progress reads until the client closes its end. */
-    for (uint64_t loops = 0;; loops++) {
-        struct fi_cq_entry e[16];
-        (void)fi_cq_read(f.cq, e, 16);
-        if (loops % 256 == 0) {
-            struct pollfd p = {.fd = fd, .events = POLLIN};
-            if (poll(&p, 1, 0) > 0)
-                break;
-        }
+    sp_bench_fi_progress_until(&f, fd);
+    if (sp_bench_io(fd, &client, sizeof(client), false)) {
+        /* Both ways: read the client's region while it reads ours. */
+        if (client.addr_len > sizeof(client.addr) || client.len == 0 || client.block == 0)
+            snprintf(err, sizeof(err), "server: a bad hello from the client");
+        else if (fi_av_insert(f.av, client.addr, 1, &peer, 0, NULL) != 1)
+            snprintf(err, sizeof(err), "server: fi_av_insert of the client failed");
+        else if (sp_bench_fi_read_loop(&f, peer, client.base, client.len, client.key,
+                                       region + SP_BENCH_FI_REGION, client.bytes,
+                                       (size_t)client.block, &seconds, err, sizeof(err)) != 0)
+            seconds = -1;
+        if (!sp_bench_io(fd, &seconds, sizeof(seconds), true) ||
+            (seconds < 0 && !sp_bench_io(fd, err, sizeof(err), true)))
+            _exit(1);
+        sp_bench_fi_progress_until(&f, fd);
     }
     sp_bench_fab_close(&f);
     _exit(0);
+}
+
+/*
+ * mpirun binds a rank to a core and the server, forked from the rank,
+ * inherits it: client and server would share one core. The server may run
+ * on any core of the machine (the kernel keeps it within the cgroup).
+ */
+static void sp_bench_fi_unbind(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    cpu_set_t all;
+
+    CPU_ZERO(&all);
+    for (long c = 0; c < n && c < CPU_SETSIZE; c++)
+        CPU_SET((int)c, &all);
+    (void)sched_setaffinity(0, sizeof(all), &all);
 }
 
 void sp_bench_fi_server_start(const char *provider, sp_bench_fi_server_t *server)
@@ -265,6 +388,7 @@ void sp_bench_fi_server_start(const char *provider, sp_bench_fi_server_t *server
     server->pid = fork();
     if (server->pid == 0) {
         close(sv[0]);
+        sp_bench_fi_unbind();
         sp_bench_fi_serve(provider, sv[1]);
     }
     close(sv[1]);
@@ -289,18 +413,21 @@ void sp_bench_fi_server_stop(sp_bench_fi_server_t *server)
 
 sp_status_t sp_bench_fi_read_seconds(sp_bench_fi_server_t *server, const char *provider,
                                      uint64_t bytes, size_t block, double *seconds_p,
-                                     const char **prov_p)
+                                     double *both_seconds_p, const char **prov_p)
 {
-    sp_bench_fi_hello_t hello;
+    sp_bench_fi_hello_t hello, mine = {0};
     sp_bench_fab_t f;
     fi_addr_t peer;
-    struct fi_context2 ctx[SP_BENCH_FI_INFLIGHT];
-    unsigned char *dest = NULL;
-    uint64_t posted = 0, completed = 0, t0;
-    size_t dest_len = (size_t)block * SP_BENCH_FI_INFLIGHT;
+    unsigned char *buf = NULL;
+    /* The destination of the client's reads, then the region the server reads back. */
+    size_t dest_len = (size_t)SP_BENCH_FI_REGION_DEST;
+    size_t alen = sizeof(mine.addr);
+    double theirs = -1, both = 0;
     char err[512];
     sp_status_t st = SP_OK;
+    int ret;
 
+    *both_seconds_p = 0;
     if (server->fd < 0) {
         st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read server: %s", server->error);
         sp_bench_fi_server_stop(server);
@@ -312,64 +439,72 @@ sp_status_t sp_bench_fi_read_seconds(sp_bench_fi_server_t *server, const char *p
         sp_bench_fi_server_stop(server);
         return st;
     }
-    block = SP_MIN(block, (size_t)SP_BENCH_FI_REGION);
-    if ((dest = malloc(dest_len)) == NULL) {
+    if (hello.addr_len > sizeof(hello.addr) || hello.len == 0) {
+        sp_bench_fi_server_stop(server);
+        return SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read server: a bad hello");
+    }
+    block = SP_MIN(block, dest_len / SP_BENCH_FI_INFLIGHT);
+    if ((buf = malloc(2 * dest_len)) == NULL) {
         sp_bench_fi_server_stop(server);
         return SP_RAISE(SP_ERR_NOMEM, "no memory for fi_read buffers");
     }
-    memset(dest, 0, dest_len);
-    if (sp_bench_fab_open(provider, dest, dest_len, FI_READ, &f, err, sizeof(err)) != 0) {
+    memset(buf, 0, 2 * dest_len);
+    if (sp_bench_fab_open(provider, buf, 2 * dest_len, FI_READ | FI_REMOTE_READ, &f, err,
+                          sizeof(err)) != 0) {
         st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read client: %s", err);
-        goto out_dest;
+        goto out_buf;
     }
     if (fi_av_insert(f.av, hello.addr, 1, &peer, 0, NULL) != 1) {
         st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read client: fi_av_insert failed");
         goto out_fab;
     }
-    t0 = sp__now_ns();
-    while (completed < bytes) {
-        struct fi_cq_entry e[SP_BENCH_FI_INFLIGHT];
-        ssize_t n;
-
-        while (posted < bytes && posted - completed < (uint64_t)block * SP_BENCH_FI_INFLIGHT) {
-            uint64_t i = posted / block;
-            size_t slot = (size_t)(i % SP_BENCH_FI_INFLIGHT);
-            size_t len = (size_t)SP_MIN((uint64_t)block, bytes - posted);
-            uint64_t off = (i * block) % (SP_BENCH_FI_REGION - block + 1);
-            n = fi_read(f.ep, dest + slot * block, len, fi_mr_desc(f.mr), peer, hello.base + off,
-                        hello.key, &ctx[slot]);
-            if (n == -FI_EAGAIN)
-                break;
-            if (n != 0) {
-                st = SP_RAISE(SP_ERR_TRANSPORT, "fi_read: %s (raw %zd)", fi_strerror((int)-n), n);
-                goto out_fab;
-            }
-            posted += len;
-        }
-        n = fi_cq_read(f.cq, e, SP_BENCH_FI_INFLIGHT);
-        if (n > 0) {
-            /* Reads complete in order of posting on these providers, or nearly: count blocks. */
-            for (ssize_t k = 0; k < n; k++)
-                completed += SP_MIN((uint64_t)block, bytes - completed);
-        } else if (n == -FI_EAVAIL) {
-            struct fi_cq_err_entry ee = {0};
-            fi_cq_readerr(f.cq, &ee, 0);
-            st = SP_RAISE(SP_ERR_TRANSPORT, "fi_read completion: %s (raw -%d)", fi_strerror(ee.err),
-                          ee.err);
-            goto out_fab;
-        } else if (n != -FI_EAGAIN) {
-            st = SP_RAISE(SP_ERR_TRANSPORT, "fi_cq_read: %s (raw %zd)", fi_strerror((int)-n), n);
-            goto out_fab;
-        }
+    /* One way: the server only serves. */
+    if (sp_bench_fi_read_loop(&f, peer, hello.base, hello.len, hello.key, buf, bytes, block,
+                              seconds_p, err, sizeof(err)) != 0) {
+        st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read client: %s", err);
+        goto out_fab;
     }
-    *seconds_p = sp_bench_sec(sp__now_ns() - t0);
     if (prov_p != NULL)
         *prov_p = sp_bench_fi_prov;
+    /* Both ways at once: each reads the same bytes from the other and serves it. */
+    if ((ret = fi_getname(&f.ep->fid, mine.addr, &alen)) != 0) {
+        st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read client: fi_getname: %s", fi_strerror(-ret));
+        goto out_fab;
+    }
+    mine.addr_len = (uint32_t)alen;
+    mine.key = fi_mr_key(f.mr);
+    mine.base = ((f.mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)buf : 0) + dest_len;
+    mine.len = dest_len;
+    mine.bytes = bytes;
+    mine.block = block;
+    if (!sp_bench_io(server->fd, &mine, sizeof(mine), true)) {
+        st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read server: it exited before reading back");
+        goto out_fab;
+    }
+    if (sp_bench_fi_read_loop(&f, peer, hello.base, hello.len, hello.key, buf, bytes, block, &both,
+                              err, sizeof(err)) != 0) {
+        st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read client, both ways: %s", err);
+        goto out_fab;
+    }
+    /* Serve the server's reads until it reports. */
+    sp_bench_fi_progress_until(&f, server->fd);
+    if (!sp_bench_io(server->fd, &theirs, sizeof(theirs), false)) {
+        st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read server: it exited while reading back");
+        goto out_fab;
+    }
+    if (theirs < 0) {
+        err[0] = '\0';
+        (void)sp_bench_io(server->fd, err, 256, false);
+        err[255] = '\0';
+        st = SP_RAISE(SP_ERR_TRANSPORT, "bare fi_read server, both ways: %s", err);
+        goto out_fab;
+    }
+    *both_seconds_p = SP_MAX(both, theirs);
 out_fab:
     sp_bench_fab_close(&f);
-out_dest:
+out_buf:
     sp_bench_fi_server_stop(server);
-    free(dest);
+    free(buf);
     return st;
 }
 

@@ -21,6 +21,12 @@
 double sp_bench_memcpy_seconds(uint64_t bytes);
 
 /*
+ * MPI_Barrier that sleeps (1 ms at a time) instead of spinning, so that
+ * ranks waiting on one that measures a limit leave it the cores.
+ */
+void sp_bench_quiet_barrier(MPI_Comm comm);
+
+/*
  * Collective over comm: every rank sends bytes_per_rank, split evenly over
  * the ranks (itself included), with MPI_Alltoallv calls of at most 256 MiB
  * per rank. Returns on every rank the slowest rank's seconds.
@@ -44,12 +50,14 @@ void sp_bench_fi_server_start(const char *provider, sp_bench_fi_server_t *server
 
 /*
  * Reads bytes from the server with fi_read in blocks of block bytes, up to
- * 16 outstanding; stops the server. *prov_p receives the provider libfabric
- * chose (static storage of this module).
+ * 16 outstanding (*seconds_p), then both ways at once: the client and the
+ * server each read bytes from the other while serving the other's reads
+ * (*both_seconds_p, the slower side's time); stops the server. *prov_p
+ * receives the provider libfabric chose (static storage of this module).
  */
 sp_status_t sp_bench_fi_read_seconds(sp_bench_fi_server_t *server, const char *provider,
                                      uint64_t bytes, size_t block, double *seconds_p,
-                                     const char **prov_p);
+                                     double *both_seconds_p, const char **prov_p);
 
 /* Stops a server that sp_bench_fi_read_seconds did not use (NULL or stopped: nothing). */
 void sp_bench_fi_server_stop(sp_bench_fi_server_t *server);

@@ -351,8 +351,10 @@ sp_status_t sp_bench_plot_svg(const char *path, const json_t *runs)
                     false);
         sp_plot_add(size, "limit: memcpy, 1 thread", true, 2, x,
                     sp_plot_num(run, "limits", "memcpy_gbps"), false);
-        sp_plot_add(size, "limit: bare fi_read, 1 pair", true, 2, x,
+        sp_plot_add(size, "limit: bare fi_read, 1 pair one way", true, 2, x,
                     sp_plot_num(run, "limits", "fi_read_gbps"), false);
+        sp_plot_add(size, "limit: bare fi_read, 1 pair both ways, each", true, 2, x,
+                    sp_plot_num(run, "limits", "fi_read_both_ways_gbps"), false);
         sp_plot_add(size, "limit: MPI_Alltoallv per rank", true, 2, x,
                     sp_plot_num(run, "limits", "alltoallv_gbps_per_rank"), false);
         sp_plot_add(size, "limit: local_dirs write (whole disk)", true, 2, x,
