@@ -47,23 +47,24 @@
  * and is cancelled; its op is kept until the provider gives its contexts back
  * (a msg fetch has two: the reply's receive and the request's send).
  *
- * ofi_rxm (tcp;ofi_rxm, verbs;ofi_rxm) sizes its bounce buffers for MPI's
- * eager traffic: with libfabric 1.17's defaults on tcp (16 KiB buffers, a
- * shared receive queue of 4096 of them, pools that grow 1024 buffers at a
- * time) an endpoint costs ~85 MiB of anonymous memory, four times what an
- * executor needs of its own. Before the first fi_getinfo, sp_ofi_rxm_defaults
- * sets FI_OFI_RXM_MSG_RX_SIZE to 128 and, in rma mode, FI_OFI_RXM_BUFFER_SIZE
- * to 512: rxm hands fi_reads straight to the msg endpoint and copies none of
- * their bytes through its buffers. In msg mode the buffers stay 16 KiB, since
- * a reply up to the buffer size goes eagerly in one message and a larger one
- * by rendezvous (8 KiB replies are 45% slower with 4 KiB buffers). Peak
- * anonymous memory of an executor: 105.7 -> 23.9 MiB (rma), 122.3 -> 55.6 MiB
- * (msg), same speed. setenv(..., 0): a variable the user set wins. rxm reads
- * them once, when libfabric first initializes its providers (the process's
- * first fi_getinfo, whoever calls it), so they are process-wide: the first
- * transport's mode decides, and where something else initialized libfabric
- * first (MPI_Init with Open MPI's mtl ofi, under mpirun) they have no effect
- * and rxm keeps its defaults; exporting the variables sizes rxm there.
+ * ofi_rxm (tcp;ofi_rxm, verbs;ofi_rxm) sizes its receive pools for MPI's
+ * eager traffic: with libfabric 1.17's defaults on tcp (a shared receive
+ * queue of 4096 buffers of 16 KiB, pools that grow 1024 buffers at a time)
+ * an endpoint costs ~85 MiB of anonymous memory, four times what an
+ * executor needs of its own. Before the first fi_getinfo,
+ * sp__ofi_rxm_defaults sets FI_OFI_RXM_MSG_RX_SIZE to 128 (64 reads in
+ * flight and 32 request slots fit), where the environment does not set it
+ * (setenv(..., 0): the user's value wins). The buffer size
+ * (FI_OFI_RXM_BUFFER_SIZE) is left alone although 512 bytes would save as
+ * much again in rma mode: it is rxm's eager limit, part of its protocol, and
+ * peers whose values differ stop talking (fi_read returns FI_EAGAIN until
+ * the timeout; seen when one rank's libfabric was initialized before spate
+ * set it and the other's after). The receive count is local to each process:
+ * peers with different counts interoperate. rxm reads the variables once,
+ * when libfabric first initializes its providers (the process's first
+ * fi_getinfo, whoever calls it), so where something else initialized
+ * libfabric first (MPI_Init with Open MPI's mtl ofi) spate's value has no
+ * effect; exporting it sizes rxm there.
  */
 #include "transport_int.h"
 
@@ -83,7 +84,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SP_OFI_VERSION FI_VERSION(1, 9)
+/* ofi_rxm receive buffers per endpoint (see the design note); rxm: 4096 on tcp. */
+#define SP_OFI_RXM_MSG_RX_SIZE "128"
+#define SP_OFI_VERSION         FI_VERSION(1, 9)
 /* The progress thread's pause: short while completions come in, up to 1 ms when idle. */
 #define SP_OFI_PAUSE_MIN_NS 10000L
 #define SP_OFI_PAUSE_MAX_NS 1000000L
@@ -314,28 +317,18 @@ static int sp_ofi_getinfo(const char *provider, uint64_t caps, struct fi_info **
 }
 
 /*
- * ofi_rxm's pools sized for what we send through them (see the design note),
- * for each variable the environment does not set. Takes effect only before
+ * ofi_rxm's receive pool sized for what we send through it (see the design
+ * note), where the environment does not set it. Takes effect only before
  * libfabric's first initialization in this process. setenv is not safe
  * against other threads reading the environment at the same moment; a
  * transport is opened while an executor starts, before its task threads.
  */
-static void sp_ofi_rxm_defaults(bool msg)
+void sp__ofi_rxm_defaults(void)
 {
-    static const struct {
-        const char *name, *rma, *msg; /* NULL: rxm's own default */
-    } vars[] = {
-        {"FI_OFI_RXM_BUFFER_SIZE", "512", NULL},
-        {"FI_OFI_RXM_MSG_RX_SIZE", "128", "128"},
-    };
-
-    for (size_t i = 0; i < SP_ARRAY_SIZE(vars); i++) {
-        const char *value = msg ? vars[i].msg : vars[i].rma;
-        if (value == NULL || getenv(vars[i].name) != NULL)
-            continue;
-        if (setenv(vars[i].name, value, 0) == 0)
-            sp_debug("ofi transport: %s=%s (spate's default)", vars[i].name, value);
-    }
+    if (getenv("FI_OFI_RXM_MSG_RX_SIZE") == NULL &&
+        setenv("FI_OFI_RXM_MSG_RX_SIZE", SP_OFI_RXM_MSG_RX_SIZE, 0) == 0)
+        sp_debug("ofi transport: FI_OFI_RXM_MSG_RX_SIZE=%s (spate's default)",
+                 SP_OFI_RXM_MSG_RX_SIZE);
 }
 
 static sp_status_t sp_ofi_post_slot(sp_ofi_t *o, sp_ofi_slot_t *slot);
@@ -391,7 +384,7 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     if (provider == NULL || *provider == '\0')
         provider = getenv("FI_PROVIDER");
     o->msg = strcmp(mode, "msg") == 0;
-    sp_ofi_rxm_defaults(o->msg);
+    sp__ofi_rxm_defaults();
     ret = sp_ofi_getinfo(provider, o->msg ? msg_caps : rma_caps, &o->info);
     if (ret == -FI_ENODATA && strcmp(mode, "auto") == 0) {
         /* No one-sided reads: request and reply over tagged messages. */

@@ -122,6 +122,14 @@ extern size_t sp__mpi_count_max;
 void sp__ofi_shm_clear(long pid);
 
 /*
+ * Sets spate's ofi_rxm defaults (FI_OFI_RXM_MSG_RX_SIZE) where the
+ * environment has none; the ofi backend calls it before its first
+ * fi_getinfo. Code that opens libfabric before any transport does (a
+ * benchmark's bare loop) calls it first so that rxm is sized alike.
+ */
+void sp__ofi_rxm_defaults(void);
+
+/*
  * Fills the base fields every backend shares from conf (transport.timeout,
  * transport.max_outstanding) and makes its lock and completion ring.
  * sp__transport_fini_base undoes it (after the progress thread stopped);

@@ -1,7 +1,8 @@
 /*
  * ofi_rxm's pools as the ofi backend sizes them (transport/ofi.c): the first
- * transport of a process sets FI_OFI_RXM_* where the environment has none,
- * which keeps an rma endpoint on tcp;ofi_rxm small, and leaves the user's
+ * transport of a process sets FI_OFI_RXM_MSG_RX_SIZE where the environment
+ * has none, which keeps an endpoint on tcp;ofi_rxm small, leaves the buffer
+ * size (rxm's eager limit, which peers must agree on) and the user's
  * settings alone. libfabric reads them once per process, so each case runs
  * in a forked child that is the first to open libfabric; the parent never
  * does.
@@ -21,12 +22,12 @@
 #include <unistd.h>
 
 /*
- * Anonymous memory an endpoint open may take (libfabric 1.17 on tcp): rma
- * with spate's sizes ~2.5 MiB, ~18 MiB with rxm's 16 KiB buffers, ~70 MiB with
- * its receive queue of 4096 as well; msg with spate's sizes ~18 MiB.
+ * Anonymous memory an endpoint open may take (libfabric 1.17 on tcp): ~18 MiB
+ * with spate's receive count in either mode, ~70 MiB with rxm's shared
+ * receive queue of 4096 buffers. The buffer size is rxm's eager limit and
+ * part of its protocol: spate leaves it alone in both modes.
  */
-#define RXM_RMA_OPEN_MAX_KIB (8L << 10)
-#define RXM_MSG_OPEN_MAX_KIB (32L << 10)
+#define RXM_OPEN_MAX_KIB (32L << 10)
 
 static long anon_kib(void)
 {
@@ -51,13 +52,13 @@ static bool env_is(const char *name, const char *value)
 
 /*
  * In a child: opens a transport on tcp;ofi_rxm in mode with the given
- * FI_OFI_RXM_BUFFER_SIZE (NULL: unset; FI_OFI_RXM_MSG_RX_SIZE unset) and
- * exits with 0 when the environment afterwards holds buffer_after (NULL:
- * unset) and msg_rx_after, and the open grew anonymous memory by at most
+ * FI_OFI_RXM_BUFFER_SIZE and FI_OFI_RXM_MSG_RX_SIZE (NULL: unset) and exits
+ * with 0 when the environment afterwards holds buffer_after and
+ * msg_rx_after (NULL: unset), and the open grew anonymous memory by at most
  * max_kib (0: not checked).
  */
-static void child(const char *mode, const char *buffer, const char *buffer_after,
-                  const char *msg_rx_after, long max_kib)
+static void child(const char *mode, const char *buffer, const char *msg_rx,
+                  const char *buffer_after, const char *msg_rx_after, long max_kib)
 {
     sp_conf_t *conf = NULL;
     sp_transport_t *t = NULL;
@@ -67,7 +68,10 @@ static void child(const char *mode, const char *buffer, const char *buffer_after
         setenv("FI_OFI_RXM_BUFFER_SIZE", buffer, 1);
     else
         unsetenv("FI_OFI_RXM_BUFFER_SIZE");
-    unsetenv("FI_OFI_RXM_MSG_RX_SIZE");
+    if (msg_rx != NULL)
+        setenv("FI_OFI_RXM_MSG_RX_SIZE", msg_rx, 1);
+    else
+        unsetenv("FI_OFI_RXM_MSG_RX_SIZE");
     if (sp_conf_create(&conf) != SP_OK ||
         sp_conf_set(conf, "transport.provider", "tcp;ofi_rxm") != SP_OK ||
         sp_conf_set(conf, "transport.ofi_mode", mode) != SP_OK ||
@@ -93,42 +97,42 @@ static void child(const char *mode, const char *buffer, const char *buffer_after
     _exit(0);
 }
 
-static int run_child(const char *mode, const char *buffer, const char *buffer_after,
-                     const char *msg_rx_after, long max_kib)
+static int run_child(const char *mode, const char *buffer, const char *msg_rx,
+                     const char *buffer_after, const char *msg_rx_after, long max_kib)
 {
     int status = 0;
     pid_t pid = fork();
 
     assert_true(pid >= 0);
     if (pid == 0)
-        child(mode, buffer, buffer_after, msg_rx_after, max_kib);
+        child(mode, buffer, msg_rx, buffer_after, msg_rx_after, max_kib);
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
     return WEXITSTATUS(status);
 }
 
-static void test_ofi_rxm_rma_defaults_apply(void **state)
+static void test_ofi_rxm_rma_keeps_eager_buffers(void **state)
 {
     (void)state;
-    assert_int_equal(run_child("rma", NULL, "512", "128", RXM_RMA_OPEN_MAX_KIB), 0);
+    assert_int_equal(run_child("rma", NULL, NULL, NULL, "128", RXM_OPEN_MAX_KIB), 0);
 }
 
 static void test_ofi_rxm_msg_keeps_eager_buffers(void **state)
 {
     (void)state;
-    assert_int_equal(run_child("msg", NULL, NULL, "128", RXM_MSG_OPEN_MAX_KIB), 0);
+    assert_int_equal(run_child("msg", NULL, NULL, NULL, "128", RXM_OPEN_MAX_KIB), 0);
 }
 
 static void test_ofi_rxm_user_setting_wins(void **state)
 {
     (void)state;
-    assert_int_equal(run_child("rma", "16384", "16384", "128", 0), 0);
+    assert_int_equal(run_child("rma", "16384", "256", "16384", "256", 0), 0);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ofi_rxm_rma_defaults_apply),
+        cmocka_unit_test(test_ofi_rxm_rma_keeps_eager_buffers),
         cmocka_unit_test(test_ofi_rxm_msg_keeps_eager_buffers),
         cmocka_unit_test(test_ofi_rxm_user_setting_wins),
     };
