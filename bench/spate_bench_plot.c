@@ -52,8 +52,11 @@ typedef struct sp_plot_panel {
 static const char *const sp_plot_colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd",
                                              "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
                                              "#bcbd22", "#393b79", "#ad494a", "#637939"};
-static const char *const sp_plot_greys[] = {"#000000", "#555555", "#888888",
-                                            "#aaaaaa", "#333333", "#777777"};
+static const char *const sp_plot_greys[] = {"#000000", "#666666", "#999999",
+                                            "#333333", "#777777", "#aaaaaa"};
+static const char *const sp_plot_limit_dashes[] = {
+    " stroke-dasharray=\"2 3\"",  " stroke-dasharray=\"9 3 2 3\"",     " stroke-dasharray=\"1 6\"",
+    " stroke-dasharray=\"12 4\"", " stroke-dasharray=\"5 2 1 2 1 2\"", " stroke-dasharray=\"4 4\""};
 
 static void sp_plot_add(sp_plot_panel_t *p, const char *name, bool limit, int dash, double x,
                         double y, bool hollow)
@@ -248,9 +251,12 @@ static void sp_plot_panel_draw(FILE *f, sp_plot_panel_t *p, double ox, double oy
     /* Series, then the legend under the panel in two columns. */
     for (unsigned i = 0; i < p->n; i++) {
         sp_plot_series_t *s = &p->s[i];
-        const char *color = s->limit ? sp_plot_greys[gi++ % SP_ARRAY_SIZE(sp_plot_greys)]
+        /* Limits differ in grey and in dash pattern both, so that none two look alike. */
+        const char *color = s->limit ? sp_plot_greys[gi % SP_ARRAY_SIZE(sp_plot_greys)]
                                      : sp_plot_colors[ci++ % SP_ARRAY_SIZE(sp_plot_colors)];
-        const char *dash = s->dash == 1   ? " stroke-dasharray=\"7 4\""
+        const char *dash = s->limit
+                               ? sp_plot_limit_dashes[gi++ % SP_ARRAY_SIZE(sp_plot_limit_dashes)]
+                           : s->dash == 1 ? " stroke-dasharray=\"7 4\""
                            : s->dash == 2 ? " stroke-dasharray=\"2 3\""
                                           : "";
         double lx = ox + (i % 2) * (w / 2), ly = oy + h + 60 + (i / 2) * 17;
@@ -312,6 +318,8 @@ sp_status_t sp_bench_plot_svg(const char *path, const json_t *runs)
 {
     sp_plot_panel_t *size = calloc(1, sizeof(*size)), *ranks = calloc(1, sizeof(*ranks));
     const char *first_codec = NULL;
+    double first_n = 0;
+    bool mixed = false;
     char tmp[4096];
     const json_t *run;
     size_t i;
@@ -329,6 +337,16 @@ sp_status_t sp_bench_plot_svg(const char *path, const json_t *runs)
     ranks->title = "Throughput vs ranks (no spill; hollow: oversubscribed)";
     ranks->xlabel = "ranks (executors)";
     ranks->ylabel = "aggregate GB/s (log scale)";
+    /* Runs on several executor counts: one size series per count, limits on the right only. */
+    json_array_foreach(runs, i, run)
+    {
+        double n = sp_plot_num(json_object_get(run, "config"), "executors", NULL);
+        if (first_n == 0)
+            first_n = n;
+        mixed |= n != first_n;
+    }
+    if (mixed)
+        size->title = "Throughput vs data size (per executor, by executors)";
     json_array_foreach(runs, i, run)
     {
         const json_t *cfg = json_object_get(run, "config");
@@ -344,22 +362,26 @@ sp_status_t sp_bench_plot_svg(const char *path, const json_t *runs)
             continue;
         if (first_codec == NULL)
             first_codec = codec;
-        snprintf(name, sizeof(name), "spate map write, %s%s", codec, spill ? ", spill" : "");
+        snprintf(pre, sizeof(pre), "%s%s", spill ? ", spill" : "", mixed ? ", " : "");
+        if (mixed)
+            snprintf(pre + strlen(pre), sizeof(pre) - strlen(pre), "%g exec", n);
+        snprintf(name, sizeof(name), "spate map write, %s%s", codec, pre);
         sp_plot_add(size, name, false, 0, x, sp_plot_phase(run, "map", "gbps_per_executor"), false);
-        snprintf(name, sizeof(name), "spate exchange+reduce, %s%s", codec, spill ? ", spill" : "");
+        snprintf(name, sizeof(name), "spate exchange+reduce, %s%s", codec, pre);
         sp_plot_add(size, name, false, 1, x, sp_plot_phase(run, "exchange", "gbps_per_executor"),
                     false);
-        sp_plot_add(size, "limit: memcpy, 1 thread", true, 2, x,
-                    sp_plot_num(run, "limits", "memcpy_gbps"), false);
-        sp_plot_add(size, "limit: bare fi_read, 1 pair one way", true, 2, x,
-                    sp_plot_num(run, "limits", "fi_read_gbps"), false);
-        sp_plot_add(size, "limit: bare fi_read, 1 pair both ways, each", true, 2, x,
-                    sp_plot_num(run, "limits", "fi_read_both_ways_gbps"), false);
-        sp_plot_add(size, "limit: MPI_Alltoallv per rank", true, 2, x,
-                    sp_plot_num(run, "limits", "alltoallv_gbps_per_rank"), false);
-        sp_plot_add(size, "limit: local_dirs write (whole disk)", true, 2, x,
-                    sp_plot_num(run, "limits", "disk_write_gbps"), false);
-
+        if (!mixed) {
+            sp_plot_add(size, "limit: memcpy, 1 thread", true, 2, x,
+                        sp_plot_num(run, "limits", "memcpy_gbps"), false);
+            sp_plot_add(size, "limit: bare fi_read one way", true, 2, x,
+                        sp_plot_num(run, "limits", "fi_read_gbps"), false);
+            sp_plot_add(size, "limit: bare fi_read both ways", true, 2, x,
+                        sp_plot_num(run, "limits", "fi_read_both_ways_gbps"), false);
+            sp_plot_add(size, "limit: MPI_Alltoallv per rank", true, 2, x,
+                        sp_plot_num(run, "limits", "alltoallv_gbps_per_rank"), false);
+            sp_plot_add(size, "limit: local_dirs write (whole disk)", true, 2, x,
+                        sp_plot_num(run, "limits", "disk_write_gbps"), false);
+        }
         if (spill || strcmp(codec, first_codec) != 0)
             continue;
         snprintf(pre, sizeof(pre), "%s%scodec %s:", label, label[0] ? ", " : "", codec);
