@@ -300,18 +300,6 @@ static json_t *sp_bench_machine(void)
     return m;
 }
 
-static void sp_bench_human(char *buf, size_t cap, double bytes)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    unsigned u = 0;
-
-    while (bytes >= 1024 && u + 1 < SP_ARRAY_SIZE(units)) {
-        bytes /= 1024;
-        u++;
-    }
-    snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
-}
-
 static double sp_bench_stage_s(const sp__stage_report_t *s)
 {
     return s->start_ns && s->end_ns > s->start_ns ? (double)(s->end_ns - s->start_ns) / 1e9 : 0;
@@ -463,10 +451,10 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
                                         "apart from sorting and writing: phases.map holds both; "
                                         "phases.validation is the driver's finish (valsort)"));
 
-    sp_bench_human(b1, sizeof(b1), (double)size);
-    sp_bench_human(b2, sizeof(b2), (double)(map->spill_bytes + red->spill_bytes));
-    sp_bench_human(b3, sizeof(b3), (double)anon);
-    sp_bench_human(b4, sizeof(b4), (double)peak);
+    sp_cli_human(b1, sizeof(b1), (double)size);
+    sp_cli_human(b2, sizeof(b2), (double)(map->spill_bytes + red->spill_bytes));
+    sp_cli_human(b3, sizeof(b3), (double)anon);
+    sp_cli_human(b4, sizeof(b4), (double)peak);
     printf("\nrun %u/%u: %s, %s per executor x %u executor(s)%s, codec %s, memory %s%s, "
            "%llu-byte records, %u maps x %u partitions: %s\n",
            run, runs, o->job, b1, nexec, over ? " (oversubscribed)" : "", codec, mem_spec,
@@ -556,7 +544,7 @@ static void sp_bench_summary(const json_t *runs)
         char sz[32];
 #define SP_R(k)     json_number_value(json_object_get(q, k))
 #define SP_P(ph, k) json_number_value(json_object_get(json_object_get(p, ph), k))
-        sp_bench_human(sz, sizeof(sz), json_number_value(json_object_get(c, "size_per_executor")));
+        sp_cli_human(sz, sizeof(sz), json_number_value(json_object_get(c, "size_per_executor")));
         printf(
             "%-4zu %9s %4lld%s %5s %6s %7.2f %7.2f %7.2f %7.3f %8.2f %8.2f %8.2f %8.2f %7.2f%s%s\n",
             i + 1, sz, (long long)json_integer_value(json_object_get(c, "executors")),

@@ -4,6 +4,7 @@
 
 #include <spate/conf.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <spate/memory.h>
 
@@ -30,6 +31,16 @@ sp_status_t sp_cli_secret_load(const char *file, const char *env, void **secret_
 
 /* A whole decimal number in [min, max] (no sign, no blanks); false otherwise. */
 bool sp_cli_parse_u32(const char *text, uint32_t min, uint32_t max, uint32_t *v_p);
+
+/*
+ * The value of option opt at argv[*i], given as "--opt VALUE" (advancing *i
+ * past VALUE) or "--opt=VALUE". NULL when argv[*i] is not opt, and when it
+ * is but VALUE is missing: then *missing_p is set to true.
+ */
+const char *sp_cli_option(int argc, char **argv, int *i, const char *opt, bool *missing_p);
+
+/* bytes in binary units ("512 B", "1.5 GiB") into buf. */
+void sp_cli_human(char *buf, size_t cap, double bytes);
 
 /* Prints "spate: <message>" for the calling thread's last error; returns 1. */
 int sp_cli_fail(const char *what);

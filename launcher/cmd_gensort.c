@@ -111,15 +111,12 @@ static bool sp_cmd_gensort_number(const char *opt, const char *value, uint64_t m
 /* Value of option argv[*i] (--opt=V, or --opt V); NULL (message printed) when missing. */
 static const char *sp_cmd_gensort_value(int argc, char **argv, int *i, const char *opt)
 {
-    size_t len = strlen(opt);
+    bool missing = false;
+    const char *value = sp_cli_option(argc, argv, i, opt, &missing);
 
-    if (argv[*i][len] == '=')
-        return argv[*i] + len + 1;
-    if (*i + 1 >= argc) {
+    if (value == NULL)
         fprintf(stderr, "spate gensort: option %s needs a value\n", opt);
-        return NULL;
-    }
-    return argv[++(*i)];
+    return value;
 }
 
 static bool sp_cmd_gensort_is_opt(const char *arg, const char *opt)

@@ -82,24 +82,6 @@ static void sp_run_usage(FILE *out)
             "exit codes: 0 success, 1 the job failed, 2 bad command line, parameters or input.\n");
 }
 
-/* Value of "--opt VALUE" / "--opt=VALUE"; NULL when argv[*i] is another option. */
-static const char *sp_run_value(int argc, char **argv, int *i, const char *opt, bool *missing_p)
-{
-    size_t len = strlen(opt);
-
-    if (strncmp(argv[*i], opt, len) != 0)
-        return NULL;
-    if (argv[*i][len] == '=')
-        return argv[*i] + len + 1;
-    if (argv[*i][len] != '\0')
-        return NULL;
-    if (*i + 1 >= argc) {
-        *missing_p = true;
-        return NULL;
-    }
-    return argv[++(*i)];
-}
-
 static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
 {
     static const struct {
@@ -128,7 +110,7 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
             continue;
         }
         for (size_t c = 0; c < SP_ARRAY_SIZE(conf_opts) && !matched; c++) {
-            if ((v = sp_run_value(argc, argv, &i, conf_opts[c].opt, &missing)) != NULL) {
+            if ((v = sp_cli_option(argc, argv, &i, conf_opts[c].opt, &missing)) != NULL) {
                 matched = true;
                 if (sp_conf_set(cli->conf, conf_opts[c].key, v) != SP_OK) {
                     fprintf(stderr, "spate run: %s: %s\n", conf_opts[c].opt, sp_last_error());
@@ -138,56 +120,56 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
         }
         if (matched)
             continue;
-        if ((v = sp_run_value(argc, argv, &i, "--executors", &missing)) != NULL) {
+        if ((v = sp_cli_option(argc, argv, &i, "--executors", &missing)) != NULL) {
             if (!sp_cli_parse_u32(v, 1, 1024, &o->executors)) {
                 fprintf(stderr, "spate run: --executors '%s' is not a number from 1 to 1024\n", v);
                 return 2;
             }
-        } else if ((v = sp_run_value(argc, argv, &i, "--wait-executors", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--wait-executors", &missing)) != NULL) {
             if (!sp_cli_parse_u32(v, 1, 65536, &o->wait_executors)) {
                 fprintf(stderr,
                         "spate run: --wait-executors '%s' is not a number from 1 to 65536\n", v);
                 return 2;
             }
-        } else if ((v = sp_run_value(argc, argv, &i, "--listen", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--listen", &missing)) != NULL) {
             if (sp_conf_set(cli->conf, "driver.address", v) != SP_OK) {
                 fprintf(stderr, "spate run: --listen: %s\n", sp_last_error());
                 return 2;
             }
-        } else if ((v = sp_run_value(argc, argv, &i, "--secret-file", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--secret-file", &missing)) != NULL) {
             o->secret_file = v;
-        } else if ((v = sp_run_value(argc, argv, &i, "--master", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--master", &missing)) != NULL) {
             o->master = v;
-        } else if ((v = sp_run_value(argc, argv, &i, "--partitions", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--partitions", &missing)) != NULL) {
             if (!sp_cli_parse_u32(v, 1, 1u << 24, &o->partitions)) {
                 fprintf(stderr, "spate run: --partitions '%s' is not a number from 1 to 16777216\n",
                         v);
                 return 2;
             }
-        } else if ((v = sp_run_value(argc, argv, &i, "--size", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--size", &missing)) != NULL) {
             if (sp_conf_parse_size(v, &o->size) != SP_OK || o->size == 0) {
                 fprintf(stderr, "spate run: --size '%s' is not a size like 512m or 4g\n", v);
                 return 2;
             }
-        } else if ((v = sp_run_value(argc, argv, &i, "--input", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--input", &missing)) != NULL) {
             o->input = v;
-        } else if ((v = sp_run_value(argc, argv, &i, "--output", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--output", &missing)) != NULL) {
             o->output = v;
-        } else if ((v = sp_run_value(argc, argv, &i, "--json", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--json", &missing)) != NULL) {
             o->json = v;
-        } else if ((v = sp_run_value(argc, argv, &i, "--job-arg", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--job-arg", &missing)) != NULL) {
             if (strchr(v, '=') == NULL || o->nargs == SP_RUN_MAX_ARGS) {
                 fprintf(stderr, "spate run: --job-arg '%s' is not KEY=VALUE (at most %d)\n", v,
                         SP_RUN_MAX_ARGS);
                 return 2;
             }
             o->args[o->nargs++] = v;
-        } else if ((v = sp_run_value(argc, argv, &i, "--conf-file", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--conf-file", &missing)) != NULL) {
             if (sp_conf_load_file(cli->conf, v) != SP_OK) {
                 fprintf(stderr, "spate run: --conf-file: %s\n", sp_last_error());
                 return 2;
             }
-        } else if ((v = sp_run_value(argc, argv, &i, "--conf", &missing)) != NULL) {
+        } else if ((v = sp_cli_option(argc, argv, &i, "--conf", &missing)) != NULL) {
             if (sp_conf_set_assignment(cli->conf, v) != SP_OK) {
                 fprintf(stderr, "spate run: --conf: %s\n", sp_last_error());
                 return 2;

@@ -51,22 +51,17 @@ static void sp_cli_usage(FILE *out)
             "`spate conf` lists every key. `spate <command> --help` shows a command's options.\n");
 }
 
-/* Value of "--opt VALUE" or "--opt=VALUE" at argv[*i], advancing *i; NULL if absent. */
+/* sp_cli_option() for the global options: a missing value ends the program. */
 static const char *sp_cli_value(int argc, char **argv, int *i, const char *opt)
 {
-    size_t len = strlen(opt);
+    bool missing = false;
+    const char *value = sp_cli_option(argc, argv, i, opt, &missing);
 
-    if (strncmp(argv[*i], opt, len) != 0)
-        return NULL;
-    if (argv[*i][len] == '=')
-        return argv[*i] + len + 1;
-    if (argv[*i][len] != '\0')
-        return NULL;
-    if (*i + 1 >= argc) {
+    if (missing) {
         fprintf(stderr, "spate: option %s needs a value\n", opt);
         exit(2);
     }
-    return argv[++(*i)];
+    return value;
 }
 
 int main(int argc, char **argv)

@@ -8,6 +8,8 @@
  */
 #include "run_report.h"
 
+#include "cli.h"
+
 #include "common_int.h"
 
 #include <errno.h>
@@ -27,18 +29,6 @@ static uint64_t sp_stage_wall(const sp__stage_report_t *s, uint64_t now)
     return (s->end_ns != 0 ? s->end_ns : now) - s->start_ns;
 }
 
-static void sp_human(char *buf, size_t cap, double bytes)
-{
-    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    unsigned u = 0;
-
-    while (bytes >= 1024 && u + 1 < SP_ARRAY_SIZE(units)) {
-        bytes /= 1024;
-        u++;
-    }
-    snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
-}
-
 void sp_run_progress_cb(void *arg, const sp__driver_report_t *r, bool final)
 {
     sp_run_progress_t *p = arg;
@@ -56,7 +46,7 @@ void sp_run_progress_cb(void *arg, const sp__driver_report_t *r, bool final)
             continue;
         if (!done && !final && !p->tty)
             continue; /* not a terminal: one line per stage, at its end */
-        sp_human(bytes, sizeof(bytes), (double)st->bytes);
+        sp_cli_human(bytes, sizeof(bytes), (double)st->bytes);
         fprintf(p->out, "%s%-7s %6u/%-6u tasks  %10s  %7.2f GB/s  %6.1f s%s", p->tty ? "\r" : "",
                 sp_stage_label[s], st->done, st->tasks, bytes,
                 wall ? (double)st->bytes / (double)wall : 0.0, sp_sec(wall),
@@ -123,9 +113,9 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
         uint64_t sw = sp_stage_wall(st, r->end_ns);
         if (st->tasks == 0)
             continue;
-        sp_human(b1, sizeof(b1), (double)st->bytes);
-        sp_human(b2, sizeof(b2), (double)st->spill_bytes);
-        sp_human(b3, sizeof(b3), (double)st->remote_bytes);
+        sp_cli_human(b1, sizeof(b1), (double)st->bytes);
+        sp_cli_human(b2, sizeof(b2), (double)st->spill_bytes);
+        sp_cli_human(b3, sizeof(b3), (double)st->remote_bytes);
         fprintf(out, "%-7s %3u/%-3u %9.2f %13llu %11s %11s %13.3f %11s\n", sp_stage_label[s],
                 st->done, st->tasks, sp_sec(sw), (unsigned long long)st->records, b1, b2,
                 sw ? (double)st->bytes / (double)sw / active : 0.0, b3);
@@ -135,17 +125,17 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
     for (uint32_t e = 0; e < r->nexecutors; e++) {
         const sp__executor_report_t *x = &r->executors[e];
         char m[32], anon[32], rss[32], pe[32], sh[32];
-        sp_human(m, sizeof(m), (double)x->memory);
-        sp_human(anon, sizeof(anon), (double)x->peak_anon);
-        sp_human(rss, sizeof(rss), (double)x->peak_rss);
-        sp_human(pe, sizeof(pe), (double)x->peak_execution);
-        sp_human(sh, sizeof(sh), (double)x->shuffle_bytes);
+        sp_cli_human(m, sizeof(m), (double)x->memory);
+        sp_cli_human(anon, sizeof(anon), (double)x->peak_anon);
+        sp_cli_human(rss, sizeof(rss), (double)x->peak_rss);
+        sp_cli_human(pe, sizeof(pe), (double)x->peak_execution);
+        sp_cli_human(sh, sizeof(sh), (double)x->shuffle_bytes);
         fprintf(out, "%-4u %-16.16s %8u %6u %10s %10s %10s %10s %10s %10u%s\n", x->id, x->host,
                 x->pid, x->slots, m, anon, rss, pe, sh, x->tasks, x->lost ? "  (lost)" : "");
     }
     fprintf(out, "(peak anon: the executor's own memory, heap and buffers; peak rss also counts "
                  "the shuffle files it maps)\n");
-    sp_human(b1, sizeof(b1), (double)shuffle);
+    sp_cli_human(b1, sizeof(b1), (double)shuffle);
     fprintf(out, "shuffle: %s written; output: %llu bytes; records: %llu mapped, %llu reduced\n",
             b1, (unsigned long long)r->result.output_bytes,
             (unsigned long long)r->result.map_records,
