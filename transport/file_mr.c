@@ -138,6 +138,20 @@ static sp_status_t sp_file_chunk_ref(sp_transport_t *t, int fd, uint64_t dev, ui
     return SP_OK;
 }
 
+sp_status_t sp__file_range_stat(int fd, uint64_t file_offset, size_t len, struct stat *sb_p)
+{
+    if (fstat(fd, sb_p) != 0)
+        return SP_RAISE(SP_ERR_IO, "serve file descriptor %d: fstat: %s (errno %d)", fd,
+                        strerror(errno), errno);
+    if (!S_ISREG(sb_p->st_mode) || file_offset > (uint64_t)sb_p->st_size ||
+        len > (uint64_t)sb_p->st_size - file_offset)
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "serve %zu bytes at offset %llu of file descriptor %d: not inside a "
+                        "regular file of %lld bytes",
+                        len, (unsigned long long)file_offset, fd, (long long)sb_p->st_size);
+    return SP_OK;
+}
+
 sp_status_t sp__file_mr_reg(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
                             sp_mr_t **mr_p)
 {
@@ -146,15 +160,8 @@ sp_status_t sp__file_mr_reg(sp_transport_t *t, int fd, uint64_t file_offset, siz
     struct stat sb;
     sp_status_t st = SP_OK;
 
-    if (fstat(fd, &sb) != 0)
-        return SP_RAISE(SP_ERR_IO, "serve file descriptor %d: fstat: %s (errno %d)", fd,
-                        strerror(errno), errno);
-    if (!S_ISREG(sb.st_mode) || file_offset > (uint64_t)sb.st_size ||
-        len > (uint64_t)sb.st_size - file_offset)
-        return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "serve %zu bytes at offset %llu of file descriptor %d: not inside a "
-                        "regular file of %lld bytes",
-                        len, (unsigned long long)file_offset, fd, (long long)sb.st_size);
+    if ((st = sp__file_range_stat(fd, file_offset, len, &sb)) != SP_OK)
+        return st;
     first = file_offset / chunk;
     last = (file_offset + len - 1) / chunk;
     if (last - first >= UINT16_MAX)

@@ -219,15 +219,8 @@ static sp_status_t sp_local_mr_reg_file(sp_transport_t *t, int fd, uint64_t file
     struct stat sb;
     sp_status_t st;
 
-    if (fstat(fd, &sb) != 0)
-        return SP_RAISE(SP_ERR_IO, "serve file descriptor %d: fstat: %s (errno %d)", fd,
-                        strerror(errno), errno);
-    if (!S_ISREG(sb.st_mode) || file_offset > (uint64_t)sb.st_size ||
-        len > (uint64_t)sb.st_size - file_offset)
-        return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "serve %zu bytes at offset %llu of file descriptor %d: not inside a "
-                        "regular file of %lld bytes",
-                        len, (unsigned long long)file_offset, fd, (long long)sb.st_size);
+    if ((st = sp__file_range_stat(fd, file_offset, len, &sb)) != SP_OK)
+        return st;
     if ((st = sp_local_mr_new(t, NULL, len, true, &m)) != SP_OK)
         return st;
     m->dev = (uint64_t)sb.st_dev;

@@ -19,6 +19,7 @@
 
 #include "common_int.h"
 #include <spate/transport.h>
+#include <sys/stat.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -168,6 +169,13 @@ void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int ra
 /* Puts a completion in the ring as it is (msg: a failure's message, or NULL). */
 void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int raw, size_t len,
                         uint32_t peer, const char *msg);
+
+/*
+ * fstat()s fd into *sb_p and checks that [file_offset, file_offset + len) lies
+ * inside it and that it is a regular file: SP_ERR_IO or SP_ERR_INVALID_PARAM
+ * naming the range otherwise (file_mr.c).
+ */
+sp_status_t sp__file_range_stat(int fd, uint64_t file_offset, size_t len, struct stat *sb_p);
 
 /* Served files in chunks, with their cache and chunked keys (file_mr.c); lock held. */
 sp_status_t sp__file_mr_reg(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
