@@ -73,7 +73,9 @@ static inline double rt_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static inline char *rt_slurp_stream(FILE *f)
+/* All of f from its start, NUL-terminated and malloc'ed (*len_p: its length, unless NULL); closes
+ * f. */
+static inline char *rt_slurp_len(FILE *f, size_t *len_p)
 {
     long len;
     char *text;
@@ -87,10 +89,13 @@ static inline char *rt_slurp_stream(FILE *f)
     assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
     text[len] = '\0';
     fclose(f);
+    if (len_p != NULL)
+        *len_p = (size_t)len;
     return text;
 }
 
-/* The last RT_TAIL bytes of text, for messages. */
+static inline char *rt_slurp_stream(FILE *f) { return rt_slurp_len(f, NULL); }
+
 static inline const char *rt_tail(const char *text)
 {
     size_t len = strlen(text);
@@ -261,23 +266,8 @@ static inline bool rt_exists(const char *dir, const char *name)
 static inline char *rt_read_file(const char *path, size_t *len_p)
 {
     FILE *f = fopen(path, "rb");
-    char *buf;
-    long len;
 
-    if (f == NULL)
-        return NULL;
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    len = ftell(f);
-    assert_true(len >= 0);
-    rewind(f);
-    buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    buf[len] = '\0';
-    fclose(f);
-    if (len_p != NULL)
-        *len_p = (size_t)len;
-    return buf;
+    return f != NULL ? rt_slurp_len(f, len_p) : NULL;
 }
 
 static inline void rt_write_file(const char *path, const void *buf, size_t len)

@@ -15,6 +15,7 @@
 /* LABELS: unit */
 #include "common_int.h"
 #include "executor/executor_int.h"
+#include "run_test_util.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -57,34 +58,6 @@ static void sh(const char *fmt, const char *arg)
 static void path_of(char *buf, size_t cap, const char *name)
 {
     snprintf(buf, cap, "%s/%s", dir, name);
-}
-
-static void write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
-static unsigned char *read_file(const char *path, size_t *len_p)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf;
-    long len;
-
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    len = ftell(f);
-    assert_true(len >= 0);
-    rewind(f);
-    buf = malloc((size_t)len + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *len_p = (size_t)len;
-    return buf;
 }
 
 /* ---- an executor's parts for sp__job_run_serial ---- */
@@ -206,7 +179,7 @@ static void test_registry_refuses_a_file_that_is_no_library(void **state)
 
     (void)state;
     path_of(path, sizeof(path), "not-a-library.so");
-    write_file(path, "hello, loader\n", 14);
+    rt_write_file(path, "hello, loader\n", 14);
     assert_int_equal(sp__job_load(path, &job, &handle), SP_ERR_BAD_FORMAT);
     assert_non_null(strstr(sp_last_error(), path));
     assert_non_null(strstr(sp_last_error(), "cannot load"));
@@ -418,7 +391,7 @@ static void test_wordcount_every_split_size_of_small_texts(void **state)
             text[0] = ' ';
         if (round % 4 == 2 && len > 0)
             text[len - 1] = '\n';
-        write_file(path, text, len);
+        rt_write_file(path, text, len);
         reference_words(text, len, &ref);
         for (size_t split = 1; split <= len + 1; split++)
             check_splits(path, &ref, len, split);
@@ -440,7 +413,7 @@ static void test_wordcount_random_splits_across_read_chunks(void **state)
     memset(text + (1u << 20) - 1000, 'w', 3000);
     memset(text + (2u << 20) - 5, 'v', 10);
     path_of(path, sizeof(path), "large.txt");
-    write_file(path, text, len);
+    rt_write_file(path, text, len);
     reference_words(text, len, &ref);
     check_splits(path, &ref, len, len);
     check_splits(path, &ref, len, 1u << 20);
@@ -463,7 +436,7 @@ static void test_wordcount_scan_edges(void **state)
 
     (void)state;
     path_of(path, sizeof(path), "edges.txt");
-    write_file(path, text, sizeof(text) - 1);
+    rt_write_file(path, text, sizeof(text) - 1);
     /* Past the end of the file: no words, no bytes. */
     assert_int_equal(sp__wordcount_scan(path, 100, 10, words_collect, &got, &bytes), SP_OK);
     assert_int_equal(got.n, 0);
@@ -493,7 +466,7 @@ static void test_wordcount_scan_faults(void **state)
 
     (void)state;
     path_of(path, sizeof(path), "faults.txt");
-    write_file(path, text, len);
+    rt_write_file(path, text, len);
     for (size_t k = 0; k < 2; k++) {
         uint64_t nth;
 
@@ -540,21 +513,21 @@ static void test_wordcount_plan(void **state)
     sh("rm -rf %s", in);
     sh("mkdir -p %s/sub", in);
     snprintf(path, sizeof(path), "%s/b.txt", in);
-    write_file(path, "x", 1);
+    rt_write_file(path, "x", 1);
     snprintf(path, sizeof(path), "%s/a.txt", in);
     {
         char text[250];
         memset(text, 'a', sizeof(text));
-        write_file(path, text, sizeof(text));
+        rt_write_file(path, text, sizeof(text));
     }
     snprintf(path, sizeof(path), "%s/empty.txt", in);
-    write_file(path, "", 0);
+    rt_write_file(path, "", 0);
     snprintf(path, sizeof(path), "%s/_SUCCESS", in);
-    write_file(path, "", 0);
+    rt_write_file(path, "", 0);
     snprintf(path, sizeof(path), "%s/.hidden", in);
-    write_file(path, "hidden words", 12);
+    rt_write_file(path, "hidden words", 12);
     snprintf(path, sizeof(path), "%s/sub/c.txt", in);
-    write_file(path, "nested", 6);
+    rt_write_file(path, "nested", 6);
 
     p.input = in;
     assert_int_equal(sp__job_wordcount.plan(&p, &plan), SP_OK);
@@ -621,7 +594,8 @@ static void read_wordcount_output(const char *out, uint32_t partitions, words_t 
         unsigned char *data;
 
         snprintf(path, sizeof(path), "%s/part-r-%05u", out, p);
-        data = read_file(path, &len);
+        data = (unsigned char *)rt_read_file(path, &len);
+        assert_non_null(data);
         while (i < len) {
             size_t start = i, wlen;
             uint64_t count = 0;
@@ -742,7 +716,7 @@ static void test_wordcount_run_matches_reference(void **state)
         unsigned char *text = random_text(len, 200);
 
         snprintf(path, sizeof(path), "%s/part-%d.txt", in, f);
-        write_file(path, text, len);
+        rt_write_file(path, text, len);
         reference_words(text, len, &ref);
         bytes += len;
         free(text);
@@ -785,7 +759,7 @@ static void test_wordcount_single_file_and_empty_input(void **state)
     env_open(&e, "256m");
     reference_words(text, 10000, &ref);
     path_of(in, sizeof(in), "one.txt");
-    write_file(in, text, 10000);
+    rt_write_file(in, text, 10000);
     sp_job_params_t p = params_of(&e, NULL, 0);
     p.input = in;
     assert_int_equal(sp__job_run_serial(&sp__job_wordcount, &p, e.mm, &result), SP_OK);
@@ -890,7 +864,8 @@ static void run_shuffle(env_t *e, const char *order, const char *skew, const cha
             unsigned char *data;
 
             snprintf(path, sizeof(path), "%s/part-r-%05u", out, part);
-            data = read_file(path, &sizes[part]);
+            data = (unsigned char *)rt_read_file(path, &sizes[part]);
+            assert_non_null(data);
             assert_int_equal(sizes[part] % rec, 0);
             /* merge and sort: the records of a partition come in key order. */
             if (strcmp(order, "unordered") != 0)
@@ -1008,7 +983,7 @@ static void test_example_plugin_runs(void **state)
     uint64_t want[5] = {0};
     unsigned char *text, *data;
     sp_job_result_t result;
-    size_t len = 3u << 20, out_len;
+    size_t len = 3u << 20, out_len = 0;
 
     (void)state;
     assert_int_equal(sp__job_load(TEST_EXAMPLE_PLUGIN, &job, &handle), SP_OK);
@@ -1040,7 +1015,7 @@ static void test_example_plugin_runs(void **state)
             want[4]++;
     }
     snprintf(path, sizeof(path), "%s/random.bin", in);
-    write_file(path, text, len);
+    rt_write_file(path, text, len);
     sp_job_params_t p = params_of(&e, NULL, 0);
     p.input = in;
     p.output = out;
@@ -1049,7 +1024,8 @@ static void test_example_plugin_runs(void **state)
     /* The map side combined each class to one record per map task. */
     assert_true(result.reduce_records <= 5);
     snprintf(path, sizeof(path), "%s/part-r-00000", out);
-    data = read_file(path, &out_len);
+    data = (unsigned char *)rt_read_file(path, &out_len);
+    assert_non_null(data);
     data[out_len] = '\0';
     snprintf(path, sizeof(path), "letters\t%" PRIu64 "\n", want[0]);
     assert_non_null(strstr((char *)data, path));

@@ -7,6 +7,8 @@
  *
  * LABELS: unit
  */
+#include "../executor/run_test_util.h"
+
 #include <jansson.h>
 
 #include <stdbool.h>
@@ -23,70 +25,6 @@
 
 #define SYNTH_CONF "memory.topology=synthetic:pack:2 node:2 core:4 pu:1"
 
-typedef struct cli_run {
-    int status; /* exit code, or -1 when the command did not exit normally */
-    char *out;  /* stdout, NUL-terminated, malloc'ed */
-    char *err;  /* stderr, NUL-terminated, malloc'ed */
-} cli_run_t;
-
-static char *slurp(FILE *f)
-{
-    long len;
-    char *text;
-
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    len = ftell(f);
-    assert_true(len >= 0);
-    rewind(f);
-    text = malloc((size_t)len + 1);
-    assert_non_null(text);
-    assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
-    text[len] = '\0';
-    fclose(f);
-    return text;
-}
-
-/* Runs $SPATE_CLI with args (NULL-terminated) and collects its output. */
-static cli_run_t run_cli(const char *const *args)
-{
-    const char *cli = getenv("SPATE_CLI");
-    FILE *out = tmpfile(), *err = tmpfile();
-    char *argv[32];
-    cli_run_t run;
-    size_t n = 0;
-    int wstatus;
-    pid_t pid;
-
-    assert_non_null(cli);
-    assert_non_null(out);
-    assert_non_null(err);
-    argv[n++] = (char *)cli;
-    for (; args[n - 1] != NULL && n < 31; n++)
-        argv[n] = (char *)args[n - 1];
-    argv[n] = NULL;
-    fflush(stdout);
-    fflush(stderr);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fileno(out), STDOUT_FILENO);
-        dup2(fileno(err), STDERR_FILENO);
-        execv(cli, argv);
-        _exit(127);
-    }
-    assert_int_equal(waitpid(pid, &wstatus, 0), pid);
-    run.status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
-    run.out = slurp(out);
-    run.err = slurp(err);
-    return run;
-}
-
-static void run_free(cli_run_t *run)
-{
-    free(run->out);
-    free(run->err);
-}
-
 static json_int_t json_int_at(const json_t *obj, const char *key)
 {
     const json_t *v = json_object_get(obj, key);
@@ -100,7 +38,7 @@ static void test_cli_topology_json_synthetic(void **state)
 {
     static const char *const args[] = {"--conf", SYNTH_CONF, "topology", "--json", NULL};
     static const char *const cpusets[] = {"0-3", "4-7", "8-11", "12-15"};
-    cli_run_t run = run_cli(args);
+    rt_run_t run = rt_cli(args);
     json_error_t error;
     json_t *root, *nodes, *execs;
     size_t i;
@@ -146,7 +84,7 @@ static void test_cli_topology_json_synthetic(void **state)
         assert_true(json_is_false(json_object_get(e, "bind_memory")));
     }
     json_decref(root);
-    run_free(&run);
+    rt_free(&run);
 }
 
 static void test_cli_topology_executors_option(void **state)
@@ -154,7 +92,7 @@ static void test_cli_topology_executors_option(void **state)
     static const char *const args[] = {
         "--conf",   SYNTH_CONF, "--conf",        "memory.executor=1g",
         "topology", "--json",   "--executors=6", NULL};
-    cli_run_t run = run_cli(args);
+    rt_run_t run = rt_cli(args);
     json_t *root, *execs;
     unsigned cores = 0;
 
@@ -172,13 +110,13 @@ static void test_cli_topology_executors_option(void **state)
     }
     assert_int_equal(cores, 16);
     json_decref(root);
-    run_free(&run);
+    rt_free(&run);
 }
 
 static void test_cli_topology_text_mentions_numa(void **state)
 {
     static const char *const args[] = {"--conf", SYNTH_CONF, "topology", NULL};
-    cli_run_t run = run_cli(args);
+    rt_run_t run = rt_cli(args);
 
     (void)state;
     if (run.status != 0)
@@ -188,19 +126,19 @@ static void test_cli_topology_text_mentions_numa(void **state)
     assert_non_null(strstr(run.out, "16 cores"));
     assert_non_null(strstr(run.out, "12-15"));
     assert_non_null(strstr(run.out, "none: topology is not this machine"));
-    run_free(&run);
+    rt_free(&run);
 }
 
 static void test_cli_topology_help_prints_usage(void **state)
 {
     static const char *const args[] = {"topology", "--help", NULL};
-    cli_run_t run = run_cli(args);
+    rt_run_t run = rt_cli(args);
 
     (void)state;
     assert_int_equal(run.status, 0);
     assert_non_null(strstr(run.out, "usage: spate"));
     assert_non_null(strstr(run.out, "--executors N"));
-    run_free(&run);
+    rt_free(&run);
 }
 
 static void test_cli_topology_bad_option_exits_2(void **state)
@@ -214,30 +152,30 @@ static void test_cli_topology_bad_option_exits_2(void **state)
 
     (void)state;
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        cli_run_t run = run_cli(bad[i]);
+        rt_run_t run = rt_cli(bad[i]);
         if (run.status != 2)
             fail_msg("'%s %s' exited %d", bad[i][0], bad[i][1], run.status);
         assert_non_null(strstr(run.err, "spate topology:"));
-        run_free(&run);
+        rt_free(&run);
     }
 }
 
 static void test_cli_topology_bad_source_exits_1(void **state)
 {
     static const char *const args[] = {"--conf", "memory.topology=bogus", "topology", NULL};
-    cli_run_t run = run_cli(args);
+    rt_run_t run = rt_cli(args);
 
     (void)state;
     assert_int_equal(run.status, 1);
     assert_non_null(strstr(run.err, "'bogus'"));
     assert_string_equal(run.out, "");
-    run_free(&run);
+    rt_free(&run);
 }
 
 static void test_cli_topology_this_machine_json(void **state)
 {
     static const char *const args[] = {"topology", "--json", NULL};
-    cli_run_t run = run_cli(args);
+    rt_run_t run = rt_cli(args);
     json_t *root, *nodes, *execs;
     json_int_t cores = 0;
 
@@ -261,7 +199,7 @@ static void test_cli_topology_this_machine_json(void **state)
     assert_int_equal(cores, json_int_at(root, "cores"));
     assert_true(json_is_boolean(json_object_get(root, "this_system")));
     json_decref(root);
-    run_free(&run);
+    rt_free(&run);
 }
 
 int main(void)
