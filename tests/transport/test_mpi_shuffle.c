@@ -13,6 +13,7 @@
  * same records.
  */
 /* LABELS: mpi */
+#include "shuffle_model.h"
 #include <spate/shuffle.h>
 #include <spate/transport.h>
 
@@ -27,9 +28,6 @@
 #include <unistd.h>
 
 #define MAPS_PER_RANK 2
-#define PARTS         7
-#define RECORDS       3000
-#define KEYS          400
 
 static struct world {
     const char *mode, *backend, *expect;
@@ -43,35 +41,7 @@ static struct world {
     sp_map_status_t **st; /* size * MAPS_PER_RANK, by global map id */
 } w;
 
-/* Record i of map m: key "k%03u", value m * 1e6 + i. */
-static unsigned key_of(unsigned m, unsigned i) { return (m * 7919u + i * 104729u) % KEYS; }
-
-static sp_map_status_t *write_map(unsigned m)
-{
-    sp_shuffle_writer_options_t o;
-    sp_shuffle_writer_t *wr = NULL;
-    sp_task_memory_t *task = NULL;
-    sp_map_status_t *st = NULL;
-
-    assert_int_equal(sp_task_memory_create(w.mm, m, &task), SP_OK);
-    assert_int_equal(sp_shuffle_writer_options_init(&o, w.conf), SP_OK);
-    o.shuffle_id = 3;
-    o.map_id = m;
-    o.partitions = PARTS;
-    o.key_ordering = true;
-    assert_int_equal(sp_shuffle_writer_open(task, w.conf, &o, &wr), SP_OK);
-    for (unsigned i = 0; i < RECORDS; i++) {
-        char key[8];
-        uint64_t v = (uint64_t)m * 1000000u + i;
-        unsigned k = key_of(m, i);
-        snprintf(key, sizeof(key), "k%03u", k % 1000u);
-        assert_int_equal(sp_shuffle_writer_write(wr, k % PARTS, key, 4, &v, sizeof(v)), SP_OK);
-    }
-    assert_int_equal(sp_shuffle_writer_commit(wr, &st), SP_OK);
-    sp_shuffle_writer_close(wr);
-    sp_task_memory_destroy(task, NULL);
-    return st;
-}
+static sp_map_status_t *write_map(unsigned m) { return model_write_map(w.conf, w.mm, 3, m); }
 
 static int world_setup(void **state)
 {
@@ -231,35 +201,23 @@ static void read_partition(uint32_t r, sp_read_order_t order)
         const void *k, *v;
         size_t kl, vl;
         uint64_t val;
-        const char *kc;
         unsigned key;
 
         assert_int_equal(sp_shuffle_reader_next(reader, &k, &kl, &v, &vl, &more), SP_OK);
         if (!more)
             break;
-        assert_int_equal(kl, 4);
         assert_int_equal(vl, 8);
         if (order == SP_READ_MERGE) {
             assert_true(memcmp(last, k, 4) <= 0);
             memcpy(last, k, 4);
         }
-        kc = k;
-        key = (unsigned)((kc[1] - '0') * 100 + (kc[2] - '0') * 10 + (kc[3] - '0'));
-        assert_true(key < KEYS);
+        key = model_key(k, kl);
         memcpy(&val, v, 8);
         count[key]++;
         total[key] += val;
     }
     /* The single-process answer, from the same records. */
-    for (unsigned m = 0; m < maps; m++) {
-        for (unsigned i = 0; i < RECORDS; i++) {
-            unsigned k = key_of(m, i);
-            if (k % PARTS != r)
-                continue;
-            expect_count[k]++;
-            expect_total[k] += (uint64_t)m * 1000000u + i;
-        }
-    }
+    model_expect(maps, r, expect_count, expect_total);
     for (unsigned k = 0; k < KEYS; k++) {
         assert_int_equal(count[k], expect_count[k]);
         assert_int_equal(total[k], expect_total[k]);

@@ -13,6 +13,7 @@
  * is auto there, which is ofi outside mpirun.
  */
 /* LABELS: fabric */
+#include "shuffle_model.h"
 #include <spate/shuffle.h>
 #include <spate/transport.h>
 
@@ -30,16 +31,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAPS    4
-#define PARTS   7
-#define RECORDS 3000
-#define KEYS    400
+#define MAPS 4
 
 static char dir[256];
 static const char *ofi_mode = "auto"; /* transport.ofi_mode of both executors */
-
-/* Record i of map m: key "k%03u", partition from the key, value m*1e6+i. */
-static unsigned key_of(unsigned m, unsigned i) { return (m * 7919u + i * 104729u) % KEYS; }
 
 static sp_conf_t *make_conf(const char *sub, const char *provider, bool local)
 {
@@ -65,30 +60,7 @@ static sp_conf_t *make_conf(const char *sub, const char *provider, bool local)
 
 static sp_map_status_t *write_map(sp_conf_t *conf, sp_memory_manager_t *mm, unsigned m)
 {
-    sp_shuffle_writer_options_t o;
-    sp_shuffle_writer_t *w = NULL;
-    sp_task_memory_t *task = NULL;
-    sp_map_status_t *st = NULL;
-
-    assert_int_equal(sp_task_memory_create(mm, m, &task), SP_OK);
-    assert_int_equal(sp_shuffle_writer_options_init(&o, conf), SP_OK);
-    o.shuffle_id = 5;
-    o.map_id = m;
-    o.partitions = PARTS;
-    o.key_ordering = true;
-    for (unsigned i = 0; i < RECORDS; i++) {
-        char key[8];
-        uint64_t v = (uint64_t)m * 1000000u + i;
-        unsigned k = key_of(m, i);
-        if (i == 0)
-            assert_int_equal(sp_shuffle_writer_open(task, conf, &o, &w), SP_OK);
-        snprintf(key, sizeof(key), "k%03u", k);
-        assert_int_equal(sp_shuffle_writer_write(w, k % PARTS, key, 4, &v, sizeof(v)), SP_OK);
-    }
-    assert_int_equal(sp_shuffle_writer_commit(w, &st), SP_OK);
-    sp_shuffle_writer_close(w);
-    sp_task_memory_destroy(task, NULL);
-    return st;
+    return model_write_map(conf, mm, 5, m);
 }
 
 /* The serving executor: maps 2 and 3, served until the parent closes the pipe. */
@@ -244,30 +216,17 @@ static void run(const char *provider, bool local)
                 assert_int_equal(sp_shuffle_reader_next(reader, &k, &kl, &v, &vl, &more), SP_OK);
                 if (!more)
                     break;
-                assert_int_equal(kl, 4);
+                key = model_key(k, kl);
                 assert_int_equal(vl, 8);
                 if (orders[oi] == SP_READ_MERGE) {
                     assert_true(memcmp(last, k, 4) <= 0);
                     memcpy(last, k, 4);
                 }
-                {
-                    const char *kc = k; /* "k" and three digits, not NUL-terminated */
-                    key = (unsigned)((kc[1] - '0') * 100 + (kc[2] - '0') * 10 + (kc[3] - '0'));
-                    assert_true(key < KEYS);
-                }
                 memcpy(&val, v, 8);
                 count[key]++;
                 total[key] += val;
             }
-            for (unsigned m = 0; m < MAPS; m++) {
-                for (unsigned i = 0; i < RECORDS; i++) {
-                    unsigned k = key_of(m, i);
-                    if (k % PARTS != r)
-                        continue;
-                    expect_count[k]++;
-                    expect_total[k] += (uint64_t)m * 1000000u + i;
-                }
-            }
+            model_expect(MAPS, r, expect_count, expect_total);
             for (unsigned k = 0; k < KEYS; k++) {
                 if (orders[oi] == SP_READ_AGGREGATE)
                     assert_int_equal(count[k], expect_count[k] != 0);
