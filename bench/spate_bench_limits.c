@@ -341,7 +341,8 @@ static _Noreturn void sp_bench_fi_serve(const char *provider, int fd)
     sp_bench_fi_progress_until(&f, fd);
     if (sp_bench_io(fd, &client, sizeof(client), false)) {
         /* Both ways: read the client's region while it reads ours. */
-        if (client.addr_len > sizeof(client.addr) || client.len == 0 || client.block == 0)
+        if (client.addr_len > sizeof(client.addr) || client.len == 0 || client.block == 0 ||
+            client.block > dest_len / SP_BENCH_FI_INFLIGHT)
             snprintf(err, sizeof(err), "server: a bad hello from the client");
         else if (fi_av_insert(f.av, client.addr, 1, &peer, 0, NULL) != 1)
             snprintf(err, sizeof(err), "server: fi_av_insert of the client failed");
