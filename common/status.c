@@ -19,6 +19,7 @@ const char *sp_status_str(sp_status_t status)
     case SP_ERR_TOO_LARGE: return "SP_ERR_TOO_LARGE: exceeds a limit";
     case SP_ERR_NOT_FOUND: return "SP_ERR_NOT_FOUND: not found";
     case SP_ERR_EXISTS: return "SP_ERR_EXISTS: already exists";
+    case SP_ERR_BAD_INPUT: return "SP_ERR_BAD_INPUT: bad input data";
     case SP_ERR_NOMEM: return "SP_ERR_NOMEM: out of memory";
     case SP_ERR_MEMORY_REFUSED: return "SP_ERR_MEMORY_REFUSED: memory manager refused the request";
     case SP_ERR_NO_RESOURCE: return "SP_ERR_NO_RESOURCE: out of resources";

@@ -50,6 +50,7 @@ int sp_run_exit_code(sp_status_t st)
     case SP_ERR_BAD_CONF:
     case SP_ERR_NOT_FOUND:
     case SP_ERR_EXISTS:
+    case SP_ERR_BAD_INPUT:
     case SP_ERR_BAD_FORMAT: return 2;
     default: return 1;
     }

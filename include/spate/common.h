@@ -51,6 +51,7 @@ typedef enum sp_status {
     SP_ERR_TOO_LARGE = -4,     /**< a size or count exceeds a hard limit */
     SP_ERR_NOT_FOUND = -5,     /**< the named object does not exist */
     SP_ERR_EXISTS = -6,        /**< the named object already exists */
+    SP_ERR_BAD_INPUT = -7,     /**< the job's input data is wrong: no retry can succeed */
 
     SP_ERR_NOMEM = -20,          /**< the system allocator failed */
     SP_ERR_MEMORY_REFUSED = -21, /**< the memory manager cannot grant memory */
