@@ -105,7 +105,7 @@ static void test_status_str_names_every_value(void **state)
 
 static void test_status_str_marks_unknown_values(void **state)
 {
-    const char *unknown = sp_status_str((sp_status_t)-7);
+    const char *unknown = sp_status_str((sp_status_t)-8);
 
     (void)state;
     assert_string_equal(unknown, "SP_ERR_UNKNOWN: unknown status");
