@@ -33,17 +33,31 @@ SP_CONF_KEY("executor.cores", SP_CONF_INT, "0", "0", "4096", NULL,
             "Worker threads (task slots) of an executor; 0: the cores it is given (its share "
             "of its NUMA node's cores).")
 SP_CONF_KEY("executor.heartbeat_interval", SP_CONF_DURATION, "1s", "10ms", "1h", NULL,
-            "How often an executor reports to the driver.")
+            "How often an executor reports to the driver (and the driver pings its executors). "
+            "Must be below half of executor.heartbeat_timeout.")
 SP_CONF_KEY("executor.heartbeat_timeout", SP_CONF_DURATION, "30s", "100ms", "24h", NULL,
-            "An executor silent for this long is declared lost: its tasks are rescheduled and "
-            "its map outputs recomputed.")
+            "An executor silent for this long is declared lost: its running tasks fail (each "
+            "such failure counts toward task.max_failures), and its map outputs that unfinished "
+            "reduce tasks still need are recomputed.")
+SP_CONF_KEY("executor.driver_timeout", SP_CONF_DURATION, "60s", "0", "24h", NULL,
+            "An executor that hears nothing from its driver for this long (the driver pings "
+            "every executor.heartbeat_interval) exits, even with a worker stuck in a task "
+            "(0: never).")
+SP_CONF_KEY("executor.max_relaunches", SP_CONF_INT, "8", "0", "65536", NULL,
+            "Local mode: lost executors are started again, at most this many times in one run, "
+            "so that a task that crashes its executor cannot drain the cluster.")
 SP_CONF_KEY("executor.register_timeout", SP_CONF_DURATION, "60s", "100ms", "24h", NULL,
             "How long the driver waits for its executors to register.")
 SP_CONF_KEY("driver.address", SP_CONF_STRING, "127.0.0.1:0", NULL, NULL, NULL,
             "HOST:PORT the driver's control plane listens on in local mode (port 0: any free "
             "port). Use a routable address only for executors on other hosts.")
 SP_CONF_KEY("task.max_failures", SP_CONF_INT, "4", "1", "1000", NULL,
-            "A task that fails this many times fails the job.")
+            "A task that fails this many times fails the job: an error its job code returns, "
+            "its executor dying while it runs (a crash in job code), or task.timeout. A task "
+            "that fails with SP_ERR_BAD_INPUT (the job's data is wrong) fails the job at once.")
+SP_CONF_KEY("task.timeout", SP_CONF_DURATION, "0", "0", "24h", NULL,
+            "A task attempt running longer than this fails and its executor is replaced "
+            "(0: no limit).")
 SP_CONF_KEY("stage.max_attempts", SP_CONF_INT, "4", "1", "100", NULL,
             "Fetch failures a reduce stage survives (each recomputes the lost map outputs) "
             "before the job fails.")

@@ -30,7 +30,8 @@
  *
  * Testing hook (local mode): SPATE_FAULT_KILL_EXECUTOR=ID:STAGE:N[:stop]
  * sends SIGKILL (or SIGSTOP, to test the heartbeat timeout) to executor ID
- * (one the launcher started) once N tasks of STAGE (map or reduce) are done.
+ * (one the launcher started) once N tasks of STAGE (map or reduce) are done;
+ * STAGE start kills it as soon as it has registered.
  */
 #include "executor.h"
 
@@ -76,7 +77,14 @@ typedef struct sp_dtask {
     uint32_t executor; /* running on, or (map) whose output is registered */
     uint32_t avoid;    /* executor of the last failure; UINT32_MAX: none */
     uint64_t task_id;
-    sp__task_metrics_t metrics; /* of the attempt that succeeded */
+    uint64_t started_ns; /* of the running attempt, for task.timeout */
+    /*
+     * The first attempt that succeeded: its metrics are the task's in the
+     * job's result, once, even while a lost output is computed again.
+     */
+    bool counted;
+    sp__task_metrics_t metrics;
+    char *last_error; /* the most recent failure, for the job's final message */
 } sp_dtask_t;
 
 struct sp__driver {
@@ -107,6 +115,10 @@ struct sp__driver {
 
     uint64_t next_task_id;
     uint64_t heartbeat_timeout_ns;
+    uint64_t heartbeat_interval_ns; /* how often executors are pinged */
+    uint64_t task_timeout_ns;       /* 0: none */
+    uint64_t last_ping_ns;
+    uint32_t replacements; /* executors the launcher is starting in place of lost ones */
     int64_t max_failures, max_stage_attempts;
     uint32_t stage_attempts;
     sp__driver_report_t rep;
@@ -224,9 +236,104 @@ static void sp_drv_lose_map(sp__driver_t *d, uint32_t map, const char *why)
     d->rep.maps_recomputed++;
 }
 
-static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why)
+/* Whether pid is an executor process the launcher started (local mode). */
+static bool sp_drv_launched(const sp__driver_t *d, uint32_t pid)
+{
+    for (size_t i = 0; pid != 0 && i < d->o.npids; i++)
+        if (d->o.pids[i] > 0 && (uint32_t)d->o.pids[i] == pid)
+            return true;
+    return false;
+}
+
+/* SIGKILLs executor e when the launcher started it; returns whether it did. */
+static bool sp_drv_end_process(sp__driver_t *d, uint32_t e)
+{
+    const sp_dexec_t *x = &d->execs[e];
+
+    if (!sp_drv_launched(d, x->rep.pid))
+        return false;
+    kill((pid_t)x->rep.pid, SIGKILL);
+    return true;
+}
+
+/*
+ * Attempt `attempt` of task i of stage failed on executor e, with status and
+ * the failure in msg: the task goes back to pending, to run elsewhere when
+ * it can, and the failure counts toward task.max_failures. Returns the job's
+ * failure once the task has failed that often, and at once for bad input
+ * (SP_ERR_BAD_INPUT: the job's data is wrong, and no retry can fix it).
+ */
+static sp_status_t sp_drv_task_failed(sp__driver_t *d, int stage, uint32_t i, uint32_t attempt,
+                                      uint32_t e, sp_status_t status, const char *msg)
+{
+    sp_dtask_t *t = &d->tasks[stage][i];
+    char *copy = strdup(msg);
+
+    if (copy != NULL) {
+        free(t->last_error);
+        t->last_error = copy;
+    }
+    if (t->state == SP_DTASK_RUNNING) {
+        t->state = SP_DTASK_PENDING;
+        t->attempt++;
+    }
+    t->failures++;
+    t->avoid = e;
+    d->rep.task_failures++;
+    if (status == SP_ERR_BAD_INPUT)
+        return SP_RAISE(SP_ERR_BAD_INPUT,
+                        "%s task %u failed on bad input, which no retry can fix (attempt %u on "
+                        "executor %u): %s",
+                        sp_stage_names[stage], i, attempt, e, msg);
+    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sp_stage_names[stage],
+            i, attempt, e, t->failures, (long long)d->max_failures, msg);
+    if (t->failures >= (uint32_t)d->max_failures)
+        return SP_RAISE(status,
+                        "%s task %u failed %u times (task.max_failures), most recent failure "
+                        "(attempt %u on executor %u): %s",
+                        sp_stage_names[stage], i, t->failures, attempt, e, msg);
+    return SP_OK;
+}
+
+/* Whether a reduce task that has not finished still needs map m's output. */
+static bool sp_drv_map_needed(const sp__driver_t *d, uint32_t m)
+{
+    const sp_map_status_t *s = d->map_status[m];
+
+    if (d->sampling)
+        return true;
+    for (uint32_t p = 0; p < d->ntasks[SP_STAGE_REDUCE]; p++)
+        if (d->tasks[SP_STAGE_REDUCE][p].state != SP_DTASK_DONE &&
+            (s == NULL || s->lengths[p] > 0))
+            return true;
+    return false;
+}
+
+static uint32_t sp_drv_starting_count(const sp__driver_t *d)
+{
+    uint32_t n = 0;
+
+    for (uint32_t e = 0; e < d->nexecs; e++)
+        n += d->execs[e].state == SP_DEXEC_CONNECTED || d->execs[e].state == SP_DEXEC_REGISTERED;
+    return n;
+}
+
+/*
+ * Executor e is lost: why says how the driver found out. With describe, the
+ * launcher (local mode) is asked how the process ended, which then names the
+ * cause ("died of SIGSEGV"). Its running tasks fail, each failure counting
+ * toward task.max_failures (an executor that dies while running a task is
+ * that task's failure: a crash in job code), its map outputs that unfinished
+ * reduce tasks still need are recomputed (those nobody needs any more are
+ * not), and the launcher may start a replacement. Under MPI a lost rank ends
+ * the job.
+ */
+static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why, bool describe)
 {
     sp_dexec_t *x = &d->execs[e];
+    char how[160] = "", cause[640], msg[1024];
+    sp_status_t first = SP_OK;
+    char first_msg[1024] = "";
 
     if (x->state == SP_DEXEC_LOST || x->state == SP_DEXEC_DONE)
         return SP_OK;
@@ -235,37 +342,54 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
                         "rank %u (%s, pid %u) was lost: %s; under MPI that ends "
                         "the job",
                         e, x->rep.host, x->rep.pid, why);
-    sp_warn("executor %u (pid %u) lost: %s", e, x->rep.pid, why);
     x->state = SP_DEXEC_LOST;
     x->rep.lost = true;
     x->conn = NULL;
     sp__ctl_hub_remove(d->hub, e);
     d->rep.executors_lost++;
+    if (d->o.executor_ended != NULL && sp_drv_launched(d, x->rep.pid) &&
+        d->o.executor_ended(d->o.executor_ended_arg, x->rep.pid, 2000, how, sizeof(how))) {
+        d->replacements++;
+        d->rep.executors_relaunched++;
+    }
+    if (describe && how[0] != '\0')
+        snprintf(cause, sizeof(cause), "executor %u (pid %u) %s", e, x->rep.pid, how);
+    else
+        snprintf(cause, sizeof(cause), "executor %u (pid %u) was lost: %s", e, x->rep.pid, why);
+    sp_warn("%s", cause);
     for (int s = 0; s < SP_STAGES; s++)
         for (uint32_t i = 0; i < d->ntasks[s]; i++) {
             sp_dtask_t *t = &d->tasks[s][i];
-            if (t->state == SP_DTASK_RUNNING && t->executor == e) {
-                t->state = SP_DTASK_PENDING;
-                t->attempt++;
+            sp_status_t st;
+            if (t->state != SP_DTASK_RUNNING || t->executor != e)
+                continue;
+            snprintf(msg, sizeof(msg), "%s while running %s task %u", cause, sp_stage_names[s], i);
+            st = sp_drv_task_failed(d, s, i, t->attempt, e, SP_ERR_PEER_LOST, msg);
+            if (st != SP_OK && first == SP_OK) {
+                first = st;
+                snprintf(first_msg, sizeof(first_msg), "%s", sp_last_error());
             }
         }
     for (uint32_t m = 0; m < d->ntasks[SP_STAGE_MAP]; m++)
         if (d->tasks[SP_STAGE_MAP][m].state == SP_DTASK_DONE &&
-            d->tasks[SP_STAGE_MAP][m].executor == e)
+            d->tasks[SP_STAGE_MAP][m].executor == e && sp_drv_map_needed(d, m))
             sp_drv_lose_map(d, m, "its executor was lost");
     sp_map_output_tracker_remove_executor(d->tracker, e);
     x->busy = 0;
     if (d->o.executor_event != NULL)
         d->o.executor_event(d->o.executor_event_arg, &x->rep, true);
-    if (sp_drv_ready_count(d) == 0 && d->o.replaceable) {
-        d->starved_since = sp__now_ns();
-        sp_warn("every executor is lost; waiting for replacements");
+    if (first != SP_OK)
+        return SP_RAISE(first, "%s", first_msg);
+    if (sp_drv_ready_count(d) > 0)
+        return SP_OK;
+    if (d->o.replaceable || d->replacements > 0 || sp_drv_starting_count(d) > 0) {
+        if (d->starved_since == 0)
+            d->starved_since = sp__now_ns();
+        sp_warn("no executor is ready; waiting for %s",
+                sp_drv_starting_count(d) > 0 ? "those registering" : "replacements");
         return SP_OK;
     }
-    if (sp_drv_ready_count(d) == 0)
-        return SP_RAISE(SP_ERR_PEER_LOST, "every executor was lost; the last, executor %u: %s", e,
-                        why);
-    return SP_OK;
+    return SP_RAISE(SP_ERR_PEER_LOST, "every executor was lost; the last: %s", cause);
 }
 
 typedef struct sp_conf_list {
@@ -365,6 +489,8 @@ static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf,
     snprintf(x->rep.cpuset, sizeof(x->rep.cpuset), "%.63s", ready.cpuset);
     x->state = SP_DEXEC_READY;
     d->starved_since = 0;
+    if (d->replacements > 0)
+        d->replacements--;
     if (d->o.executor_event != NULL)
         d->o.executor_event(d->o.executor_event_arg, &x->rep, false);
     sp_info("executor %u ready on %s (pid %u): %u slots, %llu MiB, NUMA node %u cpus %s", e,
@@ -402,11 +528,23 @@ static sp_status_t sp_drv_on_heartbeat(sp__driver_t *d, uint32_t e, const void *
 /* Results                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void sp_drv_account(sp__driver_t *d, int stage, uint32_t e, const sp__task_metrics_t *m)
+/*
+ * A successful attempt's metrics: the executor's always, the stage's only for
+ * the task's first success (first), so a recomputed output counts once.
+ */
+static void sp_drv_account(sp__driver_t *d, int stage, uint32_t e, const sp__task_metrics_t *m,
+                           bool first)
 {
     sp__stage_report_t *s = &d->rep.stages[stage];
     sp__executor_report_t *x = &d->execs[e].rep;
 
+    x->busy_ns += m->run_ns;
+    x->tasks++;
+    x->peak_execution = SP_MAX(x->peak_execution, m->peak_memory);
+    if (stage != SP_STAGE_SAMPLE)
+        x->shuffle_bytes += stage == SP_STAGE_MAP ? m->bytes_out : m->bytes_in;
+    if (!first)
+        return;
     s->records += m->records_in;
     s->bytes += stage == SP_STAGE_MAP ? m->bytes_out : m->bytes_in;
     s->remote_bytes += m->remote_bytes;
@@ -416,16 +554,13 @@ static void sp_drv_account(sp__driver_t *d, int stage, uint32_t e, const sp__tas
     s->spill_ns += m->spill_ns;
     s->merge_ns += m->merge_ns;
     s->fetch_wait_ns += m->fetch_wait_ns;
-    x->busy_ns += m->run_ns;
-    x->tasks++;
-    x->peak_execution = SP_MAX(x->peak_execution, m->peak_memory);
-    if (stage != SP_STAGE_SAMPLE)
-        x->shuffle_bytes += stage == SP_STAGE_MAP ? m->bytes_out : m->bytes_in;
 }
 
 /*
- * The job's result from the attempt of each task that counts: a map output
- * recomputed after a loss counts once, like the data it holds.
+ * The job's result from the first successful attempt of each task, exactly
+ * once: a map output recomputed after a loss counts once, like the data it
+ * holds, and so does one lost after every reduce task read it (and left
+ * pending, not computed again).
  */
 static void sp_drv_result(sp__driver_t *d)
 {
@@ -436,7 +571,7 @@ static void sp_drv_result(sp__driver_t *d)
     for (int s = SP_STAGE_MAP; s < SP_STAGES; s++)
         for (uint32_t i = 0; i < d->ntasks[s]; i++) {
             const sp__task_metrics_t *m = &d->tasks[s][i].metrics;
-            if (d->tasks[s][i].state != SP_DTASK_DONE)
+            if (!d->tasks[s][i].counted)
                 continue;
             if (s == SP_STAGE_MAP) {
                 r->map_records += m->records_in;
@@ -527,16 +662,19 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         if (st != SP_OK)
             return st;
         t->state = SP_DTASK_DONE;
-        t->metrics = r.metrics;
+        sp_drv_account(d, stage, e, &r.metrics, !t->counted);
+        if (!t->counted) {
+            t->metrics = r.metrics;
+            t->counted = true;
+        }
         d->rep.stages[stage].done++;
-        sp_drv_account(d, stage, e, &r.metrics);
         if (d->rep.stages[stage].done == d->ntasks[stage])
             d->rep.stages[stage].end_ns = sp__now_ns();
         return SP_OK;
     }
-    t->state = SP_DTASK_PENDING;
-    t->attempt++;
     if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED) {
+        t->state = SP_DTASK_PENDING;
+        t->attempt++;
         d->rep.fetch_failures++;
         sp_warn("reduce task %u on executor %u could not fetch its input: %s", r.index, e,
                 r.message);
@@ -551,16 +689,11 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         d->rep.stages[SP_STAGE_REDUCE].end_ns = 0;
         return SP_OK;
     }
-    t->failures++;
-    t->avoid = e;
-    d->rep.task_failures++;
-    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sp_stage_names[stage],
-            r.index, r.attempt, e, t->failures, (long long)d->max_failures, r.message);
-    if (t->failures >= (uint32_t)d->max_failures)
-        return SP_RAISE((sp_status_t)r.status,
-                        "%s task %u failed %u times (task.max_failures); last on executor %u: %s",
-                        sp_stage_names[stage], r.index, t->failures, e, r.message);
-    return SP_OK;
+    /* A status this build does not know is the task's error all the same. */
+    st = r.status < 0 && strncmp(sp_status_str((sp_status_t)r.status), "SP_ERR_UNKNOWN", 14) != 0
+             ? (sp_status_t)r.status
+             : SP_ERR_INTERNAL;
+    return sp_drv_task_failed(d, stage, r.index, r.attempt, e, st, r.message);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -638,10 +771,11 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
     st = sp_drv_send(d, e, SP_MSG_TASK, buf, len);
     free(buf);
     if (st != SP_OK)
-        return sp_drv_exec_lost(d, e, sp_last_error());
+        return sp_drv_exec_lost(d, e, sp_last_error(), true);
     t->state = SP_DTASK_RUNNING;
     t->executor = e;
     t->task_id = msg.task_id;
+    t->started_ns = sp__now_ns();
     d->execs[e].busy++;
     if (d->rep.stages[stage].start_ns == 0)
         d->rep.stages[stage].start_ns = sp__now_ns();
@@ -718,8 +852,11 @@ static sp_status_t sp_drv_handle(sp__driver_t *d, uint32_t e, uint16_t type, con
     }
 }
 
-/* One turn of the loop: a message, a new connection, a loss, or a timeout. */
-static sp_status_t sp_drv_step(sp__driver_t *d, int timeout_ms)
+/*
+ * One turn of the loop: a message, a new connection, a loss, or a timeout.
+ * *idle_p (may be NULL) says that nothing came within timeout_ms.
+ */
+static sp_status_t sp_drv_step(sp__driver_t *d, int timeout_ms, bool *idle_p)
 {
     uint32_t id = 0;
     uint16_t type = 0;
@@ -727,9 +864,14 @@ static sp_status_t sp_drv_step(sp__driver_t *d, int timeout_ms)
     size_t len = 0;
     sp_status_t st;
 
+    if (idle_p != NULL)
+        *idle_p = false;
     st = sp__ctl_hub_wait(d->hub, timeout_ms, &id, &type, &buf, &len);
-    if (st == SP_ERR_TIMED_OUT)
+    if (st == SP_ERR_TIMED_OUT) {
+        if (idle_p != NULL)
+            *idle_p = true;
         return SP_OK;
+    }
     if (st == SP_OK && id == SP__CTL_HUB_NEW) {
         sp__ctl_conn_t *conn;
         uint32_t e;
@@ -743,7 +885,7 @@ static sp_status_t sp_drv_step(sp__driver_t *d, int timeout_ms)
             d->execs[id].conn = NULL; /* the hub closed it */
             if (d->execs[id].state == SP_DEXEC_DONE)
                 return SP_OK;
-            return sp_drv_exec_lost(d, id, sp_last_error());
+            return sp_drv_exec_lost(d, id, sp_last_error(), true);
         }
         return st;
     }
@@ -751,15 +893,33 @@ static sp_status_t sp_drv_step(sp__driver_t *d, int timeout_ms)
     free(buf);
     if (st == SP_ERR_BAD_FORMAT) {
         /* A malformed message: refuse that executor, not the job. */
-        sp_warn("dropping executor %u: %s", id, sp_last_error());
-        return sp_drv_exec_lost(d, id, "it sent a malformed message");
+        char why[1100];
+        snprintf(why, sizeof(why), "it sent a malformed message: %s", sp_last_error());
+        sp_drv_end_process(d, id);
+        return sp_drv_exec_lost(d, id, why, false);
     }
+    return st;
+}
+
+/*
+ * Reads every message already waiting (at most a bound of them), so that
+ * heartbeats that queued while the driver itself was stalled count before
+ * anyone is declared silent.
+ */
+static sp_status_t sp_drv_drain(sp__driver_t *d)
+{
+    bool idle = false;
+    sp_status_t st = SP_OK;
+
+    for (uint32_t n = 0; n < 4 * d->nexecs + 1024 && !idle && st == SP_OK; n++)
+        st = sp_drv_step(d, 0, &idle);
     return st;
 }
 
 static sp_status_t sp_drv_check_heartbeats(sp__driver_t *d)
 {
     uint64_t now = sp__now_ns();
+    bool drained = false;
     sp_status_t st;
 
     if (d->starved_since != 0 && now - d->starved_since > d->register_ns)
@@ -772,17 +932,73 @@ static sp_status_t sp_drv_check_heartbeats(sp__driver_t *d)
         sp_dexec_t *x = &d->execs[e];
         if (x->state != SP_DEXEC_READY || now - x->last_seen_ns < d->heartbeat_timeout_ns)
             continue;
+        if (!drained) {
+            /* Its heartbeats may be waiting unread: a stalled driver is no reason to lose it. */
+            if ((st = sp_drv_drain(d)) != SP_OK)
+                return st;
+            drained = true;
+            now = sp__now_ns();
+            if (x->state != SP_DEXEC_READY || now - x->last_seen_ns < d->heartbeat_timeout_ns)
+                continue;
+        }
         char why[96];
         snprintf(why, sizeof(why), "no heartbeat for %.1f s (executor.heartbeat_timeout)",
                  (double)(now - x->last_seen_ns) / 1e9);
         /* A hung executor we started is ended, so it cannot serve stale outputs. */
-        for (size_t i = 0; i < d->o.npids; i++)
-            if ((uint32_t)d->o.pids[i] == x->rep.pid)
-                kill(d->o.pids[i], SIGKILL);
-        if ((st = sp_drv_exec_lost(d, e, why)) != SP_OK)
+        sp_drv_end_process(d, e);
+        if ((st = sp_drv_exec_lost(d, e, why, false)) != SP_OK)
             return st;
     }
     return SP_OK;
+}
+
+/*
+ * task.timeout: an attempt running longer fails (counted like any failure)
+ * and its executor is replaced, since a worker stuck in job code cannot be
+ * stopped: one the launcher started is killed, any other is told to shut
+ * down (it exits without waiting for the stuck worker).
+ */
+static sp_status_t sp_drv_check_task_timeouts(sp__driver_t *d)
+{
+    uint64_t now = sp__now_ns();
+    sp_status_t st;
+
+    if (d->task_timeout_ns == 0)
+        return SP_OK;
+    for (int s = 0; s < SP_STAGES; s++)
+        for (uint32_t i = 0; i < d->ntasks[s]; i++) {
+            sp_dtask_t *t = &d->tasks[s][i];
+            uint32_t e = t->executor;
+            char msg[256], why[320];
+            if (t->state != SP_DTASK_RUNNING || now - t->started_ns <= d->task_timeout_ns)
+                continue;
+            snprintf(msg, sizeof(msg), "%s task %u ran past task.timeout (%.1f s) on executor %u",
+                     sp_stage_names[s], i, (double)d->task_timeout_ns / 1e9, e);
+            if (d->execs[e].busy > 0)
+                d->execs[e].busy--;
+            if ((st = sp_drv_task_failed(d, s, i, t->attempt, e, SP_ERR_TIMED_OUT, msg)) != SP_OK)
+                return st;
+            snprintf(why, sizeof(why), "ended by the driver: %s", msg);
+            if (!sp_drv_end_process(d, e))
+                sp_drv_send(d, e, SP_MSG_SHUTDOWN, NULL, 0);
+            if ((st = sp_drv_exec_lost(d, e, why, false)) != SP_OK)
+                return st;
+        }
+    return SP_OK;
+}
+
+/* Pings every executor each heartbeat interval, so that one whose driver went silent can tell. */
+static void sp_drv_ping(sp__driver_t *d)
+{
+    uint64_t now = sp__now_ns();
+
+    if (now - d->last_ping_ns < d->heartbeat_interval_ns)
+        return;
+    d->last_ping_ns = now;
+    for (uint32_t e = 0; e < d->nexecs; e++)
+        if ((d->execs[e].state == SP_DEXEC_READY || d->execs[e].state == SP_DEXEC_REGISTERED) &&
+            sp_drv_send(d, e, SP_MSG_PING, NULL, 0) != SP_OK)
+            sp_debug("ping to executor %u failed: %s", e, sp_last_error());
 }
 
 void sp__driver_lose_executor(sp__driver_t *d, const char *name, const char *why)
@@ -819,7 +1035,7 @@ static sp_status_t sp_drv_take_losses(sp__driver_t *d)
             sp_dexec_t *x = &d->execs[e];
             if ((x->state == SP_DEXEC_READY || x->state == SP_DEXEC_REGISTERED) &&
                 strcmp(x->rep.name, d->lose_names[i]) == 0)
-                st = sp_drv_exec_lost(d, e, tab + 1);
+                st = sp_drv_exec_lost(d, e, tab + 1, false);
         }
     }
     d->nlose = 0;
@@ -834,14 +1050,20 @@ static void sp_drv_fault_hook(sp__driver_t *d)
     if (d->killed || d->kill_exec < 0 || (uint64_t)d->kill_exec >= d->nexecs)
         return;
     x = &d->execs[d->kill_exec];
-    if (x->state != SP_DEXEC_READY || d->rep.stages[d->kill_stage].done < (uint64_t)d->kill_after)
+    if (d->kill_stage < 0) {
+        /* start: as soon as it has registered, while the others may still be registering. */
+        if (x->state != SP_DEXEC_REGISTERED && x->state != SP_DEXEC_READY)
+            return;
+    } else if (x->state != SP_DEXEC_READY ||
+               d->rep.stages[d->kill_stage].done < (uint64_t)d->kill_after)
         return;
     for (size_t i = 0; i < d->o.npids; i++) {
         if ((uint32_t)d->o.pids[i] != x->rep.pid)
             continue;
         sp_warn("fault injection: %s executor %lld (pid %u) after %u %s tasks",
                 d->kill_signal == SIGSTOP ? "stopping" : "killing", (long long)d->kill_exec,
-                x->rep.pid, d->rep.stages[d->kill_stage].done, sp_stage_names[d->kill_stage]);
+                x->rep.pid, d->kill_stage < 0 ? 0 : d->rep.stages[d->kill_stage].done,
+                d->kill_stage < 0 ? "start" : sp_stage_names[d->kill_stage]);
         kill(d->o.pids[i], d->kill_signal);
         d->killed = true;
     }
@@ -859,7 +1081,9 @@ static void sp_drv_parse_fault(sp__driver_t *d)
     d->kill_signal = strcmp(sig, "stop") == 0 ? SIGSTOP : SIGKILL;
     d->kill_exec = id;
     d->kill_after = after;
-    d->kill_stage = strcmp(stage, "map") == 0 ? SP_STAGE_MAP : SP_STAGE_REDUCE;
+    d->kill_stage = strcmp(stage, "start") == 0 ? -1
+                    : strcmp(stage, "map") == 0 ? SP_STAGE_MAP
+                                                : SP_STAGE_REDUCE;
 }
 
 static sp_status_t sp_drv_plan(sp__driver_t *d);
@@ -884,10 +1108,21 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
     if ((st = sp_map_output_tracker_create(&d->tracker)) != SP_OK)
         goto err;
     if ((st = sp_conf_get_duration(opts->conf, "executor.heartbeat_timeout", &ns)) != SP_OK ||
+        (st = sp_conf_get_duration(opts->conf, "executor.heartbeat_interval",
+                                   &d->heartbeat_interval_ns)) != SP_OK ||
+        (st = sp_conf_get_duration(opts->conf, "task.timeout", &d->task_timeout_ns)) != SP_OK ||
         (st = sp_conf_get_int(opts->conf, "task.max_failures", &d->max_failures)) != SP_OK ||
         (st = sp_conf_get_int(opts->conf, "stage.max_attempts", &d->max_stage_attempts)) != SP_OK)
         goto err;
     d->heartbeat_timeout_ns = ns;
+    /* Two heartbeats must fit in the timeout, or one late heartbeat loses a healthy executor. */
+    if (d->heartbeat_interval_ns >= ns / 2) {
+        st = SP_RAISE(SP_ERR_BAD_CONF,
+                      "executor.heartbeat_interval (%.3g s) must be below half of "
+                      "executor.heartbeat_timeout (%.3g s)",
+                      (double)d->heartbeat_interval_ns / 1e9, (double)ns / 1e9);
+        goto err;
+    }
     d->next_task_id = 1;
     /* The app id names the run's directories; pid and time keep runs apart. */
     snprintf(d->app_id, sizeof(d->app_id), "app-%ld-%u-%llu", (long)getpid(), seq++,
@@ -1020,7 +1255,10 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
         goto out;
     d->register_ns = register_ns;
     deadline = sp__now_ns() + register_ns;
-    while (sp_drv_ready_count(d) < d->o.executors) {
+    /* Executors lost while starting and not replaced are not waited for. */
+    while (sp_drv_ready_count(d) + d->rep.executors_lost - d->rep.executors_relaunched <
+               d->o.executors ||
+           sp_drv_ready_count(d) == 0) {
         if (sp__now_ns() > deadline) {
             st = SP_RAISE(SP_ERR_TIMED_OUT,
                           "only %u of %u executors registered within executor.register_timeout "
@@ -1028,8 +1266,10 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
                           sp_drv_ready_count(d), d->o.executors, (double)register_ns / 1e9);
             goto out;
         }
-        if ((st = sp_drv_step(d, 100)) != SP_OK)
+        if ((st = sp_drv_step(d, 100, NULL)) != SP_OK)
             goto out;
+        sp_drv_ping(d);
+        sp_drv_fault_hook(d);
     }
     for (;;) {
         uint64_t now;
@@ -1040,10 +1280,13 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
             break;
         if ((st = sp_drv_schedule(d)) != SP_OK)
             goto out;
-        if ((st = sp_drv_step(d, 100)) != SP_OK)
+        if ((st = sp_drv_step(d, 100, NULL)) != SP_OK)
             goto out;
         if ((st = sp_drv_check_heartbeats(d)) != SP_OK)
             goto out;
+        if ((st = sp_drv_check_task_timeouts(d)) != SP_OK)
+            goto out;
+        sp_drv_ping(d);
         if ((st = sp_drv_take_losses(d)) != SP_OK)
             goto out;
         sp_drv_fault_hook(d);
@@ -1073,8 +1316,10 @@ out:
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", sp_last_error());
         sp_drv_shutdown(d);
-        if (st != SP_OK)
+        if (st != SP_OK) {
             SP_RAISE(st, "%s", msg);
+            snprintf(d->rep.error, sizeof(d->rep.error), "%s", msg);
+        }
     }
     d->rep.end_ns = sp__now_ns();
     sp_drv_snapshot(d);
@@ -1105,8 +1350,11 @@ void sp__driver_destroy(sp__driver_t *d)
     free(d->map_blob);
     free(d->map_blob_len);
     free(d->preferred);
-    for (int s = 0; s < SP_STAGES; s++)
+    for (int s = 0; s < SP_STAGES; s++) {
+        for (uint32_t i = 0; d->tasks[s] != NULL && i < d->ntasks[s]; i++)
+            free(d->tasks[s][i].last_error);
         free(d->tasks[s]);
+    }
     free(d->samples);
     free(d->bounds_blob);
     free(d->execs);

@@ -87,6 +87,11 @@ typedef struct sp_executor {
 
     pthread_t *workers;
     uint32_t nworkers;
+    uint32_t live_workers;     /* workers not yet returned (under lock) */
+    pthread_cond_t exit_cond;  /* a worker returned */
+    const sp__msg_task_t **current; /* per worker: the task it runs, NULL: none (under lock) */
+    uint64_t stop_grace_ns;    /* how long teardown waits for a busy worker */
+    uint64_t driver_timeout_ns; /* 0: never give up on a silent driver */
     pthread_t sampler;
     bool sampler_started;
     _Atomic uint64_t peak_anon; /* highest anonymous resident bytes seen */
@@ -329,6 +334,13 @@ static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
         break;
     }
     sp_exec_sample_anon(ex);
+    if (st > 0 || (st < 0 && strncmp(sp_status_str(st), "SP_ERR_UNKNOWN", 14) == 0)) {
+        /* The job's callback returned something that is not a status: still the task's error. */
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", sp_last_error());
+        st = SP_RAISE(SP_ERR_INTERNAL, "%s (the job returned %d, which is not an sp_status_t)",
+                      msg, (int)st);
+    }
     r.status = st;
     if (st != SP_OK) {
         snprintf(r.message, sizeof(r.message), "%s", sp_last_error());
@@ -349,10 +361,17 @@ static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
                 sp_last_error());
 }
 
+typedef struct sp_worker_arg {
+    sp_executor_t *ex;
+    uint32_t index;
+} sp_worker_arg_t;
+
 static void *sp_exec_worker(void *arg)
 {
-    sp_executor_t *ex = arg;
+    sp_executor_t *ex = ((sp_worker_arg_t *)arg)->ex;
+    uint32_t index = ((sp_worker_arg_t *)arg)->index;
 
+    free(arg);
     if (ex->bind && sp_topology_bind_thread_numa(ex->topo, ex->numa_index) != SP_OK)
         sp_debug("worker not bound: %s", sp_last_error());
     for (;;) {
@@ -362,6 +381,8 @@ static void *sp_exec_worker(void *arg)
         while (ex->head == NULL && !ex->stopping)
             pthread_cond_wait(&ex->cond, &ex->lock);
         if (ex->head == NULL) {
+            ex->live_workers--;
+            pthread_cond_broadcast(&ex->exit_cond);
             pthread_mutex_unlock(&ex->lock);
             return NULL;
         }
@@ -371,9 +392,13 @@ static void *sp_exec_worker(void *arg)
             ex->tail = NULL;
         if (atomic_fetch_add(&ex->running, 1) == 0)
             pthread_cond_signal(&ex->sample_cond);
+        ex->current[index] = &item->task;
         pthread_mutex_unlock(&ex->lock);
         sp_exec_run_task(ex, &item->task);
         atomic_fetch_sub(&ex->running, 1);
+        pthread_mutex_lock(&ex->lock);
+        ex->current[index] = NULL;
+        pthread_mutex_unlock(&ex->lock);
         free(item);
     }
 }
@@ -677,13 +702,50 @@ static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
     return sp_exec_send(ex, type, st, buf, len);
 }
 
-static void sp_exec_teardown(sp_executor_t *ex)
+/*
+ * Stops the workers and frees everything. A worker still busy after
+ * stop_grace_ns is stuck in job code and cannot be stopped: the executor is
+ * then abandoned (its files are removed, nothing a worker may touch is
+ * freed) and teardown returns false: the process must exit.
+ */
+static bool sp_exec_teardown(sp_executor_t *ex)
 {
+    const char *const kinds[] = {"sample", "map", "reduce"};
+    char stuck[128] = "";
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ex->stop_grace_ns / 1000000000u);
+    ts.tv_nsec += (long)(ex->stop_grace_ns % 1000000000u);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&ex->lock);
     ex->stopping = true;
     pthread_cond_broadcast(&ex->cond);
     pthread_cond_broadcast(&ex->sample_cond);
+    while (ex->live_workers > 0)
+        if (pthread_cond_timedwait(&ex->exit_cond, &ex->lock, &ts) == ETIMEDOUT)
+            break;
+    if (ex->live_workers > 0) {
+        for (uint32_t i = 0; i < ex->nworkers && stuck[0] == '\0'; i++)
+            if (ex->current[i] != NULL)
+                snprintf(stuck, sizeof(stuck), "%s task %u (attempt %u)",
+                         ex->current[i]->kind < 3 ? kinds[ex->current[i]->kind] : "a",
+                         ex->current[i]->index, ex->current[i]->attempt);
+        if (stuck[0] == '\0')
+            snprintf(stuck, sizeof(stuck), "a task");
+    }
     pthread_mutex_unlock(&ex->lock);
+    if (stuck[0] != '\0') {
+        sp_warn("a worker is stuck in %s and does not stop; the executor exits without it",
+                stuck);
+        if (ex->conf != NULL && ex->job.shuffle_id != 0)
+            sp_shuffle_remove(ex->conf, ex->job.shuffle_id);
+        sp_exec_remove_dirs(ex);
+        return false;
+    }
     for (uint32_t i = 0; i < ex->nworkers && ex->workers != NULL; i++)
         pthread_join(ex->workers[i], NULL);
     if (ex->sampler_started)
@@ -703,6 +765,7 @@ static void sp_exec_teardown(sp_executor_t *ex)
     free(ex->served);
     free(ex->statuses);
     free(ex->workers);
+    free(ex->current);
     sp_transport_close(ex->transport);
     ex->transport = NULL;
     if (ex->conf != NULL && ex->job.shuffle_id != 0)
@@ -717,43 +780,72 @@ static void sp_exec_teardown(sp_executor_t *ex)
     free(ex->app_dirs);
     sp_conf_destroy(ex->conf);
     sp__msg_job_clear(&ex->job);
+    pthread_cond_destroy(&ex->exit_cond);
     pthread_cond_destroy(&ex->sample_cond);
     pthread_cond_destroy(&ex->cond);
     pthread_mutex_destroy(&ex->lock);
+    return true;
+}
+
+/* Tears ex down and frees it, unless a stuck worker keeps it (then it is left to the process's exit). */
+static void sp_exec_destroy(sp_executor_t *ex)
+{
+    if (sp_exec_teardown(ex))
+        free(ex);
+}
+
+static sp_status_t sp_exec_timing(sp_executor_t *ex, uint64_t *hb_ns_p)
+{
+    uint64_t timeout_ns;
+    sp_status_t st;
+
+    if ((st = sp_conf_get_duration(ex->conf, "executor.heartbeat_interval", hb_ns_p)) != SP_OK ||
+        (st = sp_conf_get_duration(ex->conf, "executor.heartbeat_timeout", &timeout_ns)) != SP_OK ||
+        (st = sp_conf_get_duration(ex->conf, "executor.driver_timeout", &ex->driver_timeout_ns)) !=
+            SP_OK)
+        return st;
+    /* A stuck worker must not keep the executor past the time the driver gives it. */
+    ex->stop_grace_ns = timeout_ns / 2;
+    return SP_OK;
 }
 
 sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
 {
-    sp_executor_t ex = {.conn = opts->conn, .corrupt_map = -1};
+    sp_executor_t *ex = calloc(1, sizeof(*ex));
     sp__msg_register_t reg = {.pid = (uint32_t)getpid()};
     sp__msg_ready_t ready = {0};
-    uint64_t hb_ns, next_hb;
+    uint64_t hb_ns = 0, next_hb, heard_ns;
     const char *fault = getenv("SPATE_FAULT_CORRUPT_MAP");
     void *buf = NULL;
     size_t len = 0;
     uint16_t type;
     sp_status_t st;
 
-    pthread_mutex_init(&ex.lock, NULL);
-    pthread_cond_init(&ex.cond, NULL);
+    if (ex == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the executor");
+    ex->conn = opts->conn;
+    ex->corrupt_map = -1;
+    pthread_mutex_init(&ex->lock, NULL);
+    pthread_cond_init(&ex->cond, NULL);
     {
         pthread_condattr_t attr;
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&ex.sample_cond, &attr);
+        pthread_cond_init(&ex->sample_cond, &attr);
+        pthread_cond_init(&ex->exit_cond, &attr);
         pthread_condattr_destroy(&attr);
     }
-    atomic_init(&ex.running, 0);
-    atomic_init(&ex.peak_anon, 0);
+    atomic_init(&ex->running, 0);
+    atomic_init(&ex->peak_anon, 0);
     if (fault != NULL && *fault != '\0')
-        ex.corrupt_map = strtoll(fault, NULL, 10);
+        ex->corrupt_map = strtoll(fault, NULL, 10);
     gethostname(reg.host, sizeof(reg.host) - 1);
     if (opts->name != NULL)
         snprintf(reg.name, sizeof(reg.name), "%s", opts->name);
     st = sp__msg_register_encode(&reg, &buf, &len);
-    if ((st = sp_exec_send(&ex, SP_MSG_REGISTER, st, buf, len)) != SP_OK)
+    if ((st = sp_exec_send(ex, SP_MSG_REGISTER, st, buf, len)) != SP_OK)
         goto out;
-    if ((st = sp__ctl_recv(ex.conn, opts->register_timeout_ms, &type, &buf, &len)) != SP_OK)
+    if ((st = sp__ctl_recv(ex->conn, opts->register_timeout_ms, &type, &buf, &len)) != SP_OK)
         goto out;
     if (type == SP_MSG_SHUTDOWN) {
         free(buf);
@@ -764,76 +856,102 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         st = SP_RAISE(SP_ERR_BAD_FORMAT, "driver sent message %u instead of the job", type);
         goto out;
     }
-    st = sp__msg_job_decode(buf, len, &ex.job);
+    st = sp__msg_job_decode(buf, len, &ex->job);
     free(buf);
     if (st != SP_OK)
         goto out;
     {
         char ident[32];
-        snprintf(ident, sizeof(ident), "exec %u", ex.job.executor_id);
+        snprintf(ident, sizeof(ident), "exec %u", ex->job.executor_id);
         sp_log_set_identity(ident);
     }
-    if ((st = sp_exec_setup(&ex, opts, &ready)) != SP_OK)
+    if ((st = sp_exec_setup(ex, opts, &ready)) != SP_OK)
         goto out;
-    if ((st = sp_conf_get_duration(ex.conf, "executor.heartbeat_interval", &hb_ns)) != SP_OK)
+    if ((st = sp_exec_timing(ex, &hb_ns)) != SP_OK)
         goto out;
-    ex.workers = calloc(ex.nworkers, sizeof(*ex.workers));
-    if (ex.workers == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u workers", ex.nworkers);
+    ex->workers = calloc(ex->nworkers, sizeof(*ex->workers));
+    ex->current = calloc(ex->nworkers, sizeof(*ex->current));
+    if (ex->workers == NULL || ex->current == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u workers", ex->nworkers);
         goto out;
     }
-    for (uint32_t i = 0; i < ex.nworkers; i++) {
-        if (pthread_create(&ex.workers[i], NULL, sp_exec_worker, &ex) != 0) {
-            ex.nworkers = i;
+    for (uint32_t i = 0; i < ex->nworkers; i++) {
+        sp_worker_arg_t *wa = malloc(sizeof(*wa));
+        if (wa != NULL) {
+            *wa = (sp_worker_arg_t){.ex = ex, .index = i};
+            pthread_mutex_lock(&ex->lock);
+            ex->live_workers++;
+            pthread_mutex_unlock(&ex->lock);
+        }
+        if (wa == NULL || pthread_create(&ex->workers[i], NULL, sp_exec_worker, wa) != 0) {
+            if (wa != NULL) {
+                pthread_mutex_lock(&ex->lock);
+                ex->live_workers--;
+                pthread_mutex_unlock(&ex->lock);
+                free(wa);
+            }
+            ex->nworkers = i;
             st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start worker thread %u", i);
             goto out;
         }
     }
-    if (pthread_create(&ex.sampler, NULL, sp_exec_sampler, &ex) != 0) {
+    if (pthread_create(&ex->sampler, NULL, sp_exec_sampler, ex) != 0) {
         st = SP_RAISE(SP_ERR_NO_RESOURCE, "cannot start the memory sampler thread");
         goto out;
     }
-    ex.sampler_started = true;
+    ex->sampler_started = true;
     st = sp__msg_ready_encode(&ready, &buf, &len);
-    if ((st = sp_exec_send(&ex, SP_MSG_READY, st, buf, len)) != SP_OK)
+    if ((st = sp_exec_send(ex, SP_MSG_READY, st, buf, len)) != SP_OK)
         goto out;
-    sp_info("executor %u ready: %u workers, %llu MiB, NUMA node %u", ex.job.executor_id,
-            ex.nworkers, (unsigned long long)(ready.memory >> 20), ready.numa_node);
+    sp_info("executor %u ready: %u workers, %llu MiB, NUMA node %u", ex->job.executor_id,
+            ex->nworkers, (unsigned long long)(ready.memory >> 20), ready.numa_node);
     next_hb = sp__now_ns() + hb_ns;
+    heard_ns = sp__now_ns();
     for (;;) {
         uint64_t now = sp__now_ns();
 
+        if (ex->driver_timeout_ns > 0 && now - heard_ns > ex->driver_timeout_ns) {
+            st = SP_RAISE(SP_ERR_PEER_LOST,
+                          "executor %u heard nothing from the driver for %.1f s "
+                          "(executor.driver_timeout): it is gone or stopped",
+                          ex->job.executor_id, (double)(now - heard_ns) / 1e9);
+            goto out;
+        }
         if (now >= next_hb) {
-            if ((st = sp_exec_heartbeat(&ex, SP_MSG_HEARTBEAT)) != SP_OK)
+            if ((st = sp_exec_heartbeat(ex, SP_MSG_HEARTBEAT)) != SP_OK)
                 goto out;
             next_hb = now + hb_ns;
         }
-        st = sp__ctl_recv(ex.conn, (int)((next_hb - now) / 1000000) + 1, &type, &buf, &len);
+        st = sp__ctl_recv(ex->conn, (int)((next_hb - now) / 1000000) + 1, &type, &buf, &len);
         if (st == SP_ERR_TIMED_OUT)
             continue;
         if (st != SP_OK)
             goto out;
+        heard_ns = sp__now_ns();
         switch (type) {
-        case SP_MSG_TASK: st = sp_exec_on_task(&ex, buf, len); break;
-        case SP_MSG_MAP_OUTPUT: st = sp_exec_on_map_output(&ex, buf, len); break;
-        case SP_MSG_MAP_LOST: st = sp_exec_on_map_lost(&ex, buf, len); break;
+        case SP_MSG_PING: break;
+        case SP_MSG_TASK: st = sp_exec_on_task(ex, buf, len); break;
+        case SP_MSG_MAP_OUTPUT: st = sp_exec_on_map_output(ex, buf, len); break;
+        case SP_MSG_MAP_LOST: st = sp_exec_on_map_lost(ex, buf, len); break;
         case SP_MSG_BOUNDS:
-            pthread_mutex_lock(&ex.lock);
-            free(ex.bounds);
-            free(ex.bounds_buf);
-            ex.bounds = NULL;
-            ex.bounds_buf = buf;
+            pthread_mutex_lock(&ex->lock);
+            free(ex->bounds);
+            free(ex->bounds_buf);
+            ex->bounds = NULL;
+            ex->bounds_buf = buf;
             buf = NULL;
-            st = sp__msg_bounds_decode(ex.bounds_buf, len, &ex.bounds, &ex.nbounds);
-            pthread_mutex_unlock(&ex.lock);
+            st = sp__msg_bounds_decode(ex->bounds_buf, len, &ex->bounds, &ex->nbounds);
+            pthread_mutex_unlock(&ex->lock);
             break;
         case SP_MSG_SHUTDOWN:
             free(buf);
             buf = NULL;
-            sp_exec_teardown(&ex);
+            if (!sp_exec_teardown(ex))
+                return SP_RAISE(SP_ERR_TIMED_OUT,
+                                "shut down with a worker stuck in a task (see the warning)");
             /* BYE carries the peaks, for the driver's summary. */
-            st = sp_exec_heartbeat(&ex, SP_MSG_BYE);
-            ex.conn = NULL;
+            st = sp_exec_heartbeat(ex, SP_MSG_BYE);
+            free(ex);
             return st;
         default:
             st = SP_RAISE(SP_ERR_BAD_FORMAT, "driver sent unknown message type %u", type);
@@ -844,7 +962,12 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         if (st != SP_OK)
             goto out;
     }
-out:
-    sp_exec_teardown(&ex);
+out: {
+    char msg[1024];
+    snprintf(msg, sizeof(msg), "%s", sp_last_error());
+    sp_exec_destroy(ex);
+    if (st != SP_OK)
+        SP_RAISE(st, "%s", msg);
+}
     return st;
 }

@@ -79,7 +79,9 @@ typedef struct sp__driver_report {
     uint32_t fetch_failures;  /* reduce attempts that failed to fetch */
     uint32_t maps_recomputed; /* map outputs computed again after a loss */
     uint32_t executors_lost;
+    uint32_t executors_relaunched; /* started by the launcher in place of lost ones */
     uint32_t maps, partitions;
+    char error[1024]; /* why the run failed; empty when it succeeded */
 } sp__driver_report_t;
 
 typedef struct sp__driver sp__driver_t;
@@ -109,9 +111,23 @@ typedef struct sp__driver_opts {
      * instead of failing the job.
      */
     bool replaceable;
-    /* Local mode: pids of the executors, by registration order, for the fault hook. */
+    /*
+     * Local mode: pids of the executors the launcher started (0: a free
+     * slot), for the fault hook and to end hung executors. The launcher may
+     * fill free slots from executor_ended.
+     */
     const pid_t *pids;
     size_t npids;
+    /*
+     * Local mode: called on the driver's thread when it loses executor pid,
+     * one the launcher started. The launcher waits up to wait_ms for the
+     * process to end, reaps it and writes how it ended into how ("died of
+     * SIGSEGV", "exited with status 3"; empty when it did not end in time),
+     * then starts a replacement when it may. Returns whether it started one.
+     * NULL: none.
+     */
+    bool (*executor_ended)(void *arg, uint32_t pid, int wait_ms, char *how, size_t cap);
+    void *executor_ended_arg;
 } sp__driver_opts_t;
 
 sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driver_p);

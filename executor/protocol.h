@@ -11,6 +11,7 @@
  *   READY {address, slots, ...} ->
  *                              <-    BOUNDS, TASK, MAP_OUTPUT, MAP_LOST
  *   RESULT, HEARTBEAT          ->
+ *                              <-    PING (every heartbeat interval)
  *                              <-    SHUTDOWN
  *   BYE {peaks}                ->
  */
@@ -31,6 +32,7 @@ enum {
     SP_MSG_HEARTBEAT = 24,
     SP_MSG_SHUTDOWN = 25,
     SP_MSG_BYE = 26,
+    SP_MSG_PING = 27, /* driver -> executor, empty: the driver is alive */
 };
 
 typedef enum sp__task_kind {

@@ -267,6 +267,17 @@ static const sp_job_split_t *sp_task_split(const sp__task_env_t *env, uint32_t m
     return &env->plan->splits[map_id];
 }
 
+/*
+ * What a job's callback said when it failed with st: the message it set
+ * (the last error is cleared before each call), or the status's name.
+ */
+static const char *sp_task_job_error(sp_status_t st)
+{
+    const char *msg = sp_last_error();
+
+    return msg[0] != '\0' ? msg : sp_status_str(st);
+}
+
 sp_status_t sp__task_run_map(const sp__task_env_t *env, uint32_t map_id, uint32_t attempt,
                              const sp_key_t *split_keys, sp_map_status_t **status_p,
                              sp__task_metrics_t *metrics)
@@ -305,9 +316,10 @@ sp_status_t sp__task_run_map(const sp__task_env_t *env, uint32_t map_id, uint32_
     opts.combiner = env->job->combiner;
     if ((st = sp_shuffle_writer_open(task.memory, env->conf, &opts, &task.writer)) != SP_OK)
         goto out_task;
+    sp_last_error_clear();
     if ((st = env->job->map(&task, split)) != SP_OK) {
         st = SP_RAISE(st, "map task %u of job %s failed: %s", map_id, env->job->name,
-                      sp_last_error());
+                      sp_task_job_error(st));
         goto out_writer;
     }
     t1 = sp__now_ns();
@@ -354,6 +366,7 @@ sp_status_t sp__task_run_sample(const sp__task_env_t *env, uint32_t map_id, uint
         return st;
     task.sample_want = count;
     task.rng = 0x9E3779B97F4A7C15ULL ^ ((uint64_t)map_id * 0xBF58476D1CE4E5B9ULL);
+    sp_last_error_clear();
     if (env->job->sample != NULL) {
         st = env->job->sample(&task, split, count);
     } else {
@@ -366,7 +379,7 @@ sp_status_t sp__task_run_sample(const sp__task_env_t *env, uint32_t map_id, uint
     }
     if (st != SP_OK) {
         st = SP_RAISE(st, "sample task %u of job %s failed: %s", map_id, env->job->name,
-                      sp_last_error());
+                      sp_task_job_error(st));
         goto out;
     }
     if (task.use_reservoir) {
@@ -523,15 +536,17 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
         if (!more)
             break;
         records++;
+        sp_last_error_clear();
         if ((st = env->job->reduce(&task, k, kl, v, vl)) != SP_OK) {
             st = SP_RAISE(st, "reduce task %u of job %s failed: %s", partition, env->job->name,
-                          sp_last_error());
+                          sp_task_job_error(st));
             goto out_reader;
         }
     }
+    sp_last_error_clear();
     if (env->job->reduce_end != NULL && (st = env->job->reduce_end(&task)) != SP_OK) {
         st = SP_RAISE(st, "reduce task %u of job %s failed at its end: %s", partition,
-                      env->job->name, sp_last_error());
+                      env->job->name, sp_task_job_error(st));
         goto out_reader;
     }
     if ((st = sp_reduce_commit_output(&task, partition)) != SP_OK)

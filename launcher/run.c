@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -162,6 +163,116 @@ static void sp_run_reap(pid_t *pids, unsigned n)
     }
 }
 
+/* The executor processes of a local run, and what it takes to start more. */
+typedef struct sp_run_children {
+    pid_t *pids;      /* cap slots; 0: free */
+    unsigned *index;  /* each slot's --index (its NUMA slot among the executors) */
+    bool *ready;      /* each slot's executor became ready */
+    size_t cap;
+    unsigned of;      /* --of */
+    int64_t relaunches_left;
+    const char *self, *addr, *secret;
+} sp_run_children_t;
+
+/* "SIGSEGV" for the signals a crash or a kill brings; NULL for others. */
+static const char *sp_run_signal_name(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGKILL: return "SIGKILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGXCPU: return "SIGXCPU";
+    default: return NULL;
+    }
+}
+
+/*
+ * The driver lost the executor of pid (sp__driver_opts_t.executor_ended):
+ * reaps it (killing it if it has not ended within wait_ms), says how it
+ * ended, and starts another in its place while executor.max_relaunches
+ * allows.
+ */
+static bool sp_run_executor_ended(void *arg, uint32_t pid, int wait_ms, char *how, size_t cap)
+{
+    sp_run_children_t *c = arg;
+    uint64_t deadline = sp__now_ns() + (uint64_t)wait_ms * 1000000u;
+    size_t slot = c->cap;
+    int status = 0;
+    pid_t got = 0;
+
+    how[0] = '\0';
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->pids[i] > 0 && (uint32_t)c->pids[i] == pid)
+            slot = i;
+    if (slot == c->cap)
+        return false;
+    while ((got = waitpid(c->pids[slot], &status, WNOHANG)) == 0 && sp__now_ns() < deadline)
+        usleep(5000);
+    if (got == 0) {
+        /* Still running though the driver gave up on it: it must not serve stale outputs. */
+        kill(c->pids[slot], SIGKILL);
+        got = waitpid(c->pids[slot], &status, 0);
+    } else if (got == c->pids[slot] && WIFSIGNALED(status)) {
+        const char *name = sp_run_signal_name(WTERMSIG(status));
+        if (name != NULL)
+            snprintf(how, cap, "died of %s", name);
+        else
+            snprintf(how, cap, "died of signal %d", WTERMSIG(status));
+    } else if (got == c->pids[slot] && WIFEXITED(status)) {
+        snprintf(how, cap, "exited with status %d", WEXITSTATUS(status));
+    }
+    if (got == c->pids[slot] && WIFSIGNALED(status))
+        sp__ofi_shm_clear((long)c->pids[slot]); /* it died without closing its endpoint */
+    c->pids[slot] = 0;
+    if (c->relaunches_left <= 0)
+        return false;
+    for (size_t i = 0; i < c->cap; i++) {
+        if (c->pids[i] != 0)
+            continue;
+        c->pids[i] = sp_run_spawn(c->self, c->addr, c->secret, c->index[slot], c->of);
+        if (c->pids[i] < 0) {
+            sp_warn("cannot start an executor in place of pid %u: %s", pid, strerror(errno));
+            c->pids[i] = 0;
+            return false;
+        }
+        c->index[i] = c->index[slot];
+        c->ready[i] = false;
+        c->relaunches_left--;
+        sp_warn("executor pid %u is gone; started pid %d in its place (%lld more allowed by "
+                "executor.max_relaunches)",
+                pid, (int)c->pids[i], (long long)c->relaunches_left);
+        return true;
+    }
+    return false;
+}
+
+/* sp__driver_opts_t.executor_event: notes which executors became ready. */
+static void sp_run_executor_event(void *arg, const sp__executor_report_t *x, bool lost)
+{
+    sp_run_children_t *c = arg;
+
+    for (size_t i = 0; !lost && i < c->cap; i++)
+        if (c->pids[i] > 0 && (uint32_t)c->pids[i] == x->pid)
+            c->ready[i] = true;
+}
+
+/*
+ * After the driver: an executor that never became ready (a replacement still
+ * starting) would wait for a driver that is gone until its register timeout.
+ */
+static void sp_run_stop_unready(const sp_run_children_t *c)
+{
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->pids[i] > 0 && !c->ready[i])
+            kill(c->pids[i], SIGTERM);
+}
+
 static sp_status_t sp_run_local(const sp_run_request_t *req, sp__driver_report_t *rep)
 {
     const char *listen_at = "127.0.0.1:0";
@@ -173,6 +284,10 @@ static sp_status_t sp_run_local(const sp_run_request_t *req, sp__driver_report_t
     void *secret = NULL;
     size_t secret_len = 0;
     pid_t *pids = NULL;
+    unsigned *slots = NULL;
+    bool *ready = NULL;
+    sp_run_children_t children = {0};
+    int64_t relaunches = 0;
     ssize_t n;
     int lfd = -1;
     sp_status_t st;
@@ -205,10 +320,25 @@ static sp_status_t sp_run_local(const sp_run_request_t *req, sp__driver_report_t
                 executors);
         fflush(stderr);
     }
-    if ((pids = calloc(executors + 1, sizeof(*pids))) == NULL) {
+    if ((st = sp_conf_get_int(req->conf, "executor.max_relaunches", &relaunches)) != SP_OK)
+        goto out;
+    if (spawn == 0)
+        relaunches = 0;
+    if ((pids = calloc(executors + (size_t)relaunches + 1, sizeof(*pids))) == NULL ||
+        (slots = calloc(executors + (size_t)relaunches + 1, sizeof(*slots))) == NULL ||
+        (ready = calloc(executors + (size_t)relaunches + 1, sizeof(*ready))) == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u executors", executors);
         goto out;
     }
+    children = (sp_run_children_t){.pids = pids,
+                                   .index = slots,
+                                   .ready = ready,
+                                   .cap = spawn + (size_t)relaunches,
+                                   .of = spawn,
+                                   .relaunches_left = relaunches,
+                                   .self = self,
+                                   .addr = bound,
+                                   .secret = secret};
     sp__driver_opts_t dopts = {.conf = req->conf,
                                .job = req->job,
                                .job_name = req->job_name,
@@ -220,11 +350,16 @@ static sp_status_t sp_run_local(const sp_run_request_t *req, sp__driver_report_t
                                .progress = req->progress ? sp_run_progress_cb : NULL,
                                .progress_arg = req->progress,
                                .pids = pids,
-                               .npids = spawn};
+                               .npids = children.cap,
+                               .executor_ended = spawn > 0 ? sp_run_executor_ended : NULL,
+                               .executor_ended_arg = &children,
+                               .executor_event = spawn > 0 ? sp_run_executor_event : NULL,
+                               .executor_event_arg = &children};
     if ((st = sp__driver_create(&dopts, &driver)) != SP_OK)
         goto out;
     for (unsigned i = 0; i < spawn; i++) {
         pids[i] = sp_run_spawn(self, bound, secret, i, spawn);
+        slots[i] = i;
         if (pids[i] < 0) {
             st = SP_RAISE(SP_ERR_NO_RESOURCE, "fork of executor %u: %s", i, strerror(errno));
             goto out;
@@ -236,8 +371,13 @@ static sp_status_t sp_run_local(const sp_run_request_t *req, sp__driver_report_t
 out : {
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", sp_last_error());
-    if (pids != NULL)
-        sp_run_reap(pids, spawn);
+    /* An executor still starting (a replacement) must find no driver rather than wait for one. */
+    if (lfd >= 0)
+        shutdown(lfd, SHUT_RDWR);
+    if (pids != NULL) {
+        sp_run_stop_unready(&children);
+        sp_run_reap(pids, (unsigned)children.cap);
+    }
     /* Executors that were killed could not remove their files: this host's are ours to remove. */
     if (driver != NULL && spawn > 0)
         sp__app_dirs_remove(req->conf, sp__driver_app_id(driver));
@@ -246,6 +386,8 @@ out : {
         SP_RAISE(st, "%s", msg);
 }
     free(pids);
+    free(slots);
+    free(ready);
     free(secret);
     if (lfd >= 0)
         close(lfd);

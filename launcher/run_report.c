@@ -142,8 +142,9 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
             (unsigned long long)r->result.reduce_records);
     fprintf(out,
             "recovered: %u task retries, %u fetch failures, %u map outputs recomputed, %u "
-            "executors lost\n",
-            r->task_failures, r->fetch_failures, r->maps_recomputed, r->executors_lost);
+            "executors lost (%u relaunched)\n",
+            r->task_failures, r->fetch_failures, r->maps_recomputed, r->executors_lost,
+            r->executors_relaunched);
     if (baseline && status == SP_OK && params->size > 0 && wall > 0) {
         double mc = sp_run_memcpy_seconds(params->size);
         if (mc > 0)
@@ -191,6 +192,10 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
     json_object_set_new(root, "job", json_string(job));
     json_object_set_new(root, "status", json_string(sp_status_str(status)));
     json_object_set_new(root, "succeeded", json_boolean(status == SP_OK));
+    /* Why it failed: the driver's final error, else this thread's (a refusal before it ran). */
+    json_object_set_new(root, "error",
+                        status == SP_OK ? json_null()
+                                        : json_string(r->error[0] ? r->error : sp_last_error()));
     json_object_set_new(root, "version", json_string(sp_version()));
     json_object_set_new(root, "size", json_integer((json_int_t)params->size));
     json_object_set_new(root, "input", params->input ? json_string(params->input) : json_null());
@@ -222,9 +227,10 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
     json_object_set_new(root, "counters", counters);
     json_object_set_new(
         root, "recovery",
-        json_pack("{s:I, s:I, s:I, s:I}", "task_retries", (json_int_t)r->task_failures,
+        json_pack("{s:I, s:I, s:I, s:I, s:I}", "task_retries", (json_int_t)r->task_failures,
                   "fetch_failures", (json_int_t)r->fetch_failures, "maps_recomputed",
-                  (json_int_t)r->maps_recomputed, "executors_lost", (json_int_t)r->executors_lost));
+                  (json_int_t)r->maps_recomputed, "executors_lost", (json_int_t)r->executors_lost,
+                  "executors_relaunched", (json_int_t)r->executors_relaunched));
     json_object_set_new(root, "output_bytes", json_integer((json_int_t)r->result.output_bytes));
     json_object_set_new(root, "map_records", json_integer((json_int_t)r->result.map_records));
     json_object_set_new(root, "reduce_records", json_integer((json_int_t)r->result.reduce_records));

@@ -1,0 +1,179 @@
+/*
+ * Helpers for the task-failure tests (test_run_taskfail.c, test_run_lateloss.c):
+ * `spate run` started in the background (so a test can act on it while it
+ * runs: stop it, kill it) in a working directory of its own, with a marker in
+ * its environment that its executors inherit, so that the test can tell
+ * which processes of the machine are the run's and assert none is left.
+ */
+#ifndef SPATE_TEST_TASKFAIL_UTIL_H
+#define SPATE_TEST_TASKFAIL_UTIL_H
+
+#include "run_test_util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+
+typedef struct tf_run {
+    pid_t pid;
+    FILE *out, *err;
+    char mark[96]; /* SPATE_TEST_MARK=..., in the run's environment */
+    double start;
+} tf_run_t;
+
+/*
+ * Starts $SPATE_CLI args in directory cwd (NULL: this one) with env added;
+ * the run leads its own process group.
+ */
+static inline void tf_start(tf_run_t *r, const char *cwd, const char *const *args,
+                            const char *const *env)
+{
+    static unsigned seq;
+    const char *cli = getenv("SPATE_CLI");
+    const char *argv[96];
+    size_t n = 0;
+
+    if (cli == NULL)
+        fail_msg("SPATE_CLI is not set: run this test through ctest");
+    argv[n++] = cli;
+    for (; args[n - 1] != NULL; n++) {
+        assert_true(n < sizeof(argv) / sizeof(argv[0]) - 1);
+        argv[n] = args[n - 1];
+    }
+    argv[n] = NULL;
+    memset(r, 0, sizeof(*r));
+    snprintf(r->mark, sizeof(r->mark), "SPATE_TEST_MARK=%ld-%u-%ld", (long)getpid(), seq++,
+             (long)time(NULL));
+    r->out = tmpfile();
+    r->err = tmpfile();
+    assert_non_null(r->out);
+    assert_non_null(r->err);
+    fflush(stdout);
+    fflush(stderr);
+    r->start = rt_now();
+    r->pid = fork();
+    assert_true(r->pid >= 0);
+    if (r->pid == 0) {
+        setpgid(0, 0);
+        dup2(fileno(r->out), STDOUT_FILENO);
+        dup2(fileno(r->err), STDERR_FILENO);
+        if (cwd != NULL && chdir(cwd) != 0)
+            _exit(126);
+        putenv(r->mark);
+        for (size_t i = 0; env != NULL && env[i] != NULL; i++)
+            putenv((char *)env[i]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    setpgid(r->pid, r->pid);
+}
+
+/* How many processes of the machine carry r's marker in their environment. */
+static inline unsigned tf_marked(const tf_run_t *r)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *e;
+    unsigned n = 0;
+    size_t mlen = strlen(r->mark);
+
+    assert_non_null(proc);
+    while ((e = readdir(proc)) != NULL) {
+        char path[300], buf[65536];
+        ssize_t len;
+        int fd;
+
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/environ", e->d_name);
+        if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+            continue;
+        len = read(fd, buf, sizeof(buf));
+        close(fd);
+        for (ssize_t i = 0; len > 0 && i + (ssize_t)mlen <= len;
+             i += (ssize_t)strnlen(buf + i, (size_t)(len - i)) + 1)
+            if (memcmp(buf + i, r->mark, mlen) == 0 &&
+                (i + (ssize_t)mlen == len || buf[i + mlen] == '\0')) {
+                /* A zombie's environment reads empty: only live processes count. */
+                n++;
+                break;
+            }
+    }
+    closedir(proc);
+    return n;
+}
+
+/*
+ * Waits for the run to end (at most timeout_s, then its group is killed and
+ * the test fails), then gives whatever it started grace_s to go: a process
+ * of the run still alive then fails the test. Fills run like rt_spawn_env.
+ */
+static inline rt_run_t tf_finish(tf_run_t *r, unsigned timeout_s, unsigned grace_s)
+{
+    rt_run_t run = {.status = -1};
+    int wstatus = 0;
+    double deadline = r->start + timeout_s;
+    unsigned left = 0;
+
+    for (;;) {
+        pid_t w = waitpid(r->pid, &wstatus, WNOHANG);
+        if (w == r->pid)
+            break;
+        assert_int_equal(w, 0);
+        if (rt_now() > deadline) {
+            run.timed_out = true;
+            kill(-r->pid, SIGKILL);
+            waitpid(r->pid, &wstatus, 0);
+            break;
+        }
+        usleep(20000);
+    }
+    run.seconds = rt_now() - r->start;
+    if (WIFEXITED(wstatus))
+        run.status = WEXITSTATUS(wstatus);
+    else if (WIFSIGNALED(wstatus))
+        run.signal = WTERMSIG(wstatus);
+    for (double until = rt_now() + grace_s; (left = tf_marked(r)) > 0 && rt_now() < until;)
+        usleep(50000);
+    kill(-r->pid, SIGKILL);
+    run.out = rt_slurp_stream(r->out);
+    run.err = rt_slurp_stream(r->err);
+    if (run.timed_out)
+        fail_msg("spate run did not end within %u s; stderr: %s", timeout_s, rt_tail(run.err));
+    if (left > 0)
+        fail_msg("%u processes of the run were left %u s after it ended; stderr: %s", left,
+                 grace_s, rt_tail(run.err));
+    return run;
+}
+
+/* Whether dir holds no entry at all (recursively: only empty directories). */
+static inline bool tf_dir_empty(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    bool empty = true;
+
+    if (d == NULL)
+        return true;
+    while (empty && (e = readdir(d)) != NULL) {
+        char path[4096];
+        struct stat sb;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if ((size_t)snprintf(path, sizeof(path), "%s/%.255s", dir, e->d_name) >= sizeof(path)) {
+            empty = false;
+            break;
+        }
+        empty = lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) && tf_dir_empty(path);
+    }
+    closedir(d);
+    return empty;
+}
+
+/* Waits (at most timeout_s) for path to exist. */
+static inline void tf_wait_file(const char *path, unsigned timeout_s)
+{
+    for (double until = rt_now() + timeout_s; access(path, F_OK) != 0; usleep(20000))
+        if (rt_now() > until)
+            fail_msg("%s did not appear within %u s", path, timeout_s);
+}
+
+#endif /* SPATE_TEST_TASKFAIL_UTIL_H */
