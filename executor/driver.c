@@ -116,7 +116,7 @@ struct sp__driver {
     int kill_stage;
     int kill_signal;
     bool killed;
-    bool output_prepared;
+    sp__output_t *output; /* the run's hold on --output; NULL: none */
     /* Executors a launcher reported gone (sp__driver_lose_executor, any thread). */
     pthread_mutex_t lose_lock;
     char (*lose_names)[256];
@@ -898,11 +898,9 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
     d->rep.start_ns = sp__now_ns();
     if ((st = sp_drv_plan(d)) != SP_OK)
         goto err;
-    if (opts->params->output != NULL) {
-        if ((st = sp__output_prepare(opts->params->output)) != SP_OK)
-            goto err;
-        d->output_prepared = true;
-    }
+    if (opts->params->output != NULL &&
+        (st = sp__output_prepare(opts->params->output, d->app_id, &d->output)) != SP_OK)
+        goto err;
     *driver_p = d;
     return SP_OK;
 err:
@@ -1055,26 +1053,27 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
     }
     sp_drv_result(d);
     sp_drv_progress(d, false); /* the last stage's line, before finish() prints its check */
-    if (p->output != NULL && (st = sp__output_publish(p->output, d->plan.partitions)) != SP_OK)
+    if (d->output != NULL && (st = sp__output_publish(d->output, d->plan.partitions)) != SP_OK)
         goto out;
     if (d->o.job->finish != NULL && (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
         st = SP_RAISE(st, "job %s: %s", d->o.job->name, sp_last_error());
         goto out;
     }
-    if (p->output != NULL && (st = sp__output_succeed(p->output)) != SP_OK)
+    if (d->output != NULL && (st = sp__output_succeed(d->output)) != SP_OK)
         goto out;
 out:
     if (d->planned && d->tasks[SP_STAGE_REDUCE] != NULL)
         sp_drv_result(d);
-    if (st != SP_OK && d->output_prepared)
-        sp__output_abort(p->output);
     {
         /* Keep the error: shutting down may overwrite the last-error text. */
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", sp_last_error());
         sp_drv_shutdown(d);
-        if (st != SP_OK)
+        if (st != SP_OK) {
+            /* After the shutdown, so that executors finishing their tasks write no more. */
+            sp__output_abort(d->output);
             SP_RAISE(st, "%s", msg);
+        }
     }
     d->rep.end_ns = sp__now_ns();
     sp_drv_snapshot(d);
@@ -1115,6 +1114,7 @@ void sp__driver_destroy(sp__driver_t *d)
         sp__job_plan_clear(&d->plan);
     free(d->lose_names);
     pthread_mutex_destroy(&d->lose_lock);
+    sp__output_release(d->output); /* its executors are gone: nothing writes there any more */
     free(d);
 }
 

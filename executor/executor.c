@@ -563,7 +563,8 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
                                .conf = ex->conf,
                                .transport = ex->transport,
                                .shuffle_id = ex->job.shuffle_id,
-                               .executor_id = ex->job.executor_id};
+                               .executor_id = ex->job.executor_id,
+                               .run_id = ex->job.app_id};
 out_plan:
     sp_executor_plan_destroy(xplan);
     return st;
