@@ -27,6 +27,10 @@
  *   executor.heartbeat_timeout is lost: its running tasks go back to
  *   pending and every map output it held is recomputed. Under MPI a lost
  *   rank ends the job with a message naming it.
+ * - an interrupt (sp__driver_interrupt, from a SIGINT/SIGTERM handler) fails
+ *   the run with SP_ERR_CANCELED at the loop's next tick; the run then shuts
+ *   its executors down and removes what it wrote to the output, as any
+ *   failed run does (a second interrupt stops waiting for executors).
  *
  * Testing hook (local mode): SPATE_FAULT_KILL_EXECUTOR=ID:STAGE:N[:stop]
  * sends SIGKILL (or SIGSTOP, to test the heartbeat timeout) to executor ID
@@ -40,6 +44,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -970,6 +975,44 @@ static void sp_drv_progress(sp__driver_t *d, bool final)
     d->o.progress(d->o.progress_arg, &d->rep, final);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Interrupts                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Process-wide, set from signal handlers: lock-free atomics are async-signal-safe. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "signal handlers need lock-free atomics");
+static atomic_int sp_drv_signal;   /* the first interrupting signal; 0: none */
+static atomic_uint sp_drv_signals; /* how many arrived */
+
+void sp__driver_interrupt(int signo)
+{
+    int none = 0;
+
+    atomic_compare_exchange_strong(&sp_drv_signal, &none, signo);
+    atomic_fetch_add(&sp_drv_signals, 1);
+}
+
+int sp__driver_interrupted(unsigned *count_p)
+{
+    if (count_p != NULL)
+        *count_p = atomic_load(&sp_drv_signals);
+    return atomic_load(&sp_drv_signal);
+}
+
+/* SP_ERR_CANCELED, naming the signal, once the run was interrupted. */
+static sp_status_t sp_drv_check_interrupt(void)
+{
+    int signo = atomic_load(&sp_drv_signal);
+
+    if (signo == 0)
+        return SP_OK;
+    return SP_RAISE(SP_ERR_CANCELED, "interrupted by %s",
+                    signo == SIGINT    ? "SIGINT"
+                    : signo == SIGTERM ? "SIGTERM"
+                    : signo == SIGHUP  ? "SIGHUP"
+                                       : "a signal");
+}
+
 static void sp_drv_shutdown(sp__driver_t *d)
 {
     uint64_t deadline = sp__now_ns() + 10ull * 1000000000ull;
@@ -987,8 +1030,8 @@ static void sp_drv_shutdown(sp__driver_t *d)
         for (uint32_t e = 0; e < d->nexecs; e++)
             waiting |=
                 d->execs[e].state == SP_DEXEC_READY || d->execs[e].state == SP_DEXEC_REGISTERED;
-        if (!waiting || sp__now_ns() > deadline)
-            break;
+        if (!waiting || sp__now_ns() > deadline || atomic_load(&sp_drv_signals) > 1)
+            break; /* a second interrupt: the launcher's reap ends them */
         uint32_t id = 0;
         uint16_t type = 0;
         void *buf = NULL;
@@ -1026,7 +1069,7 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
                           sp_drv_ready_count(d), d->o.executors, (double)register_ns / 1e9);
             goto out;
         }
-        if ((st = sp_drv_step(d, 100)) != SP_OK)
+        if ((st = sp_drv_step(d, 100)) != SP_OK || (st = sp_drv_check_interrupt()) != SP_OK)
             goto out;
     }
     for (;;) {
@@ -1042,7 +1085,7 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
             goto out;
         if ((st = sp_drv_check_heartbeats(d)) != SP_OK)
             goto out;
-        if ((st = sp_drv_take_losses(d)) != SP_OK)
+        if ((st = sp_drv_take_losses(d)) != SP_OK || (st = sp_drv_check_interrupt()) != SP_OK)
             goto out;
         sp_drv_fault_hook(d);
         now = sp__now_ns();
@@ -1064,6 +1107,8 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
 out:
     if (d->planned && d->tasks[SP_STAGE_REDUCE] != NULL)
         sp_drv_result(d);
+    if (st != SP_OK && st != SP_ERR_CANCELED && atomic_load(&sp_drv_signal) != 0)
+        st = sp_drv_check_interrupt(); /* an interrupted run fails for that reason */
     {
         /* Keep the error: shutting down may overwrite the last-error text. */
         char msg[1024];

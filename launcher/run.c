@@ -112,7 +112,16 @@ static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret
     pid = fork();
     if (pid != 0)
         return pid;
-    /* Child: the secret goes only into the environment. */
+    /*
+     * Child. A Ctrl-C on the terminal goes to the whole foreground process
+     * group, but the driver alone must handle it: it shuts the executors down
+     * and removes the run's files. So each executor leads a process group of
+     * its own, and ignores SIGINT besides (kept across exec; a library it
+     * loads, libpsm2 for one, may still install a handler of its own).
+     */
+    setpgid(0, 0);
+    signal(SIGINT, SIG_IGN);
+    /* The secret goes only into the environment. */
     if (putenv(env_secret) != 0)
         _exit(127);
     {
@@ -127,10 +136,15 @@ static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret
     _exit(127);
 }
 
+/*
+ * Waits for the executors to exit and kills those that do not within 15 s;
+ * after an interrupt within 2 s (the driver already waited for them to say
+ * goodbye), and at once after a second one.
+ */
 static void sp_run_reap(pid_t *pids, unsigned n)
 {
-    uint64_t deadline = sp__now_ns() + 15ull * 1000000000ull;
-    unsigned left = n;
+    uint64_t start = sp__now_ns(), deadline = start + 15ull * 1000000000ull;
+    unsigned left = n, signals = 0;
 
     while (left > 0) {
         left = 0;
@@ -147,6 +161,8 @@ static void sp_run_reap(pid_t *pids, unsigned n)
         }
         if (left == 0)
             break;
+        if (sp__driver_interrupted(&signals) != 0)
+            deadline = SP_MIN(deadline, signals > 1 ? start : start + 2ull * 1000000000ull);
         if (sp__now_ns() > deadline) {
             for (unsigned i = 0; i < n; i++)
                 if (pids[i] > 0) {
