@@ -48,6 +48,9 @@ void sp__assert_fail(const char *expr, const char *file, int line) __attribute__
 /* Monotonic clock in nanoseconds. */
 uint64_t sp__now_ns(void);
 
+/* "SIGSEGV" for the signals a crash or a kill brings; NULL for others. Async-signal-safe. */
+const char *sp__signal_name(int sig);
+
 /*
  * Fault injection (SQLite faultsim style). sp__fault_arm(kind, n) makes the
  * n-th following event of that kind fail (n = 1: the next one); 0 disarms.

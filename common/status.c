@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
 
 const char *sp_status_str(sp_status_t status)
@@ -74,6 +75,24 @@ void sp__assert_fail(const char *expr, const char *file, int line)
 {
     sp_log_write(SP_LOG_ERROR, file, line, "assertion failed: %s", expr);
     abort();
+}
+
+const char *sp__signal_name(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGKILL: return "SIGKILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGXCPU: return "SIGXCPU";
+    default: return NULL;
+    }
 }
 
 uint64_t sp__now_ns(void)

@@ -27,6 +27,10 @@
  *   executor.heartbeat_timeout is lost: its running tasks go back to
  *   pending and every map output it held is recomputed. Under MPI a lost
  *   rank ends the job with a message naming it.
+ * - an interrupt (sp__driver_interrupt, from a SIGINT/SIGTERM handler) fails
+ *   the run with SP_ERR_CANCELED at the loop's next tick; the run then shuts
+ *   its executors down and removes what it wrote to the output, as any
+ *   failed run does (a second interrupt stops waiting for executors).
  *
  * Testing hook (local mode): SPATE_FAULT_KILL_EXECUTOR=ID:STAGE:N[:stop]
  * sends SIGKILL (or SIGSTOP, to test the heartbeat timeout) to executor ID
@@ -41,6 +45,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +66,7 @@ typedef struct sp_dexec {
     uint32_t busy;
     uint64_t last_seen_ns;
     char address[512];
+    uint32_t fatal_signal; /* its FATAL report: the signal it is dying of; 0: none */
     sp__executor_report_t rep;
 } sp_dexec_t;
 
@@ -128,7 +134,7 @@ struct sp__driver {
     int kill_stage;
     int kill_signal;
     bool killed;
-    bool output_prepared;
+    sp__output_t *output; /* the run's hold on --output; NULL: none */
     /* Executors a launcher reported gone (sp__driver_lose_executor, any thread). */
     pthread_mutex_t lose_lock;
     char (*lose_names)[256];
@@ -351,6 +357,13 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
         d->o.executor_ended(d->o.executor_ended_arg, x->rep.pid, 2000, how, sizeof(how))) {
         d->replacements++;
         d->rep.executors_relaunched++;
+    }
+    if (how[0] == '\0' && x->fatal_signal != 0) {
+        const char *name = sp__signal_name((int)x->fatal_signal);
+        if (name != NULL)
+            snprintf(how, sizeof(how), "died of %s", name);
+        else
+            snprintf(how, sizeof(how), "died of signal %u", x->fatal_signal);
     }
     if (describe && how[0] != '\0')
         snprintf(cause, sizeof(cause), "executor %u (pid %u) %s", e, x->rep.pid, how);
@@ -847,6 +860,15 @@ static sp_status_t sp_drv_handle(sp__driver_t *d, uint32_t e, uint16_t type, con
     case SP_MSG_HEARTBEAT: return sp_drv_on_heartbeat(d, e, buf, len, false);
     case SP_MSG_BYE: return sp_drv_on_heartbeat(d, e, buf, len, true);
     case SP_MSG_RESULT: return sp_drv_on_result(d, e, buf, len);
+    case SP_MSG_FATAL: {
+        sp__msg_fatal_t f;
+        sp_status_t st = sp__msg_fatal_decode(buf, len, &f);
+        if (st != SP_OK)
+            return st;
+        /* It is dying: its connection breaks next, and the loss names the signal. */
+        d->execs[e].fatal_signal = f.signal != 0 ? f.signal : UINT32_MAX;
+        return SP_OK;
+    }
     default:
         return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u sent unknown message type %u", e, type);
     }
@@ -1133,11 +1155,9 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
     d->rep.start_ns = sp__now_ns();
     if ((st = sp_drv_plan(d)) != SP_OK)
         goto err;
-    if (opts->params->output != NULL) {
-        if ((st = sp__output_prepare(opts->params->output)) != SP_OK)
-            goto err;
-        d->output_prepared = true;
-    }
+    if (opts->params->output != NULL &&
+        (st = sp__output_prepare(opts->params->output, d->app_id, &d->output)) != SP_OK)
+        goto err;
     *driver_p = d;
     return SP_OK;
 err:
@@ -1207,6 +1227,44 @@ static void sp_drv_progress(sp__driver_t *d, bool final)
     d->o.progress(d->o.progress_arg, &d->rep, final);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Interrupts                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* Process-wide, set from signal handlers: lock-free atomics are async-signal-safe. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "signal handlers need lock-free atomics");
+static atomic_int sp_drv_signal;   /* the first interrupting signal; 0: none */
+static atomic_uint sp_drv_signals; /* how many arrived */
+
+void sp__driver_interrupt(int signo)
+{
+    int none = 0;
+
+    atomic_compare_exchange_strong(&sp_drv_signal, &none, signo);
+    atomic_fetch_add(&sp_drv_signals, 1);
+}
+
+int sp__driver_interrupted(unsigned *count_p)
+{
+    if (count_p != NULL)
+        *count_p = atomic_load(&sp_drv_signals);
+    return atomic_load(&sp_drv_signal);
+}
+
+/* SP_ERR_CANCELED, naming the signal, once the run was interrupted. */
+static sp_status_t sp_drv_check_interrupt(void)
+{
+    int signo = atomic_load(&sp_drv_signal);
+
+    if (signo == 0)
+        return SP_OK;
+    return SP_RAISE(SP_ERR_CANCELED, "interrupted by %s",
+                    signo == SIGINT    ? "SIGINT"
+                    : signo == SIGTERM ? "SIGTERM"
+                    : signo == SIGHUP  ? "SIGHUP"
+                                       : "a signal");
+}
+
 static void sp_drv_shutdown(sp__driver_t *d)
 {
     uint64_t deadline = sp__now_ns() + 10ull * 1000000000ull;
@@ -1224,8 +1282,8 @@ static void sp_drv_shutdown(sp__driver_t *d)
         for (uint32_t e = 0; e < d->nexecs; e++)
             waiting |=
                 d->execs[e].state == SP_DEXEC_READY || d->execs[e].state == SP_DEXEC_REGISTERED;
-        if (!waiting || sp__now_ns() > deadline)
-            break;
+        if (!waiting || sp__now_ns() > deadline || atomic_load(&sp_drv_signals) > 1)
+            break; /* a second interrupt: the launcher's reap ends them */
         uint32_t id = 0;
         uint16_t type = 0;
         void *buf = NULL;
@@ -1266,7 +1324,7 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
                           sp_drv_ready_count(d), d->o.executors, (double)register_ns / 1e9);
             goto out;
         }
-        if ((st = sp_drv_step(d, 100, NULL)) != SP_OK)
+        if ((st = sp_drv_step(d, 100, NULL)) != SP_OK || (st = sp_drv_check_interrupt()) != SP_OK)
             goto out;
         sp_drv_ping(d);
         sp_drv_fault_hook(d);
@@ -1287,7 +1345,7 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
         if ((st = sp_drv_check_task_timeouts(d)) != SP_OK)
             goto out;
         sp_drv_ping(d);
-        if ((st = sp_drv_take_losses(d)) != SP_OK)
+        if ((st = sp_drv_take_losses(d)) != SP_OK || (st = sp_drv_check_interrupt()) != SP_OK)
             goto out;
         sp_drv_fault_hook(d);
         now = sp__now_ns();
@@ -1298,25 +1356,27 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
     }
     sp_drv_result(d);
     sp_drv_progress(d, false); /* the last stage's line, before finish() prints its check */
-    if (p->output != NULL && (st = sp__output_publish(p->output, d->plan.partitions)) != SP_OK)
+    if (d->output != NULL && (st = sp__output_publish(d->output, d->plan.partitions)) != SP_OK)
         goto out;
     if (d->o.job->finish != NULL && (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
         st = SP_RAISE(st, "job %s: %s", d->o.job->name, sp_last_error());
         goto out;
     }
-    if (p->output != NULL && (st = sp__output_succeed(p->output)) != SP_OK)
+    if (d->output != NULL && (st = sp__output_succeed(d->output)) != SP_OK)
         goto out;
 out:
     if (d->planned && d->tasks[SP_STAGE_REDUCE] != NULL)
         sp_drv_result(d);
-    if (st != SP_OK && d->output_prepared)
-        sp__output_abort(p->output);
+    if (st != SP_OK && st != SP_ERR_CANCELED && atomic_load(&sp_drv_signal) != 0)
+        st = sp_drv_check_interrupt(); /* an interrupted run fails for that reason */
     {
         /* Keep the error: shutting down may overwrite the last-error text. */
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", sp_last_error());
         sp_drv_shutdown(d);
         if (st != SP_OK) {
+            /* After the shutdown, so that executors finishing their tasks write no more. */
+            sp__output_abort(d->output);
             SP_RAISE(st, "%s", msg);
             snprintf(d->rep.error, sizeof(d->rep.error), "%s", msg);
         }
@@ -1363,6 +1423,7 @@ void sp__driver_destroy(sp__driver_t *d)
         sp__job_plan_clear(&d->plan);
     free(d->lose_names);
     pthread_mutex_destroy(&d->lose_lock);
+    sp__output_release(d->output); /* its executors are gone: nothing writes there any more */
     free(d);
 }
 

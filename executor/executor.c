@@ -38,6 +38,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,6 +205,70 @@ static void *sp_exec_sampler(void *arg)
     }
     pthread_mutex_unlock(&ex->lock);
     return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fatal signals                                                             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A crash in job code reaches the driver as such, not only as a closed
+ * connection: on SIGSEGV, SIGBUS, SIGFPE, SIGILL and SIGABRT the handler
+ * writes one FATAL frame, prepared at set-up (it only stores the signal and
+ * its thread's task into it), on the control socket, then dies of the same
+ * signal with the default action, so whoever waits for the process sees it
+ * too. Installed only in a process that is this executor's alone and talks
+ * to the driver over a socket (not over MPI). Best effort: the frame may
+ * follow another thread's frame cut short, which the driver reads as a
+ * malformed message from an executor that is dying anyway.
+ */
+static unsigned char sp_exec_fatal_frame[SP__CTL_HEADER_SIZE + SP_MSG_FATAL_LEN];
+static volatile sig_atomic_t sp_exec_fatal_fd = -1;
+static _Thread_local const sp__msg_task_t *sp_exec_tls_task;
+
+static void sp_exec_fatal(int sig)
+{
+    unsigned char *p = sp_exec_fatal_frame + SP__CTL_HEADER_SIZE;
+    const sp__msg_task_t *t = sp_exec_tls_task;
+    uint64_t id = t != NULL ? t->task_id : 0;
+    int fd = sp_exec_fatal_fd;
+
+    sp_exec_fatal_fd = -1;
+    for (int b = 0; b < 4; b++)
+        p[b] = (unsigned char)((unsigned)sig >> (8 * b));
+    for (int b = 0; b < 8; b++)
+        p[4 + b] = (unsigned char)(id >> (8 * b));
+    if (fd >= 0 && write(fd, sp_exec_fatal_frame, sizeof(sp_exec_fatal_frame)) < 0) {
+        /* Nothing more can be done from a signal handler. */
+    }
+    raise(sig); /* SA_RESETHAND: the default action now */
+}
+
+static void sp_exec_fatal_install(sp_executor_t *ex)
+{
+    static const int sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+    const uint32_t magic = SP__CTL_MAGIC, len = SP_MSG_FATAL_LEN;
+    const uint16_t version = SP__CTL_VERSION, type = SP_MSG_FATAL;
+    struct sigaction sa;
+    int fd = sp__ctl_fd(ex->conn);
+
+    if (fd < 0)
+        return;
+    for (int b = 0; b < 4; b++) {
+        sp_exec_fatal_frame[b] = (unsigned char)(magic >> (8 * b));
+        sp_exec_fatal_frame[8 + b] = (unsigned char)(len >> (8 * b));
+    }
+    for (int b = 0; b < 2; b++) {
+        sp_exec_fatal_frame[4 + b] = (unsigned char)(version >> (8 * b));
+        sp_exec_fatal_frame[6 + b] = (unsigned char)(type >> (8 * b));
+    }
+    sp_exec_fatal_fd = fd;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = sp_exec_fatal;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < SP_ARRAY_SIZE(sigs); i++)
+        sigaction(sigs[i], &sa, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -394,7 +459,9 @@ static void *sp_exec_worker(void *arg)
             pthread_cond_signal(&ex->sample_cond);
         ex->current[index] = &item->task;
         pthread_mutex_unlock(&ex->lock);
+        sp_exec_tls_task = &item->task;
         sp_exec_run_task(ex, &item->task);
+        sp_exec_tls_task = NULL;
         atomic_fetch_sub(&ex->running, 1);
         pthread_mutex_lock(&ex->lock);
         ex->current[index] = NULL;
@@ -588,7 +655,8 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
                                .conf = ex->conf,
                                .transport = ex->transport,
                                .shuffle_id = ex->job.shuffle_id,
-                               .executor_id = ex->job.executor_id};
+                               .executor_id = ex->job.executor_id,
+                               .run_id = ex->job.app_id};
 out_plan:
     sp_executor_plan_destroy(xplan);
     return st;
@@ -869,6 +937,9 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         goto out;
     if ((st = sp_exec_timing(ex, &hb_ns)) != SP_OK)
         goto out;
+    /* After set-up: a library the transport loaded may have put its own handler there. */
+    if (opts->own_process)
+        sp_exec_fatal_install(ex);
     ex->workers = calloc(ex->nworkers, sizeof(*ex->workers));
     ex->current = calloc(ex->nworkers, sizeof(*ex->current));
     if (ex->workers == NULL || ex->current == NULL) {

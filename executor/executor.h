@@ -19,6 +19,12 @@ typedef struct sp__executor_opts {
     unsigned local_executors; /* executors on its host (for the NUMA plan) */
     int register_timeout_ms;  /* how long to wait for the job after registering */
     const char *name;         /* reported to the driver (a Mesos task id, say); NULL: none */
+    /*
+     * The process is this executor's alone: a crash (SIGSEGV, SIGBUS, SIGFPE,
+     * SIGILL, SIGABRT) is reported to the driver over a socket connection
+     * before the process dies of it.
+     */
+    bool own_process;
 } sp__executor_opts_t;
 
 /*
@@ -147,7 +153,20 @@ void sp__driver_destroy(sp__driver_t *driver);
  * an unknown name is ignored.
  */
 void sp__driver_lose_executor(sp__driver_t *driver, const char *name, const char *why);
-/* The run's id: executors keep their files under <each shuffle.local_dirs entry>/<app id>/. */
+/*
+ * An interrupt (SIGINT, SIGTERM) for whatever run this process drives:
+ * async-signal-safe (it only sets process-wide atomics), so a signal handler
+ * calls it. sp__driver_run, waiting for executors or running stages, fails
+ * with SP_ERR_CANCELED ("interrupted by SIGINT") within its 100 ms tick and
+ * cleans up as a failed run does; a second interrupt makes it stop waiting
+ * for executors to say goodbye. Interrupts are never cleared: the process
+ * is expected to exit.
+ */
+void sp__driver_interrupt(int signo);
+/* The first interrupting signal (0: none); *count_p (may be NULL): how many arrived. */
+int sp__driver_interrupted(unsigned *count_p);
+/* The run's id: executors keep their files under <each shuffle.local_dirs entry>/<app id>/;
+ * the output committer, under OUTPUT/_temporary/<app id>/. */
 const char *sp__driver_app_id(const sp__driver_t *driver);
 /* Removes <each shuffle.local_dirs entry>/<app_id> (what lost executors could not). */
 void sp__app_dirs_remove(const sp_conf_t *conf, const char *app_id);

@@ -1,7 +1,7 @@
 /*
  * Internals of the executor layer: job lookup (built-in and plugins), the
- * task runner shared by executors and the in-process runner, and the
- * control plane's framing. Not installed.
+ * task runner shared by executors and the in-process runner, the output
+ * committer, and the control plane's framing. Not installed.
  */
 #ifndef SPATE_EXECUTOR_INT_H
 #define SPATE_EXECUTOR_INT_H
@@ -73,6 +73,7 @@ typedef struct sp__task_env {
     sp_transport_t *transport; /* NULL: every block is read locally */
     uint64_t shuffle_id;
     uint32_t executor_id;
+    const char *run_id; /* the run's id: reduce output goes under OUTPUT/_temporary/<run id> */
 } sp__task_env_t;
 
 /*
@@ -94,7 +95,8 @@ sp_status_t sp__task_run_sample(const sp__task_env_t *env, uint32_t map_id, uint
 /*
  * Reduce task: reads partition's blocks (statuses of every map) in the
  * plan's order, calls the job's reduce, and writes the output through the
- * output committer (attempt file, renamed into OUTPUT/_temporary on success).
+ * output committer (attempt file, renamed into OUTPUT/_temporary/<run id> on
+ * success).
  * A fetch failure is SP_ERR_FETCH_FAILED; *failed_map_p then names the map
  * whose block failed (UINT64_MAX when unknown).
  */
@@ -111,26 +113,65 @@ sp_status_t sp__range_bounds(const void *samples, size_t len, uint32_t partition
                              sp_key_compare_fn_t compare, void *compare_arg, sp_key_t **keys_p,
                              void **storage_p);
 
-/* mkdir -p. */
-sp_status_t sp__mkdirs(const char *dir);
-
-/*
- * Output committer. prepare: creates dir (refusing one that holds a job's
- * output) and dir/_temporary. publish: moves every _temporary/part-r-NNNNN
- * into dir. succeed: writes _SUCCESS, last, after the job's checks passed.
- * abort: removes _temporary and any published part (a failed run leaves
- * nothing that looks like output).
- */
-sp_status_t sp__output_prepare(const char *dir);
-sp_status_t sp__output_publish(const char *dir, uint32_t partitions);
-sp_status_t sp__output_succeed(const char *dir);
-void sp__output_abort(const char *dir);
-
 /*
  * Runs a whole job in this process, one task at a time (sample, map,
  * reduce), with local fetches: the embedded form, and what the job tests use.
  */
 sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *params,
                                sp_memory_manager_t *mm, sp_job_result_t *result_p);
+
+/* ------------------------------------------------------------------------ */
+/* Output committer (executor/output.c)                                      */
+/* ------------------------------------------------------------------------ */
+
+/* mkdir -p. */
+sp_status_t sp__mkdirs(const char *dir);
+
+/*
+ * One run's hold on an output directory (Hadoop's FileOutputCommitter v2
+ * with a run id). The run writes only under dir/_temporary/<run id>/ and
+ * holds dir/_temporary/_lock (docs/FORMATS.md) from prepare to release.
+ * Not thread safe: the driver (or the serial runner) alone uses it.
+ */
+typedef struct sp__output sp__output_t;
+
+/*
+ * Creates dir when needed and takes its lock for run_id (letters, digits,
+ * '-', '_', '.'; unique per run). SP_ERR_EXISTS, naming the holder, when a
+ * live run holds dir (one on another host counts as live), or when dir
+ * already holds a job's output (_SUCCESS or part-r-*). A lock whose run is
+ * dead is taken over with a warning and that run's _temporary/<its id>
+ * removed. On success *out_p is the hold, ended with sp__output_release().
+ */
+sp_status_t sp__output_prepare(const char *dir, const char *run_id, sp__output_t **out_p);
+/*
+ * Moves _temporary/<run id>/part-r-NNNNN into dir for every partition, each
+ * with one rename that never replaces a file, and remembers each one moved.
+ */
+sp_status_t sp__output_publish(sp__output_t *out, uint32_t partitions);
+/* Creates dir/_SUCCESS (last, after the job's own checks) and removes the run's temporaries. */
+sp_status_t sp__output_succeed(sp__output_t *out);
+/*
+ * Removes what this run wrote: _temporary/<run id>, the parts it published,
+ * its _SUCCESS. Never another run's files. NULL: nothing.
+ */
+void sp__output_abort(sp__output_t *out);
+/*
+ * Ends the hold once nothing of the run can write any more (its executors
+ * are gone): aborts when neither succeed nor abort ran, removes
+ * _temporary/<run id> again, the lock when it is still this run's, and
+ * _temporary when it is left empty; frees out. NULL: nothing.
+ */
+void sp__output_release(sp__output_t *out);
+/*
+ * Paths of a reduce task's output: the attempt file it writes
+ * (dir/_temporary/<run id>/.part-r-NNNNN.attempt-A) and the name it is
+ * renamed to when the task succeeds (dir/_temporary/<run id>/part-r-NNNNN).
+ * *path_p is malloc'ed.
+ */
+sp_status_t sp__output_attempt_path(const char *dir, const char *run_id, uint32_t partition,
+                                    uint32_t attempt, char **path_p);
+sp_status_t sp__output_task_path(const char *dir, const char *run_id, uint32_t partition,
+                                 char **path_p);
 
 #endif /* SPATE_EXECUTOR_INT_H */

@@ -12,6 +12,7 @@
  *                              <-    BOUNDS, TASK, MAP_OUTPUT, MAP_LOST
  *   RESULT, HEARTBEAT          ->
  *                              <-    PING (every heartbeat interval)
+ *   FATAL {signal, task}       ->    (its crash handler, before it dies)
  *                              <-    SHUTDOWN
  *   BYE {peaks}                ->
  */
@@ -32,8 +33,12 @@ enum {
     SP_MSG_HEARTBEAT = 24,
     SP_MSG_SHUTDOWN = 25,
     SP_MSG_BYE = 26,
-    SP_MSG_PING = 27, /* driver -> executor, empty: the driver is alive */
+    SP_MSG_PING = 27,  /* driver -> executor, empty: the driver is alive */
+    SP_MSG_FATAL = 28, /* executor -> driver, from its fatal-signal handler */
 };
+
+/* Payload bytes of FATAL: signal u32, task id u64 (0: none); fixed, so a handler can fill it. */
+#define SP_MSG_FATAL_LEN 12u
 
 typedef enum sp__task_kind {
     SP_TASK_KIND_SAMPLE = 0,
@@ -99,6 +104,11 @@ typedef struct sp__msg_heartbeat {
     uint32_t running;
 } sp__msg_heartbeat_t;
 
+typedef struct sp__msg_fatal {
+    uint32_t signal;  /* that ends the executor */
+    uint64_t task_id; /* the task whose thread took it; 0: none */
+} sp__msg_fatal_t;
+
 typedef struct sp__msg_map_lost {
     uint64_t map_id;
     uint32_t executor_id;
@@ -119,6 +129,8 @@ sp_status_t sp__msg_result_encode(const sp__msg_result_t *m, void **buf_p, size_
 sp_status_t sp__msg_result_decode(const void *buf, size_t len, sp__msg_result_t *m);
 sp_status_t sp__msg_heartbeat_encode(const sp__msg_heartbeat_t *m, void **buf_p, size_t *len_p);
 sp_status_t sp__msg_heartbeat_decode(const void *buf, size_t len, sp__msg_heartbeat_t *m);
+sp_status_t sp__msg_fatal_encode(const sp__msg_fatal_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_fatal_decode(const void *buf, size_t len, sp__msg_fatal_t *m);
 sp_status_t sp__msg_map_lost_encode(const sp__msg_map_lost_t *m, void **buf_p, size_t *len_p);
 sp_status_t sp__msg_map_lost_decode(const void *buf, size_t len, sp__msg_map_lost_t *m);
 /* BOUNDS: the packed (u32 length, bytes) key list of sp__range_bounds' input form. */

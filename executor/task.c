@@ -11,9 +11,9 @@
  * - A reduce task reads its partition's blocks in the plan's order through
  *   the shuffle reader (one-sided fetches over the transport for remote
  *   blocks) and hands each record to the job's reduce, whose output goes to
- *   an attempt file that is renamed into OUTPUT/_temporary only when the task
- *   succeeds; the driver publishes the partitions and writes _SUCCESS when
- *   the whole job did (Hadoop's file output committer, version 1). So a
+ *   an attempt file that is renamed into OUTPUT/_temporary/<run id> only
+ *   when the task succeeds; the driver publishes the partitions and writes
+ *   _SUCCESS when the whole job did (the output committer, output.c). So a
  *   failed or half-run job never leaves output that looks complete.
  *
  * A task's memory is one sp_task_memory_t of the executor's manager; its id
@@ -24,7 +24,6 @@
 
 #include "common_int.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -32,7 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SP_OUTPUT_BUFFER  (1u << 20)
@@ -408,26 +407,8 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
-/* Reduce and the output committer                                           */
+/* Reduce                                                                    */
 /* ------------------------------------------------------------------------ */
-
-static sp_status_t sp_output_path(const char *dir, const char *sub, uint32_t partition,
-                                  uint32_t attempt, bool attempt_file, char **path_p)
-{
-    char *p = NULL;
-    int n;
-
-    if (attempt_file)
-        n = asprintf(&p, "%s/%s/.part-r-%05u.attempt-%u", dir, sub, partition, attempt);
-    else if (sub != NULL)
-        n = asprintf(&p, "%s/%s/part-r-%05u", dir, sub, partition);
-    else
-        n = asprintf(&p, "%s/part-r-%05u", dir, partition);
-    if (n < 0)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory for an output path under %s", dir);
-    *path_p = p;
-    return SP_OK;
-}
 
 static sp_status_t sp_reduce_open_output(sp_job_task_t *task, uint32_t partition, uint32_t attempt)
 {
@@ -436,8 +417,8 @@ static sp_status_t sp_reduce_open_output(sp_job_task_t *task, uint32_t partition
 
     if (dir == NULL)
         return SP_OK;
-    if ((st = sp_output_path(dir, "_temporary", partition, attempt, true, &task->out_path)) !=
-        SP_OK)
+    if ((st = sp__output_attempt_path(dir, task->env->run_id, partition, attempt,
+                                      &task->out_path)) != SP_OK)
         return st;
     task->out_fd = open(task->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (task->out_fd < 0)
@@ -465,7 +446,7 @@ static sp_status_t sp_reduce_commit_output(sp_job_task_t *task, uint32_t partiti
         return sp__write_error("close", task->out_path, errno);
     }
     task->out_fd = -1;
-    if ((st = sp_output_path(dir, "_temporary", partition, 0, false, &final)) != SP_OK)
+    if ((st = sp__output_task_path(dir, task->env->run_id, partition, &final)) != SP_OK)
         return st;
     /* A second successful attempt replaces the first with identical content. */
     if (rename(task->out_path, final) != 0)
@@ -677,137 +658,6 @@ out:
 }
 
 /* ------------------------------------------------------------------------ */
-/* Output directory                                                          */
-/* ------------------------------------------------------------------------ */
-
-sp_status_t sp__mkdirs(const char *dir)
-{
-    char *copy = sp__strdup(dir);
-    sp_status_t st = SP_OK;
-
-    if (copy == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory for the path %s", dir);
-    for (char *p = copy + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char c = *p;
-            *p = '\0';
-            if (mkdir(copy, 0755) != 0 && errno != EEXIST) {
-                st = sp__write_error("mkdir", copy, errno);
-                break;
-            }
-            *p = c;
-            if (c == '\0')
-                break;
-        }
-    }
-    sp__free(copy);
-    return st;
-}
-
-/* Removes the entries of dir whose names start with prefix (NULL: all), then dir when asked. */
-static void sp_output_clear_dir(const char *dir, const char *prefix, bool remove_dir)
-{
-    char path[4096 + 256];
-    struct dirent *e;
-    DIR *d;
-
-    if ((d = opendir(dir)) == NULL)
-        return;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        if (prefix != NULL && strncmp(e->d_name, prefix, strlen(prefix)) != 0)
-            continue;
-        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < sizeof(path))
-            unlink(path);
-    }
-    closedir(d);
-    if (remove_dir)
-        rmdir(dir);
-}
-
-sp_status_t sp__output_prepare(const char *dir)
-{
-    char tmp[4096];
-    struct dirent *e;
-    struct stat sb;
-    DIR *d;
-    sp_status_t st;
-
-    if ((st = sp__mkdirs(dir)) != SP_OK)
-        return st;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return SP_RAISE(SP_ERR_IO, "output %s is not a directory", dir);
-    if (access(dir, W_OK | X_OK) != 0)
-        return SP_RAISE(SP_ERR_IO, "output directory %s is not writable: %s", dir, strerror(errno));
-    if ((d = opendir(dir)) == NULL)
-        return SP_RAISE(SP_ERR_IO, "output directory %s: %s", dir, strerror(errno));
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, "_SUCCESS") == 0 || strncmp(e->d_name, "part-r-", 7) == 0) {
-            sp_status_t exists = SP_RAISE(SP_ERR_EXISTS,
-                                          "output directory %s already holds a job's output "
-                                          "(%s); remove it or choose another",
-                                          dir, e->d_name);
-            closedir(d); /* e points into d */
-            return exists;
-        }
-    }
-    closedir(d);
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s/_temporary", dir) < sizeof(tmp))
-        sp_output_clear_dir(tmp, NULL, true); /* an earlier run's leftovers */
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s/_temporary", dir) >= sizeof(tmp))
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "output path %s is too long", dir);
-    if (mkdir(tmp, 0755) != 0)
-        return sp__write_error("mkdir", tmp, errno);
-    return SP_OK;
-}
-
-sp_status_t sp__output_publish(const char *dir, uint32_t partitions)
-{
-    char tmp[4096];
-    sp_status_t st = SP_OK;
-
-    for (uint32_t p = 0; p < partitions && st == SP_OK; p++) {
-        char *from = NULL, *to = NULL;
-        if ((st = sp_output_path(dir, "_temporary", p, 0, false, &from)) == SP_OK &&
-            (st = sp_output_path(dir, NULL, p, 0, false, &to)) == SP_OK && rename(from, to) != 0)
-            st = SP_RAISE(SP_ERR_IO, "publish %s as %s: %s", from, to, strerror(errno));
-        free(from);
-        free(to);
-    }
-    if (st != SP_OK)
-        return st;
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s/_temporary", dir) < sizeof(tmp))
-        sp_output_clear_dir(tmp, NULL, true);
-    return SP_OK;
-}
-
-sp_status_t sp__output_succeed(const char *dir)
-{
-    char tmp[4096];
-    int fd;
-
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s/_SUCCESS", dir) >= sizeof(tmp))
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "output path %s is too long", dir);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return sp__write_error("create", tmp, errno);
-    close(fd);
-    return SP_OK;
-}
-
-void sp__output_abort(const char *dir)
-{
-    char tmp[4096];
-
-    if ((size_t)snprintf(tmp, sizeof(tmp), "%s/_temporary", dir) >= sizeof(tmp))
-        return;
-    sp_output_clear_dir(tmp, NULL, true);
-    /* Parts published before a failed finish(): sp__output_prepare made sure they are ours. */
-    sp_output_clear_dir(dir, "part-r-", false);
-}
-
-/* ------------------------------------------------------------------------ */
 /* Serial runner                                                             */
 /* ------------------------------------------------------------------------ */
 
@@ -821,14 +671,20 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
                                sp_memory_manager_t *mm, sp_job_result_t *result_p)
 {
     static atomic_uint_fast64_t shuffle_ids = 1;
+    static atomic_uint run_seq;
     sp_job_plan_t plan = {0};
     sp_job_result_t result = {0};
     sp_map_status_t **statuses = NULL;
     sp_key_t *bounds = NULL;
     void *bound_storage = NULL;
     sp__task_env_t env = {0};
+    sp__output_t *output = NULL;
+    char run_id[64];
     sp_status_t st;
 
+    /* Like the driver's app id: unique among runs, so each owns OUTPUT/_temporary/<run id>. */
+    snprintf(run_id, sizeof(run_id), "serial-%ld-%u-%llu", (long)getpid(),
+             atomic_fetch_add(&run_seq, 1), (unsigned long long)time(NULL));
     if ((st = job->plan(params, &plan)) != SP_OK)
         return SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
     if (plan.maps == 0 || plan.partitions == 0 || plan.splits == NULL) {
@@ -841,8 +697,10 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
                            .plan = &plan,
                            .mm = mm,
                            .conf = params->conf,
-                           .shuffle_id = atomic_fetch_add(&shuffle_ids, 1)};
-    if (params->output != NULL && (st = sp__output_prepare(params->output)) != SP_OK)
+                           .shuffle_id = atomic_fetch_add(&shuffle_ids, 1),
+                           .run_id = run_id};
+    if (params->output != NULL &&
+        (st = sp__output_prepare(params->output, run_id, &output)) != SP_OK)
         goto out_plan;
     if (plan.partitioning == SP_JOB_RANGE && plan.partitions > 1) {
         unsigned char *all = NULL;
@@ -891,14 +749,13 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
         sp_result_add(&result, &mt);
     }
     result.partitions = plan.partitions;
-    if (params->output != NULL &&
-        (st = sp__output_publish(params->output, plan.partitions)) != SP_OK)
+    if (output != NULL && (st = sp__output_publish(output, plan.partitions)) != SP_OK)
         goto out_statuses;
     if (job->finish != NULL && (st = job->finish(params, &result, stderr)) != SP_OK) {
         st = SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
         goto out_statuses;
     }
-    if (params->output != NULL && (st = sp__output_succeed(params->output)) != SP_OK)
+    if (output != NULL && (st = sp__output_succeed(output)) != SP_OK)
         goto out_statuses;
     if (result_p != NULL)
         *result_p = result;
@@ -907,8 +764,9 @@ out_statuses:
         sp_map_status_destroy(statuses[m]);
     sp__free(statuses);
 out_output:
-    if (st != SP_OK && params->output != NULL)
-        sp__output_abort(params->output);
+    if (st != SP_OK)
+        sp__output_abort(output);
+    sp__output_release(output);
     sp__free(bounds);
     sp__free(bound_storage);
 out_plan:

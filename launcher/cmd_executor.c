@@ -121,7 +121,8 @@ int sp_cmd_executor(sp_cli_t *cli, int argc, char **argv)
     if ((st = sp__ctl_connect(driver, secret, secret_len, (int)(timeout_ns / 1000000), &conn)) !=
         SP_OK)
         goto out;
-    sp__executor_opts_t opts = {.conn = conn,
+    sp__executor_opts_t opts = {.own_process = true,
+                                .conn = conn,
                                 .conf = cli->conf,
                                 .transport = true,
                                 .local_index = index,

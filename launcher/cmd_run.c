@@ -5,7 +5,16 @@
  *
  * Exit codes: 0 the job succeeded (and its output checked, where the job
  * checks it); 1 the job failed; 2 the command line, the job's parameters or
- * its input are wrong (nothing ran).
+ * its input are wrong (nothing ran), or the output directory is in use by
+ * another run; 128 + N when signal N (SIGINT: 130, SIGTERM: 143, SIGHUP:
+ * 129) ended it.
+ *
+ * Interrupts (outside mpirun/srun, whose launcher owns the ranks' signals):
+ * SIGINT, SIGTERM and SIGHUP (unless ignored at start) only tell the driver
+ * (sp__driver_interrupt, which sets an atomic flag); it fails the run at its
+ * next tick, shuts the executors down and removes the run's shuffle and
+ * temporary files. A second signal stops the waiting for executors (they
+ * are killed); a third ends spate at once with the signal's default action.
  */
 #include "cli.h"
 #include "mesos.h"
@@ -16,6 +25,7 @@
 #include "executor/executor.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +89,11 @@ static void sp_run_usage(FILE *out)
             "  --no-baseline     skip the memcpy baseline in the summary\n"
             "  -h, --help        print this help\n"
             "\n"
-            "exit codes: 0 success, 1 the job failed, 2 bad command line, parameters or input.\n");
+            "exit codes: 0 success, 1 the job failed, 2 bad command line, parameters or input,\n"
+            "or an output directory in use by another run; 130 interrupted by SIGINT (Ctrl-C),\n"
+            "143 by SIGTERM, 129 by SIGHUP (the executors are stopped and the run's shuffle and\n"
+            "temporary output files removed first; a second signal hurries that, a third ends\n"
+            "spate at once).\n");
 }
 
 static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
@@ -199,6 +213,37 @@ static int sp_run_parse(sp_cli_t *cli, int argc, char **argv, sp_run_opts_t *o)
     return -1; /* go on */
 }
 
+/* Async-signal-safe: the driver does the work on its own thread. */
+static void sp_run_on_signal(int signo)
+{
+    unsigned count = 0;
+
+    sp__driver_interrupt(signo);
+    sp__driver_interrupted(&count);
+    if (count >= 3) {
+        /* The user insists: the default action, now. */
+        signal(signo, SIG_DFL);
+        raise(signo);
+    }
+}
+
+static void sp_run_catch_signals(void)
+{
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = sp_run_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    for (size_t i = 0; i < SP_ARRAY_SIZE(signals); i++) {
+        struct sigaction old;
+        /* A signal ignored when spate started (nohup, a background job) stays ignored. */
+        if (sigaction(signals[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+            sigaction(signals[i], &sa, NULL);
+    }
+}
+
 int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
 {
     sp_run_opts_t o = {0};
@@ -288,6 +333,8 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
                                 .master = o.master,
                                 .progress = &prog,
                                 .prog = "spate run"};
+        if (!mpi)
+            sp_run_catch_signals();
         st = sp_run_job(&req, &rep, &is_driver);
     }
     if (is_driver) {
@@ -301,5 +348,7 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
     }
     sp__driver_report_clear(&rep);
     sp__job_unload(plugin);
+    if (st == SP_ERR_CANCELED && sp__driver_interrupted(NULL) != 0)
+        return 128 + sp__driver_interrupted(NULL); /* the shell's convention: 130, 143 */
     return sp_run_exit_code(st);
 }

@@ -113,7 +113,16 @@ static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret
     pid = fork();
     if (pid != 0)
         return pid;
-    /* Child: the secret goes only into the environment. */
+    /*
+     * Child. A Ctrl-C on the terminal goes to the whole foreground process
+     * group, but the driver alone must handle it: it shuts the executors down
+     * and removes the run's files. So each executor leads a process group of
+     * its own, and ignores SIGINT besides (kept across exec; a library it
+     * loads, libpsm2 for one, may still install a handler of its own).
+     */
+    setpgid(0, 0);
+    signal(SIGINT, SIG_IGN);
+    /* The secret goes only into the environment. */
     if (putenv(env_secret) != 0)
         _exit(127);
     {
@@ -128,10 +137,15 @@ static pid_t sp_run_spawn(const char *self, const char *addr, const char *secret
     _exit(127);
 }
 
+/*
+ * Waits for the executors to exit and kills those that do not within 15 s;
+ * after an interrupt within 2 s (the driver already waited for them to say
+ * goodbye), and at once after a second one.
+ */
 static void sp_run_reap(pid_t *pids, unsigned n)
 {
-    uint64_t deadline = sp__now_ns() + 15ull * 1000000000ull;
-    unsigned left = n;
+    uint64_t start = sp__now_ns(), deadline = start + 15ull * 1000000000ull;
+    unsigned left = n, signals = 0;
 
     while (left > 0) {
         left = 0;
@@ -148,6 +162,8 @@ static void sp_run_reap(pid_t *pids, unsigned n)
         }
         if (left == 0)
             break;
+        if (sp__driver_interrupted(&signals) != 0)
+            deadline = SP_MIN(deadline, signals > 1 ? start : start + 2ull * 1000000000ull);
         if (sp__now_ns() > deadline) {
             for (unsigned i = 0; i < n; i++)
                 if (pids[i] > 0) {
@@ -173,24 +189,6 @@ typedef struct sp_run_children {
     int64_t relaunches_left;
     const char *self, *addr, *secret;
 } sp_run_children_t;
-
-/* "SIGSEGV" for the signals a crash or a kill brings; NULL for others. */
-static const char *sp_run_signal_name(int sig)
-{
-    switch (sig) {
-    case SIGSEGV: return "SIGSEGV";
-    case SIGABRT: return "SIGABRT";
-    case SIGBUS: return "SIGBUS";
-    case SIGFPE: return "SIGFPE";
-    case SIGILL: return "SIGILL";
-    case SIGKILL: return "SIGKILL";
-    case SIGTERM: return "SIGTERM";
-    case SIGINT: return "SIGINT";
-    case SIGPIPE: return "SIGPIPE";
-    case SIGXCPU: return "SIGXCPU";
-    default: return NULL;
-    }
-}
 
 /*
  * The driver lost the executor of pid (sp__driver_opts_t.executor_ended):
@@ -219,7 +217,7 @@ static bool sp_run_executor_ended(void *arg, uint32_t pid, int wait_ms, char *ho
         kill(c->pids[slot], SIGKILL);
         got = waitpid(c->pids[slot], &status, 0);
     } else if (got == c->pids[slot] && WIFSIGNALED(status)) {
-        const char *name = sp_run_signal_name(WTERMSIG(status));
+        const char *name = sp__signal_name(WTERMSIG(status));
         if (name != NULL)
             snprintf(how, cap, "died of %s", name);
         else

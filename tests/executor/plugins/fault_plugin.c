@@ -25,6 +25,8 @@
  *   task=N        index of the task that misbehaves (default 1); -1: every task
  *   once=PATH     misbehave only while PATH does not exist; the faulty attempt
  *                 creates it first, so the next attempt succeeds
+ *   delay_ms=N    the chosen task sleeps N ms before it misbehaves (default 0),
+ *                 so that a run fails only after it has held its output a while
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -47,6 +49,7 @@ typedef struct fp_args {
     int64_t task;
     const char *once;
     long sleep_ms;
+    long delay_ms;
 } fp_args_t;
 
 static uint64_t fp_num(const sp_job_params_t *params, const char *key, uint64_t dflt)
@@ -68,6 +71,14 @@ static void fp_args(const sp_job_params_t *params, fp_args_t *a)
     a->task = task != NULL ? strtoll(task, NULL, 10) : 1;
     a->once = sp_job_arg(params, "once");
     a->sleep_ms = (long)fp_num(params, "sleep_ms", 2000);
+    a->delay_ms = (long)fp_num(params, "delay_ms", 0);
+}
+
+static void fp_sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+
+    nanosleep(&ts, NULL);
 }
 
 /* Whether this task misbehaves now; with once=PATH the first attempt marks PATH. */
@@ -92,6 +103,8 @@ static sp_status_t fp_misbehave(sp_job_task_t *task, const fp_args_t *a)
 {
     const char *f = a->fault;
 
+    if (a->delay_ms > 0)
+        fp_sleep_ms(a->delay_ms);
     if (strcmp(f, "segv") == 0) {
         volatile int *volatile p = NULL;
         *p = 1;
