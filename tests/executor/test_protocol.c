@@ -45,11 +45,13 @@ typedef enum kind {
     K_HEARTBEAT,
     K_MAP_LOST,
     K_BOUNDS,
+    K_FATAL,
     K_COUNT
 } kind_t;
 
-static const char *const kind_names[K_COUNT] = {"REGISTER", "JOB",       "READY",    "TASK",
-                                                "RESULT",   "HEARTBEAT", "MAP_LOST", "BOUNDS"};
+static const char *const kind_names[K_COUNT] = {"REGISTER",  "JOB",      "READY",
+                                                "TASK",      "RESULT",   "HEARTBEAT",
+                                                "MAP_LOST",  "BOUNDS",   "FATAL"};
 
 typedef struct bounds {
     sp_key_t *keys;
@@ -65,6 +67,7 @@ typedef union msg {
     sp__msg_heartbeat_t hb;
     sp__msg_map_lost_t lost;
     bounds_t bounds;
+    sp__msg_fatal_t fatal;
 } msg_t;
 
 static sp_status_t msg_encode(kind_t k, const msg_t *m, void **buf_p, size_t *len_p)
@@ -78,6 +81,7 @@ static sp_status_t msg_encode(kind_t k, const msg_t *m, void **buf_p, size_t *le
     case K_HEARTBEAT: return sp__msg_heartbeat_encode(&m->hb, buf_p, len_p);
     case K_MAP_LOST: return sp__msg_map_lost_encode(&m->lost, buf_p, len_p);
     case K_BOUNDS: return sp__msg_bounds_encode(m->bounds.keys, m->bounds.count, buf_p, len_p);
+    case K_FATAL: return sp__msg_fatal_encode(&m->fatal, buf_p, len_p);
     case K_COUNT: break;
     }
     return SP_ERR_INTERNAL;
@@ -94,6 +98,7 @@ static sp_status_t msg_decode(kind_t k, const void *buf, size_t len, msg_t *m)
     case K_HEARTBEAT: return sp__msg_heartbeat_decode(buf, len, &m->hb);
     case K_MAP_LOST: return sp__msg_map_lost_decode(buf, len, &m->lost);
     case K_BOUNDS: return sp__msg_bounds_decode(buf, len, &m->bounds.keys, &m->bounds.count);
+    case K_FATAL: return sp__msg_fatal_decode(buf, len, &m->fatal);
     case K_COUNT: break;
     }
     return SP_ERR_INTERNAL;
@@ -188,6 +193,8 @@ static bool msg_equal(kind_t k, const msg_t *a, const msg_t *b)
     case K_MAP_LOST:
         return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id;
     case K_BOUNDS: return bounds_equal(&a->bounds, &b->bounds);
+    case K_FATAL:
+        return a->fatal.signal == b->fatal.signal && a->fatal.task_id == b->fatal.task_id;
     case K_COUNT: break;
     }
     return false;
@@ -428,6 +435,10 @@ static int corpus_build(void **state)
     s = add("map lost", K_MAP_LOST);
     s->m.lost.map_id = 999;
     s->m.lost.executor_id = 4;
+
+    s = add("fatal", K_FATAL);
+    s->m.fatal.signal = 11;
+    s->m.fatal.task_id = 0x8000000000000001ull;
 
     s = add("bounds, none", K_BOUNDS);
     keys5[0] = (sp_key_t){key_bytes, 10};
@@ -942,9 +953,25 @@ static void test_protocol_random_mutations_never_crash(void **state)
     assert_true(refused > MUTATIONS / 4);
 }
 
+/* The executor's crash handler fills FATAL by hand: the layout it assumes is the encoder's. */
+static void test_fatal_layout_is_fixed(void **state)
+{
+    const sp__msg_fatal_t m = {.signal = 0x0b, .task_id = 0x0102030405060708ull};
+    static const unsigned char want[SP_MSG_FATAL_LEN] = {0x0b, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1};
+    void *buf = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_int_equal(sp__msg_fatal_encode(&m, &buf, &len), SP_OK);
+    assert_int_equal(len, SP_MSG_FATAL_LEN);
+    assert_memory_equal(buf, want, sizeof(want));
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fatal_layout_is_fixed),
         cmocka_unit_test(test_protocol_types_follow_the_channel),
         cmocka_unit_test(test_protocol_every_type_round_trips),
         cmocka_unit_test(test_protocol_refuses_truncations_and_trailing_bytes),
