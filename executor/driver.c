@@ -36,6 +36,9 @@
  * sends SIGKILL (or SIGSTOP, to test the heartbeat timeout) to executor ID
  * (one the launcher started) once N tasks of STAGE (map or reduce) are done;
  * STAGE start kills it as soon as it has registered.
+ * SPATE_FAULT_STOP_DRIVER=STAGE:N makes the driver stop its own process
+ * (SIGSTOP) once N tasks of STAGE are done: its executors must notice the
+ * silence (executor.driver_timeout) and exit.
  */
 #include "executor.h"
 
@@ -134,6 +137,8 @@ struct sp__driver {
     int kill_stage;
     int kill_signal;
     bool killed;
+    int stop_stage;       /* SPATE_FAULT_STOP_DRIVER: -1 none */
+    int64_t stop_after;
     sp__output_t *output; /* the run's hold on --output; NULL: none */
     /* Executors a launcher reported gone (sp__driver_lose_executor, any thread). */
     pthread_mutex_t lose_lock;
@@ -1069,6 +1074,12 @@ static void sp_drv_fault_hook(sp__driver_t *d)
 {
     sp_dexec_t *x;
 
+    if (d->stop_stage >= 0 && d->rep.stages[d->stop_stage].done >= (uint64_t)d->stop_after) {
+        sp_warn("fault injection: stopping the driver (pid %ld) after %u %s tasks", (long)getpid(),
+                d->rep.stages[d->stop_stage].done, sp_stage_names[d->stop_stage]);
+        d->stop_stage = -1;
+        raise(SIGSTOP);
+    }
     if (d->killed || d->kill_exec < 0 || (uint64_t)d->kill_exec >= d->nexecs)
         return;
     x = &d->execs[d->kill_exec];
@@ -1098,6 +1109,16 @@ static void sp_drv_parse_fault(sp__driver_t *d)
     long long id, after;
 
     d->kill_exec = -1;
+    d->stop_stage = -1;
+    {
+        const char *stop = getenv("SPATE_FAULT_STOP_DRIVER");
+        char sstage[16] = "";
+        long long n;
+        if (stop != NULL && sscanf(stop, "%15[a-z]:%lld", sstage, &n) == 2) {
+            d->stop_stage = strcmp(sstage, "map") == 0 ? SP_STAGE_MAP : SP_STAGE_REDUCE;
+            d->stop_after = n;
+        }
+    }
     if (f == NULL || sscanf(f, "%lld:%15[a-z]:%lld:%15[a-z]", &id, stage, &after, sig) < 3)
         return;
     d->kill_signal = strcmp(sig, "stop") == 0 ? SIGSTOP : SIGKILL;
