@@ -231,7 +231,12 @@ sp_status_t sp__ctl_conn_fd(int fd, const char *peer_name, sp__ctl_conn_t **conn
  * closed; this call sets MPI_ERRORS_RETURN on it. MPI must be initialized
  * with MPI_THREAD_MULTIPLE (else SP_ERR_UNSUPPORTED). No handshake: MPI is
  * the trust boundary. peer_rank may be the caller's own rank. Peer name
- * "rank N". See executor/ctl_mpi.c for how sends complete.
+ * "rank N". A send on it never waits for the peer (unless 64 frames are
+ * already in flight): the frame is handed to MPI_Isend and completed by
+ * later sends and receives; once a frame has waited the conn's send timeout
+ * undelivered, the send or receive that sees it, and every later one,
+ * returns SP_ERR_PEER_LOST "rank N took no control message for T ms ...".
+ * See executor/ctl_mpi.c.
  */
 sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn_p);
 
@@ -243,7 +248,8 @@ sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn
  * when the whole frame is in the kernel; it waits at most the conn's send
  * timeout for room (SP_ERR_TIMED_OUT; if part of the frame had gone out
  * the conn is abandoned and later sends are SP_ERR_PEER_LOST). A peer that
- * is gone is SP_ERR_PEER_LOST naming it. Over MPI see ctl_mpi.c.
+ * is gone is SP_ERR_PEER_LOST naming it. Over MPI it returns once MPI has
+ * the frame, and the send timeout bounds its delivery (sp__ctl_conn_mpi).
  */
 sp_status_t sp__ctl_send(sp__ctl_conn_t *conn, uint16_t type, const void *payload, size_t len);
 
@@ -270,7 +276,11 @@ const char *sp__ctl_peer_name(const sp__ctl_conn_t *conn);
  * before other threads use the conn: names are read without a lock.
  */
 void sp__ctl_set_peer_name(sp__ctl_conn_t *conn, const char *name);
-/* How long a send may wait for room (< 0: forever). Thread safe. */
+/*
+ * How long a send may wait for room (< 0: forever); over MPI, how long a
+ * frame may wait for the peer to take it before the conn is given up.
+ * Thread safe.
+ */
 void sp__ctl_set_send_timeout(sp__ctl_conn_t *conn, int timeout_ms);
 /* A snapshot of the conn's counters. Thread safe. */
 void sp__ctl_conn_stats(const sp__ctl_conn_t *conn, sp__ctl_stats_t *stats);
