@@ -86,7 +86,7 @@
  * handshake this long gives its slot up to a newcomer: an honest client
  * answers HELLO within a round trip, and one that is dropped connects again.
  */
-#define SP_CTL_EVICT_AFTER_NS 250000000u
+#define SP_CTL_EVICT_AFTER_NS 100000000u
 /* The listener's rest after accept ran out of descriptors: 10 ms, doubling to 1 s. */
 #define SP_CTL_ACCEPT_BACKOFF_MIN_NS 10000000u
 #define SP_CTL_ACCEPT_BACKOFF_MAX_NS 1000000000u

@@ -311,7 +311,7 @@ typedef struct sp__ctl_hub sp__ctl_hub_t;
 /*
  * Connections a hub runs the handshake with at once. Once all are taken, a
  * newcomer waits in the listen backlog until one joins, fails, reaches its
- * deadline, or has had 250 ms to answer (the newcomer then takes its slot).
+ * deadline, or has had 100 ms to answer (the newcomer then takes its slot).
  */
 #define SP__CTL_HUB_MAX_JOINING 16
 
