@@ -32,6 +32,24 @@
  * the server side of handshakes as a state machine inside hub_wait, so a
  * client that stalls in the handshake does not hold the driver up.
  *
+ * A peer that has not authenticated costs a fixed amount, whatever it
+ * sends. Until the MACs are checked a conn's gate (sp_ctl_gate_t) admits
+ * only the fixed-size AUTH frame on the server (a client only small
+ * answers), so a header announcing anything else is refused when its 12
+ * bytes are in, before a payload buffer exists. A hub runs at most
+ * SP__CTL_HUB_MAX_JOINING handshakes, each with a deadline; when all are
+ * taken the listener is not polled, except to let a newcomer take the slot
+ * of the oldest once that one has had SP_CTL_EVICT_AFTER_NS to answer (an
+ * honest client answers in a round trip, and one dropped connects again).
+ * Out of descriptors (EMFILE), the hub sheds the backlog through a reserve
+ * descriptor and rests the listener with a growing back-off; warnings about
+ * strangers are written at most once a second and counted in the stats.
+ *
+ * When a conn fails, the message says what happened to its peer (closed,
+ * reset, timed out in the kernel, a malformed or cut frame); the conn keeps
+ * it for later calls ("failed before (...)") and the hub for later removals
+ * of the id, so the cause reaches whoever reports the loss.
+ *
  * The hub polls the listener, its joining connections and its stream
  * conns in one ppoll(); MPI conns have nothing to poll, so when there are
  * any the hub probes them between polls of 50 to 200 us (doubling while
@@ -51,6 +69,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -62,11 +81,33 @@
 #define SP_CTL_INBUF 16384
 /* Connections a hub accepts in one pass over a readable listener. */
 #define SP_CTL_ACCEPT_BATCH 64
+/*
+ * When every handshake slot is taken, a connection that has been in its
+ * handshake this long gives its slot up to a newcomer: an honest client
+ * answers HELLO within a round trip, and one that is dropped connects again.
+ */
+#define SP_CTL_EVICT_AFTER_NS 100000000u
+/* The listener's rest after accept ran out of descriptors: 10 ms, doubling to 1 s. */
+#define SP_CTL_ACCEPT_BACKOFF_MIN_NS 10000000u
+#define SP_CTL_ACCEPT_BACKOFF_MAX_NS 1000000000u
+/* At most one hub warning about connections that did not join per this interval. */
+#define SP_CTL_WARN_EVERY_NS 1000000000u
+/* Dropped conns whose reason a hub keeps for sp__ctl_hub_remove. */
+#define SP_CTL_GONE 16
 /* The hub's pause between probes of MPI conns, doubling while idle. */
 #define SP_CTL_PROBE_MIN_NS 50000u
 #define SP_CTL_PROBE_MAX_NS 200000u
 /* Reason a server gives a client whose MAC is wrong. */
 #define SP_CTL_WRONG_SECRET "wrong secret"
+/*
+ * Largest payload a client reads before the server has proved the secret:
+ * HELLO and WELCOME hold 32 bytes, REFUSED a reason of at most 200.
+ */
+#define SP_CTL_HS_ANSWER_MAX 256u
+/* Bytes of the AUTH payload, the one frame a server reads before authentication. */
+#define SP_CTL_AUTH_SIZE (SP__CTL_NONCE_SIZE + SP__CTL_MAC_SIZE)
+/* Longest failure reason a conn keeps for later calls and a hub for removed ids. */
+#define SP_CTL_WHY 200
 
 static const char sp_ctl_client_label[] = "spate-ctl-v1 client";
 static const char sp_ctl_server_label[] = "spate-ctl-v1 server";
@@ -651,8 +692,21 @@ void sp__ctl_close(sp__ctl_conn_t *conn)
 /* Stream sockets                                                            */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * What a stream conn may receive. Before authentication a server takes
+ * nothing but the fixed-size AUTH frame, and a client nothing larger than a
+ * handshake answer; any other header is refused as soon as its 12 bytes are
+ * in, before anything is allocated for its payload.
+ */
+typedef enum sp_ctl_gate {
+    SP_CTL_GATE_OPEN = 0,   /* authenticated, or no handshake: any frame */
+    SP_CTL_GATE_AUTH = 1,   /* server awaiting AUTH: exactly that type and size */
+    SP_CTL_GATE_ANSWER = 2, /* client awaiting HELLO/WELCOME/REFUSED: small frames */
+} sp_ctl_gate_t;
+
 typedef struct sp_ctl_sock {
     sp__ctl_conn_t base;
+    sp_ctl_gate_t gate; /* recv_lock */
     /* Receive side (recv_lock): read-ahead, then the frame being assembled. */
     size_t in_pos, in_len;
     unsigned char hdr[SP__CTL_HEADER_SIZE];
@@ -662,18 +716,58 @@ typedef struct sp_ctl_sock {
     uint32_t len;
     unsigned char *payload; /* len bytes once allocated */
     size_t payload_got;
-    sp_status_t rx_failed; /* the stream is out of step or closed */
+    sp_status_t rx_failed;   /* the stream is out of step or closed */
+    char rx_why[SP_CTL_WHY]; /* what happened, for later receives */
     /* Send side (send_lock). */
     sp_status_t tx_failed; /* a frame went out in part, or the peer is gone */
+    char tx_why[SP_CTL_WHY];
     /* Server side of a handshake run by a hub. */
     unsigned char nonce[SP__CTL_NONCE_SIZE];
-    uint64_t hs_deadline;
+    uint64_t hs_started, hs_deadline;
     unsigned char in[SP_CTL_INBUF];
 } sp_ctl_sock_t;
 
 static sp_ctl_sock_t *sp_ctl_sock(sp__ctl_conn_t *c)
 {
     return sp_container_of(c, sp_ctl_sock_t, base);
+}
+
+/*
+ * What a socket error err says happened to the peer of c, raised as
+ * SP_ERR_PEER_LOST; op is "sending to" or "receiving from".
+ */
+static sp_status_t sp_ctl_sock_error(const sp__ctl_conn_t *c, const char *op, int err)
+{
+    switch (err) {
+    case ECONNRESET:
+        return SP_RAISE(SP_ERR_PEER_LOST,
+                        "%s reset the control connection (%s it: ECONNRESET, errno %d)", c->peer,
+                        op, err);
+    case EPIPE:
+        return SP_RAISE(SP_ERR_PEER_LOST,
+                        "%s closed the control connection (%s it: EPIPE, errno %d)", c->peer, op,
+                        err);
+    case ETIMEDOUT:
+        return SP_RAISE(SP_ERR_PEER_LOST,
+                        "the control connection to %s timed out in the kernel (its host stopped "
+                        "answering: ETIMEDOUT, errno %d)",
+                        c->peer, err);
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+    case ENETDOWN:
+        return SP_RAISE(SP_ERR_PEER_LOST, "%s became unreachable (%s it: %s, errno %d)", c->peer,
+                        op, strerror(err), err);
+    default:
+        return SP_RAISE(SP_ERR_PEER_LOST, "%s %s: %s (errno %d)", op, c->peer, strerror(err), err);
+    }
+}
+
+/* Marks the send side failed with st (just raised, so its message is the last error). */
+static sp_status_t sp_ctl_sock_tx_fail(sp_ctl_sock_t *s, sp_status_t st)
+{
+    s->tx_failed = st;
+    snprintf(s->tx_why, sizeof(s->tx_why), "%s", sp_last_error());
+    return st;
 }
 
 static sp_status_t sp_ctl_sock_send(sp__ctl_conn_t *c, const unsigned char *header,
@@ -685,8 +779,9 @@ static sp_status_t sp_ctl_sock_send(sp__ctl_conn_t *c, const unsigned char *head
     size_t total = SP__CTL_HEADER_SIZE + len, sent = 0;
 
     if (s->tx_failed != SP_OK)
-        return SP_RAISE(SP_ERR_PEER_LOST, "control connection to %s failed before: cannot send",
-                        c->peer);
+        return SP_RAISE(SP_ERR_PEER_LOST,
+                        "control connection to %s failed before (%s): cannot send", c->peer,
+                        s->tx_why);
     while (sent < total) {
         struct iovec iov[2];
         struct msghdr msg;
@@ -719,25 +814,23 @@ static sp_status_t sp_ctl_sock_send(sp__ctl_conn_t *c, const unsigned char *head
 
             if (rc > 0)
                 continue;
-            if (rc < 0) {
-                s->tx_failed = SP_ERR_PEER_LOST;
-                return SP_RAISE(SP_ERR_PEER_LOST, "sending to %s: poll: %s (errno %d)", c->peer,
-                                strerror(errno), errno);
-            }
+            if (rc < 0)
+                return sp_ctl_sock_tx_fail(s, SP_RAISE(SP_ERR_PEER_LOST,
+                                                       "sending to %s: poll: %s (errno %d)",
+                                                       c->peer, strerror(errno), errno));
             if (sent > 0) {
-                s->tx_failed = SP_ERR_PEER_LOST;
-                return SP_RAISE(SP_ERR_TIMED_OUT,
-                                "sending a %zu-byte control message to %s: no room within %d ms "
-                                "after %zu bytes; the connection is abandoned",
-                                len, c->peer, timeout_ms, sent);
+                SP_RAISE(SP_ERR_TIMED_OUT,
+                         "sending a %zu-byte control message to %s: no room within %d ms "
+                         "after %zu bytes; the connection is abandoned",
+                         len, c->peer, timeout_ms, sent);
+                sp_ctl_sock_tx_fail(s, SP_ERR_PEER_LOST);
+                return SP_ERR_TIMED_OUT;
             }
             return SP_RAISE(SP_ERR_TIMED_OUT,
                             "sending a %zu-byte control message to %s: no room within %d ms", len,
                             c->peer, timeout_ms);
         }
-        s->tx_failed = SP_ERR_PEER_LOST;
-        return SP_RAISE(SP_ERR_PEER_LOST, "sending to %s: %s (errno %d)", c->peer, strerror(errno),
-                        errno);
+        return sp_ctl_sock_tx_fail(s, sp_ctl_sock_error(c, "sending to", errno));
     }
     return SP_OK;
 }
@@ -746,10 +839,33 @@ static sp_status_t sp_ctl_sock_send(sp__ctl_conn_t *c, const unsigned char *head
 static sp_status_t sp_ctl_sock_rx_fail(sp_ctl_sock_t *s, sp_status_t st)
 {
     s->rx_failed = st;
+    snprintf(s->rx_why, sizeof(s->rx_why), "%s", sp_last_error());
     s->base.buffered = false;
     sp__free(s->payload);
     s->payload = NULL;
     return st;
+}
+
+/*
+ * Checks a header that passed sp__ctl_header_check against what the conn
+ * may receive before authentication (sp_ctl_gate_t).
+ */
+static sp_status_t sp_ctl_sock_gate(const sp_ctl_sock_t *s)
+{
+    const sp__ctl_conn_t *c = &s->base;
+
+    if (s->gate == SP_CTL_GATE_AUTH && (s->type != SP__CTL_AUTH || s->len != SP_CTL_AUTH_SIZE))
+        return SP_RAISE(SP_ERR_BAD_FORMAT,
+                        "control handshake with %s: refused a frame of type %u announcing %u "
+                        "payload bytes before authentication (only AUTH, type %d of %u bytes, is "
+                        "read)",
+                        c->peer, s->type, s->len, SP__CTL_AUTH, SP_CTL_AUTH_SIZE);
+    if (s->gate == SP_CTL_GATE_ANSWER && s->len > SP_CTL_HS_ANSWER_MAX)
+        return SP_RAISE(SP_ERR_BAD_FORMAT,
+                        "control handshake with %s: refused a frame of type %u announcing %u "
+                        "payload bytes before the peer proved the secret (at most %u are read)",
+                        c->peer, s->type, s->len, SP_CTL_HS_ANSWER_MAX);
+    return SP_OK;
 }
 
 static sp_status_t sp_ctl_sock_try_recv(sp__ctl_conn_t *c, bool *got_p, uint16_t *type_p,
@@ -758,8 +874,9 @@ static sp_status_t sp_ctl_sock_try_recv(sp__ctl_conn_t *c, bool *got_p, uint16_t
     sp_ctl_sock_t *s = sp_ctl_sock(c);
 
     if (s->rx_failed != SP_OK)
-        return SP_RAISE(s->rx_failed, "control connection from %s failed before: cannot receive",
-                        c->peer);
+        return SP_RAISE(s->rx_failed,
+                        "control connection from %s failed before (%s): cannot receive", c->peer,
+                        s->rx_why);
     for (;;) {
         size_t avail = s->in_len - s->in_pos, want;
         unsigned char *dst;
@@ -775,6 +892,8 @@ static sp_status_t sp_ctl_sock_try_recv(sp__ctl_conn_t *c, bool *got_p, uint16_t
             avail -= take;
             if (s->hdr_got == SP__CTL_HEADER_SIZE) {
                 st = sp__ctl_header_check(c, s->hdr, &s->type, &s->len);
+                if (st == SP_OK)
+                    st = sp_ctl_sock_gate(s);
                 if (st != SP_OK)
                     return sp_ctl_sock_rx_fail(s, st);
                 s->have_hdr = true;
@@ -851,8 +970,7 @@ static sp_status_t sp_ctl_sock_try_recv(sp__ctl_conn_t *c, bool *got_p, uint16_t
         if (n == 0)
             return sp_ctl_sock_rx_fail(
                 s, SP_RAISE(SP_ERR_PEER_LOST, "%s closed the control connection", c->peer));
-        return sp_ctl_sock_rx_fail(s, SP_RAISE(SP_ERR_PEER_LOST, "receiving from %s: %s (errno %d)",
-                                               c->peer, strerror(errno), errno));
+        return sp_ctl_sock_rx_fail(s, sp_ctl_sock_error(c, "receiving from", errno));
     }
 }
 
@@ -1113,19 +1231,24 @@ static sp_status_t sp_ctl_check_secret(const void *secret, size_t slen)
     return SP_OK;
 }
 
-/* Server: a fresh nonce, sent as HELLO. */
+/*
+ * Server: a fresh nonce, sent as HELLO; from now on the conn reads nothing
+ * but the fixed-size AUTH frame until the client has proved the secret.
+ */
 static sp_status_t sp_ctl_hs_hello(sp_ctl_sock_t *s)
 {
     sp_status_t st = sp_ctl_random(s->nonce, sizeof(s->nonce));
 
     if (st != SP_OK)
         return st;
+    s->gate = SP_CTL_GATE_AUTH;
     return sp_ctl_send_frame(&s->base, SP__CTL_HELLO, s->nonce, sizeof(s->nonce));
 }
 
 /*
- * Server: checks the client's AUTH frame; answers WELCOME, or REFUSED (and
- * a warning) for a wrong MAC. The caller closes the conn on failure.
+ * Server: checks the client's AUTH frame; answers WELCOME, or REFUSED for a
+ * wrong MAC (SP_ERR_INVALID_PARAM; the caller logs it). The caller closes
+ * the conn on failure.
  */
 static sp_status_t sp_ctl_hs_verify(sp_ctl_sock_t *s, const void *secret, size_t slen,
                                     uint16_t type, const unsigned char *payload, size_t len)
@@ -1148,13 +1271,13 @@ static sp_status_t sp_ctl_hs_verify(sp_ctl_sock_t *s, const void *secret, size_t
         if (sp__wbuf_status(&w) == SP_OK)
             (void)sp_ctl_send_frame(c, SP__CTL_REFUSED, w.data, w.len);
         sp__wbuf_free(&w);
-        sp_warn("control: refused a connection from %s: %s", c->peer, SP_CTL_WRONG_SECRET);
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "control connection from %s refused: %s (its HMAC does not match)", c->peer,
                         SP_CTL_WRONG_SECRET);
     }
     if ((st = sp_ctl_mac(secret, slen, sp_ctl_server_label, payload, s->nonce, mac)) != SP_OK)
         return st;
+    s->gate = SP_CTL_GATE_OPEN;
     return sp_ctl_send_frame(c, SP__CTL_WELCOME, mac, sizeof(mac));
 }
 
@@ -1172,6 +1295,8 @@ static sp_status_t sp_ctl_hs_auth(sp_ctl_sock_t *s, const void *secret, size_t s
     uint16_t type = 0;
     sp_status_t st;
 
+    /* Until the server proves the secret, only small frames are read from it. */
+    s->gate = SP_CTL_GATE_ANSWER;
     st = sp_ctl_recv_frame(c, deadline, timeout_ms, "the handshake's HELLO", &type, &payload, &len);
     if (st != SP_OK)
         return st;
@@ -1239,11 +1364,15 @@ static sp_status_t sp_ctl_hs_finish(sp_ctl_sock_t *s, const unsigned char *want,
                         c->peer);
     }
     sp__free(payload);
+    s->gate = SP_CTL_GATE_OPEN;
     return SP_OK;
 }
 
-/* Accepts one pending connection on lfd: *fd_p, or -1 when none is pending. */
-static sp_status_t sp_ctl_accept_fd(int lfd, int *fd_p, char *peer, size_t cap)
+/*
+ * Accepts one pending connection on lfd: *fd_p, or -1 when none is pending.
+ * On failure *err_p is accept's errno.
+ */
+static sp_status_t sp_ctl_accept_fd(int lfd, int *fd_p, char *peer, size_t cap, int *err_p)
 {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -1259,6 +1388,7 @@ static sp_status_t sp_ctl_accept_fd(int lfd, int *fd_p, char *peer, size_t cap)
             *fd_p = -1;
             return SP_OK;
         }
+        *err_p = errno;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
             return SP_RAISE(SP_ERR_NO_RESOURCE, "control listener: accept: %s (errno %d)",
                             strerror(errno), errno);
@@ -1289,7 +1419,9 @@ sp_status_t sp__ctl_accept(int lfd, const void *secret, size_t slen, int timeout
         struct pollfd pfd = {.fd = lfd, .events = POLLIN};
         uint64_t left;
 
-        if ((st = sp_ctl_accept_fd(lfd, &fd, peer, sizeof(peer))) != SP_OK)
+        int err = 0;
+
+        if ((st = sp_ctl_accept_fd(lfd, &fd, peer, sizeof(peer), &err)) != SP_OK)
             return st;
         if (fd >= 0)
             break;
@@ -1312,6 +1444,8 @@ sp_status_t sp__ctl_accept(int lfd, const void *secret, size_t slen, int timeout
         goto err_close;
     st = sp_ctl_hs_verify(s, secret, slen, type, payload, len);
     sp__free(payload);
+    if (st == SP_ERR_INVALID_PARAM)
+        sp_warn("control: refused a connection from %s: %s", peer, SP_CTL_WRONG_SECRET);
     if (st != SP_OK)
         goto err_close;
     *conn_p = &s->base;
@@ -1330,6 +1464,7 @@ sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t sl
     struct addrinfo *ai = NULL, *a;
     sp_ctl_sock_t *s = NULL;
     int fd = -1, err = 0;
+    char dropped[SP_CTL_WHY] = ""; /* why the driver dropped the last handshake */
     sp_status_t st;
 
     if ((st = sp_ctl_check_secret(secret, slen)) != SP_OK)
@@ -1347,6 +1482,7 @@ sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t sl
         backoff_ms = SP_MIN(backoff_ms * 2, 200u);
     }
     backoff_ms = 10;
+retry:
     for (;;) {
         uint64_t left;
 
@@ -1381,6 +1517,11 @@ sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t sl
         left = sp_ctl_left(deadline);
         if (left == 0) {
             freeaddrinfo(ai);
+            if (dropped[0] != '\0' && err == 0)
+                return SP_RAISE(SP_ERR_TIMED_OUT,
+                                "connecting to the driver at %s: no success within %d ms (the "
+                                "last handshake ended: %s)",
+                                host_port, timeout_ms, dropped);
             return SP_RAISE(SP_ERR_TIMED_OUT,
                             "connecting to the driver at %s: no success within %d ms (last "
                             "error: %s, errno %d)",
@@ -1389,15 +1530,34 @@ sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t sl
         sp__ctl_sleep_ns(SP_MIN(backoff_ms * 1000000u, left));
         backoff_ms = SP_MIN(backoff_ms * 2, 200u);
     }
-    freeaddrinfo(ai);
     sp_ctl_nodelay(fd);
-    if ((st = sp_ctl_sock_new(fd, host_port, &s)) != SP_OK)
-        return st;
-    if ((st = sp_ctl_hs_auth(s, secret, slen, deadline, timeout_ms, want)) != SP_OK ||
-        (st = sp_ctl_hs_finish(s, want, deadline, timeout_ms)) != SP_OK) {
-        sp__ctl_close(&s->base);
+    if ((st = sp_ctl_sock_new(fd, host_port, &s)) != SP_OK) {
+        freeaddrinfo(ai);
         return st;
     }
+    fd = -1;
+    if ((st = sp_ctl_hs_auth(s, secret, slen, deadline, timeout_ms, want)) != SP_OK ||
+        (st = sp_ctl_hs_finish(s, want, deadline, timeout_ms)) != SP_OK) {
+        uint64_t left = sp_ctl_left(deadline);
+
+        sp__ctl_close(&s->base);
+        s = NULL;
+        /*
+         * A driver that closed the connection in the handshake may have been
+         * short of handshake slots or descriptors: try again while there is
+         * time. A refusal or a bad frame is final.
+         */
+        if (st == SP_ERR_PEER_LOST && left > 0) {
+            snprintf(dropped, sizeof(dropped), "%s", sp_last_error());
+            sp_debug("control: %s; connecting again", dropped);
+            sp__ctl_sleep_ns(SP_MIN(backoff_ms * 1000000u, left));
+            backoff_ms = SP_MIN(backoff_ms * 2, 200u);
+            goto retry;
+        }
+        freeaddrinfo(ai);
+        return st;
+    }
+    freeaddrinfo(ai);
     *conn_p = &s->base;
     return SP_OK;
 }
@@ -1505,6 +1665,13 @@ typedef struct sp_ctl_hub_entry {
     int pfd; /* index in the hub's pollfds this pass, -1 if none */
 } sp_ctl_hub_entry_t;
 
+/* A conn hub_wait dropped, and why: what sp__ctl_hub_remove then says. */
+typedef struct sp_ctl_hub_gone {
+    bool used;
+    uint32_t id;
+    char why[SP_CTL_WHY];
+} sp_ctl_hub_gone_t;
+
 struct sp__ctl_hub {
     sp_ctl_hub_entry_t *entries; /* in the order they were added */
     size_t n, cap;
@@ -1512,16 +1679,29 @@ struct sp__ctl_hub {
     size_t nmpi;   /* entries without an fd */
     /* The listener and the handshakes it runs. */
     int lfd;
+    bool lpolled; /* the listener is in this pass's pollfds (slot 0) */
     unsigned char *secret;
     size_t slen;
     int hs_timeout_ms;
-    sp_ctl_sock_t **joining; /* handshake under way */
-    size_t njoining, joining_cap;
+    sp_ctl_sock_t *joining[SP__CTL_HUB_MAX_JOINING]; /* handshake under way */
+    size_t njoining;
     sp__ctl_conn_t **joined; /* handshake done, waiting for sp__ctl_hub_accept */
     size_t njoined, joined_cap;
+    /* Running out of descriptors (EMFILE): the reserve, and the listener's rest. */
+    int reserve_fd;            /* /dev/null, given up to shed connections; -1 if none */
+    uint64_t listen_resume_ns; /* the listener is not polled before this */
+    uint64_t accept_backoff_ns;
+    /* Warnings about connections that never joined: at most one a second. */
+    uint64_t warn_next_ns;
+    uint64_t warn_quiet; /* held back since the last one written */
+    sp_ctl_hub_gone_t gone[SP_CTL_GONE];
+    size_t gone_next;
+    sp__ctl_hub_stats_t stats;
     struct pollfd *pfds;
     size_t pfd_cap;
 };
+
+static int sp_ctl_reserve_open(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
 sp_status_t sp__ctl_hub_create(sp__ctl_hub_t **hub_p)
 {
@@ -1530,6 +1710,7 @@ sp_status_t sp__ctl_hub_create(sp__ctl_hub_t **hub_p)
     if (hub == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "control hub: out of memory");
     hub->lfd = -1;
+    hub->reserve_fd = -1;
     *hub_p = hub;
     return SP_OK;
 }
@@ -1554,9 +1735,10 @@ void sp__ctl_hub_destroy(sp__ctl_hub_t *hub)
         sp__ctl_close(&hub->joining[j]->base);
     for (size_t j = 0; j < hub->njoined; j++)
         sp__ctl_close(hub->joined[j]);
+    if (hub->reserve_fd >= 0)
+        close(hub->reserve_fd);
     sp_ctl_hub_forget_secret(hub);
     sp__free(hub->entries);
-    sp__free(hub->joining);
     sp__free(hub->joined);
     sp__free(hub->pfds);
     sp__free(hub);
@@ -1589,8 +1771,31 @@ static bool sp_ctl_hub_find(const sp__ctl_hub_t *hub, uint32_t id, size_t *i_p)
     return false;
 }
 
+static sp_ctl_hub_gone_t *sp_ctl_hub_find_gone(sp__ctl_hub_t *hub, uint32_t id)
+{
+    for (size_t g = 0; g < SP_CTL_GONE; g++)
+        if (hub->gone[g].used && hub->gone[g].id == id)
+            return &hub->gone[g];
+    return NULL;
+}
+
+/* Notes that hub_wait dropped the conn of id because of why (the oldest note makes room). */
+static void sp_ctl_hub_note_gone(sp__ctl_hub_t *hub, uint32_t id, const char *why)
+{
+    sp_ctl_hub_gone_t *g = sp_ctl_hub_find_gone(hub, id);
+
+    if (g == NULL) {
+        g = &hub->gone[hub->gone_next];
+        hub->gone_next = (hub->gone_next + 1) % SP_CTL_GONE;
+    }
+    g->used = true;
+    g->id = id;
+    snprintf(g->why, sizeof(g->why), "%s", why);
+}
+
 sp_status_t sp__ctl_hub_add(sp__ctl_hub_t *hub, sp__ctl_conn_t *conn, uint32_t id)
 {
+    sp_ctl_hub_gone_t *g;
     size_t i;
     sp_status_t st;
 
@@ -1610,6 +1815,8 @@ sp_status_t sp__ctl_hub_add(sp__ctl_hub_t *hub, sp__ctl_conn_t *conn, uint32_t i
     hub->entries[hub->n] = (sp_ctl_hub_entry_t){.conn = conn, .id = id, .pfd = -1};
     hub->n++;
     hub->nmpi += conn->fd < 0;
+    if ((g = sp_ctl_hub_find_gone(hub, id)) != NULL)
+        g->used = false;
     return SP_OK;
 
 err_close:
@@ -1633,10 +1840,16 @@ static void sp_ctl_hub_remove_at(sp__ctl_hub_t *hub, size_t i)
 
 sp_status_t sp__ctl_hub_remove(sp__ctl_hub_t *hub, uint32_t id)
 {
+    const sp_ctl_hub_gone_t *g;
     size_t i;
 
-    if (!sp_ctl_hub_find(hub, id, &i))
-        return SP_RAISE(SP_ERR_NOT_FOUND, "control hub: no conn %u", id);
+    if (!sp_ctl_hub_find(hub, id, &i)) {
+        /* A conn hub_wait dropped: say what happened to its peer, not that it is missing. */
+        if ((g = sp_ctl_hub_find_gone(hub, id)) != NULL)
+            return SP_RAISE(SP_ERR_NOT_FOUND, "%s", g->why);
+        return SP_RAISE(SP_ERR_NOT_FOUND,
+                        "control hub: id %u names no conn (never added, or removed before)", id);
+    }
     sp_ctl_hub_remove_at(hub, i);
     return SP_OK;
 }
@@ -1649,6 +1862,12 @@ sp__ctl_conn_t *sp__ctl_hub_conn(const sp__ctl_hub_t *hub, uint32_t id)
 }
 
 size_t sp__ctl_hub_count(const sp__ctl_hub_t *hub) { return hub->n; }
+
+void sp__ctl_hub_stats(const sp__ctl_hub_t *hub, sp__ctl_hub_stats_t *stats)
+{
+    *stats = hub->stats;
+    stats->joining = hub->njoining;
+}
 
 sp_status_t sp__ctl_hub_set_listener(sp__ctl_hub_t *hub, int lfd, const void *secret, size_t slen,
                                      int handshake_timeout_ms)
@@ -1663,12 +1882,20 @@ sp_status_t sp__ctl_hub_set_listener(sp__ctl_hub_t *hub, int lfd, const void *se
         if (copy == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "control hub: cannot copy the secret");
         memcpy(copy, secret, slen);
+        /* Without a reserve the hub still backs off on EMFILE; it only cannot shed. */
+        if (hub->reserve_fd < 0)
+            hub->reserve_fd = sp_ctl_reserve_open();
+    } else if (hub->reserve_fd >= 0) {
+        close(hub->reserve_fd);
+        hub->reserve_fd = -1;
     }
     sp_ctl_hub_forget_secret(hub);
     hub->lfd = lfd;
     hub->secret = copy;
     hub->slen = lfd >= 0 ? slen : 0;
     hub->hs_timeout_ms = handshake_timeout_ms;
+    hub->listen_resume_ns = 0;
+    hub->accept_backoff_ns = 0;
     return SP_OK;
 }
 
@@ -1682,7 +1909,37 @@ sp_status_t sp__ctl_hub_accept(sp__ctl_hub_t *hub, sp__ctl_conn_t **conn_p)
     return SP_OK;
 }
 
-/* Closes joining connection j, after a warning that says why. */
+/*
+ * A warning about a connection that did not join, or about the listener:
+ * at most one a second, so that a flood of strangers cannot flood the log;
+ * the next one written counts those held back.
+ */
+static void sp_ctl_hub_warn(sp__ctl_hub_t *hub, const char *fmt, ...) SP_PRINTF(2, 3);
+
+static void sp_ctl_hub_warn(sp__ctl_hub_t *hub, const char *fmt, ...)
+{
+    uint64_t now = sp__now_ns();
+    char msg[768];
+    va_list ap;
+
+    if (now < hub->warn_next_ns) {
+        hub->warn_quiet++;
+        hub->stats.warnings_held_back++;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (hub->warn_quiet > 0)
+        sp_warn("%s (%llu more such warnings held back since the last)", msg,
+                (unsigned long long)hub->warn_quiet);
+    else
+        sp_warn("%s", msg);
+    hub->warn_quiet = 0;
+    hub->warn_next_ns = now + SP_CTL_WARN_EVERY_NS;
+}
+
+/* Closes joining connection j. */
 static void sp_ctl_hub_drop_joining(sp__ctl_hub_t *hub, size_t j)
 {
     sp__ctl_close(&hub->joining[j]->base);
@@ -1714,65 +1971,177 @@ static void sp_ctl_hub_step_joining(sp__ctl_hub_t *hub, size_t j, bool ready)
         if (st == SP_OK) {
             hub->joined[hub->njoined++] = &s->base;
             hub->joining[j] = hub->joining[--hub->njoining];
+            hub->stats.joined++;
             return;
         }
     }
-    if (st == SP_ERR_NOMEM && !got)
-        return; /* the frame is kept; try again on the next pass */
     if (st != SP_OK) {
-        /* A wrong secret was logged by sp_ctl_hs_verify already. */
-        if (st != SP_ERR_INVALID_PARAM)
-            sp_warn("control: dropped a connection from %s in its handshake: %s", s->base.peer,
-                    sp_last_error());
+        if (st == SP_ERR_INVALID_PARAM) {
+            hub->stats.refused++;
+            sp_ctl_hub_warn(hub, "control: refused a connection from %s: %s", s->base.peer,
+                            SP_CTL_WRONG_SECRET);
+        } else {
+            if (st == SP_ERR_PEER_LOST)
+                hub->stats.closed++;
+            else
+                hub->stats.malformed++;
+            sp_ctl_hub_warn(hub, "control: dropped a connection from %s in its handshake: %s",
+                            s->base.peer, sp_last_error());
+        }
         sp_ctl_hub_drop_joining(hub, j);
         return;
     }
     if (sp__now_ns() >= s->hs_deadline) {
-        sp_warn("control: dropped a connection from %s: no handshake within %d ms", s->base.peer,
-                hub->hs_timeout_ms);
+        hub->stats.timed_out++;
+        sp_ctl_hub_warn(hub, "control: dropped a connection from %s: no handshake within %d ms",
+                        s->base.peer, hub->hs_timeout_ms);
         sp_ctl_hub_drop_joining(hub, j);
     }
 }
 
-/* Accepts what is pending on the listener and greets each with HELLO. */
+/* Index of the joining connection that has waited longest (njoining > 0). */
+static size_t sp_ctl_hub_oldest(const sp__ctl_hub_t *hub)
+{
+    size_t oldest = 0;
+
+    for (size_t j = 1; j < hub->njoining; j++)
+        if (hub->joining[j]->hs_started < hub->joining[oldest]->hs_started)
+            oldest = j;
+    return oldest;
+}
+
+/*
+ * When the listener may be polled again (0: now). It rests after accept ran
+ * out of descriptors, and while every handshake slot holds a connection
+ * younger than SP_CTL_EVICT_AFTER_NS.
+ */
+static uint64_t sp_ctl_hub_listen_at(const sp__ctl_hub_t *hub)
+{
+    uint64_t at = hub->listen_resume_ns;
+
+    if (hub->njoining == SP__CTL_HUB_MAX_JOINING)
+        at = SP_MAX(at, hub->joining[sp_ctl_hub_oldest(hub)]->hs_started + SP_CTL_EVICT_AFTER_NS);
+    return at;
+}
+
+/* The listener rests for the next back-off step (10 ms doubling to 1 s); returns it in ms. */
+static unsigned long long sp_ctl_hub_rest(sp__ctl_hub_t *hub)
+{
+    hub->accept_backoff_ns = hub->accept_backoff_ns == 0
+                                 ? SP_CTL_ACCEPT_BACKOFF_MIN_NS
+                                 : SP_MIN(hub->accept_backoff_ns * 2, SP_CTL_ACCEPT_BACKOFF_MAX_NS);
+    hub->listen_resume_ns = sp__now_ns() + hub->accept_backoff_ns;
+    return (unsigned long long)(hub->accept_backoff_ns / 1000000u);
+}
+
+/*
+ * accept() ran out of descriptors (err): the classic reserve trick. The
+ * reserve descriptor is given up so that the connections waiting in the
+ * backlog can be accepted and closed at once (their clients see a close
+ * and, if they are ours, connect again), then taken back; the listener then
+ * rests, so that a lasting shortage costs a wake-up per back-off step, not
+ * a busy loop, and one warning a second at most.
+ */
+static void sp_ctl_hub_out_of_fds(sp__ctl_hub_t *hub, int err)
+{
+    unsigned shed = 0;
+
+    hub->stats.accept_failures++;
+    if (hub->reserve_fd >= 0 && (err == EMFILE || err == ENFILE)) {
+        close(hub->reserve_fd);
+        hub->reserve_fd = -1;
+        while (shed < SP_CTL_ACCEPT_BATCH) {
+            int fd = accept4(hub->lfd, NULL, NULL, SOCK_CLOEXEC);
+
+            if (fd < 0 && errno == EINTR)
+                continue;
+            if (fd < 0)
+                break;
+            close(fd);
+            shed++;
+        }
+        hub->reserve_fd = sp_ctl_reserve_open();
+        hub->stats.shed += shed;
+    }
+    sp_ctl_hub_warn(hub,
+                    "control: out of file descriptors accepting connections (%s, errno %d): "
+                    "closed %u waiting connection(s) unanswered; accepting again in %llu ms",
+                    strerror(err), err, shed, sp_ctl_hub_rest(hub));
+}
+
+/*
+ * Accepts what is pending on the listener and greets each with HELLO. At
+ * most SP__CTL_HUB_MAX_JOINING connections are in the handshake at once;
+ * when every slot is taken, a newcomer takes the slot of the oldest if that
+ * one has had SP_CTL_EVICT_AFTER_NS to answer, else it waits in the backlog.
+ */
 static void sp_ctl_hub_accept_pending(sp__ctl_hub_t *hub)
 {
+    if (hub->reserve_fd < 0)
+        hub->reserve_fd = sp_ctl_reserve_open();
     for (int k = 0; k < SP_CTL_ACCEPT_BATCH; k++) {
         char peer[sizeof(((sp__ctl_conn_t *)0)->peer)];
+        bool full = hub->njoining == SP__CTL_HUB_MAX_JOINING;
+        uint64_t now = sp__now_ns();
         sp_ctl_sock_t *s = NULL;
-        int fd = -1;
+        size_t oldest = 0;
+        int fd = -1, err = 0;
+        sp_status_t st;
 
-        if (sp_ctl_accept_fd(hub->lfd, &fd, peer, sizeof(peer)) != SP_OK) {
-            sp_warn("control: %s", sp_last_error());
+        if (full) {
+            oldest = sp_ctl_hub_oldest(hub);
+            if (now - hub->joining[oldest]->hs_started < SP_CTL_EVICT_AFTER_NS)
+                return;
+        }
+        st = sp_ctl_accept_fd(hub->lfd, &fd, peer, sizeof(peer), &err);
+        if (st == SP_ERR_NO_RESOURCE) {
+            sp_ctl_hub_out_of_fds(hub, err);
+            return;
+        }
+        if (st != SP_OK) {
+            hub->stats.accept_failures++;
+            sp_ctl_hub_warn(hub, "control: %s; accepting again in %llu ms", sp_last_error(),
+                            sp_ctl_hub_rest(hub));
             return;
         }
         if (fd < 0)
             return;
-        if (!sp_ctl_grow((void **)&hub->joining, &hub->joining_cap, hub->njoining,
-                         sizeof(*hub->joining))) {
-            sp_warn("control: dropped a connection from %s: out of memory", peer);
-            close(fd);
-            continue;
+        hub->accept_backoff_ns = 0;
+        if (full) {
+            sp_ctl_sock_t *old = hub->joining[oldest];
+
+            hub->stats.evicted++;
+            sp_ctl_hub_warn(hub,
+                            "control: dropped a connection from %s: no handshake after %llu ms "
+                            "while all %d handshake slots were taken",
+                            old->base.peer,
+                            (unsigned long long)((now - old->hs_started) / 1000000u),
+                            SP__CTL_HUB_MAX_JOINING);
+            sp_ctl_hub_drop_joining(hub, oldest);
         }
         if (sp_ctl_sock_new(fd, peer, &s) != SP_OK) {
-            sp_warn("control: dropped a connection from %s: %s", peer, sp_last_error());
+            sp_ctl_hub_warn(hub, "control: dropped a connection from %s: %s", peer,
+                            sp_last_error());
             continue;
         }
         if (sp_ctl_hs_hello(s) != SP_OK) {
-            sp_warn("control: dropped a connection from %s: %s", peer, sp_last_error());
+            sp_ctl_hub_warn(hub, "control: dropped a connection from %s: %s", peer,
+                            sp_last_error());
             sp__ctl_close(&s->base);
             continue;
         }
+        s->hs_started = now;
         s->hs_deadline = sp__ctl_deadline(hub->hs_timeout_ms);
         hub->joining[hub->njoining++] = s;
     }
 }
 
 /*
- * Fills the pollfds for this pass: the listener first, then the joining
- * connections, then the stream conns (each entry notes its slot).
+ * Fills the pollfds for this pass: the listener first (unless it rests),
+ * then the joining connections, then the stream conns (each entry notes its
+ * slot).
  */
-static bool sp_ctl_hub_pollfds(sp__ctl_hub_t *hub, size_t *nfds_p)
+static bool sp_ctl_hub_pollfds(sp__ctl_hub_t *hub, uint64_t now, size_t *nfds_p)
 {
     size_t need = hub->n + hub->njoining + 1, nfds = 0;
 
@@ -1784,7 +2153,8 @@ static bool sp_ctl_hub_pollfds(sp__ctl_hub_t *hub, size_t *nfds_p)
         hub->pfds = grown;
         hub->pfd_cap = need;
     }
-    if (hub->lfd >= 0)
+    hub->lpolled = hub->lfd >= 0 && now >= sp_ctl_hub_listen_at(hub);
+    if (hub->lpolled)
         hub->pfds[nfds++] = (struct pollfd){.fd = hub->lfd, .events = POLLIN};
     for (size_t j = 0; j < hub->njoining; j++)
         hub->pfds[nfds++] = (struct pollfd){.fd = hub->joining[j]->base.fd, .events = POLLIN};
@@ -1817,6 +2187,12 @@ static uint64_t sp_ctl_hub_wait_ns(const sp__ctl_hub_t *hub, uint64_t deadline, 
             return 0;
         wait = SP_MIN(wait, hd > now ? hd - now : 0);
     }
+    /* A resting listener is polled again when its rest is over. */
+    if (hub->lfd >= 0 && !hub->lpolled) {
+        uint64_t at = sp_ctl_hub_listen_at(hub);
+
+        wait = SP_MIN(wait, at > now ? at - now : 0);
+    }
     if (hub->nmpi > 0)
         wait = first ? 0 : SP_MIN(wait, backoff);
     return wait;
@@ -1832,7 +2208,7 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "control hub: waiting forever with no conn and no listener");
     for (;;) {
-        size_t nfds = 0, njoining = hub->njoining, lslot = hub->lfd >= 0 ? 1 : 0;
+        size_t nfds = 0, njoining = hub->njoining, lslot;
 
         if (hub->njoined > 0) {
             *id_p = SP__CTL_HUB_NEW;
@@ -1841,9 +2217,11 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
             *len_p = 0;
             return SP_OK;
         }
-        if (!sp_ctl_hub_pollfds(hub, &nfds))
+        if (!sp_ctl_hub_pollfds(hub, sp__now_ns(), &nfds))
             return SP_RAISE(SP_ERR_NOMEM, "control hub: no memory for %zu pollfds",
                             hub->n + hub->njoining + 1);
+        lslot = hub->lpolled ? 1 : 0;
+        hub->stats.polls++;
         if (sp_ctl_ppoll(hub->pfds, nfds, sp_ctl_hub_wait_ns(hub, deadline, first, backoff)) < 0)
             return SP_RAISE(SP_ERR_INTERNAL, "control hub: poll over %zu fds: %s (errno %d)", nfds,
                             strerror(errno), errno);
@@ -1869,6 +2247,7 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
             }
             if (st != SP_OK) {
                 *id_p = e->id;
+                sp_ctl_hub_note_gone(hub, e->id, sp_last_error());
                 sp_ctl_hub_remove_at(hub, i);
                 return st;
             }
@@ -1889,7 +2268,7 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
          */
         for (size_t j = njoining; j-- > 0;)
             sp_ctl_hub_step_joining(hub, j, hub->pfds[lslot + j].revents != 0);
-        if (hub->lfd >= 0 && hub->pfds[0].revents != 0)
+        if (hub->lpolled && hub->pfds[0].revents != 0)
             sp_ctl_hub_accept_pending(hub);
         if (hub->njoined > 0)
             continue;

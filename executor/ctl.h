@@ -181,6 +181,8 @@ sp_status_t sp__ctl_listen(const char *host_port, char *bound, size_t cap, int *
  * a client on the listening fd lfd, accepts it and runs the handshake with
  * secret (slen > 0 bytes), all within that deadline. *conn_p is the new
  * conn, owned by the caller; its peer name is the client's "addr:port".
+ * Until the client proves the secret only its fixed-size AUTH frame is
+ * read: any other header is SP_ERR_BAD_FORMAT before its payload is read.
  * A client that proves a wrong secret is sent REFUSED, closed and logged
  * (warning, with its address); the call returns SP_ERR_INVALID_PARAM. A
  * client that stops or misbehaves in the handshake gives SP_ERR_PEER_LOST,
@@ -195,8 +197,11 @@ sp_status_t sp__ctl_accept(int lfd, const void *secret, size_t slen, int timeout
  * Client side: connects to host_port and runs the handshake with secret,
  * retrying refused or failed connection attempts (with a backoff up to
  * 200 ms) until timeout_ms (< 0: forever) has passed, since the driver may
- * start a little later than its executors. The peer name is host_port as
- * given. A driver that refuses the secret is SP_ERR_INVALID_PARAM
+ * start a little later than its executors; a driver that closes the
+ * connection in the handshake (short of handshake slots or descriptors) is
+ * tried again the same way. The peer name is host_port as given. Until the
+ * driver proves the secret no frame longer than 256 bytes is read (else
+ * SP_ERR_BAD_FORMAT). A driver that refuses the secret is SP_ERR_INVALID_PARAM
  * "...: driver refused: wrong secret"; one whose own proof is wrong is
  * SP_ERR_INVALID_PARAM too; nobody listening until the deadline is
  * SP_ERR_TIMED_OUT naming the address and the last errno.
@@ -227,7 +232,12 @@ sp_status_t sp__ctl_conn_fd(int fd, const char *peer_name, sp__ctl_conn_t **conn
  * closed; this call sets MPI_ERRORS_RETURN on it. MPI must be initialized
  * with MPI_THREAD_MULTIPLE (else SP_ERR_UNSUPPORTED). No handshake: MPI is
  * the trust boundary. peer_rank may be the caller's own rank. Peer name
- * "rank N". See executor/ctl_mpi.c for how sends complete.
+ * "rank N". A send on it never waits for the peer (unless 64 frames are
+ * already in flight): the frame is handed to MPI_Isend and completed by
+ * later sends and receives; once a frame has waited the conn's send timeout
+ * undelivered, the send or receive that sees it, and every later one,
+ * returns SP_ERR_PEER_LOST "rank N took no control message for T ms ...".
+ * See executor/ctl_mpi.c.
  */
 sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn_p);
 
@@ -239,7 +249,8 @@ sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn
  * when the whole frame is in the kernel; it waits at most the conn's send
  * timeout for room (SP_ERR_TIMED_OUT; if part of the frame had gone out
  * the conn is abandoned and later sends are SP_ERR_PEER_LOST). A peer that
- * is gone is SP_ERR_PEER_LOST naming it. Over MPI see ctl_mpi.c.
+ * is gone is SP_ERR_PEER_LOST naming it. Over MPI it returns once MPI has
+ * the frame, and the send timeout bounds its delivery (sp__ctl_conn_mpi).
  */
 sp_status_t sp__ctl_send(sp__ctl_conn_t *conn, uint16_t type, const void *payload, size_t len);
 
@@ -266,7 +277,11 @@ const char *sp__ctl_peer_name(const sp__ctl_conn_t *conn);
  * before other threads use the conn: names are read without a lock.
  */
 void sp__ctl_set_peer_name(sp__ctl_conn_t *conn, const char *name);
-/* How long a send may wait for room (< 0: forever). Thread safe. */
+/*
+ * How long a send may wait for room (< 0: forever); over MPI, how long a
+ * frame may wait for the peer to take it before the conn is given up.
+ * Thread safe.
+ */
 void sp__ctl_set_send_timeout(sp__ctl_conn_t *conn, int timeout_ms);
 /* A snapshot of the conn's counters. Thread safe. */
 void sp__ctl_conn_stats(const sp__ctl_conn_t *conn, sp__ctl_stats_t *stats);
@@ -294,6 +309,27 @@ typedef struct sp__ctl_hub sp__ctl_hub_t;
 
 /* hub_wait's *id_p when a new connection passed the handshake. */
 #define SP__CTL_HUB_NEW UINT32_MAX
+/*
+ * Connections a hub runs the handshake with at once. Once all are taken, a
+ * newcomer waits in the listen backlog until one joins, fails, reaches its
+ * deadline, or has had 100 ms to answer (the newcomer then takes its slot).
+ */
+#define SP__CTL_HUB_MAX_JOINING 16
+
+/* Counters of a hub's listener; connections that never joined are only counted here. */
+typedef struct sp__ctl_hub_stats {
+    uint64_t joined;             /* passed the handshake */
+    uint64_t refused;            /* proved a wrong secret (sent REFUSED) */
+    uint64_t malformed;          /* sent anything but the AUTH frame, or a bad one */
+    uint64_t closed;             /* closed or reset the connection in the handshake */
+    uint64_t timed_out;          /* reached the handshake deadline */
+    uint64_t evicted;            /* gave up its handshake slot to a newcomer */
+    uint64_t shed;               /* accepted and closed unanswered while out of descriptors */
+    uint64_t accept_failures;    /* accept() failures (EMFILE...); each rests the listener */
+    uint64_t warnings_held_back; /* warnings not written (at most one a second is) */
+    uint64_t polls;              /* passes of hub_wait through poll() */
+    size_t joining;              /* in the handshake now */
+} sp__ctl_hub_stats_t;
 
 sp_status_t sp__ctl_hub_create(sp__ctl_hub_t **hub_p);
 /* Closes every conn the hub holds (added, joining or not yet taken). NULL ok. */
@@ -306,20 +342,32 @@ void sp__ctl_hub_destroy(sp__ctl_hub_t *hub);
  * then closed. Stream and MPI conns may be mixed.
  */
 sp_status_t sp__ctl_hub_add(sp__ctl_hub_t *hub, sp__ctl_conn_t *conn, uint32_t id);
-/* Closes and forgets the conn of id. SP_ERR_NOT_FOUND for an unknown id. */
+/*
+ * Closes and forgets the conn of id. SP_ERR_NOT_FOUND for an id the hub does
+ * not hold; when hub_wait dropped that conn, the message is what happened to
+ * its peer (the message hub_wait returned), so a caller that removes it again
+ * still reports the real cause.
+ */
 sp_status_t sp__ctl_hub_remove(sp__ctl_hub_t *hub, uint32_t id);
 /* The conn of id (for sp__ctl_send), NULL if none; valid until it is removed. */
 sp__ctl_conn_t *sp__ctl_hub_conn(const sp__ctl_hub_t *hub, uint32_t id);
 /* Conns added and not removed. */
 size_t sp__ctl_hub_count(const sp__ctl_hub_t *hub);
+/* A snapshot of the hub's counters. Not thread safe (the hub's owner calls it). */
+void sp__ctl_hub_stats(const sp__ctl_hub_t *hub, sp__ctl_hub_stats_t *stats);
 
 /*
  * Lets hub_wait accept new executors on the listening fd lfd (from
  * sp__ctl_listen; the caller still owns and closes it; -1 stops). The hub
  * runs the server side of each handshake itself, without blocking, each
- * within handshake_timeout_ms; clients that fail it are logged (warning,
- * with their address) and dropped without bothering the caller. secret is
- * copied.
+ * within handshake_timeout_ms, at most SP__CTL_HUB_MAX_JOINING at once;
+ * before authentication it reads nothing but the fixed-size AUTH frame.
+ * Clients that fail are dropped without bothering the caller, counted in
+ * sp__ctl_hub_stats and logged (warning, with their address) at most once a
+ * second. The hub holds a reserve descriptor (/dev/null) while it listens:
+ * when accept() runs out of descriptors it closes the reserve, accepts and
+ * closes the connections waiting, reopens it, and rests the listener (10 ms
+ * doubling to 1 s). secret is copied.
  */
 sp_status_t sp__ctl_hub_set_listener(sp__ctl_hub_t *hub, int lfd, const void *secret, size_t slen,
                                      int handshake_timeout_ms);

@@ -24,7 +24,22 @@
  * against a model, with a conn removed and one added midway; an
  * allocation failure keeps the frame for the next call.
  *
- * The fork test runs first, before any test starts a thread.
+ * A peer that has not authenticated: a client announcing a 256 MiB AUTH
+ * (then streaming junk) is refused at the header and closed, with the
+ * allocation fault hook armed and never firing (nothing allocated for it);
+ * a "driver" answering with a 256 MiB frame is refused by the client; three
+ * times SP__CTL_HUB_MAX_JOINING silent clients never hold more slots than
+ * that, the oldest make room for newcomers, and an honest client arriving
+ * after them joins; a silent client is dropped at its deadline while an
+ * honest one joins. Out of descriptors (a forked child with RLIMIT_NOFILE
+ * filled) the hub sheds connections through its reserve descriptor without
+ * spinning (passes through poll counted) or flooding the log (lines
+ * counted), and accepts an honest client once descriptors are free. A
+ * reset peer is reported as a reset, and removing a dropped id again
+ * repeats what happened to its peer.
+ *
+ * The fork tests run first, before any test starts a thread.
+ * CTL_TEST_FILTER=<pattern> runs only the tests whose names match.
  */
 /* LABELS: unit */
 #include "common_int.h"
@@ -44,6 +59,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -332,6 +349,38 @@ static void expect_hub_text(sp__ctl_hub_t *hub, uint32_t id, uint16_t type, cons
     free(p);
 }
 
+/* One hub_wait of up to ms in which nothing may reach the caller. */
+static void hub_serve_quietly(sp__ctl_hub_t *hub, int ms)
+{
+    uint32_t id = 0;
+    uint16_t type = 0;
+    void *p = NULL;
+    size_t len = 0;
+    sp_status_t st = sp__ctl_hub_wait(hub, ms, &id, &type, &p, &len);
+
+    if (st != SP_ERR_TIMED_OUT)
+        fprintf(stderr, "hub_wait: %s\n", sp_last_error());
+    assert_int_equal(st, SP_ERR_TIMED_OUT);
+}
+
+/* All of f from its start, NUL-terminated and malloc'ed; closes f. */
+static char *slurp(FILE *f)
+{
+    long len;
+    char *text;
+
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    len = ftell(f);
+    assert_true(len >= 0);
+    rewind(f);
+    text = malloc((size_t)len + 1);
+    assert_non_null(text);
+    assert_int_equal(fread(text, 1, (size_t)len, f), (size_t)len);
+    text[len] = '\0';
+    fclose(f);
+    return text;
+}
+
 /* ------------------------------------------------------------------------ */
 /* A peer that dies (fork first, before any thread exists)                   */
 /* ------------------------------------------------------------------------ */
@@ -450,6 +499,227 @@ static void test_hub_killed_child_is_reported_with_its_id(void **state)
 
     sp__ctl_hub_destroy(hub);
     close(lfd);
+}
+
+/*
+ * Out of descriptors (EMFILE) in a forked child whose RLIMIT_NOFILE is
+ * lowered and filled: while the parent keeps connecting, the child's hub
+ * sheds the waiting connections through its reserve descriptor (they see a
+ * close), neither spins (its passes through poll stay few) nor floods the
+ * log (at most a line a second), and accepts an honest client once
+ * descriptors are free again.
+ */
+typedef struct emfile_report {
+    int status; /* 0: the child did all it should; else the step that failed */
+    double seconds;
+    sp__ctl_hub_stats_t before, after; /* at the end of the shortage, and at the end */
+} emfile_report_t;
+
+/* The child: never returns. */
+static void emfile_child(int rep_w, int go_r, int log_fd)
+{
+    emfile_report_t rep;
+    sp__ctl_hub_t *hub = NULL;
+    sp__ctl_conn_t *conn = NULL;
+    struct rlimit rl;
+    uint64_t t0 = now_ms();
+    char addr[128];
+    int lfd = -1, fillers[256], nfill = 0;
+    bool go = false;
+
+    memset(&rep, 0, sizeof(rep));
+    dup2(log_fd, STDERR_FILENO);
+    sp_log_set_level(SP_LOG_WARN);
+    if (sp__ctl_listen("127.0.0.1:0", addr, sizeof(addr), &lfd) != SP_OK ||
+        sp__ctl_hub_create(&hub) != SP_OK ||
+        sp__ctl_hub_set_listener(hub, lfd, SECRET, SECRET_LEN, T) != SP_OK)
+        _exit(3);
+    if (write(rep_w, addr, sizeof(addr)) != (ssize_t)sizeof(addr))
+        _exit(4);
+    /* Every descriptor taken: accept() fails with EMFILE. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        _exit(5);
+    rl.rlim_cur = 64;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        _exit(6);
+    while (nfill < 256 && (fillers[nfill] = open("/dev/null", O_RDONLY)) >= 0)
+        nfill++;
+    if (nfill == 0 || nfill == 256 || errno != EMFILE)
+        _exit(7);
+    while (!go) {
+        struct pollfd pfd = {.fd = go_r, .events = POLLIN};
+        uint32_t id = 0;
+        uint16_t type = 0;
+        void *p = NULL;
+        size_t len = 0;
+
+        if (sp__ctl_hub_wait(hub, 50, &id, &type, &p, &len) != SP_ERR_TIMED_OUT)
+            _exit(8);
+        go = poll(&pfd, 1, 0) == 1;
+        if (now_ms() - t0 > 6 * T)
+            _exit(9);
+    }
+    sp__ctl_hub_stats(hub, &rep.before);
+    /* Descriptors free again: an honest client joins and talks. */
+    while (nfill > 0)
+        close(fillers[--nfill]);
+    for (;;) {
+        uint32_t id = 0;
+        uint16_t type = 0;
+        void *p = NULL;
+        size_t len = 0;
+        sp_status_t st = sp__ctl_hub_wait(hub, T, &id, &type, &p, &len);
+
+        if (st == SP_OK && id == SP__CTL_HUB_NEW)
+            break;
+        if (st != SP_ERR_TIMED_OUT || now_ms() - t0 > 6 * T)
+            _exit(10);
+    }
+    if (sp__ctl_hub_accept(hub, &conn) != SP_OK || sp__ctl_hub_add(hub, conn, 1) != SP_OK)
+        _exit(11);
+    {
+        uint32_t id = 0;
+        uint16_t type = 0;
+        void *p = NULL;
+        size_t len = 0;
+
+        if (sp__ctl_hub_wait(hub, T, &id, &type, &p, &len) != SP_OK || id != 1 || type != 16 ||
+            len != 5 || memcmp(p, "hello", 5) != 0)
+            _exit(12);
+        free(p);
+        if (sp__ctl_send(conn, 17, "welcome", 7) != SP_OK)
+            _exit(13);
+    }
+    sp__ctl_hub_stats(hub, &rep.after);
+    rep.seconds = (double)(now_ms() - t0) / 1000.0;
+    if (write(rep_w, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+        _exit(14);
+    sp__ctl_hub_destroy(hub);
+    close(lfd);
+    _exit(0);
+}
+
+/* Reads exactly len bytes from a pipe within T; false otherwise. */
+static bool pipe_read(int fd, void *buf, size_t len)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        ssize_t n;
+
+        if (poll(&pfd, 1, T) != 1)
+            return false;
+        n = read(fd, (char *)buf + got, len - got);
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
+}
+
+/* True once the peer of raw fd has closed it (whatever it sent first is read and dropped). */
+static bool raw_closed(int fd)
+{
+    unsigned char buf[256];
+
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+        if (n > 0)
+            continue;
+        return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    }
+}
+
+static size_t count_lines(const char *text)
+{
+    size_t n = 0;
+
+    for (; *text != '\0'; text++)
+        n += *text == '\n';
+    return n;
+}
+
+static void test_hub_out_of_descriptors_sheds_without_spinning(void **state)
+{
+    enum { RAW = 120 };
+    int rep_pipe[2], go_pipe[2], raw[RAW], nraw = 0, ws = 0;
+    FILE *log = tmpfile();
+    char addr[128], *text;
+    emfile_report_t rep;
+    sp__ctl_conn_t *c = NULL;
+    size_t lines;
+    unsigned shut = 0;
+    uint64_t t0;
+
+    (void)state;
+    assert_non_null(log);
+    assert_int_equal(pipe(rep_pipe), 0);
+    assert_int_equal(pipe(go_pipe), 0);
+    fflush(stderr);
+    child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(rep_pipe[0]);
+        close(go_pipe[1]);
+        emfile_child(rep_pipe[1], go_pipe[0], fileno(log));
+    }
+    close(rep_pipe[1]);
+    close(go_pipe[0]);
+    assert_true(pipe_read(rep_pipe[0], addr, sizeof(addr)));
+
+    /*
+     * Connections keep coming, one every 10 ms: every one must be closed
+     * unanswered by the child, which has no descriptor to give it.
+     */
+    t0 = now_ms();
+    while (nraw < RAW || shut < (unsigned)nraw) {
+        if (nraw < RAW) {
+            raw[nraw] = raw_connect(addr);
+            assert_true(raw[nraw] >= 0);
+            nraw++;
+        }
+        shut = 0;
+        for (int k = 0; k < nraw; k++)
+            shut += raw_closed(raw[k]);
+        if (now_ms() - t0 > 6 * T)
+            fail_msg("only %u of %d connections were closed by a hub out of descriptors", shut,
+                     nraw);
+        usleep(10000);
+    }
+    for (int k = 0; k < nraw; k++)
+        close(raw[k]);
+
+    /* Descriptors come back; an honest client joins. */
+    assert_int_equal(write(go_pipe[1], "g", 1), 1);
+    assert_int_equal(sp__ctl_connect(addr, SECRET, SECRET_LEN, 3 * T, &c), SP_OK);
+    send_text(c, 16, "hello");
+    expect_text(c, 17, "welcome");
+    assert_true(pipe_read(rep_pipe[0], &rep, sizeof(rep)));
+    sp__ctl_close(c);
+    assert_int_equal(waitpid(child, &ws, 0), child);
+    child = -1;
+    close(rep_pipe[0]);
+    close(go_pipe[1]);
+    text = slurp(log);
+    lines = count_lines(text);
+    if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
+        fail_msg("the child failed (status 0x%x); its log: %s", ws, text);
+
+    /* The shortage was real, and handled by shedding with the reserve. */
+    assert_true(rep.before.accept_failures >= 1);
+    assert_true(rep.before.shed >= (uint64_t)RAW / 2);
+    assert_int_equal(rep.after.joined, 1);
+    /* No busy loop: its own 50 ms waits, the listener's rests, a few wake-ups. */
+    if ((double)rep.after.polls > 100.0 + 60.0 * rep.seconds)
+        fail_msg("%llu passes through poll in %.1f s: the hub spins",
+                 (unsigned long long)rep.after.polls, rep.seconds);
+    /* At most a warning a second (the first and last seconds may each hold one). */
+    if ((double)lines > 2.0 + rep.seconds)
+        fail_msg("%zu log lines in %.1f s: %s", lines, rep.seconds, text);
+    assert_true(contains(text, "out of file descriptors"));
+    free(text);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1531,6 +1801,233 @@ static void test_hub_drops_clients_that_fail_the_handshake(void **state)
     close(lfd);
 }
 
+/*
+ * Before authentication only the fixed-size AUTH frame is read: a client
+ * that announces a 256 MiB AUTH (and streams junk after it) is refused at
+ * the header and closed at once, and nothing is allocated for it (the
+ * allocation fault hook, armed for the next allocation, never fires).
+ */
+typedef struct huge_auth {
+    char addr[128];
+    pthread_t thread;
+    atomic_int stage; /* 1: HELLO read; 2: may send; 3: done */
+    int hello, eof;
+} huge_auth_t;
+
+static void *huge_auth_main(void *arg)
+{
+    huge_auth_t *h = arg;
+    unsigned char header[SP__CTL_HEADER_SIZE], *junk = calloc(1, 1u << 16), byte[1];
+    int fd = raw_connect(h->addr);
+
+    h->hello = fd >= 0 && read_hello(fd);
+    atomic_store(&h->stage, 1);
+    while (atomic_load(&h->stage) < 2)
+        usleep(1000);
+    sp__ctl_header_pack(header, SP__CTL_AUTH, SP__CTL_MAX_PAYLOAD);
+    if (fd >= 0 && junk != NULL && write_all(fd, header, sizeof(header))) {
+        /* Junk behind it, as long as the server takes it (it stops at a close). */
+        for (int i = 0; i < 64 && send(fd, junk, 1u << 16, MSG_NOSIGNAL | MSG_DONTWAIT) > 0; i++)
+            ;
+        h->eof = read_all(fd, byte, 1, T) == 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    free(junk);
+    atomic_store(&h->stage, 3);
+    return NULL;
+}
+
+static void test_hub_reads_only_the_auth_frame_before_authentication(void **state)
+{
+    sp__ctl_hub_t *hub = NULL;
+    sp__ctl_hub_stats_t hs;
+    sp__ctl_conn_t *client = NULL;
+    huge_auth_t h;
+    char addr[128];
+    uint64_t fired, t0 = now_ms();
+    int lfd = -1;
+
+    (void)state;
+    /* A handshake deadline far beyond the test's waits: only the refusal can close it. */
+    hub_listen(&hub, &lfd, addr, sizeof(addr), 6 * T);
+    memset(&h, 0, sizeof(h));
+    snprintf(h.addr, sizeof(h.addr), "%s", addr);
+    atomic_init(&h.stage, 0);
+    assert_int_equal(pthread_create(&h.thread, NULL, huge_auth_main, &h), 0);
+    while (atomic_load(&h.stage) < 1 && now_ms() - t0 < (uint64_t)T)
+        hub_serve_quietly(hub, 10);
+    assert_int_equal(atomic_load(&h.stage), 1);
+    /* Two more passes: the hub's arrays have their size for this client. */
+    hub_serve_quietly(hub, 0);
+    hub_serve_quietly(hub, 0);
+    fired = sp__fault_fired(SP_FAULT_ALLOC);
+    sp__fault_arm(SP_FAULT_ALLOC, 1);
+    atomic_store(&h.stage, 2);
+    while (atomic_load(&h.stage) < 3 && now_ms() - t0 < (uint64_t)(3 * T))
+        hub_serve_quietly(hub, 10);
+    sp__fault_arm(SP_FAULT_ALLOC, 0);
+    assert_int_equal(pthread_join(h.thread, NULL), 0);
+    assert_int_equal(h.hello, 1);
+    assert_int_equal(h.eof, 1);
+    assert_int_equal(sp__fault_fired(SP_FAULT_ALLOC), fired);
+    sp__ctl_hub_stats(hub, &hs);
+    assert_int_equal(hs.malformed, 1);
+    assert_int_equal(hs.joining, 0);
+
+    /* The same refusal, word for word, from sp__ctl_accept. */
+    {
+        unsigned char header[SP__CTL_HEADER_SIZE];
+        sp__ctl_conn_t *conn = NULL;
+        int fd = raw_connect(addr);
+
+        assert_true(fd >= 0);
+        sp__ctl_header_pack(header, SP__CTL_AUTH, 200u << 20);
+        assert_true(write_all(fd, header, sizeof(header)));
+        assert_int_equal(sp__ctl_accept(lfd, SECRET, SECRET_LEN, T, &conn), SP_ERR_BAD_FORMAT);
+        assert_true(contains(sp_last_error(), "announcing 209715200 payload bytes before "
+                                              "authentication"));
+        close(fd);
+    }
+
+    /* An honest client still joins. */
+    client = hub_join(hub, addr, 7, "executor 7");
+    send_text(client, 20, "honest");
+    expect_hub_text(hub, 7, 20, "honest");
+    sp__ctl_close(client);
+    sp__ctl_hub_destroy(hub);
+    close(lfd);
+}
+
+/* A "driver" that answers the handshake with a 256 MiB frame is refused at its header. */
+typedef struct huge_hello {
+    int lfd, eof;
+    pthread_t thread;
+} huge_hello_t;
+
+static void *huge_hello_main(void *arg)
+{
+    huge_hello_t *h = arg;
+    struct pollfd pfd = {.fd = h->lfd, .events = POLLIN};
+    unsigned char header[SP__CTL_HEADER_SIZE], byte[1];
+    int fd;
+
+    if (poll(&pfd, 1, T) != 1 || (fd = accept(h->lfd, NULL, NULL)) < 0)
+        return NULL;
+    sp__ctl_header_pack(header, SP__CTL_HELLO, SP__CTL_MAX_PAYLOAD);
+    if (write_all(fd, header, sizeof(header)))
+        h->eof = read_all(fd, byte, 1, T) == 0;
+    close(fd);
+    return NULL;
+}
+
+static void test_client_reads_only_small_frames_before_the_driver_proves_the_secret(void **state)
+{
+    sp__ctl_conn_t *c = NULL;
+    huge_hello_t h = {.lfd = -1};
+    char addr[128];
+
+    (void)state;
+    assert_int_equal(sp__ctl_listen("127.0.0.1:0", addr, sizeof(addr), &h.lfd), SP_OK);
+    assert_int_equal(pthread_create(&h.thread, NULL, huge_hello_main, &h), 0);
+    assert_int_equal(sp__ctl_connect(addr, SECRET, SECRET_LEN, T, &c), SP_ERR_BAD_FORMAT);
+    assert_true(contains(sp_last_error(), "announcing 268435456 payload bytes before the peer "
+                                          "proved the secret"));
+    assert_int_equal(pthread_join(h.thread, NULL), 0);
+    assert_int_equal(h.eof, 1);
+    close(h.lfd);
+}
+
+/* A raw connection that has read its HELLO and says nothing. */
+static int silent_client(const char *addr)
+{
+    int fd = raw_connect(addr);
+
+    assert_true(fd >= 0);
+    return fd;
+}
+
+/*
+ * At most SP__CTL_HUB_MAX_JOINING connections are in the handshake at once:
+ * three times as many silent clients never hold more slots than that, the
+ * oldest give their slots up to newcomers (they see HELLO, then a close)
+ * long before their own deadline, and an honest client that comes after
+ * them all still joins.
+ */
+static void test_hub_caps_handshakes_and_lets_an_honest_client_in(void **state)
+{
+    enum { SILENT = 3 * SP__CTL_HUB_MAX_JOINING };
+    sp__ctl_hub_t *hub = NULL;
+    sp__ctl_conn_t *client = NULL;
+    sp__ctl_hub_stats_t hs;
+    int fd[SILENT], lfd = -1;
+    char addr[128];
+    unsigned closed = 0;
+    uint64_t t0 = now_ms();
+
+    (void)state;
+    hub_listen(&hub, &lfd, addr, sizeof(addr), 6 * T);
+    for (int k = 0; k < SILENT; k++)
+        fd[k] = silent_client(addr);
+    while (closed < SILENT - SP__CTL_HUB_MAX_JOINING) {
+        if (now_ms() - t0 > (uint64_t)(3 * T))
+            fail_msg("only %u of %d silent clients were dropped to make room", closed, SILENT);
+        hub_serve_quietly(hub, 20);
+        sp__ctl_hub_stats(hub, &hs);
+        assert_true(hs.joining <= SP__CTL_HUB_MAX_JOINING);
+        closed = 0;
+        for (int k = 0; k < SILENT; k++)
+            closed += raw_closed(fd[k]);
+    }
+    sp__ctl_hub_stats(hub, &hs);
+    assert_true(hs.evicted >= SILENT - SP__CTL_HUB_MAX_JOINING);
+    assert_int_equal(hs.timed_out, 0);
+
+    /* Every slot still holds a silent client: an honest one takes the oldest's. */
+    client = hub_join(hub, addr, 5, "executor 5");
+    send_text(client, 21, "in at last");
+    expect_hub_text(hub, 5, 21, "in at last");
+    sp__ctl_hub_stats(hub, &hs);
+    assert_int_equal(hs.joined, 1);
+    assert_true(hs.joining <= SP__CTL_HUB_MAX_JOINING);
+    for (int k = 0; k < SILENT; k++)
+        close(fd[k]);
+    sp__ctl_close(client);
+    sp__ctl_hub_destroy(hub);
+    close(lfd);
+}
+
+/* A silent client is dropped at its handshake deadline; an honest one joins meanwhile. */
+static void test_hub_drops_a_silent_client_at_its_deadline(void **state)
+{
+    sp__ctl_hub_t *hub = NULL;
+    sp__ctl_conn_t *client = NULL;
+    sp__ctl_hub_stats_t hs;
+    char addr[128];
+    int lfd = -1, fd;
+    uint64_t t0;
+
+    (void)state;
+    hub_listen(&hub, &lfd, addr, sizeof(addr), 1000);
+    fd = silent_client(addr);
+    t0 = now_ms();
+    client = hub_join(hub, addr, 2, "executor 2");
+    send_text(client, 22, "meanwhile");
+    expect_hub_text(hub, 2, 22, "meanwhile");
+    while (!raw_closed(fd)) {
+        assert_true(now_ms() - t0 < (uint64_t)(3 * T));
+        hub_serve_quietly(hub, 20);
+    }
+    sp__ctl_hub_stats(hub, &hs);
+    assert_true(hs.timed_out >= 1);
+    assert_true(hs.joined >= 1);
+    assert_int_equal(hs.evicted, 0);
+    close(fd);
+    sp__ctl_close(client);
+    sp__ctl_hub_destroy(hub);
+    close(lfd);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Timeouts and lost peers                                                   */
 /* ------------------------------------------------------------------------ */
@@ -1665,6 +2162,58 @@ static void test_hub_reports_closed_peers_with_their_id(void **state)
     assert_int_equal(id, 3);
     assert_int_equal(sp__ctl_hub_count(hub), 0);
     assert_int_equal(sp__ctl_hub_wait(hub, 20, &id, &type, &p, &len), SP_ERR_TIMED_OUT);
+    sp__ctl_hub_destroy(hub);
+}
+
+/*
+ * A peer that resets the connection is reported as a reset, and a later
+ * sp__ctl_hub_remove of its id says what happened to that peer rather than
+ * that the id is missing.
+ */
+static void test_hub_names_what_happened_to_a_lost_peer(void **state)
+{
+    sp__ctl_hub_t *hub = NULL;
+    sp__ctl_conn_t *server = NULL, *client = NULL, *a = NULL, *b = NULL;
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    uint32_t id = 0;
+    uint16_t type = 0;
+    void *p = NULL;
+    size_t len = 0;
+
+    (void)state;
+    assert_int_equal(sp__ctl_hub_create(&hub), SP_OK);
+    tcp_pair(&server, &client);
+    sp__ctl_set_peer_name(server, "executor 9");
+    assert_int_equal(sp__ctl_hub_add(hub, server, 9), SP_OK);
+    /* An abortive close (SO_LINGER 0) sends a reset. */
+    assert_int_equal(setsockopt(sp__ctl_fd(client), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+    sp__ctl_close(client);
+    assert_int_equal(sp__ctl_hub_wait(hub, T, &id, &type, &p, &len), SP_ERR_PEER_LOST);
+    assert_int_equal(id, 9);
+    assert_true(contains(sp_last_error(), "executor 9 reset the control connection"));
+    assert_int_equal(sp__ctl_hub_remove(hub, 9), SP_ERR_NOT_FOUND);
+    assert_true(contains(sp_last_error(), "executor 9 reset the control connection"));
+    assert_null(strstr(sp_last_error(), "no conn"));
+
+    /* A close between frames, then an id that was never there. */
+    assert_int_equal(sp__ctl_pair(NULL, 0, &a, &b), SP_OK);
+    sp__ctl_set_peer_name(a, "executor 0");
+    assert_int_equal(sp__ctl_hub_add(hub, a, 0), SP_OK);
+    sp__ctl_close(b);
+    assert_int_equal(sp__ctl_hub_wait(hub, T, &id, &type, &p, &len), SP_ERR_PEER_LOST);
+    assert_int_equal(id, 0);
+    assert_int_equal(sp__ctl_hub_remove(hub, 0), SP_ERR_NOT_FOUND);
+    assert_string_equal(sp_last_error(), "executor 0 closed the control connection");
+    assert_int_equal(sp__ctl_hub_remove(hub, 77), SP_ERR_NOT_FOUND);
+    assert_true(contains(sp_last_error(), "id 77 names no conn"));
+
+    /* An id added again is a new conn: its old fate is forgotten. */
+    assert_int_equal(sp__ctl_pair(NULL, 0, &a, &b), SP_OK);
+    assert_int_equal(sp__ctl_hub_add(hub, a, 0), SP_OK);
+    assert_int_equal(sp__ctl_hub_remove(hub, 0), SP_OK);
+    assert_int_equal(sp__ctl_hub_remove(hub, 0), SP_ERR_NOT_FOUND);
+    assert_true(contains(sp_last_error(), "id 0 names no conn"));
+    sp__ctl_close(b);
     sp__ctl_hub_destroy(hub);
 }
 
@@ -1933,6 +2482,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         /* First: it forks, and no thread may exist yet. */
         cmocka_unit_test_teardown(test_hub_killed_child_is_reported_with_its_id, kill_child),
+        cmocka_unit_test_teardown(test_hub_out_of_descriptors_sheds_without_spinning, kill_child),
         cmocka_unit_test(test_rbuf_rejects_every_truncation),
         cmocka_unit_test(test_rbuf_refuses_bad_strings_and_lengths),
         cmocka_unit_test(test_wbuf_status_is_sticky),
@@ -1948,9 +2498,14 @@ int main(void)
         cmocka_unit_test(test_wrong_secret_is_refused_on_both_sides),
         cmocka_unit_test(test_hub_refuses_a_wrong_secret_and_keeps_running),
         cmocka_unit_test(test_hub_drops_clients_that_fail_the_handshake),
+        cmocka_unit_test(test_hub_reads_only_the_auth_frame_before_authentication),
+        cmocka_unit_test(test_client_reads_only_small_frames_before_the_driver_proves_the_secret),
+        cmocka_unit_test(test_hub_caps_handshakes_and_lets_an_honest_client_in),
+        cmocka_unit_test(test_hub_drops_a_silent_client_at_its_deadline),
         cmocka_unit_test(test_timeouts_within_bounds),
         cmocka_unit_test(test_peer_close_is_peer_lost),
         cmocka_unit_test(test_hub_reports_closed_peers_with_their_id),
+        cmocka_unit_test(test_hub_names_what_happened_to_a_lost_peer),
         cmocka_unit_test(test_hub_add_and_remove),
         cmocka_unit_test(test_send_timeout_abandons_the_conn),
         cmocka_unit_test(test_hub_round_robin_against_a_model),
@@ -1958,5 +2513,8 @@ int main(void)
     };
 
     sp_log_set_level(SP_LOG_ERROR);
+    /* CTL_TEST_FILTER=test_hub_* runs only the tests whose names match. */
+    if (getenv("CTL_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("CTL_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,9 @@
  * an MPI conn to its own rank. For each, rank 0's hub reports
  * SP_ERR_BAD_FORMAT for that conn's id with the right message and drops it;
  * rank 0 then adds a new conn to that rank and acknowledges through it, and
- * the rank sends the next one.
+ * the rank sends the next one. Last, a send to a rank that takes nothing
+ * returns at once, and the hub reports that rank lost by name once the
+ * frame has waited the conn's send timeout, while the other conns go on.
  *
  * cmocka runs in every rank; each test ends in a barrier (its teardown),
  * and every wait has a timeout, so a failure on one rank fails the others
@@ -423,6 +425,102 @@ static void test_ctl_mpi_bad_headers_are_reported(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* A rank that takes nothing                                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Rank 1 takes nothing (it waits in a barrier on another communicator)
+ * while rank 0 sends it a frame far above any eager limit on a conn whose
+ * send timeout is 300 ms: the send returns at once, and once the frame has
+ * waited the send timeout the hub reports that conn lost, naming rank 1,
+ * while the other conns go on; removing the id again repeats the cause.
+ * Then rank 1 takes the frame whole (rank 0 keeps it alive after the conn
+ * closed) and answers through its old conn.
+ */
+static void test_ctl_mpi_send_to_a_silent_rank_is_bounded(void **state)
+{
+    enum { BIG = 4u << 20, SILENT_ID = 9001, BIG_TYPE = 40, ACK_TYPE = 41 };
+
+    (void)state;
+    if (w.rank == 0) {
+        unsigned char *big = malloc(BIG);
+        sp__ctl_conn_t *c = NULL;
+        uint32_t id = 0;
+        uint16_t type = 0;
+        void *p = NULL;
+        size_t len = 0;
+        sp_status_t st;
+
+        assert_non_null(big);
+        fill(big, BIG, 99);
+        assert_int_equal(sp__ctl_conn_mpi(w.comm, 1, &c), SP_OK);
+        sp__ctl_set_send_timeout(c, 300);
+        assert_int_equal(sp__ctl_hub_add(w.hub, c, SILENT_ID), SP_OK);
+        st = sp__ctl_send(c, BIG_TYPE, big, BIG);
+        if (st != SP_OK)
+            fprintf(stderr, "rank 0: send to a silent rank: %s\n", sp_last_error());
+        assert_int_equal(st, SP_OK);
+        /*
+         * The executor on rank 0's socketpair is still heard meanwhile; its
+         * message and the loss of rank 1 may come in either order.
+         */
+        assert_int_equal(sp__ctl_send(w.mine, 42, "still here", 10), SP_OK);
+        for (int events = 0, heard = 0, lost = 0; events < 2; events++) {
+            st = sp__ctl_hub_wait(w.hub, T, &id, &type, &p, &len);
+            if (st == SP_OK) {
+                assert_int_equal(heard++, 0);
+                assert_int_equal(id, 0);
+                assert_int_equal(type, 42);
+                free(p);
+                p = NULL;
+                continue;
+            }
+            if (st != SP_ERR_PEER_LOST)
+                fprintf(stderr, "rank 0: expected rank 1 lost: %s\n", sp_last_error());
+            assert_int_equal(st, SP_ERR_PEER_LOST);
+            assert_int_equal(lost++, 0);
+            assert_int_equal(id, SILENT_ID);
+            assert_true(contains(sp_last_error(), "rank 1 took no control message for 300 ms"));
+        }
+        assert_null(sp__ctl_hub_conn(w.hub, SILENT_ID));
+        assert_int_equal(sp__ctl_hub_remove(w.hub, SILENT_ID), SP_ERR_NOT_FOUND);
+        assert_true(contains(sp_last_error(), "rank 1 took no control message"));
+        MPI_Barrier(MPI_COMM_WORLD);
+        /* Rank 1 takes the frame now and acknowledges through its old conn. */
+        do {
+            st = sp__ctl_hub_wait(w.hub, T, &id, &type, &p, &len);
+            if (st != SP_OK)
+                fprintf(stderr, "rank 0: waiting for rank 1's ack: %s\n", sp_last_error());
+            assert_int_equal(st, SP_OK);
+        } while (id == 0);
+        assert_int_equal(id % 1000, 1);
+        assert_int_equal(type, ACK_TYPE);
+        assert_int_equal(len, 2);
+        assert_memory_equal(p, "ok", 2);
+        free(p);
+        free(big);
+    } else if (w.rank == 1) {
+        uint16_t type = 0;
+        void *p = NULL;
+        size_t len = 0;
+        sp_status_t st;
+
+        MPI_Barrier(MPI_COMM_WORLD);
+        st = sp__ctl_recv(w.conn, T, &type, &p, &len);
+        if (st != SP_OK)
+            fprintf(stderr, "rank 1: the big frame: %s\n", sp_last_error());
+        assert_int_equal(st, SP_OK);
+        assert_int_equal(type, BIG_TYPE);
+        assert_int_equal(len, BIG);
+        assert_true(check_fill(p, len, 99));
+        free(p);
+        assert_int_equal(sp__ctl_send(w.conn, ACK_TYPE, "ok", 2), SP_OK);
+    } else {
+        MPI_Barrier(MPI_COMM_WORLD);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
 /* Setup                                                                     */
 /* ------------------------------------------------------------------------ */
 
@@ -475,6 +573,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_ctl_mpi_messages_of_random_sizes, barrier),
         cmocka_unit_test_teardown(test_ctl_mpi_bad_headers_are_reported, barrier),
+        cmocka_unit_test_teardown(test_ctl_mpi_send_to_a_silent_rank_is_bounded, barrier),
     };
     int provided = 0, failed;
 
