@@ -22,7 +22,14 @@
  * against the region, then posted to the backend as one read per chunk it
  * touches; a read that straddles a boundary becomes a split whose parts the
  * completion path (sp__split_part) gathers into one completion for the
- * caller, failed if any part failed.
+ * caller, failed if any part failed. A part that failed while the provider
+ * still holds its piece of the destination (a timeout) makes the split's
+ * failure a held one once every part has ended or failed, and the split is
+ * released when the last such part is: the caller hears of the failure at
+ * once and gets its buffer back only when no part can write into it.
+ * Slots: each part is posted as a fetch of its own; a part gives its slot
+ * back when it is over (a held part: at its release), except the one whose
+ * end ends the split, whose slot the split's final completion takes.
  *
  * Everything here runs with the transport's lock held.
  */
@@ -66,6 +73,8 @@ struct sp_split {
     uint32_t peer;
     size_t len;
     unsigned left; /* parts not completed, plus one while the parts are being posted */
+    unsigned busy; /* parts failed while the provider holds their destination */
+    bool reported; /* its held failure is in the ring; a release ends it */
     sp_status_t status;
     int raw;
     char msg[SP_TRANSPORT_MSG];
@@ -318,20 +327,35 @@ static void sp_split_unlink(sp_transport_t *t, sp_split_t *s)
     *pp = s->next;
 }
 
-/* The split's one completion; holds_slot: its last part's slot carries over. */
+/*
+ * The split's final completion (its release, after a held failure);
+ * holds_slot: the part that ends it hands its slot over.
+ */
 static void sp_split_finish(sp_transport_t *t, sp_split_t *s, bool holds_slot)
 {
     sp_split_unlink(t, s);
     if (!holds_slot)
         sp__transport_posted(t);
-    if (s->status == SP_OK)
-        sp__transport_push(t, s->context, SP_OK, 0, s->len, s->peer, NULL);
+    if (s->reported)
+        sp__transport_push(t, s->context, SP_ERR_CANCELED, 0, 0, s->peer, NULL, SP_DONE_RELEASED);
+    else if (s->status == SP_OK)
+        sp__transport_push(t, s->context, SP_OK, 0, s->len, s->peer, NULL, SP_DONE_FINAL);
     else
-        sp__transport_push(t, s->context, s->status, s->raw, 0, s->peer, s->msg);
+        sp__transport_push(t, s->context, s->status, s->raw, 0, s->peer, s->msg, SP_DONE_FINAL);
     sp__free(s);
 }
 
-bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg)
+/* Every part has ended or failed, some still held: the caller hears of the failure now. */
+static void sp_split_report_held(sp_transport_t *t, sp_split_t *s)
+{
+    if (s->left == 0 && s->busy > 0 && !s->reported) {
+        s->reported = true;
+        sp__transport_push(t, s->context, s->status, s->raw, 0, s->peer, s->msg, SP_DONE_HELD);
+    }
+}
+
+bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg,
+                    sp_done_kind_t kind)
 {
     sp_split_t *s;
 
@@ -339,15 +363,27 @@ bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, c
         ;
     if (s == NULL)
         return false;
-    if (st != SP_OK && s->status == SP_OK) {
+    if (kind != SP_DONE_RELEASED && st != SP_OK && s->status == SP_OK) {
         s->status = st;
         s->raw = raw;
         snprintf(s->msg, sizeof(s->msg), "%s", msg != NULL ? msg : sp_status_str(st));
     }
-    if (--s->left == 0) {
-        sp_split_finish(t, s, true);
+    if (kind == SP_DONE_RELEASED) {
+        SP_ASSERT(s->busy > 0);
+        s->busy--;
     } else {
-        /* Not handed to the caller: its slot is free now. */
+        SP_ASSERT(s->left > 0);
+        s->left--;
+        if (kind == SP_DONE_HELD)
+            s->busy++;
+    }
+    if (s->left == 0 && s->busy == 0) {
+        sp_split_finish(t, s, true);
+        return true;
+    }
+    sp_split_report_held(t, s);
+    if (kind != SP_DONE_HELD) {
+        /* This part is over and not handed to the caller: its slot is free now. */
         t->outstanding--;
         t->stats.fetches_posted--;
     }
@@ -426,7 +462,9 @@ sp_status_t sp__chunked_fetch(sp_transport_t *t, uint32_t peer, const void *rkey
         snprintf(s->msg, sizeof(s->msg), "%s", sp_last_error());
     }
     s->left -= (last - first + 1 - posted) + 1;
-    if (s->left == 0)
+    if (s->left == 0 && s->busy == 0)
         sp_split_finish(t, s, false);
+    else
+        sp_split_report_held(t, s);
     return SP_OK;
 }
