@@ -31,9 +31,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REGION   (8u << 20)
-#define READ     (1u << 20)
-#define NREADS   4
+#define REGION (8u << 20)
+#define READ   (1u << 20)
+#define NREADS 4
+/* A served file in chunks of 1 MiB; a read across chunks is split, and completes once. */
+#define FILE_LEN (4u << 20)
 #define PROVIDER "tcp;ofi_rxm"
 
 static unsigned char pattern(size_t i) { return (unsigned char)((i * 13u + (i >> 10)) & 0xff); }
@@ -47,6 +49,7 @@ static sp_conf_t *conf_for(const char *mode, const char *timeout, bool thread)
     assert_int_equal(sp_conf_set(conf, "transport.ofi_mode", mode), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.timeout", timeout), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.max_outstanding", "16"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "transport.register_chunk", "1m"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "transport.progress_thread", thread ? "true" : "false"),
                      SP_OK);
     return conf;
@@ -61,24 +64,36 @@ static void owner(const char *mode, int to_parent, int from_parent)
 {
     sp_conf_t *conf = conf_for(mode, "30s", false);
     sp_transport_t *t = NULL;
-    sp_mr_t *mr = NULL;
+    sp_mr_t *mr = NULL, *fmr = NULL;
     unsigned char addr[SP_TRANSPORT_ADDR_MAX], key[SP_TRANSPORT_RKEY_MAX];
-    size_t alen = 0, klen = 0;
+    unsigned char fkey[SP_TRANSPORT_RKEY_MAX];
+    size_t alen = 0, klen = 0, fklen = 0;
     unsigned char *region = malloc(REGION);
+    char path[] = "/tmp/spate-test-fetch-timeout-XXXXXX";
+    int fd = mkstemp(path);
     char c = 0;
 
-    if (region == NULL || sp_transport_open(conf, &t) != SP_OK)
+    if (region == NULL || fd < 0 || sp_transport_open(conf, &t) != SP_OK)
         _exit(2);
     for (size_t i = 0; i < REGION; i++)
         region[i] = pattern(i);
+    /* The file holds the region's first FILE_LEN bytes. */
+    if (write(fd, region, FILE_LEN) != (ssize_t)FILE_LEN)
+        _exit(3);
     if (sp_transport_mr_reg(t, region, REGION, true, &mr) != SP_OK ||
         sp_transport_mr_pack(mr, key, sizeof(key), &klen) != SP_OK ||
+        sp_transport_mr_reg_file(t, fd, 0, FILE_LEN, &fmr) != SP_OK ||
+        sp_transport_mr_pack(fmr, fkey, sizeof(fkey), &fklen) != SP_OK ||
         sp_transport_address(t, addr, sizeof(addr), &alen) != SP_OK)
         _exit(3);
+    close(fd);
+    unlink(path);
     write_all(to_parent, &alen, sizeof(alen));
     write_all(to_parent, addr, alen);
     write_all(to_parent, &klen, sizeof(klen));
     write_all(to_parent, key, klen);
+    write_all(to_parent, &fklen, sizeof(fklen));
+    write_all(to_parent, fkey, fklen);
     if (fcntl(from_parent, F_SETFL, O_NONBLOCK) != 0)
         _exit(4);
     for (;;) {
@@ -101,6 +116,7 @@ static void owner(const char *mode, int to_parent, int from_parent)
         }
         nanosleep(&ts, NULL);
     }
+    sp_transport_mr_dereg(fmr);
     sp_transport_mr_dereg(mr);
     sp_transport_close(t);
     sp_conf_destroy(conf);
@@ -115,6 +131,8 @@ typedef struct reader {
     uint32_t peer;
     unsigned char key[SP_TRANSPORT_RKEY_MAX];
     size_t klen;
+    unsigned char fkey[SP_TRANSPORT_RKEY_MAX]; /* the served file's (chunked) key */
+    size_t fklen;
     pid_t owner;
     int to_owner, from_owner;
 } reader_t;
@@ -158,6 +176,9 @@ static bool start(reader_t *r, const char *mode)
     read_all(up[0], &r->klen, sizeof(r->klen));
     assert_true(r->klen <= sizeof(r->key));
     read_all(up[0], r->key, r->klen);
+    read_all(up[0], &r->fklen, sizeof(r->fklen));
+    assert_true(r->fklen <= sizeof(r->fkey));
+    read_all(up[0], r->fkey, r->fklen);
     r->from_owner = up[0];
     assert_int_equal(sp_transport_add_peer(r->t, addr, alen, &r->peer), SP_OK);
     r->dest = malloc((size_t)NREADS * READ);
@@ -303,6 +324,49 @@ static void test_fetch_timeout_rma_keeps_buffer_until_read_lands(void **state)
     stop(&r, false);
 }
 
+/*
+ * A read across three chunks of a served file is split in three reads; they
+ * time out as one held failure, and are released as one once the last part
+ * has landed.
+ */
+static void test_fetch_timeout_split_read_released_once(void **state)
+{
+    static const uint64_t offset = (512u << 10) + 3;
+    static const size_t len = (2u << 20) + 5;
+    bool seen[NREADS] = {false};
+    sp_transport_completion_t c;
+    reader_t r;
+
+    (void)state;
+    if (!start(&r, "rma"))
+        skip();
+    connect_then_stall(&r);
+    assert_int_equal(sp_transport_fetch(r.t, r.peer, r.fkey, r.fklen, offset, len, r.dest,
+                                        r.dest_mr, (void *)(uintptr_t)1),
+                     SP_OK);
+    expect_held_timeouts(&r, 1, seen);
+    assert_false(poll_one(&r, 1, &c));
+    resume_owner(&r);
+    assert_true(poll_one(&r, 30, &c));
+    assert_ptr_equal(c.context, (void *)(uintptr_t)1);
+    assert_true(c.released);
+    for (size_t i = 0; i < len; i++) {
+        if (r.dest[i] != pattern(offset + i))
+            fail_msg("byte %zu of the timed-out split read is %u, not %u", i, r.dest[i],
+                     pattern(offset + i));
+    }
+    /* One completion each, no more: the parts' slots are all free again. */
+    assert_false(poll_one(&r, 1, &c));
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(
+            sp_transport_fetch(r.t, r.peer, r.key, r.klen, 0, 1, r.dest + i, r.dest_mr, NULL),
+            SP_OK);
+    assert_int_equal(
+        sp_transport_fetch(r.t, r.peer, r.key, r.klen, 0, 1, r.dest + 16, r.dest_mr, NULL),
+        SP_ERR_BUSY);
+    stop(&r, false);
+}
+
 /* msg: the timed-out reply receive is cancelled, and released once it is back. */
 static void test_fetch_timeout_msg_cancels_receive(void **state)
 {
@@ -377,6 +441,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fetch_timeout_rma_keeps_buffer_until_read_lands),
+        cmocka_unit_test(test_fetch_timeout_split_read_released_once),
         cmocka_unit_test(test_fetch_timeout_msg_cancels_receive),
         cmocka_unit_test(test_fetch_timeout_close_with_reads_held),
         cmocka_unit_test(test_fetch_timeout_owner_killed),
