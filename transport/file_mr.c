@@ -31,6 +31,19 @@
  * back when it is over (a held part: at its release), except the one whose
  * end ends the split, whose slot the split's final completion takes.
  *
+ * A chunk's pages outlive its registration. A read is one-sided: the owner
+ * never sees it, and a reader whose read timed out leaves it with its
+ * provider, which may still be serving it from this process (tcp answers
+ * reads from the target's progress) after the last registration went. Its
+ * mapping is therefore not unmapped then but replaced, at the same address,
+ * by read-only zero pages (MAP_FIXED anonymous: the file and its pages are
+ * let go at once, the addresses stay valid), kept until the transport
+ * closes, after its endpoint, or until SP_FILE_RETIRE_NS have passed. Such a
+ * late read sends zeros, which the reader's checksum refuses, instead of
+ * faulting inside the provider: a send from unmapped memory (EFAULT) broke
+ * tcp;ofi_rxm's connection state, and the executor died of SIGSEGV in
+ * rxm's error handling when it closed its endpoint (issue 13 case 8).
+ *
  * Everything here runs with the transport's lock held.
  */
 #include "transport_int.h"
@@ -44,6 +57,8 @@
 
 #define SP_CHUNK_KEY_HEADER 32
 #define SP_FILE_BUCKETS     256
+/* How long a deregistered chunk's addresses stay mapped (zero pages) at most. */
+#define SP_FILE_RETIRE_NS (600ull * 1000000000ull)
 
 typedef struct sp_file_chunk {
     struct sp_file_chunk *next; /* in its hash bucket */
@@ -54,9 +69,18 @@ typedef struct sp_file_chunk {
     unsigned refs;
 } sp_file_chunk_t;
 
+/* The addresses of a deregistered chunk, zero pages now, until they are unmapped. */
+typedef struct sp_file_retired {
+    struct sp_file_retired *next;
+    void *map;
+    size_t len;
+    uint64_t since_ns;
+} sp_file_retired_t;
+
 struct sp_file_cache {
     sp_file_chunk_t *buckets[SP_FILE_BUCKETS];
     size_t count;
+    sp_file_retired_t *retired, *retired_tail; /* oldest first */
 };
 
 typedef struct sp_file_mr {
@@ -87,6 +111,48 @@ static size_t sp_file_bucket(uint64_t dev, uint64_t ino, uint64_t index)
     return (size_t)(h ^ (h >> 29)) % SP_FILE_BUCKETS;
 }
 
+/* Unmaps the retired addresses older than SP_FILE_RETIRE_NS (all: at close). */
+static void sp_file_unmap_retired(struct sp_file_cache *files, bool all)
+{
+    uint64_t now = sp__now_ns();
+    sp_file_retired_t *r;
+
+    while ((r = files->retired) != NULL && (all || now - r->since_ns > SP_FILE_RETIRE_NS)) {
+        files->retired = r->next;
+        if (files->retired == NULL)
+            files->retired_tail = NULL;
+        munmap(r->map, r->len);
+        sp__free(r);
+    }
+}
+
+/*
+ * Lets go of the file behind a deregistered chunk but keeps its addresses
+ * mapped, to zero pages (see the design note). Where that cannot be done,
+ * the chunk is unmapped as it was.
+ */
+static void sp_file_retire(sp_transport_t *t, void *map, size_t len)
+{
+    sp_file_retired_t *r = sp__malloc(sizeof(*r));
+
+    if (r == NULL ||
+        mmap(map, len, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED) {
+        munmap(map, len);
+        sp__free(r);
+        return;
+    }
+    r->next = NULL;
+    r->map = map;
+    r->len = len;
+    r->since_ns = sp__now_ns();
+    if (t->files->retired_tail != NULL)
+        t->files->retired_tail->next = r;
+    else
+        t->files->retired = r;
+    t->files->retired_tail = r;
+    sp_file_unmap_retired(t->files, false);
+}
+
 static void sp_file_chunk_unref(sp_transport_t *t, sp_file_chunk_t *c)
 {
     sp_file_chunk_t **pp;
@@ -100,7 +166,7 @@ static void sp_file_chunk_unref(sp_transport_t *t, sp_file_chunk_t *c)
     t->files->count--;
     /* Unlinked first: a backend may let the lock go while it deregisters. */
     t->ops->mr_dereg(c->mr);
-    munmap(c->map, c->len);
+    sp_file_retire(t, c->map, c->len);
     sp__free(c);
 }
 
@@ -263,6 +329,8 @@ void sp__file_fini(sp_transport_t *t)
     if (t->files->count > 0)
         sp_warn("%s transport closed with %zu chunks of served files still registered", t->backend,
                 t->files->count);
+    /* The backend closed its endpoint: nothing reads the retired chunks any more. */
+    sp_file_unmap_retired(t->files, true);
     sp__free(t->files);
     t->files = NULL;
 }
