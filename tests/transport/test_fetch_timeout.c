@@ -1,8 +1,9 @@
 /*
  * Timed-out fetches over the ofi backend (tcp;ofi_rxm between two processes).
- * A forked owner serves a region but does not progress its transport (no
- * progress thread, no polls) until told to, so reads of it stall: tcp needs
- * the target's progress. The reader's fetches then time out after 1 ms, and
+ * A forked owner serves a region and a file (in 1 MiB chunks), and stops
+ * progressing its transport (no progress thread, no polls) when told to, so
+ * reads of it stall: tcp needs the target's progress. The reader's fetches
+ * then time out after 1 ms, and
  * the provider, which cannot take back a read in flight, still holds their
  * destination. The reader must hear of the timeout at once (SP_ERR_TIMED_OUT
  * naming the peer, held set), must not get the destination back while the
@@ -11,7 +12,11 @@
  * owner serves the read at last, and the bytes really land then; in msg mode
  * when the cancelled receive comes back. Closing a transport whose timed-out
  * reads the provider still holds (the owner stalled, or killed) must neither
- * crash nor touch freed memory (run it under the ASan build too).
+ * crash nor touch freed memory (run it under the ASan build too). A read
+ * split across chunks is held and released once. An owner that deregisters
+ * a served file while its answer to a timed-out read is still going out must
+ * not pull the memory from under its provider (tcp sent from unmapped
+ * memory, EFAULT, and the read never ended), and must close cleanly.
  */
 /* LABELS: fabric */
 #include <spate/transport.h>
@@ -58,7 +63,9 @@ static sp_conf_t *conf_for(const char *mode, const char *timeout, bool thread)
 /*
  * The owner: serves REGION bytes, polling, until the parent writes 's'; then
  * it stalls (acknowledged with 'k'): nothing progresses its transport until
- * the parent writes 'g'. It ends when the parent closes the pipe.
+ * the parent writes 'g'. 'd' deregisters the served file (acknowledged with
+ * 'k'). It ends when the parent closes the pipe, with status 0 unless
+ * something failed.
  */
 static void owner(const char *mode, int to_parent, int from_parent)
 {
@@ -106,7 +113,12 @@ static void owner(const char *mode, int to_parent, int from_parent)
         got = read(from_parent, &c, 1);
         if (got == 0)
             break; /* the parent closed the pipe */
-        if (got == 1 && c == 's') {
+        if (got == 1 && c == 'd') {
+            /* Stops serving the file while reads of it may be under way. */
+            sp_transport_mr_dereg(fmr);
+            fmr = NULL;
+            write_all(to_parent, "k", 1);
+        } else if (got == 1 && c == 's') {
             /* Stalled: nothing progresses this transport until 'g'. */
             write_all(to_parent, "k", 1);
             if (fcntl(from_parent, F_SETFL, 0) != 0 || read(from_parent, &c, 1) != 1)
@@ -116,7 +128,7 @@ static void owner(const char *mode, int to_parent, int from_parent)
         }
         nanosleep(&ts, NULL);
     }
-    sp_transport_mr_dereg(fmr);
+    sp_transport_mr_dereg(fmr); /* NULL after 'd' */
     sp_transport_mr_dereg(mr);
     sp_transport_close(t);
     sp_conf_destroy(conf);
@@ -137,7 +149,7 @@ typedef struct reader {
     int to_owner, from_owner;
 } reader_t;
 
-static bool start(reader_t *r, const char *mode)
+static bool start_with(reader_t *r, const char *mode, bool thread)
 {
     int up[2], down[2];
     unsigned char addr[SP_TRANSPORT_ADDR_MAX];
@@ -158,7 +170,7 @@ static bool start(reader_t *r, const char *mode)
     }
     close(up[1]);
     close(down[0]);
-    conf = conf_for(mode, "1ms", true);
+    conf = conf_for(mode, "1ms", thread);
     st = sp_transport_open(conf, &r->t);
     sp_conf_destroy(conf);
     if (st == SP_ERR_UNSUPPORTED) {
@@ -188,6 +200,8 @@ static bool start(reader_t *r, const char *mode)
                      SP_OK);
     return true;
 }
+
+static bool start(reader_t *r, const char *mode) { return start_with(r, mode, true); }
 
 /* Lets the owner serve again. */
 static void resume_owner(reader_t *r) { write_all(r->to_owner, "g", 1); }
@@ -278,8 +292,12 @@ static void stop(reader_t *r, bool close_first)
     if (r->to_owner >= 0)
         close(r->to_owner);
     close(r->from_owner);
-    if (r->owner > 0)
-        waitpid(r->owner, &status, 0);
+    if (r->owner > 0) {
+        assert_int_equal(waitpid(r->owner, &status, 0), r->owner);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            fail_msg("the owner ended with %s %d", WIFSIGNALED(status) ? "signal" : "exit",
+                     WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+    }
     if (!close_first) {
         sp_transport_mr_dereg(r->dest_mr);
         sp_transport_close(r->t);
@@ -367,6 +385,42 @@ static void test_fetch_timeout_split_read_released_once(void **state)
     stop(&r, false);
 }
 
+/*
+ * The owner deregisters a served file while its answer to a timed-out read
+ * is still going out (the reader does not progress, so the answer backs up in
+ * the owner's socket): the provider goes on sending from the chunk's
+ * addresses, which must stay mapped. Neither side may crash, the read is
+ * released, and the owner closes cleanly.
+ */
+static void test_fetch_timeout_owner_deregisters_while_serving(void **state)
+{
+    bool seen[NREADS] = {false};
+    sp_transport_completion_t c;
+    struct timespec pause = {0, 300000000};
+    bool released = false;
+    char k = 0;
+    reader_t r;
+
+    (void)state;
+    if (!start_with(&r, "rma", false))
+        skip();
+    /* Connected, with the owner serving; then the whole file in one read. */
+    connect_then_stall(&r);
+    resume_owner(&r);
+    assert_int_equal(sp_transport_fetch(r.t, r.peer, r.fkey, r.fklen, 0, FILE_LEN, r.dest,
+                                        r.dest_mr, (void *)(uintptr_t)1),
+                     SP_OK);
+    nanosleep(&pause, NULL); /* no progress here: the answer backs up */
+    write_all(r.to_owner, "d", 1);
+    read_all(r.from_owner, &k, 1);
+    assert_int_equal(k, 'k');
+    expect_held_timeouts(&r, 1, seen);
+    while (!released && poll_one(&r, 30, &c))
+        released = c.released;
+    assert_true(released);
+    stop(&r, false);
+}
+
 /* msg: the timed-out reply receive is cancelled, and released once it is back. */
 static void test_fetch_timeout_msg_cancels_receive(void **state)
 {
@@ -442,6 +496,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fetch_timeout_rma_keeps_buffer_until_read_lands),
         cmocka_unit_test(test_fetch_timeout_split_read_released_once),
+        cmocka_unit_test(test_fetch_timeout_owner_deregisters_while_serving),
         cmocka_unit_test(test_fetch_timeout_msg_cancels_receive),
         cmocka_unit_test(test_fetch_timeout_close_with_reads_held),
         cmocka_unit_test(test_fetch_timeout_owner_killed),
