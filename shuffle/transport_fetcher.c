@@ -18,7 +18,12 @@
  * and every fetcher runs its callbacks on its own thread from its own queue.
  * A fetcher destroyed with reads still in flight (its reduce task failed)
  * leaves them orphaned: their buffers stay registered until the transport
- * completes them, then whoever routes the completion frees them. The
+ * completes them, then whoever routes the completion frees them. A read
+ * that timed out while the provider still holds its buffer (a completion
+ * with held set) fails its block at once, and its request lives on as an
+ * orphan with its buffer and registration until the transport releases it
+ * (a completion with released set), so nothing is freed under the
+ * provider. The
  * router also keeps the transport's peer table, so that each address is
  * added to the transport once, not once per reduce task.
  */
@@ -205,6 +210,7 @@ typedef struct sp_tf_req {
     sp_tf_stage_t stage;
     uint64_t shuffle_id, map_id;
     uint32_t reduce_id;
+    bool lent; /* failed, and the transport still holds buf (router lock) */
 } sp_tf_req_t;
 
 typedef struct sp_tf_peer {
@@ -298,6 +304,23 @@ static void sp_tf_req_free(sp_tf_req_t *r)
     sp_transport_mr_dereg(r->mr);
     sp__free(r->buf);
     sp__free(r);
+}
+
+/*
+ * Frees a request whose read is over, or, while the transport still holds
+ * its buffer, orphans it: routing its release frees it.
+ */
+static void sp_tf_req_drop(sp_tf_router_t *router, sp_tf_req_t *r)
+{
+    bool lent;
+
+    pthread_mutex_lock(&router->lock);
+    lent = r->lent;
+    if (lent)
+        r->owner = NULL;
+    pthread_mutex_unlock(&router->lock);
+    if (!lent)
+        sp_tf_req_free(r);
 }
 
 static void sp_tf_unlink_posted(sp_tfetcher_t *tf, sp_tf_req_t *r)
@@ -547,8 +570,20 @@ static sp_status_t sp_tf_route(sp_tf_router_t *router, int timeout_ms)
         sp_tf_req_t *r = done[i].context;
         sp_tfetcher_t *owner = r->owner;
 
+        if (done[i].released) {
+            /* The transport gave the buffer of a failed read back. Orphaned
+             * (its failure was delivered, or its fetcher is gone): free it;
+             * else its owner frees it once it has delivered the failure. */
+            r->lent = false;
+            if (owner == NULL)
+                sp_tf_req_free(r);
+            continue;
+        }
+        if (done[i].held)
+            r->lent = true;
         if (owner == NULL) { /* its fetcher is gone: nobody wants the bytes */
-            sp_tf_req_free(r);
+            if (!r->lent)
+                sp_tf_req_free(r);
             continue;
         }
         sp_tf_unlink_posted(owner, r);
@@ -603,7 +638,7 @@ static sp_status_t sp_tf_progress(sp_block_fetcher_t *f, int timeout_ms)
         }
         if (r->status != SP_OK) {
             r->done(r->arg, r->index, r->status, NULL, 0, 0);
-            sp_tf_req_free(r);
+            sp_tf_req_drop(tf->router, r);
             continue;
         }
         r->next = tf->held;
@@ -687,7 +722,7 @@ static void sp_tf_destroy(sp_block_fetcher_t *f)
     pthread_mutex_unlock(&tf->router->lock);
     while ((r = ready) != NULL) {
         ready = r->next;
-        sp_tf_req_free(r);
+        sp_tf_req_drop(tf->router, r);
     }
     while ((r = tf->held) != NULL) {
         tf->held = r->next;

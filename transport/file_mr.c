@@ -22,7 +22,27 @@
  * against the region, then posted to the backend as one read per chunk it
  * touches; a read that straddles a boundary becomes a split whose parts the
  * completion path (sp__split_part) gathers into one completion for the
- * caller, failed if any part failed.
+ * caller, failed if any part failed. A part that failed while the provider
+ * still holds its piece of the destination (a timeout) makes the split's
+ * failure a held one once every part has ended or failed, and the split is
+ * released when the last such part is: the caller hears of the failure at
+ * once and gets its buffer back only when no part can write into it.
+ * Slots: each part is posted as a fetch of its own; a part gives its slot
+ * back when it is over (a held part: at its release), except the one whose
+ * end ends the split, whose slot the split's final completion takes.
+ *
+ * A chunk's pages outlive its registration. A read is one-sided: the owner
+ * never sees it, and a reader whose read timed out leaves it with its
+ * provider, which may still be serving it from this process (tcp answers
+ * reads from the target's progress) after the last registration went. Its
+ * mapping is therefore not unmapped then but replaced, at the same address,
+ * by read-only zero pages (MAP_FIXED anonymous: the file and its pages are
+ * let go at once, the addresses stay valid), kept until the transport
+ * closes, after its endpoint, or until SP_FILE_RETIRE_NS have passed. Such a
+ * late read sends zeros, which the reader's checksum refuses, instead of
+ * faulting inside the provider: a send from unmapped memory (EFAULT) broke
+ * tcp;ofi_rxm's connection state, and the executor died of SIGSEGV in
+ * rxm's error handling when it closed its endpoint (issue 13 case 8).
  *
  * Everything here runs with the transport's lock held.
  */
@@ -37,6 +57,8 @@
 
 #define SP_CHUNK_KEY_HEADER 32
 #define SP_FILE_BUCKETS     256
+/* How long a deregistered chunk's addresses stay mapped (zero pages) at most. */
+#define SP_FILE_RETIRE_NS (600ull * 1000000000ull)
 
 typedef struct sp_file_chunk {
     struct sp_file_chunk *next; /* in its hash bucket */
@@ -47,9 +69,18 @@ typedef struct sp_file_chunk {
     unsigned refs;
 } sp_file_chunk_t;
 
+/* The addresses of a deregistered chunk, zero pages now, until they are unmapped. */
+typedef struct sp_file_retired {
+    struct sp_file_retired *next;
+    void *map;
+    size_t len;
+    uint64_t since_ns;
+} sp_file_retired_t;
+
 struct sp_file_cache {
     sp_file_chunk_t *buckets[SP_FILE_BUCKETS];
     size_t count;
+    sp_file_retired_t *retired, *retired_tail; /* oldest first */
 };
 
 typedef struct sp_file_mr {
@@ -66,6 +97,8 @@ struct sp_split {
     uint32_t peer;
     size_t len;
     unsigned left; /* parts not completed, plus one while the parts are being posted */
+    unsigned busy; /* parts failed while the provider holds their destination */
+    bool reported; /* its held failure is in the ring; a release ends it */
     sp_status_t status;
     int raw;
     char msg[SP_TRANSPORT_MSG];
@@ -76,6 +109,48 @@ static size_t sp_file_bucket(uint64_t dev, uint64_t ino, uint64_t index)
     uint64_t h = dev * 0x9e3779b97f4a7c15u ^ ino * 0xc2b2ae3d27d4eb4fu ^ index;
 
     return (size_t)(h ^ (h >> 29)) % SP_FILE_BUCKETS;
+}
+
+/* Unmaps the retired addresses older than SP_FILE_RETIRE_NS (all: at close). */
+static void sp_file_unmap_retired(struct sp_file_cache *files, bool all)
+{
+    uint64_t now = sp__now_ns();
+    sp_file_retired_t *r;
+
+    while ((r = files->retired) != NULL && (all || now - r->since_ns > SP_FILE_RETIRE_NS)) {
+        files->retired = r->next;
+        if (files->retired == NULL)
+            files->retired_tail = NULL;
+        munmap(r->map, r->len);
+        sp__free(r);
+    }
+}
+
+/*
+ * Lets go of the file behind a deregistered chunk but keeps its addresses
+ * mapped, to zero pages (see the design note). Where that cannot be done,
+ * the chunk is unmapped as it was.
+ */
+static void sp_file_retire(sp_transport_t *t, void *map, size_t len)
+{
+    sp_file_retired_t *r = sp__malloc(sizeof(*r));
+
+    if (r == NULL ||
+        mmap(map, len, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED) {
+        munmap(map, len);
+        sp__free(r);
+        return;
+    }
+    r->next = NULL;
+    r->map = map;
+    r->len = len;
+    r->since_ns = sp__now_ns();
+    if (t->files->retired_tail != NULL)
+        t->files->retired_tail->next = r;
+    else
+        t->files->retired = r;
+    t->files->retired_tail = r;
+    sp_file_unmap_retired(t->files, false);
 }
 
 static void sp_file_chunk_unref(sp_transport_t *t, sp_file_chunk_t *c)
@@ -91,7 +166,7 @@ static void sp_file_chunk_unref(sp_transport_t *t, sp_file_chunk_t *c)
     t->files->count--;
     /* Unlinked first: a backend may let the lock go while it deregisters. */
     t->ops->mr_dereg(c->mr);
-    munmap(c->map, c->len);
+    sp_file_retire(t, c->map, c->len);
     sp__free(c);
 }
 
@@ -254,6 +329,8 @@ void sp__file_fini(sp_transport_t *t)
     if (t->files->count > 0)
         sp_warn("%s transport closed with %zu chunks of served files still registered", t->backend,
                 t->files->count);
+    /* The backend closed its endpoint: nothing reads the retired chunks any more. */
+    sp_file_unmap_retired(t->files, true);
     sp__free(t->files);
     t->files = NULL;
 }
@@ -318,20 +395,35 @@ static void sp_split_unlink(sp_transport_t *t, sp_split_t *s)
     *pp = s->next;
 }
 
-/* The split's one completion; holds_slot: its last part's slot carries over. */
+/*
+ * The split's final completion (its release, after a held failure);
+ * holds_slot: the part that ends it hands its slot over.
+ */
 static void sp_split_finish(sp_transport_t *t, sp_split_t *s, bool holds_slot)
 {
     sp_split_unlink(t, s);
     if (!holds_slot)
         sp__transport_posted(t);
-    if (s->status == SP_OK)
-        sp__transport_push(t, s->context, SP_OK, 0, s->len, s->peer, NULL);
+    if (s->reported)
+        sp__transport_push(t, s->context, SP_ERR_CANCELED, 0, 0, s->peer, NULL, SP_DONE_RELEASED);
+    else if (s->status == SP_OK)
+        sp__transport_push(t, s->context, SP_OK, 0, s->len, s->peer, NULL, SP_DONE_FINAL);
     else
-        sp__transport_push(t, s->context, s->status, s->raw, 0, s->peer, s->msg);
+        sp__transport_push(t, s->context, s->status, s->raw, 0, s->peer, s->msg, SP_DONE_FINAL);
     sp__free(s);
 }
 
-bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg)
+/* Every part has ended or failed, some still held: the caller hears of the failure now. */
+static void sp_split_report_held(sp_transport_t *t, sp_split_t *s)
+{
+    if (s->left == 0 && s->busy > 0 && !s->reported) {
+        s->reported = true;
+        sp__transport_push(t, s->context, s->status, s->raw, 0, s->peer, s->msg, SP_DONE_HELD);
+    }
+}
+
+bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg,
+                    sp_done_kind_t kind)
 {
     sp_split_t *s;
 
@@ -339,15 +431,27 @@ bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, c
         ;
     if (s == NULL)
         return false;
-    if (st != SP_OK && s->status == SP_OK) {
+    if (kind != SP_DONE_RELEASED && st != SP_OK && s->status == SP_OK) {
         s->status = st;
         s->raw = raw;
         snprintf(s->msg, sizeof(s->msg), "%s", msg != NULL ? msg : sp_status_str(st));
     }
-    if (--s->left == 0) {
-        sp_split_finish(t, s, true);
+    if (kind == SP_DONE_RELEASED) {
+        SP_ASSERT(s->busy > 0);
+        s->busy--;
     } else {
-        /* Not handed to the caller: its slot is free now. */
+        SP_ASSERT(s->left > 0);
+        s->left--;
+        if (kind == SP_DONE_HELD)
+            s->busy++;
+    }
+    if (s->left == 0 && s->busy == 0) {
+        sp_split_finish(t, s, true);
+        return true;
+    }
+    sp_split_report_held(t, s);
+    if (kind != SP_DONE_HELD) {
+        /* This part is over and not handed to the caller: its slot is free now. */
         t->outstanding--;
         t->stats.fetches_posted--;
     }
@@ -426,7 +530,9 @@ sp_status_t sp__chunked_fetch(sp_transport_t *t, uint32_t peer, const void *rkey
         snprintf(s->msg, sizeof(s->msg), "%s", sp_last_error());
     }
     s->left -= (last - first + 1 - posted) + 1;
-    if (s->left == 0)
+    if (s->left == 0 && s->busy == 0)
         sp_split_finish(t, s, false);
+    else
+        sp_split_report_held(t, s);
     return SP_OK;
 }

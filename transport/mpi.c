@@ -37,9 +37,12 @@
  * the same way. Progress serves the requests that arrived, tests sends and
  * fetches, and pushes completions into the transport's completion ring
  * (transport.c). An op older than transport.timeout is reported
- * SP_ERR_TIMED_OUT at once; a receive is cancelled, an RMA request (MPI
- * cannot cancel those) kept until MPI completes it; MPI_Win_flush_local_all
- * would block, so it is never used for progress. The base lock guards the
+ * SP_ERR_TIMED_OUT at once, held (transport.c): a receive is cancelled, an
+ * RMA request (MPI cannot cancel those) kept until MPI completes it, and
+ * either may still write into the destination until MPI_Testsome returns it
+ * (a cancelled receive may have matched already); then the fetch is
+ * released, and only then may its caller free the destination.
+ * MPI_Win_flush_local_all would block, so it is never used for progress. The base lock guards the
  * transport's state and its MPI calls, so calls may come from several threads
  * (MPI must then provide MPI_THREAD_SERIALIZED or more). With
  * transport.progress_thread and MPI_THREAD_MULTIPLE, the shared progress
@@ -866,8 +869,11 @@ static void sp_mpi_complete(sp_mpi_t *m, sp_mpi_op_t *op, MPI_Status *status, in
 
     if (op->type != MPI_DATATYPE_NULL)
         MPI_Type_free(&op->type);
-    if (op->timed_out)
+    if (op->timed_out) {
+        /* Reported when it timed out; MPI is done with its destination now. */
+        sp__transport_release(&m->base, op->user, op->peer);
         return;
+    }
     if (err == MPI_SUCCESS && op->twosided) {
         MPI_Test_cancelled(status, &cancelled);
         if (cancelled || MPI_Get_count(status, MPI_BYTE, &got) != MPI_SUCCESS)
@@ -928,11 +934,11 @@ static sp_status_t sp_mpi_progress(sp_transport_t *t)
             op->timed_out = true;
             if (op->twosided)
                 MPI_Cancel(&m->reqs[i]);
-            sp__transport_fail(&m->base, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
-                               "fetch of %zu bytes at offset %llu from peer %u did not complete in "
-                               "%llu ms",
-                               op->len, (unsigned long long)op->offset, op->peer,
-                               (unsigned long long)(m->base.timeout_ns / 1000000));
+            sp__transport_fail_held(&m->base, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
+                                    "fetch of %zu bytes at offset %llu from peer %u did not "
+                                    "complete in %llu ms",
+                                    op->len, (unsigned long long)op->offset, op->peer,
+                                    (unsigned long long)(m->base.timeout_ns / 1000000));
         }
     }
     return SP_OK;

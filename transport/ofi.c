@@ -44,8 +44,24 @@
  * (tcp) even while none of its threads polls. The base lock serializes every
  * libfabric call (FI_THREAD_DOMAIN). Each posted read carries an op with a
  * deadline; one older than transport.timeout completes with SP_ERR_TIMED_OUT
- * and is cancelled; its op is kept until the provider gives its contexts back
- * (a msg fetch has two: the reply's receive and the request's send).
+ * at once and is cancelled (fi_cancel); its op is kept until the provider
+ * gives its contexts back (a msg fetch has two: the reply's receive and the
+ * request's send), as a completion or an FI_ECANCELED error entry. Until the
+ * context that writes into the destination (the read, or the reply's
+ * receive) is back, the destination is the provider's: the failure goes to
+ * the caller with held set, and its release follows when that context comes
+ * back (transport.c). tcp;ofi_rxm cancels posted receives but not reads in
+ * flight, so a timed-out read is released only when it ends: when its peer
+ * answers at last, or its connection fails.
+ *
+ * Close cancels every operation still posted (fetches, replies, request
+ * slots), then reads the CQ for up to SP_OFI_DRAIN_NS until the provider has
+ * given every context back, and only then closes the endpoint, and after it
+ * the MRs, AV, CQ, domain and fabric (fi_endpoint(3): an endpoint goes
+ * before the objects bound to it). What the provider still holds after that
+ * (a read whose peer never answers) is left to it, with the memory it may
+ * write (op, request slots), and a warning says so once; their memory is
+ * never freed under the provider.
  *
  * ofi_rxm (tcp;ofi_rxm, verbs;ofi_rxm) sizes its receive pools for MPI's
  * eager traffic: with libfabric 1.17's defaults on tcp (a shared receive
@@ -104,6 +120,8 @@
 #define SP_OFI_TAG_REQ  (1ULL << 48)
 #define SP_OFI_TAG_ERR  (1ULL << 47)
 #define SP_OFI_TAG_MASK (SP_OFI_TAG_ERR - 1)
+/* How long close waits for the provider to give back what it holds. */
+#define SP_OFI_DRAIN_NS (2000ull * 1000000ull)
 
 /* What a context handed to the provider stands for. */
 typedef enum sp_ofi_kind {
@@ -146,6 +164,8 @@ typedef struct sp_ofi_op {
     uint64_t deadline;
     unsigned held;         /* contexts the provider has not given back */
     bool reported;         /* its completion is in the ring (or it timed out) */
+    bool dest_out;         /* ctx[0], which writes into the destination, is posted */
+    bool lent;             /* failed while dest_out: its release is due when ctx[0] is back */
     bool fetch;            /* a fetch (timed out after transport.timeout), not a reply */
     sp_ofi_mr_t *region;   /* a reply: the region it sends from */
     struct fid_mr *req_mr; /* FI_MR_LOCAL: the registration of req */
@@ -194,6 +214,7 @@ typedef struct sp_ofi {
     unsigned char self[SP_TRANSPORT_ADDR_MAX];
     size_t self_len;
     bool warned_request;
+    bool closing; /* close is draining: nothing is posted or answered any more */
 } sp_ofi_t;
 
 static sp_ofi_t *sp_ofi(sp_transport_t *t) { return sp_container_of(t, sp_ofi_t, base); }
@@ -247,23 +268,81 @@ static void sp_ofi_free_op(sp_ofi_op_t *op)
     sp__free(op);
 }
 
+static sp_status_t sp_ofi_reap(sp_ofi_t *o);
+
+/* Request slots whose receive the provider has not given back. */
+static unsigned sp_ofi_slots_posted(const sp_ofi_t *o)
+{
+    unsigned n = 0;
+
+    for (int i = 0; o->slots != NULL && i < SP_OFI_SLOTS; i++)
+        n += o->slots[i].posted;
+    return n;
+}
+
+/*
+ * Cancels everything still posted and reads the CQ until the provider has
+ * given every context back or SP_OFI_DRAIN_NS passed. Nothing is posted again
+ * (closing). The completions of fetches still go to the ring (nobody polls
+ * it any more), so the accounting stays whole.
+ */
+static void sp_ofi_drain(sp_ofi_t *o)
+{
+    uint64_t until = sp__now_ns() + SP_OFI_DRAIN_NS;
+
+    o->closing = true;
+    for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next) {
+        /* Cancelling a context the provider does not hold is harmless. */
+        (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc);
+        (void)fi_cancel(&o->ep->fid, &op->ctx[1].fc);
+    }
+    for (int i = 0; o->slots != NULL && i < SP_OFI_SLOTS; i++)
+        if (o->slots[i].posted)
+            (void)fi_cancel(&o->ep->fid, &o->slots[i].ctx.fc);
+    while ((o->live != NULL || sp_ofi_slots_posted(o) > 0) && sp__now_ns() < until) {
+        struct timespec ts = {0, 100000};
+
+        (void)sp_ofi_reap(o);
+        if (o->live == NULL && sp_ofi_slots_posted(o) == 0)
+            break;
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void sp_ofi_close(sp_transport_t *t)
 {
     sp_ofi_t *o = sp_ofi(t);
     sp_ofi_op_t *op;
+    unsigned left = 0, slots_left = 0;
 
     sp__transport_stop_thread(&o->base);
     if (o->served != NULL)
         sp_warn("ofi transport closed with served regions still registered");
-    if (o->ep != NULL)
+    if (o->ep != NULL) {
+        sp_ofi_drain(o);
         fi_close(&o->ep->fid);
-    while ((op = o->live) != NULL) {
-        o->live = op->next;
-        sp_ofi_free_op(op);
+        /* Closing the endpoint flushes what it held into the CQ. */
+        if (o->cq != NULL)
+            (void)sp_ofi_reap(o);
+    }
+    slots_left = sp_ofi_slots_posted(o);
+    for (op = o->live; op != NULL; op = op->next)
+        left++;
+    if (left > 0 || slots_left > 0) {
+        /* Their memory may still be written: leave it, and its registrations, to the provider. */
+        sp_warn("ofi transport: provider %s still holds %u operations and %u request receives "
+                "after %llu ms; their memory is left to it rather than freed under it",
+                o->base.provider, left, slots_left,
+                (unsigned long long)(SP_OFI_DRAIN_NS / 1000000));
+        o->live = NULL;
     }
     while ((op = o->free_ops) != NULL) {
         o->free_ops = op->next;
         sp_ofi_free_op(op);
+    }
+    if (slots_left > 0) {
+        o->slots = NULL;
+        o->slots_mr = NULL;
     }
     if (o->slots_mr != NULL)
         fi_close(&o->slots_mr->fid);
@@ -633,12 +712,24 @@ static void sp_ofi_mr_dereg(sp_mr_t *mr)
             sp_warn("ofi transport: %zu replies from the region at %p not sent in %llu ms; "
                     "cancelled",
                     m->replies, mr->addr, (unsigned long long)(o->base.timeout_ns / 1000000));
-            for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next) {
-                if (op->region == m) {
+            for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next)
+                if (op->region == m)
                     (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc);
-                    op->region = NULL;
-                }
+            /* A send the provider cannot cancel still reads the region: give it a while more. */
+            until = sp__now_ns() + SP_OFI_DRAIN_NS;
+            while (m->replies > 0 && sp__now_ns() < until) {
+                pthread_mutex_unlock(&o->base.lock);
+                sched_yield();
+                pthread_mutex_lock(&o->base.lock);
+                (void)sp_ofi_progress(&o->base);
             }
+            if (m->replies > 0)
+                sp_warn("ofi transport: provider %s still sends %zu replies from the region at "
+                        "%p as it is deregistered",
+                        o->base.provider, m->replies, mr->addr);
+            for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next)
+                if (op->region == m)
+                    op->region = NULL;
         }
         for (sp_ofi_mr_t **pp = &o->served; *pp != NULL; pp = &(*pp)->next) {
             if (*pp == m) {
@@ -877,6 +968,8 @@ static sp_status_t sp_ofi_handle(sp_ofi_t *o, sp_ofi_ctx_t *ctx, size_t len, uin
         sp_status_t st;
 
         slot->posted = false;
+        if (o->closing)
+            return SP_OK;
         if (err != NULL) {
             /* Cancelled at close, or a message longer than a request: drop it. */
             if (err->err != FI_ECANCELED && !o->warned_request) {
@@ -907,7 +1000,7 @@ static sp_status_t sp_ofi_handle(sp_ofi_t *o, sp_ofi_ctx_t *ctx, size_t len, uin
         sp_ofi_release(o, op);
         return SP_OK;
     case SP_OFI_READ:
-    case SP_OFI_REPLY_RECV:
+    case SP_OFI_REPLY_RECV: op->dest_out = false; break;
     case SP_OFI_REQUEST_SEND: break;
     }
     if (!op->reported) {
@@ -915,13 +1008,15 @@ static sp_status_t sp_ofi_handle(sp_ofi_t *o, sp_ofi_ctx_t *ctx, size_t len, uin
             op->reported = true;
             if (ctx->kind == SP_OFI_REQUEST_SEND)
                 (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc); /* no reply will come */
-            sp__transport_fail(t, op->user, SP_ERR_FETCH_FAILED,
-                               err->prov_errno != 0 ? err->prov_errno : err->err, op->peer,
-                               "%s of %zu bytes at offset %llu from peer %u failed: %s (raw %d, "
-                               "provider %d)",
-                               ctx->kind == SP_OFI_READ ? "fetch" : "request for a fetch", op->len,
-                               (unsigned long long)op->offset, op->peer, fi_strerror(err->err),
-                               err->err, err->prov_errno);
+            /* The reply's receive may still be posted into the destination. */
+            op->lent = op->dest_out;
+            (op->lent ? sp__transport_fail_held : sp__transport_fail)(
+                t, op->user, SP_ERR_FETCH_FAILED, err->prov_errno != 0 ? err->prov_errno : err->err,
+                op->peer,
+                "%s of %zu bytes at offset %llu from peer %u failed: %s (raw %d, provider %d)",
+                ctx->kind == SP_OFI_READ ? "fetch" : "request for a fetch", op->len,
+                (unsigned long long)op->offset, op->peer, fi_strerror(err->err), err->err,
+                err->prov_errno);
         } else if (ctx->kind == SP_OFI_REPLY_RECV && (tag & SP_OFI_TAG_ERR) != 0) {
             op->reported = true;
             sp__transport_fail(t, op->user, SP_ERR_FETCH_FAILED, 0, op->peer,
@@ -937,22 +1032,22 @@ static sp_status_t sp_ofi_handle(sp_ofi_t *o, sp_ofi_ctx_t *ctx, size_t len, uin
             op->reported = true;
             sp__transport_complete(t, op->user, op->len, op->peer);
         }
+    } else if (op->lent && !op->dest_out) {
+        /* Failed earlier (timed out): the destination is the caller's again. */
+        op->lent = false;
+        sp__transport_release(t, op->user, op->peer);
     }
     sp_ofi_release(o, op);
     return SP_OK;
 }
 
-/* Reads the CQ into the completion ring, serves requests, expires overdue fetches. */
-static sp_status_t sp_ofi_progress(sp_transport_t *t)
+/* Reads the CQ: each context the provider gives back is handled. */
+static sp_status_t sp_ofi_reap(sp_ofi_t *o)
 {
-    sp_ofi_t *o = sp_ofi(t);
     struct fi_cq_tagged_entry entries[16];
     sp_status_t st = SP_OK, hst;
-    uint64_t now;
     ssize_t n;
 
-    if (o->msg)
-        st = sp_ofi_serve_pending(o);
     for (;;) {
         while ((n = fi_cq_read(o->cq, entries, 16)) > 0) {
             for (ssize_t i = 0; i < n; i++) {
@@ -977,6 +1072,25 @@ static sp_status_t sp_ofi_progress(sp_transport_t *t)
     }
     if (n < 0 && n != -FI_EAGAIN && n != -FI_EAVAIL && st == SP_OK)
         st = sp_ofi_error(SP_ERR_TRANSPORT, "fi_cq_read", n);
+    return st;
+}
+
+/*
+ * Reads the CQ into the completion ring, serves requests, expires overdue
+ * fetches: each is cancelled, and reported at once, held while the provider
+ * has its destination (the release follows from sp_ofi_handle).
+ */
+static sp_status_t sp_ofi_progress(sp_transport_t *t)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    sp_status_t st = SP_OK, rst;
+    uint64_t now;
+
+    if (o->msg && !o->closing)
+        st = sp_ofi_serve_pending(o);
+    rst = sp_ofi_reap(o);
+    if (st == SP_OK)
+        st = rst;
     now = sp__now_ns();
     for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next) {
         if (op->fetch && !op->reported && now > op->deadline) {
@@ -984,11 +1098,12 @@ static sp_status_t sp_ofi_progress(sp_transport_t *t)
             (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc);
             if (op->held > 1)
                 (void)fi_cancel(&o->ep->fid, &op->ctx[1].fc);
-            sp__transport_fail(t, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
-                               "fetch of %zu bytes at offset %llu from peer %u did not complete "
-                               "in %llu ms",
-                               op->len, (unsigned long long)op->offset, op->peer,
-                               (unsigned long long)(o->base.timeout_ns / 1000000));
+            op->lent = op->dest_out;
+            (op->lent ? sp__transport_fail_held : sp__transport_fail)(
+                t, op->user, SP_ERR_TIMED_OUT, 0, op->peer,
+                "fetch of %zu bytes at offset %llu from peer %u did not complete in %llu ms",
+                op->len, (unsigned long long)op->offset, op->peer,
+                (unsigned long long)(o->base.timeout_ns / 1000000));
         }
     }
     return st;
@@ -1061,18 +1176,24 @@ static sp_status_t sp_ofi_request(sp_ofi_t *o, sp_ofi_op_t *op, uint64_t id, uin
                         "fi_trecv of %zu bytes from peer %u: %s (raw %zd)", op->len, op->peer,
                         fi_strerror((int)-ret), -ret);
     op->held = 1;
+    op->dest_out = true;
     SP_OFI_POST(
         o, op->deadline, ret,
         fi_tsend(o->ep, q, qlen, op->req_desc, o->peers[op->peer], SP_OFI_TAG_REQ, &op->ctx[1].fc));
     if (ret != 0) {
-        /* The receive comes back cancelled; its op is retired then, silently. */
+        /*
+         * The receive is posted into dest and comes back cancelled, maybe
+         * not at once: the fetch is posted and fails as a completion, held
+         * until the receive is back, so that dest is not freed under it.
+         */
         op->reported = true;
+        op->lent = true;
         (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc);
-        op->next = o->live;
-        o->live = op;
-        return SP_RAISE(ret == -FI_EAGAIN ? SP_ERR_TIMED_OUT : SP_ERR_FETCH_FAILED,
-                        "fi_tsend of the request for %zu bytes to peer %u: %s (raw %zd)", op->len,
-                        op->peer, fi_strerror((int)-ret), -ret);
+        sp__transport_fail_held(
+            &o->base, op->user, ret == -FI_EAGAIN ? SP_ERR_TIMED_OUT : SP_ERR_FETCH_FAILED,
+            (int)-ret, op->peer, "fi_tsend of the request for %zu bytes to peer %u: %s (raw %zd)",
+            op->len, op->peer, fi_strerror((int)-ret), -ret);
+        return SP_OK;
     }
     op->held = 2;
     return SP_OK;
@@ -1129,8 +1250,7 @@ static sp_status_t sp_ofi_fetch(sp_transport_t *t, uint32_t peer, const void *rk
     op->deadline = sp__now_ns() + o->base.timeout_ns;
     if (o->msg) {
         if ((st = sp_ofi_request(o, op, key, base, dest, lm)) != SP_OK) {
-            if (!op->reported)
-                sp_ofi_put_op(o, op);
+            sp_ofi_put_op(o, op);
             return st;
         }
     } else {
@@ -1148,6 +1268,7 @@ static sp_status_t sp_ofi_fetch(sp_transport_t *t, uint32_t peer, const void *rk
                             len, peer, fi_strerror((int)-ret), -ret);
         }
         op->held = 1;
+        op->dest_out = true;
     }
     op->next = o->live;
     o->live = op;

@@ -5,10 +5,17 @@
  * naming the backend and the operation. The dispatchers take the base lock
  * around the slots that change a backend's state (transport_int.h), and the
  * machinery every backend shares lives here: the completion ring with its
- * outstanding count (a fetch stays outstanding until poll returns its
- * completion, so the ring, sized max_outstanding + 1 at open, never
- * overflows), the poll loop, and the progress thread that calls the
- * backend's progress whenever no caller holds the lock.
+ * outstanding count (a fetch stays outstanding until poll returns its final
+ * completion, so the ring, sized 2 * max_outstanding + 1 at open for a held
+ * failure and its release, never overflows), the poll loop, and the progress
+ * thread that calls the backend's progress whenever no caller holds the lock.
+ *
+ * A fetch that failed while the provider still holds its destination (a
+ * timeout the provider could not cancel at once) is handed back twice: the
+ * failure at once, with held set, and a release once the backend got the
+ * destination back, which is when the fetch stops being outstanding. So the
+ * caller hears of the timeout without waiting, and never frees memory the
+ * provider may still write.
  */
 #include "transport_int.h"
 
@@ -63,7 +70,7 @@ sp_status_t sp__transport_init_base(sp_transport_t *t, const sp_conf_t *conf,
         /* Chunks are mapped at multiples of their size: whole pages. */
         t->register_chunk = SP_MAX(t->register_chunk / page * page, page);
     }
-    t->done_cap = (size_t)t->max_outstanding + 1;
+    t->done_cap = 2 * (size_t)t->max_outstanding + 1;
     t->done = sp__calloc(t->done_cap, sizeof(*t->done));
     t->done_msg = sp__calloc(t->done_cap, sizeof(*t->done_msg));
     if (t->done == NULL || t->done_msg == NULL)
@@ -111,13 +118,22 @@ static size_t sp_transport_ring_tail(sp_transport_t *t)
 }
 
 void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int raw, size_t len,
-                        uint32_t peer, const char *msg)
+                        uint32_t peer, const char *msg, sp_done_kind_t kind)
 {
     size_t tail = sp_transport_ring_tail(t);
 
-    t->done[tail] = (sp_transport_completion_t){context, st, raw, st == SP_OK ? len : 0, peer};
+    SP_ASSERT(kind == SP_DONE_FINAL || st != SP_OK);
+    t->done[tail] = (sp_transport_completion_t){context,
+                                                st,
+                                                raw,
+                                                st == SP_OK ? len : 0,
+                                                peer,
+                                                kind == SP_DONE_HELD,
+                                                kind == SP_DONE_RELEASED};
     t->done_len++;
-    if (st == SP_OK) {
+    if (kind == SP_DONE_RELEASED) {
+        t->done_msg[tail][0] = '\0';
+    } else if (st == SP_OK) {
         t->stats.fetches_completed++;
         t->stats.bytes_fetched += len;
     } else {
@@ -128,23 +144,51 @@ void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int ra
 
 void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32_t peer)
 {
-    if (t->splits != NULL && sp__split_part(t, context, SP_OK, 0, NULL))
+    if (t->splits != NULL && sp__split_part(t, context, SP_OK, 0, NULL, SP_DONE_FINAL))
         return;
-    sp__transport_push(t, context, SP_OK, 0, len, peer, NULL);
+    sp__transport_push(t, context, SP_OK, 0, len, peer, NULL, SP_DONE_FINAL);
+}
+
+static void sp_transport_vfail(sp_transport_t *t, void *context, sp_status_t st, int raw,
+                               uint32_t peer, sp_done_kind_t kind, const char *fmt, va_list ap)
+    SP_PRINTF(7, 0);
+
+static void sp_transport_vfail(sp_transport_t *t, void *context, sp_status_t st, int raw,
+                               uint32_t peer, sp_done_kind_t kind, const char *fmt, va_list ap)
+{
+    char msg[SP_TRANSPORT_MSG];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    if (t->splits != NULL && sp__split_part(t, context, st, raw, msg, kind))
+        return;
+    sp__transport_push(t, context, st, raw, 0, peer, msg, kind);
 }
 
 void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int raw, uint32_t peer,
                         const char *fmt, ...)
 {
-    char msg[SP_TRANSPORT_MSG];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    sp_transport_vfail(t, context, st, raw, peer, SP_DONE_FINAL, fmt, ap);
     va_end(ap);
-    if (t->splits != NULL && sp__split_part(t, context, st, raw, msg))
+}
+
+void sp__transport_fail_held(sp_transport_t *t, void *context, sp_status_t st, int raw,
+                             uint32_t peer, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    sp_transport_vfail(t, context, st, raw, peer, SP_DONE_HELD, fmt, ap);
+    va_end(ap);
+}
+
+void sp__transport_release(sp_transport_t *t, void *context, uint32_t peer)
+{
+    if (t->splits != NULL && sp__split_part(t, context, SP_ERR_CANCELED, 0, NULL, SP_DONE_RELEASED))
         return;
-    sp__transport_push(t, context, st, raw, 0, peer, msg);
+    sp__transport_push(t, context, SP_ERR_CANCELED, 0, 0, peer, NULL, SP_DONE_RELEASED);
 }
 
 /*
@@ -164,12 +208,14 @@ static sp_status_t sp_transport_poll_ring(sp_transport_t *t, sp_transport_comple
         st = t->ops->progress(t);
         while (st == SP_OK && n < max && t->done_len > 0) {
             out[n] = t->done[t->done_head];
-            if (out[n].status != SP_OK)
+            if (out[n].status != SP_OK && !out[n].released)
                 SP_RAISE(out[n].status, "%s", t->done_msg[t->done_head]);
-            n++;
             t->done_head = (t->done_head + 1) % t->done_cap;
             t->done_len--;
-            t->outstanding--; /* returned to the caller: the slot is free */
+            /* Returned to the caller: the slot is free, unless the provider still holds it. */
+            if (!out[n].held)
+                t->outstanding--;
+            n++;
         }
         pthread_mutex_unlock(&t->lock);
         if (st != SP_OK)

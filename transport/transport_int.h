@@ -72,7 +72,9 @@ struct sp_transport {
     pthread_mutex_t lock;
     bool lock_ready;
     /* A fetch counts as outstanding from its post until poll returns its
-     * completion, so the ring never holds more than max_outstanding. */
+     * final completion (not a held one), so the ring, which may hold a held
+     * and a released completion of one fetch, never holds more than twice
+     * max_outstanding. */
     uint32_t outstanding;
     sp_transport_completion_t *done;    /* ring of completions not yet returned */
     char (*done_msg)[SP_TRANSPORT_MSG]; /* beside each failed one, its message */
@@ -166,9 +168,27 @@ void sp__transport_complete(sp_transport_t *t, void *context, size_t len, uint32
  */
 void sp__transport_fail(sp_transport_t *t, void *context, sp_status_t st, int raw, uint32_t peer,
                         const char *fmt, ...) SP_PRINTF(6, 7);
+/*
+ * Queues the failure of a fetch whose destination the provider still holds
+ * (a timed-out read it could not take back at once): poll returns it at once
+ * with held set, and the fetch stays outstanding until
+ * sp__transport_release. Lock held.
+ */
+void sp__transport_fail_held(sp_transport_t *t, void *context, sp_status_t st, int raw,
+                             uint32_t peer, const char *fmt, ...) SP_PRINTF(6, 7);
+/* The provider gave back the destination of a fetch failed with sp__transport_fail_held. */
+void sp__transport_release(sp_transport_t *t, void *context, uint32_t peer);
+
+/* What a completion in the ring says about its fetch's destination. */
+typedef enum sp_done_kind {
+    SP_DONE_FINAL,    /* the fetch is over: success or failure */
+    SP_DONE_HELD,     /* failed, and the provider still holds the destination */
+    SP_DONE_RELEASED, /* the provider gave back the destination of a held failure */
+} sp_done_kind_t;
+
 /* Puts a completion in the ring as it is (msg: a failure's message, or NULL). */
 void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int raw, size_t len,
-                        uint32_t peer, const char *msg);
+                        uint32_t peer, const char *msg, sp_done_kind_t kind);
 
 /*
  * fstat()s fd into *sb_p and checks that [file_offset, file_offset + len) lies
@@ -189,7 +209,11 @@ bool sp__is_chunked_key(const void *rkey, size_t len);
 sp_status_t sp__chunked_fetch(sp_transport_t *t, uint32_t peer, const void *rkey, size_t rkey_len,
                               uint64_t offset, size_t len, void *dest, sp_mr_t *local,
                               void *context);
-/* Takes the completion of a part of a split read; false when context is no split. */
-bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg);
+/*
+ * Takes the completion of a part of a split read (kind: final, a held
+ * failure, or the release of one); false when context is no split.
+ */
+bool sp__split_part(sp_transport_t *t, void *context, sp_status_t st, int raw, const char *msg,
+                    sp_done_kind_t kind);
 
 #endif

@@ -34,6 +34,19 @@ typedef struct sp_transport_completion {
     int raw;       /**< provider or MPI error code, 0 on success */
     size_t length; /**< bytes fetched */
     uint32_t peer; /**< the peer fetched from */
+    /**
+     * A failed fetch (a timeout) whose destination the provider still holds:
+     * it may still write into dest, so dest and its local region stay as they
+     * are, and the fetch stays outstanding, until a second completion of the
+     * same context comes with released set. Never set on a success.
+     */
+    bool held;
+    /**
+     * The end of a fetch returned earlier with held: the provider is done with
+     * dest, which is the caller's again. status is SP_ERR_CANCELED and
+     * carries no new error (nothing is raised for it).
+     */
+    bool released;
 } sp_transport_completion_t;
 
 typedef struct sp_transport_stats {
@@ -159,7 +172,12 @@ SP_API sp_status_t sp_transport_fetch_file(sp_transport_t *transport, uint32_t p
 /**
  * Progresses and returns up to max finished fetches in out (*n_p of them),
  * waiting at most timeout_ms for the first. A fetch older than
- * transport.timeout completes with SP_ERR_TIMED_OUT naming the peer.
+ * transport.timeout completes with SP_ERR_TIMED_OUT naming the peer at once;
+ * the provider is asked to cancel it (fi_cancel, MPI_Cancel), and where it
+ * cannot take the read back yet, that completion has held set and a second
+ * one (released) follows when it is done with the destination: until then
+ * the caller must neither free nor reuse dest, nor deregister its region.
+ * Every fetch ends with exactly one completion that has held clear.
  */
 SP_API sp_status_t sp_transport_poll(sp_transport_t *transport, sp_transport_completion_t *out,
                                      size_t max, int timeout_ms, size_t *n_p);

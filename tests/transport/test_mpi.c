@@ -24,7 +24,8 @@
  * can reach it), sp_transport_open in a process that never called
  * MPI_Init (SP_ERR_UNSUPPORTED; every rank of this program initializes MPI,
  * and MPI cannot be un-initialized), a peer that dies (Open MPI 4.1 aborts the
- * job) and SP_ERR_TIMED_OUT (an MPI read cannot be held back on purpose).
+ * job) and SP_ERR_TIMED_OUT (an MPI read cannot be held back on purpose; a
+ * two-sided read of an owner that does not poll can: test_mpi_timeout).
  */
 /* LABELS: mpi */
 #include <spate/transport.h>
