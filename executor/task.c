@@ -816,11 +816,8 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
 
     if ((st = job->plan(params, &plan)) != SP_OK)
         return SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
-    if (plan.maps == 0 || plan.partitions == 0 || plan.splits == NULL) {
-        st = SP_RAISE(SP_ERR_INVALID_PARAM, "job %s planned %u maps and %u partitions", job->name,
-                      plan.maps, plan.partitions);
+    if ((st = sp__job_plan_check(job, &plan)) != SP_OK)
         goto out_plan;
-    }
     env = (sp__task_env_t){.job = job,
                            .params = params,
                            .plan = &plan,

@@ -16,6 +16,12 @@
  * fail: terasort input that is not whole records (refused before running),
  * and a wordcount whose map task fails on every attempt (after starting).
  *
+ * Bad input that once crashed or hung (issue 13, case 10), each refused with
+ * a message naming the value and, with the fault plugin
+ * (tests/executor/plugins/fault_plugin.c, SPATE_FAULT_PLUGIN): a plan of
+ * 0xffffffff (or 2^24 + 1) maps or partitions, and no maps (exit 2 before
+ * any executor starts, no output directory made).
+ *
  * LABELS: unit
  */
 #include "run_test_util.h"
@@ -269,6 +275,57 @@ static void test_run_terasort_input_not_whole_records(void **state)
     rt_free(&run);
 }
 
+static const char *fault_plugin(void)
+{
+    const char *plugin = getenv("SPATE_FAULT_PLUGIN");
+
+    if (plugin == NULL || access(plugin, R_OK) != 0)
+        fail_msg("SPATE_FAULT_PLUGIN (%s) is not a readable plugin: run this test through ctest",
+                 plugin != NULL ? plugin : "unset");
+    return plugin;
+}
+
+/* A plan whose counts are out of range: refused before anything is sized from it. */
+static void test_run_plan_out_of_range(void **state)
+{
+    static const struct {
+        const char *arg;
+        const char *phrase;
+    } cases[] = {
+        {"maps=4294967295", "planned 4294967295 map tasks"},
+        {"partitions=4294967295", "planned 4294967295 partitions"},
+        {"partitions=16777217", "planned 16777217 partitions"},
+        {"maps=16777217", "planned 16777217 map tasks"},
+        {"maps=0", "planned 0 map tasks"},
+        {"partitions=0", "planned 0 partitions"},
+    };
+    const char *plugin = fault_plugin();
+    char out[300];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char what[128];
+        rt_run_t run;
+
+        under_base(out, sizeof(out), "out-plan");
+        snprintf(what, sizeof(what), "a fault plan with %s", cases[i].arg);
+        run = RT_CLI("run", plugin, "--executors", "2", "--job-arg", cases[i].arg, "--output", out,
+                     "--no-progress", "--no-baseline");
+        if (run.signal != 0)
+            fail_msg("%s: killed by signal %d; stderr: %s", what, run.signal, rt_tail(run.err));
+        rt_expect_fail(&run, 2, cases[i].phrase, what);
+        /* The message names the job and the limit. */
+        if (strstr(run.err, "job fault") == NULL || strstr(run.err, "16777216") == NULL)
+            fail_msg("%s: the message names neither the job nor the limit: %s", what,
+                     rt_tail(run.err));
+        /* Refused while planning: no summary, no output directory. */
+        assert_string_equal(run.out, "");
+        if (access(out, F_OK) == 0)
+            fail_msg("%s: %s was made although the plan was refused", what, out);
+        rt_free(&run);
+    }
+}
+
 static void test_run_failing_job_leaves_no_success(void **state)
 {
     char in[300], out[300], path[400], json[300];
@@ -317,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_run_plugin_wrong_abi_version),
         cmocka_unit_test(test_run_mpi_transport_needs_mpi),
         cmocka_unit_test(test_run_terasort_input_not_whole_records),
+        cmocka_unit_test(test_run_plan_out_of_range),
         cmocka_unit_test(test_run_failing_job_leaves_no_success),
     };
 
