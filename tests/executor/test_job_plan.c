@@ -9,6 +9,10 @@
  *   (run under `make asan` to see a read past the end);
  * - sp__job_run_serial refusing such plans before it sizes anything, and
  *   before it makes the output directory;
+ * - sp_job_emit and sp_job_emit_to refusing a key or value longer than a
+ *   record's u32 length with SP_ERR_BAD_INPUT, in map and in sample tasks,
+ *   before anything reads the bytes: the test's key is 16 bytes that claim
+ *   2^33, so a hash over them would fault.
  *
  * LABELS: unit
  */
@@ -214,12 +218,40 @@ static void test_serial_refuses_plan(void **state)
     assert_true(rt_exists(out, "_SUCCESS"));
 }
 
+static void expect_emit_refused(bad_t flaw, sp_job_partitioning_t how, const char *phrase)
+{
+    char out[300];
+    sp_status_t st = run_serial(flaw, how, out, sizeof(out));
+
+    if (st != SP_ERR_BAD_INPUT)
+        fail_msg("flaw %d, partitioning %d: %s (%s), want SP_ERR_BAD_INPUT", (int)flaw, (int)how,
+                 sp_status_str(st), sp_last_error());
+    if (strstr(sp_last_error(), phrase) == NULL || strstr(sp_last_error(), "4294967295") == NULL)
+        fail_msg("flaw %d: \"%s\" does not say \"%s\" and the limit", (int)flaw, sp_last_error(),
+                 phrase);
+    rt_expect_no_output(out);
+}
+
+static void test_emit_refuses_huge_lengths(void **state)
+{
+    (void)state;
+    expect_emit_refused(BAD_HUGE_KEY, SP_JOB_HASH, "map task 0 emitted a key of 8589934592 bytes");
+    expect_emit_refused(BAD_HUGE_VALUE, SP_JOB_HASH,
+                        "map task 0 emitted a value of 8589934592 bytes");
+    expect_emit_refused(BAD_HUGE_KEY_TO, SP_JOB_GIVEN,
+                        "map task 0 emitted a key of 8589934592 bytes");
+    /* RANGE partitioning samples the map's keys first: the sample task refuses it. */
+    expect_emit_refused(BAD_HUGE_KEY, SP_JOB_RANGE,
+                        "sample task 0 emitted a key of 8589934592 bytes");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_check_limits),
         cmocka_unit_test(test_plan_clear_refused_plan),
         cmocka_unit_test(test_serial_refuses_plan),
+        cmocka_unit_test(test_emit_refuses_huge_lengths),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

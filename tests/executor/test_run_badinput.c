@@ -20,7 +20,9 @@
  * a message naming the value and, with the fault plugin
  * (tests/executor/plugins/fault_plugin.c, SPATE_FAULT_PLUGIN): a plan of
  * 0xffffffff (or 2^24 + 1) maps or partitions, and no maps (exit 2 before
- * any executor starts, no output directory made).
+ * any executor starts, no output directory made); a map task that emits a
+ * key of 2^33 bytes (exit 2, the length and the limit named, nothing left
+ * that looks like output).
  *
  * LABELS: unit
  */
@@ -326,6 +328,27 @@ static void test_run_plan_out_of_range(void **state)
     }
 }
 
+/* A key longer than a record can hold is refused before the partitioner reads it. */
+static void test_run_emit_huge_key(void **state)
+{
+    const char *plugin = fault_plugin();
+    char out[300];
+    rt_run_t run;
+
+    (void)state;
+    under_base(out, sizeof(out), "out-hugekey");
+    run = RT_CLI("run", plugin, "--executors", "2", "--job-arg", "fault=hugekey", "--output", out,
+                 "--no-progress", "--no-baseline");
+    if (run.signal != 0)
+        fail_msg("hugekey: killed by signal %d; stderr: %s", run.signal, rt_tail(run.err));
+    /* The length and the limit, in the job's own task: no executor died. */
+    rt_expect_fail(&run, 2, "emitted a key of 8589934592 bytes", "a map emitting a 2^33-byte key");
+    assert_non_null(strstr(run.err, "4294967295"));
+    rt_expect_no_output(out);
+    rt_free(&run);
+    rt_rmtree(out);
+}
+
 static void test_run_failing_job_leaves_no_success(void **state)
 {
     char in[300], out[300], path[400], json[300];
@@ -375,6 +398,7 @@ int main(void)
         cmocka_unit_test(test_run_mpi_transport_needs_mpi),
         cmocka_unit_test(test_run_terasort_input_not_whole_records),
         cmocka_unit_test(test_run_plan_out_of_range),
+        cmocka_unit_test(test_run_emit_huge_key),
         cmocka_unit_test(test_run_failing_job_leaves_no_success),
     };
 
