@@ -8,7 +8,8 @@
  *
  * Cases: an unknown job (the message lists the built-ins), no job, unknown
  * and incomplete options, bad --executors and --size values, an unknown
- * --conf key and a bad value, a missing --conf-file, a missing --input
+ * --conf key and a bad value, a missing --conf-file and a device given as
+ * one (/dev/zero, which once made the reader spin), a missing --input
  * directory, unusable output directories (a regular file, under a regular
  * file, one holding an earlier job's output, one that is not writable), a
  * job plugin built for another descriptor ABI version (the test plugins of
@@ -90,6 +91,8 @@ static void test_run_bad_command_lines(void **state)
         {{"run", "shuffle", "--memory", "lots", NULL}, "--memory"},
         {{"run", "shuffle", "--conf-file", "/nonexistent/spate.conf", NULL},
          "/nonexistent/spate.conf"},
+        {{"run", "shuffle", "--conf-file", "/dev/zero", NULL},
+         "conf file '/dev/zero' is a character device"},
     };
 
     (void)state;
