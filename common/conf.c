@@ -4,14 +4,29 @@
  * so getters never fail for a known key of the right type and readers see
  * only values that passed their range check. Lookups are linear: the table
  * holds tens of keys and configuration is read at start-up, not per record.
+ *
+ * A conf file is read whole before any line is applied, so that what is not
+ * a conf file is refused without a side effect: a regular file or a pipe
+ * (`--conf-file <(...)`, a FIFO, /dev/stdin redirected from one) of at most
+ * SP_CONF_FILE_MAX bytes, without a NUL byte. Anything else (/dev/zero, a
+ * terminal, a socket) is refused before it is read, and a pipe is read only
+ * up to the limit, so no file makes the reader spin or grow without bound.
  */
 #include "conf_int.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The largest conf file: one holds tens of keys, and a million bytes is not one. */
+#define SP_CONF_FILE_MAX (1u << 20)
+/* The longest line of a conf file, without its newline (a value is at most 4095 bytes). */
+#define SP_CONF_LINE_MAX 4350u
 
 #define SP_CONF_KEY(k, t, d, lo, hi, ch, doc) {k, t, d, lo, hi, ch, doc},
 const sp_conf_def_t sp__conf_defs[] = {
@@ -412,42 +427,169 @@ sp_status_t sp_conf_set_assignment(sp_conf_t *conf, const char *assignment)
     return sp_conf_set_span(conf, assignment, strlen(assignment), "--conf");
 }
 
-sp_status_t sp_conf_load_file(sp_conf_t *conf, const char *path)
+/* What st is, for a message about a file that is neither a regular file nor a pipe. */
+static const char *sp_conf_file_kind(const struct stat *st)
 {
-    char line[4352], origin[512];
-    unsigned lineno = 0;
-    sp_status_t st = SP_OK;
-    FILE *f;
+    if (S_ISCHR(st->st_mode))
+        return "a character device";
+    if (S_ISBLK(st->st_mode))
+        return "a block device";
+    if (S_ISSOCK(st->st_mode))
+        return "a socket";
+    return "not a regular file";
+}
 
-    f = fopen(path, "r");
-    if (f == NULL)
+/*
+ * All of path, malloc'ed in *text_p (*len_p bytes, NUL-terminated for
+ * convenience; the text itself holds no NUL, checked by the caller). Refuses
+ * what is not a regular file or a pipe, and more than SP_CONF_FILE_MAX bytes.
+ */
+static sp_status_t sp_conf_read_file(const char *path, char **text_p, size_t *len_p)
+{
+    size_t len = 0, cap;
+    struct stat st;
+    sp_status_t status;
+    char *text;
+    int fd;
+
+    /* A device is refused before it is opened: opening one may do something (a tape rewinds). */
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) &&
+        !S_ISDIR(st.st_mode))
+        return SP_RAISE(SP_ERR_BAD_CONF,
+                        "conf file '%s' is %s; a conf file is a regular file or a pipe", path,
+                        sp_conf_file_kind(&st));
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return SP_RAISE(SP_ERR_IO, "cannot open conf file '%s': %s (errno %d)", path,
                         strerror(errno), errno);
-    while (fgets(line, sizeof(line), f) != NULL) {
-        size_t len = strlen(line);
-        const char *b = line, *e;
+    /* What was opened is checked again: the path may have changed in between. */
+    if (fstat(fd, &st) != 0) {
+        status = SP_RAISE(SP_ERR_IO, "cannot stat conf file '%s': %s (errno %d)", path,
+                          strerror(errno), errno);
+        goto err_close;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        status = SP_RAISE(SP_ERR_IO, "cannot read conf file '%s': %s (errno %d)", path,
+                          strerror(EISDIR), EISDIR);
+        goto err_close;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+        status = SP_RAISE(SP_ERR_BAD_CONF,
+                          "conf file '%s' is %s; a conf file is a regular file or a pipe", path,
+                          sp_conf_file_kind(&st));
+        goto err_close;
+    }
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > SP_CONF_FILE_MAX) {
+        status = SP_RAISE(SP_ERR_BAD_CONF,
+                          "conf file '%s' is %lld bytes; a conf file is at most %u bytes (1 MiB)",
+                          path, (long long)st.st_size, SP_CONF_FILE_MAX);
+        goto err_close;
+    }
+    /* A regular file's size is a hint (it may grow while read); a pipe's is 0. */
+    cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : 4096;
+    text = sp__malloc(cap);
+    if (text == NULL) {
+        status = SP_RAISE(SP_ERR_NOMEM, "no memory to read conf file '%s'", path);
+        goto err_close;
+    }
+    for (;;) {
+        ssize_t n;
+
+        if (len == cap - 1) {
+            size_t want = SP_MIN(2 * cap, (size_t)SP_CONF_FILE_MAX + 2);
+            char *grown;
+
+            if (len > SP_CONF_FILE_MAX) {
+                status = SP_RAISE(SP_ERR_BAD_CONF,
+                                  "conf file '%s' is longer than %u bytes (1 MiB), the most a "
+                                  "conf file may be",
+                                  path, SP_CONF_FILE_MAX);
+                goto err_free;
+            }
+            grown = sp__realloc(text, want);
+            if (grown == NULL) {
+                status = SP_RAISE(SP_ERR_NOMEM, "no memory to read conf file '%s'", path);
+                goto err_free;
+            }
+            text = grown;
+            cap = want;
+        }
+        n = read(fd, text + len, cap - 1 - len);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            status = SP_RAISE(SP_ERR_IO, "error reading conf file '%s': %s (errno %d)", path,
+                              strerror(errno), errno);
+            goto err_free;
+        }
+        len += (size_t)n;
+    }
+    if (len > SP_CONF_FILE_MAX) {
+        status = SP_RAISE(SP_ERR_BAD_CONF,
+                          "conf file '%s' is longer than %u bytes (1 MiB), the most a conf file "
+                          "may be",
+                          path, SP_CONF_FILE_MAX);
+        goto err_free;
+    }
+    close(fd);
+    text[len] = '\0';
+    *text_p = text;
+    *len_p = len;
+    return SP_OK;
+
+err_free:
+    sp__free(text);
+err_close:
+    close(fd);
+    return status;
+}
+
+sp_status_t sp_conf_load_file(sp_conf_t *conf, const char *path)
+{
+    const char *p, *end, *nul;
+    char origin[512], *text = NULL;
+    unsigned lineno = 0;
+    size_t len = 0;
+    sp_status_t st;
+
+    if ((st = sp_conf_read_file(path, &text, &len)) != SP_OK)
+        return st;
+    end = text + len;
+    /* A NUL byte would silently end a line for every string function below: refuse the file. */
+    nul = memchr(text, '\0', len);
+    if (nul != NULL) {
+        unsigned line = 1;
+
+        for (p = text; p < nul; p++)
+            line += *p == '\n';
+        st = SP_RAISE(SP_ERR_BAD_CONF,
+                      "%s:%u: a NUL byte (at byte %zu of the file); a conf file is text", path,
+                      line, (size_t)(nul - text));
+        goto out;
+    }
+    for (p = text; p < end && st == SP_OK;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *b = p, *e = nl != NULL ? nl : end;
 
         lineno++;
-        if (len == sizeof(line) - 1 && line[len - 1] != '\n') {
-            st = SP_RAISE(SP_ERR_BAD_CONF, "%s:%u: line longer than %zu bytes", path, lineno,
-                          sizeof(line) - 2);
+        p = nl != NULL ? nl + 1 : end;
+        if ((size_t)(e - b) > SP_CONF_LINE_MAX) {
+            st = SP_RAISE(SP_ERR_BAD_CONF, "%s:%u: line longer than %u bytes", path, lineno,
+                          SP_CONF_LINE_MAX);
             break;
         }
-        e = line + len;
         sp_conf_trim(&b, &e);
         if (b == e || *b == '#')
             continue;
         snprintf(origin, sizeof(origin), "%s:%u", path, lineno);
         st = sp_conf_set_span(conf, b, (size_t)(e - b), origin);
-        if (st != SP_OK) {
-            if (strncmp(sp_last_error(), origin, strlen(origin)) != 0)
-                st = SP_RAISE(st, "%s: %s", origin, sp_last_error());
-            break;
-        }
+        if (st != SP_OK && strncmp(sp_last_error(), origin, strlen(origin)) != 0)
+            st = SP_RAISE(st, "%s: %s", origin, sp_last_error());
     }
-    if (st == SP_OK && ferror(f))
-        st = SP_RAISE(SP_ERR_IO, "error reading conf file '%s'", path);
-    fclose(f);
+out:
+    sp__free(text);
     return st;
 }
 

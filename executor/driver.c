@@ -1194,9 +1194,8 @@ static sp_status_t sp_drv_plan(sp__driver_t *d)
     if ((st = job->plan(d->o.params, &d->plan)) != SP_OK)
         return SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
     d->planned = true;
-    if (d->plan.maps == 0 || d->plan.partitions == 0 || d->plan.splits == NULL)
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "job %s planned %u maps and %u partitions", job->name,
-                        d->plan.maps, d->plan.partitions);
+    if ((st = sp__job_plan_check(job, &d->plan)) != SP_OK)
+        return st;
     if (d->plan.sample_per_map == 0)
         d->plan.sample_per_map = 1000;
     d->sampling = d->plan.partitioning == SP_JOB_RANGE && d->plan.partitions > 1;

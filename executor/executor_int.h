@@ -37,7 +37,26 @@ void sp__job_unload(void *handle);
 /* The built-in jobs, for --help. */
 const sp_job_t *const *sp__job_builtins(size_t *count_p);
 
-/* Frees a plan's splits (and their paths); leaves the rest. */
+/*
+ * The most map tasks a plan may have: 2^24, as many as partitions. Every map
+ * costs the driver per-task state and every reduce task a status per map, so
+ * a larger plan would not run anyway; the limit keeps sizes computed from it
+ * far from overflow.
+ */
+#define SP__JOB_MAX_MAPS (UINT32_C(1) << 24)
+
+/*
+ * Checks a plan the job returned before anything is sized from it: 1 ..
+ * SP__JOB_MAX_MAPS maps, 1 .. SP_MAX_PARTITIONS partitions, splits not NULL.
+ * SP_ERR_INVALID_PARAM naming the job and the value otherwise.
+ */
+sp_status_t sp__job_plan_check(const sp_job_t *job, const sp_job_plan_t *plan);
+
+/*
+ * Frees a plan's splits (and their paths); leaves the rest. Of a plan with
+ * more than SP__JOB_MAX_MAPS maps only the array is freed (its length is
+ * unknown).
+ */
 void sp__job_plan_clear(sp_job_plan_t *plan);
 
 /* ------------------------------------------------------------------------ */

@@ -13,6 +13,15 @@
  * whoever runs the plan to check. The descriptor is used in place and lives
  * as long as the handle; a built-in's handle is NULL.
  *
+ * A plan is the job's word, checked by sp__job_plan_check() before anything
+ * is sized from it (the driver and the serial runner allocate per-task state
+ * from maps and partitions): 1 .. SP__JOB_MAX_MAPS maps, 1 .. SP_MAX_PARTITIONS
+ * partitions (a partition id must fit the packed record pointer's 24 bits,
+ * and the tracker, the map status and the index file take no more), and a
+ * splits array. A count out of range also says nothing about how long the
+ * splits array really is, so sp__job_plan_clear() then frees the array alone
+ * and never reads its entries.
+ *
  * The functions a plugin calls (sp_job_emit and the rest) must come from the
  * process that loads it: libspate.so in an application linked with it, or
  * the spate executable, which must export its public symbols for that (see
@@ -23,6 +32,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -184,12 +194,33 @@ void sp__job_unload(void *handle)
         dlclose(handle);
 }
 
+sp_status_t sp__job_plan_check(const sp_job_t *job, const sp_job_plan_t *plan)
+{
+    if (plan->maps == 0 || plan->maps > SP__JOB_MAX_MAPS)
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "job %s planned %" PRIu32 " map tasks; a plan has 1 .. %" PRIu32, job->name,
+                        plan->maps, SP__JOB_MAX_MAPS);
+    if (plan->partitions == 0 || plan->partitions > SP_MAX_PARTITIONS)
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "job %s planned %" PRIu32 " partitions; a plan has 1 .. %" PRIu32
+                        " (partition ids are 24 bits)",
+                        job->name, plan->partitions, SP_MAX_PARTITIONS);
+    if (plan->splits == NULL)
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "job %s planned %" PRIu32 " map tasks but no splits (plan->splits is NULL)",
+                        job->name, plan->maps);
+    return SP_OK;
+}
+
 void sp__job_plan_clear(sp_job_plan_t *plan)
 {
     if (plan == NULL || plan->splits == NULL)
         return;
-    /* Splits and paths come from the job's malloc(), never from spate's wrappers. */
-    for (uint32_t i = 0; i < plan->maps; i++)
+    /*
+     * Splits and paths come from the job's malloc(), never from spate's wrappers. A map count
+     * past the limit was refused and does not size the array: its entries are not read.
+     */
+    for (uint32_t i = 0; plan->maps <= SP__JOB_MAX_MAPS && i < plan->maps; i++)
         free(plan->splits[i].path);
     free(plan->splits);
     plan->splits = NULL;

@@ -26,6 +26,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -161,11 +162,46 @@ static sp_status_t sp_sample_emit(sp_job_task_t *task, const void *key, size_t k
     return SP_OK;
 }
 
+/*
+ * The lengths of an emitted record, checked before anything reads its bytes
+ * (the partitioner hashes the key first): a record stores each length as a
+ * u32 (the writer's pages, spill segments and the reduce side all do), so a
+ * longer key or value cannot be written whatever the memory, and no retry
+ * would help. Beyond that the writer needs the record to fit the executor's
+ * execution memory (it gets a page of its own when it is larger than
+ * memory.page_size), which it checks itself.
+ */
+static sp_status_t sp_emit_check(const sp_job_task_t *task, const void *key, size_t key_len,
+                                 const void *value, size_t value_len)
+{
+    const char *what = task->mode == SP_TASK_SAMPLE ? "sample" : "map";
+
+    if (key_len > UINT32_MAX)
+        return SP_RAISE(SP_ERR_BAD_INPUT,
+                        "job %s %s task %u emitted a key of %zu bytes; a key is at most %" PRIu32
+                        " bytes",
+                        task->env->job->name, what, task->index, key_len, UINT32_MAX);
+    if (value_len > UINT32_MAX)
+        return SP_RAISE(SP_ERR_BAD_INPUT,
+                        "job %s %s task %u emitted a value of %zu bytes; a value is at most %" PRIu32
+                        " bytes",
+                        task->env->job->name, what, task->index, value_len, UINT32_MAX);
+    if ((key == NULL && key_len != 0) || (value == NULL && value_len != 0))
+        return SP_RAISE(SP_ERR_INVALID_PARAM,
+                        "job %s %s task %u emitted a record with NULL %s bytes of length %zu",
+                        task->env->job->name, what, task->index, key == NULL ? "key" : "value",
+                        key == NULL ? key_len : value_len);
+    return SP_OK;
+}
+
 sp_status_t sp_job_emit_to(sp_job_task_t *task, uint32_t partition, const void *key, size_t key_len,
                            const void *value, size_t value_len)
 {
     const sp_job_plan_t *plan = task->env->plan;
+    sp_status_t st;
 
+    if ((st = sp_emit_check(task, key, key_len, value, value_len)) != SP_OK)
+        return st;
     if (task->mode == SP_TASK_SAMPLE)
         return sp_sample_emit(task, key, key_len);
     if (task->mode != SP_TASK_MAP)
@@ -181,6 +217,10 @@ sp_status_t sp_job_emit_to(sp_job_task_t *task, uint32_t partition, const void *
 sp_status_t sp_job_emit(sp_job_task_t *task, const void *key, size_t key_len, const void *value,
                         size_t value_len)
 {
+    sp_status_t st;
+
+    if ((st = sp_emit_check(task, key, key_len, value, value_len)) != SP_OK)
+        return st;
     if (task->mode == SP_TASK_MAP && task->env->plan->partitioning == SP_JOB_GIVEN)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "job %s partitions records itself: use sp_job_emit_to()",
@@ -687,11 +727,8 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
              atomic_fetch_add(&run_seq, 1), (unsigned long long)time(NULL));
     if ((st = job->plan(params, &plan)) != SP_OK)
         return SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
-    if (plan.maps == 0 || plan.partitions == 0 || plan.splits == NULL) {
-        st = SP_RAISE(SP_ERR_INVALID_PARAM, "job %s planned %u maps and %u partitions", job->name,
-                      plan.maps, plan.partitions);
+    if ((st = sp__job_plan_check(job, &plan)) != SP_OK)
         goto out_plan;
-    }
     env = (sp__task_env_t){.job = job,
                            .params = params,
                            .plan = &plan,

@@ -2,9 +2,23 @@
  * Entry point of the `spate` command: global options (--conf, --conf-file,
  * --log), then a subcommand. Configuration is assembled once here, in
  * precedence order, and every error is printed once, from sp_last_error().
+ *
+ * Before anything else main() takes back the fatal signals from a library
+ * that is not spate's: libinfinipath (loaded with libfabric's psm provider,
+ * so before main) installs, from its constructor, handlers for SIGSEGV,
+ * SIGBUS, SIGILL, SIGABRT, SIGINT and SIGTERM that write a
+ * `spate.<time>-<pid>,<host>.btr` backtrace file into the working directory
+ * and make SIGINT and SIGTERM exit 1. Its constructor skips them when
+ * IPATH_NO_BACKTRACE is in the environment: spate sets it (keeping a user's
+ * own value) for the processes it starts, executors included, and resets
+ * the handlers this process already got, found by the library they live in,
+ * so that any other handler (a sanitizer's) stays. A crash then leaves
+ * nothing in the user's directory and reaches spate's own reporting.
  */
 #include "cli.h"
 
+#include <dlfcn.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +65,52 @@ static void sp_cli_usage(FILE *out)
             "`spate conf` lists every key. `spate <command> --help` shows a command's options.\n");
 }
 
+/* Libraries whose signal handlers spate removes (file name prefixes). */
+static const char *const sp_cli_foreign_handler_libs[] = {"libinfinipath.so"};
+
+/* Whether the signal action sa runs code of one of sp_cli_foreign_handler_libs. */
+static bool sp_cli_action_is_foreign(const struct sigaction *sa)
+{
+    const char *base;
+    Dl_info info;
+    void *addr;
+
+    if ((sa->sa_flags & SA_SIGINFO) == 0 &&
+        (sa->sa_handler == SIG_DFL || sa->sa_handler == SIG_IGN))
+        return false;
+    /* POSIX lets a function pointer convert to void * (dlsym relies on it). */
+    if ((sa->sa_flags & SA_SIGINFO) != 0)
+        memcpy(&addr, &sa->sa_sigaction, sizeof(addr));
+    else
+        memcpy(&addr, &sa->sa_handler, sizeof(addr));
+    if (dladdr(addr, &info) == 0 || info.dli_fname == NULL)
+        return false;
+    base = strrchr(info.dli_fname, '/');
+    base = base != NULL ? base + 1 : info.dli_fname;
+    for (size_t i = 0; i < sizeof(sp_cli_foreign_handler_libs) / sizeof(char *); i++)
+        if (strncmp(base, sp_cli_foreign_handler_libs[i], strlen(sp_cli_foreign_handler_libs[i])) ==
+            0)
+            return true;
+    return false;
+}
+
+/* Keeps libinfinipath's backtrace handlers out of this process and of those it starts. */
+static void sp_cli_drop_foreign_handlers(void)
+{
+    setenv("IPATH_NO_BACKTRACE", "1", 0);
+    for (int sig = 1; sig < NSIG; sig++) {
+        struct sigaction sa;
+
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0 ||
+            !sp_cli_action_is_foreign(&sa))
+            continue;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = SIG_DFL;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sig, &sa, NULL);
+    }
+}
+
 /* sp_cli_option() for the global options: a missing value ends the program. */
 static const char *sp_cli_value(int argc, char **argv, int *i, const char *opt)
 {
@@ -70,6 +130,7 @@ int main(int argc, char **argv)
     const char *conf_file = NULL, *value;
     int i, first_assignment = 0, ret;
 
+    sp_cli_drop_foreign_handlers();
     /* Pass 1: options that do not depend on the configuration. */
     for (i = 1; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {

@@ -14,8 +14,10 @@
  * it: a range that does not start at offset 0 skips the rest of a word begun
  * before it (the byte before its start is not whitespace), and every range
  * reads past its end to finish its last word; so each word is counted once,
- * whatever the split size (Hadoop's line rule, applied to words). Words
- * longer than 16 MiB are refused (SP_ERR_TOO_LARGE).
+ * whatever the split size (Hadoop's line rule, applied to words). A word
+ * longer than 16 MiB is bad input (SP_ERR_BAD_INPUT, naming the file, the
+ * word's offset and the limit): the same bytes fail every attempt, so the
+ * job fails at once rather than after task.max_failures attempts.
  *
  * Generated input. Without --input, --size BYTES generates a text of that
  * size instead: words of a fixed vocabulary of 8192 made-up words drawn with
@@ -123,14 +125,15 @@ static size_t sp_wc_sum(void *arg, const void *key, size_t key_len, const void *
 
 static const sp_combiner_t sp_wc_combiner = {.combine = sp_wc_sum, .arg = NULL};
 
-/* Appends bytes to the word that crosses a chunk boundary. */
+/* Appends bytes to the word (starting at offset word_at of path) that crosses a chunk boundary. */
 static sp_status_t sp_wc_carry(unsigned char **buf, size_t *len, size_t *cap, const void *bytes,
-                               size_t n, const char *path, uint64_t where)
+                               size_t n, const char *path, uint64_t word_at)
 {
     if (*len + n > SP_WC_MAX_WORD)
-        return SP_RAISE(SP_ERR_TOO_LARGE,
-                        "wordcount: %s has a word longer than %u bytes at offset %" PRIu64, path,
-                        SP_WC_MAX_WORD, where);
+        return SP_RAISE(SP_ERR_BAD_INPUT,
+                        "wordcount: %s: the word at offset %" PRIu64
+                        " is longer than %u bytes (16 MiB), the longest word wordcount counts",
+                        path, word_at, SP_WC_MAX_WORD);
     if (*len + n > *cap) {
         size_t want = SP_MAX(*len + n, 2 * *cap);
         unsigned char *grown = sp__realloc(*buf, want);
@@ -151,7 +154,7 @@ sp_status_t sp__wordcount_scan(const char *path, uint64_t offset, uint64_t lengt
     const uint64_t end = offset + length;
     unsigned char *chunk, *carry = NULL;
     size_t carry_len = 0, carry_cap = 0;
-    uint64_t pos, size;
+    uint64_t pos, size, word_at = 0;
     bool in_word = false, skipping = false, done = false;
     struct stat st;
     sp_status_t status = SP_OK;
@@ -195,7 +198,8 @@ sp_status_t sp__wordcount_scan(const char *path, uint64_t offset, uint64_t lengt
                 if (in_word) {
                     in_word = false;
                     if (carry_len > 0) {
-                        status = sp_wc_carry(&carry, &carry_len, &carry_cap, chunk, i, path, pos);
+                        status =
+                            sp_wc_carry(&carry, &carry_len, &carry_cap, chunk, i, path, word_at);
                         if (status == SP_OK)
                             status = fn(arg, carry, carry_len);
                         carry_len = 0;
@@ -216,11 +220,12 @@ sp_status_t sp__wordcount_scan(const char *path, uint64_t offset, uint64_t lengt
                 }
                 in_word = true;
                 start = i;
+                word_at = pos + i;
             }
         }
         if (!done && in_word) {
-            status =
-                sp_wc_carry(&carry, &carry_len, &carry_cap, chunk + start, n - start, path, pos);
+            status = sp_wc_carry(&carry, &carry_len, &carry_cap, chunk + start, n - start, path,
+                                 word_at);
             if (status != SP_OK)
                 goto out_carry;
         }

@@ -54,9 +54,12 @@ SP_API sp_status_t sp_conf_set_assignment(sp_conf_t *conf, const char *assignmen
 
 /**
  * Loads a file of "key = value" lines; blank lines and lines starting with
- * '#' are skipped. An unreadable file is SP_ERR_IO; a bad line is
- * SP_ERR_BAD_CONF naming the file and line number. Keys set before the error
- * keep their new values.
+ * '#' are skipped. The file is read whole first: a regular file or a pipe
+ * of at most 1 MiB of text. A device, a socket, a longer file and a NUL byte
+ * anywhere are SP_ERR_BAD_CONF (naming the file, and the line of a NUL) with
+ * nothing applied. An unreadable file is SP_ERR_IO; a bad line is
+ * SP_ERR_BAD_CONF naming the file and line number. Keys set before a bad
+ * line keep their new values.
  */
 SP_API sp_status_t sp_conf_load_file(sp_conf_t *conf, const char *path);
 

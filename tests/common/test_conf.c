@@ -5,7 +5,9 @@
  * bad texts; each bad text must fail with SP_ERR_BAD_CONF, name its key, and
  * leave the previous value in place. The built-in table is checked for keys
  * whose defaults or bounds do not parse and for duplicate names; file and
- * environment loading run on temporary files and hand-built envp arrays; the
+ * environment loading run on temporary files and hand-built envp arrays
+ * (what is not a conf file is refused: devices, sockets, files over 1 MiB,
+ * a NUL byte anywhere; a pipe or FIFO is read up to that limit); the
  * precedence defaults < file < environment < --conf is checked end to end by
  * running the `spate` command ($SPATE_CLI). Allocation failures are injected
  * at every allocation of create and dup.
@@ -25,7 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -787,6 +792,189 @@ static void test_conf_load_file_reports_io_error(void **state)
     assert_contains(sp_last_error(), tmp_dir);
 }
 
+/* Writes len bytes of buf to tmp_dir/name and returns the path (static buffer). */
+static const char *write_tmp_bytes(const char *name, const void *buf, size_t len)
+{
+    static char path[128];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", tmp_dir, name);
+    f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+static void test_conf_load_file_refuses_devices(void **state)
+{
+    static const char *const devices[] = {"/dev/zero", "/dev/null", "/dev/urandom"};
+    sp_conf_t *conf = *state;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    char expected[256];
+    int fd;
+
+    /* Each refused before it is read: /dev/zero once made the reader spin forever. */
+    for (size_t i = 0; i < sizeof(devices) / sizeof(devices[0]); i++) {
+        assert_status(sp_conf_load_file(conf, devices[i]), SP_ERR_BAD_CONF);
+        snprintf(expected, sizeof(expected),
+                 "conf file '%s' is a character device; a conf file is a regular file or a pipe",
+                 devices[i]);
+        assert_string_equal(sp_last_error(), expected);
+    }
+    /* A socket is not a conf file either. */
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/conf.sock", tmp_dir);
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
+    assert_status(sp_conf_load_file(conf, addr.sun_path), SP_ERR_BAD_CONF);
+    assert_contains(sp_last_error(), "is a socket");
+    close(fd);
+}
+
+static void test_conf_load_file_refuses_large_file(void **state)
+{
+    const size_t limit = 1u << 20;
+    sp_conf_t *conf = *state;
+    char *text = malloc(limit + 1);
+    char expected[256];
+    const char *path;
+    int64_t i = 0;
+
+    assert_non_null(text);
+    /* Exactly the limit: comment lines, then one assignment. */
+    memset(text, '#', limit);
+    for (size_t at = 63; at < limit; at += 64)
+        text[at] = '\n';
+    memcpy(text + limit - 14, "\nt.count = 42\n", 14);
+    path = write_tmp_bytes("limit.conf", text, limit);
+    assert_status(sp_conf_load_file(conf, path), SP_OK);
+    assert_status(sp_conf_get_int(conf, "t.count", &i), SP_OK);
+    assert_true(i == 42);
+
+    /* One byte more is refused before any line is applied. */
+    memcpy(text + limit - 14, "\nt.count = 43\n#", 15);
+    path = write_tmp_bytes("over.conf", text, limit + 1);
+    assert_status(sp_conf_load_file(conf, path), SP_ERR_BAD_CONF);
+    snprintf(expected, sizeof(expected),
+             "conf file '%s' is 1048577 bytes; a conf file is at most 1048576 bytes (1 MiB)",
+             path);
+    assert_string_equal(sp_last_error(), expected);
+    assert_status(sp_conf_get_int(conf, "t.count", &i), SP_OK);
+    assert_true(i == 42);
+    free(text);
+}
+
+static void test_conf_load_file_refuses_nul_byte(void **state)
+{
+    static const char text[] = "t.any = 1\n"
+                               "# a comment\n"
+                               "t.text = ab\0cd\n"
+                               "t.count = 7\n";
+    sp_conf_t *conf = *state;
+    char expected[256];
+    const char *path;
+
+    /* Text after the NUL byte was silently dropped; now the file is refused, naming the line. */
+    path = write_tmp_bytes("nul.conf", text, sizeof(text) - 1);
+    assert_status(sp_conf_load_file(conf, path), SP_ERR_BAD_CONF);
+    snprintf(expected, sizeof(expected),
+             "%s:3: a NUL byte (at byte 33 of the file); a conf file is text", path);
+    assert_string_equal(sp_last_error(), expected);
+    /* Nothing of it was applied, not even the lines before. */
+    assert_false(sp_conf_is_set(conf, "t.any"));
+    assert_false(sp_conf_is_set(conf, "t.count"));
+
+    /* A NUL as the very first byte is line 1. */
+    path = write_tmp_bytes("nul1.conf", "\0t.any = 1\n", 11);
+    assert_status(sp_conf_load_file(conf, path), SP_ERR_BAD_CONF);
+    assert_contains(sp_last_error(), ":1: a NUL byte (at byte 0 of the file)");
+}
+
+/*
+ * Starts a child that writes count copies of chunk (len bytes) to fd and
+ * exits; a reader that stops early makes it end on EPIPE. other_end (or -1)
+ * is closed in the child, so that the reader's close is the pipe's last.
+ */
+static pid_t start_writer(int fd, int other_end, const char *chunk, size_t len, size_t count)
+{
+    pid_t pid;
+
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        if (other_end >= 0)
+            close(other_end);
+        for (size_t i = 0; i < count; i++)
+            for (size_t off = 0; off < len;) {
+                ssize_t n = write(fd, chunk + off, len - off);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    _exit(0);
+                off += (size_t)n;
+            }
+        _exit(0);
+    }
+    return pid;
+}
+
+static void test_conf_load_file_reads_pipes_up_to_limit(void **state)
+{
+    static const char good[] = "t.count = 7\nt.text = from a pipe\n";
+    static const char comment[64] = "# a comment line that goes on and on and on and on and on\n";
+    static const char zeros[4096];
+    sp_conf_t *conf = *state;
+    char fifo[128], path[64];
+    const char *s = NULL;
+    int64_t i = 0;
+    int fds[2], status;
+    pid_t pid;
+
+    /* A pipe, as `--conf-file <(...)` gives: read whole. */
+    assert_int_equal(pipe(fds), 0);
+    pid = start_writer(fds[1], fds[0], good, sizeof(good) - 1, 1);
+    close(fds[1]);
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fds[0]);
+    assert_status(sp_conf_load_file(conf, path), SP_OK);
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_status(sp_conf_get_int(conf, "t.count", &i), SP_OK);
+    assert_true(i == 7);
+    assert_status(sp_conf_get_string(conf, "t.text", &s), SP_OK);
+    assert_string_equal(s, "from a pipe");
+
+    /* A pipe that never ends (`cat /dev/zero |`): read up to the limit, then refused. */
+    assert_int_equal(pipe(fds), 0);
+    pid = start_writer(fds[1], fds[0], zeros, sizeof(zeros), SIZE_MAX);
+    close(fds[1]);
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fds[0]);
+    assert_status(sp_conf_load_file(conf, path), SP_ERR_BAD_CONF);
+    assert_contains(sp_last_error(), "is longer than 1048576 bytes (1 MiB)");
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+
+    /* A FIFO of 2 MiB of comments: refused at the limit, whatever the content. */
+    snprintf(fifo, sizeof(fifo), "%s/conf.fifo", tmp_dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int w = open(fifo, O_WRONLY);
+        if (w < 0)
+            _exit(1);
+        waitpid(start_writer(w, -1, comment, sizeof(comment), (2u << 20) / sizeof(comment)), NULL, 0);
+        _exit(0);
+    }
+    assert_status(sp_conf_load_file(conf, fifo), SP_ERR_BAD_CONF);
+    assert_contains(sp_last_error(), fifo);
+    assert_contains(sp_last_error(), "is longer than 1048576 bytes");
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Environment                                                              */
 /* ------------------------------------------------------------------------ */
@@ -1197,6 +1385,36 @@ static void test_conf_cli_reports_bad_values_once(void **state)
     }
 }
 
+static void test_conf_cli_refuses_device_conf_file(void **state)
+{
+    char *no_env[] = {NULL};
+    char out[4096], err[4096];
+    int rc;
+
+    (void)state;
+    {
+        /* It spun forever reading NUL bytes. */
+        char *argv[] = {"spate", "--conf-file", "/dev/zero", "conf", NULL};
+        rc = run_cli(argv, no_env, out, sizeof(out), err, sizeof(err));
+        assert_int_equal(rc, 2); /* a bad configuration is a usage error */
+        assert_string_equal(out, "");
+        assert_string_equal(err, "spate: --conf-file: conf file '/dev/zero' is a character "
+                                 "device; a conf file is a regular file or a pipe\n");
+    }
+    {
+        const char *file = write_tmp_bytes("cli_nul.conf", "memory.fraction = 0.5\0junk\n", 27);
+        char expected[512];
+        char *argv[] = {"spate", "--conf-file", (char *)file, "conf", NULL};
+        rc = run_cli(argv, no_env, out, sizeof(out), err, sizeof(err));
+        assert_int_equal(rc, 2);
+        snprintf(expected, sizeof(expected),
+                 "spate: --conf-file: %s:1: a NUL byte (at byte 21 of the file); a conf file is "
+                 "text\n",
+                 file);
+        assert_string_equal(err, expected);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1233,6 +1451,14 @@ int main(void)
                                         files_teardown),
         cmocka_unit_test_setup_teardown(test_conf_load_file_rejects_long_line, files_setup,
                                         files_teardown),
+        cmocka_unit_test_setup_teardown(test_conf_load_file_refuses_devices, files_setup,
+                                        files_teardown),
+        cmocka_unit_test_setup_teardown(test_conf_load_file_refuses_large_file, files_setup,
+                                        files_teardown),
+        cmocka_unit_test_setup_teardown(test_conf_load_file_refuses_nul_byte, files_setup,
+                                        files_teardown),
+        cmocka_unit_test_setup_teardown(test_conf_load_file_reads_pipes_up_to_limit, files_setup,
+                                        files_teardown),
         cmocka_unit_test_setup_teardown(test_conf_load_file_reports_io_error, files_setup,
                                         files_teardown),
         cmocka_unit_test(test_conf_load_env_maps_names),
@@ -1248,6 +1474,8 @@ int main(void)
                                         conf_teardown),
         cmocka_unit_test_setup_teardown(test_conf_cli_precedence, files_setup, files_teardown),
         cmocka_unit_test_setup_teardown(test_conf_cli_reports_bad_values_once, files_setup,
+                                        files_teardown),
+        cmocka_unit_test_setup_teardown(test_conf_cli_refuses_device_conf_file, files_setup,
                                         files_teardown),
     };
 

@@ -19,6 +19,16 @@
  * Needs root (munged runs as the munge user, slurmd as root): elsewhere the
  * tests skip with a message, and with CI set a missing package fails them.
  *
+ * Nothing may depend on this host's name resolving (a fresh machine's name
+ * is often in no /etc/hosts): the cluster runs under a name that does not
+ * resolve, set in a UTS namespace of the test process that the daemons and
+ * jobs inherit (the machine's own name is untouched); where no namespace can
+ * be made (a container without CAP_SYS_ADMIN) the tests say so and run under
+ * the machine's name. The configuration is why it works: slurmd, slurmstepd
+ * and srun listen on the wildcard address (no NoInAddrAny, which makes them
+ * bind the address of gethostname() and so look it up), and reach each
+ * other at NodeAddr and SlurmctldHost, 127.0.0.1.
+ *
  * LABELS: slurm slow
  */
 #include "../executor/run_test_util.h"
@@ -26,7 +36,9 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <pwd.h>
 #include <sys/random.h>
 #include <sys/prctl.h>
@@ -276,6 +288,31 @@ static const char *slurm_check_host(void)
     return NULL;
 }
 
+/*
+ * Gives this process (and so every daemon and job it starts) a host name
+ * that does not resolve, in a UTS namespace of its own. Says what it did.
+ */
+static void slurm_unresolvable_hostname(void)
+{
+    static const char name[] = "spate-test-unresolvable";
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+
+    if (getaddrinfo(name, NULL, &hints, &res) == 0) {
+        freeaddrinfo(res);
+        fprintf(stderr, "test_slurm: %s resolves here: the machine's own host name is used\n",
+                name);
+        return;
+    }
+    if (unshare(CLONE_NEWUTS) != 0 || sethostname(name, sizeof(name) - 1) != 0) {
+        fprintf(stderr,
+                "test_slurm: no UTS namespace (%s): the machine's own host name is used, so "
+                "these tests cannot show that nothing looks it up\n",
+                strerror(errno));
+        return;
+    }
+    fprintf(stderr, "test_slurm: running under the host name %s, which does not resolve\n", name);
+}
+
 /* munged with its own key, socket, pid, seed and log files under DIR/munge. */
 static bool slurm_start_munged(void)
 {
@@ -348,7 +385,10 @@ static void slurm_write_conf(void)
      * RealMemory above what slurmd finds drains the node; half of it is always
      * safe. MinJobAge=4: sbatch --wait polls every 2 s while that is below half
      * the age, instead of backing off to 8 s, and a job still stays listed for
-     * its next poll.
+     * its next poll. No CommunicationParameters=NoInAddrAny: with it slurmd,
+     * slurmstepd and srun bind the address of this host's name, which need not
+     * resolve; they listen on the wildcard address instead and are reached at
+     * 127.0.0.1 (NodeAddr), as slurmctld is (SlurmctldHost).
      */
     n = snprintf(conf, sizeof(conf),
                  "ClusterName=spatetest\n"
@@ -368,7 +408,6 @@ static void slurm_write_conf(void)
                  "SelectTypeParameters=CR_Core\n"
                  "ReturnToService=2\n"
                  "MinJobAge=4\n"
-                 "CommunicationParameters=NoInAddrAny\n"
                  "StateSaveLocation=%s/state\n"
                  "SlurmdSpoolDir=%s/spool\n"
                  "SlurmctldPidFile=%s/slurmctld.pid\n"
@@ -462,6 +501,7 @@ static int slurm_group_setup(void **state)
     }
     g.owner = getpid();
     atexit(slurm_atexit);
+    slurm_unresolvable_hostname();
     rt_mkdtemp(g.dir, sizeof(g.dir), "slurm");
     /* munged (the munge user) must reach its socket below this directory. */
     assert_int_equal(chmod(g.dir, 0755), 0);
