@@ -534,8 +534,16 @@ static sp_status_t sp_run_mpi(const sp_run_request_t *req, sp__driver_report_t *
         if (st == SP_OK && started && et.status != SP_OK)
             sp_warn("rank 0's executor ended with: %s", et.message);
     }
-    if (st != SP_OK && rank == 0 && size > 1) {
-        fprintf(stderr, "%s: %s\n", req->prog, sp_last_error());
+    /*
+     * A failed job, or a rank whose driver is gone or silent: MPI_Finalize
+     * would wait for every rank, so the job is aborted (mpirun ends the
+     * others, a stopped one included).
+     */
+    if (st != SP_OK && size > 1) {
+        if (rank == 0)
+            fprintf(stderr, "%s: %s\n", req->prog, sp_last_error());
+        else
+            fprintf(stderr, "%s: rank %d: %s\n", req->prog, rank, sp_last_error());
         MPI_Abort(MPI_COMM_WORLD, sp_run_exit_code(st));
     }
     MPI_Comm_free(&comm);

@@ -3,7 +3,8 @@
  * (SPATE_FAULT_STOP_DRIVER=map:1, SIGSTOP) in the middle of the map stage.
  * The other ranks hear no PING for executor.driver_timeout and exit with a
  * message that says so, instead of hanging until an outer timeout; mpirun
- * then ends the job. Also in local mode: the executors of a stopped
+ * then ends the job, and the ranks that exited leave no shuffle directory
+ * (rank 0, killed while stopped, cannot clean up). Also in local mode: the executors of a stopped
  * `spate run` exit the same way, and leave no shuffle file behind.
  *
  * The test launches `mpiexec -n 2 --oversubscribe $SPATE_CLI run ...` itself
@@ -16,18 +17,24 @@
 static char base[256];
 static char local[300], local_conf[400], out[300];
 
+/* A shuffle directory of its own for each test, so one test's leftovers cannot fail another. */
+static void fresh_local(const char *name)
+{
+    rt_path(local, sizeof(local), base, name);
+    snprintf(local_conf, sizeof(local_conf), "shuffle.local_dirs=%s", local);
+    assert_int_equal(mkdir(local, 0700), 0);
+}
+
 static int setup(void **state)
 {
     (void)state;
     rt_env_loopback();
     setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
     rt_mkdtemp(base, sizeof(base), "mpi-fault");
-    rt_path(local, sizeof(local), base, "local");
     rt_path(out, sizeof(out), base, "out");
-    snprintf(local_conf, sizeof(local_conf), "shuffle.local_dirs=%s", local);
     if (getenv("SPATE_FAULT_PLUGIN") == NULL)
         fail_msg("SPATE_FAULT_PLUGIN is not set: run this test through ctest");
-    return mkdir(local, 0700);
+    return 0;
 }
 
 static int teardown(void **state)
@@ -35,6 +42,26 @@ static int teardown(void **state)
     (void)state;
     rt_rmtree(base);
     return 0;
+}
+
+/* Whether a directory named name is left anywhere under dir. */
+static bool exec_dir_left(const char *dir, const char *name)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    bool found = false;
+
+    if (d == NULL)
+        return false;
+    while (!found && (e = readdir(d)) != NULL) {
+        char path[4096];
+        if (e->d_name[0] == '.' || e->d_type != DT_DIR)
+            continue;
+        snprintf(path, sizeof(path), "%.3000s/%.255s", dir, e->d_name);
+        found = strcmp(e->d_name, name) == 0 || exec_dir_left(path, name);
+    }
+    closedir(d);
+    return found;
 }
 
 static bool have_mpiexec(void)
@@ -56,6 +83,7 @@ static void test_run_mpi_silent_rank0_ends_ranks(void **state)
         print_message("no mpiexec in PATH: skipped\n");
         skip();
     }
+    fresh_local("local-mpi");
     run = rt_spawn_env(
         (const char *const[]){"mpiexec", "-n", "2", "--oversubscribe", cli, "run",
                               getenv("SPATE_FAULT_PLUGIN"), "--cores", "1", "--conf", local_conf,
@@ -70,6 +98,9 @@ static void test_run_mpi_silent_rank0_ends_ranks(void **state)
     if (strstr(run.err, "heard nothing from the driver") == NULL ||
         strstr(run.err, "executor.driver_timeout") == NULL)
         fail_msg("no rank said its driver went silent: %s", rt_tail(run.err));
+    /* Rank 1 cleaned up before it went; rank 0, killed while stopped, could not. */
+    if (exec_dir_left(local, "exec-1"))
+        fail_msg("rank 1 left its shuffle directory; stderr: %s", rt_tail(run.err));
     rt_free(&run);
 }
 
@@ -80,6 +111,7 @@ static void test_run_local_stopped_driver_ends_executors(void **state)
 
     (void)state;
     rt_rmtree(out);
+    fresh_local("local-local");
     tf_start(&r, NULL,
              (const char *const[]){"run", getenv("SPATE_FAULT_PLUGIN"), "--executors", "2",
                                    "--cores", "1", "--output", out, "--conf", local_conf,
