@@ -348,6 +348,8 @@ static void test_run_emit_huge_key(void **state)
     /* The length and the limit, in the job's own task: no executor died. */
     rt_expect_fail(&run, 2, "emitted a key of 8589934592 bytes", "a map emitting a 2^33-byte key");
     assert_non_null(strstr(run.err, "4294967295"));
+    /* Bad input is not retried: the first attempt fails the job. */
+    assert_non_null(strstr(run.err, "failed on bad input, which no retry can fix"));
     rt_expect_no_output(out);
     rt_free(&run);
     rt_rmtree(out);
@@ -355,10 +357,8 @@ static void test_run_emit_huge_key(void **state)
 
 /*
  * A wordcount word of 17 MiB, over the job's 16 MiB limit: bad input, named
- * with its file, the word's offset and the limit. Deterministic input errors
- * exit 2 without retries once the driver fails the job at the first
- * SP_ERR_BAD_INPUT (issue 13); until then only a failure with the message is
- * asserted, not the exit code's class nor the number of attempts.
+ * with its file, the word's offset and the limit. A deterministic input
+ * error: exit 2 at the first failed attempt, no retry.
  */
 static void test_run_failing_job_leaves_no_success(void **state)
 {
@@ -384,9 +384,12 @@ static void test_run_failing_job_leaves_no_success(void **state)
     free(text);
     run = RT_CLI("run", "wordcount", "--executors", "2", "--input", in, "--output", out, "--json",
                  json, "--no-baseline");
-    if (run.status == 0 || run.signal != 0)
-        fail_msg("wordcount with a word over 16 MiB: exit %d, signal %d; stderr: %s", run.status,
-                 run.signal, rt_tail(run.err));
+    if (run.status != 2 || run.signal != 0)
+        fail_msg("wordcount with a word over 16 MiB: exit %d, signal %d, want 2; stderr: %s",
+                 run.status, run.signal, rt_tail(run.err));
+    if (strstr(run.err, "failed on bad input, which no retry can fix") == NULL)
+        fail_msg("wordcount with a word over 16 MiB: not failed at once as bad input: %s",
+                 rt_tail(run.err));
     if (strstr(run.err, "b-long: the word at offset 3 is longer than 16777216 bytes") == NULL)
         fail_msg("wordcount with a word over 16 MiB: the message does not name the file, the "
                  "offset and the limit: %s",
@@ -394,6 +397,7 @@ static void test_run_failing_job_leaves_no_success(void **state)
     rt_expect_no_output(out);
     rep = rt_json_load(json);
     assert_false(rt_json_bool(rep, "succeeded"));
+    assert_int_equal(rt_json_int(rep, "recovery.task_retries"), 1); /* one attempt, not four */
     json_decref(rep);
     rt_free(&run);
     rt_rmtree(in);
