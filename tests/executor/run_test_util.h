@@ -167,22 +167,32 @@ static inline rt_run_t rt_spawn_env(const char *const *argv, const char *const *
     return run;
 }
 
-/* $SPATE_CLI with args (NULL-terminated), with env added ("KEY=VALUE", NULL-terminated, or NULL).
- */
-static inline rt_run_t rt_cli_env(const char *const *args, const char *const *env)
+/* Most arguments a command line of the tests' helpers holds, the program and NULL included. */
+#define RT_ARGV_MAX 96
+
+/* argv (RT_ARGV_MAX entries) = $SPATE_CLI, then args (NULL-terminated), then NULL. */
+static inline void rt_cli_argv(const char *const *args, const char **argv)
 {
     const char *cli = getenv("SPATE_CLI");
-    const char *argv[96];
     size_t n = 0;
 
     if (cli == NULL)
         fail_msg("SPATE_CLI is not set: run this test through ctest");
     argv[n++] = cli;
     for (; args[n - 1] != NULL; n++) {
-        assert_true(n < sizeof(argv) / sizeof(argv[0]) - 1);
+        assert_true(n < RT_ARGV_MAX - 1);
         argv[n] = args[n - 1];
     }
     argv[n] = NULL;
+}
+
+/* $SPATE_CLI with args (NULL-terminated), with env added ("KEY=VALUE", NULL-terminated, or NULL).
+ */
+static inline rt_run_t rt_cli_env(const char *const *args, const char *const *env)
+{
+    const char *argv[RT_ARGV_MAX];
+
+    rt_cli_argv(args, argv);
     return rt_spawn_env(argv, env, RT_TIMEOUT_S);
 }
 

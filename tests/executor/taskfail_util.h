@@ -28,18 +28,9 @@ static inline void tf_start(tf_run_t *r, const char *cwd, const char *const *arg
                             const char *const *env)
 {
     static unsigned seq;
-    const char *cli = getenv("SPATE_CLI");
-    const char *argv[96];
-    size_t n = 0;
+    const char *argv[RT_ARGV_MAX];
 
-    if (cli == NULL)
-        fail_msg("SPATE_CLI is not set: run this test through ctest");
-    argv[n++] = cli;
-    for (; args[n - 1] != NULL; n++) {
-        assert_true(n < sizeof(argv) / sizeof(argv[0]) - 1);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
+    rt_cli_argv(args, argv);
     memset(r, 0, sizeof(*r));
     snprintf(r->mark, sizeof(r->mark), "SPATE_TEST_MARK=%ld-%u-%ld", (long)getpid(), seq++,
              (long)time(NULL));

@@ -107,20 +107,11 @@ static char *read_proc(const char *path)
  */
 static bg_run_t bg_start(const char *tag, const char *const *args)
 {
-    const char *cli = getenv("SPATE_CLI");
-    const char *argv[64];
+    const char *argv[RT_ARGV_MAX];
     bg_run_t run = {0};
-    size_t n = 0;
     int fd;
 
-    if (cli == NULL)
-        fail_msg("SPATE_CLI is not set: run this test through ctest");
-    argv[n++] = cli;
-    for (; args[n - 1] != NULL; n++) {
-        assert_true(n < sizeof(argv) / sizeof(argv[0]) - 1);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
+    rt_cli_argv(args, argv);
     snprintf(run.err_path, sizeof(run.err_path), "%s/%s.err", base, tag);
     fd = open(run.err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     assert_true(fd >= 0);
@@ -135,7 +126,7 @@ static bg_run_t bg_start(const char *tag, const char *const *args)
         signal(SIGTERM, SIG_DFL);
         dup2(null, STDOUT_FILENO);
         dup2(fd, STDERR_FILENO);
-        execv(cli, (char *const *)argv);
+        execv(argv[0], (char *const *)argv);
         _exit(127);
     }
     close(fd);

@@ -203,25 +203,16 @@ static long vm_hwm_kib(pid_t pid)
  */
 static rt_run_t spawn_spate(const char *const *args, rlim_t nofile, long *hwm_kib_p)
 {
-    const char *cli = getenv("SPATE_CLI");
-    const char *argv[64];
+    const char *argv[RT_ARGV_MAX];
     FILE *out = tmpfile(), *err = tmpfile();
     rt_run_t run = {.status = -1};
     double start = rt_now();
     int wstatus = 0;
-    size_t n = 0;
     pid_t pid;
 
-    if (cli == NULL)
-        fail_msg("SPATE_CLI is not set: run this test through ctest");
     assert_non_null(out);
     assert_non_null(err);
-    argv[n++] = cli;
-    for (; args[n - 1] != NULL; n++) {
-        assert_true(n < SP_ARRAY_SIZE(argv) - 1);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
+    rt_cli_argv(args, argv);
     *hwm_kib_p = -1;
     fflush(stdout);
     fflush(stderr);
@@ -240,8 +231,8 @@ static rt_run_t spawn_spate(const char *const *args, rlim_t nofile, long *hwm_ki
                 _exit(126);
             }
         }
-        execv(cli, (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", cli, strerror(errno));
+        execv(argv[0], (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
         _exit(127);
     }
     setpgid(pid, pid);

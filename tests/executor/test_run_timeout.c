@@ -67,25 +67,16 @@ static bool group_left_behind(pid_t pgid)
  */
 static rt_run_t run_cli(const char *const *args, bool *left_p)
 {
-    const char *cli = getenv("SPATE_CLI");
-    const char *argv[64];
+    const char *argv[RT_ARGV_MAX];
     FILE *out = tmpfile(), *err = tmpfile();
     rt_run_t run = {.status = -1};
     double start = rt_now();
     int wstatus = 0;
-    size_t n = 0;
     pid_t pid;
 
-    if (cli == NULL)
-        fail_msg("SPATE_CLI is not set: run this test through ctest");
     assert_non_null(out);
     assert_non_null(err);
-    argv[n++] = cli;
-    for (; args[n - 1] != NULL; n++) {
-        assert_true(n < sizeof(argv) / sizeof(argv[0]) - 1);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
+    rt_cli_argv(args, argv);
     fflush(stdout);
     fflush(stderr);
     pid = fork();
