@@ -14,7 +14,10 @@
  * holding the largest share of its input bytes; a first pass fills every
  * executor's free slots with tasks it is preferred for, a second pass gives
  * what is left to any free slot (so a task waits for its preferred executor
- * only while that one has no free slot and nobody else does either).
+ * only while that one has no free slot and nobody else does either). The
+ * rules themselves (preferences, which task a slot takes, whether a lost
+ * output is still needed) are functions over plain state in
+ * executor/scheduler.c; this file keeps the state and does the messaging.
  *
  * Failures:
  * - a task that fails is retried (on another executor when there is one)
@@ -44,6 +47,7 @@
 
 #include "common_int.h"
 #include "protocol.h"
+#include "scheduler.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -73,18 +77,11 @@ typedef struct sp_dexec {
     sp__executor_report_t rep;
 } sp_dexec_t;
 
-typedef enum sp_dtask_state {
-    SP_DTASK_PENDING = 0,
-    SP_DTASK_RUNNING = 1,
-    SP_DTASK_DONE = 2,
-} sp_dtask_state_t;
-
+/* A task beside its scheduler state (sched[stage][i]: its state and the executor to avoid). */
 typedef struct sp_dtask {
-    sp_dtask_state_t state;
     uint32_t attempt;  /* of the running attempt, or the next */
     uint32_t failures; /* failed attempts */
     uint32_t executor; /* running on, or (map) whose output is registered */
-    uint32_t avoid;    /* executor of the last failure; UINT32_MAX: none */
     uint64_t task_id;
     uint64_t started_ns; /* of the running attempt, for task.timeout */
     /*
@@ -109,6 +106,7 @@ struct sp__driver {
     uint32_t nexecs, cap_execs;
 
     sp_dtask_t *tasks[SP_STAGES];
+    sp__sched_task_t *sched[SP_STAGES]; /* what the scheduler reads of each task */
     uint32_t ntasks[SP_STAGES];
     sp_map_status_t **map_status; /* registered outputs, for locality */
     void **map_blob;              /* their serialized form, for late executors */
@@ -224,11 +222,12 @@ static uint32_t sp_drv_ready_count(const sp__driver_t *d)
 static void sp_drv_lose_map(sp__driver_t *d, uint32_t map, const char *why)
 {
     sp_dtask_t *t = &d->tasks[SP_STAGE_MAP][map];
+    sp__sched_task_t *ts = &d->sched[SP_STAGE_MAP][map];
     sp__msg_map_lost_t lost = {.map_id = map, .executor_id = t->executor};
     void *buf = NULL;
     size_t len = 0;
 
-    if (t->state != SP_DTASK_DONE)
+    if (ts->state != SP__SCHED_DONE)
         return;
     sp_info("map output %u on executor %u lost (%s): recomputing it", map, t->executor, why);
     sp_map_output_tracker_unregister_output(d->tracker, d->shuffle_id, map);
@@ -240,9 +239,9 @@ static void sp_drv_lose_map(sp__driver_t *d, uint32_t map, const char *why)
     if (sp__msg_map_lost_encode(&lost, &buf, &len) == SP_OK)
         sp_drv_broadcast(d, SP_MSG_MAP_LOST, buf, len);
     free(buf);
-    t->state = SP_DTASK_PENDING;
+    ts->state = SP__SCHED_PENDING;
     t->attempt++;
-    t->avoid = lost.executor_id;
+    ts->avoid = lost.executor_id;
     d->rep.stages[SP_STAGE_MAP].done--;
     d->rep.maps_recomputed++;
 }
@@ -278,18 +277,19 @@ static sp_status_t sp_drv_task_failed(sp__driver_t *d, int stage, uint32_t i, ui
                                       uint32_t e, sp_status_t status, const char *msg)
 {
     sp_dtask_t *t = &d->tasks[stage][i];
+    sp__sched_task_t *ts = &d->sched[stage][i];
     char *copy = strdup(msg);
 
     if (copy != NULL) {
         free(t->last_error);
         t->last_error = copy;
     }
-    if (t->state == SP_DTASK_RUNNING) {
-        t->state = SP_DTASK_PENDING;
+    if (ts->state == SP__SCHED_RUNNING) {
+        ts->state = SP__SCHED_PENDING;
         t->attempt++;
     }
     t->failures++;
-    t->avoid = e;
+    ts->avoid = e;
     d->rep.task_failures++;
     if (status == SP_ERR_BAD_INPUT)
         return SP_RAISE(SP_ERR_BAD_INPUT,
@@ -311,13 +311,8 @@ static bool sp_drv_map_needed(const sp__driver_t *d, uint32_t m)
 {
     const sp_map_status_t *s = d->map_status[m];
 
-    if (d->sampling)
-        return true;
-    for (uint32_t p = 0; p < d->ntasks[SP_STAGE_REDUCE]; p++)
-        if (d->tasks[SP_STAGE_REDUCE][p].state != SP_DTASK_DONE &&
-            (s == NULL || s->lengths[p] > 0))
-            return true;
-    return false;
+    return sp__sched_map_needed(s != NULL ? s->lengths : NULL, d->sched[SP_STAGE_REDUCE],
+                                d->ntasks[SP_STAGE_REDUCE], d->sampling);
 }
 
 static uint32_t sp_drv_starting_count(const sp__driver_t *d)
@@ -379,7 +374,7 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
         for (uint32_t i = 0; i < d->ntasks[s]; i++) {
             sp_dtask_t *t = &d->tasks[s][i];
             sp_status_t st;
-            if (t->state != SP_DTASK_RUNNING || t->executor != e)
+            if (d->sched[s][i].state != SP__SCHED_RUNNING || t->executor != e)
                 continue;
             snprintf(msg, sizeof(msg), "%s while running %s task %u", cause, sp_stage_names[s], i);
             st = sp_drv_task_failed(d, s, i, t->attempt, e, SP_ERR_PEER_LOST, msg);
@@ -389,7 +384,7 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
             }
         }
     for (uint32_t m = 0; m < d->ntasks[SP_STAGE_MAP]; m++)
-        if (d->tasks[SP_STAGE_MAP][m].state == SP_DTASK_DONE &&
+        if (d->sched[SP_STAGE_MAP][m].state == SP__SCHED_DONE &&
             d->tasks[SP_STAGE_MAP][m].executor == e && sp_drv_map_needed(d, m))
             sp_drv_lose_map(d, m, "its executor was lost");
     sp_map_output_tracker_remove_executor(d->tracker, e);
@@ -653,6 +648,7 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
 {
     sp__msg_result_t r;
     sp_dtask_t *t;
+    sp__sched_task_t *ts;
     int stage;
     sp_status_t st;
 
@@ -665,7 +661,8 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u reported %s task %u of %u", e,
                         sp_stage_names[stage], r.index, d->ntasks[stage]);
     t = &d->tasks[stage][r.index];
-    if (t->state != SP_DTASK_RUNNING || t->task_id != r.task_id || t->executor != e) {
+    ts = &d->sched[stage][r.index];
+    if (ts->state != SP__SCHED_RUNNING || t->task_id != r.task_id || t->executor != e) {
         /* An attempt the driver gave up on (its executor was thought lost, say). */
         sp_debug("ignoring the result of stale task %llu", (unsigned long long)r.task_id);
         return SP_OK;
@@ -679,7 +676,7 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
             st = sp_drv_sample_done(d, &r);
         if (st != SP_OK)
             return st;
-        t->state = SP_DTASK_DONE;
+        ts->state = SP__SCHED_DONE;
         sp_drv_account(d, stage, e, &r.metrics, !t->counted);
         if (!t->counted) {
             t->metrics = r.metrics;
@@ -691,7 +688,7 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         return SP_OK;
     }
     if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED) {
-        t->state = SP_DTASK_PENDING;
+        ts->state = SP__SCHED_PENDING;
         t->attempt++;
         d->rep.fetch_failures++;
         sp_warn("reduce task %u on executor %u could not fetch its input: %s", r.index, e,
@@ -718,27 +715,36 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
 /* Scheduling                                                                */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * Each reduce partition's preferred executor, from the registered map
+ * outputs and the ready executors (sp__sched_preferred). Short of memory,
+ * no partition prefers anyone: tasks then go to any free slot.
+ */
 static void sp_drv_compute_preferred(sp__driver_t *d)
 {
-    uint64_t *bytes = sp__calloc(d->nexecs + 1, sizeof(*bytes));
+    uint32_t maps = d->plan.maps, n = d->nexecs;
+    const uint64_t **lengths = sp__calloc(maps + 1, sizeof(*lengths));
+    uint32_t *owner = sp__calloc(maps + 1, sizeof(*owner));
+    bool *ready = sp__calloc(n + 1, sizeof(*ready));
+    uint64_t *bytes = sp__calloc(n + 1, sizeof(*bytes));
 
-    for (uint32_t p = 0; p < d->plan.partitions; p++) {
-        uint64_t best = 0;
-        d->preferred[p] = UINT32_MAX;
-        if (bytes == NULL)
-            continue;
-        memset(bytes, 0, (d->nexecs + 1) * sizeof(*bytes));
-        for (uint32_t m = 0; m < d->plan.maps; m++) {
-            const sp_map_status_t *s = d->map_status[m];
-            if (s != NULL && s->executor_id < d->nexecs)
-                bytes[s->executor_id] += s->lengths[p];
-        }
-        for (uint32_t e = 0; e < d->nexecs; e++)
-            if (d->execs[e].state == SP_DEXEC_READY && bytes[e] > best) {
-                best = bytes[e];
-                d->preferred[p] = e;
+    if (lengths == NULL || owner == NULL || ready == NULL || bytes == NULL) {
+        for (uint32_t p = 0; p < d->plan.partitions; p++)
+            d->preferred[p] = UINT32_MAX;
+    } else {
+        for (uint32_t m = 0; m < maps; m++)
+            if (d->map_status[m] != NULL) {
+                lengths[m] = d->map_status[m]->lengths;
+                owner[m] = d->map_status[m]->executor_id;
             }
+        for (uint32_t e = 0; e < n; e++)
+            ready[e] = d->execs[e].state == SP_DEXEC_READY;
+        sp__sched_preferred(lengths, owner, maps, d->plan.partitions, ready, n, bytes,
+                            d->preferred);
     }
+    free(lengths);
+    free(owner);
+    free(ready);
     free(bytes);
     d->preferred_valid = true;
 }
@@ -748,26 +754,11 @@ static bool sp_drv_maps_complete(const sp__driver_t *d)
     return d->rep.stages[SP_STAGE_MAP].done == d->ntasks[SP_STAGE_MAP];
 }
 
-/* A pending task of stage for executor e; pass 0 takes only tasks e is preferred for. */
-static int64_t sp_drv_pick(sp__driver_t *d, int stage, uint32_t e, int pass, uint32_t alive)
+/* A pending task of stage for executor e (sp__sched_pick); pass 0 takes only tasks e prefers. */
+static int64_t sp_drv_pick(const sp__driver_t *d, int stage, uint32_t e, int pass, uint32_t alive)
 {
-    int64_t fallback = -1;
-
-    for (uint32_t i = 0; i < d->ntasks[stage]; i++) {
-        const sp_dtask_t *t = &d->tasks[stage][i];
-        if (t->state != SP_DTASK_PENDING)
-            continue;
-        if (t->avoid == e && alive > 1) {
-            if (fallback < 0)
-                fallback = i;
-            continue;
-        }
-        if (stage == SP_STAGE_REDUCE && pass == 0 && d->preferred[i] != e)
-            continue;
-        return i;
-    }
-    /* Only executors that failed these tasks remain free: let them retry after all. */
-    return pass == 1 && alive > 1 ? -1 : fallback;
+    return sp__sched_pick(d->sched[stage], d->ntasks[stage],
+                          stage == SP_STAGE_REDUCE ? d->preferred : NULL, e, pass, alive);
 }
 
 static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_t e)
@@ -790,7 +781,7 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
     free(buf);
     if (st != SP_OK)
         return sp_drv_exec_lost(d, e, sp_last_error(), true);
-    t->state = SP_DTASK_RUNNING;
+    d->sched[stage][i].state = SP__SCHED_RUNNING;
     t->executor = e;
     t->task_id = msg.task_id;
     t->started_ns = sp__now_ns();
@@ -997,7 +988,8 @@ static sp_status_t sp_drv_check_task_timeouts(sp__driver_t *d)
             sp_dtask_t *t = &d->tasks[s][i];
             uint32_t e = t->executor;
             char msg[256], why[320];
-            if (t->state != SP_DTASK_RUNNING || now - t->started_ns <= d->task_timeout_ns)
+            if (d->sched[s][i].state != SP__SCHED_RUNNING ||
+                now - t->started_ns <= d->task_timeout_ns)
                 continue;
             snprintf(msg, sizeof(msg), "%s task %u ran past task.timeout (%.1f s) on executor %u",
                      sp_stage_names[s], i, (double)d->task_timeout_ns / 1e9, e);
@@ -1204,10 +1196,11 @@ static sp_status_t sp_drv_plan(sp__driver_t *d)
     d->ntasks[SP_STAGE_REDUCE] = d->plan.partitions;
     for (int s = 0; s < SP_STAGES; s++) {
         d->tasks[s] = sp__calloc(d->ntasks[s] + 1, sizeof(sp_dtask_t));
-        if (d->tasks[s] == NULL)
+        d->sched[s] = sp__calloc(d->ntasks[s] + 1, sizeof(sp__sched_task_t));
+        if (d->tasks[s] == NULL || d->sched[s] == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for %u tasks", d->ntasks[s]);
         for (uint32_t i = 0; i < d->ntasks[s]; i++)
-            d->tasks[s][i].avoid = UINT32_MAX;
+            d->sched[s][i] = (sp__sched_task_t){.state = SP__SCHED_PENDING, .avoid = UINT32_MAX};
         d->rep.stages[s].tasks = d->ntasks[s];
     }
     d->map_status = sp__calloc(d->plan.maps, sizeof(*d->map_status));
@@ -1434,6 +1427,7 @@ void sp__driver_destroy(sp__driver_t *d)
         for (uint32_t i = 0; d->tasks[s] != NULL && i < d->ntasks[s]; i++)
             free(d->tasks[s][i].last_error);
         free(d->tasks[s]);
+        free(d->sched[s]);
     }
     free(d->samples);
     free(d->bounds_blob);
