@@ -2,11 +2,11 @@
  * Keeps the layers apart (docs/ARCHITECTURE.md, "Layers"). The test reads every
  * `#include "..."` and `#include <...>` line of every .c and .h under the layer folders,
  * include/spate/ and examples/, resolves the name to a file the way the compiler does (the
- * including file's own folder first for quoted names, then the include path CMake gives
- * libspate's objects, passed in SPATE_LAYER_INCLUDE_PATH), and finds the layer of both ends:
- * a file's layer is its top folder (executor/jobs/ is executor), a public header's is given
- * by public_headers[] or is the layer it is named after, and headers CMake generates
- * (spate_build.h) stand on the common floor. It fails, naming file, line and edge, on:
+ * including file's own folder first for quoted names, then the whole tree's include path,
+ * CMake's SPATE_TREE_INCLUDE_DIRS, passed in SPATE_LAYER_INCLUDE_PATH), and finds the layer
+ * of both ends: a file's layer is its top folder (executor/jobs/ is executor), a public
+ * header's is given by public_headers[] or is the layer it is named after, and headers CMake
+ * generates (spate_build.h) stand on the common floor. It fails, naming file, line and edge, on:
  *   - an upward edge: a layer includes a header of a layer above it;
  *   - a sideways edge: two layers on one floor (transport/ and control/) include each other;
  *   - a private header (*_int.h) of another layer, unless exceptions[] names the edge;
@@ -15,6 +15,10 @@
  *   - a name that resolves to no file in the tree (a typo, or a header in a folder that is
  *     in no layer) and a top folder with C sources that is in no layer.
  * Includes that resolve outside the tree (system and library headers) are not edges.
+ *
+ * The build compiles each layer against a view of the tree that hides the upper layers, so
+ * an upward include also fails to compile; the last test checks that CMake's table of layers
+ * and public headers agrees with this one.
  *
  * The first test runs the same scan over a small tree it writes, with one violation of each
  * kind, and compares what it reports with the list it planted, so a checker that stopped
@@ -687,11 +691,71 @@ static void test_layers_tree_has_no_forbidden_edge(void **state)
     scan_fini(&s);
 }
 
+/*
+ * CMakeLists.txt compiles each layer against a view holding only its own and the earlier
+ * layers' folders and public headers (SPATE_LAYERS, SPATE_LAYER_HEADERS_<layer>), passed here
+ * as "layer:header,header ..." lowest first. Its table must say what layers[] and
+ * public_headers[] say: every layer of libspate in it, in floor order, and each public header
+ * with the layer the test gives it.
+ */
+static void test_layers_cmake_table_matches(void **state)
+{
+    const char *env = getenv("SPATE_CMAKE_LAYERS"), *src = getenv("SPATE_SOURCE_DIR");
+    char *copy, *save = NULL;
+    const layer_t *prev = NULL;
+    bool seen[sizeof(layers) / sizeof(layers[0])] = {false};
+
+    (void)state;
+    if (env == NULL || *env == '\0' || src == NULL)
+        fail_msg("SPATE_CMAKE_LAYERS or SPATE_SOURCE_DIR is not set; run this test through ctest");
+    copy = strdup(env);
+    assert_non_null(copy);
+    for (char *tok = strtok_r(copy, " ", &save); tok != NULL; tok = strtok_r(NULL, " ", &save)) {
+        char *colon = strchr(tok, ':'), *hsave = NULL;
+        const layer_t *layer;
+
+        if (colon == NULL)
+            fail_msg("SPATE_CMAKE_LAYERS: '%s' is not layer:headers", tok);
+        *colon = '\0';
+        layer = layer_named(tok, strlen(tok));
+        if (layer == NULL)
+            fail_msg("CMakeLists.txt's layer %s is not in layers[] of this test", tok);
+        if (prev != NULL && layer->floor < prev->floor)
+            fail_msg("CMakeLists.txt lists %s (floor %d) after %s (floor %d)", layer->name,
+                     layer->floor, prev->name, prev->floor);
+        seen[layer - layers] = true;
+        prev = layer;
+        for (char *h = strtok_r(colon + 1, ",", &hsave); h != NULL;
+             h = strtok_r(NULL, ",", &hsave)) {
+            char rel[PATH_MAX];
+            where_t w;
+
+            snprintf(rel, sizeof(rel), "include/spate/%s", h);
+            w = where_is(rel);
+            if (w.kind != KIND_PUBLIC || w.layer != layer)
+                fail_msg("CMakeLists.txt gives %s to %s, this test to %s", rel, layer->name,
+                         w.layer != NULL ? w.layer->name : "no layer");
+        }
+    }
+    free(copy);
+    /* Every layer below the launcher (which is not in libspate) that exists is compiled. */
+    for (size_t i = 0; i < sizeof(layers) / sizeof(layers[0]); i++) {
+        char path[PATH_MAX * 2];
+        struct stat st;
+
+        join(path, sizeof(path), src, layers[i].name);
+        if (!seen[i] && strcmp(layers[i].name, "launcher") != 0 && stat(path, &st) == 0)
+            fail_msg("%s/ is a layer here but not in CMakeLists.txt's SPATE_LAYERS",
+                     layers[i].name);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layers_checker_reports_each_kind_of_edge),
         cmocka_unit_test(test_layers_tree_has_no_forbidden_edge),
+        cmocka_unit_test(test_layers_cmake_table_matches),
     };
 
     return cmocka_run_group_tests_name("layers", tests, NULL, NULL);
