@@ -1763,6 +1763,7 @@ static void test_hub_drops_clients_that_fail_the_handshake(void **state)
 {
     sp__ctl_hub_t *hub = NULL;
     sp__ctl_conn_t *client = NULL;
+    sp__ctl_hub_stats_t hs;
     bad_clients_t b;
     char addr[128];
     int lfd = -1;
@@ -1778,7 +1779,13 @@ static void test_hub_drops_clients_that_fail_the_handshake(void **state)
         assert_int_equal(b.hello[k], 1);
         assert_int_equal(b.eof[k], 1);
     }
-    /* The silent one was dropped at the handshake timeout, not before. */
+    /*
+     * The silent one was dropped at the handshake deadline (the hub counts
+     * it), not before: it connected before the hub accepted it, so the
+     * deadline, 300 ms after the accept, is a lower bound; no upper one.
+     */
+    sp__ctl_hub_stats(hub, &hs);
+    assert_true(hs.timed_out >= 1);
     assert_true(b.idle_ms >= 250);
 
     memset(&b, 0, sizeof(b));
@@ -2015,7 +2022,9 @@ static void test_hub_drops_a_silent_client_at_its_deadline(void **state)
     send_text(client, 22, "meanwhile");
     expect_hub_text(hub, 2, 22, "meanwhile");
     while (!raw_closed(fd)) {
-        assert_true(now_ms() - t0 < (uint64_t)(3 * T));
+        if (now_ms() - t0 > (uint64_t)(3 * T))
+            fail_msg("the silent client was not dropped within %d ms of a 1000 ms deadline",
+                     3 * T);
         hub_serve_quietly(hub, 20);
     }
     sp__ctl_hub_stats(hub, &hs);
@@ -2032,7 +2041,12 @@ static void test_hub_drops_a_silent_client_at_its_deadline(void **state)
 /* Timeouts and lost peers                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void test_timeouts_within_bounds(void **state)
+/*
+ * Each timeout ends its call with SP_ERR_TIMED_OUT and a message naming it,
+ * never before the timeout has passed (now_ms() truncates, hence 1 ms less).
+ * How long after is the scheduler's business: no upper bound is asserted.
+ */
+static void test_timeouts_expire_not_before_their_time(void **state)
 {
     sp__ctl_conn_t *a = NULL, *b = NULL, *c = NULL;
     sp__ctl_hub_t *hub = NULL;
@@ -2047,13 +2061,11 @@ static void test_timeouts_within_bounds(void **state)
     (void)state;
     assert_int_equal(sp__ctl_pair(NULL, 0, &a, &b), SP_OK);
     sp__ctl_set_peer_name(a, "executor 8");
-    t0 = now_ms();
     assert_int_equal(sp__ctl_recv(a, 0, &type, &p, &len), SP_ERR_TIMED_OUT);
-    assert_true(now_ms() - t0 < 1000);
     t0 = now_ms();
     assert_int_equal(sp__ctl_recv(a, 200, &type, &p, &len), SP_ERR_TIMED_OUT);
     dt = now_ms() - t0;
-    assert_true(dt >= 199 && dt < 200 + 5000);
+    assert_true(dt >= 199);
     assert_true(contains(sp_last_error(), "from executor 8 did not arrive within 200 ms"));
     assert_null(p);
 
@@ -2064,7 +2076,7 @@ static void test_timeouts_within_bounds(void **state)
     t0 = now_ms();
     assert_int_equal(sp__ctl_hub_wait(hub, 150, &id, &type, &p, &len), SP_ERR_TIMED_OUT);
     dt = now_ms() - t0;
-    assert_true(dt >= 149 && dt < 150 + 5000);
+    assert_true(dt >= 149);
     assert_true(contains(sp_last_error(), "no message within 150 ms"));
     assert_int_equal(id, 777);
     sp__ctl_hub_destroy(hub);
@@ -2075,7 +2087,7 @@ static void test_timeouts_within_bounds(void **state)
     t0 = now_ms();
     assert_int_equal(sp__ctl_accept(lfd, SECRET, SECRET_LEN, 100, &c), SP_ERR_TIMED_OUT);
     dt = now_ms() - t0;
-    assert_true(dt >= 99 && dt < 100 + 5000);
+    assert_true(dt >= 99);
     assert_true(contains(sp_last_error(), "no executor connected"));
 
     /* Nobody listens: connect retries until its deadline. */
@@ -2083,7 +2095,7 @@ static void test_timeouts_within_bounds(void **state)
     t0 = now_ms();
     assert_int_equal(sp__ctl_connect(addr, SECRET, SECRET_LEN, 300, &c), SP_ERR_TIMED_OUT);
     dt = now_ms() - t0;
-    assert_true(dt >= 299 && dt < 300 + 5000);
+    assert_true(dt >= 299);
     snprintf(expect, sizeof(expect), "connecting to the driver at %s: no success within 300 ms",
              addr);
     assert_true(contains(sp_last_error(), expect));
@@ -2263,18 +2275,15 @@ static void test_send_timeout_abandons_the_conn(void **state)
     unsigned char *buf = calloc(1, BIG);
     sp__ctl_conn_t *a = NULL, *b = NULL;
     sp_status_t st = SP_OK;
-    uint64_t t0;
 
     (void)state;
     assert_non_null(buf);
     assert_int_equal(sp__ctl_pair(NULL, 0, &a, &b), SP_OK);
     sp__ctl_set_peer_name(a, "a slow reader");
     sp__ctl_set_send_timeout(a, 50);
-    t0 = now_ms();
     for (int i = 0; i < 64 && st == SP_OK; i++)
         st = sp__ctl_send(a, 16, buf, BIG);
     assert_int_equal(st, SP_ERR_TIMED_OUT);
-    assert_true(now_ms() - t0 < 5000);
     assert_true(contains(sp_last_error(), "to a slow reader: no room within 50 ms"));
     assert_true(contains(sp_last_error(), "abandoned"));
     assert_int_equal(sp__ctl_send(a, 16, buf, 1), SP_ERR_PEER_LOST);
@@ -2502,7 +2511,7 @@ int main(void)
         cmocka_unit_test(test_client_reads_only_small_frames_before_the_driver_proves_the_secret),
         cmocka_unit_test(test_hub_caps_handshakes_and_lets_an_honest_client_in),
         cmocka_unit_test(test_hub_drops_a_silent_client_at_its_deadline),
-        cmocka_unit_test(test_timeouts_within_bounds),
+        cmocka_unit_test(test_timeouts_expire_not_before_their_time),
         cmocka_unit_test(test_peer_close_is_peer_lost),
         cmocka_unit_test(test_hub_reports_closed_peers_with_their_id),
         cmocka_unit_test(test_hub_names_what_happened_to_a_lost_peer),

@@ -763,7 +763,10 @@ static int closed_port(void)
     return port;
 }
 
-/* Runs terasort against url, expecting exit status and every phrase in stderr, quickly. */
+/*
+ * Runs terasort against url, expecting exit status and every phrase in stderr; rt_cli's
+ * deadline only guards against a hang.
+ */
 static void expect_refused(const char *url, int status, const char *const *phrases,
                            const char *what)
 {
@@ -789,8 +792,6 @@ static void expect_refused(const char *url, int status, const char *const *phras
     for (size_t i = 0; phrases[i] != NULL; i++)
         if (strstr(run.err, phrases[i]) == NULL)
             fail_msg("%s: stderr does not say \"%s\": %s", what, phrases[i], rt_tail(run.err));
-    if (run.seconds > 15)
-        fail_msg("%s: took %.1f s", what, run.seconds);
     rt_expect_no_output(out);
     rt_free(&run);
 }

@@ -213,6 +213,25 @@ static void *block_worker(void *p)
     return NULL;
 }
 
+/*
+ * Waits until the manager has counted at least waits blocked waits or the
+ * worker has returned, whichever comes first; fails after a deadline that
+ * only guards against a hang.
+ */
+static void wait_for_waits(block_ctx_t *ctx, uint64_t waits)
+{
+    sp_memory_stats_t s;
+
+    for (int i = 0; i < 30000; i++) {
+        sp_memory_manager_stats(ctx->mm, &s);
+        if (s.waits >= waits || atomic_load(&ctx->returned))
+            return;
+        usleep(1000);
+    }
+    fail_msg("task 2 neither blocked %llu times nor returned within 30 s (waits %llu)",
+             (unsigned long long)waits, (unsigned long long)s.waits);
+}
+
 static void test_execution_blocks_below_half_share_and_wakes_on_release(void **state)
 {
     block_ctx_t ctx = {.mm = mm_test_create("100m", "0.5", "1m")};
@@ -222,23 +241,27 @@ static void test_execution_blocks_below_half_share_and_wakes_on_release(void **s
     (void)state;
     assert_int_equal(sp_memory_manager_acquire_execution(ctx.mm, 1, 100 * MiB), 100 * MiB);
     assert_int_equal(pthread_create(&th, NULL, block_worker, &ctx), 0);
-    /* Task 2 can get nothing and 0 < 100/(2*2): it must wait. */
-    for (int i = 0; i < 2000; i++) {
-        sp_memory_manager_stats(ctx.mm, &s);
-        if (s.waits > 0)
-            break;
-        usleep(1000);
-    }
+    /*
+     * Task 2 can get nothing and 0 < 100/(2*2): it must wait. The count of
+     * waits is raised under the manager's lock just before the wait, so once
+     * it shows, task 2 sits in the wait and only a release can wake it.
+     */
+    wait_for_waits(&ctx, 1);
     sp_memory_manager_stats(ctx.mm, &s);
+    assert_int_equal(atomic_load(&ctx.returned), 0);
     assert_true(s.waits >= 1);
     assert_int_equal(s.active_tasks, 2);
-    usleep(20000);
-    assert_int_equal(atomic_load(&ctx.returned), 0);
 
-    /* 10 MiB free is still below its minimum of 25 MiB: keeps waiting. */
+    /*
+     * 10 MiB free is still below its minimum of 25 MiB: the release wakes it,
+     * and it blocks again (one wait more) instead of returning.
+     */
+    sp_memory_manager_stats(ctx.mm, &s);
     sp_memory_manager_release_execution(ctx.mm, 1, 10 * MiB);
-    usleep(20000);
-    assert_int_equal(atomic_load(&ctx.returned), 0);
+    wait_for_waits(&ctx, s.waits + 1);
+    if (atomic_load(&ctx.returned))
+        fail_msg("task 2 returned with %llu bytes below its minimum of 25 MiB",
+                 (unsigned long long)ctx.got);
 
     /* 30 MiB free now reaches the minimum: it wakes with all 30. */
     sp_memory_manager_release_execution(ctx.mm, 1, 20 * MiB);
