@@ -68,9 +68,10 @@
  * queue of 4096 buffers of 16 KiB, pools that grow 1024 buffers at a time)
  * an endpoint costs ~85 MiB of anonymous memory, four times what an
  * executor needs of its own. Before the first fi_getinfo,
- * sp__ofi_rxm_defaults sets FI_OFI_RXM_MSG_RX_SIZE to 128 (64 reads in
- * flight and 32 request slots fit), where the environment does not set it
- * (setenv(..., 0): the user's value wins). The buffer size
+ * sp__ofi_prepare_env (also run by sp__transport_prepare_env, for code that
+ * initializes libfabric before any transport) sets FI_OFI_RXM_MSG_RX_SIZE to
+ * 128 (64 reads in flight and 32 request slots fit), where the environment
+ * does not set it (setenv(..., 0): the user's value wins). The buffer size
  * (FI_OFI_RXM_BUFFER_SIZE) is left alone although 512 bytes would save as
  * much again in rma mode: it is rxm's eager limit, part of its protocol, and
  * peers whose values differ stop talking (fi_read returns FI_EAGAIN until
@@ -402,8 +403,9 @@ static int sp_ofi_getinfo(const char *provider, uint64_t caps, struct fi_info **
  * against other threads reading the environment at the same moment; a
  * transport is opened while an executor starts, before its task threads.
  */
-void sp__ofi_rxm_defaults(void)
+void sp__ofi_prepare_env(const sp_conf_t *conf)
 {
+    SP_UNUSED(conf); /* the default is the same for every configuration */
     if (getenv("FI_OFI_RXM_MSG_RX_SIZE") == NULL &&
         setenv("FI_OFI_RXM_MSG_RX_SIZE", SP_OFI_RXM_MSG_RX_SIZE, 0) == 0)
         sp_debug("ofi transport: FI_OFI_RXM_MSG_RX_SIZE=%s (spate's default)",
@@ -463,7 +465,7 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     if (provider == NULL || *provider == '\0')
         provider = getenv("FI_PROVIDER");
     o->msg = strcmp(mode, "msg") == 0;
-    sp__ofi_rxm_defaults();
+    sp__ofi_prepare_env(conf);
     ret = sp_ofi_getinfo(provider, o->msg ? msg_caps : rma_caps, &o->info);
     if (ret == -FI_ENODATA && strcmp(mode, "auto") == 0) {
         /* No one-sided reads: request and reply over tagged messages. */

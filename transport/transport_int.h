@@ -18,6 +18,7 @@
 #define SPATE_TRANSPORT_INT_H
 
 #include "common_int.h"
+#include "transport_proc.h"
 #include <spate/transport.h>
 #include <sys/stat.h>
 
@@ -117,20 +118,17 @@ sp_status_t sp__route_open(const sp_conf_t *conf, sp_transport_t *net, sp_transp
 extern size_t sp__mpi_count_max;
 
 /*
- * Removes the shm provider's shared-memory regions named after pid
- * ("PID:..." in /dev/shm): those of a process killed before it could close
- * its endpoint. Only for a pid whose process is gone (or is this one, before
- * its first shm endpoint).
+ * The ofi backend's process-wide hooks, run by the backend-neutral calls of
+ * transport_proc.h: sp__ofi_shm_clear removes the shm provider's
+ * shared-memory regions named after pid ("PID:..." in /dev/shm), those of a
+ * process killed before it could close its endpoint (only for a pid whose
+ * process is gone, or this one before its first shm endpoint);
+ * sp__ofi_prepare_env sets spate's ofi_rxm defaults (FI_OFI_RXM_MSG_RX_SIZE)
+ * where the environment has none, which the ofi backend also does before its
+ * first fi_getinfo.
  */
 void sp__ofi_shm_clear(long pid);
-
-/*
- * Sets spate's ofi_rxm defaults (FI_OFI_RXM_MSG_RX_SIZE) where the
- * environment has none; the ofi backend calls it before its first
- * fi_getinfo. Code that opens libfabric before any transport does (a
- * benchmark's bare loop) calls it first so that rxm is sized alike.
- */
-void sp__ofi_rxm_defaults(void);
+void sp__ofi_prepare_env(const sp_conf_t *conf);
 
 /*
  * Fills the base fields every backend shares from conf (transport.timeout,
