@@ -33,7 +33,7 @@
 #include "spate_bench_plot.h"
 
 #include "common_int.h"
-#include "transport/transport_int.h"
+#include "transport/transport_proc.h"
 
 #include <errno.h>
 #include <ftw.h>
@@ -641,7 +641,7 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
     /* The fi_read server is forked before anything opens libfabric or MPI. */
     if (o->limits && driver_rank) {
         /* rxm sized as the executors' transport will size it (the probe opens libfabric first). */
-        sp__ofi_rxm_defaults();
+        sp__transport_prepare_env(base);
         const char *prov = "";
         sp_conf_get_string(base, "transport.provider", &prov);
         sp_bench_fi_server_start(prov, &fis);

@@ -24,7 +24,7 @@
 #include "mesos.h"
 
 #include "common_int.h"
-#include "transport/transport_int.h"
+#include "transport/transport_proc.h"
 
 #include <errno.h>
 #include <mpi.h>
@@ -154,8 +154,8 @@ static void sp_run_reap(pid_t *pids, unsigned n)
                 continue;
             int status = 0;
             if (waitpid(pids[i], &status, WNOHANG) == pids[i]) {
-                if (WIFSIGNALED(status))
-                    sp__ofi_shm_clear((long)pids[i]); /* it died without closing its endpoint */
+                if (WIFSIGNALED(status)) /* it died without closing its endpoint */
+                    sp__transport_clear_dead_process((long)pids[i]);
                 pids[i] = 0;
             } else
                 left++;
@@ -170,7 +170,7 @@ static void sp_run_reap(pid_t *pids, unsigned n)
                     sp_warn("executor pid %d did not exit; killing it", (int)pids[i]);
                     kill(pids[i], SIGKILL);
                     waitpid(pids[i], NULL, 0);
-                    sp__ofi_shm_clear((long)pids[i]); /* it died without closing its endpoint */
+                    sp__transport_clear_dead_process((long)pids[i]); /* died unclosed */
                     pids[i] = 0;
                 }
             break;
@@ -225,8 +225,8 @@ static bool sp_run_executor_ended(void *arg, uint32_t pid, int wait_ms, char *ho
     } else if (got == c->pids[slot] && WIFEXITED(status)) {
         snprintf(how, cap, "exited with status %d", WEXITSTATUS(status));
     }
-    if (got == c->pids[slot] && WIFSIGNALED(status))
-        sp__ofi_shm_clear((long)c->pids[slot]); /* it died without closing its endpoint */
+    if (got == c->pids[slot] && WIFSIGNALED(status)) /* it died without closing its endpoint */
+        sp__transport_clear_dead_process((long)c->pids[slot]);
     c->pids[slot] = 0;
     if (c->relaunches_left <= 0)
         return false;

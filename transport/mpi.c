@@ -10,8 +10,11 @@
  * - twosided: request/response on the transport's private communicator. The
  *   reader posts the receive of the block, then sends a request (region id,
  *   base, offset, length, a reply tag); the serving rank checks it against the
- *   region and answers with one send straight from the region, or with an
- *   empty message when it refuses. No window exists, so there is no attach
+ *   region (the transport's two-sided serving, serve.c, shared with ofi's msg
+ *   mode) and answers with one send straight from the region (sp_mpi_reply),
+ *   or with an empty message when it refuses (sp_mpi_refuse); replies still
+ *   reading a region being deregistered are dropped after transport.timeout
+ *   (sp_mpi_abandon). No window exists, so there is no attach
  *   limit and no need for an osc component.
  *
  * The process calls MPI_Init_thread before sp_transport_open; without it the
@@ -86,18 +89,15 @@ typedef struct sp_mpi_op {
 
 typedef struct sp_mpi_mr {
     sp_mr_t base;
-    MPI_Aint disp;          /* MPI_Get_address of addr */
-    uint32_t id;            /* in the key; requests name the region by it */
-    bool attached;          /* to the window (rget), else served two-sided */
-    bool dying;             /* being deregistered: requests for it are refused */
-    size_t replies;         /* replies from it still being sent */
-    struct sp_mpi_mr *next; /* in the transport's list of served regions */
+    MPI_Aint disp;      /* MPI_Get_address of addr */
+    bool attached;      /* to the window (rget), else served two-sided */
+    sp_served_t served; /* in the base's table of served regions (serve.c); its id is in the key */
 } sp_mpi_mr_t;
 
 /* A send in flight: the request of one of our fetches, or a reply we serve. */
 typedef struct sp_mpi_send {
     unsigned char hdr[SP_MPI_REQ_BYTES]; /* a request's bytes */
-    sp_mpi_mr_t *region;                 /* a reply's region, NULL for requests and refusals */
+    sp_served_t *region;                 /* a reply's region, NULL for requests and refusals */
     MPI_Datatype type;                   /* a derived datatype to free, or MPI_DATATYPE_NULL */
 } sp_mpi_send_t;
 
@@ -111,10 +111,8 @@ typedef struct sp_mpi {
     int thread_level; /* MPI_Query_thread */
     int tag_ub, next_tag;
     bool *added; /* size entries: the rank was added as a peer */
-    sp_mpi_mr_t *served;
     size_t nattached;
     size_t attach_max; /* osc_rdma_max_attach; 0 when MPI names no limit */
-    uint32_t next_id;
     /* Posted fetches: reqs[i] belongs to ops[i]; indices and statuses for Testsome. */
     MPI_Request *reqs;
     sp_mpi_op_t *ops;
@@ -294,10 +292,10 @@ static sp_status_t sp_mpi_reserve_send(sp_mpi_t *m)
 }
 
 /* Frees what a finished send holds. */
-static void sp_mpi_send_free(sp_mpi_send_t *s)
+static void sp_mpi_send_free(sp_mpi_t *m, sp_mpi_send_t *s)
 {
     if (s->region != NULL)
-        s->region->replies--;
+        sp__serve_reply_done(&m->base, s->region);
     if (s->type != MPI_DATATYPE_NULL)
         MPI_Type_free(&s->type);
     sp__free(s);
@@ -317,7 +315,7 @@ static sp_status_t sp_mpi_test_sends(sp_mpi_t *m)
     if (outcount == MPI_UNDEFINED || outcount == 0)
         return SP_OK;
     for (int k = 0; k < outcount; k++) {
-        sp_mpi_send_free(m->sends[m->sindices[k]]);
+        sp_mpi_send_free(m, m->sends[m->sindices[k]]);
         m->sends[m->sindices[k]] = NULL;
     }
     for (size_t i = 0; i < m->nsends; i++) {
@@ -336,7 +334,7 @@ static sp_status_t sp_mpi_test_sends(sp_mpi_t *m)
  * them or drops them with the communicator. Their regions are not read again
  * by this transport.
  */
-static void sp_mpi_drop_sends(sp_mpi_t *m, const sp_mpi_mr_t *only)
+static void sp_mpi_drop_sends(sp_mpi_t *m, const sp_served_t *only)
 {
     size_t kept = 0;
 
@@ -349,17 +347,9 @@ static void sp_mpi_drop_sends(sp_mpi_t *m, const sp_mpi_mr_t *only)
             continue;
         }
         MPI_Request_free(&m->sreqs[i]);
-        sp_mpi_send_free(s);
+        sp_mpi_send_free(m, s);
     }
     m->nsends = kept;
-}
-
-static sp_mpi_mr_t *sp_mpi_find(sp_mpi_t *m, uint32_t id)
-{
-    for (sp_mpi_mr_t *r = m->served; r != NULL; r = r->next)
-        if (r->id == id)
-            return r;
-    return NULL;
 }
 
 /* Posts the receive of the next request to serve. */
@@ -375,25 +365,96 @@ static sp_status_t sp_mpi_post_request_recv(sp_mpi_t *m)
     return SP_OK;
 }
 
-/*
- * Answers one request from rank src: the bytes it names, sent from the
- * region, or an empty message when it names no served region or reads past
- * one. A request that is not one of ours cannot be answered (it names no
- * reply tag to trust); it is dropped, and its sender times out.
- */
-static sp_status_t sp_mpi_answer(sp_mpi_t *m, const unsigned char *q, int qlen, int src)
+/* A send of a reply or refusal to post: room for it, and its record. */
+static sp_status_t sp_mpi_new_send(sp_mpi_t *m, sp_mpi_send_t **s_p)
 {
-    uint32_t id, tag;
-    uint64_t base, offset, len;
-    sp_mpi_mr_t *r;
     sp_mpi_send_t *s;
+    sp_status_t st;
+
+    if ((st = sp_mpi_reserve_send(m)) != SP_OK)
+        return st;
+    s = sp__calloc(1, sizeof(*s));
+    if (s == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to answer a request");
+    s->type = MPI_DATATYPE_NULL;
+    *s_p = s;
+    return SP_OK;
+}
+
+/* serve.c's reply slot: one send straight from the region, on the reply tag. */
+static sp_status_t sp_mpi_reply(sp_transport_t *t, const sp_serve_req_t *q, sp_served_t *r,
+                                const void *from, size_t len, bool *sent_p)
+{
+    sp_mpi_t *m = sp_mpi(t);
     MPI_Datatype type = MPI_BYTE;
-    const void *from = NULL;
+    sp_mpi_send_t *s = NULL;
     int count = 0, rc;
     sp_status_t st;
 
-    id = sp_mpi_get32(q + 4);
-    tag = sp_mpi_get32(q + 8);
+    if ((st = sp_mpi_new_send(m, &s)) != SP_OK)
+        return st;
+    if ((st = sp_mpi_type_of(len, &count, &type, &s->type)) != SP_OK) {
+        sp__free(s);
+        return st;
+    }
+    rc = MPI_Isend(from, count, type, (int)q->to, (int)q->tag, m->comm, &m->sreqs[m->nsends]);
+    if (rc != MPI_SUCCESS) {
+        sp_mpi_send_free(m, s); /* not yet a reply of r */
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Isend of a reply", rc);
+    }
+    s->region = r;
+    m->sends[m->nsends++] = s;
+    *sent_p = true;
+    return SP_OK;
+}
+
+/* serve.c's refusal slot: an empty message on the reply tag. */
+static sp_status_t sp_mpi_refuse(sp_transport_t *t, const sp_serve_req_t *q)
+{
+    sp_mpi_t *m = sp_mpi(t);
+    sp_mpi_send_t *s = NULL;
+    int rc;
+    sp_status_t st;
+
+    if ((st = sp_mpi_new_send(m, &s)) != SP_OK)
+        return st;
+    rc = MPI_Isend(NULL, 0, MPI_BYTE, (int)q->to, (int)q->tag, m->comm, &m->sreqs[m->nsends]);
+    if (rc != MPI_SUCCESS) {
+        sp_mpi_send_free(m, s);
+        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Isend of a reply", rc);
+    }
+    m->sends[m->nsends++] = s;
+    return SP_OK;
+}
+
+/* serve.c: the replies from r outlived transport.timeout as it is deregistered; dropped. */
+static void sp_mpi_abandon(sp_transport_t *t, sp_served_t *r)
+{
+    sp_mpi_t *m = sp_mpi(t);
+
+    sp_warn("mpi transport: %zu replies from the region at %p not received in %llu ms; dropped",
+            r->replies, r->mr->addr, (unsigned long long)(m->base.timeout_ns / 1000000));
+    sp_mpi_drop_sends(m, r);
+}
+
+static const sp_serve_ops_t sp_mpi_serve_ops = {
+    .size = sizeof(sp_serve_ops_t),
+    .reply = sp_mpi_reply,
+    .refuse = sp_mpi_refuse,
+    .abandon = sp_mpi_abandon,
+};
+
+/*
+ * Answers one request from rank src (serve.c checks it against the region
+ * and answers through sp_mpi_reply or sp_mpi_refuse). A request that is not
+ * one of ours cannot be answered (it names no reply tag to trust); it is
+ * dropped, and its sender times out.
+ */
+static sp_status_t sp_mpi_answer(sp_mpi_t *m, const unsigned char *q, int qlen, int src)
+{
+    uint32_t tag = sp_mpi_get32(q + 8);
+    sp_serve_req_t req;
+
     if (qlen != SP_MPI_REQ_BYTES || q[0] != 'S' || q[1] != 'Q' || q[2] != 1 ||
         tag < SP_MPI_TAG_FIRST || tag > (uint32_t)m->tag_ub) {
         if (!m->warned_request)
@@ -402,42 +463,14 @@ static sp_status_t sp_mpi_answer(sp_mpi_t *m, const unsigned char *q, int qlen, 
         m->warned_request = true;
         return SP_OK;
     }
-    base = sp_mpi_get64(q + 16);
-    offset = sp_mpi_get64(q + 24);
-    len = sp_mpi_get64(q + 32);
-    if ((st = sp_mpi_reserve_send(m)) != SP_OK)
-        return st;
-    s = sp__calloc(1, sizeof(*s));
-    if (s == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory to answer a request");
-    s->type = MPI_DATATYPE_NULL;
-    r = sp_mpi_find(m, id);
-    if (r != NULL && !r->dying && base == (uint64_t)r->disp && offset <= r->base.len &&
-        len <= r->base.len - offset && len > 0) {
-        if ((st = sp_mpi_type_of((size_t)len, &count, &type, &s->type)) != SP_OK) {
-            sp__free(s);
-            return st;
-        }
-        from = (const char *)r->base.addr + offset;
-        s->region = r;
-    } else {
-        sp_debug("mpi transport: refused a read of %llu bytes at offset %llu of region %u from "
-                 "rank %d (%s)",
-                 (unsigned long long)len, (unsigned long long)offset, id, src,
-                 r == NULL ? "no such region" : "out of its bounds or being deregistered");
-    }
-    rc = MPI_Isend(from, count, type, src, (int)tag, m->comm, &m->sreqs[m->nsends]);
-    if (rc != MPI_SUCCESS) {
-        sp_mpi_send_free(s);
-        return sp_mpi_error(SP_ERR_TRANSPORT, "MPI_Isend of a reply", rc);
-    }
-    if (s->region != NULL) {
-        r->replies++;
-        m->base.stats.requests_served++;
-        m->base.stats.bytes_served += len;
-    }
-    m->sends[m->nsends++] = s;
-    return SP_OK;
+    req = (sp_serve_req_t){.id = sp_mpi_get32(q + 4),
+                           .base = sp_mpi_get64(q + 16),
+                           .offset = sp_mpi_get64(q + 24),
+                           .len = sp_mpi_get64(q + 32),
+                           .to = (uint64_t)src,
+                           .tag = tag,
+                           .src = src};
+    return sp__serve_request(&m->base, &req);
 }
 
 /* Answers every request that has arrived. */
@@ -481,8 +514,7 @@ static void sp_mpi_close(sp_transport_t *t)
     if (finalized) {
         sp_warn("mpi transport closed after MPI_Finalize; its window and communicator are lost");
     } else {
-        if (m->served != NULL)
-            sp_warn("mpi transport closed with served regions still registered");
+        sp__serve_fini(&m->base);
         if (m->req_recv != MPI_REQUEST_NULL) {
             MPI_Cancel(&m->req_recv);
             MPI_Wait(&m->req_recv, MPI_STATUS_IGNORE);
@@ -563,7 +595,7 @@ sp_status_t sp__mpi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     /* MPI guarantees at least 32767. */
     m->tag_ub = flag && tag_ub != NULL ? *(int *)tag_ub : 32767;
     m->next_tag = SP_MPI_TAG_FIRST;
-    m->next_id = 1;
+    sp__serve_init(&m->base, &sp_mpi_serve_ops, UINT32_MAX, UINT64_MAX);
     m->added = sp__calloc((size_t)m->size, sizeof(*m->added));
     if (m->added == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %d mpi peers", m->size);
@@ -671,7 +703,8 @@ static bool sp_mpi_can_attach(const sp_mpi_t *m, const void *addr, size_t len, c
         *why_p = "the window holds osc_rdma_max_attach regions already";
         return false;
     }
-    for (const sp_mpi_mr_t *o = m->served; o != NULL; o = o->next) {
+    for (const sp_served_t *s = m->base.serve.served; s != NULL; s = s->next) {
+        const sp_mpi_mr_t *o = sp_container_of(s, sp_mpi_mr_t, served);
         const char *oa = o->base.addr;
         if (o->attached && a < oa + o->base.len && oa < a + len) {
             *why_p = "it overlaps an attached region";
@@ -715,11 +748,7 @@ static sp_status_t sp_mpi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool
             sp_debug("mpi transport: region of %zu bytes at %p served two-sided: %s", len, addr,
                      why);
         }
-        r->id = m->next_id++;
-        if (m->next_id == 0)
-            m->next_id = 1;
-        r->next = m->served;
-        m->served = r;
+        sp__serve_add(t, &r->served, &r->base, (uint64_t)r->disp);
     }
     r->base.transport = t;
     r->base.addr = addr;
@@ -734,43 +763,22 @@ err_free:
     return st;
 }
 
-static sp_status_t sp_mpi_progress(sp_transport_t *t);
-
 /*
- * Unlinks a served region. Requests for it are refused from now on; replies
- * still reading it are given transport.timeout to finish (their readers must * progress), then
- * dropped. Called with the lock held; lets it go while waiting.
+ * Unlinks a served region (serve.c: requests for it are refused from now on;
+ * replies still reading it are given transport.timeout to finish, their
+ * readers must progress, then dropped), then detaches it from the window.
+ * Called with the lock held; lets it go while waiting.
  */
 static void sp_mpi_mr_dereg(sp_mr_t *mr)
 {
     sp_mpi_mr_t *r = sp_container_of(mr, sp_mpi_mr_t, base);
     sp_mpi_t *m = sp_mpi(mr->transport);
-    uint64_t until = sp__now_ns() + m->base.timeout_ns;
+
     if (!mr->remote_read) {
         sp__free(r);
         return;
     }
-    r->dying = true;
-    while (r->replies > 0 && sp__now_ns() < until) {
-        (void)sp_mpi_progress(&m->base);
-        if (r->replies == 0)
-            break;
-        pthread_mutex_unlock(&m->base.lock);
-        sched_yield();
-        pthread_mutex_lock(&m->base.lock);
-    }
-    if (r->replies > 0) {
-        sp_warn("mpi transport: %zu replies from the region at %p not received in %llu ms; "
-                "dropped",
-                r->replies, mr->addr, (unsigned long long)(m->base.timeout_ns / 1000000));
-        sp_mpi_drop_sends(m, r);
-    }
-    for (sp_mpi_mr_t **pp = &m->served; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == r) {
-            *pp = r->next;
-            break;
-        }
-    }
+    sp__serve_remove(&m->base, &r->served);
     if (r->attached) {
         int rc;
         m->nattached--;
@@ -796,7 +804,7 @@ static sp_status_t sp_mpi_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size
     b[1] = 'M';
     b[2] = 1;
     b[3] = (unsigned char)(r->attached ? 0 : SP_MPI_KEY_TWOSIDED);
-    sp_mpi_put32(b + 4, r->id);
+    sp_mpi_put32(b + 4, (uint32_t)r->served.id);
     sp_mpi_put64(b + 8, (uint64_t)r->disp);
     sp_mpi_put64(b + 16, (uint64_t)mr->len);
     sp_mpi_put32(b + 24, (uint32_t)m->rank);

@@ -27,15 +27,17 @@
  * offset, u64 length, u64 reply tag, then the reader's endpoint address (the
  * owner need not have added the reader as a peer). The owner keeps
  * SP_OFI_SLOTS receives posted for requests and answers each from its
- * progress (the progress thread, or its polls): it checks the request
- * against the region it names (id, base, bounds, still served) and sends the
- * bytes straight from the region with the reply tag, or refuses with an
- * empty message whose tag carries SP_OFI_TAG_ERR, which the reader's
+ * progress (the progress thread, or its polls) through the transport's
+ * two-sided serving (serve.c, shared with the mpi backend): it checks the
+ * request against the region it names (id, base, bounds, still served, one
+ * message long at most) and this backend sends the bytes straight from the
+ * region with the reply tag (sp_ofi_reply), or refuses with an empty message
+ * whose tag carries SP_OFI_TAG_ERR (sp_ofi_refuse), which the reader's
  * receive also matches (the error bit is ignored by its receive) and reports
  * as a refused fetch. A reply that meets back-pressure keeps its request
  * slot and is tried again at the next progress. Deregistering a region
  * refuses new requests for it and waits (up to transport.timeout) for the
- * replies reading it.
+ * replies reading it, then cancels them (sp_ofi_abandon).
  *
  * Completions are read from one CQ into the transport's completion ring
  * (transport.c). Progress is driven by the caller's poll and, with
@@ -68,9 +70,10 @@
  * queue of 4096 buffers of 16 KiB, pools that grow 1024 buffers at a time)
  * an endpoint costs ~85 MiB of anonymous memory, four times what an
  * executor needs of its own. Before the first fi_getinfo,
- * sp__ofi_rxm_defaults sets FI_OFI_RXM_MSG_RX_SIZE to 128 (64 reads in
- * flight and 32 request slots fit), where the environment does not set it
- * (setenv(..., 0): the user's value wins). The buffer size
+ * sp__ofi_prepare_env (also run by sp__transport_prepare_env, for code that
+ * initializes libfabric before any transport) sets FI_OFI_RXM_MSG_RX_SIZE to
+ * 128 (64 reads in flight and 32 request slots fit), where the environment
+ * does not set it (setenv(..., 0): the user's value wins). The buffer size
  * (FI_OFI_RXM_BUFFER_SIZE) is left alone although 512 bytes would save as
  * much again in rma mode: it is rxm's eager limit, part of its protocol, and
  * peers whose values differ stop talking (fi_read returns FI_EAGAIN until
@@ -147,11 +150,7 @@ typedef struct sp_ofi_mr {
     struct fid_mr *mr;
     void *desc;
     uint64_t key;
-    /* msg mode, served regions: */
-    uint64_t id;
-    size_t replies; /* posted, not completed */
-    bool dying;     /* being deregistered: requests for it are refused */
-    struct sp_ofi_mr *next;
+    sp_served_t served; /* msg mode, served regions: in the base's table (serve.c) */
 } sp_ofi_mr_t;
 
 typedef struct sp_ofi_op {
@@ -167,7 +166,7 @@ typedef struct sp_ofi_op {
     bool dest_out;         /* ctx[0], which writes into the destination, is posted */
     bool lent;             /* failed while dest_out: its release is due when ctx[0] is back */
     bool fetch;            /* a fetch (timed out after transport.timeout), not a reply */
-    sp_ofi_mr_t *region;   /* a reply: the region it sends from */
+    sp_served_t *region;   /* a reply: the region it sends from */
     struct fid_mr *req_mr; /* FI_MR_LOCAL: the registration of req */
     void *req_desc;
     unsigned char req[SP_OFI_REQ_MAX];
@@ -204,8 +203,7 @@ typedef struct sp_ofi {
     sp_ofi_op_t *live; /* posted, not completed */
     sp_ofi_op_t *free_ops;
     /* msg mode */
-    sp_ofi_mr_t *served;
-    uint64_t next_id, next_tag;
+    uint64_t next_tag;
     sp_ofi_slot_t *slots;
     struct fid_mr *slots_mr;
     void *slots_desc;
@@ -316,8 +314,7 @@ static void sp_ofi_close(sp_transport_t *t)
     unsigned left = 0, slots_left = 0;
 
     sp__transport_stop_thread(&o->base);
-    if (o->served != NULL)
-        sp_warn("ofi transport closed with served regions still registered");
+    sp__serve_fini(&o->base);
     if (o->ep != NULL) {
         sp_ofi_drain(o);
         fi_close(&o->ep->fid);
@@ -364,6 +361,7 @@ static void sp_ofi_close(sp_transport_t *t)
 }
 
 static const sp_transport_ops_t sp_ofi_ops;
+static const sp_serve_ops_t sp_ofi_serve_ops;
 
 /*
  * fi_getinfo for an RDM endpoint with caps (one-sided reads, or tagged
@@ -402,8 +400,9 @@ static int sp_ofi_getinfo(const char *provider, uint64_t caps, struct fi_info **
  * against other threads reading the environment at the same moment; a
  * transport is opened while an executor starts, before its task threads.
  */
-void sp__ofi_rxm_defaults(void)
+void sp__ofi_prepare_env(const sp_conf_t *conf)
 {
+    SP_UNUSED(conf); /* the default is the same for every configuration */
     if (getenv("FI_OFI_RXM_MSG_RX_SIZE") == NULL &&
         setenv("FI_OFI_RXM_MSG_RX_SIZE", SP_OFI_RXM_MSG_RX_SIZE, 0) == 0)
         sp_debug("ofi transport: FI_OFI_RXM_MSG_RX_SIZE=%s (spate's default)",
@@ -463,7 +462,7 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
     if (provider == NULL || *provider == '\0')
         provider = getenv("FI_PROVIDER");
     o->msg = strcmp(mode, "msg") == 0;
-    sp__ofi_rxm_defaults();
+    sp__ofi_prepare_env(conf);
     ret = sp_ofi_getinfo(provider, o->msg ? msg_caps : rma_caps, &o->info);
     if (ret == -FI_ENODATA && strcmp(mode, "auto") == 0) {
         /* No one-sided reads: request and reply over tagged messages. */
@@ -516,7 +515,6 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
         goto err;
     }
     o->next_key = 1;
-    o->next_id = 1;
     o->next_tag = 1;
     if (o->msg) {
         o->self_len = sizeof(o->self);
@@ -524,6 +522,8 @@ sp_status_t sp__ofi_open(const sp_conf_t *conf, sp_transport_t **transport_p)
             st = sp_ofi_error(SP_ERR_TRANSPORT, "fi_getname", ret);
             goto err;
         }
+        sp__serve_init(&o->base, &sp_ofi_serve_ops, UINT64_MAX,
+                       (uint64_t)o->info->ep_attr->max_msg_size);
         if ((st = sp_ofi_open_slots(o)) != SP_OK)
             goto err;
     }
@@ -667,11 +667,8 @@ static sp_status_t sp_ofi_mr_reg(sp_transport_t *t, void *addr, size_t len, bool
     m->base.addr = addr;
     m->base.len = len;
     m->base.remote_read = remote_read;
-    if (o->msg && remote_read) {
-        m->id = o->next_id++;
-        m->next = o->served;
-        o->served = m;
-    }
+    if (o->msg && remote_read)
+        sp__serve_add(t, &m->served, &m->base, (uint64_t)(uintptr_t)addr);
     t->stats.regions_registered++;
     *mr_p = &m->base;
     return SP_OK;
@@ -686,58 +683,51 @@ err_free:
 static sp_status_t sp_ofi_progress(sp_transport_t *t);
 
 /*
- * A region served by messages (msg mode) is unlinked once the replies still
- * reading it are done: requests for it are refused from now on, and the
- * replies get transport.timeout (their readers must progress), then are
- * cancelled. Called with the lock held; lets it go while waiting.
+ * msg mode: the replies from r outlived transport.timeout as it is
+ * deregistered (serve.c): they are cancelled, and a send the provider cannot
+ * cancel gets SP_OFI_DRAIN_NS more, after which its op forgets the region.
+ * Lock held; let go while waiting.
+ */
+static void sp_ofi_abandon(sp_transport_t *t, sp_served_t *r)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    uint64_t until;
+
+    sp_warn("ofi transport: %zu replies from the region at %p not sent in %llu ms; cancelled",
+            r->replies, r->mr->addr, (unsigned long long)(o->base.timeout_ns / 1000000));
+    for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next)
+        if (op->region == r)
+            (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc);
+    /* A send the provider cannot cancel still reads the region: give it a while more. */
+    until = sp__now_ns() + SP_OFI_DRAIN_NS;
+    while (r->replies > 0 && sp__now_ns() < until) {
+        pthread_mutex_unlock(&o->base.lock);
+        sched_yield();
+        pthread_mutex_lock(&o->base.lock);
+        (void)sp_ofi_progress(&o->base);
+    }
+    if (r->replies > 0)
+        sp_warn("ofi transport: provider %s still sends %zu replies from the region at %p as it "
+                "is deregistered",
+                o->base.provider, r->replies, r->mr->addr);
+    for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next)
+        if (op->region == r)
+            op->region = NULL;
+}
+
+/*
+ * A region served by messages (msg mode) leaves the served table first
+ * (serve.c: requests for it are refused, its replies are waited for, then
+ * cancelled), then its registration goes. Called with the lock held; lets it
+ * go while waiting.
  */
 static void sp_ofi_mr_dereg(sp_mr_t *mr)
 {
     sp_ofi_mr_t *m = sp_container_of(mr, sp_ofi_mr_t, base);
     sp_ofi_t *o = sp_ofi(mr->transport);
 
-    if (o->msg && mr->remote_read) {
-        uint64_t until = sp__now_ns() + o->base.timeout_ns;
-
-        m->dying = true;
-        while (m->replies > 0 && sp__now_ns() < until) {
-            (void)sp_ofi_progress(&o->base);
-            if (m->replies == 0)
-                break;
-            pthread_mutex_unlock(&o->base.lock);
-            sched_yield();
-            pthread_mutex_lock(&o->base.lock);
-        }
-        if (m->replies > 0) {
-            sp_warn("ofi transport: %zu replies from the region at %p not sent in %llu ms; "
-                    "cancelled",
-                    m->replies, mr->addr, (unsigned long long)(o->base.timeout_ns / 1000000));
-            for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next)
-                if (op->region == m)
-                    (void)fi_cancel(&o->ep->fid, &op->ctx[0].fc);
-            /* A send the provider cannot cancel still reads the region: give it a while more. */
-            until = sp__now_ns() + SP_OFI_DRAIN_NS;
-            while (m->replies > 0 && sp__now_ns() < until) {
-                pthread_mutex_unlock(&o->base.lock);
-                sched_yield();
-                pthread_mutex_lock(&o->base.lock);
-                (void)sp_ofi_progress(&o->base);
-            }
-            if (m->replies > 0)
-                sp_warn("ofi transport: provider %s still sends %zu replies from the region at "
-                        "%p as it is deregistered",
-                        o->base.provider, m->replies, mr->addr);
-            for (sp_ofi_op_t *op = o->live; op != NULL; op = op->next)
-                if (op->region == m)
-                    op->region = NULL;
-        }
-        for (sp_ofi_mr_t **pp = &o->served; *pp != NULL; pp = &(*pp)->next) {
-            if (*pp == m) {
-                *pp = m->next;
-                break;
-            }
-        }
-    }
+    if (o->msg && mr->remote_read)
+        sp__serve_remove(&o->base, &m->served);
     fi_close(&m->mr->fid);
     sp__free(m);
 }
@@ -747,7 +737,7 @@ static sp_status_t sp_ofi_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size
     const sp_ofi_mr_t *m = sp_container_of(mr, sp_ofi_mr_t, base);
     sp_ofi_t *o = sp_ofi(mr->transport);
     unsigned char *b = buf;
-    uint64_t fields[3] = {o->msg ? m->id : m->key, (uint64_t)(uintptr_t)mr->addr,
+    uint64_t fields[3] = {o->msg ? m->served.id : m->key, (uint64_t)(uintptr_t)mr->addr,
                           (uint64_t)mr->len};
 
     if (cap < SP_OFI_KEY_BYTES)
@@ -857,10 +847,64 @@ static sp_status_t sp_ofi_post_slot(sp_ofi_t *o, sp_ofi_slot_t *slot)
     return SP_OK;
 }
 
+/* serve.c's reply slot: the bytes straight from the region, with the reply tag. */
+static sp_status_t sp_ofi_reply(sp_transport_t *t, const sp_serve_req_t *q, sp_served_t *r,
+                                const void *from, size_t len, bool *sent_p)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    sp_ofi_mr_t *m = sp_container_of(r, sp_ofi_mr_t, served);
+    sp_ofi_op_t *op;
+    ssize_t ret;
+
+    if ((op = sp_ofi_get_op(o)) == NULL)
+        return SP_ERR_NOMEM;
+    op->ctx[0].kind = SP_OFI_REPLY_SEND;
+    op->len = len;
+    op->offset = q->offset;
+    ret = fi_tsend(o->ep, from, len, m->desc, (fi_addr_t)q->to, q->tag, &op->ctx[0].fc);
+    if (ret != 0) {
+        sp_ofi_put_op(o, op);
+        if (ret == -FI_EAGAIN)
+            return SP_ERR_BUSY;
+        /* Unanswered: its reader times out. Serving goes on for the others. */
+        if (!o->warned_request)
+            sp_warn("ofi transport: fi_tsend of a reply of %zu bytes failed: %s (raw %zd)", len,
+                    fi_strerror((int)-ret), -ret);
+        o->warned_request = true;
+        return SP_OK;
+    }
+    op->held = 1;
+    op->region = r;
+    op->next = o->live;
+    o->live = op;
+    *sent_p = true;
+    return SP_OK;
+}
+
+/* serve.c's refusal slot: an empty message whose tag carries SP_OFI_TAG_ERR. */
+static sp_status_t sp_ofi_refuse(sp_transport_t *t, const sp_serve_req_t *q)
+{
+    sp_ofi_t *o = sp_ofi(t);
+    ssize_t ret = fi_tinject(o->ep, NULL, 0, (fi_addr_t)q->to, q->tag | SP_OFI_TAG_ERR);
+
+    if (ret == -FI_EAGAIN)
+        return SP_ERR_BUSY;
+    if (ret != 0)
+        sp_debug("ofi transport: the refusal of a request could not be sent: %s (raw %zd)",
+                 fi_strerror((int)-ret), -ret);
+    return SP_OK;
+}
+
+static const sp_serve_ops_t sp_ofi_serve_ops = {
+    .size = sizeof(sp_serve_ops_t),
+    .reply = sp_ofi_reply,
+    .refuse = sp_ofi_refuse,
+    .abandon = sp_ofi_abandon,
+};
+
 /*
- * Answers the request in slot: the bytes it names, sent straight from the
- * region, or an empty message with SP_OFI_TAG_ERR when it names no served
- * region or reads outside one. A request that is not one of ours names no
+ * Answers the request in slot (serve.c checks it and answers through
+ * sp_ofi_reply or sp_ofi_refuse). A request that is not one of ours names no
  * address or tag to trust; it is dropped, and its reader times out.
  * SP_ERR_BUSY: back-pressure, the slot keeps the request for the next try.
  */
@@ -868,11 +912,8 @@ static sp_status_t sp_ofi_answer(sp_ofi_t *o, sp_ofi_slot_t *slot)
 {
     const unsigned char *q = slot->buf;
     size_t alen = q[4] | (size_t)q[5] << 8;
-    uint64_t id, base, offset, len, tag;
     fi_addr_t fa = FI_ADDR_UNSPEC;
-    sp_ofi_mr_t *m = NULL;
-    sp_ofi_op_t *op;
-    ssize_t ret;
+    sp_serve_req_t req;
 
     if (slot->len < SP_OFI_REQ_HDR || q[0] != 'S' || q[1] != 'Q' || q[2] != 1 || alen == 0 ||
         slot->len != SP_OFI_REQ_HDR + alen || (sp_ofi_get64(q + 40) & ~SP_OFI_TAG_MASK) != 0 ||
@@ -882,53 +923,14 @@ static sp_status_t sp_ofi_answer(sp_ofi_t *o, sp_ofi_slot_t *slot)
         o->warned_request = true;
         return SP_OK;
     }
-    id = sp_ofi_get64(q + 8);
-    base = sp_ofi_get64(q + 16);
-    offset = sp_ofi_get64(q + 24);
-    len = sp_ofi_get64(q + 32);
-    tag = sp_ofi_get64(q + 40);
-    for (m = o->served; m != NULL && m->id != id; m = m->next)
-        ;
-    if (m == NULL || m->dying || base != (uint64_t)(uintptr_t)m->base.addr ||
-        offset > m->base.len || len > m->base.len - offset || len == 0 ||
-        len > o->info->ep_attr->max_msg_size) {
-        sp_debug("ofi transport: refused a read of %llu bytes at offset %llu of region %llu (%s)",
-                 (unsigned long long)len, (unsigned long long)offset, (unsigned long long)id,
-                 m == NULL ? "no such region" : "out of its bounds or being deregistered");
-        ret = fi_tinject(o->ep, NULL, 0, fa, tag | SP_OFI_TAG_ERR);
-        if (ret == -FI_EAGAIN)
-            return SP_ERR_BUSY;
-        if (ret != 0)
-            sp_debug("ofi transport: the refusal of a request could not be sent: %s (raw %zd)",
-                     fi_strerror((int)-ret), -ret);
-        return SP_OK;
-    }
-    if ((op = sp_ofi_get_op(o)) == NULL)
-        return SP_ERR_NOMEM;
-    op->ctx[0].kind = SP_OFI_REPLY_SEND;
-    op->len = (size_t)len;
-    op->offset = offset;
-    ret = fi_tsend(o->ep, (const char *)m->base.addr + offset, (size_t)len, m->desc, fa, tag,
-                   &op->ctx[0].fc);
-    if (ret != 0) {
-        sp_ofi_put_op(o, op);
-        if (ret == -FI_EAGAIN)
-            return SP_ERR_BUSY;
-        /* Unanswered: its reader times out. Serving goes on for the others. */
-        if (!o->warned_request)
-            sp_warn("ofi transport: fi_tsend of a reply of %llu bytes failed: %s (raw %zd)",
-                    (unsigned long long)len, fi_strerror((int)-ret), -ret);
-        o->warned_request = true;
-        return SP_OK;
-    }
-    op->held = 1;
-    op->region = m;
-    m->replies++;
-    op->next = o->live;
-    o->live = op;
-    o->base.stats.requests_served++;
-    o->base.stats.bytes_served += len;
-    return SP_OK;
+    req = (sp_serve_req_t){.id = sp_ofi_get64(q + 8),
+                           .base = sp_ofi_get64(q + 16),
+                           .offset = sp_ofi_get64(q + 24),
+                           .len = sp_ofi_get64(q + 32),
+                           .to = (uint64_t)fa,
+                           .tag = sp_ofi_get64(q + 40),
+                           .src = -1};
+    return sp__serve_request(&o->base, &req);
 }
 
 /* msg mode: answers the requests waiting for back-pressure, and posts free slots again. */
@@ -992,8 +994,7 @@ static sp_status_t sp_ofi_handle(sp_ofi_t *o, sp_ofi_ctx_t *ctx, size_t len, uin
         }
     }
     case SP_OFI_REPLY_SEND:
-        if (op->region != NULL)
-            op->region->replies--;
+        sp__serve_reply_done(t, op->region);
         if (err != NULL)
             sp_debug("ofi transport: a reply of %zu bytes failed: %s (raw %d)", op->len,
                      fi_strerror(err->err), err->err);

@@ -9,6 +9,9 @@
  * completion, so the ring, sized 2 * max_outstanding + 1 at open for a held
  * failure and its release, never overflows), the poll loop, and the progress
  * thread that calls the backend's progress whenever no caller holds the lock.
+ * Backends are opened from a table by their transport.backend name; the same
+ * table names each backend's process-wide hooks, which the backend-neutral
+ * calls of transport_proc.h run for every backend that has one.
  *
  * A fetch that failed while the provider still holds its destination (a
  * timeout the provider could not cancel at once) is handed back twice: the
@@ -300,16 +303,49 @@ static const char *sp_transport_auto(void)
     return "mpi";
 }
 
+/*
+ * The backends built in, by their transport.backend name: how to open one,
+ * and the process-wide hooks of those that have any (transport_proc.h).
+ */
+typedef struct sp_transport_backend_entry {
+    const char *name;
+    sp_status_t (*open)(const sp_conf_t *conf, sp_transport_t **transport_p);
+    /* Optional: removes what a process of this backend left behind when it died. */
+    void (*clear_dead_process)(long pid);
+    /* Optional: sets the environment this backend's libraries read when they start. */
+    void (*prepare_env)(const sp_conf_t *conf);
+} sp_transport_backend_entry_t;
+
+static const sp_transport_backend_entry_t sp_transport_backends[] = {
+    {.name = "ofi",
+     .open = sp__ofi_open,
+     .clear_dead_process = sp__ofi_shm_clear,
+     .prepare_env = sp__ofi_prepare_env},
+    {.name = "mpi", .open = sp__mpi_open},
+    {.name = "local", .open = sp__local_open},
+};
+
 static sp_status_t sp_transport_open_backend(const char *backend, const sp_conf_t *conf,
                                              sp_transport_t **transport_p)
 {
-    if (strcmp(backend, "ofi") == 0)
-        return sp__ofi_open(conf, transport_p);
-    if (strcmp(backend, "mpi") == 0)
-        return sp__mpi_open(conf, transport_p);
-    if (strcmp(backend, "local") == 0)
-        return sp__local_open(conf, transport_p);
+    for (size_t i = 0; i < SP_ARRAY_SIZE(sp_transport_backends); i++)
+        if (strcmp(backend, sp_transport_backends[i].name) == 0)
+            return sp_transport_backends[i].open(conf, transport_p);
     return SP_RAISE(SP_ERR_BAD_CONF, "transport.backend '%s' is not built in", backend);
+}
+
+void sp__transport_clear_dead_process(long pid)
+{
+    for (size_t i = 0; i < SP_ARRAY_SIZE(sp_transport_backends); i++)
+        if (sp_transport_backends[i].clear_dead_process != NULL)
+            sp_transport_backends[i].clear_dead_process(pid);
+}
+
+void sp__transport_prepare_env(const sp_conf_t *conf)
+{
+    for (size_t i = 0; i < SP_ARRAY_SIZE(sp_transport_backends); i++)
+        if (sp_transport_backends[i].prepare_env != NULL)
+            sp_transport_backends[i].prepare_env(conf);
 }
 
 sp_status_t sp_transport_open(const sp_conf_t *conf, sp_transport_t **transport_p)

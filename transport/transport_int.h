@@ -4,7 +4,9 @@
  * shared "unsupported" path in the dispatchers), the base objects the
  * backends embed first and get back from with container_of, and the
  * machinery they share (transport.c): the lock, the completion ring with the
- * outstanding count that bounds it, the poll loop and the progress thread.
+ * outstanding count that bounds it, the poll loop and the progress thread;
+ * and the serving by request and reply (serve.c) of the backends that serve
+ * regions two-sided.
  *
  * Locking: the dispatchers in transport.c take the base lock around address,
  * add_peer, mr_reg, mr_reg_file, mr_dereg, fetch and fetch_file, so a
@@ -18,6 +20,7 @@
 #define SPATE_TRANSPORT_INT_H
 
 #include "common_int.h"
+#include "transport_proc.h"
 #include <spate/transport.h>
 #include <sys/stat.h>
 
@@ -62,6 +65,57 @@ typedef struct sp_transport_ops {
     void (*stats)(const sp_transport_t *t, sp_transport_stats_t *stats_p);
 } sp_transport_ops_t;
 
+/*
+ * Two-sided serving (serve.c): a backend that serves regions by request and
+ * reply (ofi msg mode, mpi twosided and the regions its window cannot take)
+ * keeps them in the base's table and hands each request it receives to
+ * sp__serve_request, which checks it and answers through these slots.
+ */
+typedef struct sp_served {
+    sp_mr_t *mr;    /* the backend's region (its address and length) */
+    uint64_t id;    /* in the key; requests name the region by it */
+    uint64_t base;  /* the base a request must name (the address, or MPI's displacement) */
+    size_t replies; /* replies posted from it and not yet completed */
+    bool dying;     /* being deregistered: requests for it are refused */
+    struct sp_served *next;
+} sp_served_t;
+
+/* A request as the backend received and parsed it. */
+typedef struct sp_serve_req {
+    uint64_t id, base, offset, len;
+    uint64_t to;  /* where the answer goes, the backend's way (fi_addr_t, or rank) */
+    uint64_t tag; /* the reply's tag */
+    long src;     /* the requester's rank, for messages; -1 when it has none */
+} sp_serve_req_t;
+
+typedef struct sp_serve_ops {
+    size_t size; /* sizeof(sp_serve_ops_t) */
+    /*
+     * Posts the reply of len bytes at from, read from r, answering q. *sent_p
+     * says whether it was posted: the base then counts it as a reply of r
+     * until the backend calls sp__serve_reply_done. SP_ERR_BUSY: back-pressure,
+     * the backend keeps the request to try again; another status is the
+     * progress's (the request goes unanswered, and its reader times out).
+     */
+    sp_status_t (*reply)(sp_transport_t *t, const sp_serve_req_t *q, sp_served_t *r,
+                         const void *from, size_t len, bool *sent_p);
+    /* Answers q with a refusal (an empty message its reader reports); SP_ERR_BUSY as reply. */
+    sp_status_t (*refuse)(sp_transport_t *t, const sp_serve_req_t *q);
+    /*
+     * r's replies outlived the wait of its deregistration: stop them (cancel,
+     * or drop) and say so. On return the region's memory is no longer read
+     * through any reply the backend still tracks.
+     */
+    void (*abandon)(sp_transport_t *t, sp_served_t *r);
+} sp_serve_ops_t;
+
+typedef struct sp_serve {
+    const sp_serve_ops_t *ops; /* NULL: the backend serves nothing two-sided */
+    sp_served_t *served;
+    uint64_t next_id, id_max; /* ids run from 1 to id_max, then wrap to 1 */
+    uint64_t len_max;         /* longest reply the backend can send */
+} sp_serve_t;
+
 struct sp_transport {
     const sp_transport_ops_t *ops;
     const char *backend;
@@ -86,6 +140,7 @@ struct sp_transport {
     uint64_t register_chunk;         /* transport.register_chunk, whole pages */
     struct sp_file_cache *files;     /* chunks of served files (file_mr.c) */
     struct sp_split *splits;         /* reads split at chunk boundaries, in flight */
+    sp_serve_t serve;                /* regions served by request and reply (serve.c) */
 };
 
 struct sp_mr {
@@ -117,20 +172,17 @@ sp_status_t sp__route_open(const sp_conf_t *conf, sp_transport_t *net, sp_transp
 extern size_t sp__mpi_count_max;
 
 /*
- * Removes the shm provider's shared-memory regions named after pid
- * ("PID:..." in /dev/shm): those of a process killed before it could close
- * its endpoint. Only for a pid whose process is gone (or is this one, before
- * its first shm endpoint).
+ * The ofi backend's process-wide hooks, run by the backend-neutral calls of
+ * transport_proc.h: sp__ofi_shm_clear removes the shm provider's
+ * shared-memory regions named after pid ("PID:..." in /dev/shm), those of a
+ * process killed before it could close its endpoint (only for a pid whose
+ * process is gone, or this one before its first shm endpoint);
+ * sp__ofi_prepare_env sets spate's ofi_rxm defaults (FI_OFI_RXM_MSG_RX_SIZE)
+ * where the environment has none, which the ofi backend also does before its
+ * first fi_getinfo.
  */
 void sp__ofi_shm_clear(long pid);
-
-/*
- * Sets spate's ofi_rxm defaults (FI_OFI_RXM_MSG_RX_SIZE) where the
- * environment has none; the ofi backend calls it before its first
- * fi_getinfo. Code that opens libfabric before any transport does (a
- * benchmark's bare loop) calls it first so that rxm is sized alike.
- */
-void sp__ofi_rxm_defaults(void);
+void sp__ofi_prepare_env(const sp_conf_t *conf);
 
 /*
  * Fills the base fields every backend shares from conf (transport.timeout,
@@ -189,6 +241,32 @@ typedef enum sp_done_kind {
 /* Puts a completion in the ring as it is (msg: a failure's message, or NULL). */
 void sp__transport_push(sp_transport_t *t, void *context, sp_status_t st, int raw, size_t len,
                         uint32_t peer, const char *msg, sp_done_kind_t kind);
+
+/*
+ * Two-sided serving (serve.c), lock held. sp__serve_init makes the table of a
+ * backend that serves by request and reply: ids up to id_max, replies up to
+ * len_max bytes. sp__serve_add puts mr, which requests must name with base,
+ * into it under a new id; sp__serve_remove takes it out: requests for it are
+ * refused from then on, the replies still reading it get transport.timeout
+ * (the backend's progress runs, and the lock is let go between rounds), then
+ * ops->abandon. sp__serve_find is the region of an id (NULL: none).
+ */
+void sp__serve_init(sp_transport_t *t, const sp_serve_ops_t *ops, uint64_t id_max,
+                    uint64_t len_max);
+void sp__serve_add(sp_transport_t *t, sp_served_t *r, sp_mr_t *mr, uint64_t base);
+void sp__serve_remove(sp_transport_t *t, sp_served_t *r);
+sp_served_t *sp__serve_find(sp_transport_t *t, uint64_t id);
+/* Warns when regions are still served as the transport closes. */
+void sp__serve_fini(sp_transport_t *t);
+/*
+ * Answers one request: checks it against the region it names (served, not
+ * being deregistered, the same base, inside its bounds, not empty, not
+ * longer than len_max) and replies from the region, or refuses it. Returns
+ * ops->reply's or ops->refuse's status.
+ */
+sp_status_t sp__serve_request(sp_transport_t *t, const sp_serve_req_t *q);
+/* A reply posted from r completed (or was dropped); r NULL: its region is gone. */
+void sp__serve_reply_done(sp_transport_t *t, sp_served_t *r);
 
 /*
  * fstat()s fd into *sb_p and checks that [file_offset, file_offset + len) lies
