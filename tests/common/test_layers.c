@@ -97,10 +97,6 @@ static const exception_t exceptions[] = {
     /* `spate conf` prints the table of configuration keys with their defaults and ranges
      * (sp__conf_defs), which only the configuration module's private header declares. */
     {"launcher/cmd_conf.c", "common/conf_int.h"},
-    /* The local launcher removes the shared-memory files of an executor that died with its
-     * libfabric endpoint open (sp__ofi_shm_clear). Issue 14 gives the transport a
-     * backend-neutral call for this; remove the entry with the include. */
-    {"launcher/run.c", "transport/transport_int.h"},
 };
 
 /* What a scan found: one line per violation, and which exceptions it used. */
