@@ -172,7 +172,7 @@ err_free:
     return st;
 }
 
-void sp_served_output_release(sp_served_output_t *served)
+void sp_map_output_unserve(sp_served_output_t *served)
 {
     if (served == NULL)
         return;

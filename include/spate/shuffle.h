@@ -523,11 +523,11 @@ typedef struct sp_served_output sp_served_output_t;
  * read-only, registers it with transport for remote reads, and fills
  * status->rkey and status->address (the transport address, hex-encoded) so
  * that readers elsewhere can fetch its blocks one-sided. Release with
- * sp_served_output_release() (after readers are done).
+ * sp_map_output_unserve() (after readers are done).
  */
 SP_API sp_status_t sp_map_output_serve(struct sp_transport *transport, sp_map_status_t *status,
                                        sp_served_output_t **served_p);
-SP_API void sp_served_output_release(sp_served_output_t *served);
+SP_API void sp_map_output_unserve(sp_served_output_t *served);
 
 /**
  * A block fetcher over a transport: blocks with an address are read

@@ -138,7 +138,7 @@ static int world_teardown(void **state)
     /* Every rank has read what it reads from the others before any stops serving. */
     MPI_Barrier(MPI_COMM_WORLD);
     for (unsigned j = 0; j < MAPS_PER_RANK; j++)
-        sp_served_output_release(w.served[j]);
+        sp_map_output_unserve(w.served[j]);
     for (size_t i = 0; i < (size_t)w.size * MAPS_PER_RANK; i++)
         sp_map_status_destroy(w.st[i]);
     free(w.st);

@@ -140,7 +140,7 @@ static void serve(const char *provider, int to_parent, int from_parent)
     while (read(from_parent, &c, 1) > 0)
         ;
     for (int m = 0; m < 2; m++) {
-        sp_served_output_release(served[m]);
+        sp_map_output_unserve(served[m]);
         sp_map_status_destroy(st[m]);
     }
     sp_transport_close(t);

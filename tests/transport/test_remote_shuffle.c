@@ -103,7 +103,7 @@ static void serve(const char *provider, bool local, int to_parent, int from_pare
         (void)sp_transport_poll(t, done, 4, 1, &n);
     }
     for (int i = 0; i < 2; i++) {
-        sp_served_output_release(served[i]);
+        sp_map_output_unserve(served[i]);
         sp_map_status_destroy(st[i]);
     }
     sp_transport_close(t);
