@@ -446,7 +446,7 @@ struct sp_block_fetcher {
  * output once, maps its data file read-only and hands out blocks in place,
  * with the checksums of its checksum file. Completes inside fetch().
  */
-SP_API sp_status_t sp_local_fetcher_create(sp_block_fetcher_t **fetcher_p);
+SP_API sp_status_t sp_block_fetcher_local_create(sp_block_fetcher_t **fetcher_p);
 /** Destroys any fetcher through its ops; NULL accepted. */
 SP_API void sp_block_fetcher_destroy(sp_block_fetcher_t *fetcher);
 
@@ -537,8 +537,8 @@ SP_API void sp_map_output_unserve(sp_served_output_t *served);
  * its blocks with SP_ERR_UNSUPPORTED. The transport is progressed from the
  * fetcher's progress(); it must outlive the fetcher.
  */
-SP_API sp_status_t sp_transport_fetcher_create(struct sp_transport *transport,
-                                               sp_block_fetcher_t **fetcher_p);
+SP_API sp_status_t sp_block_fetcher_transport_create(struct sp_transport *transport,
+                                                     sp_block_fetcher_t **fetcher_p);
 
 #ifdef __cplusplus
 }

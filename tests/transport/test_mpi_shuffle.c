@@ -194,7 +194,7 @@ static void read_partition(uint32_t r, sp_read_order_t order)
     for (size_t b = 0; b < list->count; b++)
         remote += list->blocks[b].address != NULL;
     assert_true(w.size == 1 || remote > 0);
-    assert_int_equal(sp_transport_fetcher_create(w.t, &o.fetcher), SP_OK);
+    assert_int_equal(sp_block_fetcher_transport_create(w.t, &o.fetcher), SP_OK);
     assert_int_equal(sp_task_memory_create(w.mm, 1000 + r, &task), SP_OK);
     assert_int_equal(sp_shuffle_reader_open(task, w.conf, list, &o, &reader), SP_OK);
     while (more) {

@@ -205,7 +205,7 @@ static void run(const char *provider, bool local)
             char last[8] = "";
             bool more = true;
 
-            assert_int_equal(sp_transport_fetcher_create(t, &o.fetcher), SP_OK);
+            assert_int_equal(sp_block_fetcher_transport_create(t, &o.fetcher), SP_OK);
             assert_int_equal(sp_task_memory_create(mm, 100 + r, &task), SP_OK);
             assert_int_equal(sp_shuffle_reader_open(task, conf, list, &o, &reader), SP_OK);
             while (more) {
