@@ -658,7 +658,7 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
                                .executor_id = ex->job.executor_id,
                                .run_id = ex->job.app_id};
 out_plan:
-    sp_executor_plan_destroy(xplan);
+    sp_topology_plan_destroy(xplan);
     return st;
 }
 

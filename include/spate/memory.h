@@ -112,13 +112,13 @@ typedef struct sp_executor_plan {
  * split so that at least min_executors exist (never more than there are
  * cores). Memory is memory.executor when set, else 3/4 of the node's memory
  * (of the machine's when the node's is unknown) divided among the node's
- * executors. The caller frees *plan_p with sp_executor_plan_destroy().
+ * executors. The caller frees *plan_p with sp_topology_plan_destroy().
  */
 SP_API sp_status_t sp_topology_plan_executors(const sp_topology_t *topo, const sp_conf_t *conf,
                                               unsigned min_executors, sp_executor_plan_t **plan_p);
 
 /** Frees a plan; NULL is accepted. */
-SP_API void sp_executor_plan_destroy(sp_executor_plan_t *plan);
+SP_API void sp_topology_plan_destroy(sp_executor_plan_t *plan);
 
 /* ------------------------------------------------------------------------ */
 /* Arenas: NUMA-local allocation                                            */
