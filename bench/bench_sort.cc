@@ -17,7 +17,7 @@
  * be subtracted when reading a row. items/s counts elements sorted.
  */
 #include "common_int.h"
-#include <spate/memory.h>
+#include <spate/shuffle.h>
 
 #include "shuffle/radix_sort.h"
 
@@ -50,7 +50,7 @@ uint64_t random_ptr(uint64_t *s, uint32_t partitions)
     auto partition = static_cast<uint32_t>((r >> 32) % partitions);
     auto page = static_cast<uint32_t>(r & (SP_PAGE_TABLE_SIZE - 1));
     auto offset = static_cast<uint32_t>(splitmix64(s) & SP_PAGE_MAX_OFFSET);
-    return sp_packed_ptr_encode(partition, page, offset);
+    return sp_shuffle_packed_ptr_encode(partition, page, offset);
 }
 
 /* Pristine inputs, built once per (n, partitions) and reused by every row. */
@@ -89,20 +89,20 @@ const std::vector<sp_sort_entry_t> &pristine_entries(size_t n, int64_t prefix_ki
 
 int ptr_cmp(const void *x, const void *y)
 {
-    uint32_t a = sp_packed_ptr_partition(*static_cast<const uint64_t *>(x));
-    uint32_t b = sp_packed_ptr_partition(*static_cast<const uint64_t *>(y));
+    uint32_t a = sp_shuffle_packed_ptr_partition(*static_cast<const uint64_t *>(x));
+    uint32_t b = sp_shuffle_packed_ptr_partition(*static_cast<const uint64_t *>(y));
     return (a > b) - (a < b);
 }
 
 bool ptr_less(uint64_t x, uint64_t y)
 {
-    return sp_packed_ptr_partition(x) < sp_packed_ptr_partition(y);
+    return sp_shuffle_packed_ptr_partition(x) < sp_shuffle_packed_ptr_partition(y);
 }
 
 bool entry_less(const sp_sort_entry_t &x, const sp_sort_entry_t &y)
 {
-    uint32_t a = sp_packed_ptr_partition(x.ptr);
-    uint32_t b = sp_packed_ptr_partition(y.ptr);
+    uint32_t a = sp_shuffle_packed_ptr_partition(x.ptr);
+    uint32_t b = sp_shuffle_packed_ptr_partition(y.ptr);
     return a != b ? a < b : x.prefix < y.prefix;
 }
 

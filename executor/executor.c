@@ -329,11 +329,11 @@ static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__m
     old = ex->served[t->index];
     ex->served[t->index] = served;
     pthread_mutex_unlock(&ex->lock);
-    sp_served_output_release(old);
+    sp_map_output_unserve(old);
     sp_map_status_destroy(status);
     return SP_OK;
 err:
-    sp_served_output_release(served);
+    sp_map_output_unserve(served);
     sp_map_status_destroy(status);
     return st;
 }
@@ -658,7 +658,7 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
                                .executor_id = ex->job.executor_id,
                                .run_id = ex->job.app_id};
 out_plan:
-    sp_executor_plan_destroy(xplan);
+    sp_topology_plan_destroy(xplan);
     return st;
 }
 
@@ -724,7 +724,7 @@ static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_
     pthread_mutex_unlock(&ex->lock);
     sp_status_unref(old);
     if (m.executor_id == ex->job.executor_id) {
-        sp_served_output_release(served);
+        sp_map_output_unserve(served);
         sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, m.map_id);
     }
     return SP_OK;
@@ -826,7 +826,7 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     }
     for (uint32_t m = 0; m < ex->job.plan.maps; m++) {
         if (ex->served != NULL)
-            sp_served_output_release(ex->served[m]);
+            sp_map_output_unserve(ex->served[m]);
         if (ex->statuses != NULL)
             sp_status_unref(ex->statuses[m]);
     }

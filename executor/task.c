@@ -532,7 +532,7 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
         if (blocks->blocks[i].address != NULL && blocks->blocks[i].executor_id != env->executor_id)
             remote += blocks->blocks[i].size;
     if (env->transport != NULL &&
-        (st = sp_transport_fetcher_create(env->transport, &fetcher)) != SP_OK)
+        (st = sp_block_fetcher_transport_create(env->transport, &fetcher)) != SP_OK)
         goto out_blocks;
     ro.order = env->plan->order;
     ro.compare = env->job->compare;

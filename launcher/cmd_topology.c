@@ -330,7 +330,7 @@ int sp_cmd_topology(sp_cli_t *cli, int argc, char **argv)
         fprintf(stderr, "spate topology: cannot write the report: %s\n", strerror(errno));
         ret = 1;
     }
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
 out_destroy_topo:
     sp_topology_destroy(topo);
     return ret;

@@ -91,7 +91,7 @@ sp_status_t sp_run_slots(const sp_conf_t *conf, uint32_t count, uint32_t *slots_
             slots += cores > 0 ? (uint32_t)cores : SP_MAX(plan->slots[i % plan->count].cores, 1u);
         *slots_p = slots ? slots : count;
     }
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
     return st;
 }

@@ -616,7 +616,7 @@ err_free_execs:
     return st;
 }
 
-void sp_executor_plan_destroy(sp_executor_plan_t *plan)
+void sp_topology_plan_destroy(sp_executor_plan_t *plan)
 {
     if (plan == NULL)
         return;

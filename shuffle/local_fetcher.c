@@ -159,7 +159,7 @@ static const sp_block_fetcher_ops_t sp_local_fetcher_ops = {
     .destroy = sp_local_destroy,
 };
 
-sp_status_t sp_local_fetcher_create(sp_block_fetcher_t **fetcher_p)
+sp_status_t sp_block_fetcher_local_create(sp_block_fetcher_t **fetcher_p)
 {
     sp_local_fetcher_t *lf = sp__calloc(1, sizeof(*lf));
 

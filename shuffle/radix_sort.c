@@ -35,7 +35,7 @@
  */
 #include "shuffle/radix_sort.h"
 
-#include <spate/memory.h>
+#include <spate/shuffle.h>
 
 #include <string.h>
 

@@ -13,7 +13,7 @@ extern "C" {
 #endif
 
 /*
- * Sorts n packed pointers (include/spate/memory.h) by partition, stable,
+ * Sorts n packed pointers (include/spate/shuffle.h) by partition, stable,
  * using tmp (room for n) as the second buffer. Returns the buffer that holds
  * the sorted result: a or tmp.
  */

@@ -524,7 +524,7 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
             if ((st = sp__shuffle_dirs_create(conf, &r->dirs)) != SP_OK)
                 goto err;
     } else {
-        if ((st = sp_local_fetcher_create(&r->fetcher)) != SP_OK)
+        if ((st = sp_block_fetcher_local_create(&r->fetcher)) != SP_OK)
             goto err;
         r->own_fetcher = true;
     }

@@ -172,7 +172,7 @@ err_free:
     return st;
 }
 
-void sp_served_output_release(sp_served_output_t *served)
+void sp_map_output_unserve(sp_served_output_t *served)
 {
     if (served == NULL)
         return;
@@ -745,14 +745,15 @@ static const sp_block_fetcher_ops_t sp_tf_ops = {
     .destroy = sp_tf_destroy,
 };
 
-sp_status_t sp_transport_fetcher_create(sp_transport_t *transport, sp_block_fetcher_t **fetcher_p)
+sp_status_t sp_block_fetcher_transport_create(sp_transport_t *transport,
+                                              sp_block_fetcher_t **fetcher_p)
 {
     sp_tfetcher_t *tf = sp__calloc(1, sizeof(*tf));
     sp_status_t st;
 
     if (tf == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a transport block fetcher");
-    st = sp_local_fetcher_create(&tf->local);
+    st = sp_block_fetcher_local_create(&tf->local);
     if (st != SP_OK) {
         sp__free(tf);
         return st;

@@ -157,8 +157,8 @@ static int sp_writer_compare(const sp_shuffle_writer_t *w, const void *a, size_t
 
 static unsigned char *sp_writer_record(const sp_shuffle_writer_t *w, uint64_t ptr)
 {
-    return (unsigned char *)w->page_by_number[sp_packed_ptr_page(ptr)]->data +
-           sp_packed_ptr_offset(ptr);
+    return (unsigned char *)w->page_by_number[sp_shuffle_packed_ptr_page(ptr)]->data +
+           sp_shuffle_packed_ptr_offset(ptr);
 }
 
 static void sp_record_key(const unsigned char *rec, const unsigned char **key_p, size_t *len_p)
@@ -301,7 +301,7 @@ static sp_status_t sp_writer_insert(sp_shuffle_writer_t *w, uint32_t partition, 
         memcpy(rec + SP_RECORD_HEADER, key, klen);
     if (vlen != 0)
         memcpy(rec + SP_RECORD_HEADER + klen, value, vlen);
-    ptr = sp_packed_ptr_encode(partition, w->cur->number, (uint32_t)w->cur_used);
+    ptr = sp_shuffle_packed_ptr_encode(partition, w->cur->number, (uint32_t)w->cur_used);
     if (w->prefix) {
         sp_sort_entry_t *e = (sp_sort_entry_t *)w->array->data + w->n;
         e->prefix = sp__key_prefix(key, klen);
@@ -380,7 +380,8 @@ static uint64_t *sp_writer_sort(sp_shuffle_writer_t *w)
             ptrs[i] = s[i].ptr;
         for (size_t i = 1; i <= w->n; i++) {
             if (i == w->n || s[i].prefix != s[run].prefix ||
-                sp_packed_ptr_partition(s[i].ptr) != sp_packed_ptr_partition(s[run].ptr)) {
+                sp_shuffle_packed_ptr_partition(s[i].ptr) !=
+                    sp_shuffle_packed_ptr_partition(s[run].ptr)) {
                 if (i - run > 1)
                     sp_writer_merge_sort(w, ptrs + run, tmp, i - run);
                 run = i;
@@ -394,8 +395,8 @@ static uint64_t *sp_writer_sort(sp_shuffle_writer_t *w)
             uint64_t *tmp = out == a ? b : a;
             size_t run = 0;
             for (size_t i = 1; i <= w->n; i++) {
-                if (i == w->n ||
-                    sp_packed_ptr_partition(out[i]) != sp_packed_ptr_partition(out[run])) {
+                if (i == w->n || sp_shuffle_packed_ptr_partition(out[i]) !=
+                                     sp_shuffle_packed_ptr_partition(out[run])) {
                     if (i - run > 1)
                         sp_writer_merge_sort(w, out + run, tmp, i - run);
                     run = i;
@@ -439,7 +440,7 @@ static sp_status_t sp_writer_write_sorted(sp_shuffle_writer_t *w, const uint64_t
     sp_status_t st = SP_OK;
 
     while (i < w->n && st == SP_OK) {
-        uint32_t p = sp_packed_ptr_partition(ptrs[i]);
+        uint32_t p = sp_shuffle_packed_ptr_partition(ptrs[i]);
         sp_spill_seg_t *seg = &segs[nsegs++];
         size_t staged = 0;
 
@@ -447,7 +448,7 @@ static sp_status_t sp_writer_write_sorted(sp_shuffle_writer_t *w, const uint64_t
         seg->offset = fw->offset;
         seg->records = 0;
         sp_segment_begin(w, fw);
-        for (; i < w->n && sp_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
+        for (; i < w->n && sp_shuffle_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
             const unsigned char *rec;
             size_t size;
 

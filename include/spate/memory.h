@@ -112,13 +112,13 @@ typedef struct sp_executor_plan {
  * split so that at least min_executors exist (never more than there are
  * cores). Memory is memory.executor when set, else 3/4 of the node's memory
  * (of the machine's when the node's is unknown) divided among the node's
- * executors. The caller frees *plan_p with sp_executor_plan_destroy().
+ * executors. The caller frees *plan_p with sp_topology_plan_destroy().
  */
 SP_API sp_status_t sp_topology_plan_executors(const sp_topology_t *topo, const sp_conf_t *conf,
                                               unsigned min_executors, sp_executor_plan_t **plan_p);
 
 /** Frees a plan; NULL is accepted. */
-SP_API void sp_executor_plan_destroy(sp_executor_plan_t *plan);
+SP_API void sp_topology_plan_destroy(sp_executor_plan_t *plan);
 
 /* ------------------------------------------------------------------------ */
 /* Arenas: NUMA-local allocation                                            */
@@ -162,51 +162,18 @@ SP_API void sp_arena_stats(const sp_arena_t *arena, sp_arena_stats_t *stats_p);
 SP_API unsigned sp_arena_numa_index(const sp_arena_t *arena);
 
 /* ------------------------------------------------------------------------ */
-/* Pages and packed record pointers                                          */
+/* Pages and the page table                                                  */
 /* ------------------------------------------------------------------------ */
 
 /*
- * A packed record pointer is 64 bits:
- *   bits 63..40  partition id   (24 bits, 0 .. 16,777,215)
- *   bits 39..27  page number    (13 bits, 0 .. 8191, index in the task's page table)
- *   bits 26..0   offset in page (27 bits, 0 .. 134,217,727)
- * Sorting the 64-bit words sorts by partition first.
+ * A task's page table: 13-bit page numbers (0 .. 8191) and 27-bit offsets in
+ * a page (0 .. 134,217,727), the fields a shuffle packed pointer
+ * (include/spate/shuffle.h) gives them.
  */
-#define SP_PARTITION_BITS   24
 #define SP_PAGE_NUMBER_BITS 13
 #define SP_PAGE_OFFSET_BITS 27
-#define SP_MAX_PARTITIONS   (UINT32_C(1) << SP_PARTITION_BITS)
 #define SP_PAGE_TABLE_SIZE  (UINT32_C(1) << SP_PAGE_NUMBER_BITS)
 #define SP_PAGE_MAX_OFFSET  ((UINT32_C(1) << SP_PAGE_OFFSET_BITS) - 1)
-
-/** Packs without checking; callers guarantee the limits above. */
-static inline uint64_t sp_packed_ptr_encode(uint32_t partition, uint32_t page, uint32_t offset)
-{
-    return ((uint64_t)partition << (SP_PAGE_NUMBER_BITS + SP_PAGE_OFFSET_BITS)) |
-           ((uint64_t)page << SP_PAGE_OFFSET_BITS) | (uint64_t)offset;
-}
-
-static inline uint32_t sp_packed_ptr_partition(uint64_t ptr)
-{
-    return (uint32_t)(ptr >> (SP_PAGE_NUMBER_BITS + SP_PAGE_OFFSET_BITS));
-}
-
-static inline uint32_t sp_packed_ptr_page(uint64_t ptr)
-{
-    return (uint32_t)((ptr >> SP_PAGE_OFFSET_BITS) & (SP_PAGE_TABLE_SIZE - 1));
-}
-
-static inline uint32_t sp_packed_ptr_offset(uint64_t ptr)
-{
-    return (uint32_t)(ptr & SP_PAGE_MAX_OFFSET);
-}
-
-/**
- * Packs with the limits checked: SP_ERR_TOO_LARGE (message names the field,
- * its value and its limit) when a field does not fit.
- */
-SP_API sp_status_t sp_packed_ptr_pack(uint64_t partition, uint64_t page, uint64_t offset,
-                                      uint64_t *ptr_p);
 
 typedef struct sp_memory_consumer sp_memory_consumer_t;
 

@@ -43,6 +43,50 @@ SP_API sp_status_t sp_checksum_parse(const char *name, sp_checksum_kind_t *kind_
 SP_API const char *sp_checksum_name(sp_checksum_kind_t kind);
 
 /* ------------------------------------------------------------------------ */
+/* Packed record pointers                                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A packed record pointer is 64 bits:
+ *   bits 63..40  partition id   (24 bits, 0 .. 16,777,215)
+ *   bits 39..27  page number    (13 bits, 0 .. 8191, index in the task's page table)
+ *   bits 26..0   offset in page (27 bits, 0 .. 134,217,727)
+ * Sorting the 64-bit words sorts by partition first.
+ */
+#define SP_PARTITION_BITS 24
+#define SP_MAX_PARTITIONS (UINT32_C(1) << SP_PARTITION_BITS)
+
+/** Packs without checking; callers guarantee the limits above. */
+static inline uint64_t sp_shuffle_packed_ptr_encode(uint32_t partition, uint32_t page,
+                                                    uint32_t offset)
+{
+    return ((uint64_t)partition << (SP_PAGE_NUMBER_BITS + SP_PAGE_OFFSET_BITS)) |
+           ((uint64_t)page << SP_PAGE_OFFSET_BITS) | (uint64_t)offset;
+}
+
+static inline uint32_t sp_shuffle_packed_ptr_partition(uint64_t ptr)
+{
+    return (uint32_t)(ptr >> (SP_PAGE_NUMBER_BITS + SP_PAGE_OFFSET_BITS));
+}
+
+static inline uint32_t sp_shuffle_packed_ptr_page(uint64_t ptr)
+{
+    return (uint32_t)((ptr >> SP_PAGE_OFFSET_BITS) & (SP_PAGE_TABLE_SIZE - 1));
+}
+
+static inline uint32_t sp_shuffle_packed_ptr_offset(uint64_t ptr)
+{
+    return (uint32_t)(ptr & SP_PAGE_MAX_OFFSET);
+}
+
+/**
+ * Packs with the limits checked: SP_ERR_TOO_LARGE (message names the field,
+ * its value and its limit) when a field does not fit.
+ */
+SP_API sp_status_t sp_shuffle_packed_ptr_pack(uint64_t partition, uint64_t page, uint64_t offset,
+                                              uint64_t *ptr_p);
+
+/* ------------------------------------------------------------------------ */
 /* Map output writer                                                          */
 /* ------------------------------------------------------------------------ */
 
@@ -446,7 +490,7 @@ struct sp_block_fetcher {
  * output once, maps its data file read-only and hands out blocks in place,
  * with the checksums of its checksum file. Completes inside fetch().
  */
-SP_API sp_status_t sp_local_fetcher_create(sp_block_fetcher_t **fetcher_p);
+SP_API sp_status_t sp_block_fetcher_local_create(sp_block_fetcher_t **fetcher_p);
 /** Destroys any fetcher through its ops; NULL accepted. */
 SP_API void sp_block_fetcher_destroy(sp_block_fetcher_t *fetcher);
 
@@ -523,11 +567,11 @@ typedef struct sp_served_output sp_served_output_t;
  * read-only, registers it with transport for remote reads, and fills
  * status->rkey and status->address (the transport address, hex-encoded) so
  * that readers elsewhere can fetch its blocks one-sided. Release with
- * sp_served_output_release() (after readers are done).
+ * sp_map_output_unserve() (after readers are done).
  */
 SP_API sp_status_t sp_map_output_serve(struct sp_transport *transport, sp_map_status_t *status,
                                        sp_served_output_t **served_p);
-SP_API void sp_served_output_release(sp_served_output_t *served);
+SP_API void sp_map_output_unserve(sp_served_output_t *served);
 
 /**
  * A block fetcher over a transport: blocks with an address are read
@@ -537,8 +581,8 @@ SP_API void sp_served_output_release(sp_served_output_t *served);
  * its blocks with SP_ERR_UNSUPPORTED. The transport is progressed from the
  * fetcher's progress(); it must outlive the fetcher.
  */
-SP_API sp_status_t sp_transport_fetcher_create(struct sp_transport *transport,
-                                               sp_block_fetcher_t **fetcher_p);
+SP_API sp_status_t sp_block_fetcher_transport_create(struct sp_transport *transport,
+                                                     sp_block_fetcher_t **fetcher_p);
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,7 @@
 /*
  * Tests of task memory: the spill order of consumers (smallest covering the
  * shortfall, else the largest, the requester last), self-spill, leak reports
- * at task end, pages and the 13-bit page table, page hooks, and the packed
- * record pointer against a plain reference on random inputs.
+ * at task end, pages and the 13-bit page table, and page hooks.
  */
 /* LABELS: unit */
 #include "mm_test_util.h"
@@ -322,49 +321,6 @@ static void test_page_hooks_see_every_page(void **state)
     sp_memory_manager_destroy(mm);
 }
 
-/* ---- packed pointers against a reference ---- */
-
-static void test_packed_ptr_matches_reference(void **state)
-{
-    unsigned seed = 7;
-
-    (void)state;
-    for (int i = 0; i < 100000; i++) {
-        uint64_t part = (uint64_t)rand_r(&seed) & 0xffffff;
-        uint64_t page = (uint64_t)rand_r(&seed) & 0x1fff;
-        uint64_t off = (uint64_t)rand_r(&seed) & 0x7ffffff;
-        uint64_t ptr = 0;
-
-        if (i < 4) { /* the corners */
-            part = i & 1 ? 0xffffff : 0;
-            page = i & 2 ? 0x1fff : 0;
-            off = i & 1 ? 0x7ffffff : 0;
-        }
-        assert_int_equal(sp_packed_ptr_pack(part, page, off, &ptr), SP_OK);
-        assert_int_equal(ptr, part * (UINT64_C(1) << 40) + page * (UINT64_C(1) << 27) + off);
-        assert_int_equal(sp_packed_ptr_partition(ptr), part);
-        assert_int_equal(sp_packed_ptr_page(ptr), page);
-        assert_int_equal(sp_packed_ptr_offset(ptr), off);
-    }
-    /* Sorting packed pointers sorts by partition. */
-    assert_true(sp_packed_ptr_encode(1, 0, 0) > sp_packed_ptr_encode(0, 8191, SP_PAGE_MAX_OFFSET));
-}
-
-static void test_packed_ptr_rejects_values_out_of_range(void **state)
-{
-    uint64_t ptr = 12345;
-
-    (void)state;
-    assert_int_equal(sp_packed_ptr_pack(SP_MAX_PARTITIONS, 0, 0, &ptr), SP_ERR_TOO_LARGE);
-    assert_non_null(strstr(sp_last_error(), "partition 16777216"));
-    assert_int_equal(sp_packed_ptr_pack(0, SP_PAGE_TABLE_SIZE, 0, &ptr), SP_ERR_TOO_LARGE);
-    assert_non_null(strstr(sp_last_error(), "page number 8192"));
-    assert_int_equal(sp_packed_ptr_pack(0, 0, (uint64_t)SP_PAGE_MAX_OFFSET + 1, &ptr),
-                     SP_ERR_TOO_LARGE);
-    assert_non_null(strstr(sp_last_error(), "offset 134217728"));
-    assert_int_equal(ptr, 12345); /* untouched on error */
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -376,8 +332,6 @@ int main(void)
         cmocka_unit_test(test_page_refused_when_memory_cannot_be_had),
         cmocka_unit_test(test_page_table_holds_8192_pages),
         cmocka_unit_test(test_page_hooks_see_every_page),
-        cmocka_unit_test(test_packed_ptr_matches_reference),
-        cmocka_unit_test(test_packed_ptr_rejects_values_out_of_range),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -160,7 +160,7 @@ static void test_topology_plan_one_executor_per_node(void **state)
         assert_int_equal(plan->slots[s].memory_bytes, 3 * GIB);
     }
     plan_check_partition(topo, plan);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -177,7 +177,7 @@ static void test_topology_plan_honours_memory_executor(void **state)
     assert_int_equal(plan->count, 4);
     for (unsigned s = 0; s < plan->count; s++)
         assert_int_equal(plan->slots[s].memory_bytes, GIB);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_conf_destroy(conf);
     sp_topology_destroy(topo);
 }
@@ -202,7 +202,7 @@ static void test_topology_plan_splits_to_minimum(void **state)
         assert_true(slot->cores <=
                     (4 + per_node[slot->numa_index] - 1) / per_node[slot->numa_index]);
     }
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
 
     /* More executors than cores asked: one per core, never more. */
     plan = plan_ok(topo, NULL, 100);
@@ -210,7 +210,7 @@ static void test_topology_plan_splits_to_minimum(void **state)
     for (unsigned s = 0; s < plan->count; s++)
         assert_int_equal(plan->slots[s].cores, 1);
     plan_check_partition(topo, plan);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -240,7 +240,7 @@ static void test_topology_plan_splits_largest_node_first(void **state)
     assert_string_equal(plan->slots[2].cpuset, "4-5");
     assert_int_equal(plan->slots[0].memory_bytes, 3 * GIB / 2);
     assert_int_equal(plan->slots[2].memory_bytes, 3 * GIB);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
 
     /* Two cores per executor everywhere; the tie goes to the larger node. */
     plan = plan_ok(topo, NULL, 4);
@@ -253,7 +253,7 @@ static void test_topology_plan_splits_largest_node_first(void **state)
     assert_string_equal(plan->slots[2].cpuset, "3");
     assert_string_equal(plan->slots[3].cpuset, "4-5");
     plan_check_partition(topo, plan);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -280,7 +280,7 @@ static void test_topology_no_numa_is_one_node(void **state)
     assert_string_equal(plan->slots[1].cpuset, "4-7");
     assert_int_equal(plan->slots[0].memory_bytes, plan->slots[1].memory_bytes);
     plan_check_partition(topo, plan);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -294,7 +294,7 @@ static void test_topology_without_cores_counts_pus(void **state)
     plan = plan_ok(topo, NULL, 3);
     assert_int_equal(plan->count, 3);
     plan_check_partition(topo, plan);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -325,7 +325,7 @@ static void test_topology_xml_file(void **state)
     assert_string_equal(plan->slots[0].cpuset, "0-3");
     assert_string_equal(plan->slots[1].cpuset, "4-7");
     assert_int_equal(plan->slots[1].memory_bytes, 3 * GIB / 2);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -371,7 +371,7 @@ static void test_topology_plan_unknown_node_memory_uses_machine(void **state)
     /* Two executors per node share 3/4 of this machine's memory. */
     for (unsigned s = 0; s < plan->count; s++)
         assert_int_equal(plan->slots[s].memory_bytes, machine / 4 * 3 / 2);
-    sp_executor_plan_destroy(plan);
+    sp_topology_plan_destroy(plan);
     sp_topology_destroy(topo);
 }
 
@@ -535,7 +535,7 @@ static void test_topology_alloc_failures_are_nomem(void **state)
         if (sp__fault_fired(SP_FAULT_ALLOC) == fired) {
             assert_int_equal(st, SP_OK);
             assert_true(plan->count >= 6);
-            sp_executor_plan_destroy(plan);
+            sp_topology_plan_destroy(plan);
             sp_topology_destroy(topo);
             break;
         }

@@ -16,7 +16,7 @@
 /* LABELS: unit */
 #include "shuffle/radix_sort.h"
 
-#include <spate/memory.h>
+#include <spate/shuffle.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,8 +98,8 @@ static void make_partitions(uint32_t *parts, size_t n, dist_t d, uint64_t *s)
 
 static uint64_t random_ptr(uint32_t partition, uint64_t *s)
 {
-    return sp_packed_ptr_encode(partition, random_below(s, SP_PAGE_TABLE_SIZE),
-                                random_below(s, SP_PAGE_MAX_OFFSET + 1));
+    return sp_shuffle_packed_ptr_encode(partition, random_below(s, SP_PAGE_TABLE_SIZE),
+                                        random_below(s, SP_PAGE_MAX_OFFSET + 1));
 }
 
 /* Bytes first_byte .. first_byte+bytes-1 of words that are not the same in all. */
@@ -142,8 +142,8 @@ static int ref_ptr_cmp(const void *x, const void *y)
 {
     const ref_ptr_t *a = x;
     const ref_ptr_t *b = y;
-    uint32_t pa = sp_packed_ptr_partition(a->ptr);
-    uint32_t pb = sp_packed_ptr_partition(b->ptr);
+    uint32_t pa = sp_shuffle_packed_ptr_partition(a->ptr);
+    uint32_t pb = sp_shuffle_packed_ptr_partition(b->ptr);
 
     if (pa != pb)
         return pa < pb ? -1 : 1;
@@ -232,13 +232,13 @@ static void test_radix_sort_ptrs_large_matches_qsort(void **state)
 /* Zero and one element: nothing moves, tmp is not touched, a comes back. */
 static void test_radix_sort_ptrs_trivial_sizes(void **state)
 {
-    uint64_t a[1] = {sp_packed_ptr_encode(5, 1, 2)};
+    uint64_t a[1] = {sp_shuffle_packed_ptr_encode(5, 1, 2)};
     uint64_t tmp[1] = {42};
 
     (void)state;
     assert_ptr_equal(sp__radix_sort_ptrs(a, tmp, 0), a);
     assert_ptr_equal(sp__radix_sort_ptrs(a, tmp, 1), a);
-    assert_int_equal(a[0], sp_packed_ptr_encode(5, 1, 2));
+    assert_int_equal(a[0], sp_shuffle_packed_ptr_encode(5, 1, 2));
     assert_int_equal(tmp[0], 42);
 }
 
@@ -275,7 +275,8 @@ static void test_radix_sort_ptrs_moves_only_varying_bits(void **state)
             fail_msg("partitions %#x and %#x: expected %u passes, result in %s", cases[c].lo,
                      cases[c].hi, cases[c].passes, out == a ? "a" : "tmp");
         for (size_t i = 1; i < N; i++)
-            assert_true(sp_packed_ptr_partition(out[i - 1]) <= sp_packed_ptr_partition(out[i]));
+            assert_true(sp_shuffle_packed_ptr_partition(out[i - 1]) <=
+                        sp_shuffle_packed_ptr_partition(out[i]));
     }
 }
 
@@ -301,8 +302,8 @@ static int ref_entry_cmp(const void *x, const void *y)
 {
     const ref_entry_t *a = x;
     const ref_entry_t *b = y;
-    uint32_t pa = sp_packed_ptr_partition(a->e.ptr);
-    uint32_t pb = sp_packed_ptr_partition(b->e.ptr);
+    uint32_t pa = sp_shuffle_packed_ptr_partition(a->e.ptr);
+    uint32_t pb = sp_shuffle_packed_ptr_partition(b->e.ptr);
 
     if (pa != pb)
         return pa < pb ? -1 : 1;
@@ -447,8 +448,8 @@ static void test_radix_sort_entries_moves_only_varying_bits(void **state)
             fail_msg("case %zu: expected %u passes, result in %s", c, cases[c].passes,
                      out == a ? "a" : "tmp");
         for (size_t i = 1; i < N; i++) {
-            uint32_t p0 = sp_packed_ptr_partition(out[i - 1].ptr);
-            uint32_t p1 = sp_packed_ptr_partition(out[i].ptr);
+            uint32_t p0 = sp_shuffle_packed_ptr_partition(out[i - 1].ptr);
+            uint32_t p1 = sp_shuffle_packed_ptr_partition(out[i].ptr);
 
             assert_true(p0 < p1 || (p0 == p1 && out[i - 1].prefix <= out[i].prefix));
         }
@@ -457,7 +458,7 @@ static void test_radix_sort_entries_moves_only_varying_bits(void **state)
 
 static void test_radix_sort_entries_trivial_sizes(void **state)
 {
-    sp_sort_entry_t a[1] = {{7, sp_packed_ptr_encode(5, 1, 2)}};
+    sp_sort_entry_t a[1] = {{7, sp_shuffle_packed_ptr_encode(5, 1, 2)}};
     sp_sort_entry_t tmp[1] = {{42, 43}};
 
     (void)state;

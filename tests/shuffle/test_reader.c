@@ -490,7 +490,7 @@ static slow_fetcher_t *slow_create(void)
     slow_fetcher_t *sf = calloc(1, sizeof(*sf));
 
     sf->base.ops = &slow_ops;
-    assert_int_equal(sp_local_fetcher_create(&sf->local), SP_OK);
+    assert_int_equal(sp_block_fetcher_local_create(&sf->local), SP_OK);
     return sf;
 }
 

@@ -138,7 +138,7 @@ static int world_teardown(void **state)
     /* Every rank has read what it reads from the others before any stops serving. */
     MPI_Barrier(MPI_COMM_WORLD);
     for (unsigned j = 0; j < MAPS_PER_RANK; j++)
-        sp_served_output_release(w.served[j]);
+        sp_map_output_unserve(w.served[j]);
     for (size_t i = 0; i < (size_t)w.size * MAPS_PER_RANK; i++)
         sp_map_status_destroy(w.st[i]);
     free(w.st);
@@ -194,7 +194,7 @@ static void read_partition(uint32_t r, sp_read_order_t order)
     for (size_t b = 0; b < list->count; b++)
         remote += list->blocks[b].address != NULL;
     assert_true(w.size == 1 || remote > 0);
-    assert_int_equal(sp_transport_fetcher_create(w.t, &o.fetcher), SP_OK);
+    assert_int_equal(sp_block_fetcher_transport_create(w.t, &o.fetcher), SP_OK);
     assert_int_equal(sp_task_memory_create(w.mm, 1000 + r, &task), SP_OK);
     assert_int_equal(sp_shuffle_reader_open(task, w.conf, list, &o, &reader), SP_OK);
     while (more) {

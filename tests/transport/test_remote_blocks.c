@@ -140,7 +140,7 @@ static void serve(const char *provider, int to_parent, int from_parent)
     while (read(from_parent, &c, 1) > 0)
         ;
     for (int m = 0; m < 2; m++) {
-        sp_served_output_release(served[m]);
+        sp_map_output_unserve(served[m]);
         sp_map_status_destroy(st[m]);
     }
     sp_transport_close(t);
@@ -255,7 +255,7 @@ static void *read_partitions(void *arg)
     if (seen == NULL || sp_conf_dup(g.conf, &conf) != SP_OK ||
         sp_conf_set(conf, "shuffle.max_bytes_in_flight", job->max_in_flight) != SP_OK ||
         sp_block_list_from_statuses(&st, 1, job->p0, job->p1, &list) != SP_OK ||
-        sp_transport_fetcher_create(g.t, &o.fetcher) != SP_OK ||
+        sp_block_fetcher_transport_create(g.t, &o.fetcher) != SP_OK ||
         sp_task_memory_create(g.mm, job->task_id, &task) != SP_OK ||
         sp_shuffle_reader_open(task, conf, list, &o, &reader) != SP_OK) {
         snprintf(job->error, sizeof(job->error), "setup: %s", sp_last_error());

@@ -103,7 +103,7 @@ static void serve(const char *provider, bool local, int to_parent, int from_pare
         (void)sp_transport_poll(t, done, 4, 1, &n);
     }
     for (int i = 0; i < 2; i++) {
-        sp_served_output_release(served[i]);
+        sp_map_output_unserve(served[i]);
         sp_map_status_destroy(st[i]);
     }
     sp_transport_close(t);
@@ -205,7 +205,7 @@ static void run(const char *provider, bool local)
             char last[8] = "";
             bool more = true;
 
-            assert_int_equal(sp_transport_fetcher_create(t, &o.fetcher), SP_OK);
+            assert_int_equal(sp_block_fetcher_transport_create(t, &o.fetcher), SP_OK);
             assert_int_equal(sp_task_memory_create(mm, 100 + r, &task), SP_OK);
             assert_int_equal(sp_shuffle_reader_open(task, conf, list, &o, &reader), SP_OK);
             while (more) {

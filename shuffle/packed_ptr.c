@@ -1,11 +1,12 @@
 /*
  * Checked packing of the shuffle's 8-byte record pointers (layout in
- * include/spate/memory.h). The hot path uses the unchecked inline encoder;
+ * include/spate/shuffle.h). The hot path uses the unchecked inline encoder;
  * this one is for boundaries where a value may come from outside.
  */
-#include "memory_int.h"
+#include "shuffle_int.h"
 
-sp_status_t sp_packed_ptr_pack(uint64_t partition, uint64_t page, uint64_t offset, uint64_t *ptr_p)
+sp_status_t sp_shuffle_packed_ptr_pack(uint64_t partition, uint64_t page, uint64_t offset,
+                                       uint64_t *ptr_p)
 {
     if (partition >= SP_MAX_PARTITIONS)
         return SP_RAISE(SP_ERR_TOO_LARGE, "partition %llu does not fit in %d bits (max %u)",
@@ -16,6 +17,6 @@ sp_status_t sp_packed_ptr_pack(uint64_t partition, uint64_t page, uint64_t offse
     if (offset > SP_PAGE_MAX_OFFSET)
         return SP_RAISE(SP_ERR_TOO_LARGE, "page offset %llu does not fit in %d bits (max %u)",
                         (unsigned long long)offset, SP_PAGE_OFFSET_BITS, SP_PAGE_MAX_OFFSET);
-    *ptr_p = sp_packed_ptr_encode((uint32_t)partition, (uint32_t)page, (uint32_t)offset);
+    *ptr_p = sp_shuffle_packed_ptr_encode((uint32_t)partition, (uint32_t)page, (uint32_t)offset);
     return SP_OK;
 }
