@@ -217,16 +217,16 @@ sp_status_t sp_map_status_serialize(const sp_map_status_t *status, uint32_t comp
                         "no memory for the %zu-byte wire form of shuffle %llu map %llu", len,
                         (unsigned long long)status->shuffle_id, (unsigned long long)status->map_id);
 
-    sp__put_le32(buf, SP_MS_MAGIC);
+    sp__le_put_u32(buf, SP_MS_MAGIC);
     buf[4] = SP_MS_VERSION;
     buf[5] = flags;
     buf[6] = (unsigned char)status->codec;
     buf[7] = (unsigned char)status->checksum_kind;
-    sp__put_le64(buf + 8, status->shuffle_id);
-    sp__put_le64(buf + 16, status->map_id);
-    sp__put_le32(buf + 24, status->attempt);
-    sp__put_le32(buf + 28, status->partitions);
-    sp__put_le32(buf + 32, status->executor_id);
+    sp__le_put_u64(buf + 8, status->shuffle_id);
+    sp__le_put_u64(buf + 16, status->map_id);
+    sp__le_put_u32(buf + 24, status->attempt);
+    sp__le_put_u32(buf + 28, status->partitions);
+    sp__le_put_u32(buf + 32, status->executor_id);
     p = buf + SP_MS_FIXED;
     p = sp_put_string(p, status->address, alen);
     p = sp_put_string(p, status->index_path, ilen);
@@ -234,31 +234,31 @@ sp_status_t sp_map_status_serialize(const sp_map_status_t *status, uint32_t comp
     if (compact) {
         unsigned char *bitmap;
 
-        sp__put_le64(p, c.avg_length);
-        sp__put_le64(p + 8, c.avg_records);
+        sp__le_put_u64(p, c.avg_length);
+        sp__le_put_u64(p + 8, c.avg_records);
         bitmap = p + 16;
         memset(bitmap, 0, (p_count + 7) / 8);
         for (uint32_t i = 0; i < status->partitions; i++)
             if (status->lengths[i] == 0)
                 bitmap[i / 8] = (unsigned char)(bitmap[i / 8] | 1u << (i % 8));
         p = bitmap + (p_count + 7) / 8;
-        sp__put_le32(p, c.exact);
+        sp__le_put_u32(p, c.exact);
         p += 4;
         for (uint32_t i = 0; i < status->partitions; i++) {
             if (status->lengths[i] > exact_bytes) {
-                sp__put_le32(p, i);
-                sp__put_le64(p + 4, status->lengths[i]);
-                sp__put_le64(p + 12, status->records[i]);
+                sp__le_put_u32(p, i);
+                sp__le_put_u64(p + 4, status->lengths[i]);
+                sp__le_put_u64(p + 12, status->records[i]);
                 p += SP_MS_EXACT_ENTRY;
             }
         }
     } else {
         for (uint32_t i = 0; i < status->partitions; i++, p += 8)
-            sp__put_le64(p, status->lengths[i]);
+            sp__le_put_u64(p, status->lengths[i]);
         for (uint32_t i = 0; i < status->partitions; i++, p += 8)
-            sp__put_le64(p, status->records[i]);
+            sp__le_put_u64(p, status->records[i]);
         for (uint32_t i = 0; !status->approximate && i < status->partitions; i++, p += 8)
-            sp__put_le64(p, status->checksums[i]);
+            sp__le_put_u64(p, status->checksums[i]);
     }
     SP_ASSERT((size_t)(p - buf) == len);
     *buf_p = buf;
@@ -297,7 +297,7 @@ static sp_status_t sp_ms_u32(sp_ms_reader_t *r, const char *field, uint32_t *v_p
     sp_status_t st = sp_ms_need(r, 4, field);
 
     if (st == SP_OK) {
-        *v_p = sp__get_le32(r->buf + r->off);
+        *v_p = sp__le_get_u32(r->buf + r->off);
         r->off += 4;
     }
     return st;
@@ -308,7 +308,7 @@ static sp_status_t sp_ms_u64(sp_ms_reader_t *r, const char *field, uint64_t *v_p
     sp_status_t st = sp_ms_need(r, 8, field);
 
     if (st == SP_OK) {
-        *v_p = sp__get_le64(r->buf + r->off);
+        *v_p = sp__le_get_u64(r->buf + r->off);
         r->off += 8;
     }
     return st;
@@ -467,15 +467,15 @@ static sp_status_t sp_ms_parse_compact(sp_ms_reader_t *r, sp_ms_parsed_t *m)
         return st;
     for (uint32_t k = 0; k < m->exact_count; k++) {
         const unsigned char *e = m->exact + (size_t)k * SP_MS_EXACT_ENTRY;
-        uint32_t part = sp__get_le32(e);
+        uint32_t part = sp__le_get_u32(e);
 
         if (part >= m->partitions || (k > 0 && part <= prev) || sp_bit(m->bitmap, part) ||
-            sp__get_le64(e + 4) == 0)
+            sp__le_get_u64(e + 4) == 0)
             return SP_RAISE(SP_ERR_BAD_FORMAT,
                             "map status of shuffle %llu map %llu: exact entry %u (partition %u, "
                             "length %llu) is %s",
                             (unsigned long long)m->shuffle_id, (unsigned long long)m->map_id, k,
-                            part, (unsigned long long)sp__get_le64(e + 4),
+                            part, (unsigned long long)sp__le_get_u64(e + 4),
                             part >= m->partitions     ? "past the last partition"
                             : k > 0 && part <= prev   ? "not after the entry before it"
                             : sp_bit(m->bitmap, part) ? "marked empty"
@@ -555,17 +555,17 @@ static sp_status_t sp_ms_build(const sp_ms_parsed_t *m, sp_map_status_t **status
         }
         for (uint32_t k = 0; k < m->exact_count; k++) {
             const unsigned char *e = m->exact + (size_t)k * SP_MS_EXACT_ENTRY;
-            uint32_t part = sp__get_le32(e);
+            uint32_t part = sp__le_get_u32(e);
 
-            s->lengths[part] = sp__get_le64(e + 4);
-            s->records[part] = sp__get_le64(e + 12);
+            s->lengths[part] = sp__le_get_u64(e + 4);
+            s->records[part] = sp__le_get_u64(e + 12);
         }
     } else {
         for (uint32_t i = 0; i < m->partitions; i++) {
-            s->lengths[i] = sp__get_le64(m->lengths + 8 * (size_t)i);
-            s->records[i] = sp__get_le64(m->records + 8 * (size_t)i);
+            s->lengths[i] = sp__le_get_u64(m->lengths + 8 * (size_t)i);
+            s->records[i] = sp__le_get_u64(m->records + 8 * (size_t)i);
             if (checksums)
-                s->checksums[i] = sp__get_le64(m->checksums + 8 * (size_t)i);
+                s->checksums[i] = sp__le_get_u64(m->checksums + 8 * (size_t)i);
         }
     }
     *status_p = s;

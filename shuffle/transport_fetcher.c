@@ -442,7 +442,7 @@ static void sp_tf_advance(sp_tfetcher_t *tf, sp_tf_req_t *r)
     sp_status_t st = SP_OK;
 
     if (r->stage == SP_TF_INDEX) {
-        uint64_t start = sp__get_le64(r->buf), end = sp__get_le64(r->buf + 8);
+        uint64_t start = sp__le_get_u64(r->buf), end = sp__le_get_u64(r->buf + 8);
 
         if (start < SP_DATA_HEADER || end < start || end - start > SIZE_MAX / 2) {
             st = SP_RAISE(SP_ERR_CORRUPT,
@@ -462,7 +462,7 @@ static void sp_tf_advance(sp_tfetcher_t *tf, sp_tf_req_t *r)
         unsigned char *buf;
         sp_mr_t *mr = NULL;
 
-        r->expected = sp__get_le64(r->buf);
+        r->expected = sp__le_get_u64(r->buf);
         buf = sp__malloc(r->len != 0 ? r->len : 1);
         if (buf == NULL)
             st = SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %zu bytes", r->len);
