@@ -896,7 +896,7 @@ static const sp_serve_ops_t sp_ofi_serve_ops = {
 static sp_status_t sp_ofi_answer(sp_ofi_t *o, sp_ofi_slot_t *slot)
 {
     const unsigned char *q = slot->buf;
-    size_t alen = q[4] | (size_t)q[5] << 8;
+    size_t alen = sp__le_get_u16(q + 4);
     fi_addr_t fa = FI_ADDR_UNSPEC;
     sp_serve_req_t req;
 
@@ -1144,8 +1144,7 @@ static sp_status_t sp_ofi_request(sp_ofi_t *o, sp_ofi_op_t *op, uint64_t id, uin
     q[0] = 'S';
     q[1] = 'Q';
     q[2] = 1;
-    q[4] = (unsigned char)o->self_len;
-    q[5] = (unsigned char)(o->self_len >> 8);
+    sp__le_put_u16(q + 4, (uint16_t)o->self_len);
     sp__le_put_u64(q + 8, id);
     sp__le_put_u64(q + 16, base);
     sp__le_put_u64(q + 24, op->offset);
