@@ -253,31 +253,16 @@ void sp__wbuf_patch_u32(sp__wbuf_t *w, size_t offset, uint32_t v)
     sp__le_put_u32(w->data + offset, v);
 }
 
-void sp__rbuf_init(sp__rbuf_t *r, const void *data, size_t len)
-{
-    static const unsigned char empty[1];
-
-    r->data = data != NULL ? data : empty;
-    r->len = data != NULL ? len : 0;
-    r->off = 0;
-}
-
-size_t sp__rbuf_left(const sp__rbuf_t *r) { return r->len - r->off; }
-
 /* The next n bytes, or NULL after raising "truncated" for what. */
 static const unsigned char *sp_rbuf_take(sp__rbuf_t *r, const char *what, size_t n,
                                          sp_status_t *st_p)
 {
-    const unsigned char *p;
+    const unsigned char *p = sp__rbuf_take(r, n);
 
-    if (n > r->len - r->off) {
+    if (p == NULL)
         *st_p = SP_RAISE(SP_ERR_BAD_FORMAT,
                          "control message %s: truncated (%zu bytes needed at offset %zu, %zu left)",
                          what, n, r->off, r->len - r->off);
-        return NULL;
-    }
-    p = r->data + r->off;
-    r->off += n;
     return p;
 }
 
