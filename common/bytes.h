@@ -23,16 +23,14 @@ static inline void sp__le_put_u16(unsigned char *p, uint16_t v)
 
 static inline void sp__le_put_u32(unsigned char *p, uint32_t v)
 {
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-    p[2] = (unsigned char)(v >> 16);
-    p[3] = (unsigned char)(v >> 24);
+    for (unsigned i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
 
 static inline void sp__le_put_u64(unsigned char *p, uint64_t v)
 {
-    sp__le_put_u32(p, (uint32_t)v);
-    sp__le_put_u32(p + 4, (uint32_t)(v >> 32));
+    for (unsigned i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
 
 static inline uint16_t sp__le_get_u16(const unsigned char *p)
