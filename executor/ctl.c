@@ -56,6 +56,7 @@
  * idle). Conns are served round robin from the one after the last served.
  */
 #include "executor/ctl.h"
+#include "bytes.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -111,40 +112,6 @@
 
 static const char sp_ctl_client_label[] = "spate-ctl-v1 client";
 static const char sp_ctl_server_label[] = "spate-ctl-v1 server";
-
-/* ------------------------------------------------------------------------ */
-/* Little endian                                                             */
-/* ------------------------------------------------------------------------ */
-
-static void sp_ctl_le16(unsigned char *p, uint16_t v)
-{
-    p[0] = (unsigned char)v;
-    p[1] = (unsigned char)(v >> 8);
-}
-
-static void sp_ctl_le32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void sp_ctl_le64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint16_t sp_ctl_get16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
-static uint32_t sp_ctl_get32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static uint64_t sp_ctl_get64(const unsigned char *p)
-{
-    return (uint64_t)sp_ctl_get32(p) | ((uint64_t)sp_ctl_get32(p + 4) << 32);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Payload codec                                                             */
@@ -218,7 +185,7 @@ sp_status_t sp__wbuf_put_u16(sp__wbuf_t *w, uint16_t v)
 
     if (p == NULL)
         return w->status;
-    sp_ctl_le16(p, v);
+    sp__le_put_u16(p, v);
     w->len += 2;
     return SP_OK;
 }
@@ -229,7 +196,7 @@ sp_status_t sp__wbuf_put_u32(sp__wbuf_t *w, uint32_t v)
 
     if (p == NULL)
         return w->status;
-    sp_ctl_le32(p, v);
+    sp__le_put_u32(p, v);
     w->len += 4;
     return SP_OK;
 }
@@ -240,7 +207,7 @@ sp_status_t sp__wbuf_put_u64(sp__wbuf_t *w, uint64_t v)
 
     if (p == NULL)
         return w->status;
-    sp_ctl_le64(p, v);
+    sp__le_put_u64(p, v);
     w->len += 8;
     return SP_OK;
 }
@@ -283,34 +250,19 @@ void sp__wbuf_patch_u32(sp__wbuf_t *w, size_t offset, uint32_t v)
     if (w->status != SP_OK)
         return;
     SP_ASSERT(offset <= w->len && w->len - offset >= 4);
-    sp_ctl_le32(w->data + offset, v);
+    sp__le_put_u32(w->data + offset, v);
 }
-
-void sp__rbuf_init(sp__rbuf_t *r, const void *data, size_t len)
-{
-    static const unsigned char empty[1];
-
-    r->data = data != NULL ? data : empty;
-    r->len = data != NULL ? len : 0;
-    r->off = 0;
-}
-
-size_t sp__rbuf_left(const sp__rbuf_t *r) { return r->len - r->off; }
 
 /* The next n bytes, or NULL after raising "truncated" for what. */
 static const unsigned char *sp_rbuf_take(sp__rbuf_t *r, const char *what, size_t n,
                                          sp_status_t *st_p)
 {
-    const unsigned char *p;
+    const unsigned char *p = sp__rbuf_take(r, n);
 
-    if (n > r->len - r->off) {
+    if (p == NULL)
         *st_p = SP_RAISE(SP_ERR_BAD_FORMAT,
                          "control message %s: truncated (%zu bytes needed at offset %zu, %zu left)",
                          what, n, r->off, r->len - r->off);
-        return NULL;
-    }
-    p = r->data + r->off;
-    r->off += n;
     return p;
 }
 
@@ -330,7 +282,7 @@ sp_status_t sp__rbuf_get_u16(sp__rbuf_t *r, const char *what, uint16_t *v_p)
     const unsigned char *p = sp_rbuf_take(r, what, 2, &st);
 
     if (p != NULL)
-        *v_p = sp_ctl_get16(p);
+        *v_p = sp__le_get_u16(p);
     return st;
 }
 
@@ -340,7 +292,7 @@ sp_status_t sp__rbuf_get_u32(sp__rbuf_t *r, const char *what, uint32_t *v_p)
     const unsigned char *p = sp_rbuf_take(r, what, 4, &st);
 
     if (p != NULL)
-        *v_p = sp_ctl_get32(p);
+        *v_p = sp__le_get_u32(p);
     return st;
 }
 
@@ -350,7 +302,7 @@ sp_status_t sp__rbuf_get_u64(sp__rbuf_t *r, const char *what, uint64_t *v_p)
     const unsigned char *p = sp_rbuf_take(r, what, 8, &st);
 
     if (p != NULL)
-        *v_p = sp_ctl_get64(p);
+        *v_p = sp__le_get_u64(p);
     return st;
 }
 
@@ -431,17 +383,17 @@ sp_status_t sp__rbuf_done(const sp__rbuf_t *r, const char *what)
 
 void sp__ctl_header_pack(unsigned char *header, uint16_t type, uint32_t len)
 {
-    sp_ctl_le32(header, SP__CTL_MAGIC);
-    sp_ctl_le16(header + 4, SP__CTL_VERSION);
-    sp_ctl_le16(header + 6, type);
-    sp_ctl_le32(header + 8, len);
+    sp__le_put_u32(header, SP__CTL_MAGIC);
+    sp__le_put_u16(header + 4, SP__CTL_VERSION);
+    sp__le_put_u16(header + 6, type);
+    sp__le_put_u32(header + 8, len);
 }
 
 sp_status_t sp__ctl_header_check(const sp__ctl_conn_t *c, const unsigned char *header,
                                  uint16_t *type_p, uint32_t *len_p)
 {
-    uint32_t magic = sp_ctl_get32(header), len = sp_ctl_get32(header + 8);
-    uint16_t version = sp_ctl_get16(header + 4);
+    uint32_t magic = sp__le_get_u32(header), len = sp__le_get_u32(header + 8);
+    uint16_t version = sp__le_get_u16(header + 4);
 
     if (magic != SP__CTL_MAGIC)
         return SP_RAISE(SP_ERR_BAD_FORMAT,
@@ -455,7 +407,7 @@ sp_status_t sp__ctl_header_check(const sp__ctl_conn_t *c, const unsigned char *h
         return SP_RAISE(SP_ERR_BAD_FORMAT,
                         "control frame from %s: a %u-byte payload is above the limit of %u bytes",
                         c->peer, len, SP__CTL_MAX_PAYLOAD);
-    *type_p = sp_ctl_get16(header + 6);
+    *type_p = sp__le_get_u16(header + 6);
     *len_p = len;
     return SP_OK;
 }

@@ -25,6 +25,7 @@
 #define SPATE_EXECUTOR_CTL_H
 
 #include "common_int.h"
+#include "rbuf.h"
 
 #include <mpi.h>
 #include <pthread.h>
@@ -112,21 +113,11 @@ sp_status_t sp__wbuf_put_raw(sp__wbuf_t *w, const void *data, size_t len);
 void sp__wbuf_patch_u32(sp__wbuf_t *w, size_t offset, uint32_t v);
 
 /*
- * A reader over (data, len), which the caller keeps alive. Each get checks
- * that its field lies inside what is left, else returns SP_ERR_BAD_FORMAT
- * "control message <what>: truncated (...)" and consumes nothing; outputs
- * are set only on success. Not thread safe.
+ * Gets over the common bounded reader (common/rbuf.h: sp__rbuf_t,
+ * sp__rbuf_init, sp__rbuf_left). Each get checks that its field lies inside
+ * what is left, else returns SP_ERR_BAD_FORMAT "control message <what>:
+ * truncated (...)" and consumes nothing; outputs are set only on success.
  */
-typedef struct sp__rbuf {
-    const unsigned char *data;
-    size_t len, off;
-} sp__rbuf_t;
-
-/* data may be NULL when len is 0. */
-void sp__rbuf_init(sp__rbuf_t *r, const void *data, size_t len);
-/* Bytes not read yet. */
-size_t sp__rbuf_left(const sp__rbuf_t *r);
-
 sp_status_t sp__rbuf_get_u8(sp__rbuf_t *r, const char *what, uint8_t *v_p);
 sp_status_t sp__rbuf_get_u16(sp__rbuf_t *r, const char *what, uint16_t *v_p);
 sp_status_t sp__rbuf_get_u32(sp__rbuf_t *r, const char *what, uint32_t *v_p);

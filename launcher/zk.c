@@ -34,6 +34,7 @@
  */
 #include "zk.h"
 
+#include "bytes.h"
 #include "common_int.h"
 
 #include <arpa/inet.h>
@@ -329,9 +330,9 @@ static sp_status_t sp_zk_master_info(const char *node, const char *data, size_t 
 
         if (v > 0 && v <= (json_int_t)UINT32_MAX) {
             /* Mesos stores the in_addr's bytes as a uint32 on a little-endian host. */
-            uint32_t le = (uint32_t)v;
-            unsigned char b[4] = {(unsigned char)le, (unsigned char)(le >> 8),
-                                  (unsigned char)(le >> 16), (unsigned char)(le >> 24)};
+            unsigned char b[4];
+
+            sp__le_put_u32(b, (uint32_t)v);
 
             snprintf(ip_text, sizeof(ip_text), "%u.%u.%u.%u", b[0], b[1], b[2], b[3]);
             host = ip_text;

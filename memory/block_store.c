@@ -15,6 +15,7 @@
  * version, payload length, XXH3-64 of the payload) then the payload. Every
  * field is checked against the file when it is read back.
  */
+#include "bytes.h"
 #include "memory_int.h"
 
 #include <errno.h>
@@ -160,21 +161,6 @@ static void sp_bs_path(const sp_block_store_t *bs, const char *id, const char *s
     snprintf(buf, len, "%s/%s.blk%s", bs->dir, id, suffix);
 }
 
-static void sp_bs_put_le(unsigned char *p, uint64_t v, unsigned bytes)
-{
-    for (unsigned i = 0; i < bytes; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t sp_bs_get_le(const unsigned char *p, unsigned bytes)
-{
-    uint64_t v = 0;
-
-    for (unsigned i = 0; i < bytes; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 /* Writes the block file of id atomically (temporary name, then rename). */
 static sp_status_t sp_bs_write_file(sp_block_store_t *bs, const char *id, const void *data,
                                     size_t len)
@@ -186,11 +172,11 @@ static sp_status_t sp_bs_write_file(sp_block_store_t *bs, const char *id, const 
 
     sp_bs_path(bs, id, "", path, sizeof(path));
     sp_bs_path(bs, id, ".tmp", tmp, sizeof(tmp));
-    sp_bs_put_le(header, SP_BLOCK_MAGIC, 4);
-    sp_bs_put_le(header + 4, SP_BLOCK_VERSION, 2);
-    sp_bs_put_le(header + 6, 0, 2);
-    sp_bs_put_le(header + 8, len, 8);
-    sp_bs_put_le(header + 16, XXH3_64bits(data, len), 8);
+    sp__le_put_u32(header, SP_BLOCK_MAGIC);
+    sp__le_put_u16(header + 4, SP_BLOCK_VERSION);
+    sp__le_put_u16(header + 6, 0);
+    sp__le_put_u64(header + 8, len);
+    sp__le_put_u64(header + 16, XXH3_64bits(data, len));
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return SP_RAISE(SP_ERR_IO, "create block file %s: %s (errno %d)", tmp, strerror(errno),
@@ -237,10 +223,10 @@ static sp_status_t sp_bs_read_file(sp_block_store_t *bs, const char *id, size_t 
     st = sp__pread_all(fd, header, sizeof(header), 0, path);
     if (st != SP_OK)
         goto out_close;
-    magic = sp_bs_get_le(header, 4);
-    version = sp_bs_get_le(header + 4, 2);
-    len = sp_bs_get_le(header + 8, 8);
-    sum = sp_bs_get_le(header + 16, 8);
+    magic = sp__le_get_u32(header);
+    version = sp__le_get_u16(header + 4);
+    len = sp__le_get_u64(header + 8);
+    sum = sp__le_get_u64(header + 16);
     if (magic != SP_BLOCK_MAGIC || version != SP_BLOCK_VERSION) {
         st = SP_RAISE(SP_ERR_CORRUPT, "block file %s: bad magic 0x%08llx or version %llu", path,
                       (unsigned long long)magic, (unsigned long long)version);

@@ -359,8 +359,8 @@ static sp_status_t sp_agg_run_add(sp_aggregator_t *agg, sp_agg_run_writer_t *rw,
         rw->in_chunk = true;
         rw->raw = 0;
     }
-    sp__put_le32(h, (uint32_t)klen);
-    sp__put_le32(h + 4, (uint32_t)vlen);
+    sp__le_put_u32(h, (uint32_t)klen);
+    sp__le_put_u32(h + 4, (uint32_t)vlen);
     if ((st = sp__encoder_write(agg->enc, h, sizeof(h))) != SP_OK ||
         (st = sp__encoder_write(agg->enc, key, klen)) != SP_OK ||
         (st = sp__encoder_write(agg->enc, value, vlen)) != SP_OK)
@@ -911,7 +911,7 @@ static sp_status_t sp_agg_merge_open(sp_aggregator_t *agg, sp_agg_merge_t *m,
         }
         st = sp__pread_all(c->fd, h, sizeof(h), 0, c->run->path);
         if (st == SP_OK &&
-            (sp__get_le32(h) != SP_DATA_MAGIC || h[4] != SP_DATA_VERSION ||
+            (sp__le_get_u32(h) != SP_DATA_MAGIC || h[4] != SP_DATA_VERSION ||
              h[6] != (unsigned char)agg->codec || h[7] != (unsigned char)agg->checksum))
             st = SP_RAISE(SP_ERR_CORRUPT, "run %s does not start with its header", c->run->path);
         if (st == SP_OK) {

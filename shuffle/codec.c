@@ -322,7 +322,7 @@ static void sp_enc_lz4_begin(sp_encoder_t *enc)
 {
     unsigned char *h = enc->buf + enc->buf_len;
 
-    sp__put_le32(h, SP_LZ4_MAGIC);
+    sp__le_put_u32(h, SP_LZ4_MAGIC);
     h[4] = SP_LZ4_FLG;
     h[5] = SP_LZ4_BD;
     h[6] = (unsigned char)(XXH32(h + 4, 2, 0) >> 8);
@@ -363,10 +363,10 @@ static sp_status_t sp_enc_lz4_block(sp_encoder_t *enc, const unsigned char *p, s
         }
     }
     if (n > 0) {
-        sp__put_le32(out, (uint32_t)n);
+        sp__le_put_u32(out, (uint32_t)n);
         enc->buf_len += 4 + (size_t)n;
     } else {
-        sp__put_le32(out, (uint32_t)len | SP_LZ4_RAW_BIT);
+        sp__le_put_u32(out, (uint32_t)len | SP_LZ4_RAW_BIT);
         memcpy(out + 4, p, len);
         enc->buf_len += 4 + len;
     }
@@ -424,7 +424,7 @@ static sp_status_t sp_enc_lz4_end(sp_encoder_t *enc)
         if (st != SP_OK)
             return st;
     }
-    sp__put_le32(enc->buf + enc->buf_len, 0);
+    sp__le_put_u32(enc->buf + enc->buf_len, 0);
     enc->buf_len += 4;
     return sp_enc_flush(enc);
 }

@@ -278,7 +278,7 @@ sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_che
 {
     unsigned char h[SP_DATA_HEADER];
 
-    sp__put_le32(h, SP_DATA_MAGIC);
+    sp__le_put_u32(h, SP_DATA_MAGIC);
     h[4] = SP_DATA_VERSION;
     h[5] = 0;
     h[6] = (unsigned char)codec;

@@ -141,23 +141,23 @@ static unsigned char *sp_index_encode(const sp_shuffle_writer_options_t *o, cons
 
     if (b == NULL)
         return NULL;
-    sp__put_le32(b, SP_INDEX_MAGIC);
+    sp__le_put_u32(b, SP_INDEX_MAGIC);
     b[4] = SP_INDEX_VERSION;
     b[5] = 0;
     b[6] = (unsigned char)o->codec;
     b[7] = (unsigned char)o->checksum;
-    sp__put_le32(b + 8, o->partitions);
-    sp__put_le32(b + 12, o->attempt);
+    sp__le_put_u32(b + 8, o->partitions);
+    sp__le_put_u32(b + 12, o->attempt);
     p = b + SP_INDEX_HEADER;
     for (uint32_t i = 0; i <= o->partitions; i++) {
-        sp__put_le64(p, off);
+        sp__le_put_u64(p, off);
         p += 8;
         if (i < o->partitions)
             off += lengths[i];
     }
     for (uint32_t i = 0; i < o->partitions; i++, p += 8)
-        sp__put_le64(p, records[i]);
-    sp__put_le64(p, XXH3_64bits(b, (size_t)(p - b)));
+        sp__le_put_u64(p, records[i]);
+    sp__le_put_u64(p, XXH3_64bits(b, (size_t)(p - b)));
     *len_p = len;
     return b;
 }
@@ -170,15 +170,15 @@ static unsigned char *sp_checksums_encode(const sp_shuffle_writer_options_t *o,
 
     if (b == NULL)
         return NULL;
-    sp__put_le32(b, SP_CSUM_MAGIC);
+    sp__le_put_u32(b, SP_CSUM_MAGIC);
     b[4] = SP_CSUM_VERSION;
     b[5] = 0;
     b[6] = (unsigned char)o->checksum;
     b[7] = 0;
-    sp__put_le32(b + 8, o->partitions);
-    sp__put_le32(b + 12, 0);
+    sp__le_put_u32(b + 8, o->partitions);
+    sp__le_put_u32(b + 12, 0);
     for (uint32_t i = 0; i < o->partitions; i++)
-        sp__put_le64(b + SP_CSUM_HEADER + 8 * (size_t)i, checksums[i]);
+        sp__le_put_u64(b + SP_CSUM_HEADER + 8 * (size_t)i, checksums[i]);
     *len_p = len;
     return b;
 }
@@ -361,19 +361,19 @@ sp_status_t sp_map_output_open(const char *index_path, sp_map_output_t **output_
     st = sp_read_file(index_path, max_index, &ib, &ilen);
     if (st != SP_OK)
         goto err;
-    if (ilen < SP_INDEX_HEADER + 16 || sp__get_le32(ib) != SP_INDEX_MAGIC ||
+    if (ilen < SP_INDEX_HEADER + 16 || sp__le_get_u32(ib) != SP_INDEX_MAGIC ||
         ib[4] != SP_INDEX_VERSION) {
         st = SP_RAISE(SP_ERR_CORRUPT, "index %s: bad magic or version (or %zu bytes)", index_path,
                       ilen);
         goto err;
     }
-    parts = sp__get_le32(ib + 8);
+    parts = sp__le_get_u32(ib + 8);
     if (parts == 0 || parts > SP_MAX_PARTITIONS || ilen != sp_index_size(parts)) {
         st = SP_RAISE(SP_ERR_CORRUPT, "index %s: %u partitions do not match its %zu bytes",
                       index_path, parts, ilen);
         goto err;
     }
-    if (XXH3_64bits(ib, ilen - 8) != sp__get_le64(ib + ilen - 8)) {
+    if (XXH3_64bits(ib, ilen - 8) != sp__le_get_u64(ib + ilen - 8)) {
         st = SP_RAISE(SP_ERR_CORRUPT, "index %s fails its own checksum", index_path);
         goto err;
     }
@@ -385,7 +385,7 @@ sp_status_t sp_map_output_open(const char *index_path, sp_map_output_t **output_
     mo->partitions = parts;
     mo->codec = (sp_codec_t)ib[6];
     mo->kind = (sp_checksum_kind_t)ib[7];
-    mo->attempt = sp__get_le32(ib + 12);
+    mo->attempt = sp__le_get_u32(ib + 12);
     mo->offsets = sp__malloc(8 * ((size_t)parts + 1));
     mo->records = sp__malloc(8 * (size_t)parts);
     mo->checksums = sp__malloc(8 * (size_t)parts);
@@ -395,7 +395,7 @@ sp_status_t sp_map_output_open(const char *index_path, sp_map_output_t **output_
     }
     p = ib + SP_INDEX_HEADER;
     for (uint32_t i = 0; i <= parts; i++, p += 8) {
-        mo->offsets[i] = sp__get_le64(p);
+        mo->offsets[i] = sp__le_get_u64(p);
         if ((i == 0 && mo->offsets[0] != SP_DATA_HEADER) ||
             (i > 0 && mo->offsets[i] < mo->offsets[i - 1])) {
             st = SP_RAISE(SP_ERR_CORRUPT, "index %s: offset %u (%llu) is out of order", index_path,
@@ -404,7 +404,7 @@ sp_status_t sp_map_output_open(const char *index_path, sp_map_output_t **output_
         }
     }
     for (uint32_t i = 0; i < parts; i++, p += 8)
-        mo->records[i] = sp__get_le64(p);
+        mo->records[i] = sp__le_get_u64(p);
     if (stat(mo->data_path, &sb) != 0) {
         st = SP_RAISE(errno == ENOENT ? SP_ERR_NOT_FOUND : SP_ERR_IO, "data file %s: %s (errno %d)",
                       mo->data_path, strerror(errno), errno);
@@ -419,14 +419,14 @@ sp_status_t sp_map_output_open(const char *index_path, sp_map_output_t **output_
     st = sp_read_file(mo->checksum_path, SP_CSUM_HEADER + 8 * (size_t)parts, &cb, &clen);
     if (st != SP_OK)
         goto err;
-    if (clen != SP_CSUM_HEADER + 8 * (size_t)parts || sp__get_le32(cb) != SP_CSUM_MAGIC ||
-        cb[4] != SP_CSUM_VERSION || cb[6] != ib[7] || sp__get_le32(cb + 8) != parts) {
+    if (clen != SP_CSUM_HEADER + 8 * (size_t)parts || sp__le_get_u32(cb) != SP_CSUM_MAGIC ||
+        cb[4] != SP_CSUM_VERSION || cb[6] != ib[7] || sp__le_get_u32(cb + 8) != parts) {
         st = SP_RAISE(SP_ERR_CORRUPT, "checksum file %s does not match its index %s",
                       mo->checksum_path, index_path);
         goto err;
     }
     for (uint32_t i = 0; i < parts; i++)
-        mo->checksums[i] = sp__get_le64(cb + SP_CSUM_HEADER + 8 * (size_t)i);
+        mo->checksums[i] = sp__le_get_u64(cb + SP_CSUM_HEADER + 8 * (size_t)i);
     sp__free(ib);
     sp__free(cb);
     *output_p = mo;

@@ -22,6 +22,7 @@
  * so that it outlives them; the tracker hands lists out and may replace the
  * statuses at once.
  */
+#include "rbuf.h"
 #include "shuffle_int.h"
 
 #include <stdio.h>
@@ -111,8 +112,7 @@ static uint64_t sp_average(unsigned __int128 sum, uint64_t n)
 
 static unsigned char *sp_put_string(unsigned char *p, const void *s, size_t len)
 {
-    p[0] = (unsigned char)len;
-    p[1] = (unsigned char)(len >> 8);
+    sp__le_put_u16(p, (uint16_t)len);
     if (len > 0)
         memcpy(p + 2, s, len);
     return p + 2 + len;
@@ -217,16 +217,16 @@ sp_status_t sp_map_status_serialize(const sp_map_status_t *status, uint32_t comp
                         "no memory for the %zu-byte wire form of shuffle %llu map %llu", len,
                         (unsigned long long)status->shuffle_id, (unsigned long long)status->map_id);
 
-    sp__put_le32(buf, SP_MS_MAGIC);
+    sp__le_put_u32(buf, SP_MS_MAGIC);
     buf[4] = SP_MS_VERSION;
     buf[5] = flags;
     buf[6] = (unsigned char)status->codec;
     buf[7] = (unsigned char)status->checksum_kind;
-    sp__put_le64(buf + 8, status->shuffle_id);
-    sp__put_le64(buf + 16, status->map_id);
-    sp__put_le32(buf + 24, status->attempt);
-    sp__put_le32(buf + 28, status->partitions);
-    sp__put_le32(buf + 32, status->executor_id);
+    sp__le_put_u64(buf + 8, status->shuffle_id);
+    sp__le_put_u64(buf + 16, status->map_id);
+    sp__le_put_u32(buf + 24, status->attempt);
+    sp__le_put_u32(buf + 28, status->partitions);
+    sp__le_put_u32(buf + 32, status->executor_id);
     p = buf + SP_MS_FIXED;
     p = sp_put_string(p, status->address, alen);
     p = sp_put_string(p, status->index_path, ilen);
@@ -234,31 +234,31 @@ sp_status_t sp_map_status_serialize(const sp_map_status_t *status, uint32_t comp
     if (compact) {
         unsigned char *bitmap;
 
-        sp__put_le64(p, c.avg_length);
-        sp__put_le64(p + 8, c.avg_records);
+        sp__le_put_u64(p, c.avg_length);
+        sp__le_put_u64(p + 8, c.avg_records);
         bitmap = p + 16;
         memset(bitmap, 0, (p_count + 7) / 8);
         for (uint32_t i = 0; i < status->partitions; i++)
             if (status->lengths[i] == 0)
                 bitmap[i / 8] = (unsigned char)(bitmap[i / 8] | 1u << (i % 8));
         p = bitmap + (p_count + 7) / 8;
-        sp__put_le32(p, c.exact);
+        sp__le_put_u32(p, c.exact);
         p += 4;
         for (uint32_t i = 0; i < status->partitions; i++) {
             if (status->lengths[i] > exact_bytes) {
-                sp__put_le32(p, i);
-                sp__put_le64(p + 4, status->lengths[i]);
-                sp__put_le64(p + 12, status->records[i]);
+                sp__le_put_u32(p, i);
+                sp__le_put_u64(p + 4, status->lengths[i]);
+                sp__le_put_u64(p + 12, status->records[i]);
                 p += SP_MS_EXACT_ENTRY;
             }
         }
     } else {
         for (uint32_t i = 0; i < status->partitions; i++, p += 8)
-            sp__put_le64(p, status->lengths[i]);
+            sp__le_put_u64(p, status->lengths[i]);
         for (uint32_t i = 0; i < status->partitions; i++, p += 8)
-            sp__put_le64(p, status->records[i]);
+            sp__le_put_u64(p, status->records[i]);
         for (uint32_t i = 0; !status->approximate && i < status->partitions; i++, p += 8)
-            sp__put_le64(p, status->checksums[i]);
+            sp__le_put_u64(p, status->checksums[i]);
     }
     SP_ASSERT((size_t)(p - buf) == len);
     *buf_p = buf;
@@ -268,62 +268,50 @@ sp_status_t sp_map_status_serialize(const sp_map_status_t *status, uint32_t comp
 
 /* ---- deserialization ---- */
 
-typedef struct sp_ms_reader {
-    const unsigned char *buf;
-    size_t off, len;
-} sp_ms_reader_t;
-
-/* Checks that n more bytes are there for field; the one place truncation is found. */
-static sp_status_t sp_ms_need(const sp_ms_reader_t *r, size_t n, const char *field)
+/*
+ * Takes n bytes of field from the common bounded reader (common/rbuf.h) and
+ * returns where they are; the one place truncation is found.
+ */
+static sp_status_t sp_ms_bytes(sp__rbuf_t *r, size_t n, const char *field,
+                               const unsigned char **p_p)
 {
-    if (r->len - r->off < n)
+    const unsigned char *p = sp__rbuf_take(r, n);
+
+    if (p == NULL)
         return SP_RAISE(SP_ERR_BAD_FORMAT,
                         "map status truncated: %s needs %zu bytes at offset %zu, %zu left", field,
-                        n, r->off, r->len - r->off);
+                        n, r->off, sp__rbuf_left(r));
+    *p_p = p;
     return SP_OK;
 }
 
-static sp_status_t sp_ms_u8(sp_ms_reader_t *r, const char *field, uint8_t *v_p)
+static sp_status_t sp_ms_u8(sp__rbuf_t *r, const char *field, uint8_t *v_p)
 {
-    sp_status_t st = sp_ms_need(r, 1, field);
+    const unsigned char *p = NULL;
+    sp_status_t st = sp_ms_bytes(r, 1, field, &p);
 
     if (st == SP_OK)
-        *v_p = r->buf[r->off++];
+        *v_p = p[0];
     return st;
 }
 
-static sp_status_t sp_ms_u32(sp_ms_reader_t *r, const char *field, uint32_t *v_p)
+static sp_status_t sp_ms_u32(sp__rbuf_t *r, const char *field, uint32_t *v_p)
 {
-    sp_status_t st = sp_ms_need(r, 4, field);
+    const unsigned char *p = NULL;
+    sp_status_t st = sp_ms_bytes(r, 4, field, &p);
 
-    if (st == SP_OK) {
-        *v_p = sp__get_le32(r->buf + r->off);
-        r->off += 4;
-    }
+    if (st == SP_OK)
+        *v_p = sp__le_get_u32(p);
     return st;
 }
 
-static sp_status_t sp_ms_u64(sp_ms_reader_t *r, const char *field, uint64_t *v_p)
+static sp_status_t sp_ms_u64(sp__rbuf_t *r, const char *field, uint64_t *v_p)
 {
-    sp_status_t st = sp_ms_need(r, 8, field);
+    const unsigned char *p = NULL;
+    sp_status_t st = sp_ms_bytes(r, 8, field, &p);
 
-    if (st == SP_OK) {
-        *v_p = sp__get_le64(r->buf + r->off);
-        r->off += 8;
-    }
-    return st;
-}
-
-/* Takes n bytes of field and returns where they are. */
-static sp_status_t sp_ms_bytes(sp_ms_reader_t *r, size_t n, const char *field,
-                               const unsigned char **p_p)
-{
-    sp_status_t st = sp_ms_need(r, n, field);
-
-    if (st == SP_OK) {
-        *p_p = r->buf + r->off;
-        r->off += n;
-    }
+    if (st == SP_OK)
+        *v_p = sp__le_get_u64(p);
     return st;
 }
 
@@ -333,15 +321,15 @@ typedef struct sp_ms_string {
     size_t len;
 } sp_ms_string_t;
 
-static sp_status_t sp_ms_string(sp_ms_reader_t *r, const char *len_field, const char *field,
+static sp_status_t sp_ms_string(sp__rbuf_t *r, const char *len_field, const char *field,
                                 bool text, sp_ms_string_t *s)
 {
-    const unsigned char *p;
+    const unsigned char *p = NULL;
     sp_status_t st = sp_ms_bytes(r, 2, len_field, &p);
 
     if (st != SP_OK)
         return st;
-    s->len = (size_t)p[0] | (size_t)p[1] << 8;
+    s->len = sp__le_get_u16(p);
     st = sp_ms_bytes(r, s->len, field, &s->bytes);
     if (st != SP_OK)
         return st;
@@ -370,7 +358,7 @@ typedef struct sp_ms_parsed {
     uint32_t exact_count;
 } sp_ms_parsed_t;
 
-static sp_status_t sp_ms_parse_header(sp_ms_reader_t *r, sp_ms_parsed_t *m)
+static sp_status_t sp_ms_parse_header(sp__rbuf_t *r, sp_ms_parsed_t *m)
 {
     uint32_t magic;
     uint8_t version;
@@ -423,7 +411,7 @@ static sp_status_t sp_ms_parse_header(sp_ms_reader_t *r, sp_ms_parsed_t *m)
     return SP_OK;
 }
 
-static sp_status_t sp_ms_parse_full(sp_ms_reader_t *r, sp_ms_parsed_t *m)
+static sp_status_t sp_ms_parse_full(sp__rbuf_t *r, sp_ms_parsed_t *m)
 {
     size_t array = 8 * (size_t)m->partitions;
     sp_status_t st;
@@ -437,7 +425,7 @@ static sp_status_t sp_ms_parse_full(sp_ms_reader_t *r, sp_ms_parsed_t *m)
     return SP_OK;
 }
 
-static sp_status_t sp_ms_parse_compact(sp_ms_reader_t *r, sp_ms_parsed_t *m)
+static sp_status_t sp_ms_parse_compact(sp__rbuf_t *r, sp_ms_parsed_t *m)
 {
     uint32_t empties = 0, averaged, prev = 0;
     sp_status_t st;
@@ -467,15 +455,15 @@ static sp_status_t sp_ms_parse_compact(sp_ms_reader_t *r, sp_ms_parsed_t *m)
         return st;
     for (uint32_t k = 0; k < m->exact_count; k++) {
         const unsigned char *e = m->exact + (size_t)k * SP_MS_EXACT_ENTRY;
-        uint32_t part = sp__get_le32(e);
+        uint32_t part = sp__le_get_u32(e);
 
         if (part >= m->partitions || (k > 0 && part <= prev) || sp_bit(m->bitmap, part) ||
-            sp__get_le64(e + 4) == 0)
+            sp__le_get_u64(e + 4) == 0)
             return SP_RAISE(SP_ERR_BAD_FORMAT,
                             "map status of shuffle %llu map %llu: exact entry %u (partition %u, "
                             "length %llu) is %s",
                             (unsigned long long)m->shuffle_id, (unsigned long long)m->map_id, k,
-                            part, (unsigned long long)sp__get_le64(e + 4),
+                            part, (unsigned long long)sp__le_get_u64(e + 4),
                             part >= m->partitions     ? "past the last partition"
                             : k > 0 && part <= prev   ? "not after the entry before it"
                             : sp_bit(m->bitmap, part) ? "marked empty"
@@ -555,17 +543,17 @@ static sp_status_t sp_ms_build(const sp_ms_parsed_t *m, sp_map_status_t **status
         }
         for (uint32_t k = 0; k < m->exact_count; k++) {
             const unsigned char *e = m->exact + (size_t)k * SP_MS_EXACT_ENTRY;
-            uint32_t part = sp__get_le32(e);
+            uint32_t part = sp__le_get_u32(e);
 
-            s->lengths[part] = sp__get_le64(e + 4);
-            s->records[part] = sp__get_le64(e + 12);
+            s->lengths[part] = sp__le_get_u64(e + 4);
+            s->records[part] = sp__le_get_u64(e + 12);
         }
     } else {
         for (uint32_t i = 0; i < m->partitions; i++) {
-            s->lengths[i] = sp__get_le64(m->lengths + 8 * (size_t)i);
-            s->records[i] = sp__get_le64(m->records + 8 * (size_t)i);
+            s->lengths[i] = sp__le_get_u64(m->lengths + 8 * (size_t)i);
+            s->records[i] = sp__le_get_u64(m->records + 8 * (size_t)i);
             if (checksums)
-                s->checksums[i] = sp__get_le64(m->checksums + 8 * (size_t)i);
+                s->checksums[i] = sp__le_get_u64(m->checksums + 8 * (size_t)i);
         }
     }
     *status_p = s;
@@ -581,13 +569,14 @@ err_nomem:
 
 sp_status_t sp_map_status_deserialize(const void *buf, size_t len, sp_map_status_t **status_p)
 {
-    sp_ms_reader_t r = {buf, 0, len};
+    sp__rbuf_t r;
     sp_ms_parsed_t m;
     sp_status_t st;
 
     if ((buf == NULL && len > 0) || status_p == NULL)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "sp_map_status_deserialize: %s is NULL",
                         status_p == NULL ? "status_p" : "buf");
+    sp__rbuf_init(&r, buf, len);
     memset(&m, 0, sizeof(m));
     st = sp_ms_parse_header(&r, &m);
     if (st != SP_OK)

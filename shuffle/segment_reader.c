@@ -113,8 +113,8 @@ sp_status_t sp_segment_reader_next(sp_segment_reader_t *reader, const void **key
     if (r->end - r->start < SP_RECORD_HEADER)
         return SP_RAISE(SP_ERR_CORRUPT, "segment ends inside a record header (%zu of %d bytes)",
                         r->end - r->start, SP_RECORD_HEADER);
-    klen = sp__get_le32(r->win + r->start);
-    vlen = sp__get_le32(r->win + r->start + 4);
+    klen = sp__le_get_u32(r->win + r->start);
+    vlen = sp__le_get_u32(r->win + r->start + 4);
     total = SP_RECORD_HEADER + klen + vlen;
     st = sp_reader_fill(r, (size_t)total);
     if (st != SP_OK)

@@ -6,6 +6,7 @@
 #ifndef SPATE_SHUFFLE_INT_H
 #define SPATE_SHUFFLE_INT_H
 
+#include "bytes.h"
 #include "codec.h"
 #include "common_int.h"
 #include <spate/shuffle.h>
@@ -22,28 +23,6 @@
 #define SP_CSUM_HEADER   16
 /* A record in a segment: u32 key length, u32 value length, key, value. */
 #define SP_RECORD_HEADER 8
-
-static inline void sp__put_le32(unsigned char *p, uint32_t v)
-{
-    for (unsigned i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static inline void sp__put_le64(unsigned char *p, uint64_t v)
-{
-    for (unsigned i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static inline uint32_t sp__get_le32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t sp__get_le64(const unsigned char *p)
-{
-    return (uint64_t)sp__get_le32(p) | (uint64_t)sp__get_le32(p + 4) << 32;
-}
 
 /* ---- local directories ---- */
 

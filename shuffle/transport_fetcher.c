@@ -67,7 +67,7 @@ static bool sp_tf_keys_unpack(const unsigned char *rkey, size_t len, sp_tf_keys_
         rkey[2] != 1 || rkey[3] != 0)
         return false;
     for (int i = 0; i < 3; i++) {
-        size_t n = (size_t)rkey[4 + 2 * i] | (size_t)rkey[5 + 2 * i] << 8;
+        size_t n = sp__le_get_u16(rkey + 4 + 2 * i);
         if (n == 0 || n > len - off)
             return false;
         k->key[i] = rkey + off;
@@ -134,8 +134,7 @@ sp_status_t sp_map_output_serve(sp_transport_t *t, sp_map_status_t *status,
             st = SP_RAISE(SP_ERR_TOO_LARGE, "serve %s: a key of %zu bytes", paths[i], n);
             break;
         }
-        rkey[4 + 2 * i] = (unsigned char)n;
-        rkey[5 + 2 * i] = (unsigned char)(n >> 8);
+        sp__le_put_u16(rkey + 4 + 2 * i, (uint16_t)n);
         klen += n;
     }
     if (st != SP_OK || (st = sp_transport_address(t, addr, sizeof(addr), &alen)) != SP_OK)
@@ -442,7 +441,7 @@ static void sp_tf_advance(sp_tfetcher_t *tf, sp_tf_req_t *r)
     sp_status_t st = SP_OK;
 
     if (r->stage == SP_TF_INDEX) {
-        uint64_t start = sp__get_le64(r->buf), end = sp__get_le64(r->buf + 8);
+        uint64_t start = sp__le_get_u64(r->buf), end = sp__le_get_u64(r->buf + 8);
 
         if (start < SP_DATA_HEADER || end < start || end - start > SIZE_MAX / 2) {
             st = SP_RAISE(SP_ERR_CORRUPT,
@@ -462,7 +461,7 @@ static void sp_tf_advance(sp_tfetcher_t *tf, sp_tf_req_t *r)
         unsigned char *buf;
         sp_mr_t *mr = NULL;
 
-        r->expected = sp__get_le64(r->buf);
+        r->expected = sp__le_get_u64(r->buf);
         buf = sp__malloc(r->len != 0 ? r->len : 1);
         if (buf == NULL)
             st = SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %zu bytes", r->len);

@@ -164,12 +164,12 @@ static unsigned char *sp_writer_record(const sp_shuffle_writer_t *w, uint64_t pt
 static void sp_record_key(const unsigned char *rec, const unsigned char **key_p, size_t *len_p)
 {
     *key_p = rec + SP_RECORD_HEADER;
-    *len_p = sp__get_le32(rec);
+    *len_p = sp__le_get_u32(rec);
 }
 
 static size_t sp_record_size(const unsigned char *rec)
 {
-    return SP_RECORD_HEADER + (size_t)sp__get_le32(rec) + (size_t)sp__get_le32(rec + 4);
+    return SP_RECORD_HEADER + (size_t)sp__le_get_u32(rec) + (size_t)sp__le_get_u32(rec + 4);
 }
 
 static void sp_writer_free_pages(sp_shuffle_writer_t *w)
@@ -295,8 +295,8 @@ static sp_status_t sp_writer_insert(sp_shuffle_writer_t *w, uint32_t partition, 
     if ((st = sp_writer_page_for(w, need)) != SP_OK)
         return st;
     rec = (unsigned char *)w->cur->data + w->cur_used;
-    sp__put_le32(rec, (uint32_t)klen);
-    sp__put_le32(rec + 4, (uint32_t)vlen);
+    sp__le_put_u32(rec, (uint32_t)klen);
+    sp__le_put_u32(rec + 4, (uint32_t)vlen);
     if (klen != 0)
         memcpy(rec + SP_RECORD_HEADER, key, klen);
     if (vlen != 0)
@@ -826,8 +826,8 @@ static sp_status_t sp_bypass_insert(sp_shuffle_writer_t *w, uint32_t p, const vo
         if (part->raw == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for the buffer of bypass partition %u", p);
     }
-    sp__put_le32(h, (uint32_t)klen);
-    sp__put_le32(h + 4, (uint32_t)vlen);
+    sp__le_put_u32(h, (uint32_t)klen);
+    sp__le_put_u32(h + 4, (uint32_t)vlen);
     for (int i = 0; i < 3; i++) {
         const unsigned char *src = pieces[i];
         size_t left = lens[i];
@@ -1031,8 +1031,8 @@ static sp_status_t sp_writer_merge_ordered(sp_shuffle_writer_t *w, uint32_t p, s
             sp_segment_begin(w, out);
             begun = true;
         }
-        sp__put_le32(h, (uint32_t)klen);
-        sp__put_le32(h + 4, (uint32_t)vlen);
+        sp__le_put_u32(h, (uint32_t)klen);
+        sp__le_put_u32(h + 4, (uint32_t)vlen);
         if ((st = sp__encoder_write(w->enc, h, sizeof(h))) != SP_OK ||
             (st = sp__encoder_write(w->enc, key, klen)) != SP_OK ||
             (st = sp__encoder_write(w->enc, value, vlen)) != SP_OK)
@@ -1513,11 +1513,11 @@ sp_status_t sp__sorter_next(sp_shuffle_writer_t *w, const void **key_p, size_t *
     }
     {
         const unsigned char *rec = sp_writer_record(w, w->iter_ptrs[w->iter_at++]);
-        size_t klen = sp__get_le32(rec);
+        size_t klen = sp__le_get_u32(rec);
         *key_p = rec + SP_RECORD_HEADER;
         *key_len_p = klen;
         *value_p = rec + SP_RECORD_HEADER + klen;
-        *value_len_p = sp__get_le32(rec + 4);
+        *value_len_p = sp__le_get_u32(rec + 4);
         *more_p = true;
     }
     return SP_OK;

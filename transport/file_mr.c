@@ -46,6 +46,7 @@
  *
  * Everything here runs with the transport's lock held.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <errno.h>
@@ -300,19 +301,16 @@ sp_status_t sp__file_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *l
                             m->nchunks, cap);
         if ((st = t->ops->mr_pack(m->chunks[i]->mr, b + at + 2, cap - at - 2, &klen)) != SP_OK)
             return st;
-        b[at] = (unsigned char)klen;
-        b[at + 1] = (unsigned char)(klen >> 8);
+        sp__le_put_u16(b + at, (uint16_t)klen);
         at += 2 + klen;
     }
     memset(b, 0, 8);
     b[0] = 'S';
     b[1] = 'C';
     b[2] = 1;
-    for (int i = 0; i < 4; i++)
-        b[4 + i] = (unsigned char)(m->nchunks >> (8 * i));
+    sp__le_put_u32(b + 4, m->nchunks);
     for (int f = 0; f < 3; f++)
-        for (int i = 0; i < 8; i++)
-            b[8 + 8 * f + i] = (unsigned char)(fields[f] >> (8 * i));
+        sp__le_put_u64(b + 8 + 8 * f, fields[f]);
     *len_p = at;
     return SP_OK;
 }
@@ -352,7 +350,7 @@ static bool sp_chunk_key_at(const unsigned char *b, size_t len, uint32_t nchunks
         size_t klen;
         if (len - at < 2)
             return false;
-        klen = (size_t)b[at] | (size_t)b[at + 1] << 8;
+        klen = sp__le_get_u16(b + at);
         if (klen == 0 || klen > len - at - 2)
             return false;
         if (k == i) {
@@ -362,15 +360,6 @@ static bool sp_chunk_key_at(const unsigned char *b, size_t len, uint32_t nchunks
         at += 2 + klen;
     }
     return at == len;
-}
-
-static uint64_t sp_get64(const unsigned char *b)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | b[i];
-    return v;
 }
 
 /* Posts one part of a read: len bytes at off of chunk i into dest. */
@@ -470,10 +459,10 @@ sp_status_t sp__chunked_fetch(sp_transport_t *t, uint32_t peer, const void *rkey
 
     if (rkey_len < SP_CHUNK_KEY_HEADER || b[2] != 1 || b[3] != 0)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "chunked key of %zu bytes does not unpack", rkey_len);
-    nchunks = (uint32_t)b[4] | (uint32_t)b[5] << 8 | (uint32_t)b[6] << 16 | (uint32_t)b[7] << 24;
-    start = sp_get64(b + 8);
-    length = sp_get64(b + 16);
-    chunk = sp_get64(b + 24);
+    nchunks = sp__le_get_u32(b + 4);
+    start = sp__le_get_u64(b + 8);
+    length = sp__le_get_u64(b + 16);
+    chunk = sp__le_get_u64(b + 24);
     /* The chunks must be the ones the region needs, exactly. */
     if (chunk == 0 || start >= chunk || length == 0 || length > UINT64_MAX - start ||
         nchunks == 0 || (start + length - 1) / chunk + 1 != nchunks)

@@ -26,6 +26,7 @@
  * threads read in parallel; its completion waits in the ring for poll. Reads
  * are synchronous, so there is nothing to progress and no progress thread.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <errno.h>
@@ -53,21 +54,6 @@ typedef struct sp_local_mr {
 } sp_local_mr_t;
 
 static sp_local_t *sp_local(sp_transport_t *t) { return sp_container_of(t, sp_local_t, base); }
-
-static void sp_local_put64(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t sp_local_get64(const unsigned char *b)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | b[i];
-    return v;
-}
 
 /*
  * This host's identity: the boot id (hex digits of the kernel's uuid) and
@@ -101,7 +87,7 @@ static sp_status_t sp_local_identity(unsigned char *host)
                         "host name (errno %d)",
                         errno);
     if (stat("/proc/self/ns/mnt", &sb) == 0)
-        sp_local_put64(host + 16, (uint64_t)sb.st_ino);
+        sp__le_put_u64(host + 16, (uint64_t)sb.st_ino);
     return SP_OK;
 }
 
@@ -143,8 +129,7 @@ static sp_status_t sp_local_address(sp_transport_t *t, void *buf, size_t cap, si
         return SP_RAISE(SP_ERR_TOO_LARGE, "a local address needs %d bytes, %zu given",
                         SP_LOCAL_ADDR_BYTES, cap);
     memcpy(b, l->host, SP_LOCAL_HOST_BYTES);
-    for (int i = 0; i < 4; i++)
-        b[SP_LOCAL_HOST_BYTES + i] = (unsigned char)(pid >> (8 * i));
+    sp__le_put_u32(b + SP_LOCAL_HOST_BYTES, pid);
     *len_p = SP_LOCAL_ADDR_BYTES;
     return SP_OK;
 }
@@ -154,13 +139,12 @@ static sp_status_t sp_local_add_peer(sp_transport_t *t, const void *addr, size_t
 {
     sp_local_t *l = sp_local(t);
     const unsigned char *b = addr;
-    uint32_t pid = 0;
+    uint32_t pid;
 
     if (len != SP_LOCAL_ADDR_BYTES)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "local peer address of %zu bytes (%d expected)", len,
                         SP_LOCAL_ADDR_BYTES);
-    for (int i = 3; i >= 0; i--)
-        pid = (pid << 8) | b[SP_LOCAL_HOST_BYTES + i];
+    pid = sp__le_get_u32(b + SP_LOCAL_HOST_BYTES);
     if (memcmp(b, l->host, SP_LOCAL_HOST_BYTES) != 0)
         return SP_RAISE(SP_ERR_UNSUPPORTED,
                         "peer (pid %u) is on another host or in another mount namespace: the "
@@ -248,10 +232,10 @@ static sp_status_t sp_local_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, si
     b[0] = 'S';
     b[1] = 'L';
     b[2] = 1;
-    sp_local_put64(b + 8, m->dev);
-    sp_local_put64(b + 16, m->ino);
-    sp_local_put64(b + 24, m->file_offset);
-    sp_local_put64(b + 32, (uint64_t)mr->len);
+    sp__le_put_u64(b + 8, m->dev);
+    sp__le_put_u64(b + 16, m->ino);
+    sp__le_put_u64(b + 24, m->file_offset);
+    sp__le_put_u64(b + 32, (uint64_t)mr->len);
     *len_p = SP_LOCAL_KEY_BYTES;
     return SP_OK;
 }
@@ -330,10 +314,10 @@ static sp_status_t sp_local_fetch_file(sp_transport_t *t, uint32_t peer, const v
         return sp_local_fetch(t, peer, rkey, rkey_len, offset, len, dest, local, context);
     if (rkey_len != SP_LOCAL_KEY_BYTES || b[0] != 'S' || b[1] != 'L' || b[2] != 1 || b[3] != 0)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", rkey_len);
-    dev = sp_local_get64(b + 8);
-    ino = sp_local_get64(b + 16);
-    file_offset = sp_local_get64(b + 24);
-    length = sp_local_get64(b + 32);
+    dev = sp__le_get_u64(b + 8);
+    ino = sp__le_get_u64(b + 16);
+    file_offset = sp__le_get_u64(b + 24);
+    length = sp__le_get_u64(b + 32);
     if (file_offset > UINT64_MAX - length)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key names a region past the largest offset");
     if (peer >= l->npeers)

@@ -52,6 +52,7 @@
  * thread progresses it, answering requests while no task polls. Without that
  * thread, requests are answered only inside sp_transport_poll.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <limits.h>
@@ -147,36 +148,6 @@ static sp_status_t sp_mpi_error(sp_status_t st, const char *what, int rc)
     char msg[MPI_MAX_ERROR_STRING];
 
     return SP_RAISE(st, "MPI %s failed: %s (raw %d)", what, sp_mpi_strerror(rc, msg), rc);
-}
-
-static void sp_mpi_put64(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void sp_mpi_put32(unsigned char *b, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t sp_mpi_get64(const unsigned char *b)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | b[i];
-    return v;
-}
-
-static uint32_t sp_mpi_get32(const unsigned char *b)
-{
-    uint32_t v = 0;
-
-    for (int i = 3; i >= 0; i--)
-        v = (v << 8) | b[i];
-    return v;
 }
 
 /*
@@ -452,7 +423,7 @@ static const sp_serve_ops_t sp_mpi_serve_ops = {
  */
 static sp_status_t sp_mpi_answer(sp_mpi_t *m, const unsigned char *q, int qlen, int src)
 {
-    uint32_t tag = sp_mpi_get32(q + 8);
+    uint32_t tag = sp__le_get_u32(q + 8);
     sp_serve_req_t req;
 
     if (qlen != SP_MPI_REQ_BYTES || q[0] != 'S' || q[1] != 'Q' || q[2] != 1 ||
@@ -463,10 +434,10 @@ static sp_status_t sp_mpi_answer(sp_mpi_t *m, const unsigned char *q, int qlen, 
         m->warned_request = true;
         return SP_OK;
     }
-    req = (sp_serve_req_t){.id = sp_mpi_get32(q + 4),
-                           .base = sp_mpi_get64(q + 16),
-                           .offset = sp_mpi_get64(q + 24),
-                           .len = sp_mpi_get64(q + 32),
+    req = (sp_serve_req_t){.id = sp__le_get_u32(q + 4),
+                           .base = sp__le_get_u64(q + 16),
+                           .offset = sp__le_get_u64(q + 24),
+                           .len = sp__le_get_u64(q + 32),
                            .to = (uint64_t)src,
                            .tag = tag,
                            .src = src};
@@ -662,7 +633,7 @@ static sp_status_t sp_mpi_address(sp_transport_t *t, void *buf, size_t cap, size
     if (cap < SP_MPI_ADDR_BYTES)
         return SP_RAISE(SP_ERR_TOO_LARGE, "an mpi address needs %d bytes, %zu given",
                         SP_MPI_ADDR_BYTES, cap);
-    sp_mpi_put32(b, (uint32_t)m->rank);
+    sp__le_put_u32(b, (uint32_t)m->rank);
     *len_p = SP_MPI_ADDR_BYTES;
     return SP_OK;
 }
@@ -676,7 +647,7 @@ static sp_status_t sp_mpi_add_peer(sp_transport_t *t, const void *addr, size_t l
     if (len != SP_MPI_ADDR_BYTES)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "mpi peer address of %zu bytes (a rank is %d bytes)",
                         len, SP_MPI_ADDR_BYTES);
-    rank = sp_mpi_get32(addr);
+    rank = sp__le_get_u32(addr);
     if (rank >= (uint32_t)m->size)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "mpi peer address names rank %u of a %d-rank world",
                         rank, m->size);
@@ -804,10 +775,10 @@ static sp_status_t sp_mpi_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size
     b[1] = 'M';
     b[2] = 1;
     b[3] = (unsigned char)(r->attached ? 0 : SP_MPI_KEY_TWOSIDED);
-    sp_mpi_put32(b + 4, (uint32_t)r->served.id);
-    sp_mpi_put64(b + 8, (uint64_t)r->disp);
-    sp_mpi_put64(b + 16, (uint64_t)mr->len);
-    sp_mpi_put32(b + 24, (uint32_t)m->rank);
+    sp__le_put_u32(b + 4, (uint32_t)r->served.id);
+    sp__le_put_u64(b + 8, (uint64_t)r->disp);
+    sp__le_put_u64(b + 16, (uint64_t)mr->len);
+    sp__le_put_u32(b + 24, (uint32_t)m->rank);
     *len_p = SP_MPI_KEY_BYTES;
     return SP_OK;
 }
@@ -827,10 +798,10 @@ static sp_status_t sp_mpi_unpack(const sp_mpi_t *m, const void *rkey, size_t len
         (b[3] & ~SP_MPI_KEY_TWOSIDED) != 0)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
     k->twosided = (b[3] & SP_MPI_KEY_TWOSIDED) != 0;
-    k->id = sp_mpi_get32(b + 4);
-    k->base = sp_mpi_get64(b + 8);
-    k->length = sp_mpi_get64(b + 16);
-    k->owner = sp_mpi_get32(b + 24);
+    k->id = sp__le_get_u32(b + 4);
+    k->base = sp__le_get_u64(b + 8);
+    k->length = sp__le_get_u64(b + 16);
+    k->owner = sp__le_get_u32(b + 24);
     /* The displacement of any byte of the region must be an MPI_Aint. */
     if (k->base > (uint64_t)INTPTR_MAX || k->length > (uint64_t)INTPTR_MAX - k->base ||
         k->owner >= (uint32_t)m->size)
@@ -972,11 +943,11 @@ static sp_status_t sp_mpi_post_request(sp_mpi_t *m, const sp_mpi_key_t *k, uint3
     s->hdr[0] = 'S';
     s->hdr[1] = 'Q';
     s->hdr[2] = 1;
-    sp_mpi_put32(s->hdr + 4, k->id);
-    sp_mpi_put32(s->hdr + 8, (uint32_t)tag);
-    sp_mpi_put64(s->hdr + 16, k->base);
-    sp_mpi_put64(s->hdr + 24, offset);
-    sp_mpi_put64(s->hdr + 32, (uint64_t)len);
+    sp__le_put_u32(s->hdr + 4, k->id);
+    sp__le_put_u32(s->hdr + 8, (uint32_t)tag);
+    sp__le_put_u64(s->hdr + 16, k->base);
+    sp__le_put_u64(s->hdr + 24, offset);
+    sp__le_put_u64(s->hdr + 32, (uint64_t)len);
     rc = MPI_Irecv(dest, count, type, (int)peer, tag, m->comm, req_p);
     if (rc != MPI_SUCCESS) {
         sp__free(s);

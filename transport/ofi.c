@@ -85,6 +85,7 @@
  * libfabric first (MPI_Init with Open MPI's mtl ofi) spate's value has no
  * effect; exporting it sizes rxm there.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <dirent.h>
@@ -750,25 +751,9 @@ static sp_status_t sp_ofi_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size
     b[3] = (unsigned char)(((o->mr_mode & FI_MR_VIRT_ADDR) ? SP_OFI_KEY_VIRT : 0) |
                            (o->msg ? SP_OFI_KEY_MSG : 0));
     for (int f = 0; f < 3; f++)
-        for (int i = 0; i < 8; i++)
-            b[8 + 8 * f + i] = (unsigned char)(fields[f] >> (8 * i));
+        sp__le_put_u64(b + 8 + 8 * f, fields[f]);
     *len_p = SP_OFI_KEY_BYTES;
     return SP_OK;
-}
-
-static void sp_ofi_put64(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t sp_ofi_get64(const unsigned char *b)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | b[i];
-    return v;
 }
 
 /* Unpacks a remote key; SP_ERR_BAD_FORMAT when it is not one of ours. */
@@ -780,9 +765,9 @@ static sp_status_t sp_ofi_unpack(const void *rkey, size_t len, uint64_t *key_p, 
     if (len != SP_OFI_KEY_BYTES || b[0] != 'S' || b[1] != 'K' || b[2] != 1 ||
         (b[3] & ~(SP_OFI_KEY_VIRT | SP_OFI_KEY_MSG)) != 0)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
-    *key_p = sp_ofi_get64(b + 8);
-    *base_p = sp_ofi_get64(b + 16);
-    *length_p = sp_ofi_get64(b + 24);
+    *key_p = sp__le_get_u64(b + 8);
+    *base_p = sp__le_get_u64(b + 16);
+    *length_p = sp__le_get_u64(b + 24);
     *flags_p = b[3];
     return SP_OK;
 }
@@ -911,24 +896,24 @@ static const sp_serve_ops_t sp_ofi_serve_ops = {
 static sp_status_t sp_ofi_answer(sp_ofi_t *o, sp_ofi_slot_t *slot)
 {
     const unsigned char *q = slot->buf;
-    size_t alen = q[4] | (size_t)q[5] << 8;
+    size_t alen = sp__le_get_u16(q + 4);
     fi_addr_t fa = FI_ADDR_UNSPEC;
     sp_serve_req_t req;
 
     if (slot->len < SP_OFI_REQ_HDR || q[0] != 'S' || q[1] != 'Q' || q[2] != 1 || alen == 0 ||
-        slot->len != SP_OFI_REQ_HDR + alen || (sp_ofi_get64(q + 40) & ~SP_OFI_TAG_MASK) != 0 ||
+        slot->len != SP_OFI_REQ_HDR + alen || (sp__le_get_u64(q + 40) & ~SP_OFI_TAG_MASK) != 0 ||
         sp_ofi_lookup_addr(o, q + SP_OFI_REQ_HDR, alen, &fa) != SP_OK) {
         if (!o->warned_request)
             sp_warn("ofi transport: dropped a malformed request of %zu bytes", slot->len);
         o->warned_request = true;
         return SP_OK;
     }
-    req = (sp_serve_req_t){.id = sp_ofi_get64(q + 8),
-                           .base = sp_ofi_get64(q + 16),
-                           .offset = sp_ofi_get64(q + 24),
-                           .len = sp_ofi_get64(q + 32),
+    req = (sp_serve_req_t){.id = sp__le_get_u64(q + 8),
+                           .base = sp__le_get_u64(q + 16),
+                           .offset = sp__le_get_u64(q + 24),
+                           .len = sp__le_get_u64(q + 32),
                            .to = (uint64_t)fa,
-                           .tag = sp_ofi_get64(q + 40),
+                           .tag = sp__le_get_u64(q + 40),
                            .src = -1};
     return sp__serve_request(&o->base, &req);
 }
@@ -1159,13 +1144,12 @@ static sp_status_t sp_ofi_request(sp_ofi_t *o, sp_ofi_op_t *op, uint64_t id, uin
     q[0] = 'S';
     q[1] = 'Q';
     q[2] = 1;
-    q[4] = (unsigned char)o->self_len;
-    q[5] = (unsigned char)(o->self_len >> 8);
-    sp_ofi_put64(q + 8, id);
-    sp_ofi_put64(q + 16, base);
-    sp_ofi_put64(q + 24, op->offset);
-    sp_ofi_put64(q + 32, (uint64_t)op->len);
-    sp_ofi_put64(q + 40, tag);
+    sp__le_put_u16(q + 4, (uint16_t)o->self_len);
+    sp__le_put_u64(q + 8, id);
+    sp__le_put_u64(q + 16, base);
+    sp__le_put_u64(q + 24, op->offset);
+    sp__le_put_u64(q + 32, (uint64_t)op->len);
+    sp__le_put_u64(q + 40, tag);
     memcpy(q + SP_OFI_REQ_HDR, o->self, o->self_len);
     op->ctx[0].kind = SP_OFI_REPLY_RECV;
     op->ctx[1].kind = SP_OFI_REQUEST_SEND;

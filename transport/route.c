@@ -19,6 +19,7 @@
  * The inner transports lock themselves; the composite's own lock guards only
  * its peer table, so reads of several threads go on in parallel.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <string.h>
@@ -90,8 +91,7 @@ static sp_status_t sp_route_address(sp_transport_t *t, void *buf, size_t cap, si
     if ((st = sp_transport_address(r->local, b + 2, cap - 2, &llen)) != SP_OK ||
         (st = sp_transport_address(r->net, b + 2 + llen, cap - 2 - llen, &nlen)) != SP_OK)
         return st;
-    b[0] = (unsigned char)llen;
-    b[1] = (unsigned char)(llen >> 8);
+    sp__le_put_u16(b, (uint16_t)llen);
     *len_p = 2 + llen + nlen;
     return SP_OK;
 }
@@ -105,7 +105,7 @@ static sp_status_t sp_route_add_peer(sp_transport_t *t, const void *addr, size_t
     size_t llen;
     sp_status_t st;
 
-    if (len < 2 || (llen = (size_t)b[0] | (size_t)b[1] << 8) > len - 2)
+    if (len < 2 || (llen = sp__le_get_u16(b)) > len - 2)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "peer address of %zu bytes is not a %s address", len,
                         t->backend);
     if ((st = sp_transport_add_peer(r->net, b + 2 + llen, len - 2 - llen, &net_id)) != SP_OK)
@@ -219,10 +219,8 @@ static sp_status_t sp_route_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, si
     b[0] = 'S';
     b[1] = 'R';
     b[2] = 1;
-    b[4] = (unsigned char)nlen;
-    b[5] = (unsigned char)(nlen >> 8);
-    b[6] = (unsigned char)llen;
-    b[7] = (unsigned char)(llen >> 8);
+    sp__le_put_u16(b + 4, (uint16_t)nlen);
+    sp__le_put_u16(b + 6, (uint16_t)llen);
     *len_p = SP_ROUTE_KEY_HEADER + nlen + llen;
     return SP_OK;
 }
@@ -236,8 +234,8 @@ static sp_status_t sp_route_unpack(const void *rkey, size_t len, const unsigned 
 
     if (len < SP_ROUTE_KEY_HEADER || b[0] != 'S' || b[1] != 'R' || b[2] != 1 || b[3] != 0)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
-    nlen = (size_t)b[4] | (size_t)b[5] << 8;
-    llen = (size_t)b[6] | (size_t)b[7] << 8;
+    nlen = sp__le_get_u16(b + 4);
+    llen = sp__le_get_u16(b + 6);
     if (nlen == 0 || SP_ROUTE_KEY_HEADER + nlen + llen != len)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "remote key of %zu bytes does not unpack", len);
     *net_p = b + SP_ROUTE_KEY_HEADER;

@@ -20,6 +20,7 @@
  * caller hears of the timeout without waiting, and never frees memory the
  * provider may still write.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <mpi.h>
@@ -410,8 +411,7 @@ sp_status_t sp_transport_address(sp_transport_t *t, void *buf, size_t cap, size_
     b[1] = 'A';
     b[2] = 1;
     b[3] = 0;
-    for (int i = 0; i < 4; i++)
-        b[4 + i] = (unsigned char)(raw >> (8 * i));
+    sp__le_put_u32(b + 4, (uint32_t)raw);
     *len_p = SP_ADDR_HEADER + raw;
     return SP_OK;
 }
@@ -426,7 +426,7 @@ sp_status_t sp_transport_add_peer(sp_transport_t *t, const void *address, size_t
     if (address == NULL || len <= SP_ADDR_HEADER || len > SP_TRANSPORT_ADDR_MAX)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "peer address of %zu bytes (%d to %d allowed)", len,
                         SP_ADDR_HEADER + 1, SP_TRANSPORT_ADDR_MAX);
-    raw = (size_t)b[4] | (size_t)b[5] << 8 | (size_t)b[6] << 16 | (size_t)b[7] << 24;
+    raw = sp__le_get_u32(b + 4);
     if (b[0] != 'S' || b[1] != 'A' || b[2] != 1 || raw != len - SP_ADDR_HEADER)
         return SP_RAISE(SP_ERR_BAD_FORMAT,
                         "peer address of %zu bytes is not a spate %s address (bad header or "

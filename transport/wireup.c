@@ -3,6 +3,7 @@
  * slots (length-prefixed), then every other rank added as a peer. Every
  * length read from a slot is checked before it is used.
  */
+#include "bytes.h"
 #include "transport_int.h"
 
 #include <mpi.h>
@@ -28,8 +29,7 @@ sp_status_t sp_transport_wireup_mpi(sp_transport_t *t, uint32_t *peers_p, size_t
     st = sp_transport_address(t, mine + 4, SP_TRANSPORT_ADDR_MAX, &len);
     if (st != SP_OK)
         return st;
-    for (int i = 0; i < 4; i++)
-        mine[i] = (unsigned char)(len >> (8 * i));
+    sp__le_put_u32(mine, (uint32_t)len);
     all = sp__malloc((size_t)size * SP_WIREUP_SLOT);
     if (all == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for %d addresses", size);
@@ -41,8 +41,7 @@ sp_status_t sp_transport_wireup_mpi(sp_transport_t *t, uint32_t *peers_p, size_t
     }
     for (int r = 0; r < size && st == SP_OK; r++) {
         const unsigned char *slot = all + (size_t)r * SP_WIREUP_SLOT;
-        size_t alen =
-            (size_t)slot[0] | (size_t)slot[1] << 8 | (size_t)slot[2] << 16 | (size_t)slot[3] << 24;
+        size_t alen = sp__le_get_u32(slot);
 
         peers_p[r] = UINT32_MAX;
         if (r == rank)

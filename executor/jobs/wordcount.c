@@ -44,6 +44,7 @@
  * written), map words (words emitted by maps), input bytes (bytes of the
  * splits, or generated). finish() checks words == map words.
  */
+#include "bytes.h"
 #include "common_int.h"
 #include "executor/executor_int.h"
 
@@ -90,24 +91,6 @@ sp_status_t sp__wordcount_scan(const char *path, uint64_t offset, uint64_t lengt
 
 static bool sp_wc_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
-static uint64_t sp_wc_load_u64(const void *p)
-{
-    const unsigned char *b = p;
-    uint64_t v = 0;
-
-    for (unsigned i = 0; i < 8; i++)
-        v |= (uint64_t)b[i] << (8 * i);
-    return v;
-}
-
-static void sp_wc_store_u64(void *p, uint64_t v)
-{
-    unsigned char *b = p;
-
-    for (unsigned i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
 /* The combiner: sum of u64 little-endian counts. */
 static size_t sp_wc_sum(void *arg, const void *key, size_t key_len, const void *a, size_t a_len,
                         const void *b, size_t b_len, void *out, size_t cap)
@@ -119,7 +102,7 @@ static size_t sp_wc_sum(void *arg, const void *key, size_t key_len, const void *
     SP_UNUSED(b_len);
     /* Values are 8 bytes: map emits them so, and reduce refuses any other length. */
     if (cap >= 8)
-        sp_wc_store_u64(out, sp_wc_load_u64(a) + sp_wc_load_u64(b));
+        sp__le_put_u64((unsigned char *)out, sp__le_get_u64((const unsigned char *)a) + sp__le_get_u64((const unsigned char *)b));
     return 8;
 }
 
@@ -570,7 +553,7 @@ static sp_status_t sp_wc_reduce(sp_job_task_t *task, const void *key, size_t key
     if (value_len != 8)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "wordcount: a count of %zu bytes, not 8", value_len);
     if (r != NULL && r->have && r->len == key_len && memcmp(r->word, key, key_len) == 0) {
-        r->count += sp_wc_load_u64(value);
+        r->count += sp__le_get_u64((const unsigned char *)value);
         return SP_OK;
     }
     if (r != NULL && (status = sp_wc_flush(task, r)) != SP_OK)
@@ -587,7 +570,7 @@ static sp_status_t sp_wc_reduce(sp_job_task_t *task, const void *key, size_t key
     }
     memcpy(r->word, key, key_len);
     r->len = key_len;
-    r->count = sp_wc_load_u64(value);
+    r->count = sp__le_get_u64((const unsigned char *)value);
     r->have = true;
     return SP_OK;
 }
