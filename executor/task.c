@@ -543,6 +543,12 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
         goto out_fetcher;
     if ((st = sp_shuffle_reader_open(task.memory, env->conf, blocks, &ro, &reader)) != SP_OK)
         goto out_output;
+    /*
+     * Once, not per record (the hot path): a reduce that fails without a
+     * message of its own is then named by its status, unless the reader
+     * recovered from an error on the way.
+     */
+    sp_last_error_clear();
     for (;;) {
         const void *k, *v;
         size_t kl, vl;
@@ -557,7 +563,6 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
         if (!more)
             break;
         records++;
-        sp_last_error_clear();
         if ((st = env->job->reduce(&task, k, kl, v, vl)) != SP_OK) {
             st = SP_RAISE(st, "reduce task %u of job %s failed: %s", partition, env->job->name,
                           sp_task_job_error(st));
