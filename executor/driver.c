@@ -135,7 +135,7 @@ struct sp__driver {
     int kill_stage;
     int kill_signal;
     bool killed;
-    int stop_stage;       /* SPATE_FAULT_STOP_DRIVER: -1 none */
+    int stop_stage; /* SPATE_FAULT_STOP_DRIVER: -1 none */
     int64_t stop_after;
     sp__output_t *output; /* the run's hold on --output; NULL: none */
     /* Executors a launcher reported gone (sp__driver_lose_executor, any thread). */

@@ -88,11 +88,11 @@ typedef struct sp_executor {
 
     pthread_t *workers;
     uint32_t nworkers;
-    uint32_t live_workers;     /* workers not yet returned (under lock) */
-    pthread_cond_t exit_cond;  /* a worker returned */
+    uint32_t live_workers;          /* workers not yet returned (under lock) */
+    pthread_cond_t exit_cond;       /* a worker returned */
     const sp__msg_task_t **current; /* per worker: the task it runs, NULL: none (under lock) */
-    uint64_t stop_grace_ns;    /* how long teardown waits for a busy worker */
-    uint64_t driver_timeout_ns; /* 0: never give up on a silent driver */
+    uint64_t stop_grace_ns;         /* how long teardown waits for a busy worker */
+    uint64_t driver_timeout_ns;     /* 0: never give up on a silent driver */
     pthread_t sampler;
     bool sampler_started;
     _Atomic uint64_t peak_anon; /* highest anonymous resident bytes seen */
@@ -403,8 +403,8 @@ static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
         /* The job's callback returned something that is not a status: still the task's error. */
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", sp_last_error());
-        st = SP_RAISE(SP_ERR_INTERNAL, "%s (the job returned %d, which is not an sp_status_t)",
-                      msg, (int)st);
+        st = SP_RAISE(SP_ERR_INTERNAL, "%s (the job returned %d, which is not an sp_status_t)", msg,
+                      (int)st);
     }
     r.status = st;
     if (st != SP_OK) {
@@ -807,8 +807,7 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     }
     pthread_mutex_unlock(&ex->lock);
     if (stuck[0] != '\0') {
-        sp_warn("a worker is stuck in %s and does not stop; the executor exits without it",
-                stuck);
+        sp_warn("a worker is stuck in %s and does not stop; the executor exits without it", stuck);
         if (ex->conf != NULL && ex->job.shuffle_id != 0)
             sp_shuffle_remove(ex->conf, ex->job.shuffle_id);
         sp_exec_remove_dirs(ex);
@@ -855,7 +854,8 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     return true;
 }
 
-/* Tears ex down and frees it, unless a stuck worker keeps it (then it is left to the process's exit). */
+/* Tears ex down and frees it, unless a stuck worker keeps it (then it is left to the process's
+ * exit). */
 static void sp_exec_destroy(sp_executor_t *ex)
 {
     if (sp_exec_teardown(ex))
@@ -1033,7 +1033,7 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         if (st != SP_OK)
             goto out;
     }
-out: {
+out : {
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", sp_last_error());
     sp_exec_destroy(ex);

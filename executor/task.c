@@ -182,10 +182,10 @@ static sp_status_t sp_emit_check(const sp_job_task_t *task, const void *key, siz
                         " bytes",
                         task->env->job->name, what, task->index, key_len, UINT32_MAX);
     if (value_len > UINT32_MAX)
-        return SP_RAISE(SP_ERR_BAD_INPUT,
-                        "job %s %s task %u emitted a value of %zu bytes; a value is at most %" PRIu32
-                        " bytes",
-                        task->env->job->name, what, task->index, value_len, UINT32_MAX);
+        return SP_RAISE(
+            SP_ERR_BAD_INPUT,
+            "job %s %s task %u emitted a value of %zu bytes; a value is at most %" PRIu32 " bytes",
+            task->env->job->name, what, task->index, value_len, UINT32_MAX);
     if ((key == NULL && key_len != 0) || (value == NULL && value_len != 0))
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "job %s %s task %u emitted a record with NULL %s bytes of length %zu",

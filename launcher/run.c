@@ -181,11 +181,11 @@ static void sp_run_reap(pid_t *pids, unsigned n)
 
 /* The executor processes of a local run, and what it takes to start more. */
 typedef struct sp_run_children {
-    pid_t *pids;      /* cap slots; 0: free */
-    unsigned *index;  /* each slot's --index (its NUMA slot among the executors) */
-    bool *ready;      /* each slot's executor became ready */
+    pid_t *pids;     /* cap slots; 0: free */
+    unsigned *index; /* each slot's --index (its NUMA slot among the executors) */
+    bool *ready;     /* each slot's executor became ready */
     size_t cap;
-    unsigned of;      /* --of */
+    unsigned of; /* --of */
     int64_t relaunches_left;
     const char *self, *addr, *secret;
 } sp_run_children_t;

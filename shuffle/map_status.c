@@ -321,8 +321,8 @@ typedef struct sp_ms_string {
     size_t len;
 } sp_ms_string_t;
 
-static sp_status_t sp_ms_string(sp__rbuf_t *r, const char *len_field, const char *field,
-                                bool text, sp_ms_string_t *s)
+static sp_status_t sp_ms_string(sp__rbuf_t *r, const char *len_field, const char *field, bool text,
+                                sp_ms_string_t *s)
 {
     const unsigned char *p = NULL;
     sp_status_t st = sp_ms_bytes(r, 2, len_field, &p);

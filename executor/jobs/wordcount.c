@@ -102,7 +102,8 @@ static size_t sp_wc_sum(void *arg, const void *key, size_t key_len, const void *
     SP_UNUSED(b_len);
     /* Values are 8 bytes: map emits them so, and reduce refuses any other length. */
     if (cap >= 8)
-        sp__le_put_u64((unsigned char *)out, sp__le_get_u64((const unsigned char *)a) + sp__le_get_u64((const unsigned char *)b));
+        sp__le_put_u64((unsigned char *)out, sp__le_get_u64((const unsigned char *)a) +
+                                                 sp__le_get_u64((const unsigned char *)b));
     return 8;
 }
 

@@ -857,8 +857,7 @@ static void test_conf_load_file_refuses_large_file(void **state)
     path = write_tmp_bytes("over.conf", text, limit + 1);
     assert_status(sp_conf_load_file(conf, path), SP_ERR_BAD_CONF);
     snprintf(expected, sizeof(expected),
-             "conf file '%s' is 1048577 bytes; a conf file is at most 1048576 bytes (1 MiB)",
-             path);
+             "conf file '%s' is 1048577 bytes; a conf file is at most 1048576 bytes (1 MiB)", path);
     assert_string_equal(sp_last_error(), expected);
     assert_status(sp_conf_get_int(conf, "t.count", &i), SP_OK);
     assert_true(i == 42);
@@ -966,7 +965,8 @@ static void test_conf_load_file_reads_pipes_up_to_limit(void **state)
         int w = open(fifo, O_WRONLY);
         if (w < 0)
             _exit(1);
-        waitpid(start_writer(w, -1, comment, sizeof(comment), (2u << 20) / sizeof(comment)), NULL, 0);
+        waitpid(start_writer(w, -1, comment, sizeof(comment), (2u << 20) / sizeof(comment)), NULL,
+                0);
         _exit(0);
     }
     assert_status(sp_conf_load_file(conf, fifo), SP_ERR_BAD_CONF);

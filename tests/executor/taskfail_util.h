@@ -130,8 +130,8 @@ static inline rt_run_t tf_finish(tf_run_t *r, unsigned timeout_s, unsigned grace
     if (run.timed_out)
         fail_msg("spate run did not end within %u s; stderr: %s", timeout_s, rt_tail(run.err));
     if (left > 0)
-        fail_msg("%u processes of the run were left %u s after it ended; stderr: %s", left,
-                 grace_s, rt_tail(run.err));
+        fail_msg("%u processes of the run were left %u s after it ended; stderr: %s", left, grace_s,
+                 rt_tail(run.err));
     return run;
 }
 

@@ -2023,8 +2023,7 @@ static void test_hub_drops_a_silent_client_at_its_deadline(void **state)
     expect_hub_text(hub, 2, 22, "meanwhile");
     while (!raw_closed(fd)) {
         if (now_ms() - t0 > (uint64_t)(3 * T))
-            fail_msg("the silent client was not dropped within %d ms of a 1000 ms deadline",
-                     3 * T);
+            fail_msg("the silent client was not dropped within %d ms of a 1000 ms deadline", 3 * T);
         hub_serve_quietly(hub, 20);
     }
     sp__ctl_hub_stats(hub, &hs);

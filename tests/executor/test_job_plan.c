@@ -174,7 +174,8 @@ static void test_plan_check_limits(void **state)
     expect_plan(SP__JOB_MAX_MAPS + 1, 1, true, SP_ERR_INVALID_PARAM, "planned 16777217 map tasks");
     expect_plan(UINT32_MAX, 1, true, SP_ERR_INVALID_PARAM, "planned 4294967295 map tasks");
     expect_plan(1, 0, true, SP_ERR_INVALID_PARAM, "planned 0 partitions; a plan has 1 .. 16777216");
-    expect_plan(1, SP_MAX_PARTITIONS + 1, true, SP_ERR_INVALID_PARAM, "planned 16777217 partitions");
+    expect_plan(1, SP_MAX_PARTITIONS + 1, true, SP_ERR_INVALID_PARAM,
+                "planned 16777217 partitions");
     expect_plan(1, UINT32_MAX, true, SP_ERR_INVALID_PARAM, "planned 4294967295 partitions");
     expect_plan(3, 1, false, SP_ERR_INVALID_PARAM, "planned 3 map tasks but no splits");
 }

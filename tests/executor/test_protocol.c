@@ -49,9 +49,8 @@ typedef enum kind {
     K_COUNT
 } kind_t;
 
-static const char *const kind_names[K_COUNT] = {"REGISTER",  "JOB",      "READY",
-                                                "TASK",      "RESULT",   "HEARTBEAT",
-                                                "MAP_LOST",  "BOUNDS",   "FATAL"};
+static const char *const kind_names[K_COUNT] = {"REGISTER",  "JOB",      "READY",  "TASK", "RESULT",
+                                                "HEARTBEAT", "MAP_LOST", "BOUNDS", "FATAL"};
 
 typedef struct bounds {
     sp_key_t *keys;
@@ -193,8 +192,7 @@ static bool msg_equal(kind_t k, const msg_t *a, const msg_t *b)
     case K_MAP_LOST:
         return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id;
     case K_BOUNDS: return bounds_equal(&a->bounds, &b->bounds);
-    case K_FATAL:
-        return a->fatal.signal == b->fatal.signal && a->fatal.task_id == b->fatal.task_id;
+    case K_FATAL: return a->fatal.signal == b->fatal.signal && a->fatal.task_id == b->fatal.task_id;
     case K_COUNT: break;
     }
     return false;

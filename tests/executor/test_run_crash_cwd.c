@@ -161,8 +161,8 @@ static void test_driver_crash_leaves_cwd_empty(void **state)
             _exit(126);
         dup2(null, STDOUT_FILENO);
         dup2(null, STDERR_FILENO);
-        execl(cli, cli, "run", plugin, "--executors", "2", "--job-arg", "fault=hang",
-              "--job-arg", "task=-1", "--no-progress", (char *)NULL);
+        execl(cli, cli, "run", plugin, "--executors", "2", "--job-arg", "fault=hang", "--job-arg",
+              "task=-1", "--no-progress", (char *)NULL);
         _exit(127);
     }
     setpgid(pid, pid);

@@ -84,13 +84,30 @@ static void test_run_mpi_silent_rank0_ends_ranks(void **state)
         skip();
     }
     fresh_local("local-mpi");
-    run = rt_spawn_env(
-        (const char *const[]){"mpiexec", "-n", "2", "--oversubscribe", cli, "run",
-                              getenv("SPATE_FAULT_PLUGIN"), "--cores", "1", "--conf", local_conf,
-                              "--conf", "executor.driver_timeout=3s", "--no-progress",
-                              "--job-arg", "fault=sleep", "--job-arg", "task=-1", "--job-arg",
-                              "sleep_ms=1000", "--job-arg", "maps=8", NULL},
-        (const char *const[]){"SPATE_FAULT_STOP_DRIVER=map:1", NULL}, RT_TIMEOUT_S);
+    run = rt_spawn_env((const char *const[]){"mpiexec",
+                                             "-n",
+                                             "2",
+                                             "--oversubscribe",
+                                             cli,
+                                             "run",
+                                             getenv("SPATE_FAULT_PLUGIN"),
+                                             "--cores",
+                                             "1",
+                                             "--conf",
+                                             local_conf,
+                                             "--conf",
+                                             "executor.driver_timeout=3s",
+                                             "--no-progress",
+                                             "--job-arg",
+                                             "fault=sleep",
+                                             "--job-arg",
+                                             "task=-1",
+                                             "--job-arg",
+                                             "sleep_ms=1000",
+                                             "--job-arg",
+                                             "maps=8",
+                                             NULL},
+                       (const char *const[]){"SPATE_FAULT_STOP_DRIVER=map:1", NULL}, RT_TIMEOUT_S);
     if (run.status == 0)
         fail_msg("the job succeeded with its driver stopped: %s", rt_tail(run.err));
     if (strstr(run.err, "fault injection: stopping the driver") == NULL)
@@ -112,12 +129,17 @@ static void test_run_local_stopped_driver_ends_executors(void **state)
     (void)state;
     rt_rmtree(out);
     fresh_local("local-local");
-    tf_start(&r, NULL,
-             (const char *const[]){"run", getenv("SPATE_FAULT_PLUGIN"), "--executors", "2",
-                                   "--cores", "1", "--output", out, "--conf", local_conf,
-                                   "--conf", "executor.driver_timeout=3s", "--no-progress",
-                                   "--job-arg", "fault=sleep", "--job-arg", "task=-1",
-                                   "--job-arg", "sleep_ms=1000", "--job-arg", "maps=8", NULL},
+    tf_start(&r, NULL, (const char *const[]){"run",           getenv("SPATE_FAULT_PLUGIN"),
+                                             "--executors",   "2",
+                                             "--cores",       "1",
+                                             "--output",      out,
+                                             "--conf",        local_conf,
+                                             "--conf",        "executor.driver_timeout=3s",
+                                             "--no-progress", "--job-arg",
+                                             "fault=sleep",   "--job-arg",
+                                             "task=-1",       "--job-arg",
+                                             "sleep_ms=1000", "--job-arg",
+                                             "maps=8",        NULL},
              (const char *const[]){"SPATE_FAULT_STOP_DRIVER=map:1", NULL});
     /* The driver stays stopped; its executors must go by themselves. */
     for (double until = rt_now() + 60; rt_now() < until; usleep(100000)) {

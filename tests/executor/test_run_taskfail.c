@@ -66,9 +66,13 @@ static void fresh(void)
 /* Runs the fault job with extra arguments (NULL-terminated) and env, waiting for it. */
 static rt_run_t run_fault_job(const char *const *extra, const char *const *env)
 {
-    const char *args[64] = {"run",          PLUGIN,         "--executors", "2",     "--cores",
-                            "1",            "--output",     out,           "--json", json,
-                            "--conf",       local_conf,     "--no-progress", "--no-baseline"};
+    const char *args[64] = {"run",           PLUGIN,
+                            "--executors",   "2",
+                            "--cores",       "1",
+                            "--output",      out,
+                            "--json",        json,
+                            "--conf",        local_conf,
+                            "--no-progress", "--no-baseline"};
     size_t n = 14;
     tf_run_t r;
 
@@ -201,8 +205,8 @@ static void test_run_task_error_names_job_message(void **state)
     run = RUN_FAULT_JOB("--job-arg", "fault=error", "--job-arg", "stage=reduce", "--job-arg",
                         "task=0");
     rep = expect_failed(&run, 1,
-                        (const char *const[]){"reduce task 0 failed 4 times",
-                                              "most recent failure", "bad CSV at line 3", NULL});
+                        (const char *const[]){"reduce task 0 failed 4 times", "most recent failure",
+                                              "bad CSV at line 3", NULL});
     assert_non_null(strstr(json_string_value(json_object_get(rep, "status")), "SP_ERR_IO"));
     assert_int_equal(rt_json_int(rep, "recovery.executors_lost"), 0);
     json_decref(rep);
@@ -217,9 +221,9 @@ static void test_run_task_bad_input_fails_at_once(void **state)
     (void)state;
     fresh();
     run = RUN_FAULT_JOB("--job-arg", "fault=badinput");
-    rep = expect_failed(&run, 2,
-                        (const char *const[]){"map task 1 failed on bad input",
-                                              "bad record at line 3", NULL});
+    rep = expect_failed(
+        &run, 2,
+        (const char *const[]){"map task 1 failed on bad input", "bad record at line 3", NULL});
     /* Not retried: one failed attempt. */
     assert_int_equal(rt_json_int(rep, "recovery.task_retries"), 1);
     json_decref(rep);
@@ -247,9 +251,8 @@ static void test_run_task_timeout_replaces_executor(void **state)
     fresh();
     run = RUN_FAULT_JOB("--job-arg", "fault=hang", "--conf", "task.timeout=1s", "--conf",
                         "task.max_failures=2");
-    rep = expect_failed(&run, 1,
-                        (const char *const[]){"map task 1 failed 2 times",
-                                              "ran past task.timeout", NULL});
+    rep = expect_failed(
+        &run, 1, (const char *const[]){"map task 1 failed 2 times", "ran past task.timeout", NULL});
     json_decref(rep);
     rt_free(&run);
 }
@@ -266,8 +269,8 @@ static void test_run_driver_killed_ends_stuck_executors(void **state)
     tf_start(&r, cwd,
              (const char *const[]){"run", PLUGIN, "--executors", "2", "--cores", "1", "--output",
                                    out, "--conf", local_conf, "--conf",
-                                   "executor.heartbeat_timeout=4s", "--no-progress",
-                                   "--job-arg", "fault=hang", "--job-arg", arg, NULL},
+                                   "executor.heartbeat_timeout=4s", "--no-progress", "--job-arg",
+                                   "fault=hang", "--job-arg", arg, NULL},
              NULL);
     tf_wait_file(once, 60); /* map task 1 is stuck now */
     kill(r.pid, SIGKILL);

@@ -262,8 +262,7 @@ static void run_provider(const char *provider)
             while (n == 0 && time(NULL) - t0 < 60)
                 assert_int_equal(sp_transport_poll(c.t, done, 4, 100, &n), SP_OK);
             if (n == 0)
-                fail_msg("%s: a fetch from the dead server did not complete within 60 s",
-                         provider);
+                fail_msg("%s: a fetch from the dead server did not complete within 60 s", provider);
             failed = done[0].status != SP_OK;
         }
         if (!failed)
