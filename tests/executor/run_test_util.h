@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -104,6 +106,140 @@ static inline const char *rt_tail(const char *text)
 }
 
 /*
+ * A command started in the background, leading its own process group (as a
+ * shell's job does), so a test can act on it while it runs (stop it, signal
+ * it, watch its files) and end everything it started with one kill of the
+ * group. Every test that runs a command, in the foreground or not, starts it
+ * here.
+ */
+typedef struct rt_bg_opts {
+    const char *cwd;        /* its working directory; NULL: this one */
+    const char *const *env; /* "KEY=VALUE" entries added (NULL-terminated), or NULL */
+    const char *err_path;   /* stderr to this file (created or truncated); NULL: captured */
+    bool out_null;          /* stdout to /dev/null instead of captured */
+    bool default_signals;   /* SIGINT and SIGTERM at their default disposition */
+    unsigned long nofile;   /* RLIMIT_NOFILE's soft limit in the child; 0: as it is */
+} rt_bg_opts_t;
+
+typedef struct rt_bg {
+    pid_t pid;       /* the leader of the group */
+    FILE *out, *err; /* captured stdout and stderr, or NULL (rt_bg_opts_t) */
+    double start;
+} rt_bg_t;
+
+/*
+ * Starts argv (argv[0] looked up in PATH when it has no '/') as opts say
+ * (NULL: all defaults). A child that cannot start exits 126 (setup) or 127
+ * (exec), saying why on its stderr.
+ */
+static inline void rt_bg_start(rt_bg_t *bg, const char *const *argv, const rt_bg_opts_t *opts)
+{
+    static const rt_bg_opts_t defaults;
+    int err_fd = -1;
+
+    if (opts == NULL)
+        opts = &defaults;
+    memset(bg, 0, sizeof(*bg));
+    if (!opts->out_null)
+        assert_non_null(bg->out = tmpfile());
+    if (opts->err_path != NULL) {
+        err_fd = open(opts->err_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        assert_true(err_fd >= 0);
+    } else {
+        assert_non_null(bg->err = tmpfile());
+    }
+    fflush(stdout);
+    fflush(stderr);
+    bg->start = rt_now();
+    bg->pid = fork();
+    assert_true(bg->pid >= 0);
+    if (bg->pid == 0) {
+        int out_fd = bg->out != NULL ? fileno(bg->out) : open("/dev/null", O_WRONLY);
+
+        setpgid(0, 0);
+        if (opts->default_signals) {
+            signal(SIGINT, SIG_DFL);
+            signal(SIGTERM, SIG_DFL);
+        }
+        dup2(out_fd, STDOUT_FILENO);
+        dup2(err_fd >= 0 ? err_fd : fileno(bg->err), STDERR_FILENO);
+        if (opts->cwd != NULL && chdir(opts->cwd) != 0) {
+            fprintf(stderr, "chdir %s: %s\n", opts->cwd, strerror(errno));
+            _exit(126);
+        }
+        if (opts->nofile > 0) {
+            struct rlimit rl;
+
+            if (getrlimit(RLIMIT_NOFILE, &rl) != 0 ||
+                (rl.rlim_cur = (rlim_t)opts->nofile, setrlimit(RLIMIT_NOFILE, &rl) != 0)) {
+                fprintf(stderr, "setrlimit: %s\n", strerror(errno));
+                _exit(126);
+            }
+        }
+        for (size_t i = 0; opts->env != NULL && opts->env[i] != NULL; i++)
+            putenv((char *)opts->env[i]);
+        execvp(argv[0], (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    setpgid(bg->pid, bg->pid); /* also here: no race with a first kill of the group */
+    if (err_fd >= 0)
+        close(err_fd);
+}
+
+/*
+ * Waits for the leader to end, at most timeout_s after its start: past that
+ * the group gets SIGTERM, then SIGKILL 5 s later, and the run counts as
+ * timed out. each (unless NULL) is called with the pid and arg between polls
+ * (every 10 ms). Fills status, signal, timed_out and seconds; out and err
+ * stay NULL (rt_bg_collect). The group is left as it is: the caller checks
+ * or ends what remains.
+ */
+static inline rt_run_t rt_bg_wait(rt_bg_t *bg, unsigned timeout_s, void (*each)(pid_t, void *),
+                                  void *arg)
+{
+    rt_run_t run = {.status = -1};
+    double deadline = bg->start + timeout_s, term_at = 0;
+    int wstatus = 0;
+
+    for (;;) {
+        pid_t w = waitpid(bg->pid, &wstatus, WNOHANG);
+        double now;
+
+        if (w == bg->pid)
+            break;
+        assert_int_equal(w, 0);
+        if (each != NULL)
+            each(bg->pid, arg);
+        now = rt_now();
+        if (now > deadline && term_at == 0) {
+            run.timed_out = true;
+            kill(-bg->pid, SIGTERM);
+            term_at = now;
+        } else if (term_at != 0 && now > term_at + 5) {
+            kill(-bg->pid, SIGKILL);
+        }
+        usleep(10000);
+    }
+    run.seconds = rt_now() - bg->start;
+    if (WIFEXITED(wstatus))
+        run.status = WEXITSTATUS(wstatus);
+    else if (WIFSIGNALED(wstatus))
+        run.signal = WTERMSIG(wstatus);
+    return run;
+}
+
+/* Reads the captured stdout and stderr into run (an empty text for one not captured). */
+static inline void rt_bg_collect(rt_bg_t *bg, rt_run_t *run)
+{
+    run->out = bg->out != NULL ? rt_slurp_stream(bg->out) : strdup("");
+    run->err = bg->err != NULL ? rt_slurp_stream(bg->err) : strdup("");
+    assert_non_null(run->out);
+    assert_non_null(run->err);
+    bg->out = bg->err = NULL;
+}
+
+/*
  * Runs argv (argv[0] looked up in PATH when it has no '/') with env, a
  * NULL-terminated list of "KEY=VALUE" entries added to this process's
  * environment (NULL: none), and waits at most timeout_s seconds. The child
@@ -113,55 +249,14 @@ static inline const char *rt_tail(const char *text)
 static inline rt_run_t rt_spawn_env(const char *const *argv, const char *const *env,
                                     unsigned timeout_s)
 {
-    FILE *out = tmpfile(), *err = tmpfile();
-    rt_run_t run = {.status = -1};
-    double start = rt_now(), deadline = start + timeout_s, term_at = 0;
-    int wstatus = 0;
-    pid_t pid;
+    rt_bg_t bg;
+    rt_run_t run;
 
-    assert_non_null(out);
-    assert_non_null(err);
-    fflush(stdout);
-    fflush(stderr);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        dup2(fileno(out), STDOUT_FILENO);
-        dup2(fileno(err), STDERR_FILENO);
-        for (size_t i = 0; env != NULL && env[i] != NULL; i++)
-            putenv((char *)env[i]);
-        execvp(argv[0], (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid); /* also here: no race with the first kill below */
-    for (;;) {
-        pid_t w = waitpid(pid, &wstatus, WNOHANG);
-        double now;
-
-        if (w == pid)
-            break;
-        assert_int_equal(w, 0);
-        now = rt_now();
-        if (now > deadline && term_at == 0) {
-            run.timed_out = true;
-            kill(-pid, SIGTERM);
-            term_at = now;
-        } else if (term_at != 0 && now > term_at + 5) {
-            kill(-pid, SIGKILL);
-        }
-        usleep(20000);
-    }
+    rt_bg_start(&bg, argv, &(rt_bg_opts_t){.env = env});
+    run = rt_bg_wait(&bg, timeout_s, NULL, NULL);
     /* Whatever the command left behind in its group (executors, ranks) goes too. */
-    kill(-pid, SIGKILL);
-    run.seconds = rt_now() - start;
-    if (WIFEXITED(wstatus))
-        run.status = WEXITSTATUS(wstatus);
-    else if (WIFSIGNALED(wstatus))
-        run.signal = WTERMSIG(wstatus);
-    run.out = rt_slurp_stream(out);
-    run.err = rt_slurp_stream(err);
+    kill(-bg.pid, SIGKILL);
+    rt_bg_collect(&bg, &run);
     if (run.timed_out)
         fail_msg("%s did not end within %u s; stderr: %s", argv[0], timeout_s, rt_tail(run.err));
     return run;

@@ -14,11 +14,12 @@
 #include <fcntl.h>
 
 typedef struct tf_run {
-    pid_t pid;
-    FILE *out, *err;
+    rt_bg_t bg;
     char mark[96]; /* SPATE_TEST_MARK=..., in the run's environment */
-    double start;
 } tf_run_t;
+
+/* Most "KEY=VALUE" entries tf_start adds to a run's environment, its marker included. */
+#define TF_ENV_MAX 16
 
 /*
  * Starts $SPATE_CLI args in directory cwd (NULL: this one) with env added;
@@ -28,34 +29,20 @@ static inline void tf_start(tf_run_t *r, const char *cwd, const char *const *arg
                             const char *const *env)
 {
     static unsigned seq;
-    const char *argv[RT_ARGV_MAX];
+    const char *argv[RT_ARGV_MAX], *envv[TF_ENV_MAX];
+    size_t n = 0;
 
     rt_cli_argv(args, argv);
     memset(r, 0, sizeof(*r));
     snprintf(r->mark, sizeof(r->mark), "SPATE_TEST_MARK=%ld-%u-%ld", (long)getpid(), seq++,
              (long)time(NULL));
-    r->out = tmpfile();
-    r->err = tmpfile();
-    assert_non_null(r->out);
-    assert_non_null(r->err);
-    fflush(stdout);
-    fflush(stderr);
-    r->start = rt_now();
-    r->pid = fork();
-    assert_true(r->pid >= 0);
-    if (r->pid == 0) {
-        setpgid(0, 0);
-        dup2(fileno(r->out), STDOUT_FILENO);
-        dup2(fileno(r->err), STDERR_FILENO);
-        if (cwd != NULL && chdir(cwd) != 0)
-            _exit(126);
-        putenv(r->mark);
-        for (size_t i = 0; env != NULL && env[i] != NULL; i++)
-            putenv((char *)env[i]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
+    envv[n++] = r->mark;
+    for (size_t i = 0; env != NULL && env[i] != NULL; i++) {
+        assert_true(n < TF_ENV_MAX - 1);
+        envv[n++] = env[i];
     }
-    setpgid(r->pid, r->pid);
+    envv[n] = NULL;
+    rt_bg_start(&r->bg, argv, &(rt_bg_opts_t){.cwd = cwd, .env = envv});
 }
 
 /* How many processes of the machine carry r's marker in their environment. */
@@ -99,34 +86,13 @@ static inline unsigned tf_marked(const tf_run_t *r)
  */
 static inline rt_run_t tf_finish(tf_run_t *r, unsigned timeout_s, unsigned grace_s)
 {
-    rt_run_t run = {.status = -1};
-    int wstatus = 0;
-    double deadline = r->start + timeout_s;
+    rt_run_t run = rt_bg_wait(&r->bg, timeout_s, NULL, NULL);
     unsigned left = 0;
 
-    for (;;) {
-        pid_t w = waitpid(r->pid, &wstatus, WNOHANG);
-        if (w == r->pid)
-            break;
-        assert_int_equal(w, 0);
-        if (rt_now() > deadline) {
-            run.timed_out = true;
-            kill(-r->pid, SIGKILL);
-            waitpid(r->pid, &wstatus, 0);
-            break;
-        }
-        usleep(20000);
-    }
-    run.seconds = rt_now() - r->start;
-    if (WIFEXITED(wstatus))
-        run.status = WEXITSTATUS(wstatus);
-    else if (WIFSIGNALED(wstatus))
-        run.signal = WTERMSIG(wstatus);
     for (double until = rt_now() + grace_s; (left = tf_marked(r)) > 0 && rt_now() < until;)
         usleep(50000);
-    kill(-r->pid, SIGKILL);
-    run.out = rt_slurp_stream(r->out);
-    run.err = rt_slurp_stream(r->err);
+    kill(-r->bg.pid, SIGKILL);
+    rt_bg_collect(&r->bg, &run);
     if (run.timed_out)
         fail_msg("spate run did not end within %u s; stderr: %s", timeout_s, rt_tail(run.err));
     if (left > 0)

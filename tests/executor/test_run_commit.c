@@ -33,7 +33,7 @@ static char base[256];
 
 /* A background `spate run`: its pid, and its stderr in a file. */
 typedef struct bg_run {
-    pid_t pid;
+    rt_bg_t bg;
     char err_path[512];
 } bg_run_t;
 
@@ -109,29 +109,13 @@ static bg_run_t bg_start(const char *tag, const char *const *args)
 {
     const char *argv[RT_ARGV_MAX];
     bg_run_t run = {0};
-    int fd;
 
     rt_cli_argv(args, argv);
     snprintf(run.err_path, sizeof(run.err_path), "%s/%s.err", base, tag);
-    fd = open(run.err_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0);
-    fflush(stdout);
-    fflush(stderr);
-    run.pid = fork();
-    assert_true(run.pid >= 0);
-    if (run.pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        setpgid(0, 0);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        dup2(null, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fd);
-    setpgid(run.pid, run.pid);
-    note_leftover(run.pid);
+    rt_bg_start(
+        &run.bg, argv,
+        &(rt_bg_opts_t){.err_path = run.err_path, .out_null = true, .default_signals = true});
+    note_leftover(run.bg.pid);
     return run;
 }
 
@@ -145,29 +129,22 @@ static char *bg_err(const bg_run_t *run)
 }
 
 /* Whether the run is still running (not reaped here yet). */
-static bool bg_running(const bg_run_t *run) { return waitpid(run->pid, NULL, WNOHANG) == 0; }
+static bool bg_running(const bg_run_t *run) { return waitpid(run->bg.pid, NULL, WNOHANG) == 0; }
 
 /* Waits for the run's end; returns its exit code (128 + N when signal N ended it). */
 static int bg_wait(bg_run_t *run)
 {
-    double deadline = rt_now() + BG_DEADLINE_S;
-    int status = 0;
+    /* BG_DEADLINE_S from now, however long the run has been going. */
+    rt_run_t r =
+        rt_bg_wait(&run->bg, (unsigned)(rt_now() - run->bg.start) + BG_DEADLINE_S, NULL, NULL);
 
-    for (;;) {
-        pid_t w = waitpid(run->pid, &status, WNOHANG);
-        if (w == run->pid)
-            break;
-        assert_int_equal(w, 0);
-        if (rt_now() > deadline) {
-            char *err = bg_err(run);
-            kill(-run->pid, SIGKILL);
-            fail_msg("spate run (pid %d) did not end within %d s; stderr: %s", (int)run->pid,
-                     BG_DEADLINE_S, rt_tail(err));
-        }
-        usleep(20000);
+    kill(-run->bg.pid, SIGKILL); /* anything left in its group */
+    if (r.timed_out) {
+        char *err = bg_err(run);
+        fail_msg("spate run (pid %d) did not end within %d s; stderr: %s", (int)run->bg.pid,
+                 BG_DEADLINE_S, rt_tail(err));
     }
-    kill(-run->pid, SIGKILL); /* anything left in its group */
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r.signal == 0 ? r.status : 128 + r.signal;
 }
 
 /* Whether dir/name or dir/<a subdirectory>/name exists. */
@@ -280,8 +257,8 @@ static void test_commit_second_run_refused_while_first_holds(void **state)
     if (!bg_running(&first))
         fail_msg("the first run ended before the second was refused: nothing was tested");
     rt_expect_fail(&second, 2, "in use", "a second run into an output a live run holds");
-    if (!names_pid(second.err, (long)first.pid))
-        fail_msg("the refusal does not name the holder's pid %d: %s", (int)first.pid,
+    if (!names_pid(second.err, (long)first.bg.pid))
+        fail_msg("the refusal does not name the holder's pid %d: %s", (int)first.bg.pid,
                  rt_tail(second.err));
     rt_free(&second);
     /* The first run is untouched by the refused one. */
@@ -313,7 +290,7 @@ static void test_commit_failing_run_keeps_others_output(void **state)
     bg_wait_for(&failing, local, "exec-0");
     run = rt_cli(FAULT_RUN(out, "--job-arg", "records=10"));
     rt_expect_fail(&run, 2, "in use", "a run into an output that a failing run holds");
-    assert_true(names_pid(run.err, (long)failing.pid));
+    assert_true(names_pid(run.err, (long)failing.bg.pid));
     rt_free(&run);
     rc = bg_wait(&failing);
     err = bg_err(&failing);
@@ -575,14 +552,14 @@ static void interrupt_run(const char *tag, int signo, bool group, int times)
     rt_path(tmp, sizeof(tmp), out, "_temporary");
     bg_wait_for(&run, tmp, ".part-r-00000.attempt-0");
     assert_true(dir_entries(local) > 0); /* the shuffle files are there */
-    nkids = children_of(run.pid, kids, sizeof(kids) / sizeof(kids[0]));
+    nkids = children_of(run.bg.pid, kids, sizeof(kids) / sizeof(kids[0]));
     if (nkids != 2)
-        fail_msg("spate run (pid %d) has %zu child processes, want its 2 executors", (int)run.pid,
-                 nkids);
+        fail_msg("spate run (pid %d) has %zu child processes, want its 2 executors",
+                 (int)run.bg.pid, nkids);
     for (size_t i = 0; i < nkids; i++)
         note_leftover(kids[i]);
     for (int i = 0; i < times; i++) {
-        assert_int_equal(kill(group ? -run.pid : run.pid, signo), 0);
+        assert_int_equal(kill(group ? -run.bg.pid : run.bg.pid, signo), 0);
         if (i + 1 < times)
             usleep(300000);
     }

@@ -142,30 +142,20 @@ static pid_t child_of(pid_t parent)
 
 static void test_driver_crash_leaves_cwd_empty(void **state)
 {
-    const char *cli = getenv("SPATE_CLI"), *plugin = fault_plugin();
+    const char *plugin = fault_plugin(), *argv[RT_ARGV_MAX];
     double deadline;
+    rt_bg_t bg;
     char cwd[300];
     int wstatus = 0;
     pid_t pid;
 
     (void)state;
-    assert_non_null(cli);
     fresh_dir(cwd, sizeof(cwd), "driver");
-    fflush(NULL);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        setpgid(0, 0);
-        if (chdir(cwd) != 0 || null < 0)
-            _exit(126);
-        dup2(null, STDOUT_FILENO);
-        dup2(null, STDERR_FILENO);
-        execl(cli, cli, "run", plugin, "--executors", "2", "--job-arg", "fault=hang", "--job-arg",
-              "task=-1", "--no-progress", (char *)NULL);
-        _exit(127);
-    }
-    setpgid(pid, pid);
+    rt_cli_argv((const char *const[]){"run", plugin, "--executors", "2", "--job-arg", "fault=hang",
+                                      "--job-arg", "task=-1", "--no-progress", NULL},
+                argv);
+    rt_bg_start(&bg, argv, &(rt_bg_opts_t){.cwd = cwd, .out_null = true, .err_path = "/dev/null"});
+    pid = bg.pid;
     /* Once the driver has started an executor, its main() has long run. */
     deadline = rt_now() + RT_TIMEOUT_S;
     while (child_of(pid) == 0 && waitpid(pid, &wstatus, WNOHANG) == 0 && rt_now() < deadline)

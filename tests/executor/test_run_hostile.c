@@ -201,68 +201,31 @@ static long vm_hwm_kib(pid_t pid)
  * RLIMIT_NOFILE lowered to nofile (0: as it is) in the child before exec,
  * and *hwm_kib_p the largest VmHWM of the process seen while it ran.
  */
+/* rt_bg_wait's each: the largest VmHWM seen so far in *(long *)arg. */
+static void note_hwm(pid_t pid, void *arg)
+{
+    long kib = vm_hwm_kib(pid), *hwm_kib_p = arg;
+
+    if (kib > *hwm_kib_p)
+        *hwm_kib_p = kib;
+}
+
 static rt_run_t spawn_spate(const char *const *args, rlim_t nofile, long *hwm_kib_p)
 {
     const char *argv[RT_ARGV_MAX];
-    FILE *out = tmpfile(), *err = tmpfile();
-    rt_run_t run = {.status = -1};
-    double start = rt_now();
-    int wstatus = 0;
-    pid_t pid;
+    rt_bg_t bg;
+    rt_run_t run;
 
-    assert_non_null(out);
-    assert_non_null(err);
     rt_cli_argv(args, argv);
     *hwm_kib_p = -1;
-    fflush(stdout);
-    fflush(stderr);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        struct rlimit rl;
-
-        setpgid(0, 0);
-        dup2(fileno(out), STDOUT_FILENO);
-        dup2(fileno(err), STDERR_FILENO);
-        if (nofile > 0 && getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-            rl.rlim_cur = nofile;
-            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-                fprintf(stderr, "setrlimit: %s\n", strerror(errno));
-                _exit(126);
-            }
-        }
-        execv(argv[0], (char *const *)argv);
-        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-        _exit(127);
-    }
-    setpgid(pid, pid);
-    for (;;) {
-        pid_t w = waitpid(pid, &wstatus, WNOHANG);
-        long kib;
-
-        if (w == pid)
-            break;
-        assert_int_equal(w, 0);
-        if ((kib = vm_hwm_kib(pid)) > *hwm_kib_p)
-            *hwm_kib_p = kib;
-        if (rt_now() - start > RT_TIMEOUT_S) {
-            run.timed_out = true;
-            kill(-pid, SIGKILL);
-        }
-        usleep(5000);
-    }
+    rt_bg_start(&bg, argv, &(rt_bg_opts_t){.nofile = (unsigned long)nofile});
+    run = rt_bg_wait(&bg, RT_TIMEOUT_S, note_hwm, hwm_kib_p);
     /* Every executor it started must be gone with it. */
-    if (kill(-pid, 0) == 0) {
-        kill(-pid, SIGKILL);
+    if (kill(-bg.pid, 0) == 0) {
+        kill(-bg.pid, SIGKILL);
         fail_msg("spate left processes behind in its process group");
     }
-    run.seconds = rt_now() - start;
-    if (WIFEXITED(wstatus))
-        run.status = WEXITSTATUS(wstatus);
-    else if (WIFSIGNALED(wstatus))
-        run.signal = WTERMSIG(wstatus);
-    run.out = rt_slurp_stream(out);
-    run.err = rt_slurp_stream(err);
+    rt_bg_collect(&bg, &run);
     if (run.timed_out)
         fail_msg("spate did not end within %u s; stderr: %s", RT_TIMEOUT_S, rt_tail(run.err));
     return run;

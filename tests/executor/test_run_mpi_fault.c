@@ -145,7 +145,7 @@ static void test_run_local_stopped_driver_ends_executors(void **state)
     for (double until = rt_now() + 60; rt_now() < until; usleep(100000)) {
         char path[64], state_line[512] = "";
         FILE *f;
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)r.pid);
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)r.bg.pid);
         if ((f = fopen(path, "r")) != NULL) {
             if (fgets(state_line, sizeof(state_line), f) == NULL)
                 state_line[0] = '\0';
@@ -155,7 +155,7 @@ static void test_run_local_stopped_driver_ends_executors(void **state)
             break; /* stopped, and only the driver is left */
     }
     assert_int_equal(tf_marked(&r), 1);
-    kill(r.pid, SIGKILL);
+    kill(r.bg.pid, SIGKILL);
     run = tf_finish(&r, RT_TIMEOUT_S, 10);
     if (strstr(run.err, "heard nothing from the driver") == NULL)
         fail_msg("no executor said its driver went silent: %s", rt_tail(run.err));

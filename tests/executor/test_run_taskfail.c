@@ -273,7 +273,7 @@ static void test_run_driver_killed_ends_stuck_executors(void **state)
                                    "fault=hang", "--job-arg", arg, NULL},
              NULL);
     tf_wait_file(once, 60); /* map task 1 is stuck now */
-    kill(r.pid, SIGKILL);
+    kill(r.bg.pid, SIGKILL);
     /* The executors see their driver gone and exit without the stuck worker. */
     run = tf_finish(&r, RT_TIMEOUT_S, 60);
     assert_int_equal(run.signal, SIGKILL);
@@ -320,9 +320,9 @@ static void test_run_driver_stall_loses_nobody(void **state)
                                    NULL},
              NULL);
     tf_wait_file(once, 60); /* map task 1 sleeps 8 s from now */
-    kill(r.pid, SIGSTOP);
+    kill(r.bg.pid, SIGSTOP);
     sleep(5);
-    kill(r.pid, SIGCONT);
+    kill(r.bg.pid, SIGCONT);
     run = tf_finish(&r, RT_TIMEOUT_S, 30);
     expect_whole_output(&run);
     rep = rt_json_load(json);

@@ -68,47 +68,14 @@ static bool group_left_behind(pid_t pgid)
 static rt_run_t run_cli(const char *const *args, bool *left_p)
 {
     const char *argv[RT_ARGV_MAX];
-    FILE *out = tmpfile(), *err = tmpfile();
-    rt_run_t run = {.status = -1};
-    double start = rt_now();
-    int wstatus = 0;
-    pid_t pid;
+    rt_bg_t bg;
+    rt_run_t run;
 
-    assert_non_null(out);
-    assert_non_null(err);
     rt_cli_argv(args, argv);
-    fflush(stdout);
-    fflush(stderr);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        setpgid(0, 0);
-        dup2(fileno(out), STDOUT_FILENO);
-        dup2(fileno(err), STDERR_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    setpgid(pid, pid);
-    for (;;) {
-        pid_t w = waitpid(pid, &wstatus, WNOHANG);
-
-        if (w == pid)
-            break;
-        assert_int_equal(w, 0);
-        if (rt_now() > start + RT_TIMEOUT_S && !run.timed_out) {
-            run.timed_out = true;
-            kill(-pid, SIGKILL);
-        }
-        usleep(20000);
-    }
-    run.seconds = rt_now() - start;
-    if (WIFEXITED(wstatus))
-        run.status = WEXITSTATUS(wstatus);
-    else if (WIFSIGNALED(wstatus))
-        run.signal = WTERMSIG(wstatus);
-    *left_p = group_left_behind(pid);
-    run.out = rt_slurp_stream(out);
-    run.err = rt_slurp_stream(err);
+    rt_bg_start(&bg, argv, NULL);
+    run = rt_bg_wait(&bg, RT_TIMEOUT_S, NULL, NULL);
+    *left_p = group_left_behind(bg.pid);
+    rt_bg_collect(&bg, &run);
     if (run.timed_out)
         fail_msg("spate run did not end within %d s; stderr: %s", RT_TIMEOUT_S, rt_tail(run.err));
     return run;
