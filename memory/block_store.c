@@ -584,7 +584,7 @@ const void *sp_block_data(const sp_block_t *block) { return block->data; }
 
 size_t sp_block_size(const sp_block_t *block) { return block->size; }
 
-void sp_block_release(sp_block_t *block)
+void sp_block_store_release(sp_block_t *block)
 {
     if (block == NULL)
         return;

@@ -456,15 +456,15 @@ SP_API sp_status_t sp_block_store_put(sp_block_store_t *bs, const char *id, cons
  * Pins block id and returns a handle to its bytes; a block on disk is read
  * back (checked against its header and checksum: SP_ERR_CORRUPT otherwise)
  * and cached in memory again when its level allows and memory is granted.
- * SP_ERR_NOT_FOUND when absent. Release the handle with sp_block_release().
+ * SP_ERR_NOT_FOUND when absent. Release the handle with sp_block_store_release().
  */
 SP_API sp_status_t sp_block_store_get(sp_block_store_t *bs, const char *id, sp_block_t **block_p);
 
 SP_API const void *sp_block_data(const sp_block_t *block);
 SP_API size_t sp_block_size(const sp_block_t *block);
 
-/** Unpins a handle from sp_block_store_get(); NULL accepted. */
-SP_API void sp_block_release(sp_block_t *block);
+/** Unpins a handle from sp_block_store_get() (the pair of get); NULL accepted. */
+SP_API void sp_block_store_release(sp_block_t *block);
 
 /** Removes block id. SP_ERR_NOT_FOUND when absent, SP_ERR_BUSY while pinned. */
 SP_API sp_status_t sp_block_store_remove(sp_block_store_t *bs, const char *id);

@@ -42,7 +42,7 @@ static void check_block(sp_block_store_t *bs, const char *id, const char *expect
     assert_int_equal(sp_block_store_get(bs, id, &b), SP_OK);
     assert_int_equal(sp_block_size(b), len);
     assert_memory_equal(sp_block_data(b), expect, len);
-    sp_block_release(b);
+    sp_block_store_release(b);
 }
 
 static void test_block_put_get_remove_each_level(void **state)
@@ -147,7 +147,7 @@ static void test_block_pinned_is_never_evicted_or_removed(void **state)
     assert_int_equal(sp_block_store_put(bs, "q", buf, 9 * MiB, SP_STORAGE_MEMORY),
                      SP_ERR_MEMORY_REFUSED);
     assert_true(sp_block_store_contains(bs, "p", NULL));
-    sp_block_release(pin);
+    sp_block_store_release(pin);
     assert_int_equal(sp_block_store_put(bs, "q", buf, 9 * MiB, SP_STORAGE_MEMORY), SP_OK);
     assert_false(sp_block_store_contains(bs, "p", NULL));
     sp_block_store_destroy(bs);
@@ -186,7 +186,7 @@ static void test_block_ids_and_levels_are_validated(void **state)
     assert_int_equal(count_files(), 0);
     sp_block_store_destroy(bs);
     sp_block_store_destroy(NULL);
-    sp_block_release(NULL);
+    sp_block_store_release(NULL);
     sp_memory_manager_destroy(mm);
     rmdir(dir);
 }
@@ -269,13 +269,13 @@ static void *conc_worker(void *p)
                 if (sp_block_store_get(a->bs, id, &b) != SP_OK || sp_block_size(b) != len ||
                     memcmp(sp_block_data(b), buf, len) != 0)
                     a->errors++;
-                sp_block_release(b);
+                sp_block_store_release(b);
             }
             break;
         case 1: (void)sp_block_store_remove(a->bs, id); break;
         default:
             if (sp_block_store_get(a->bs, id, &b) == SP_OK)
-                sp_block_release(b);
+                sp_block_store_release(b);
             break;
         }
     }

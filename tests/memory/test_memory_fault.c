@@ -66,7 +66,7 @@ static sp_status_t build_and_use(const sp_conf_t *conf, sp_topology_t *topo)
     if (st != SP_OK)
         goto out_task;
     assert_memory_equal(sp_block_data(block), data, sizeof(data));
-    sp_block_release(block);
+    sp_block_store_release(block);
 out_task:
     sp_memory_consumer_fini(&consumer);
     sp_task_memory_destroy(task, NULL);

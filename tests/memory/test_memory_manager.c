@@ -317,7 +317,7 @@ static void test_execution_evicts_storage_down_to_region_only(void **state)
     assert_int_equal(s.borrowed_from_execution, 30 * MiB);
     /* Touch block 0 so that 1, 2, 3 are the least recently used. */
     assert_int_equal(sp_block_store_get(bs, "rdd_0", &b), SP_OK);
-    sp_block_release(b);
+    sp_block_store_release(b);
 
     /* Execution asks for everything: it may evict only the 30 MiB above the
      * region, so it gets 50 MiB and storage keeps its 50 MiB region. */
@@ -403,7 +403,7 @@ static void test_storage_borrows_free_execution_and_evicts_lru(void **state)
     assert_int_equal(s.storage_used, 100 * MiB);
     assert_int_equal(s.execution_pool, 0);
     assert_int_equal(sp_block_store_get(bs, "b0", &b), SP_OK);
-    sp_block_release(b);
+    sp_block_store_release(b);
     /* A new block evicts the least recently used one (b1) to disk. */
     put_blocks(bs, "c", 1, 10 * MiB, SP_STORAGE_MEMORY);
     {
