@@ -16,9 +16,10 @@
  *     in no layer) and a top folder with C sources that is in no layer.
  * Includes that resolve outside the tree (system and library headers) are not edges.
  *
- * The build compiles each layer against a view of the tree that hides the upper layers, so
- * an upward include also fails to compile; the last test checks that CMake's table of layers
- * and public headers agrees with this one.
+ * The build compiles each layer against a view of the tree that hides the upper layers and
+ * the other layers of its floor, so an upward or sideways include also fails to compile; the
+ * last test checks that CMake's table of layers, floors and public headers agrees with this
+ * one.
  *
  * The first test runs the same scan over a small tree it writes, with one violation of each
  * kind, and compares what it reports with the list it planted, so a checker that stopped
@@ -48,7 +49,7 @@
 /*
  * The layers, lowest first. A layer may include its own headers and those of every layer
  * on a lower floor; two layers on one floor must not know each other. control/ (driver-
- * executor messaging, issue 14) stands on the transport floor; it is checked once it exists.
+ * executor messaging, issue 14) stands on the transport floor beside transport/.
  */
 typedef struct layer {
     const char *name;
@@ -688,11 +689,12 @@ static void test_layers_tree_has_no_forbidden_edge(void **state)
 }
 
 /*
- * CMakeLists.txt compiles each layer against a view holding only its own and the earlier
- * layers' folders and public headers (SPATE_LAYERS, SPATE_LAYER_HEADERS_<layer>), passed here
- * as "layer:header,header ..." lowest first. Its table must say what layers[] and
- * public_headers[] say: every layer of libspate in it, in floor order, and each public header
- * with the layer the test gives it.
+ * CMakeLists.txt compiles each layer against a view holding only its own folder and public
+ * headers and those of the layers on lower floors (SPATE_LAYERS, SPATE_LAYER_FLOOR_<layer>,
+ * SPATE_LAYER_HEADERS_<layer>), passed here as "layer:floor:header,header ..." lowest first.
+ * Its table must say what layers[] and public_headers[] say: every layer of libspate in it,
+ * in floor order, on the floor the test gives it, and each public header with the layer the
+ * test gives it.
  */
 static void test_layers_cmake_table_matches(void **state)
 {
@@ -707,22 +709,27 @@ static void test_layers_cmake_table_matches(void **state)
     copy = strdup(env);
     assert_non_null(copy);
     for (char *tok = strtok_r(copy, " ", &save); tok != NULL; tok = strtok_r(NULL, " ", &save)) {
-        char *colon = strchr(tok, ':'), *hsave = NULL;
+        char *colon = strchr(tok, ':'), *hsave = NULL, *headers = NULL, *end = NULL;
         const layer_t *layer;
+        long floor;
 
-        if (colon == NULL)
-            fail_msg("SPATE_CMAKE_LAYERS: '%s' is not layer:headers", tok);
+        if (colon == NULL || (headers = strchr(colon + 1, ':')) == NULL)
+            fail_msg("SPATE_CMAKE_LAYERS: '%s' is not layer:floor:headers", tok);
         *colon = '\0';
+        *headers++ = '\0';
         layer = layer_named(tok, strlen(tok));
         if (layer == NULL)
             fail_msg("CMakeLists.txt's layer %s is not in layers[] of this test", tok);
+        floor = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end != '\0' || floor != layer->floor)
+            fail_msg("CMakeLists.txt puts %s on floor '%s', this test on floor %d", layer->name,
+                     colon + 1, layer->floor);
         if (prev != NULL && layer->floor < prev->floor)
             fail_msg("CMakeLists.txt lists %s (floor %d) after %s (floor %d)", layer->name,
                      layer->floor, prev->name, prev->floor);
         seen[layer - layers] = true;
         prev = layer;
-        for (char *h = strtok_r(colon + 1, ",", &hsave); h != NULL;
-             h = strtok_r(NULL, ",", &hsave)) {
+        for (char *h = strtok_r(headers, ",", &hsave); h != NULL; h = strtok_r(NULL, ",", &hsave)) {
             char rel[PATH_MAX];
             where_t w;
 

@@ -1,6 +1,6 @@
 /*
  * The control plane's channel over stream sockets, the payload codec and
- * the driver's hub (MPI conns are in ctl_mpi.c). See ctl.h for the API.
+ * the driver's hub (MPI conns are in mpi.c). See ctl.h for the API.
  *
  * Traffic is small and latency bound: a few messages a second per executor
  * (heartbeats, task assignments and results) and an occasional large one
@@ -55,7 +55,7 @@
  * any the hub probes them between polls of 50 to 200 us (doubling while
  * idle). Conns are served round robin from the one after the last served.
  */
-#include "executor/ctl.h"
+#include "control/ctl.h"
 #include "bytes.h"
 
 #include <errno.h>

@@ -19,10 +19,10 @@
  * Message types below SP__CTL_TYPE_FIRST belong to the channel (handshake);
  * the protocol numbers its messages from SP__CTL_TYPE_FIRST up.
  *
- * Not installed; executor-internal (sp__ names).
+ * Not installed; the control layer's interface to the executor (sp__ names).
  */
-#ifndef SPATE_EXECUTOR_CTL_H
-#define SPATE_EXECUTOR_CTL_H
+#ifndef SPATE_CONTROL_CTL_H
+#define SPATE_CONTROL_CTL_H
 
 #include "common_int.h"
 #include "rbuf.h"
@@ -228,7 +228,7 @@ sp_status_t sp__ctl_conn_fd(int fd, const char *peer_name, sp__ctl_conn_t **conn
  * later sends and receives; once a frame has waited the conn's send timeout
  * undelivered, the send or receive that sees it, and every later one,
  * returns SP_ERR_PEER_LOST "rank N took no control message for T ms ...".
- * See executor/ctl_mpi.c.
+ * See control/mpi.c.
  */
 sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn_p);
 
@@ -392,7 +392,7 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
 sp_status_t sp__ctl_hub_accept(sp__ctl_hub_t *hub, sp__ctl_conn_t **conn_p);
 
 /* ------------------------------------------------------------------------ */
-/* Backends (ctl.c: sockets, ctl_mpi.c: MPI)                                 */
+/* Backends (ctl.c: sockets, mpi.c: MPI)                                     */
 /* ------------------------------------------------------------------------ */
 
 typedef struct sp__ctl_ops {
@@ -441,4 +441,4 @@ uint64_t sp__ctl_deadline(int timeout_ms);
 /* Sleeps ns nanoseconds, EINTR or not. */
 void sp__ctl_sleep_ns(uint64_t ns);
 
-#endif /* SPATE_EXECUTOR_CTL_H */
+#endif /* SPATE_CONTROL_CTL_H */
