@@ -6,20 +6,23 @@
  *
  *   frame     a 12-byte header {magic 'SPCM', version, type, payload length},
  *             little endian, then the payload. Every field is checked on
- *             receive.
+ *             receive. (frame.c)
  *   codec     sp__wbuf_t builds a payload, sp__rbuf_t reads one back and
- *             never reads past its end.
+ *             never reads past its end. (codec.c)
  *   conn      one connection to one peer: a stream socket (TCP, or a
- *             socketpair for an executor inside the driver's process), or
- *             a rank of a private MPI communicator. TCP connections start
- *             with a mutual HMAC-SHA256 handshake over a shared secret.
+ *             socketpair for an executor inside the driver's process;
+ *             sock.c), or a rank of a private MPI communicator (mpi.c). TCP
+ *             connections start with a mutual HMAC-SHA256 handshake over a
+ *             shared secret (auth.c).
  *   hub       the driver's view of many conns: the next message from any of
  *             them, lost peers, and executors that connect while it waits.
+ *             (hub.c)
  *
  * Message types below SP__CTL_TYPE_FIRST belong to the channel (handshake);
  * the protocol numbers its messages from SP__CTL_TYPE_FIRST up.
  *
  * Not installed; the control layer's interface to the executor (sp__ names).
+ * What the layer's files share among themselves is in control_int.h.
  */
 #ifndef SPATE_CONTROL_CTL_H
 #define SPATE_CONTROL_CTL_H
@@ -28,8 +31,6 @@
 #include "rbuf.h"
 
 #include <mpi.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,6 +53,9 @@
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */
 #define SP__CTL_MAX_PAYLOAD (256u << 20)
+
+/* Writes the header of a frame of type and len payload bytes (SP__CTL_HEADER_SIZE bytes). */
+void sp__ctl_header_pack(unsigned char *header, uint16_t type, uint32_t len);
 
 /* Channel message types (below SP__CTL_TYPE_FIRST); never seen by callers. */
 enum {
@@ -390,55 +394,5 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
  * SP_ERR_NOT_FOUND when there is none.
  */
 sp_status_t sp__ctl_hub_accept(sp__ctl_hub_t *hub, sp__ctl_conn_t **conn_p);
-
-/* ------------------------------------------------------------------------ */
-/* Backends (ctl.c: sockets, mpi.c: MPI)                                     */
-/* ------------------------------------------------------------------------ */
-
-typedef struct sp__ctl_ops {
-    size_t size; /* sizeof(sp__ctl_ops_t) */
-    /* One whole frame (header then payload); called with send_lock held. */
-    sp_status_t (*send)(sp__ctl_conn_t *c, const unsigned char *header, const void *payload,
-                        size_t len);
-    /*
-     * Whatever has arrived, without waiting: *got_p true with a whole
-     * frame, whose header is checked; false when none is complete yet.
-     * Called with recv_lock held.
-     */
-    sp_status_t (*try_recv)(sp__ctl_conn_t *c, bool *got_p, uint16_t *type_p, void **payload_p,
-                            size_t *len_p);
-    /* Frees the backend's part; the base is freed by the caller. */
-    void (*close)(sp__ctl_conn_t *c);
-} sp__ctl_ops_t;
-
-/* The part every conn shares; a backend embeds it first. */
-struct sp__ctl_conn {
-    const sp__ctl_ops_t *ops;
-    int fd;                  /* stream conns; -1 for MPI */
-    bool buffered;           /* bytes read ahead: try_recv may deliver without poll */
-    atomic_int send_timeout; /* ms; < 0 forever */
-    pthread_mutex_t send_lock;
-    pthread_mutex_t recv_lock;
-    atomic_uint_fast64_t msgs_sent, bytes_sent, msgs_received, bytes_received;
-    char peer[64];
-};
-
-/* Fills the base fields (locks, counters, name). */
-sp_status_t sp__ctl_conn_init(sp__ctl_conn_t *c, const sp__ctl_ops_t *ops, int fd,
-                              const char *peer);
-/* Undoes sp__ctl_conn_init. */
-void sp__ctl_conn_fini(sp__ctl_conn_t *c);
-/* The header of a frame of type and len payload bytes. */
-void sp__ctl_header_pack(unsigned char *header, uint16_t type, uint32_t len);
-/*
- * Checks a received header from c's peer: magic, version and length
- * (SP_ERR_BAD_FORMAT naming the peer otherwise).
- */
-sp_status_t sp__ctl_header_check(const sp__ctl_conn_t *c, const unsigned char *header,
-                                 uint16_t *type_p, uint32_t *len_p);
-/* Deadline in sp__now_ns() time for timeout_ms; UINT64_MAX when < 0. */
-uint64_t sp__ctl_deadline(int timeout_ms);
-/* Sleeps ns nanoseconds, EINTR or not. */
-void sp__ctl_sleep_ns(uint64_t ns);
 
 #endif /* SPATE_CONTROL_CTL_H */
