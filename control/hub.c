@@ -2,7 +2,7 @@
  * The driver's hub: its view of many conns (stream and MPI mixed), the next
  * message from any of them, lost peers, and executors that connect while it
  * waits. The hub keeps, for each id it dropped, what happened to its peer
- * (the last SP_CTL_GONE), so that a later sp__ctl_hub_remove of the id says
+ * (the last SP__CTL_HUB_GONE), so that a later sp__ctl_hub_remove of the id says
  * that rather than "no such id".
  *
  * A hub runs at most SP__CTL_HUB_MAX_JOINING handshakes, each with a
@@ -14,17 +14,20 @@
  * with a growing back-off; warnings about strangers are written at most once
  * a second and counted in the stats.
  *
- * The hub polls the listener, its joining connections and its stream
- * conns in one ppoll(); MPI conns have nothing to poll, so when there are
- * any the hub probes them between polls of 50 to 200 us (doubling while
- * idle). Conns are served round robin from the one after the last served.
+ * sp__ctl_hub_wait is an event loop over backends behind a small ops table
+ * (hub_int.h), like Redis's ae.c over ae_epoll.c: each pass the backends
+ * note what they watch, bound the sleep and wait, marking what is ready
+ * (hub_poll.c: the listener, joining connections and stream conns in one
+ * ppoll(); hub_mpi.c: MPI conns, probed on every pass), and this file
+ * serves what they marked: conns round robin from the one after the last
+ * served, so a busy conn never starves the others, then the handshakes
+ * under way, then the listener.
  */
-#include "control/control_int.h"
+#include "control/hub_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -44,63 +47,32 @@
 #define SP_CTL_ACCEPT_BACKOFF_MAX_NS 1000000000u
 /* At most one hub warning about connections that did not join per this interval. */
 #define SP_CTL_WARN_EVERY_NS 1000000000u
-/* Dropped conns whose reason a hub keeps for sp__ctl_hub_remove. */
-#define SP_CTL_GONE 16
-
-typedef struct sp_ctl_hub_entry {
-    sp__ctl_conn_t *conn;
-    uint32_t id;
-    int pfd; /* index in the hub's pollfds this pass, -1 if none */
-} sp_ctl_hub_entry_t;
-
-/* A conn hub_wait dropped, and why: what sp__ctl_hub_remove then says. */
-typedef struct sp_ctl_hub_gone {
-    bool used;
-    uint32_t id;
-    char why[SP__CTL_WHY];
-} sp_ctl_hub_gone_t;
-
-struct sp__ctl_hub {
-    sp_ctl_hub_entry_t *entries; /* in the order they were added */
-    size_t n, cap;
-    size_t cursor; /* the entry served first in the next pass */
-    size_t nmpi;   /* entries without an fd */
-    /* The listener and the handshakes it runs. */
-    int lfd;
-    bool lpolled; /* the listener is in this pass's pollfds (slot 0) */
-    unsigned char *secret;
-    size_t slen;
-    int hs_timeout_ms;
-    sp__ctl_sock_t *joining[SP__CTL_HUB_MAX_JOINING]; /* handshake under way */
-    size_t njoining;
-    sp__ctl_conn_t **joined; /* handshake done, waiting for sp__ctl_hub_accept */
-    size_t njoined, joined_cap;
-    /* Running out of descriptors (EMFILE): the reserve, and the listener's rest. */
-    int reserve_fd;            /* /dev/null, given up to shed connections; -1 if none */
-    uint64_t listen_resume_ns; /* the listener is not polled before this */
-    uint64_t accept_backoff_ns;
-    /* Warnings about connections that never joined: at most one a second. */
-    uint64_t warn_next_ns;
-    uint64_t warn_quiet; /* held back since the last one written */
-    sp_ctl_hub_gone_t gone[SP_CTL_GONE];
-    size_t gone_next;
-    sp__ctl_hub_stats_t stats;
-    struct pollfd *pfds;
-    size_t pfd_cap;
-};
 
 static int sp_ctl_reserve_open(void) { return open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
 sp_status_t sp__ctl_hub_create(sp__ctl_hub_t **hub_p)
 {
     sp__ctl_hub_t *hub = sp__calloc(1, sizeof(*hub));
+    sp_status_t st;
 
     if (hub == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "control hub: out of memory");
     hub->lfd = -1;
     hub->reserve_fd = -1;
+    if ((st = sp__ctl_hub_poll_create(&hub->poll)) != SP_OK)
+        goto err_free;
+    if ((st = sp__ctl_hub_mpi_create(&hub->mpi)) != SP_OK)
+        goto err_poll;
+    hub->backends[0] = hub->poll;
+    hub->backends[1] = hub->mpi;
     *hub_p = hub;
     return SP_OK;
+
+err_poll:
+    hub->poll->ops->destroy(hub->poll);
+err_free:
+    sp__free(hub);
+    return st;
 }
 
 static void sp_ctl_hub_forget_secret(sp__ctl_hub_t *hub)
@@ -128,7 +100,8 @@ void sp__ctl_hub_destroy(sp__ctl_hub_t *hub)
     sp_ctl_hub_forget_secret(hub);
     sp__free(hub->entries);
     sp__free(hub->joined);
-    sp__free(hub->pfds);
+    for (size_t k = 0; k < SP__CTL_HUB_BACKENDS; k++)
+        hub->backends[k]->ops->destroy(hub->backends[k]);
     sp__free(hub);
 }
 
@@ -159,9 +132,9 @@ static bool sp_ctl_hub_find(const sp__ctl_hub_t *hub, uint32_t id, size_t *i_p)
     return false;
 }
 
-static sp_ctl_hub_gone_t *sp_ctl_hub_find_gone(sp__ctl_hub_t *hub, uint32_t id)
+static sp__ctl_hub_gone_t *sp_ctl_hub_find_gone(sp__ctl_hub_t *hub, uint32_t id)
 {
-    for (size_t g = 0; g < SP_CTL_GONE; g++)
+    for (size_t g = 0; g < SP__CTL_HUB_GONE; g++)
         if (hub->gone[g].used && hub->gone[g].id == id)
             return &hub->gone[g];
     return NULL;
@@ -170,11 +143,11 @@ static sp_ctl_hub_gone_t *sp_ctl_hub_find_gone(sp__ctl_hub_t *hub, uint32_t id)
 /* Notes that hub_wait dropped the conn of id because of why (the oldest note makes room). */
 static void sp_ctl_hub_note_gone(sp__ctl_hub_t *hub, uint32_t id, const char *why)
 {
-    sp_ctl_hub_gone_t *g = sp_ctl_hub_find_gone(hub, id);
+    sp__ctl_hub_gone_t *g = sp_ctl_hub_find_gone(hub, id);
 
     if (g == NULL) {
         g = &hub->gone[hub->gone_next];
-        hub->gone_next = (hub->gone_next + 1) % SP_CTL_GONE;
+        hub->gone_next = (hub->gone_next + 1) % SP__CTL_HUB_GONE;
     }
     g->used = true;
     g->id = id;
@@ -183,7 +156,7 @@ static void sp_ctl_hub_note_gone(sp__ctl_hub_t *hub, uint32_t id, const char *wh
 
 sp_status_t sp__ctl_hub_add(sp__ctl_hub_t *hub, sp__ctl_conn_t *conn, uint32_t id)
 {
-    sp_ctl_hub_gone_t *g;
+    sp__ctl_hub_gone_t *g;
     size_t i;
     sp_status_t st;
 
@@ -200,9 +173,10 @@ sp_status_t sp__ctl_hub_add(sp__ctl_hub_t *hub, sp__ctl_conn_t *conn, uint32_t i
         st = SP_RAISE(SP_ERR_NOMEM, "control hub: no memory for conn %u", id);
         goto err_close;
     }
-    hub->entries[hub->n] = (sp_ctl_hub_entry_t){.conn = conn, .id = id, .pfd = -1};
+    /* A conn with a descriptor is polled; one without (MPI) is probed. */
+    hub->entries[hub->n] = (sp__ctl_hub_entry_t){
+        .conn = conn, .id = id, .backend = conn->fd >= 0 ? hub->poll : hub->mpi, .slot = -1};
     hub->n++;
-    hub->nmpi += conn->fd < 0;
     if ((g = sp_ctl_hub_find_gone(hub, id)) != NULL)
         g->used = false;
     return SP_OK;
@@ -216,7 +190,6 @@ static void sp_ctl_hub_remove_at(sp__ctl_hub_t *hub, size_t i)
 {
     sp__ctl_conn_t *conn = hub->entries[i].conn;
 
-    hub->nmpi -= conn->fd < 0;
     memmove(&hub->entries[i], &hub->entries[i + 1], (hub->n - i - 1) * sizeof(*hub->entries));
     hub->n--;
     if (hub->cursor > i)
@@ -228,7 +201,7 @@ static void sp_ctl_hub_remove_at(sp__ctl_hub_t *hub, size_t i)
 
 sp_status_t sp__ctl_hub_remove(sp__ctl_hub_t *hub, uint32_t id)
 {
-    const sp_ctl_hub_gone_t *g;
+    const sp__ctl_hub_gone_t *g;
     size_t i;
 
     if (!sp_ctl_hub_find(hub, id, &i)) {
@@ -403,7 +376,7 @@ static size_t sp_ctl_hub_oldest(const sp__ctl_hub_t *hub)
  * out of descriptors, and while every handshake slot holds a connection
  * younger than SP_CTL_EVICT_AFTER_NS.
  */
-static uint64_t sp_ctl_hub_listen_at(const sp__ctl_hub_t *hub)
+uint64_t sp__ctl_hub_listen_at(const sp__ctl_hub_t *hub)
 {
     uint64_t at = hub->listen_resume_ns;
 
@@ -524,79 +497,18 @@ static void sp_ctl_hub_accept_pending(sp__ctl_hub_t *hub)
     }
 }
 
-/*
- * Fills the pollfds for this pass: the listener first (unless it rests),
- * then the joining connections, then the stream conns (each entry notes its
- * slot).
- */
-static bool sp_ctl_hub_pollfds(sp__ctl_hub_t *hub, uint64_t now, size_t *nfds_p)
-{
-    size_t need = hub->n + hub->njoining + 1, nfds = 0;
-
-    if (need > hub->pfd_cap) {
-        struct pollfd *grown = sp__realloc(hub->pfds, need * sizeof(*grown));
-
-        if (grown == NULL)
-            return false;
-        hub->pfds = grown;
-        hub->pfd_cap = need;
-    }
-    hub->lpolled = hub->lfd >= 0 && now >= sp_ctl_hub_listen_at(hub);
-    if (hub->lpolled)
-        hub->pfds[nfds++] = (struct pollfd){.fd = hub->lfd, .events = POLLIN};
-    for (size_t j = 0; j < hub->njoining; j++)
-        hub->pfds[nfds++] = (struct pollfd){.fd = hub->joining[j]->base.fd, .events = POLLIN};
-    for (size_t i = 0; i < hub->n; i++) {
-        sp_ctl_hub_entry_t *e = &hub->entries[i];
-
-        e->pfd = -1;
-        if (e->conn->fd >= 0) {
-            e->pfd = (int)nfds;
-            hub->pfds[nfds++] = (struct pollfd){.fd = e->conn->fd, .events = POLLIN};
-        }
-    }
-    *nfds_p = nfds;
-    return true;
-}
-
-/* How long this pass may sleep in poll. */
-static uint64_t sp_ctl_hub_wait_ns(const sp__ctl_hub_t *hub, uint64_t deadline, bool first,
-                                   uint64_t backoff)
-{
-    uint64_t wait = sp__ctl_left(deadline), now = sp__now_ns();
-
-    for (size_t i = 0; i < hub->n; i++)
-        if (hub->entries[i].conn->buffered)
-            return 0;
-    for (size_t j = 0; j < hub->njoining; j++) {
-        uint64_t hd = hub->joining[j]->hs_deadline;
-
-        if (hub->joining[j]->base.buffered)
-            return 0;
-        wait = SP_MIN(wait, hd > now ? hd - now : 0);
-    }
-    /* A resting listener is polled again when its rest is over. */
-    if (hub->lfd >= 0 && !hub->lpolled) {
-        uint64_t at = sp_ctl_hub_listen_at(hub);
-
-        wait = SP_MIN(wait, at > now ? at - now : 0);
-    }
-    if (hub->nmpi > 0)
-        wait = first ? 0 : SP_MIN(wait, backoff);
-    return wait;
-}
-
 sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p, uint16_t *type_p,
                              void **payload_p, size_t *len_p)
 {
-    uint64_t deadline = sp__ctl_deadline(timeout_ms), backoff = SP__CTL_PROBE_MIN_NS;
-    bool first = true;
+    uint64_t deadline = sp__ctl_deadline(timeout_ms);
 
     if (timeout_ms < 0 && hub->n == 0 && hub->lfd < 0 && hub->njoining == 0 && hub->njoined == 0)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "control hub: waiting forever with no conn and no listener");
-    for (;;) {
-        size_t nfds = 0, njoining = hub->njoining, lslot;
+    for (unsigned pass = 0;; pass++) {
+        size_t njoining = hub->njoining;
+        uint64_t now, wait;
+        sp_status_t st;
 
         if (hub->njoined > 0) {
             *id_p = SP__CTL_HUB_NEW;
@@ -605,26 +517,39 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
             *len_p = 0;
             return SP_OK;
         }
-        if (!sp_ctl_hub_pollfds(hub, sp__now_ns(), &nfds))
-            return SP_RAISE(SP_ERR_NOMEM, "control hub: no memory for %zu pollfds",
-                            hub->n + hub->njoining + 1);
-        lslot = hub->lpolled ? 1 : 0;
-        hub->stats.polls++;
-        if (sp__ctl_ppoll(hub->pfds, nfds, sp_ctl_hub_wait_ns(hub, deadline, first, backoff)) < 0)
-            return SP_RAISE(SP_ERR_INTERNAL, "control hub: poll over %zu fds: %s (errno %d)", nfds,
-                            strerror(errno), errno);
+        /*
+         * Each backend notes what it watches this pass and how long it lets
+         * the pass sleep; then each waits (the poll backend sleeps in ppoll,
+         * the MPI backend has nothing to sleep on) and marks what is ready.
+         */
+        hub->lready = false;
+        for (size_t j = 0; j < njoining; j++)
+            hub->joining_ready[j] = false;
+        for (size_t i = 0; i < hub->n; i++) {
+            hub->entries[i].ready = false;
+            hub->entries[i].slot = -1;
+        }
+        now = sp__now_ns();
+        for (size_t k = 0; k < SP__CTL_HUB_BACKENDS; k++)
+            if ((st = hub->backends[k]->ops->prepare(hub->backends[k], hub, now)) != SP_OK)
+                return st;
+        wait = sp__ctl_left(deadline);
+        for (size_t k = 0; k < SP__CTL_HUB_BACKENDS; k++)
+            wait = hub->backends[k]->ops->bound(hub->backends[k], hub, pass, wait);
+        for (size_t k = 0; k < SP__CTL_HUB_BACKENDS; k++)
+            if ((st = hub->backends[k]->ops->wait(hub->backends[k], hub, wait)) != SP_OK)
+                return st;
 
         /* Conns, round robin from the cursor. */
         for (size_t k = 0; k < hub->n; k++) {
             size_t i = (hub->cursor + k) % hub->n;
-            sp_ctl_hub_entry_t *e = &hub->entries[i];
+            sp__ctl_hub_entry_t *e = &hub->entries[i];
             uint16_t type = 0;
             void *payload = NULL;
             size_t len = 0;
             bool got = false;
-            sp_status_t st;
 
-            if (e->pfd >= 0 && !e->conn->buffered && hub->pfds[e->pfd].revents == 0)
+            if (!e->ready)
                 continue;
             st = sp__ctl_try(e->conn, &got, &type, &payload, &len);
             if (st == SP_ERR_NOMEM)
@@ -655,15 +580,12 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
          * the next pass.
          */
         for (size_t j = njoining; j-- > 0;)
-            sp_ctl_hub_step_joining(hub, j, hub->pfds[lslot + j].revents != 0);
-        if (hub->lpolled && hub->pfds[0].revents != 0)
+            sp_ctl_hub_step_joining(hub, j, hub->joining_ready[j]);
+        if (hub->lready)
             sp_ctl_hub_accept_pending(hub);
         if (hub->njoined > 0)
             continue;
         if (sp__ctl_left(deadline) == 0)
             return SP_RAISE(SP_ERR_TIMED_OUT, "control hub: no message within %d ms", timeout_ms);
-        if (!first)
-            backoff = SP_MIN(backoff * 2, SP__CTL_PROBE_MAX_NS);
-        first = false;
     }
 }
