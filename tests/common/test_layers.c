@@ -10,6 +10,8 @@
  *   - an upward edge: a layer includes a header of a layer above it;
  *   - a sideways edge: two layers on one floor (transport/ and control/) include each other;
  *   - a private header (*_int.h) of another layer, unless exceptions[] names the edge;
+ *   - a header of a layer that narrow[] lets the including layer reach through one header
+ *     only (the launcher and control/control.h);
  *   - a public header that includes anything but public headers, and an example that
  *     includes anything but public headers;
  *   - a name that resolves to no file in the tree (a typo, or a header in a folder that is
@@ -98,6 +100,19 @@ static const exception_t exceptions[] = {
     /* `spate conf` prints the table of configuration keys with their defaults and ranges
      * (sp__conf_defs), which only the configuration module's private header declares. */
     {"launcher/cmd_conf.c", "common/conf_int.h"},
+};
+
+/*
+ * Layers that a layer above may reach through one header only. The launcher opens and closes
+ * control conns through control/control.h (an opaque conn, listen, connect, pair, secrets) and
+ * never through control/ctl.h, the executor's header (frames, the codec, the hub).
+ */
+static const struct {
+    const char *from;   /* the including layer */
+    const char *to;     /* the included layer */
+    const char *header; /* the one header of `to` that `from` may include */
+} narrow[] = {
+    {"launcher", "control", "control/control.h"},
 };
 
 /* What a scan found: one line per violation, and which exceptions it used. */
@@ -294,6 +309,16 @@ static void check_edge(scan_t *s, const char *from, int line, const char *spelle
         add_violation(s, "%s:%d: sideways edge %s -> %s: %s (%s)", from, line, a.layer->name,
                       b.layer->name, spelled, to);
         return;
+    }
+    for (size_t i = 0; i < sizeof(narrow) / sizeof(narrow[0]); i++) {
+        if (strcmp(a.layer->name, narrow[i].from) == 0 &&
+            strcmp(b.layer->name, narrow[i].to) == 0 && b.kind == KIND_LAYER &&
+            strcmp(to, narrow[i].header) != 0) {
+            add_violation(s, "%s:%d: %s -> %s: %s (%s); the %s includes only %s of %s/", from, line,
+                          a.layer->name, b.layer->name, spelled, to, a.layer->name,
+                          narrow[i].header, b.layer->name);
+            return;
+        }
     }
     if (b.layer != a.layer && is_private_header(to) && find_exception(s, from, to) == NULL)
         add_violation(s, "%s:%d: private header of another layer %s -> %s: %s (%s)", from, line,
@@ -586,6 +611,8 @@ static void test_layers_checker_reports_each_kind_of_edge(void **state)
         "(include/spate/shuffle.h)",
         "include/spate/transport.h:1: public header -> common: #include \"common_int.h\" "
         "(common/common_int.h)",
+        "launcher/conn.c:2: launcher -> control: #include \"control/ctl.h\" (control/ctl.h); the "
+        "launcher includes only control/control.h of control/",
         "launcher/run.c:2: private header of another layer launcher -> memory: "
         "#include \"memory/memory_int.h\" (memory/memory_int.h)",
         "monitor/: holds C sources but is in no layer; add it to layers[] in "
@@ -607,6 +634,10 @@ static void test_layers_checker_reports_each_kind_of_edge(void **state)
     write_file(root, "memory/topology_int.h", "#include \"memory_int.h\"\n");
     write_file(root, "transport/t.c", "#  include \"../memory/topology_int.h\"\n");
     write_file(root, "control/ctl.c", "#include \"common_int.h\"\n#include <spate/transport.h>\n");
+    write_file(root, "control/control.h", "#include <spate/common.h>\n");
+    write_file(root, "control/ctl.h", "#include \"control/control.h\"\n");
+    write_file(root, "launcher/conn.c",
+               "#include \"control/control.h\"\n#include \"control/ctl.h\"\n");
     write_file(root, "shuffle/reader.c",
                "/* #include lines in comments do not start with # */\n#include <spate/memory.h>\n"
                "#include \"shuffle/codec.h\"\n#include \"missing.h\"\n#include SOME_MACRO\n");
@@ -636,7 +667,7 @@ static void test_layers_checker_reports_each_kind_of_edge(void **state)
              root, root, root);
     scan_init(&s, root, NULL, ipath);
     nfiles = scan_run(&s);
-    assert_int_equal(nfiles, 19);
+    assert_int_equal(nfiles, 22);
     qsort(s.violations, s.nviolations, sizeof(*s.violations), cmp_str);
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]) || i < s.nviolations; i++) {
         if (i < s.nviolations && i < sizeof(expected) / sizeof(expected[0]) &&
