@@ -15,11 +15,9 @@
 
 #include "control/ctl.h"
 
-#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <sys/socket.h>
 
 /* Read-ahead of a stream conn; payloads at least this long bypass it. */
 #define SP__CTL_INBUF 16384

@@ -4,9 +4,9 @@
  * (its try is an MPI_Iprobe, which also completes its sends in flight) and
  * bounds the pass's sleep in the poll backend instead: no sleep on the
  * first pass of a wait, then 50 us doubling to 200 us while nothing comes.
- * So a hub of MPI conns answers a message within 200 us, at the cost of a
- * few thousand probes a second while idle, small next to what the
- * transport's progress costs.
+ * So a hub of MPI conns takes a message at most about 200 us after it arrives, at
+ * the cost of at most 5,000 passes a second while idle, each probing every
+ * MPI conn once.
  */
 #include "control/hub_int.h"
 

@@ -3,8 +3,8 @@
  * stream conn in one ppoll(). Each pass fills the pollfds afresh (the
  * listener first unless it rests, then the joining connections, then the
  * stream conns, each entry noting its slot), since membership changes
- * between passes and a hub holds tens to a few thousand conns: the fill is
- * cheap next to the wake-up it serves.
+ * between passes; the fill costs what the ppoll() it feeds costs, one step
+ * per descriptor.
  *
  * It is the backend that sleeps. A conn or joining connection with bytes
  * read ahead (buffered) is ready without waiting, so the pass does not
