@@ -1,6 +1,6 @@
 /*
  * A bounded reader over a byte buffer that the caller keeps alive: the cursor
- * that the decoders of control messages (executor/ctl.h) and of map statuses
+ * that the decoders of control messages (control/ctl.h) and of map statuses
  * (shuffle/map_status.c) walk their input with. sp__rbuf_take() is the one
  * bounds check: it hands out the next n bytes, or NULL and consumes nothing
  * when fewer are left. It raises nothing: each decoder raises its own

@@ -46,6 +46,7 @@
 #include "executor.h"
 
 #include "common_int.h"
+#include "control/ctl.h"
 #include "protocol.h"
 #include "scheduler.h"
 

@@ -32,6 +32,7 @@
 #include "executor.h"
 
 #include "common_int.h"
+#include "control/ctl.h"
 #include "protocol.h"
 
 #include <errno.h>

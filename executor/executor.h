@@ -5,7 +5,7 @@
 #ifndef SPATE_EXECUTOR_EXECUTOR_H
 #define SPATE_EXECUTOR_EXECUTOR_H
 
-#include "ctl.h"
+#include "control/control.h"
 #include "executor_int.h"
 
 #include <stdio.h>

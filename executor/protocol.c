@@ -9,7 +9,7 @@
 #include "protocol.h"
 
 #include "common_int.h"
-#include "ctl.h"
+#include "control/ctl.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /*
  * The control protocol between the driver and its executors: message types
- * (on top of the channel's framing in ctl.h) and their payloads. Every
+ * (on top of the channel's framing in control/ctl.h) and their payloads. Every
  * decoder checks each length and count against the bytes received and
  * answers SP_ERR_BAD_FORMAT naming the message and field; nothing read from
  * the wire is trusted. docs/FORMATS.md documents the layouts.

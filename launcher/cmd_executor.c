@@ -10,6 +10,7 @@
 #include "cli.h"
 
 #include "common_int.h"
+#include "control/control.h"
 #include "executor/executor.h"
 
 #include <errno.h>

@@ -49,6 +49,7 @@
 #include "zk.h"
 
 #include "common_int.h"
+#include "control/control.h"
 
 #include <curl/curl.h>
 #include <errno.h>

@@ -24,6 +24,7 @@
 #include "mesos.h"
 
 #include "common_int.h"
+#include "control/control.h"
 #include "transport/transport_proc.h"
 
 #include <errno.h>

@@ -10,15 +10,18 @@
  *   - an upward edge: a layer includes a header of a layer above it;
  *   - a sideways edge: two layers on one floor (transport/ and control/) include each other;
  *   - a private header (*_int.h) of another layer, unless exceptions[] names the edge;
+ *   - a header of a layer that narrow[] lets the including layer reach through one header
+ *     only (the launcher and control/control.h);
  *   - a public header that includes anything but public headers, and an example that
  *     includes anything but public headers;
  *   - a name that resolves to no file in the tree (a typo, or a header in a folder that is
  *     in no layer) and a top folder with C sources that is in no layer.
  * Includes that resolve outside the tree (system and library headers) are not edges.
  *
- * The build compiles each layer against a view of the tree that hides the upper layers, so
- * an upward include also fails to compile; the last test checks that CMake's table of layers
- * and public headers agrees with this one.
+ * The build compiles each layer against a view of the tree that hides the upper layers and
+ * the other layers of its floor, so an upward or sideways include also fails to compile; the
+ * last test checks that CMake's table of layers, floors and public headers agrees with this
+ * one.
  *
  * The first test runs the same scan over a small tree it writes, with one violation of each
  * kind, and compares what it reports with the list it planted, so a checker that stopped
@@ -48,7 +51,7 @@
 /*
  * The layers, lowest first. A layer may include its own headers and those of every layer
  * on a lower floor; two layers on one floor must not know each other. control/ (driver-
- * executor messaging, issue 14) stands on the transport floor; it is checked once it exists.
+ * executor messaging, issue 14) stands on the transport floor beside transport/.
  */
 typedef struct layer {
     const char *name;
@@ -97,6 +100,19 @@ static const exception_t exceptions[] = {
     /* `spate conf` prints the table of configuration keys with their defaults and ranges
      * (sp__conf_defs), which only the configuration module's private header declares. */
     {"launcher/cmd_conf.c", "common/conf_int.h"},
+};
+
+/*
+ * Layers that a layer above may reach through one header only. The launcher opens and closes
+ * control conns through control/control.h (an opaque conn, listen, connect, pair, secrets) and
+ * never through control/ctl.h, the executor's header (frames, the codec, the hub).
+ */
+static const struct {
+    const char *from;   /* the including layer */
+    const char *to;     /* the included layer */
+    const char *header; /* the one header of `to` that `from` may include */
+} narrow[] = {
+    {"launcher", "control", "control/control.h"},
 };
 
 /* What a scan found: one line per violation, and which exceptions it used. */
@@ -293,6 +309,16 @@ static void check_edge(scan_t *s, const char *from, int line, const char *spelle
         add_violation(s, "%s:%d: sideways edge %s -> %s: %s (%s)", from, line, a.layer->name,
                       b.layer->name, spelled, to);
         return;
+    }
+    for (size_t i = 0; i < sizeof(narrow) / sizeof(narrow[0]); i++) {
+        if (strcmp(a.layer->name, narrow[i].from) == 0 &&
+            strcmp(b.layer->name, narrow[i].to) == 0 && b.kind == KIND_LAYER &&
+            strcmp(to, narrow[i].header) != 0) {
+            add_violation(s, "%s:%d: %s -> %s: %s (%s); the %s includes only %s of %s/", from, line,
+                          a.layer->name, b.layer->name, spelled, to, a.layer->name,
+                          narrow[i].header, b.layer->name);
+            return;
+        }
     }
     if (b.layer != a.layer && is_private_header(to) && find_exception(s, from, to) == NULL)
         add_violation(s, "%s:%d: private header of another layer %s -> %s: %s (%s)", from, line,
@@ -585,6 +611,8 @@ static void test_layers_checker_reports_each_kind_of_edge(void **state)
         "(include/spate/shuffle.h)",
         "include/spate/transport.h:1: public header -> common: #include \"common_int.h\" "
         "(common/common_int.h)",
+        "launcher/conn.c:2: launcher -> control: #include \"control/ctl.h\" (control/ctl.h); the "
+        "launcher includes only control/control.h of control/",
         "launcher/run.c:2: private header of another layer launcher -> memory: "
         "#include \"memory/memory_int.h\" (memory/memory_int.h)",
         "monitor/: holds C sources but is in no layer; add it to layers[] in "
@@ -606,6 +634,10 @@ static void test_layers_checker_reports_each_kind_of_edge(void **state)
     write_file(root, "memory/topology_int.h", "#include \"memory_int.h\"\n");
     write_file(root, "transport/t.c", "#  include \"../memory/topology_int.h\"\n");
     write_file(root, "control/ctl.c", "#include \"common_int.h\"\n#include <spate/transport.h>\n");
+    write_file(root, "control/control.h", "#include <spate/common.h>\n");
+    write_file(root, "control/ctl.h", "#include \"control/control.h\"\n");
+    write_file(root, "launcher/conn.c",
+               "#include \"control/control.h\"\n#include \"control/ctl.h\"\n");
     write_file(root, "shuffle/reader.c",
                "/* #include lines in comments do not start with # */\n#include <spate/memory.h>\n"
                "#include \"shuffle/codec.h\"\n#include \"missing.h\"\n#include SOME_MACRO\n");
@@ -635,7 +667,7 @@ static void test_layers_checker_reports_each_kind_of_edge(void **state)
              root, root, root);
     scan_init(&s, root, NULL, ipath);
     nfiles = scan_run(&s);
-    assert_int_equal(nfiles, 19);
+    assert_int_equal(nfiles, 22);
     qsort(s.violations, s.nviolations, sizeof(*s.violations), cmp_str);
     for (size_t i = 0; i < sizeof(expected) / sizeof(expected[0]) || i < s.nviolations; i++) {
         if (i < s.nviolations && i < sizeof(expected) / sizeof(expected[0]) &&
@@ -688,11 +720,12 @@ static void test_layers_tree_has_no_forbidden_edge(void **state)
 }
 
 /*
- * CMakeLists.txt compiles each layer against a view holding only its own and the earlier
- * layers' folders and public headers (SPATE_LAYERS, SPATE_LAYER_HEADERS_<layer>), passed here
- * as "layer:header,header ..." lowest first. Its table must say what layers[] and
- * public_headers[] say: every layer of libspate in it, in floor order, and each public header
- * with the layer the test gives it.
+ * CMakeLists.txt compiles each layer against a view holding only its own folder and public
+ * headers and those of the layers on lower floors (SPATE_LAYERS, SPATE_LAYER_FLOOR_<layer>,
+ * SPATE_LAYER_HEADERS_<layer>), passed here as "layer:floor:header,header ..." lowest first.
+ * Its table must say what layers[] and public_headers[] say: every layer of libspate in it,
+ * in floor order, on the floor the test gives it, and each public header with the layer the
+ * test gives it.
  */
 static void test_layers_cmake_table_matches(void **state)
 {
@@ -707,22 +740,27 @@ static void test_layers_cmake_table_matches(void **state)
     copy = strdup(env);
     assert_non_null(copy);
     for (char *tok = strtok_r(copy, " ", &save); tok != NULL; tok = strtok_r(NULL, " ", &save)) {
-        char *colon = strchr(tok, ':'), *hsave = NULL;
+        char *colon = strchr(tok, ':'), *hsave = NULL, *headers = NULL, *end = NULL;
         const layer_t *layer;
+        long floor;
 
-        if (colon == NULL)
-            fail_msg("SPATE_CMAKE_LAYERS: '%s' is not layer:headers", tok);
+        if (colon == NULL || (headers = strchr(colon + 1, ':')) == NULL)
+            fail_msg("SPATE_CMAKE_LAYERS: '%s' is not layer:floor:headers", tok);
         *colon = '\0';
+        *headers++ = '\0';
         layer = layer_named(tok, strlen(tok));
         if (layer == NULL)
             fail_msg("CMakeLists.txt's layer %s is not in layers[] of this test", tok);
+        floor = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end != '\0' || floor != layer->floor)
+            fail_msg("CMakeLists.txt puts %s on floor '%s', this test on floor %d", layer->name,
+                     colon + 1, layer->floor);
         if (prev != NULL && layer->floor < prev->floor)
             fail_msg("CMakeLists.txt lists %s (floor %d) after %s (floor %d)", layer->name,
                      layer->floor, prev->name, prev->floor);
         seen[layer - layers] = true;
         prev = layer;
-        for (char *h = strtok_r(colon + 1, ",", &hsave); h != NULL;
-             h = strtok_r(NULL, ",", &hsave)) {
+        for (char *h = strtok_r(headers, ",", &hsave); h != NULL; h = strtok_r(NULL, ",", &hsave)) {
             char rel[PATH_MAX];
             where_t w;
 

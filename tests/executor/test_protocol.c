@@ -21,7 +21,7 @@
  */
 /* LABELS: unit */
 #include "common_int.h"
-#include "executor/ctl.h"
+#include "control/ctl.h"
 #include "executor/protocol.h"
 
 #include <setjmp.h>

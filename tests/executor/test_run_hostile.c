@@ -21,7 +21,7 @@
  */
 #include "run_test_util.h"
 
-#include "executor/ctl.h"
+#include "control/ctl.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /*
- * The control plane's channel (executor/ctl.c): the payload codec, framing
+ * The control plane's channel (control/): the payload codec, framing
  * over stream sockets, the HMAC handshake and the driver's hub.
  *
  * Codec: sp__rbuf against every prefix of a payload holding each kind of
@@ -43,7 +43,7 @@
  */
 /* LABELS: unit */
 #include "common_int.h"
-#include "executor/ctl.h"
+#include "control/ctl.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

@@ -6,30 +6,32 @@
  *
  *   frame     a 12-byte header {magic 'SPCM', version, type, payload length},
  *             little endian, then the payload. Every field is checked on
- *             receive.
+ *             receive. (frame.c)
  *   codec     sp__wbuf_t builds a payload, sp__rbuf_t reads one back and
- *             never reads past its end.
+ *             never reads past its end. (codec.c)
  *   conn      one connection to one peer: a stream socket (TCP, or a
- *             socketpair for an executor inside the driver's process), or
- *             a rank of a private MPI communicator. TCP connections start
- *             with a mutual HMAC-SHA256 handshake over a shared secret.
+ *             socketpair for an executor inside the driver's process;
+ *             sock.c), or a rank of a private MPI communicator (mpi.c). TCP
+ *             connections start with a mutual HMAC-SHA256 handshake over a
+ *             shared secret (auth.c).
  *   hub       the driver's view of many conns: the next message from any of
  *             them, lost peers, and executors that connect while it waits.
+ *             (hub.c)
  *
  * Message types below SP__CTL_TYPE_FIRST belong to the channel (handshake);
  * the protocol numbers its messages from SP__CTL_TYPE_FIRST up.
  *
- * Not installed; executor-internal (sp__ names).
+ * Not installed; the control layer's interface to the executor (sp__ names),
+ * over control.h, which opens and closes conns (and is all the launcher uses).
+ * What the layer's files share among themselves is in control_int.h.
  */
-#ifndef SPATE_EXECUTOR_CTL_H
-#define SPATE_EXECUTOR_CTL_H
+#ifndef SPATE_CONTROL_CTL_H
+#define SPATE_CONTROL_CTL_H
 
 #include "common_int.h"
+#include "control/control.h"
 #include "rbuf.h"
 
-#include <mpi.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,6 +54,9 @@
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */
 #define SP__CTL_MAX_PAYLOAD (256u << 20)
+
+/* Writes the header of a frame of type and len payload bytes (SP__CTL_HEADER_SIZE bytes). */
+void sp__ctl_header_pack(unsigned char *header, uint16_t type, uint32_t len);
 
 /* Channel message types (below SP__CTL_TYPE_FIRST); never seen by callers. */
 enum {
@@ -146,7 +151,7 @@ sp_status_t sp__rbuf_done(const sp__rbuf_t *r, const char *what);
 /* Connections                                                               */
 /* ------------------------------------------------------------------------ */
 
-typedef struct sp__ctl_conn sp__ctl_conn_t;
+/* Conns are opened and closed with control.h; these use one. */
 
 /* Counters of one conn; frames counted with their headers. */
 typedef struct sp__ctl_stats {
@@ -155,82 +160,6 @@ typedef struct sp__ctl_stats {
     uint64_t msgs_received;
     uint64_t bytes_received;
 } sp__ctl_stats_t;
-
-/*
- * Opens a listening TCP socket on host_port ("127.0.0.1:0", "host:port",
- * "[::1]:0"; port 0 picks a free one) for executors to connect to. *fd_p is
- * the listening fd (non-blocking, close-on-exec), which the caller closes
- * with close(). When bound is not NULL it receives the address actually
- * bound, "127.0.0.1:PORT" ("[addr]:PORT" for IPv6), truncated to cap
- * bytes. SP_ERR_INVALID_PARAM for a malformed host_port, SP_ERR_NOT_FOUND
- * for a host that does not resolve, SP_ERR_TRANSPORT when bind/listen fail.
- */
-sp_status_t sp__ctl_listen(const char *host_port, char *bound, size_t cap, int *fd_p);
-
-/*
- * Server side of one connection: waits up to timeout_ms (< 0: forever) for
- * a client on the listening fd lfd, accepts it and runs the handshake with
- * secret (slen > 0 bytes), all within that deadline. *conn_p is the new
- * conn, owned by the caller; its peer name is the client's "addr:port".
- * Until the client proves the secret only its fixed-size AUTH frame is
- * read: any other header is SP_ERR_BAD_FORMAT before its payload is read.
- * A client that proves a wrong secret is sent REFUSED, closed and logged
- * (warning, with its address); the call returns SP_ERR_INVALID_PARAM. A
- * client that stops or misbehaves in the handshake gives SP_ERR_PEER_LOST,
- * SP_ERR_BAD_FORMAT or SP_ERR_TIMED_OUT. Any failure concerns that one
- * client only, except SP_ERR_NO_RESOURCE (out of fds) and SP_ERR_TRANSPORT
- * (accept() failed otherwise). Thread safe (on distinct or the same lfd).
- */
-sp_status_t sp__ctl_accept(int lfd, const void *secret, size_t slen, int timeout_ms,
-                           sp__ctl_conn_t **conn_p);
-
-/*
- * Client side: connects to host_port and runs the handshake with secret,
- * retrying refused or failed connection attempts (with a backoff up to
- * 200 ms) until timeout_ms (< 0: forever) has passed, since the driver may
- * start a little later than its executors; a driver that closes the
- * connection in the handshake (short of handshake slots or descriptors) is
- * tried again the same way. The peer name is host_port as given. Until the
- * driver proves the secret no frame longer than 256 bytes is read (else
- * SP_ERR_BAD_FORMAT). A driver that refuses the secret is SP_ERR_INVALID_PARAM
- * "...: driver refused: wrong secret"; one whose own proof is wrong is
- * SP_ERR_INVALID_PARAM too; nobody listening until the deadline is
- * SP_ERR_TIMED_OUT naming the address and the last errno.
- */
-sp_status_t sp__ctl_connect(const char *host_port, const void *secret, size_t slen, int timeout_ms,
-                            sp__ctl_conn_t **conn_p);
-
-/*
- * Two connected conns over a socketpair, for an executor that lives in the
- * driver's process (or a forked child: each side closes the conn it does
- * not use). With secret (slen > 0) both ends run the handshake here, as a
- * check of the same code; with secret NULL they do not. Peer names are
- * "socketpair". Both are owned by the caller.
- */
-sp_status_t sp__ctl_pair(const void *secret, size_t slen, sp__ctl_conn_t **a_p,
-                         sp__ctl_conn_t **b_p);
-
-/*
- * Wraps an already connected stream socket (inherited from a launcher,
- * say) without a handshake; the conn owns fd from then on, also when the
- * call fails. peer_name may be NULL ("fd N").
- */
-sp_status_t sp__ctl_conn_fd(int fd, const char *peer_name, sp__ctl_conn_t **conn_p);
-
-/*
- * A conn to peer_rank of comm, an MPI_Comm_dup of MPI_COMM_WORLD private to
- * the control plane, which the caller keeps until every conn on it is
- * closed; this call sets MPI_ERRORS_RETURN on it. MPI must be initialized
- * with MPI_THREAD_MULTIPLE (else SP_ERR_UNSUPPORTED). No handshake: MPI is
- * the trust boundary. peer_rank may be the caller's own rank. Peer name
- * "rank N". A send on it never waits for the peer (unless 64 frames are
- * already in flight): the frame is handed to MPI_Isend and completed by
- * later sends and receives; once a frame has waited the conn's send timeout
- * undelivered, the send or receive that sees it, and every later one,
- * returns SP_ERR_PEER_LOST "rank N took no control message for T ms ...".
- * See executor/ctl_mpi.c.
- */
-sp_status_t sp__ctl_conn_mpi(MPI_Comm comm, int peer_rank, sp__ctl_conn_t **conn_p);
 
 /*
  * Sends one message: type (>= SP__CTL_TYPE_FIRST, else SP_ERR_INVALID_PARAM)
@@ -276,21 +205,6 @@ void sp__ctl_set_peer_name(sp__ctl_conn_t *conn, const char *name);
 void sp__ctl_set_send_timeout(sp__ctl_conn_t *conn, int timeout_ms);
 /* A snapshot of the conn's counters. Thread safe. */
 void sp__ctl_conn_stats(const sp__ctl_conn_t *conn, sp__ctl_stats_t *stats);
-/* Closes the connection and frees the conn. NULL ok. No call may be in flight. */
-void sp__ctl_close(sp__ctl_conn_t *conn);
-
-/*
- * Reads the shared secret from the environment variable var (NULL:
- * "SPATE_SECRET"). The secret is the variable's text byte for byte (no hex
- * decoding), so the 64 hex digits of sp__ctl_secret_generate() are used as
- * they are on every side. *secret_p is sp__malloc'ed (free() it), *len_p
- * its length. SP_ERR_NOT_FOUND when var is unset or empty,
- * SP_ERR_INVALID_PARAM when it holds fewer than 16 bytes.
- */
-sp_status_t sp__ctl_secret_from_env(const char *var, void **secret_p, size_t *len_p);
-
-/* 32 random bytes (RAND_bytes) as 64 lowercase hex digits and a NUL. */
-sp_status_t sp__ctl_secret_generate(char hex[65]);
 
 /* ------------------------------------------------------------------------ */
 /* Hub                                                                       */
@@ -391,54 +305,4 @@ sp_status_t sp__ctl_hub_wait(sp__ctl_hub_t *hub, int timeout_ms, uint32_t *id_p,
  */
 sp_status_t sp__ctl_hub_accept(sp__ctl_hub_t *hub, sp__ctl_conn_t **conn_p);
 
-/* ------------------------------------------------------------------------ */
-/* Backends (ctl.c: sockets, ctl_mpi.c: MPI)                                 */
-/* ------------------------------------------------------------------------ */
-
-typedef struct sp__ctl_ops {
-    size_t size; /* sizeof(sp__ctl_ops_t) */
-    /* One whole frame (header then payload); called with send_lock held. */
-    sp_status_t (*send)(sp__ctl_conn_t *c, const unsigned char *header, const void *payload,
-                        size_t len);
-    /*
-     * Whatever has arrived, without waiting: *got_p true with a whole
-     * frame, whose header is checked; false when none is complete yet.
-     * Called with recv_lock held.
-     */
-    sp_status_t (*try_recv)(sp__ctl_conn_t *c, bool *got_p, uint16_t *type_p, void **payload_p,
-                            size_t *len_p);
-    /* Frees the backend's part; the base is freed by the caller. */
-    void (*close)(sp__ctl_conn_t *c);
-} sp__ctl_ops_t;
-
-/* The part every conn shares; a backend embeds it first. */
-struct sp__ctl_conn {
-    const sp__ctl_ops_t *ops;
-    int fd;                  /* stream conns; -1 for MPI */
-    bool buffered;           /* bytes read ahead: try_recv may deliver without poll */
-    atomic_int send_timeout; /* ms; < 0 forever */
-    pthread_mutex_t send_lock;
-    pthread_mutex_t recv_lock;
-    atomic_uint_fast64_t msgs_sent, bytes_sent, msgs_received, bytes_received;
-    char peer[64];
-};
-
-/* Fills the base fields (locks, counters, name). */
-sp_status_t sp__ctl_conn_init(sp__ctl_conn_t *c, const sp__ctl_ops_t *ops, int fd,
-                              const char *peer);
-/* Undoes sp__ctl_conn_init. */
-void sp__ctl_conn_fini(sp__ctl_conn_t *c);
-/* The header of a frame of type and len payload bytes. */
-void sp__ctl_header_pack(unsigned char *header, uint16_t type, uint32_t len);
-/*
- * Checks a received header from c's peer: magic, version and length
- * (SP_ERR_BAD_FORMAT naming the peer otherwise).
- */
-sp_status_t sp__ctl_header_check(const sp__ctl_conn_t *c, const unsigned char *header,
-                                 uint16_t *type_p, uint32_t *len_p);
-/* Deadline in sp__now_ns() time for timeout_ms; UINT64_MAX when < 0. */
-uint64_t sp__ctl_deadline(int timeout_ms);
-/* Sleeps ns nanoseconds, EINTR or not. */
-void sp__ctl_sleep_ns(uint64_t ns);
-
-#endif /* SPATE_EXECUTOR_CTL_H */
+#endif /* SPATE_CONTROL_CTL_H */

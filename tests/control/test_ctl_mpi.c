@@ -1,5 +1,5 @@
 /*
- * Control conns over MPI (executor/ctl_mpi.c) on the ranks of one mpirun
+ * Control conns over MPI (control/mpi.c) on the ranks of one mpirun
  * (CTest runs it on 2, 3 and 4), laid out as `spate run` lays them out: rank
  * 0 holds a hub with an MPI conn to every other rank and a socketpair conn
  * to an executor thread of its own. Every executor (each other rank, and
@@ -24,7 +24,7 @@
  */
 /* LABELS: mpi */
 #include "common_int.h"
-#include "executor/ctl.h"
+#include "control/ctl.h"
 
 #include <setjmp.h>
 #include <stdarg.h>

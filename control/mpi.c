@@ -27,7 +27,7 @@
  * socket's. MPI must run with MPI_THREAD_MULTIPLE, as senders, the receiving
  * thread and the transport call MPI concurrently.
  */
-#include "ctl.h"
+#include "control/control_int.h"
 
 #include "common_int.h"
 
