@@ -3,7 +3,7 @@
  * buffer's bytes in order and advance the offset; a take of more than is
  * left returns NULL and consumes nothing, so the next smaller take still
  * succeeds; a NULL buffer reads as empty. The decoders' messages built on it
- * are checked by control/test_ctl, executor/test_protocol and
+ * are checked by control/test_codec, executor/test_protocol and
  * shuffle/test_map_status.
  */
 /* LABELS: unit */
