@@ -73,6 +73,14 @@ void sp__file_writer_release(sp_file_writer_t *fw);
 /* Sink for the encoder: checksums (when enabled) and writes. */
 sp_status_t sp__file_writer_sink(void *arg, const void *buf, size_t len);
 
+/*
+ * Copies len bytes at offset of in_fd (named in_path in messages) to the end
+ * of out, in the kernel unless cs is given: then through user space, with
+ * the bytes added to cs (shuffle/file_copy.c).
+ */
+sp_status_t sp__file_copy_range(sp_file_writer_t *out, int in_fd, const char *in_path,
+                                uint64_t offset, uint64_t len, sp_checksum_t *cs);
+
 /* Writes the data/spill file header. */
 sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_checksum_kind_t kind);
 

@@ -16,13 +16,14 @@
  * segment byte ranges (copy_file_range; CRC-32C checksums combined without
  * reading), key-ordered output by a k-way merge of decoded records.
  *
- * Bypass path (few partitions, no ordering): records go to a raw buffer per
- * partition; a full buffer becomes one compressed frame appended to that
- * partition's temporary file; at commit the files are concatenated.
+ * Bypass path (few partitions, no ordering): delegated to the bypass writer
+ * (shuffle/bypass_writer.c); the writer validates and partitions each record
+ * and commits the concatenated partition files like any other data file.
  *
  * Data and spill files share one layout (docs/FORMATS.md), so a single spill
  * in the output directory is committed by renaming it.
  */
+#include "bypass_writer.h"
 #include "radix_sort.h"
 #include "shuffle_int.h"
 
@@ -55,15 +56,6 @@ typedef struct sp_spill {
     size_t nsegs;
     uint64_t size; /* bytes of the file */
 } sp_spill_t;
-
-/* One partition of the bypass path. */
-typedef struct sp_bypass_part {
-    sp_file_writer_t fw;
-    unsigned char *raw;
-    size_t len;
-    uint64_t records;
-    bool open;
-} sp_bypass_part_t;
 
 struct sp_shuffle_writer {
     sp_memory_consumer_t consumer;
@@ -102,9 +94,8 @@ struct sp_shuffle_writer {
     unsigned char *agg_key;
     size_t agg_key_cap;
 
-    /* bypass path */
-    sp_bypass_part_t *parts;
-    uint64_t bypass_bytes; /* execution memory held for the raw buffers */
+    /* bypass path (shuffle/bypass_writer.c) */
+    sp_bypass_writer_t *bw;
 
     unsigned char *stage; /* SP_STAGE_BYTES of records on their way to the encoder */
     uint64_t merge_bytes; /* execution memory held for merge windows */
@@ -710,23 +701,13 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
         sp__encoder_destroy(w->enc);
         goto err_dirs;
     }
-    sp_memory_consumer_init(&w->consumer, task, &sp_writer_consumer_ops,
-                            w->bypass ? "shuffle bypass writer" : "shuffle sorter");
     if (w->bypass) {
-        w->parts = sp__calloc(opts->partitions, sizeof(*w->parts));
-        if (w->parts == NULL) {
-            st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u bypass partitions", opts->partitions);
-            goto err_consumer;
-        }
-        w->bypass_bytes = (uint64_t)opts->partitions * w->file_buffer;
-        if (sp_memory_consumer_acquire(&w->consumer, w->bypass_bytes) < w->bypass_bytes) {
-            st = SP_RAISE(SP_ERR_MEMORY_REFUSED,
-                          "shuffle %llu map %llu: no execution memory for %u bypass buffers",
-                          (unsigned long long)opts->shuffle_id, (unsigned long long)opts->map_id,
-                          opts->partitions);
-            goto err_consumer;
-        }
+        st = sp__bypass_writer_create(task, &w->o, w->dirs, w->file_buffer, w->spill_buffer,
+                                      &w->bw);
+        if (st != SP_OK)
+            goto err_stage;
     } else {
+        sp_memory_consumer_init(&w->consumer, task, &sp_writer_consumer_ops, "shuffle sorter");
         w->cap = SP_INITIAL_RECORDS;
         st = sp_writer_alloc_array(w, w->cap, &w->array);
         if (st != SP_OK)
@@ -746,12 +727,9 @@ err_array:
     w->page_by_number[w->array->number] = NULL;
     sp_memory_consumer_page_free(&w->consumer, w->array);
 err_consumer:
-    sp__free(w->parts);
-    sp_aggregator_destroy(w->agg);
-    sp__free(w->agg_key);
-    sp__free(w->stage);
     sp_memory_consumer_fini(&w->consumer);
-    sp__kmerge_destroy(w->kmerge);
+err_stage:
+    sp__free(w->stage);
     sp__encoder_destroy(w->enc);
 err_dirs:
     sp__shuffle_dirs_destroy(w->dirs);
@@ -780,69 +758,6 @@ static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void 
             hi = mid;
     }
     return (uint32_t)lo;
-}
-
-static sp_status_t sp_bypass_flush(sp_shuffle_writer_t *w, uint32_t p)
-{
-    sp_bypass_part_t *part = &w->parts[p];
-    uint64_t ignored;
-    sp_status_t st;
-
-    if (part->len == 0)
-        return SP_OK;
-    if (!part->open) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/bypass_%llu_%llu_%u_%ld_%u.tmp",
-                 sp__shuffle_dirs_next(w->dirs), (unsigned long long)w->o.shuffle_id,
-                 (unsigned long long)w->o.map_id, w->o.attempt, (long)getpid(), p);
-        st = sp__file_writer_open(&part->fw, path, w->spill_buffer);
-        if (st != SP_OK)
-            return st;
-        part->open = true;
-        sp__checksum_init(&part->fw.cs, w->o.checksum);
-    }
-    /* Each flushed buffer is one frame; frames of a partition concatenate. */
-    part->fw.checksumming = true;
-    sp__encoder_begin(w->enc, sp__file_writer_sink, &part->fw);
-    st = sp__encoder_write(w->enc, part->raw, part->len);
-    if (st == SP_OK)
-        st = sp__encoder_end(w->enc, &ignored);
-    part->fw.checksumming = false;
-    part->len = 0;
-    return st;
-}
-
-static sp_status_t sp_bypass_insert(sp_shuffle_writer_t *w, uint32_t p, const void *key,
-                                    size_t klen, const void *value, size_t vlen)
-{
-    sp_bypass_part_t *part = &w->parts[p];
-    unsigned char h[SP_RECORD_HEADER];
-    const void *pieces[3] = {h, key, value};
-    size_t lens[3] = {SP_RECORD_HEADER, klen, vlen};
-    sp_status_t st;
-
-    if (part->raw == NULL) {
-        part->raw = sp__malloc(w->file_buffer);
-        if (part->raw == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory for the buffer of bypass partition %u", p);
-    }
-    sp__le_put_u32(h, (uint32_t)klen);
-    sp__le_put_u32(h + 4, (uint32_t)vlen);
-    for (int i = 0; i < 3; i++) {
-        const unsigned char *src = pieces[i];
-        size_t left = lens[i];
-        while (left > 0) {
-            size_t n = SP_MIN(left, w->file_buffer - part->len);
-            memcpy(part->raw + part->len, src, n);
-            part->len += n;
-            src += n;
-            left -= n;
-            if (part->len == w->file_buffer && (st = sp_bypass_flush(w, p)) != SP_OK)
-                return st;
-        }
-    }
-    part->records++;
-    return SP_OK;
 }
 
 sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, const void *key,
@@ -883,7 +798,7 @@ sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, 
     if (w->agg != NULL)
         st = sp_writer_combine_insert(w, partition, key, key_len, value, value_len);
     else if (w->bypass)
-        st = sp_bypass_insert(w, partition, key, key_len, value, value_len);
+        st = sp__bypass_writer_insert(w->bw, partition, key, key_len, value, value_len);
     else
         st = sp_writer_insert(w, partition, key, key_len, value, value_len);
     if (st != SP_OK) {
@@ -896,56 +811,6 @@ sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, 
 }
 
 /* ---- merge ---- */
-
-/* Copies len bytes at offset of in_fd to the end of out, in the kernel when it can. */
-static sp_status_t sp_copy_range(sp_file_writer_t *out, int in_fd, const char *in_path,
-                                 uint64_t offset, uint64_t len, sp_checksum_t *cs)
-{
-    unsigned char buf[64 * 1024];
-    sp_status_t st = sp__file_writer_flush(out);
-    loff_t in_off = (loff_t)offset, out_off = (loff_t)out->offset;
-    uint64_t left = len;
-
-    if (st != SP_OK)
-        return st;
-    while (cs == NULL && left > 0) {
-        ssize_t n;
-        if (sp__fault_fire(SP_FAULT_WRITE)) {
-            errno = ENOSPC;
-            n = -1;
-        } else {
-            n = copy_file_range(in_fd, &in_off, out->fd, &out_off, (size_t)SP_MIN(left, 1u << 30),
-                                0);
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP))
-            break; /* not here: copy through user space below */
-        if (n < 0)
-            return SP_RAISE(errno == ENOSPC ? SP_ERR_NO_SPACE : SP_ERR_IO,
-                            "copy %s to %s: %s (errno %d)", in_path, out->path, strerror(errno),
-                            errno);
-        if (n == 0)
-            return SP_RAISE(SP_ERR_IO, "copy %s to %s: source ends early", in_path, out->path);
-        left -= (uint64_t)n;
-        out->offset += (uint64_t)n;
-    }
-    in_off = (loff_t)(offset + (len - left));
-    while (left > 0) {
-        size_t n = (size_t)SP_MIN(left, sizeof(buf));
-        st = sp__pread_all(in_fd, buf, n, (uint64_t)in_off, in_path);
-        if (st != SP_OK)
-            return st;
-        if (cs != NULL)
-            sp__checksum_update(cs, buf, n);
-        st = sp__file_writer_write(out, buf, n);
-        if (st != SP_OK)
-            return st;
-        in_off += (loff_t)n;
-        left -= n;
-    }
-    return SP_OK;
-}
 
 /* Maps every spill read-only (once) for merges that decode them. */
 static sp_status_t sp_writer_map_spills(sp_shuffle_writer_t *w)
@@ -1186,7 +1051,7 @@ static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out
             if (cursor[s] >= w->spills[s].nsegs || seg->partition != p)
                 continue;
             cursor[s]++;
-            st = sp_copy_range(out, fds[s], w->spills[s].path, seg->offset, seg->length,
+            st = sp__file_copy_range(out, fds[s], w->spills[s].path, seg->offset, seg->length,
                                combine ? NULL : &cs);
             if (combine)
                 crc = sp__crc32c_combine((uint32_t)crc, (uint32_t)seg->checksum, seg->length);
@@ -1228,36 +1093,6 @@ static void sp_segs_to_arrays(const sp_shuffle_writer_t *w, const sp_spill_seg_t
     }
 }
 
-static sp_status_t sp_bypass_write_data(sp_shuffle_writer_t *w, sp_file_writer_t *out,
-                                        uint64_t *lengths, uint64_t *records, uint64_t *checksums)
-{
-    uint64_t empty = sp__checksum_buf(w->o.checksum, "", 0);
-    sp_status_t st = SP_OK;
-
-    for (uint32_t p = 0; p < w->o.partitions && st == SP_OK; p++) {
-        sp_bypass_part_t *part = &w->parts[p];
-        int fd;
-
-        records[p] = part->records;
-        checksums[p] = empty;
-        if ((st = sp_bypass_flush(w, p)) != SP_OK || !part->open)
-            continue;
-        if ((st = sp__file_writer_finish(&part->fw, false)) != SP_OK)
-            break;
-        fd = open(part->fw.path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            st = SP_RAISE(SP_ERR_IO, "open %s: %s (errno %d)", part->fw.path, strerror(errno),
-                          errno);
-            break;
-        }
-        lengths[p] = part->fw.offset;
-        checksums[p] = sp__checksum_final(&part->fw.cs);
-        st = sp_copy_range(out, fd, part->fw.path, 0, part->fw.offset, NULL);
-        close(fd);
-    }
-    return st;
-}
-
 static void sp_writer_release_memory(sp_shuffle_writer_t *w)
 {
     sp_writer_free_pages(w);
@@ -1266,10 +1101,8 @@ static void sp_writer_release_memory(sp_shuffle_writer_t *w)
         sp_memory_consumer_page_free(&w->consumer, w->array);
         w->array = NULL;
     }
-    if (w->bypass_bytes != 0) {
-        sp_memory_consumer_release(&w->consumer, w->bypass_bytes);
-        w->bypass_bytes = 0;
-    }
+    if (w->bw != NULL)
+        sp__bypass_writer_release_memory(w->bw);
     if (w->merge_bytes != 0) {
         sp_memory_consumer_release(&w->consumer, w->merge_bytes);
         w->merge_bytes = 0;
@@ -1284,14 +1117,8 @@ static void sp_writer_drop_files(sp_shuffle_writer_t *w, const char *keep)
     for (unsigned s = 0; s < w->nspills; s++)
         sp_spill_free(&w->spills[s], keep == NULL || strcmp(w->spills[s].path, keep) != 0);
     w->nspills = 0;
-    for (uint32_t p = 0; w->parts != NULL && p < w->o.partitions; p++) {
-        if (w->parts[p].open) {
-            sp__file_writer_discard(&w->parts[p].fw);
-            w->parts[p].open = false;
-        }
-        sp__free(w->parts[p].raw);
-        w->parts[p].raw = NULL;
-    }
+    if (w->bw != NULL)
+        sp__bypass_writer_discard(w->bw);
 }
 
 static sp_status_t sp_fsync_path(const char *path)
@@ -1354,7 +1181,7 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
             goto err;
         st = sp__data_header_write(&out, w->o.codec, w->o.checksum);
         if (st == SP_OK && w->bypass) {
-            st = sp_bypass_write_data(w, &out, lengths, records, checksums);
+            st = sp__bypass_writer_write_data(w->bw, &out, lengths, records, checksums);
         } else if (st == SP_OK && w->nspills == 0) {
             sp_spill_seg_t *segs =
                 sp__malloc(SP_MAX(SP_MIN((size_t)w->o.partitions, w->n), 1) * sizeof(*segs));
@@ -1433,11 +1260,12 @@ void sp_shuffle_writer_close(sp_shuffle_writer_t *w)
     sp_aggregator_destroy(w->agg);
     sp__free(w->agg_key);
     sp__free(w->stage);
-    sp_memory_consumer_fini(&w->consumer);
+    if (!w->bypass)
+        sp_memory_consumer_fini(&w->consumer);
     sp__kmerge_destroy(w->kmerge);
     sp__encoder_destroy(w->enc);
     sp__shuffle_dirs_destroy(w->dirs);
-    sp__free(w->parts);
+    sp__bypass_writer_destroy(w->bw);
     sp__free(w->spills);
     sp__free(w->splits);
     sp__free(w->split_buf);
