@@ -1,7 +1,7 @@
 /*
  * k-way merge by key of stored segments (each already sorted by key), used
- * by the writer's merge of key-ordered spills, the reduce side's external
- * sort, and merged reads of key-sorted map outputs.
+ * by the sorter's merge of key-ordered runs (the writer's sort path and the
+ * reduce side's external sort) and merged reads of key-sorted map outputs.
  *
  * A binary min-heap of input indices ordered by (current key, input index):
  * equal keys come out in input order, so a merge of runs written in order is

@@ -126,19 +126,6 @@ size_t sp__kmerge_bad_input(const sp_kmerge_t *m);
 sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
                             const void **value_p, size_t *vlen_p, bool *more_p);
 
-/* ---- external sort on the writer's sort path (shuffle/writer.c) ---- */
-
-/* A writer with one key-ordered partition whose output is iterated. */
-sp_status_t sp__sorter_open(sp_task_memory_t *task, const sp_conf_t *conf,
-                            sp_key_compare_fn_t compare, void *compare_arg,
-                            sp_shuffle_writer_t **sorter_p);
-sp_status_t sp__sorter_insert(sp_shuffle_writer_t *sorter, const void *key, size_t key_len,
-                              const void *value, size_t value_len);
-/* The first call ends the input; records in key order, stable; pointers
- * valid until the next call. Close with sp_shuffle_writer_close(). */
-sp_status_t sp__sorter_next(sp_shuffle_writer_t *sorter, const void **key_p, size_t *key_len_p,
-                            const void **value_p, size_t *value_len_p, bool *more_p);
-
 /* Test hook: hashes of new aggregators are ANDed with this (collision tests). */
 extern uint64_t sp__aggregator_hash_mask;
 
