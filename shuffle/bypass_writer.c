@@ -112,8 +112,7 @@ sp_status_t sp__bypass_writer_flush(sp_bypass_writer_t *bw, uint32_t p)
 }
 
 sp_status_t sp__bypass_writer_write_data(sp_bypass_writer_t *bw, sp_file_writer_t *out,
-                                         uint64_t *lengths, uint64_t *records,
-                                         uint64_t *checksums)
+                                         uint64_t *lengths, uint64_t *records, uint64_t *checksums)
 {
     uint64_t empty = sp__checksum_buf(bw->o->checksum, "", 0);
     sp_status_t st = SP_OK;

@@ -23,7 +23,7 @@ typedef struct sp_bypass_part {
 } sp_bypass_part_t;
 
 typedef struct sp_bypass_writer {
-    sp_memory_consumer_t consumer; /* holds partitions x file_buffer of execution memory */
+    sp_memory_consumer_t consumer;        /* holds partitions x file_buffer of execution memory */
     const sp_shuffle_writer_options_t *o; /* the writer's, borrowed */
     sp_shuffle_dirs_t *dirs;              /* the writer's, borrowed */
     sp_encoder_t *enc;
@@ -49,8 +49,7 @@ sp_status_t sp__bypass_writer_flush(sp_bypass_writer_t *bw, uint32_t p);
  * the per-partition lengths, records and checksums.
  */
 sp_status_t sp__bypass_writer_write_data(sp_bypass_writer_t *bw, sp_file_writer_t *out,
-                                         uint64_t *lengths, uint64_t *records,
-                                         uint64_t *checksums);
+                                         uint64_t *lengths, uint64_t *records, uint64_t *checksums);
 /* Removes the temporary files and frees the raw buffers. */
 void sp__bypass_writer_discard(sp_bypass_writer_t *bw);
 /* Returns the raw buffers' execution memory (before the output commit). */
@@ -58,8 +57,8 @@ void sp__bypass_writer_release_memory(sp_bypass_writer_t *bw);
 
 /* Buffers one record of partition p (validated by the caller). */
 static inline sp_status_t sp__bypass_writer_insert(sp_bypass_writer_t *bw, uint32_t p,
-                                                   const void *key, size_t klen,
-                                                   const void *value, size_t vlen)
+                                                   const void *key, size_t klen, const void *value,
+                                                   size_t vlen)
 {
     sp_bypass_part_t *part = &bw->parts[p];
     unsigned char h[SP_RECORD_HEADER];
