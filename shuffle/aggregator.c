@@ -36,7 +36,8 @@
  *
  * Output. Without spills the table is iterated in place. Otherwise what is
  * left in memory is spilled too and the runs are merged by (hash, key) with
- * a binary heap, a key's values from every run combined into one; each run
+ * the shuffle's k-way merge heap (shuffle/kmerge.c; each run a source
+ * ranked by key hash), a key's values from every run combined into one; each run
  * is read one chunk at a time (a chunk buffer and a segment reader window
  * per run), so a run may be far larger than memory. The merge's buffers are
  * acquired as execution memory; when the grant does not cover every run,
@@ -106,8 +107,9 @@ typedef struct sp_agg_run_writer {
     bool in_chunk;
 } sp_agg_run_writer_t;
 
-/* Reads one run sequentially, one chunk at a time. */
+/* Reads one run sequentially, one chunk at a time: a source of the merge. */
 typedef struct sp_agg_cursor {
+    sp_aggregator_t *agg;
     const sp_agg_run_t *run;
     int fd;
     size_t next_chunk;
@@ -122,9 +124,11 @@ typedef struct sp_agg_cursor {
 
 typedef struct sp_agg_merge {
     sp_agg_cursor_t *cur;
-    size_t n;     /* cursors opened (for cleanup) */
-    size_t *heap; /* cursor indices; top: least (hash, key, run order) */
-    size_t heap_len;
+    size_t n;          /* cursors opened (for cleanup) */
+    sp_kmerge_t *heap; /* of the cursors, by (hash, key, run order) */
+    bool pending;      /* the heap's last record starts the next key */
+    const void *pkey, *pvalue;
+    size_t pklen, pvlen;
     unsigned char *key; /* the key being returned */
     size_t key_cap;
     unsigned char *acc; /* its combined value */
@@ -763,48 +767,6 @@ static sp_status_t sp_agg_insert(sp_aggregator_t *agg, uint64_t hash, const void
 
 /* ---- merge ---- */
 
-static bool sp_agg_cursor_less(const sp_agg_merge_t *m, size_t a, size_t b)
-{
-    const sp_agg_cursor_t *x = &m->cur[a], *y = &m->cur[b];
-    int c;
-
-    if (x->hash != y->hash)
-        return x->hash < y->hash;
-    c = sp_agg_key_compare(x->key, x->klen, y->key, y->klen);
-    return c < 0 || (c == 0 && a < b);
-}
-
-static void sp_agg_heap_down(sp_agg_merge_t *m, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, best = i, tmp;
-
-        if (l < m->heap_len && sp_agg_cursor_less(m, m->heap[l], m->heap[best]))
-            best = l;
-        if (r < m->heap_len && sp_agg_cursor_less(m, m->heap[r], m->heap[best]))
-            best = r;
-        if (best == i)
-            return;
-        tmp = m->heap[i];
-        m->heap[i] = m->heap[best];
-        m->heap[best] = tmp;
-        i = best;
-    }
-}
-
-static void sp_agg_heap_push(sp_agg_merge_t *m, size_t c)
-{
-    size_t i = m->heap_len++;
-
-    m->heap[i] = c;
-    while (i > 0 && sp_agg_cursor_less(m, m->heap[i], m->heap[(i - 1) / 2])) {
-        size_t p = (i - 1) / 2, tmp = m->heap[i];
-        m->heap[i] = m->heap[p];
-        m->heap[p] = tmp;
-        i = p;
-    }
-}
-
 /* Loads chunk c->next_chunk into the cursor's reader, checking its checksum. */
 static sp_status_t sp_agg_cursor_load(sp_aggregator_t *agg, sp_agg_cursor_t *c)
 {
@@ -861,6 +823,24 @@ static sp_status_t sp_agg_cursor_next(sp_aggregator_t *agg, sp_agg_cursor_t *c, 
     }
 }
 
+/* The merge heap's source: the cursor's next record, ranked by its key hash. */
+static sp_status_t sp_agg_cursor_source(void *arg, uint64_t *rank_p, const void **key_p,
+                                        size_t *klen_p, const void **value_p, size_t *vlen_p,
+                                        bool *more_p)
+{
+    sp_agg_cursor_t *c = arg;
+    sp_status_t st = sp_agg_cursor_next(c->agg, c, more_p);
+
+    if (st == SP_OK && *more_p) {
+        *rank_p = c->hash;
+        *key_p = c->key;
+        *klen_p = c->klen;
+        *value_p = c->value;
+        *vlen_p = c->vlen;
+    }
+    return st;
+}
+
 static void sp_agg_merge_close(sp_agg_merge_t *m)
 {
     for (size_t i = 0; i < m->n; i++) {
@@ -870,7 +850,7 @@ static void sp_agg_merge_close(sp_agg_merge_t *m)
         sp__free(m->cur[i].buf);
     }
     sp__free(m->cur);
-    sp__free(m->heap);
+    sp__kmerge_destroy(m->heap);
     sp__free(m->key);
     sp__free(m->acc);
     memset(m, 0, sizeof(*m));
@@ -885,17 +865,19 @@ static sp_status_t sp_agg_merge_open(sp_aggregator_t *agg, sp_agg_merge_t *m,
     memset(m, 0, sizeof(*m));
     m->open = true;
     m->cur = sp__calloc(n, sizeof(*m->cur));
-    m->heap = sp__calloc(n, sizeof(*m->heap));
-    if (m->cur == NULL || m->heap == NULL) {
+    if (m->cur == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "task %llu aggregator: no memory to merge %zu runs",
                       (unsigned long long)agg->task_id, n);
         goto err;
     }
+    /* Runs are sorted by (hash, key bytes): the hash is the rank, keys in byte order. */
+    if ((st = sp__kmerge_create(agg->codec, NULL, NULL, &m->heap)) != SP_OK)
+        goto err;
     for (; m->n < n; m->n++) {
         sp_agg_cursor_t *c = &m->cur[m->n];
         unsigned char h[SP_DATA_HEADER];
-        bool more = false;
 
+        c->agg = agg;
         c->run = &runs[m->n];
         c->fd = open(c->run->path, O_RDONLY | O_CLOEXEC);
         if (c->fd < 0) {
@@ -916,14 +898,12 @@ static sp_status_t sp_agg_merge_open(sp_aggregator_t *agg, sp_agg_merge_t *m,
             st = SP_RAISE(SP_ERR_CORRUPT, "run %s does not start with its header", c->run->path);
         if (st == SP_OK) {
             sp_segment_reader_reset(c->reader, NULL, 0);
-            st = sp_agg_cursor_next(agg, c, &more);
+            st = sp__kmerge_add_source(m->heap, sp_agg_cursor_source, c);
         }
         if (st != SP_OK) {
             m->n++;
             goto err;
         }
-        if (more)
-            sp_agg_heap_push(m, m->n);
     }
     return SP_OK;
 
@@ -949,18 +929,20 @@ static sp_status_t sp_agg_copy(unsigned char **buf, size_t *cap, const void *src
     return SP_OK;
 }
 
-/* Advances the top cursor and restores the heap. */
-static sp_status_t sp_agg_merge_pop(sp_aggregator_t *agg, sp_agg_merge_t *m)
+/* The merge heap's next record, or the one read past the previous key. */
+static sp_status_t sp_agg_merge_record(sp_agg_merge_t *m, const void **key_p, size_t *klen_p,
+                                       const void **value_p, size_t *vlen_p, bool *more_p)
 {
-    bool more = false;
-    sp_status_t st = sp_agg_cursor_next(agg, &m->cur[m->heap[0]], &more);
-
-    if (st != SP_OK)
-        return st;
-    if (!more)
-        m->heap[0] = m->heap[--m->heap_len];
-    sp_agg_heap_down(m, 0);
-    return SP_OK;
+    if (m->pending) {
+        m->pending = false;
+        *key_p = m->pkey;
+        *klen_p = m->pklen;
+        *value_p = m->pvalue;
+        *vlen_p = m->pvlen;
+        *more_p = true;
+        return SP_OK;
+    }
+    return sp__kmerge_next(m->heap, key_p, klen_p, value_p, vlen_p, more_p);
 }
 
 /*
@@ -971,31 +953,39 @@ static sp_status_t sp_agg_merge_next(sp_aggregator_t *agg, sp_agg_merge_t *m, co
                                      size_t *klen_p, const void **value_p, size_t *vlen_p,
                                      bool *more_p)
 {
-    const sp_agg_cursor_t *top;
-    uint64_t hash;
-    size_t klen, vlen;
-    sp_status_t st;
+    const void *k, *v;
+    size_t klen, vlen, kl, vl;
+    bool more = false;
+    sp_status_t st = sp_agg_merge_record(m, &k, &klen, &v, &vlen, &more);
 
-    if (m->heap_len == 0) {
+    if (st != SP_OK)
+        return st;
+    if (!more) {
         *more_p = false;
         return SP_OK;
     }
-    top = &m->cur[m->heap[0]];
-    hash = top->hash;
-    klen = top->klen;
-    vlen = top->vlen;
-    if ((st = sp_agg_copy(&m->key, &m->key_cap, top->key, klen)) != SP_OK ||
-        (st = sp_agg_copy(&m->acc, &m->acc_cap, top->value, vlen)) != SP_OK ||
-        (st = sp_agg_merge_pop(agg, m)) != SP_OK)
+    if ((st = sp_agg_copy(&m->key, &m->key_cap, k, klen)) != SP_OK ||
+        (st = sp_agg_copy(&m->acc, &m->acc_cap, v, vlen)) != SP_OK)
         return st;
-    while (m->heap_len > 0) {
+    for (;;) {
         unsigned char *tmp;
         size_t tmp_cap;
 
-        top = &m->cur[m->heap[0]];
-        if (top->hash != hash || sp_agg_key_compare(top->key, top->klen, m->key, klen) != 0)
+        /* Equal keys have equal hashes: they are adjacent in (hash, key) order. */
+        if ((st = sp__kmerge_next(m->heap, &k, &kl, &v, &vl, &more)) != SP_OK)
+            return st;
+        if (!more)
             break;
-        st = sp_agg_combine(agg, m->key, klen, m->acc, vlen, top->value, top->vlen, &vlen);
+        if (sp_agg_key_compare(k, kl, m->key, klen) != 0) {
+            /* The start of the next key: valid until the heap's next call. */
+            m->pending = true;
+            m->pkey = k;
+            m->pklen = kl;
+            m->pvalue = v;
+            m->pvlen = vl;
+            break;
+        }
+        st = sp_agg_combine(agg, m->key, klen, m->acc, vlen, v, vl, &vlen);
         if (st != SP_OK)
             return st;
         tmp = m->acc;
@@ -1004,8 +994,6 @@ static sp_status_t sp_agg_merge_next(sp_aggregator_t *agg, sp_agg_merge_t *m, co
         m->acc_cap = agg->scratch_cap;
         agg->scratch = tmp;
         agg->scratch_cap = tmp_cap;
-        if ((st = sp_agg_merge_pop(agg, m)) != SP_OK)
-            return st;
     }
     *key_p = m->key;
     *klen_p = klen;

@@ -104,9 +104,18 @@ sp_status_t sp__output_commit(const char *dir, const char *data_tmp,
                               const uint64_t *records, const uint64_t *checksums, bool sync,
                               sp_map_status_t **status_p);
 
-/* ---- k-way merge of key-sorted segments (shuffle/kmerge.c) ---- */
+/* ---- k-way merge heap (shuffle/kmerge.c) ---- */
 
 typedef struct sp_kmerge sp_kmerge_t;
+
+/*
+ * A source of records for the merge: moves to its next record and sets its
+ * rank (compared before the key; 0 when unused), key and value, valid until
+ * its next call; *more_p false at the end.
+ */
+typedef sp_status_t (*sp_kmerge_next_fn_t)(void *arg, uint64_t *rank_p, const void **key_p,
+                                           size_t *klen_p, const void **value_p, size_t *vlen_p,
+                                           bool *more_p);
 
 /* Byte order: memcmp, then the shorter key first. */
 int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen);
@@ -119,6 +128,9 @@ void sp__kmerge_reset(sp_kmerge_t *m);
 /* Adds a sorted segment; the bytes must outlive the merge. Equal keys come
  * out in the order their inputs were added. */
 sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len);
+/* Adds a source sorted by (rank, key); arg must outlive the merge. Equal
+ * (rank, key) come out in the order their inputs were added. */
+sp_status_t sp__kmerge_add_source(sp_kmerge_t *m, sp_kmerge_next_fn_t next, void *arg);
 /* The input found not sorted by the comparator (after SP_ERR_BAD_FORMAT), or SIZE_MAX. */
 size_t sp__kmerge_bad_input(const sp_kmerge_t *m);
 /* Next record in key order; pointers valid until the next call. An input
