@@ -1119,7 +1119,7 @@ static void sp_agg_output_end(sp_aggregator_t *agg)
 sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
                                  const sp_combiner_t *combiner, sp_aggregator_t **agg_p)
 {
-    sp_shuffle_writer_options_t o;
+    sp_spill_format_t f;
     sp_memory_layout_t layout;
     sp_task_memory_stats_t ts;
     sp_aggregator_t *agg;
@@ -1130,7 +1130,7 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
         agg_p == NULL)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "aggregator: task, conf, combiner and its combine function are required");
-    if ((st = sp_shuffle_writer_options_init(&o, conf)) != SP_OK ||
+    if ((st = sp__spill_format_init(&f, conf)) != SP_OK ||
         (st = sp_conf_get_size(conf, "shuffle.spill_buffer", &spill_buffer)) != SP_OK)
         return st;
     agg = sp__calloc(1, sizeof(*agg));
@@ -1141,8 +1141,8 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
     agg->task = task;
     agg->task_id = ts.task_id;
     agg->comb = *combiner;
-    agg->codec = o.codec;
-    agg->checksum = o.checksum;
+    agg->codec = f.codec;
+    agg->checksum = f.checksum;
     agg->unified = layout.unified_bytes;
     agg->page_size = layout.page_bytes;
     agg->chunk_bytes = SP_MAX(SP_MIN(layout.page_bytes, SP_AGG_MAX_CHUNK), SP_AGG_MIN_CHUNK);
@@ -1157,7 +1157,7 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
     agg->scratch_cap = SP_AGG_INITIAL_SCRATCH;
     if ((st = sp__shuffle_dirs_create(conf, &agg->dirs)) != SP_OK)
         goto err_free;
-    if ((st = sp__encoder_create(o.codec, o.codec_level, &agg->enc)) != SP_OK)
+    if ((st = sp__encoder_create(f.codec, f.level, &agg->enc)) != SP_OK)
         goto err_dirs;
     sp_memory_consumer_init(&agg->consumer, task, &sp_agg_consumer_ops, "aggregator");
     *agg_p = agg;

@@ -24,6 +24,21 @@
 /* A record in a segment: u32 key length, u32 value length, key, value. */
 #define SP_RECORD_HEADER 8
 
+/* ---- the format of runs and data files (shuffle/spill_run.c) ---- */
+
+typedef struct sp_spill_format {
+    sp_codec_t codec;
+    int level; /* the codec's level */
+    sp_checksum_kind_t checksum;
+} sp_spill_format_t;
+
+/*
+ * Reads shuffle.compress, shuffle.codec, shuffle.codec_level and
+ * shuffle.checksum of conf; returns the status of the read or parse that
+ * failed (its message names the value). *format is set only on success.
+ */
+sp_status_t sp__spill_format_init(sp_spill_format_t *format, const sp_conf_t *conf);
+
 /* ---- local directories ---- */
 
 typedef struct sp_shuffle_dirs {

@@ -68,22 +68,15 @@ static sp_status_t sp_writer_error(const sp_shuffle_writer_t *w)
 
 sp_status_t sp_shuffle_writer_options_init(sp_shuffle_writer_options_t *opts, const sp_conf_t *conf)
 {
-    const char *codec = NULL, *checksum = NULL;
-    bool compress = true;
-    int64_t level = 0;
+    sp_spill_format_t f;
     sp_status_t st;
 
     memset(opts, 0, sizeof(*opts));
-    if ((st = sp_conf_get_bool(conf, "shuffle.compress", &compress)) != SP_OK ||
-        (st = sp_conf_get_string(conf, "shuffle.codec", &codec)) != SP_OK ||
-        (st = sp_conf_get_int(conf, "shuffle.codec_level", &level)) != SP_OK ||
-        (st = sp_conf_get_string(conf, "shuffle.checksum", &checksum)) != SP_OK ||
-        (st = sp_codec_parse(codec, &opts->codec)) != SP_OK ||
-        (st = sp_checksum_parse(checksum, &opts->checksum)) != SP_OK)
+    if ((st = sp__spill_format_init(&f, conf)) != SP_OK)
         return st;
-    if (!compress)
-        opts->codec = SP_CODEC_NONE;
-    opts->codec_level = (int)level;
+    opts->codec = f.codec;
+    opts->codec_level = f.level;
+    opts->checksum = f.checksum;
     opts->partitions = 1;
     return SP_OK;
 }
