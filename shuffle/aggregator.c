@@ -21,13 +21,14 @@
  * is full), or another consumer of the task asks, the occupied slots are
  * sorted by (hash, key bytes) and written as one run file in
  * shuffle.local_dirs; then every page is freed and the table dropped. A run
- * has the spill file layout (docs/FORMATS.md): the 8-byte data header, then
- * independent segments ("chunks") of records [u32 klen][u32 vlen][key]
- * [value], each compressed with shuffle.codec and checksummed with
- * shuffle.checksum; a chunk ends with the record that brings it to one page
- * (bounded to 16..256 KiB). The chunk table (offset, length, checksum) and
- * the record count stay in memory and are checked when the run is read
- * back. A run holds each key once.
+ * is a spill run (shuffle/spill_run.c, the layout of docs/FORMATS.md) with
+ * one partition: the 8-byte data header, then independent segments
+ * ("chunks") of records [u32 klen][u32 vlen][key][value], each compressed
+ * with shuffle.codec and checksummed with shuffle.checksum; a chunk ends with
+ * the record that brings it to one page (bounded to 16..256 KiB). The
+ * segment table (offset, length, records, checksum) stays in memory; each
+ * chunk's checksum and the run's record count are checked when the run is
+ * read back one chunk at a time. A run holds each key once.
  *
  * Order of values. Runs are kept in spill order and a key's values are
  * combined in insertion order everywhere: in memory (stored, then new),
@@ -87,30 +88,10 @@ typedef struct sp_agg_slot {
     unsigned char *rec; /* NULL: empty */
 } sp_agg_slot_t;
 
-typedef struct sp_agg_chunk {
-    uint64_t offset, length, checksum;
-} sp_agg_chunk_t;
-
-/* A sorted run on disk; path NULL: nothing (dropped or moved). */
-typedef struct sp_agg_run {
-    char *path;
-    sp_agg_chunk_t *chunks;
-    size_t nchunks;
-    uint64_t records, bytes;
-} sp_agg_run_t;
-
-typedef struct sp_agg_run_writer {
-    sp_file_writer_t fw;
-    sp_agg_run_t run;
-    size_t chunks_cap;
-    uint64_t raw; /* raw record bytes in the open chunk */
-    bool in_chunk;
-} sp_agg_run_writer_t;
-
 /* Reads one run sequentially, one chunk at a time: a source of the merge. */
 typedef struct sp_agg_cursor {
     sp_aggregator_t *agg;
-    const sp_agg_run_t *run;
+    const sp_spill_run_t *run; /* its segments are the chunks */
     int fd;
     size_t next_chunk;
     unsigned char *buf; /* the stored bytes of the current chunk */
@@ -178,7 +159,7 @@ struct sp_aggregator {
     uint64_t merge_bytes;      /* execution memory held for the merge */
 
     /* runs */
-    sp_agg_run_t *runs;
+    sp_spill_run_t *runs;
     size_t nruns, runs_cap;
     unsigned seq;
     sp_agg_merge_t m;
@@ -284,122 +265,46 @@ static sp_status_t sp_agg_combine(sp_aggregator_t *agg, const void *key, size_t 
 
 /* ---- runs ---- */
 
-static void sp_agg_run_drop(sp_agg_run_t *run)
-{
-    if (run->path != NULL) {
-        unlink(run->path);
-        sp__tempfile_forget(run->path);
-    }
-    sp__free(run->path);
-    sp__free(run->chunks);
-    memset(run, 0, sizeof(*run));
-}
-
 static void sp_agg_runs_drop_all(sp_aggregator_t *agg)
 {
     for (size_t i = 0; i < agg->nruns; i++)
-        sp_agg_run_drop(&agg->runs[i]);
+        sp__spill_run_drop(&agg->runs[i], true);
     agg->nruns = 0;
 }
 
-static sp_status_t sp_agg_run_begin(sp_aggregator_t *agg, sp_agg_run_writer_t *rw)
+/* Opens a new run file; on failure nothing is left. */
+static sp_status_t sp_agg_run_begin(sp_aggregator_t *agg, sp_spill_run_writer_t *rw)
 {
     char path[PATH_MAX];
     sp_status_t st;
 
-    memset(rw, 0, sizeof(*rw));
     snprintf(path, sizeof(path), "%s/aggregate_%ld_%llu_%u.tmp", sp__shuffle_dirs_next(agg->dirs),
              (long)getpid(), (unsigned long long)agg->instance, agg->seq++);
-    st = sp__file_writer_open(&rw->fw, path, agg->spill_buffer);
+    st = sp__spill_run_open(rw, path, agg->spill_buffer, agg->codec, agg->checksum, agg->enc);
     if (st != SP_OK)
-        return st;
-    st = sp__data_header_write(&rw->fw, agg->codec, agg->checksum);
-    if (st != SP_OK)
-        sp__file_writer_discard(&rw->fw);
+        sp__spill_run_abort(rw);
     return st;
 }
 
-static void sp_agg_run_abort(sp_agg_run_writer_t *rw)
-{
-    rw->fw.checksumming = false;
-    sp__file_writer_discard(&rw->fw);
-    sp__free(rw->run.chunks);
-    rw->run.chunks = NULL;
-}
-
-static sp_status_t sp_agg_chunk_end(sp_aggregator_t *agg, sp_agg_run_writer_t *rw)
-{
-    sp_agg_chunk_t *c = &rw->run.chunks[rw->run.nchunks];
-    sp_status_t st = sp__encoder_end(agg->enc, &c->length);
-
-    rw->fw.checksumming = false;
-    rw->in_chunk = false;
-    if (st != SP_OK)
-        return st;
-    c->checksum = sp__checksum_final(&rw->fw.cs);
-    rw->run.nchunks++;
-    return SP_OK;
-}
-
-static sp_status_t sp_agg_run_add(sp_aggregator_t *agg, sp_agg_run_writer_t *rw, const void *key,
+/* Adds a record to the run: unpartitioned chunks that end at chunk_bytes of records. */
+static sp_status_t sp_agg_run_add(sp_aggregator_t *agg, sp_spill_run_writer_t *rw, const void *key,
                                   size_t klen, const void *value, size_t vlen)
 {
-    unsigned char h[SP_RECORD_HEADER];
     sp_status_t st;
 
-    if (!rw->in_chunk) {
-        if (rw->run.nchunks == rw->chunks_cap) {
-            size_t cap = rw->chunks_cap != 0 ? 2 * rw->chunks_cap : 16;
-            sp_agg_chunk_t *c = sp__realloc(rw->run.chunks, cap * sizeof(*c));
-            if (c == NULL)
-                return SP_RAISE(SP_ERR_NOMEM, "no memory for the chunk table of %s", rw->fw.path);
-            rw->run.chunks = c;
-            rw->chunks_cap = cap;
-        }
-        rw->run.chunks[rw->run.nchunks].offset = rw->fw.offset;
-        sp__checksum_init(&rw->fw.cs, agg->checksum);
-        rw->fw.checksumming = true;
-        sp__encoder_begin(agg->enc, sp__file_writer_sink, &rw->fw);
-        rw->in_chunk = true;
-        rw->raw = 0;
-    }
-    sp__le_put_u32(h, (uint32_t)klen);
-    sp__le_put_u32(h + 4, (uint32_t)vlen);
-    if ((st = sp__encoder_write(agg->enc, h, sizeof(h))) != SP_OK ||
-        (st = sp__encoder_write(agg->enc, key, klen)) != SP_OK ||
-        (st = sp__encoder_write(agg->enc, value, vlen)) != SP_OK)
+    if (!rw->in_segment && (st = sp__spill_run_begin(rw, 0)) != SP_OK)
         return st;
-    rw->run.records++;
-    rw->raw += SP_RECORD_HEADER + (uint64_t)klen + vlen;
+    if ((st = sp__spill_run_add(rw, key, klen, value, vlen)) != SP_OK)
+        return st;
     if (rw->raw >= agg->chunk_bytes)
-        return sp_agg_chunk_end(agg, rw);
-    return SP_OK;
-}
-
-/* Closes the run file; on success the run is the caller's. */
-static sp_status_t sp_agg_run_end(sp_aggregator_t *agg, sp_agg_run_writer_t *rw,
-                                  sp_agg_run_t *run_p)
-{
-    sp_status_t st = SP_OK;
-
-    if (rw->in_chunk)
-        st = sp_agg_chunk_end(agg, rw);
-    if (st == SP_OK)
-        st = sp__file_writer_finish(&rw->fw, false);
-    if (st != SP_OK)
-        return st;
-    rw->run.bytes = rw->fw.offset;
-    rw->run.path = rw->fw.path; /* the writer's copy of the path moves to the run */
-    rw->fw.path = NULL;
-    sp__file_writer_release(&rw->fw);
-    *run_p = rw->run;
+        return sp__spill_run_end(rw, NULL);
     return SP_OK;
 }
 
 static sp_status_t sp_agg_runs_reserve(sp_aggregator_t *agg)
 {
     size_t cap;
-    sp_agg_run_t *r;
+    sp_spill_run_t *r;
 
     if (agg->nruns < agg->runs_cap)
         return SP_OK;
@@ -478,8 +383,8 @@ static int sp_agg_slot_compare(const void *x, const void *y)
 static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *keep)
 {
     sp_agg_slot_t *s = agg->table != NULL ? agg->table->data : NULL;
-    sp_agg_run_writer_t rw;
-    sp_agg_run_t run = {0};
+    sp_spill_run_writer_t rw;
+    sp_spill_run_t run = {0};
     uint64_t wasted = agg->wasted;
     size_t n = 0;
     sp_status_t st;
@@ -504,9 +409,9 @@ static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *ke
                                 sp_rec_vlen(rec));
         }
         if (st == SP_OK)
-            st = sp_agg_run_end(agg, &rw, &run);
+            st = sp__spill_run_finish(&rw, false, &run);
         if (st != SP_OK)
-            sp_agg_run_abort(&rw);
+            sp__spill_run_abort(&rw);
     }
     sp_agg_free_memory(agg, keep);
     if (st != SP_OK)
@@ -514,11 +419,11 @@ static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *ke
                         (unsigned long long)agg->task_id, n, sp_last_error());
     sp_debug("task %llu aggregator: spilled %zu keys to %s (%llu bytes; %llu bytes of moved "
              "records were dead)",
-             (unsigned long long)agg->task_id, n, run.path, (unsigned long long)run.bytes,
+             (unsigned long long)agg->task_id, n, run.path, (unsigned long long)run.size,
              (unsigned long long)wasted);
     agg->runs[agg->nruns++] = run;
     agg->stats.spills++;
-    agg->stats.spill_bytes += run.bytes;
+    agg->stats.spill_bytes += run.size;
     return SP_OK;
 }
 
@@ -770,26 +675,12 @@ static sp_status_t sp_agg_insert(sp_aggregator_t *agg, uint64_t hash, const void
 /* Loads chunk c->next_chunk into the cursor's reader, checking its checksum. */
 static sp_status_t sp_agg_cursor_load(sp_aggregator_t *agg, sp_agg_cursor_t *c)
 {
-    const sp_agg_chunk_t *chunk = &c->run->chunks[c->next_chunk];
-    sp_status_t st;
+    sp_status_t st =
+        sp__spill_run_read_segment(c->run, c->fd, c->next_chunk, agg->checksum, &c->buf, &c->cap);
 
-    if (chunk->length > c->cap) {
-        unsigned char *buf = sp__malloc((size_t)chunk->length);
-        if (buf == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory to read a chunk of %llu bytes of %s",
-                            (unsigned long long)chunk->length, c->run->path);
-        sp__free(c->buf);
-        c->buf = buf;
-        c->cap = (size_t)chunk->length;
-    }
-    st = sp__pread_all(c->fd, c->buf, (size_t)chunk->length, chunk->offset, c->run->path);
     if (st != SP_OK)
         return st;
-    if (sp__checksum_buf(agg->checksum, c->buf, (size_t)chunk->length) != chunk->checksum)
-        return SP_RAISE(SP_ERR_CORRUPT, "run %s: chunk %zu at offset %llu fails its %s checksum",
-                        c->run->path, c->next_chunk, (unsigned long long)chunk->offset,
-                        sp_checksum_name(agg->checksum));
-    sp_segment_reader_reset(c->reader, c->buf, (size_t)chunk->length);
+    sp_segment_reader_reset(c->reader, c->buf, (size_t)c->run->segs[c->next_chunk].length);
     c->next_chunk++;
     return SP_OK;
 }
@@ -811,7 +702,7 @@ static sp_status_t sp_agg_cursor_next(sp_aggregator_t *agg, sp_agg_cursor_t *c, 
             *more_p = true;
             return SP_OK;
         }
-        if (c->next_chunk == c->run->nchunks) {
+        if (c->next_chunk == c->run->nsegs) {
             if (c->read != c->run->records)
                 return SP_RAISE(SP_ERR_CORRUPT, "run %s holds %llu records, not %llu", c->run->path,
                                 (unsigned long long)c->read, (unsigned long long)c->run->records);
@@ -858,7 +749,7 @@ static void sp_agg_merge_close(sp_agg_merge_t *m)
 
 /* Opens runs[0..n) for merging; on error m is closed. */
 static sp_status_t sp_agg_merge_open(sp_aggregator_t *agg, sp_agg_merge_t *m,
-                                     const sp_agg_run_t *runs, size_t n)
+                                     const sp_spill_run_t *runs, size_t n)
 {
     sp_status_t st = SP_OK;
 
@@ -875,27 +766,13 @@ static sp_status_t sp_agg_merge_open(sp_aggregator_t *agg, sp_agg_merge_t *m,
         goto err;
     for (; m->n < n; m->n++) {
         sp_agg_cursor_t *c = &m->cur[m->n];
-        unsigned char h[SP_DATA_HEADER];
 
         c->agg = agg;
         c->run = &runs[m->n];
-        c->fd = open(c->run->path, O_RDONLY | O_CLOEXEC);
-        if (c->fd < 0) {
-            m->n++;
-            st = SP_RAISE(SP_ERR_IO, "open run %s: %s (errno %d)", c->run->path, strerror(errno),
-                          errno);
-            goto err;
-        }
-        st = sp_segment_reader_create(agg->codec, &c->reader);
-        if (st != SP_OK) {
-            m->n++;
-            goto err;
-        }
-        st = sp__pread_all(c->fd, h, sizeof(h), 0, c->run->path);
-        if (st == SP_OK &&
-            (sp__le_get_u32(h) != SP_DATA_MAGIC || h[4] != SP_DATA_VERSION ||
-             h[6] != (unsigned char)agg->codec || h[7] != (unsigned char)agg->checksum))
-            st = SP_RAISE(SP_ERR_CORRUPT, "run %s does not start with its header", c->run->path);
+        c->fd = -1;
+        st = sp__spill_run_open_read(c->run, agg->codec, agg->checksum, &c->fd);
+        if (st == SP_OK)
+            st = sp_segment_reader_create(agg->codec, &c->reader);
         if (st == SP_OK) {
             sp_segment_reader_reset(c->reader, NULL, 0);
             st = sp__kmerge_add_source(m->heap, sp_agg_cursor_source, c);
@@ -1004,11 +881,11 @@ static sp_status_t sp_agg_merge_next(sp_aggregator_t *agg, sp_agg_merge_t *m, co
 }
 
 /* Merges runs[0..n) into one new run. */
-static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_agg_run_t *runs, size_t n,
-                                       sp_agg_run_t *run_p)
+static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_spill_run_t *runs, size_t n,
+                                       sp_spill_run_t *run_p)
 {
     sp_agg_merge_t m;
-    sp_agg_run_writer_t rw;
+    sp_spill_run_writer_t rw;
     sp_status_t st = sp_agg_merge_open(agg, &m, runs, n);
 
     if (st != SP_OK)
@@ -1030,9 +907,9 @@ static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_agg_run_t 
             break;
     }
     if (st == SP_OK)
-        st = sp_agg_run_end(agg, &rw, run_p);
+        st = sp__spill_run_finish(&rw, false, run_p);
     if (st != SP_OK)
-        sp_agg_run_abort(&rw);
+        sp__spill_run_abort(&rw);
     sp_agg_merge_close(&m);
     return st;
 }
@@ -1044,7 +921,7 @@ static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_agg_run_t 
 static sp_status_t sp_agg_merge_pass(sp_aggregator_t *agg, size_t fanin)
 {
     size_t groups = (agg->nruns + fanin - 1) / fanin;
-    sp_agg_run_t *next = sp__calloc(groups, sizeof(*next));
+    sp_spill_run_t *next = sp__calloc(groups, sizeof(*next));
     sp_status_t st = SP_OK;
 
     if (next == NULL)
@@ -1060,12 +937,12 @@ static sp_status_t sp_agg_merge_pass(sp_aggregator_t *agg, size_t fanin)
         }
         st = sp_agg_merge_to_run(agg, &agg->runs[first], n, &next[g]);
         for (size_t i = first; st == SP_OK && i < first + n; i++)
-            sp_agg_run_drop(&agg->runs[i]);
+            sp__spill_run_drop(&agg->runs[i], true);
     }
     if (st != SP_OK) {
         /* Runs not yet merged stay in agg->runs for destroy to remove. */
         for (size_t g = 0; g < groups; g++)
-            sp_agg_run_drop(&next[g]);
+            sp__spill_run_drop(&next[g], true);
         sp__free(next);
         return st;
     }

@@ -24,21 +24,6 @@
 /* A record in a segment: u32 key length, u32 value length, key, value. */
 #define SP_RECORD_HEADER 8
 
-/* ---- the format of runs and data files (shuffle/spill_run.c) ---- */
-
-typedef struct sp_spill_format {
-    sp_codec_t codec;
-    int level; /* the codec's level */
-    sp_checksum_kind_t checksum;
-} sp_spill_format_t;
-
-/*
- * Reads shuffle.compress, shuffle.codec, shuffle.codec_level and
- * shuffle.checksum of conf; returns the status of the read or parse that
- * failed (its message names the value). *format is set only on success.
- */
-sp_status_t sp__spill_format_init(sp_spill_format_t *format, const sp_conf_t *conf);
-
 /* ---- local directories ---- */
 
 typedef struct sp_shuffle_dirs {
@@ -98,6 +83,86 @@ sp_status_t sp__file_copy_range(sp_file_writer_t *out, int in_fd, const char *in
 
 /* Writes the data/spill file header. */
 sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_checksum_kind_t kind);
+
+/* ---- the format of runs and data files (shuffle/spill_run.c) ---- */
+
+typedef struct sp_spill_format {
+    sp_codec_t codec;
+    int level; /* the codec's level */
+    sp_checksum_kind_t checksum;
+} sp_spill_format_t;
+
+/*
+ * Reads shuffle.compress, shuffle.codec, shuffle.codec_level and
+ * shuffle.checksum of conf; returns the status of the read or parse that
+ * failed (its message names the value). *format is set only on success.
+ */
+sp_status_t sp__spill_format_init(sp_spill_format_t *format, const sp_conf_t *conf);
+
+/* A segment of a run: compressed, checksummed records of one partition. */
+typedef struct sp_spill_seg {
+    uint32_t partition;
+    uint64_t offset, length, records, checksum;
+} sp_spill_seg_t;
+
+/*
+ * A run file on disk and its segment table, kept in memory (only non-empty
+ * segments, in file order). An unpartitioned run (the aggregator's) has
+ * every segment in partition 0; its segments are bounded chunks.
+ */
+typedef struct sp_spill_run {
+    char *path;
+    sp_spill_seg_t *segs;
+    size_t nsegs;
+    uint64_t size;    /* bytes of the file */
+    uint64_t records; /* in all segments */
+} sp_spill_run_t;
+
+/* A run being written: records go through enc into the open segment. */
+typedef struct sp_spill_run_writer {
+    sp_file_writer_t fw;
+    sp_encoder_t *enc; /* borrowed */
+    sp_checksum_kind_t checksum;
+    sp_spill_run_t run; /* path NULL until finished */
+    size_t segs_cap;
+    bool in_segment;
+    uint64_t raw; /* raw record bytes in the open segment */
+} sp_spill_run_writer_t;
+
+/*
+ * Creates path (a temporary file) and writes the data header. On failure
+ * the file exists when rw->fw.path is not NULL; sp__spill_run_abort()
+ * removes it.
+ */
+sp_status_t sp__spill_run_open(sp_spill_run_writer_t *rw, const char *path, size_t buffer,
+                               sp_codec_t codec, sp_checksum_kind_t checksum, sp_encoder_t *enc);
+/* Opens a segment of partition. */
+sp_status_t sp__spill_run_begin(sp_spill_run_writer_t *rw, uint32_t partition);
+/* Adds count records already serialized ([u32 klen][u32 vlen][key][value]...). */
+sp_status_t sp__spill_run_write(sp_spill_run_writer_t *rw, const void *records, size_t len,
+                                uint64_t count);
+/* Adds one record. */
+sp_status_t sp__spill_run_add(sp_spill_run_writer_t *rw, const void *key, size_t klen,
+                              const void *value, size_t vlen);
+/* Closes the open segment; *seg_p (when not NULL) is its table entry. */
+sp_status_t sp__spill_run_end(sp_spill_run_writer_t *rw, const sp_spill_seg_t **seg_p);
+/* Closes the open segment and the file (fsync when sync); the run is the caller's. */
+sp_status_t sp__spill_run_finish(sp_spill_run_writer_t *rw, bool sync, sp_spill_run_t *run_p);
+/* Removes the file being written and frees the writer's table. */
+void sp__spill_run_abort(sp_spill_run_writer_t *rw);
+/* Frees a run, removing its file when unlink_file. */
+void sp__spill_run_drop(sp_spill_run_t *run, bool unlink_file);
+
+/* Maps the whole run read-only (for merges that decode segments in place). */
+sp_status_t sp__spill_run_map(const sp_spill_run_t *run, const void **map_p);
+void sp__spill_run_unmap(const sp_spill_run_t *run, const void *map);
+/* Opens the run for reading segment by segment, checking its header. */
+sp_status_t sp__spill_run_open_read(const sp_spill_run_t *run, sp_codec_t codec,
+                                    sp_checksum_kind_t checksum, int *fd_p);
+/* Reads segment i into *buf (grown as needed), verifying its checksum. */
+sp_status_t sp__spill_run_read_segment(const sp_spill_run_t *run, int fd, size_t i,
+                                       sp_checksum_kind_t checksum, unsigned char **buf,
+                                       size_t *cap);
 
 /* ---- committed outputs ---- */
 

@@ -17,9 +17,9 @@
  *
  * Spill. When memory is refused (a page, a bigger array, another
  * consumer's request, or shuffle.spill_records) the array is sorted and the
- * records are streamed to a run file, one compressed, checksummed segment
- * per partition (the data file layout, docs/FORMATS.md), and the pages are
- * freed. Runs are kept oldest first, so equal keys keep their insertion
+ * records are streamed to a run file (shuffle/spill_run.c), one compressed,
+ * checksummed segment per partition (the data file layout, docs/FORMATS.md),
+ * and the pages are freed. The writer's data file is written the same way. Runs are kept oldest first, so equal keys keep their insertion
  * order through merges.
  *
  * Output. Without runs, the records are written (or iterated) straight from
@@ -325,46 +325,24 @@ static uint64_t *sp_sorter_sort(sp_sorter_t *sr)
     return out;
 }
 
-/* ---- writing segments ---- */
-
-static void sp_segment_begin(sp_sorter_t *sr, sp_file_writer_t *fw)
-{
-    sp__checksum_init(&fw->cs, sr->o.checksum);
-    fw->checksumming = true;
-    sp__encoder_begin(sr->enc, sp__file_writer_sink, fw);
-}
-
-static sp_status_t sp_segment_end(sp_sorter_t *sr, sp_file_writer_t *fw, uint64_t *len_p,
-                                  uint64_t *checksum_p)
-{
-    sp_status_t st = sp__encoder_end(sr->enc, len_p);
-
-    fw->checksumming = false;
-    *checksum_p = sp__checksum_final(&fw->cs);
-    return st;
-}
+/* ---- writing runs ---- */
 
 /*
- * Streams the sorted in-memory records to fw, one segment per non-empty
- * partition, appending each to segs (room for the number of partitions
- * present, at most n).
+ * Streams the sorted in-memory records to rw, one segment per non-empty
+ * partition.
  */
 static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
-                                          sp_file_writer_t *fw, sp_spill_seg_t *segs,
-                                          size_t *nsegs_p)
+                                          sp_spill_run_writer_t *rw)
 {
-    size_t i = 0, nsegs = 0;
+    size_t i = 0;
     sp_status_t st = SP_OK;
 
     while (i < sr->n && st == SP_OK) {
         uint32_t p = sp_shuffle_packed_ptr_partition(ptrs[i]);
-        sp_spill_seg_t *seg = &segs[nsegs++];
-        size_t staged = 0;
+        size_t staged = 0, count = 0;
 
-        seg->partition = p;
-        seg->offset = fw->offset;
-        seg->records = 0;
-        sp_segment_begin(sr, fw);
+        if ((st = sp__spill_run_begin(rw, p)) != SP_OK)
+            break;
         for (; i < sr->n && sp_shuffle_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
             const unsigned char *rec;
             size_t size;
@@ -374,54 +352,48 @@ static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
                 __builtin_prefetch(sp_sorter_record(sr, ptrs[i + SP_PREFETCH_AHEAD]));
             rec = sp_sorter_record(sr, ptrs[i]);
             size = sp_record_size(rec);
-            seg->records++;
             if (staged + size > SP_STAGE_BYTES) {
-                st = sp__encoder_write(sr->enc, sr->stage, staged);
+                st = sp__spill_run_write(rw, sr->stage, staged, count);
                 staged = 0;
+                count = 0;
                 if (st != SP_OK)
                     break;
             }
             if (size >= SP_STAGE_BYTES) {
-                st = sp__encoder_write(sr->enc, rec, size);
+                st = sp__spill_run_write(rw, rec, size, 1);
             } else {
                 memcpy(sr->stage + staged, rec, size);
                 staged += size;
+                count++;
             }
         }
         if (st == SP_OK && staged != 0)
-            st = sp__encoder_write(sr->enc, sr->stage, staged);
+            st = sp__spill_run_write(rw, sr->stage, staged, count);
         if (st == SP_OK)
-            st = sp_segment_end(sr, fw, &seg->length, &seg->checksum);
-        else
-            fw->checksumming = false;
+            st = sp__spill_run_end(rw, NULL);
     }
-    *nsegs_p = nsegs;
     return st;
 }
 
-static void sp_spill_free(sp_spill_t *s, bool unlink_file)
+/* The path of the next run file in dir. */
+static void sp_sorter_run_path(sp_sorter_t *sr, const char *dir, char *path, size_t len)
 {
-    if (s->path != NULL && unlink_file) {
-        unlink(s->path);
-        sp__tempfile_forget(s->path);
-    }
-    sp__free(s->path);
-    sp__free(s->segs);
-    s->path = NULL;
-    s->segs = NULL;
+    snprintf(path, len, "%s/spill_%llu_%llu_%u_%ld_%u.tmp", dir,
+             (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id, sr->o.attempt,
+             (long)getpid(), sr->seq++);
 }
 
 sp_status_t sp__sorter_spill_to(sp_sorter_t *sr, const char *dir)
 {
     uint64_t t0 = sp__now_ns(), *ptrs;
-    sp_file_writer_t fw;
-    sp_spill_t spill = {0};
+    sp_spill_run_writer_t rw;
+    sp_spill_run_t run;
     char path[PATH_MAX];
     sp_status_t st;
 
     if (sr->nspills == sr->spills_cap) {
         unsigned cap = sr->spills_cap != 0 ? 2 * sr->spills_cap : 8;
-        sp_spill_t *s = sp__realloc(sr->spills, cap * sizeof(*s));
+        sp_spill_run_t *s = sp__realloc(sr->spills, cap * sizeof(*s));
         if (s == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "shuffle %llu map %llu: no memory to track a spill",
                             (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id);
@@ -429,40 +401,23 @@ sp_status_t sp__sorter_spill_to(sp_sorter_t *sr, const char *dir)
         sr->spills_cap = cap;
     }
     ptrs = sp_sorter_sort(sr);
-    spill.segs = sp__malloc(SP_MIN((size_t)sr->o.partitions, sr->n) * sizeof(*spill.segs));
-    if (spill.segs == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "shuffle %llu map %llu: no memory for spill segments",
-                        (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id);
-    snprintf(path, sizeof(path), "%s/spill_%llu_%llu_%u_%ld_%u.tmp", dir,
-             (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id, sr->o.attempt,
-             (long)getpid(), sr->seq++);
-    spill.path = sp__strdup(path);
-    if (spill.path == NULL) {
-        sp__free(spill.segs);
-        return SP_RAISE(SP_ERR_NOMEM, "no memory for the path of spill %s", path);
-    }
-    st = sp__file_writer_open(&fw, path, sr->spill_buffer);
-    if (st != SP_OK) {
-        sp_spill_free(&spill, false);
-        return st;
-    }
-    st = sp__data_header_write(&fw, sr->o.codec, sr->o.checksum);
+    sp_sorter_run_path(sr, dir, path, sizeof(path));
+    st = sp__spill_run_open(&rw, path, sr->spill_buffer, sr->o.codec, sr->o.checksum, sr->enc);
+    if (st != SP_OK && rw.fw.path == NULL)
+        return st; /* not created */
     if (st == SP_OK)
-        st = sp_sorter_write_sorted(sr, ptrs, &fw, spill.segs, &spill.nsegs);
+        st = sp_sorter_write_sorted(sr, ptrs, &rw);
     if (st == SP_OK)
-        st = sp__file_writer_finish(&fw, false);
+        st = sp__spill_run_finish(&rw, false, &run);
     if (st != SP_OK) {
-        sp__file_writer_discard(&fw);
-        sp_spill_free(&spill, false);
+        sp__spill_run_abort(&rw);
         return SP_RAISE(st, "shuffle %llu map %llu: spill to %s failed: %s",
                         (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id,
                         path, sp_last_error());
     }
     sr->stats.spills++;
-    sr->stats.spill_bytes += fw.offset;
-    spill.size = fw.offset;
-    sp__file_writer_release(&fw);
-    sr->spills[sr->nspills++] = spill;
+    sr->stats.spill_bytes += run.size;
+    sr->spills[sr->nspills++] = run;
     sr->n = 0;
     sp_sorter_free_pages(sr);
     sr->stats.spill_ns += sp__now_ns() - t0;
@@ -485,31 +440,17 @@ static sp_status_t sp_sorter_map_spills(sp_sorter_t *sr)
     if (sr->maps == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory to map %u spills", sr->nspills);
     for (unsigned s = 0; s < sr->nspills; s++) {
-        int fd;
-        if (sp__fault_fire(SP_FAULT_READ)) {
-            return SP_RAISE(SP_ERR_IO, "map spill %s: injected read fault", sr->spills[s].path);
-        }
-        fd = open(sr->spills[s].path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            return SP_RAISE(SP_ERR_IO, "open spill %s: %s (errno %d)", sr->spills[s].path,
-                            strerror(errno), errno);
-        sr->maps[s] = mmap(NULL, sr->spills[s].size, PROT_READ, MAP_PRIVATE, fd, 0);
-        close(fd);
-        if (sr->maps[s] == MAP_FAILED) {
-            sr->maps[s] = NULL;
-            return SP_RAISE(SP_ERR_IO, "map spill %s: %s (errno %d)", sr->spills[s].path,
-                            strerror(errno), errno);
-        }
+        sp_status_t st = sp__spill_run_map(&sr->spills[s], &sr->maps[s]);
+        if (st != SP_OK)
+            return st;
     }
     return SP_OK;
 }
 
 static void sp_sorter_unmap_spills(sp_sorter_t *sr)
 {
-    for (unsigned s = 0; sr->maps != NULL && s < sr->nspills; s++) {
-        if (sr->maps[s] != NULL)
-            munmap(sr->maps[s], sr->spills[s].size);
-    }
+    for (unsigned s = 0; sr->maps != NULL && s < sr->nspills; s++)
+        sp__spill_run_unmap(&sr->spills[s], sr->maps[s]);
     sp__free(sr->maps);
     sr->maps = NULL;
 }
@@ -537,12 +478,16 @@ static sp_status_t sp_sorter_kmerge_partition(sp_sorter_t *sr, uint32_t p, size_
     return st;
 }
 
-/* k-way merge by key of partition p's segments of every spill into out. */
+/*
+ * k-way merge by key of partition p's segments of every spill into one
+ * segment of out (none when they hold no record).
+ */
 static sp_status_t sp_sorter_merge_ordered(sp_sorter_t *sr, uint32_t p, size_t *cursor,
-                                           sp_file_writer_t *out, uint64_t *len_p,
+                                           sp_spill_run_writer_t *out, uint64_t *len_p,
                                            uint64_t *records_p, uint64_t *checksum_p)
 {
     sp_status_t st = sp_sorter_kmerge_partition(sr, p, cursor);
+    const sp_spill_seg_t *seg;
     bool begun = false, more = true;
 
     *records_p = 0;
@@ -551,26 +496,23 @@ static sp_status_t sp_sorter_merge_ordered(sp_sorter_t *sr, uint32_t p, size_t *
     while (st == SP_OK) {
         const void *key, *value;
         size_t klen, vlen;
-        unsigned char h[SP_RECORD_HEADER];
 
         st = sp__kmerge_next(sr->kmerge, &key, &klen, &value, &vlen, &more);
         if (st != SP_OK || !more)
             break;
         if (!begun) {
-            sp_segment_begin(sr, out);
+            if ((st = sp__spill_run_begin(out, p)) != SP_OK)
+                break;
             begun = true;
         }
-        sp__le_put_u32(h, (uint32_t)klen);
-        sp__le_put_u32(h + 4, (uint32_t)vlen);
-        if ((st = sp__encoder_write(sr->enc, h, sizeof(h))) != SP_OK ||
-            (st = sp__encoder_write(sr->enc, key, klen)) != SP_OK ||
-            (st = sp__encoder_write(sr->enc, value, vlen)) != SP_OK)
-            break;
-        (*records_p)++;
+        st = sp__spill_run_add(out, key, klen, value, vlen);
     }
-    if (st == SP_OK && begun)
-        st = sp_segment_end(sr, out, len_p, checksum_p);
-    out->checksumming = false;
+    if (st == SP_OK && begun && (st = sp__spill_run_end(out, &seg)) == SP_OK) {
+        *records_p = seg->records;
+        *len_p = seg->length;
+        *checksum_p = seg->checksum;
+    }
+    out->fw.checksumming = false;
     return st;
 }
 
@@ -582,34 +524,27 @@ static sp_status_t sp_sorter_merge_ordered(sp_sorter_t *sr, uint32_t p, size_t *
 static sp_status_t sp_sorter_merge_oldest(sp_sorter_t *sr, unsigned count)
 {
     unsigned total = sr->nspills;
-    size_t *cursor = sp__calloc(count, sizeof(*cursor)), nsegs = 0;
-    sp_spill_t merged = {0};
-    sp_file_writer_t fw = {.fd = -1};
+    size_t *cursor = sp__calloc(count, sizeof(*cursor));
+    sp_spill_run_t merged = {0};
+    sp_spill_run_writer_t rw;
     char path[PATH_MAX];
     sp_status_t st;
 
-    for (unsigned s = 0; s < count; s++)
-        nsegs += sr->spills[s].nsegs;
-    merged.segs =
-        sp__malloc(SP_MAX(SP_MIN(nsegs, (size_t)sr->o.partitions), 1) * sizeof(*merged.segs));
-    snprintf(path, sizeof(path), "%s/spill_%llu_%llu_%u_%ld_%u.tmp",
-             sp__shuffle_dirs_next(sr->dirs), (unsigned long long)sr->o.shuffle_id,
-             (unsigned long long)sr->o.map_id, sr->o.attempt, (long)getpid(), sr->seq++);
-    merged.path = sp__strdup(path);
-    if (cursor == NULL || merged.segs == NULL || merged.path == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u runs", count);
-        goto out;
+    if (cursor == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u runs", count);
+    sp_sorter_run_path(sr, sp__shuffle_dirs_next(sr->dirs), path, sizeof(path));
+    st = sp__spill_run_open(&rw, path, sr->spill_buffer, sr->o.codec, sr->o.checksum, sr->enc);
+    if (st != SP_OK) {
+        sp__spill_run_abort(&rw);
+        sp__free(cursor);
+        return st;
     }
-    if ((st = sp__file_writer_open(&fw, path, sr->spill_buffer)) != SP_OK)
-        goto out;
-    st = sp__data_header_write(&fw, sr->o.codec, sr->o.checksum);
     /* The merge functions see only the group. */
     sr->nspills = count;
-    if (st == SP_OK)
-        st = sp_sorter_map_spills(sr);
+    st = sp_sorter_map_spills(sr);
     while (st == SP_OK) {
         uint32_t p = UINT32_MAX;
-        sp_spill_seg_t seg = {0};
+        uint64_t len, records, checksum;
 
         for (unsigned s = 0; s < count; s++) {
             if (cursor[s] < sr->spills[s].nsegs)
@@ -617,36 +552,25 @@ static sp_status_t sp_sorter_merge_oldest(sp_sorter_t *sr, unsigned count)
         }
         if (p == UINT32_MAX)
             break;
-        seg.partition = p;
-        seg.offset = fw.offset;
-        st = sp_sorter_merge_ordered(sr, p, cursor, &fw, &seg.length, &seg.records, &seg.checksum);
-        if (st == SP_OK && seg.records != 0)
-            merged.segs[merged.nsegs++] = seg;
+        st = sp_sorter_merge_ordered(sr, p, cursor, &rw, &len, &records, &checksum);
     }
     sp_sorter_unmap_spills(sr);
     sr->nspills = total;
     if (st == SP_OK)
-        st = sp__file_writer_finish(&fw, false);
+        st = sp__spill_run_finish(&rw, false, &merged);
+    sp__free(cursor);
     if (st != SP_OK) {
-        sp__file_writer_discard(&fw);
-        goto out;
+        sp__spill_run_abort(&rw);
+        return st;
     }
-    merged.size = fw.offset;
-    sr->stats.spill_bytes += fw.offset;
-    sp__file_writer_release(&fw);
+    sr->stats.spill_bytes += merged.size;
     for (unsigned s = 0; s < count; s++)
-        sp_spill_free(&sr->spills[s], true);
+        sp__spill_run_drop(&sr->spills[s], true);
     memmove(sr->spills + 1, sr->spills + count, (total - count) * sizeof(*sr->spills));
     sr->spills[0] = merged;
     sr->nspills = total - count + 1;
     sr->stats.merge_passes++;
-    merged.path = NULL;
-    merged.segs = NULL;
-out:
-    sp__free(cursor);
-    sp__free(merged.path);
-    sp__free(merged.segs);
-    return st;
+    return SP_OK;
 }
 
 /*
@@ -671,7 +595,7 @@ static sp_status_t sp_sorter_limit_fan_in(sp_sorter_t *sr)
     }
 }
 
-sp_status_t sp__sorter_merge(sp_sorter_t *sr, sp_file_writer_t *out, uint64_t *lengths,
+sp_status_t sp__sorter_merge(sp_sorter_t *sr, sp_spill_run_writer_t *out, uint64_t *lengths,
                              uint64_t *records, uint64_t *checksums)
 {
     int *fds = sp__calloc(sr->nspills, sizeof(*fds));
@@ -698,7 +622,7 @@ sp_status_t sp__sorter_merge(sp_sorter_t *sr, sp_file_writer_t *out, uint64_t *l
         }
     }
     for (uint32_t p = 0; p < sr->o.partitions && st == SP_OK; p++) {
-        uint64_t start = out->offset, crc = 0;
+        uint64_t start = out->fw.offset, crc = 0;
         sp_checksum_t cs;
         bool combine = sr->o.checksum == SP_CHECKSUM_CRC32C;
 
@@ -714,13 +638,13 @@ sp_status_t sp__sorter_merge(sp_sorter_t *sr, sp_file_writer_t *out, uint64_t *l
             if (cursor[s] >= sr->spills[s].nsegs || seg->partition != p)
                 continue;
             cursor[s]++;
-            st = sp__file_copy_range(out, fds[s], sr->spills[s].path, seg->offset, seg->length,
+            st = sp__file_copy_range(&out->fw, fds[s], sr->spills[s].path, seg->offset, seg->length,
                                      combine ? NULL : &cs);
             if (combine)
                 crc = sp__crc32c_combine((uint32_t)crc, (uint32_t)seg->checksum, seg->length);
             records[p] += seg->records;
         }
-        lengths[p] = out->offset - start;
+        lengths[p] = out->fw.offset - start;
         checksums[p] = combine ? crc : sp__checksum_final(&cs);
     }
 out:
@@ -733,10 +657,9 @@ out:
 
 /* ---- output ---- */
 
-sp_status_t sp__sorter_write(sp_sorter_t *sr, sp_file_writer_t *out, sp_spill_seg_t *segs,
-                             size_t *nsegs_p)
+sp_status_t sp__sorter_write(sp_sorter_t *sr, sp_spill_run_writer_t *out)
 {
-    return sp_sorter_write_sorted(sr, sp_sorter_sort(sr), out, segs, nsegs_p);
+    return sp_sorter_write_sorted(sr, sp_sorter_sort(sr), out);
 }
 
 void sp__sorter_release_memory(sp_sorter_t *sr)
@@ -759,7 +682,7 @@ void sp__sorter_drop_files(sp_sorter_t *sr, const char *keep)
 {
     sp_sorter_unmap_spills(sr);
     for (unsigned s = 0; s < sr->nspills; s++)
-        sp_spill_free(&sr->spills[s], keep == NULL || strcmp(sr->spills[s].path, keep) != 0);
+        sp__spill_run_drop(&sr->spills[s], keep == NULL || strcmp(sr->spills[s].path, keep) != 0);
     sr->nspills = 0;
 }
 

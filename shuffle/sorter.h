@@ -11,20 +11,6 @@
 
 #include "shuffle_int.h"
 
-/* The segments of one run file, for non-empty partitions only, in order. */
-typedef struct sp_spill_seg {
-    uint32_t partition;
-    uint64_t offset, length, records, checksum;
-} sp_spill_seg_t;
-
-/* A run file on disk (the data file layout of docs/FORMATS.md). */
-typedef struct sp_spill {
-    char *path;
-    sp_spill_seg_t *segs;
-    size_t nsegs;
-    uint64_t size; /* bytes of the file */
-} sp_spill_t;
-
 typedef struct sp_sorter {
     sp_memory_consumer_t consumer;
     sp_shuffle_writer_options_t o; /* partitions, ordering, comparator, codec, ids */
@@ -44,11 +30,11 @@ typedef struct sp_sorter {
     bool prefix; /* elements are sp_sort_entry_t */
 
     /* runs on disk, oldest first */
-    sp_spill_t *spills;
+    sp_spill_run_t *spills;
     unsigned nspills, spills_cap, seq;
 
     /* key-ordered merges: runs mapped read-only, and the merge */
-    void **maps;
+    const void **maps;
     sp_kmerge_t *kmerge;
     uint64_t merge_bytes; /* execution memory held for merge windows */
     /* iteration over the sorted output */
@@ -80,17 +66,15 @@ sp_status_t sp__sorter_insert(sp_sorter_t *sorter, uint32_t partition, const voi
 sp_status_t sp__sorter_spill_to(sp_sorter_t *sorter, const char *dir);
 /*
  * Without runs: sorts the records in memory and writes them to out, one
- * segment per non-empty partition, appended to segs (room for
- * min(partitions, records)).
+ * segment per non-empty partition (in out's segment table).
  */
-sp_status_t sp__sorter_write(sp_sorter_t *sorter, sp_file_writer_t *out, sp_spill_seg_t *segs,
-                             size_t *nsegs_p);
+sp_status_t sp__sorter_write(sp_sorter_t *sorter, sp_spill_run_writer_t *out);
 /*
  * Merges every run into out, partition by partition (segment copies, or a
  * k-way merge of records when key-ordered), and fills the per-partition
  * lengths, records and checksums.
  */
-sp_status_t sp__sorter_merge(sp_sorter_t *sorter, sp_file_writer_t *out, uint64_t *lengths,
+sp_status_t sp__sorter_merge(sp_sorter_t *sorter, sp_spill_run_writer_t *out, uint64_t *lengths,
                              uint64_t *records, uint64_t *checksums);
 /* Frees the pages, the array and merge memory; the sorter takes no more records. */
 void sp__sorter_release_memory(sp_sorter_t *sorter);

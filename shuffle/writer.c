@@ -395,7 +395,8 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     uint64_t *lengths = NULL, *records = NULL, *checksums = NULL, t0 = sp__now_ns();
     char data_tmp[PATH_MAX];
     const char *renamed = NULL;
-    sp_file_writer_t out = {.fd = -1};
+    sp_spill_run_writer_t out = {.fw = {.fd = -1}};
+    sp_spill_run_t data = {0};
     sp_status_t st;
 
     if (w->done)
@@ -432,37 +433,30 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
             goto err;
     } else {
         sp_data_tmp_path(w, dir, data_tmp, sizeof(data_tmp));
-        st = sp__file_writer_open(&out, data_tmp, w->spill_buffer);
-        if (st != SP_OK)
+        /* The data file is written like a run: the encoder is the sorter's
+         * (the bypass path copies frames it encoded itself). */
+        st = sp__spill_run_open(&out, data_tmp, w->spill_buffer, w->o.codec, w->o.checksum,
+                                sr != NULL ? sr->enc : NULL);
+        if (st != SP_OK && out.fw.path == NULL)
             goto err;
-        st = sp__data_header_write(&out, w->o.codec, w->o.checksum);
         if (st == SP_OK && w->bypass) {
-            st = sp__bypass_writer_write_data(w->bw, &out, lengths, records, checksums);
+            st = sp__bypass_writer_write_data(w->bw, &out.fw, lengths, records, checksums);
         } else if (st == SP_OK && sr->nspills == 0) {
-            sp_spill_seg_t *segs =
-                sp__malloc(SP_MAX(SP_MIN((size_t)w->o.partitions, sr->n), 1) * sizeof(*segs));
-            size_t nsegs = 0;
-            if (segs == NULL) {
-                st = SP_RAISE(SP_ERR_NOMEM, "no memory for the segments of %u partitions",
-                              w->o.partitions);
-            } else {
-                st = sp__sorter_write(sr, &out, segs, &nsegs);
-                if (st == SP_OK)
-                    sp_segs_to_arrays(w, segs, nsegs, lengths, records, checksums);
-                sp__free(segs);
-            }
+            st = sp__sorter_write(sr, &out);
+            if (st == SP_OK)
+                sp_segs_to_arrays(w, out.run.segs, out.run.nsegs, lengths, records, checksums);
         } else if (st == SP_OK) {
             st = sp__sorter_merge(sr, &out, lengths, records, checksums);
         }
         if (st == SP_OK)
-            st = sp__file_writer_finish(&out, w->sync);
+            st = sp__spill_run_finish(&out, w->sync, &data);
         if (st != SP_OK) {
             st = SP_RAISE(st, "shuffle %llu map %llu: writing %s failed: %s",
                           (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
                           data_tmp, sp_last_error());
             goto err;
         }
-        w->stats.output_bytes = out.offset;
+        w->stats.output_bytes = data.size;
     }
     if (renamed != NULL) {
         w->stats.output_bytes = SP_DATA_HEADER;
@@ -471,7 +465,7 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     }
     sp_writer_release_memory(w);
     st = sp__output_commit(dir, data_tmp, &w->o, lengths, records, checksums, w->sync, status_p);
-    sp__file_writer_release(&out);
+    sp__spill_run_drop(&data, false); /* the commit renamed or removed the file */
     if (st != SP_OK)
         goto err;
     sp_writer_drop_files(w, renamed);
@@ -483,8 +477,7 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     return SP_OK;
 
 err:
-    if (out.path != NULL)
-        sp__file_writer_discard(&out);
+    sp__spill_run_abort(&out);
     sp_shuffle_writer_abort(w);
     sp__free(lengths);
     sp__free(records);
