@@ -21,13 +21,14 @@
  * is full), or another consumer of the task asks, the occupied slots are
  * sorted by (hash, key bytes) and written as one run file in
  * shuffle.local_dirs; then every page is freed and the table dropped. A run
- * has the spill file layout (docs/FORMATS.md): the 8-byte data header, then
- * independent segments ("chunks") of records [u32 klen][u32 vlen][key]
- * [value], each compressed with shuffle.codec and checksummed with
- * shuffle.checksum; a chunk ends with the record that brings it to one page
- * (bounded to 16..256 KiB). The chunk table (offset, length, checksum) and
- * the record count stay in memory and are checked when the run is read
- * back. A run holds each key once.
+ * is a spill run (shuffle/spill_run.c, the layout of docs/FORMATS.md) with
+ * one partition: the 8-byte data header, then independent segments
+ * ("chunks") of records [u32 klen][u32 vlen][key][value], each compressed
+ * with shuffle.codec and checksummed with shuffle.checksum; a chunk ends with
+ * the record that brings it to one page (bounded to 16..256 KiB). The
+ * segment table (offset, length, records, checksum) stays in memory; each
+ * chunk's checksum and the run's record count are checked when the run is
+ * read back one chunk at a time. A run holds each key once.
  *
  * Order of values. Runs are kept in spill order and a key's values are
  * combined in insertion order everywhere: in memory (stored, then new),
@@ -36,7 +37,8 @@
  *
  * Output. Without spills the table is iterated in place. Otherwise what is
  * left in memory is spilled too and the runs are merged by (hash, key) with
- * a binary heap, a key's values from every run combined into one; each run
+ * the shuffle's k-way merge heap (shuffle/kmerge.c; each run a source
+ * ranked by key hash), a key's values from every run combined into one; each run
  * is read one chunk at a time (a chunk buffer and a segment reader window
  * per run), so a run may be far larger than memory. The merge's buffers are
  * acquired as execution memory; when the grant does not cover every run,
@@ -86,29 +88,10 @@ typedef struct sp_agg_slot {
     unsigned char *rec; /* NULL: empty */
 } sp_agg_slot_t;
 
-typedef struct sp_agg_chunk {
-    uint64_t offset, length, checksum;
-} sp_agg_chunk_t;
-
-/* A sorted run on disk; path NULL: nothing (dropped or moved). */
-typedef struct sp_agg_run {
-    char *path;
-    sp_agg_chunk_t *chunks;
-    size_t nchunks;
-    uint64_t records, bytes;
-} sp_agg_run_t;
-
-typedef struct sp_agg_run_writer {
-    sp_file_writer_t fw;
-    sp_agg_run_t run;
-    size_t chunks_cap;
-    uint64_t raw; /* raw record bytes in the open chunk */
-    bool in_chunk;
-} sp_agg_run_writer_t;
-
-/* Reads one run sequentially, one chunk at a time. */
+/* Reads one run sequentially, one chunk at a time: a source of the merge. */
 typedef struct sp_agg_cursor {
-    const sp_agg_run_t *run;
+    sp_aggregator_t *agg;
+    const sp_spill_run_t *run; /* its segments are the chunks */
     int fd;
     size_t next_chunk;
     unsigned char *buf; /* the stored bytes of the current chunk */
@@ -122,9 +105,11 @@ typedef struct sp_agg_cursor {
 
 typedef struct sp_agg_merge {
     sp_agg_cursor_t *cur;
-    size_t n;     /* cursors opened (for cleanup) */
-    size_t *heap; /* cursor indices; top: least (hash, key, run order) */
-    size_t heap_len;
+    size_t n;          /* cursors opened (for cleanup) */
+    sp_kmerge_t *heap; /* of the cursors, by (hash, key, run order) */
+    bool pending;      /* the heap's last record starts the next key */
+    const void *pkey, *pvalue;
+    size_t pklen, pvlen;
     unsigned char *key; /* the key being returned */
     size_t key_cap;
     unsigned char *acc; /* its combined value */
@@ -174,7 +159,7 @@ struct sp_aggregator {
     uint64_t merge_bytes;      /* execution memory held for the merge */
 
     /* runs */
-    sp_agg_run_t *runs;
+    sp_spill_run_t *runs;
     size_t nruns, runs_cap;
     unsigned seq;
     sp_agg_merge_t m;
@@ -280,122 +265,46 @@ static sp_status_t sp_agg_combine(sp_aggregator_t *agg, const void *key, size_t 
 
 /* ---- runs ---- */
 
-static void sp_agg_run_drop(sp_agg_run_t *run)
-{
-    if (run->path != NULL) {
-        unlink(run->path);
-        sp__tempfile_forget(run->path);
-    }
-    sp__free(run->path);
-    sp__free(run->chunks);
-    memset(run, 0, sizeof(*run));
-}
-
 static void sp_agg_runs_drop_all(sp_aggregator_t *agg)
 {
     for (size_t i = 0; i < agg->nruns; i++)
-        sp_agg_run_drop(&agg->runs[i]);
+        sp__spill_run_drop(&agg->runs[i], true);
     agg->nruns = 0;
 }
 
-static sp_status_t sp_agg_run_begin(sp_aggregator_t *agg, sp_agg_run_writer_t *rw)
+/* Opens a new run file; on failure nothing is left. */
+static sp_status_t sp_agg_run_begin(sp_aggregator_t *agg, sp_spill_run_writer_t *rw)
 {
     char path[PATH_MAX];
     sp_status_t st;
 
-    memset(rw, 0, sizeof(*rw));
     snprintf(path, sizeof(path), "%s/aggregate_%ld_%llu_%u.tmp", sp__shuffle_dirs_next(agg->dirs),
              (long)getpid(), (unsigned long long)agg->instance, agg->seq++);
-    st = sp__file_writer_open(&rw->fw, path, agg->spill_buffer);
+    st = sp__spill_run_open(rw, path, agg->spill_buffer, agg->codec, agg->checksum, agg->enc);
     if (st != SP_OK)
-        return st;
-    st = sp__data_header_write(&rw->fw, agg->codec, agg->checksum);
-    if (st != SP_OK)
-        sp__file_writer_discard(&rw->fw);
+        sp__spill_run_abort(rw);
     return st;
 }
 
-static void sp_agg_run_abort(sp_agg_run_writer_t *rw)
-{
-    rw->fw.checksumming = false;
-    sp__file_writer_discard(&rw->fw);
-    sp__free(rw->run.chunks);
-    rw->run.chunks = NULL;
-}
-
-static sp_status_t sp_agg_chunk_end(sp_aggregator_t *agg, sp_agg_run_writer_t *rw)
-{
-    sp_agg_chunk_t *c = &rw->run.chunks[rw->run.nchunks];
-    sp_status_t st = sp__encoder_end(agg->enc, &c->length);
-
-    rw->fw.checksumming = false;
-    rw->in_chunk = false;
-    if (st != SP_OK)
-        return st;
-    c->checksum = sp__checksum_final(&rw->fw.cs);
-    rw->run.nchunks++;
-    return SP_OK;
-}
-
-static sp_status_t sp_agg_run_add(sp_aggregator_t *agg, sp_agg_run_writer_t *rw, const void *key,
+/* Adds a record to the run: unpartitioned chunks that end at chunk_bytes of records. */
+static sp_status_t sp_agg_run_add(sp_aggregator_t *agg, sp_spill_run_writer_t *rw, const void *key,
                                   size_t klen, const void *value, size_t vlen)
 {
-    unsigned char h[SP_RECORD_HEADER];
     sp_status_t st;
 
-    if (!rw->in_chunk) {
-        if (rw->run.nchunks == rw->chunks_cap) {
-            size_t cap = rw->chunks_cap != 0 ? 2 * rw->chunks_cap : 16;
-            sp_agg_chunk_t *c = sp__realloc(rw->run.chunks, cap * sizeof(*c));
-            if (c == NULL)
-                return SP_RAISE(SP_ERR_NOMEM, "no memory for the chunk table of %s", rw->fw.path);
-            rw->run.chunks = c;
-            rw->chunks_cap = cap;
-        }
-        rw->run.chunks[rw->run.nchunks].offset = rw->fw.offset;
-        sp__checksum_init(&rw->fw.cs, agg->checksum);
-        rw->fw.checksumming = true;
-        sp__encoder_begin(agg->enc, sp__file_writer_sink, &rw->fw);
-        rw->in_chunk = true;
-        rw->raw = 0;
-    }
-    sp__le_put_u32(h, (uint32_t)klen);
-    sp__le_put_u32(h + 4, (uint32_t)vlen);
-    if ((st = sp__encoder_write(agg->enc, h, sizeof(h))) != SP_OK ||
-        (st = sp__encoder_write(agg->enc, key, klen)) != SP_OK ||
-        (st = sp__encoder_write(agg->enc, value, vlen)) != SP_OK)
+    if (!rw->in_segment && (st = sp__spill_run_begin(rw, 0)) != SP_OK)
         return st;
-    rw->run.records++;
-    rw->raw += SP_RECORD_HEADER + (uint64_t)klen + vlen;
+    if ((st = sp__spill_run_add(rw, key, klen, value, vlen)) != SP_OK)
+        return st;
     if (rw->raw >= agg->chunk_bytes)
-        return sp_agg_chunk_end(agg, rw);
-    return SP_OK;
-}
-
-/* Closes the run file; on success the run is the caller's. */
-static sp_status_t sp_agg_run_end(sp_aggregator_t *agg, sp_agg_run_writer_t *rw,
-                                  sp_agg_run_t *run_p)
-{
-    sp_status_t st = SP_OK;
-
-    if (rw->in_chunk)
-        st = sp_agg_chunk_end(agg, rw);
-    if (st == SP_OK)
-        st = sp__file_writer_finish(&rw->fw, false);
-    if (st != SP_OK)
-        return st;
-    rw->run.bytes = rw->fw.offset;
-    rw->run.path = rw->fw.path; /* the writer's copy of the path moves to the run */
-    rw->fw.path = NULL;
-    sp__file_writer_release(&rw->fw);
-    *run_p = rw->run;
+        return sp__spill_run_end(rw, NULL);
     return SP_OK;
 }
 
 static sp_status_t sp_agg_runs_reserve(sp_aggregator_t *agg)
 {
     size_t cap;
-    sp_agg_run_t *r;
+    sp_spill_run_t *r;
 
     if (agg->nruns < agg->runs_cap)
         return SP_OK;
@@ -474,8 +383,8 @@ static int sp_agg_slot_compare(const void *x, const void *y)
 static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *keep)
 {
     sp_agg_slot_t *s = agg->table != NULL ? agg->table->data : NULL;
-    sp_agg_run_writer_t rw;
-    sp_agg_run_t run = {0};
+    sp_spill_run_writer_t rw;
+    sp_spill_run_t run = {0};
     uint64_t wasted = agg->wasted;
     size_t n = 0;
     sp_status_t st;
@@ -500,9 +409,9 @@ static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *ke
                                 sp_rec_vlen(rec));
         }
         if (st == SP_OK)
-            st = sp_agg_run_end(agg, &rw, &run);
+            st = sp__spill_run_finish(&rw, false, &run);
         if (st != SP_OK)
-            sp_agg_run_abort(&rw);
+            sp__spill_run_abort(&rw);
     }
     sp_agg_free_memory(agg, keep);
     if (st != SP_OK)
@@ -510,11 +419,11 @@ static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *ke
                         (unsigned long long)agg->task_id, n, sp_last_error());
     sp_debug("task %llu aggregator: spilled %zu keys to %s (%llu bytes; %llu bytes of moved "
              "records were dead)",
-             (unsigned long long)agg->task_id, n, run.path, (unsigned long long)run.bytes,
+             (unsigned long long)agg->task_id, n, run.path, (unsigned long long)run.size,
              (unsigned long long)wasted);
     agg->runs[agg->nruns++] = run;
     agg->stats.spills++;
-    agg->stats.spill_bytes += run.bytes;
+    agg->stats.spill_bytes += run.size;
     return SP_OK;
 }
 
@@ -763,71 +672,15 @@ static sp_status_t sp_agg_insert(sp_aggregator_t *agg, uint64_t hash, const void
 
 /* ---- merge ---- */
 
-static bool sp_agg_cursor_less(const sp_agg_merge_t *m, size_t a, size_t b)
-{
-    const sp_agg_cursor_t *x = &m->cur[a], *y = &m->cur[b];
-    int c;
-
-    if (x->hash != y->hash)
-        return x->hash < y->hash;
-    c = sp_agg_key_compare(x->key, x->klen, y->key, y->klen);
-    return c < 0 || (c == 0 && a < b);
-}
-
-static void sp_agg_heap_down(sp_agg_merge_t *m, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, best = i, tmp;
-
-        if (l < m->heap_len && sp_agg_cursor_less(m, m->heap[l], m->heap[best]))
-            best = l;
-        if (r < m->heap_len && sp_agg_cursor_less(m, m->heap[r], m->heap[best]))
-            best = r;
-        if (best == i)
-            return;
-        tmp = m->heap[i];
-        m->heap[i] = m->heap[best];
-        m->heap[best] = tmp;
-        i = best;
-    }
-}
-
-static void sp_agg_heap_push(sp_agg_merge_t *m, size_t c)
-{
-    size_t i = m->heap_len++;
-
-    m->heap[i] = c;
-    while (i > 0 && sp_agg_cursor_less(m, m->heap[i], m->heap[(i - 1) / 2])) {
-        size_t p = (i - 1) / 2, tmp = m->heap[i];
-        m->heap[i] = m->heap[p];
-        m->heap[p] = tmp;
-        i = p;
-    }
-}
-
 /* Loads chunk c->next_chunk into the cursor's reader, checking its checksum. */
 static sp_status_t sp_agg_cursor_load(sp_aggregator_t *agg, sp_agg_cursor_t *c)
 {
-    const sp_agg_chunk_t *chunk = &c->run->chunks[c->next_chunk];
-    sp_status_t st;
+    sp_status_t st =
+        sp__spill_run_read_segment(c->run, c->fd, c->next_chunk, agg->checksum, &c->buf, &c->cap);
 
-    if (chunk->length > c->cap) {
-        unsigned char *buf = sp__malloc((size_t)chunk->length);
-        if (buf == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory to read a chunk of %llu bytes of %s",
-                            (unsigned long long)chunk->length, c->run->path);
-        sp__free(c->buf);
-        c->buf = buf;
-        c->cap = (size_t)chunk->length;
-    }
-    st = sp__pread_all(c->fd, c->buf, (size_t)chunk->length, chunk->offset, c->run->path);
     if (st != SP_OK)
         return st;
-    if (sp__checksum_buf(agg->checksum, c->buf, (size_t)chunk->length) != chunk->checksum)
-        return SP_RAISE(SP_ERR_CORRUPT, "run %s: chunk %zu at offset %llu fails its %s checksum",
-                        c->run->path, c->next_chunk, (unsigned long long)chunk->offset,
-                        sp_checksum_name(agg->checksum));
-    sp_segment_reader_reset(c->reader, c->buf, (size_t)chunk->length);
+    sp_segment_reader_reset(c->reader, c->buf, (size_t)c->run->segs[c->next_chunk].length);
     c->next_chunk++;
     return SP_OK;
 }
@@ -849,7 +702,7 @@ static sp_status_t sp_agg_cursor_next(sp_aggregator_t *agg, sp_agg_cursor_t *c, 
             *more_p = true;
             return SP_OK;
         }
-        if (c->next_chunk == c->run->nchunks) {
+        if (c->next_chunk == c->run->nsegs) {
             if (c->read != c->run->records)
                 return SP_RAISE(SP_ERR_CORRUPT, "run %s holds %llu records, not %llu", c->run->path,
                                 (unsigned long long)c->read, (unsigned long long)c->run->records);
@@ -861,6 +714,24 @@ static sp_status_t sp_agg_cursor_next(sp_aggregator_t *agg, sp_agg_cursor_t *c, 
     }
 }
 
+/* The merge heap's source: the cursor's next record, ranked by its key hash. */
+static sp_status_t sp_agg_cursor_source(void *arg, uint64_t *rank_p, const void **key_p,
+                                        size_t *klen_p, const void **value_p, size_t *vlen_p,
+                                        bool *more_p)
+{
+    sp_agg_cursor_t *c = arg;
+    sp_status_t st = sp_agg_cursor_next(c->agg, c, more_p);
+
+    if (st == SP_OK && *more_p) {
+        *rank_p = c->hash;
+        *key_p = c->key;
+        *klen_p = c->klen;
+        *value_p = c->value;
+        *vlen_p = c->vlen;
+    }
+    return st;
+}
+
 static void sp_agg_merge_close(sp_agg_merge_t *m)
 {
     for (size_t i = 0; i < m->n; i++) {
@@ -870,7 +741,7 @@ static void sp_agg_merge_close(sp_agg_merge_t *m)
         sp__free(m->cur[i].buf);
     }
     sp__free(m->cur);
-    sp__free(m->heap);
+    sp__kmerge_destroy(m->heap);
     sp__free(m->key);
     sp__free(m->acc);
     memset(m, 0, sizeof(*m));
@@ -878,52 +749,38 @@ static void sp_agg_merge_close(sp_agg_merge_t *m)
 
 /* Opens runs[0..n) for merging; on error m is closed. */
 static sp_status_t sp_agg_merge_open(sp_aggregator_t *agg, sp_agg_merge_t *m,
-                                     const sp_agg_run_t *runs, size_t n)
+                                     const sp_spill_run_t *runs, size_t n)
 {
     sp_status_t st = SP_OK;
 
     memset(m, 0, sizeof(*m));
     m->open = true;
     m->cur = sp__calloc(n, sizeof(*m->cur));
-    m->heap = sp__calloc(n, sizeof(*m->heap));
-    if (m->cur == NULL || m->heap == NULL) {
+    if (m->cur == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "task %llu aggregator: no memory to merge %zu runs",
                       (unsigned long long)agg->task_id, n);
         goto err;
     }
+    /* Runs are sorted by (hash, key bytes): the hash is the rank, keys in byte order. */
+    if ((st = sp__kmerge_create(agg->codec, NULL, NULL, &m->heap)) != SP_OK)
+        goto err;
     for (; m->n < n; m->n++) {
         sp_agg_cursor_t *c = &m->cur[m->n];
-        unsigned char h[SP_DATA_HEADER];
-        bool more = false;
 
+        c->agg = agg;
         c->run = &runs[m->n];
-        c->fd = open(c->run->path, O_RDONLY | O_CLOEXEC);
-        if (c->fd < 0) {
-            m->n++;
-            st = SP_RAISE(SP_ERR_IO, "open run %s: %s (errno %d)", c->run->path, strerror(errno),
-                          errno);
-            goto err;
-        }
-        st = sp_segment_reader_create(agg->codec, &c->reader);
-        if (st != SP_OK) {
-            m->n++;
-            goto err;
-        }
-        st = sp__pread_all(c->fd, h, sizeof(h), 0, c->run->path);
-        if (st == SP_OK &&
-            (sp__le_get_u32(h) != SP_DATA_MAGIC || h[4] != SP_DATA_VERSION ||
-             h[6] != (unsigned char)agg->codec || h[7] != (unsigned char)agg->checksum))
-            st = SP_RAISE(SP_ERR_CORRUPT, "run %s does not start with its header", c->run->path);
+        c->fd = -1;
+        st = sp__spill_run_open_read(c->run, agg->codec, agg->checksum, &c->fd);
+        if (st == SP_OK)
+            st = sp_segment_reader_create(agg->codec, &c->reader);
         if (st == SP_OK) {
             sp_segment_reader_reset(c->reader, NULL, 0);
-            st = sp_agg_cursor_next(agg, c, &more);
+            st = sp__kmerge_add_source(m->heap, sp_agg_cursor_source, c);
         }
         if (st != SP_OK) {
             m->n++;
             goto err;
         }
-        if (more)
-            sp_agg_heap_push(m, m->n);
     }
     return SP_OK;
 
@@ -949,18 +806,20 @@ static sp_status_t sp_agg_copy(unsigned char **buf, size_t *cap, const void *src
     return SP_OK;
 }
 
-/* Advances the top cursor and restores the heap. */
-static sp_status_t sp_agg_merge_pop(sp_aggregator_t *agg, sp_agg_merge_t *m)
+/* The merge heap's next record, or the one read past the previous key. */
+static sp_status_t sp_agg_merge_record(sp_agg_merge_t *m, const void **key_p, size_t *klen_p,
+                                       const void **value_p, size_t *vlen_p, bool *more_p)
 {
-    bool more = false;
-    sp_status_t st = sp_agg_cursor_next(agg, &m->cur[m->heap[0]], &more);
-
-    if (st != SP_OK)
-        return st;
-    if (!more)
-        m->heap[0] = m->heap[--m->heap_len];
-    sp_agg_heap_down(m, 0);
-    return SP_OK;
+    if (m->pending) {
+        m->pending = false;
+        *key_p = m->pkey;
+        *klen_p = m->pklen;
+        *value_p = m->pvalue;
+        *vlen_p = m->pvlen;
+        *more_p = true;
+        return SP_OK;
+    }
+    return sp__kmerge_next(m->heap, key_p, klen_p, value_p, vlen_p, more_p);
 }
 
 /*
@@ -971,31 +830,39 @@ static sp_status_t sp_agg_merge_next(sp_aggregator_t *agg, sp_agg_merge_t *m, co
                                      size_t *klen_p, const void **value_p, size_t *vlen_p,
                                      bool *more_p)
 {
-    const sp_agg_cursor_t *top;
-    uint64_t hash;
-    size_t klen, vlen;
-    sp_status_t st;
+    const void *k, *v;
+    size_t klen, vlen, kl, vl;
+    bool more = false;
+    sp_status_t st = sp_agg_merge_record(m, &k, &klen, &v, &vlen, &more);
 
-    if (m->heap_len == 0) {
+    if (st != SP_OK)
+        return st;
+    if (!more) {
         *more_p = false;
         return SP_OK;
     }
-    top = &m->cur[m->heap[0]];
-    hash = top->hash;
-    klen = top->klen;
-    vlen = top->vlen;
-    if ((st = sp_agg_copy(&m->key, &m->key_cap, top->key, klen)) != SP_OK ||
-        (st = sp_agg_copy(&m->acc, &m->acc_cap, top->value, vlen)) != SP_OK ||
-        (st = sp_agg_merge_pop(agg, m)) != SP_OK)
+    if ((st = sp_agg_copy(&m->key, &m->key_cap, k, klen)) != SP_OK ||
+        (st = sp_agg_copy(&m->acc, &m->acc_cap, v, vlen)) != SP_OK)
         return st;
-    while (m->heap_len > 0) {
+    for (;;) {
         unsigned char *tmp;
         size_t tmp_cap;
 
-        top = &m->cur[m->heap[0]];
-        if (top->hash != hash || sp_agg_key_compare(top->key, top->klen, m->key, klen) != 0)
+        /* Equal keys have equal hashes: they are adjacent in (hash, key) order. */
+        if ((st = sp__kmerge_next(m->heap, &k, &kl, &v, &vl, &more)) != SP_OK)
+            return st;
+        if (!more)
             break;
-        st = sp_agg_combine(agg, m->key, klen, m->acc, vlen, top->value, top->vlen, &vlen);
+        if (sp_agg_key_compare(k, kl, m->key, klen) != 0) {
+            /* The start of the next key: valid until the heap's next call. */
+            m->pending = true;
+            m->pkey = k;
+            m->pklen = kl;
+            m->pvalue = v;
+            m->pvlen = vl;
+            break;
+        }
+        st = sp_agg_combine(agg, m->key, klen, m->acc, vlen, v, vl, &vlen);
         if (st != SP_OK)
             return st;
         tmp = m->acc;
@@ -1004,8 +871,6 @@ static sp_status_t sp_agg_merge_next(sp_aggregator_t *agg, sp_agg_merge_t *m, co
         m->acc_cap = agg->scratch_cap;
         agg->scratch = tmp;
         agg->scratch_cap = tmp_cap;
-        if ((st = sp_agg_merge_pop(agg, m)) != SP_OK)
-            return st;
     }
     *key_p = m->key;
     *klen_p = klen;
@@ -1016,11 +881,11 @@ static sp_status_t sp_agg_merge_next(sp_aggregator_t *agg, sp_agg_merge_t *m, co
 }
 
 /* Merges runs[0..n) into one new run. */
-static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_agg_run_t *runs, size_t n,
-                                       sp_agg_run_t *run_p)
+static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_spill_run_t *runs, size_t n,
+                                       sp_spill_run_t *run_p)
 {
     sp_agg_merge_t m;
-    sp_agg_run_writer_t rw;
+    sp_spill_run_writer_t rw;
     sp_status_t st = sp_agg_merge_open(agg, &m, runs, n);
 
     if (st != SP_OK)
@@ -1042,9 +907,9 @@ static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_agg_run_t 
             break;
     }
     if (st == SP_OK)
-        st = sp_agg_run_end(agg, &rw, run_p);
+        st = sp__spill_run_finish(&rw, false, run_p);
     if (st != SP_OK)
-        sp_agg_run_abort(&rw);
+        sp__spill_run_abort(&rw);
     sp_agg_merge_close(&m);
     return st;
 }
@@ -1056,7 +921,7 @@ static sp_status_t sp_agg_merge_to_run(sp_aggregator_t *agg, const sp_agg_run_t 
 static sp_status_t sp_agg_merge_pass(sp_aggregator_t *agg, size_t fanin)
 {
     size_t groups = (agg->nruns + fanin - 1) / fanin;
-    sp_agg_run_t *next = sp__calloc(groups, sizeof(*next));
+    sp_spill_run_t *next = sp__calloc(groups, sizeof(*next));
     sp_status_t st = SP_OK;
 
     if (next == NULL)
@@ -1072,12 +937,12 @@ static sp_status_t sp_agg_merge_pass(sp_aggregator_t *agg, size_t fanin)
         }
         st = sp_agg_merge_to_run(agg, &agg->runs[first], n, &next[g]);
         for (size_t i = first; st == SP_OK && i < first + n; i++)
-            sp_agg_run_drop(&agg->runs[i]);
+            sp__spill_run_drop(&agg->runs[i], true);
     }
     if (st != SP_OK) {
         /* Runs not yet merged stay in agg->runs for destroy to remove. */
         for (size_t g = 0; g < groups; g++)
-            sp_agg_run_drop(&next[g]);
+            sp__spill_run_drop(&next[g], true);
         sp__free(next);
         return st;
     }
@@ -1131,7 +996,7 @@ static void sp_agg_output_end(sp_aggregator_t *agg)
 sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
                                  const sp_combiner_t *combiner, sp_aggregator_t **agg_p)
 {
-    sp_shuffle_writer_options_t o;
+    sp_spill_format_t f;
     sp_memory_layout_t layout;
     sp_task_memory_stats_t ts;
     sp_aggregator_t *agg;
@@ -1142,7 +1007,7 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
         agg_p == NULL)
         return SP_RAISE(SP_ERR_INVALID_PARAM,
                         "aggregator: task, conf, combiner and its combine function are required");
-    if ((st = sp_shuffle_writer_options_init(&o, conf)) != SP_OK ||
+    if ((st = sp__spill_format_init(&f, conf)) != SP_OK ||
         (st = sp_conf_get_size(conf, "shuffle.spill_buffer", &spill_buffer)) != SP_OK)
         return st;
     agg = sp__calloc(1, sizeof(*agg));
@@ -1153,8 +1018,8 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
     agg->task = task;
     agg->task_id = ts.task_id;
     agg->comb = *combiner;
-    agg->codec = o.codec;
-    agg->checksum = o.checksum;
+    agg->codec = f.codec;
+    agg->checksum = f.checksum;
     agg->unified = layout.unified_bytes;
     agg->page_size = layout.page_bytes;
     agg->chunk_bytes = SP_MAX(SP_MIN(layout.page_bytes, SP_AGG_MAX_CHUNK), SP_AGG_MIN_CHUNK);
@@ -1169,7 +1034,7 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
     agg->scratch_cap = SP_AGG_INITIAL_SCRATCH;
     if ((st = sp__shuffle_dirs_create(conf, &agg->dirs)) != SP_OK)
         goto err_free;
-    if ((st = sp__encoder_create(o.codec, o.codec_level, &agg->enc)) != SP_OK)
+    if ((st = sp__encoder_create(f.codec, f.level, &agg->enc)) != SP_OK)
         goto err_dirs;
     sp_memory_consumer_init(&agg->consumer, task, &sp_agg_consumer_ops, "aggregator");
     *agg_p = agg;

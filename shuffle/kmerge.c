@@ -1,21 +1,33 @@
 /*
- * k-way merge by key of stored segments (each already sorted by key), used
- * by the writer's merge of key-ordered spills, the reduce side's external
- * sort, and merged reads of key-sorted map outputs.
+ * The k-way merge heap of the shuffle: merges inputs that are each sorted
+ * by (rank, key) into one stream in that order. Used by the sorter's merge
+ * of key-ordered runs (the writer's sort path and the reduce side's
+ * external sort), by merged reads of key-sorted map outputs, and by the
+ * aggregator's merge of its runs (ranked by key hash).
  *
- * A binary min-heap of input indices ordered by (current key, input index):
- * equal keys come out in input order, so a merge of runs written in order is
- * stable. next() returns pointers into the chosen input's reader window and
- * advances that input only on the following call, so the pointers stay valid
- * until then. Inputs are segments in memory (mmap'd files or fetched
- * blocks); a segment reader per input decodes them through a bounded window.
+ * A binary min-heap of input indices ordered by (current rank, current key
+ * by the comparator, input index): equal keys come out in input order, so a
+ * merge of runs written in order is stable. The comparator NULL means byte
+ * order, compared inline (the merges of the sort path); the rank is a
+ * 64-bit prefix of the order, 0 for stored segments. next() returns the
+ * chosen input's current record and advances that input only on the
+ * following call, so the pointers stay valid until then.
+ *
+ * Inputs are either stored segments in memory (mmap'd files or fetched
+ * blocks), decoded through a bounded window by a segment reader per input,
+ * or sources: a callback that produces the next record (the aggregator's
+ * run cursors, which read their runs chunk by chunk). An input whose order
+ * goes down is reported rather than merged wrongly.
  */
 #include "shuffle_int.h"
 
 #include <string.h>
 
 typedef struct sp_kmerge_input {
-    sp_segment_reader_t *reader;
+    sp_segment_reader_t *reader; /* kept for reuse; NULL until a segment needs one */
+    sp_kmerge_next_fn_t next;    /* a source; NULL: the segment of reader */
+    void *arg;
+    uint64_t rank;
     const void *key, *value;
     size_t klen, vlen;
 } sp_kmerge_input_t;
@@ -25,12 +37,13 @@ struct sp_kmerge {
     sp_key_compare_fn_t compare;
     void *compare_arg;
     sp_kmerge_input_t *in;
-    size_t n, cap, readers; /* inputs added, room, readers created */
+    size_t n, cap; /* inputs added, room */
     size_t *heap;
     size_t heap_len;
     bool started;
     size_t last; /* input returned by the previous next(), or SIZE_MAX */
-    /* Copy of the key returned last: each input must not go below it. */
+    /* Copy of the rank and key returned last: each input must not go below them. */
+    uint64_t last_rank;
     unsigned char *last_key;
     size_t last_klen, last_cap;
     size_t bad_input; /* input found out of order, or SIZE_MAX */
@@ -53,9 +66,12 @@ static int sp_kmerge_key_compare(const sp_kmerge_t *m, const void *a, size_t ale
 static bool sp_kmerge_less(const sp_kmerge_t *m, size_t a, size_t b)
 {
     const sp_kmerge_input_t *x = &m->in[a], *y = &m->in[b];
-    int c = m->compare != NULL ? m->compare(x->key, x->klen, y->key, y->klen, m->compare_arg)
-                               : sp__bytes_compare(x->key, x->klen, y->key, y->klen);
+    int c;
 
+    if (x->rank != y->rank)
+        return x->rank < y->rank;
+    c = m->compare != NULL ? m->compare(x->key, x->klen, y->key, y->klen, m->compare_arg)
+                           : sp__bytes_compare(x->key, x->klen, y->key, y->klen);
     return c < 0 || (c == 0 && a < b);
 }
 
@@ -99,7 +115,7 @@ void sp__kmerge_destroy(sp_kmerge_t *m)
 {
     if (m == NULL)
         return;
-    for (size_t i = 0; i < m->readers; i++)
+    for (size_t i = 0; i < m->cap; i++)
         sp_segment_reader_destroy(m->in[i].reader);
     sp__free(m->in);
     sp__free(m->heap);
@@ -116,10 +132,9 @@ void sp__kmerge_reset(sp_kmerge_t *m)
     m->bad_input = SIZE_MAX;
 }
 
-sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len)
+/* Room for one more input; new slots start without a reader. */
+static sp_status_t sp_kmerge_reserve(sp_kmerge_t *m)
 {
-    sp_status_t st;
-
     if (m->started)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "k-way merge: input added after the first record");
     if (m->n == m->cap) {
@@ -128,6 +143,7 @@ sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len)
         size_t *heap;
         if (in == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu merge inputs", cap);
+        memset(in + m->cap, 0, (cap - m->cap) * sizeof(*in));
         m->in = in;
         heap = sp__realloc(m->heap, cap * sizeof(*heap));
         if (heap == NULL)
@@ -135,13 +151,36 @@ sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len)
         m->heap = heap;
         m->cap = cap;
     }
-    if (m->n == m->readers) {
-        st = sp_segment_reader_create(m->codec, &m->in[m->n].reader);
-        if (st != SP_OK)
-            return st;
-        m->readers++;
-    }
-    sp_segment_reader_reset(m->in[m->n].reader, segment, len);
+    return SP_OK;
+}
+
+sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len)
+{
+    sp_kmerge_input_t *in;
+    sp_status_t st = sp_kmerge_reserve(m);
+
+    if (st != SP_OK)
+        return st;
+    in = &m->in[m->n];
+    if (in->reader == NULL && (st = sp_segment_reader_create(m->codec, &in->reader)) != SP_OK)
+        return st;
+    sp_segment_reader_reset(in->reader, segment, len);
+    in->next = NULL;
+    in->arg = NULL;
+    in->rank = 0;
+    m->n++;
+    return SP_OK;
+}
+
+sp_status_t sp__kmerge_add_source(sp_kmerge_t *m, sp_kmerge_next_fn_t next, void *arg)
+{
+    sp_status_t st = sp_kmerge_reserve(m);
+
+    if (st != SP_OK)
+        return st;
+    m->in[m->n].next = next;
+    m->in[m->n].arg = arg;
+    m->in[m->n].rank = 0;
     m->n++;
     return SP_OK;
 }
@@ -151,7 +190,19 @@ static sp_status_t sp_kmerge_advance(sp_kmerge_t *m, size_t i, bool *more_p)
 {
     sp_kmerge_input_t *in = &m->in[i];
 
+    if (in->next != NULL)
+        return in->next(in->arg, &in->rank, &in->key, &in->klen, &in->value, &in->vlen, more_p);
     return sp_segment_reader_next(in->reader, &in->key, &in->klen, &in->value, &in->vlen, more_p);
+}
+
+/* Whether input i's current record comes before the one returned last. */
+static bool sp_kmerge_below_last(const sp_kmerge_t *m, size_t i)
+{
+    const sp_kmerge_input_t *in = &m->in[i];
+
+    if (in->rank != m->last_rank)
+        return in->rank < m->last_rank;
+    return sp_kmerge_key_compare(m, in->key, in->klen, m->last_key, m->last_klen) < 0;
 }
 
 sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
@@ -177,8 +228,7 @@ sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
         st = sp_kmerge_advance(m, m->last, &more);
         if (st != SP_OK)
             return st;
-        if (more && sp_kmerge_key_compare(m, m->in[m->last].key, m->in[m->last].klen, m->last_key,
-                                          m->last_klen) < 0) {
+        if (more && sp_kmerge_below_last(m, m->last)) {
             /* Its keys go down: it was not sorted by this comparator, or the
              * comparator is inconsistent. Stop rather than merge wrongly. */
             m->bad_input = m->last;
@@ -211,6 +261,7 @@ sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
     if (top->klen != 0)
         memcpy(m->last_key, top->key, top->klen);
     m->last_klen = top->klen;
+    m->last_rank = top->rank;
     *key_p = top->key;
     *klen_p = top->klen;
     *value_p = top->value;

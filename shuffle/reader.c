@@ -17,10 +17,12 @@
  *
  * Orders: unordered reads stream each block's records as it arrives;
  * merged reads hold every block and k-way merge them; sorted reads feed an
- * external sorter (the writer's sort path), aggregated reads the hash
- * aggregator; both are memory consumers of the task and spill when short.
+ * external sorter (shuffle/sorter.c, one key-ordered partition), aggregated
+ * reads the hash aggregator; both are memory consumers of the task and spill
+ * when short.
  */
 #include "shuffle_int.h"
+#include "sorter.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -73,7 +75,7 @@ struct sp_shuffle_reader {
     size_t *merge_block; /* block index of each merge input */
     sp_kmerge_t *kmerge;
     /* sort, aggregate */
-    sp_shuffle_writer_t *sorter;
+    sp_sorter_t *sorter;
     sp_aggregator_t *agg;
     bool drained;
 
@@ -378,7 +380,7 @@ static sp_status_t sp_reader_drain(sp_shuffle_reader_t *r)
 
         if (st != SP_OK || !more)
             return st;
-        st = r->sorter != NULL ? sp__sorter_insert(r->sorter, k, kl, v, vl)
+        st = r->sorter != NULL ? sp__sorter_add(r->sorter, k, kl, v, vl)
                                : sp_aggregator_insert(r->agg, k, kl, v, vl);
         if (st != SP_OK)
             return st;
@@ -470,6 +472,24 @@ static sp_ctx_pool_t *sp_reader_pool(sp_shuffle_reader_t *r)
     return (sp_ctx_pool_t *)(void *)(r + 1);
 }
 
+/* The external sorter of sorted reads: one partition, key-ordered by the job's comparator. */
+static sp_status_t sp_reader_sorter_create(sp_task_memory_t *task, const sp_conf_t *conf,
+                                           const sp_shuffle_reader_options_t *opts,
+                                           sp_sorter_t **sorter_p)
+{
+    sp_shuffle_writer_options_t o;
+    sp_status_t st = sp_shuffle_writer_options_init(&o, conf);
+
+    if (st != SP_OK)
+        return st;
+    o.partitions = 1;
+    o.key_ordering = true;
+    o.compare = opts->compare;
+    o.compare_arg = opts->compare_arg;
+    o.path = SP_WRITER_SORT;
+    return sp__sorter_create(task, conf, &o, sorter_p);
+}
+
 sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf,
                                    const sp_block_list_t *blocks,
                                    const sp_shuffle_reader_options_t *opts,
@@ -535,7 +555,7 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
         st = sp__kmerge_create(n > 0 ? blocks->blocks[0].codec : SP_CODEC_NONE, opts->compare,
                                opts->compare_arg, &r->kmerge);
     else if (opts->order == SP_READ_SORT)
-        st = sp__sorter_open(task, conf, opts->compare, opts->compare_arg, &r->sorter);
+        st = sp_reader_sorter_create(task, conf, opts, &r->sorter);
     else if (opts->order == SP_READ_AGGREGATE)
         st = sp_aggregator_create(task, conf, opts->combiner, &r->agg);
     if (st != SP_OK)
@@ -560,9 +580,7 @@ void sp_shuffle_reader_stats(const sp_shuffle_reader_t *r, sp_shuffle_read_stats
 {
     *stats_p = r->stats;
     if (r->sorter != NULL) {
-        sp_shuffle_write_stats_t ws;
-        sp_shuffle_writer_stats(r->sorter, &ws);
-        stats_p->spills = ws.spills;
+        stats_p->spills = r->sorter->stats.spills;
     } else if (r->agg != NULL) {
         sp_aggregator_stats_t as;
         sp_aggregator_stats(r->agg, &as);
@@ -594,7 +612,7 @@ void sp_shuffle_reader_close(sp_shuffle_reader_t *r)
         if (r->own_fetcher)
             sp_block_fetcher_destroy(r->fetcher);
     }
-    sp_shuffle_writer_close(r->sorter);
+    sp__sorter_destroy(r->sorter);
     sp_aggregator_destroy(r->agg);
     sp__kmerge_destroy(r->kmerge);
     sp_segment_reader_destroy(r->seg);

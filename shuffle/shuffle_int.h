@@ -73,8 +73,96 @@ void sp__file_writer_release(sp_file_writer_t *fw);
 /* Sink for the encoder: checksums (when enabled) and writes. */
 sp_status_t sp__file_writer_sink(void *arg, const void *buf, size_t len);
 
+/*
+ * Copies len bytes at offset of in_fd (named in_path in messages) to the end
+ * of out, in the kernel unless cs is given: then through user space, with
+ * the bytes added to cs (shuffle/file_copy.c).
+ */
+sp_status_t sp__file_copy_range(sp_file_writer_t *out, int in_fd, const char *in_path,
+                                uint64_t offset, uint64_t len, sp_checksum_t *cs);
+
 /* Writes the data/spill file header. */
 sp_status_t sp__data_header_write(sp_file_writer_t *fw, sp_codec_t codec, sp_checksum_kind_t kind);
+
+/* ---- the format of runs and data files (shuffle/spill_run.c) ---- */
+
+typedef struct sp_spill_format {
+    sp_codec_t codec;
+    int level; /* the codec's level */
+    sp_checksum_kind_t checksum;
+} sp_spill_format_t;
+
+/*
+ * Reads shuffle.compress, shuffle.codec, shuffle.codec_level and
+ * shuffle.checksum of conf; returns the status of the read or parse that
+ * failed (its message names the value). *format is set only on success.
+ */
+sp_status_t sp__spill_format_init(sp_spill_format_t *format, const sp_conf_t *conf);
+
+/* A segment of a run: compressed, checksummed records of one partition. */
+typedef struct sp_spill_seg {
+    uint32_t partition;
+    uint64_t offset, length, records, checksum;
+} sp_spill_seg_t;
+
+/*
+ * A run file on disk and its segment table, kept in memory (only non-empty
+ * segments, in file order). An unpartitioned run (the aggregator's) has
+ * every segment in partition 0; its segments are bounded chunks.
+ */
+typedef struct sp_spill_run {
+    char *path;
+    sp_spill_seg_t *segs;
+    size_t nsegs;
+    uint64_t size;    /* bytes of the file */
+    uint64_t records; /* in all segments */
+} sp_spill_run_t;
+
+/* A run being written: records go through enc into the open segment. */
+typedef struct sp_spill_run_writer {
+    sp_file_writer_t fw;
+    sp_encoder_t *enc; /* borrowed */
+    sp_checksum_kind_t checksum;
+    sp_spill_run_t run; /* path NULL until finished */
+    size_t segs_cap;
+    bool in_segment;
+    uint64_t raw; /* raw record bytes in the open segment */
+} sp_spill_run_writer_t;
+
+/*
+ * Creates path (a temporary file) and writes the data header. On failure
+ * the file exists when rw->fw.path is not NULL; sp__spill_run_abort()
+ * removes it.
+ */
+sp_status_t sp__spill_run_open(sp_spill_run_writer_t *rw, const char *path, size_t buffer,
+                               sp_codec_t codec, sp_checksum_kind_t checksum, sp_encoder_t *enc);
+/* Opens a segment of partition. */
+sp_status_t sp__spill_run_begin(sp_spill_run_writer_t *rw, uint32_t partition);
+/* Adds count records already serialized ([u32 klen][u32 vlen][key][value]...). */
+sp_status_t sp__spill_run_write(sp_spill_run_writer_t *rw, const void *records, size_t len,
+                                uint64_t count);
+/* Adds one record. */
+sp_status_t sp__spill_run_add(sp_spill_run_writer_t *rw, const void *key, size_t klen,
+                              const void *value, size_t vlen);
+/* Closes the open segment; *seg_p (when not NULL) is its table entry. */
+sp_status_t sp__spill_run_end(sp_spill_run_writer_t *rw, const sp_spill_seg_t **seg_p);
+/* Closes the open segment and the file (fsync when sync); the run is the caller's. */
+sp_status_t sp__spill_run_finish(sp_spill_run_writer_t *rw, bool sync, sp_spill_run_t *run_p);
+/* Removes the file being written and frees the writer's table. */
+void sp__spill_run_abort(sp_spill_run_writer_t *rw);
+/* Frees a run, removing its file when unlink_file. */
+void sp__spill_run_drop(sp_spill_run_t *run, bool unlink_file);
+
+/* Maps the whole run read-only (for merges that decode segments in place). */
+sp_status_t sp__spill_run_map(const sp_spill_run_t *run, const void **map_p);
+void sp__spill_run_unmap(const sp_spill_run_t *run, const void *map);
+/* Opens the run for reading segment by segment, checking its header. */
+sp_status_t sp__spill_run_open_read(const sp_spill_run_t *run, sp_codec_t codec,
+                                    sp_checksum_kind_t checksum, int *fd_p);
+/* Reads segment i into *buf (grown as needed), verifying its checksum. */
+sp_status_t sp__spill_run_read_segment(const sp_spill_run_t *run, int fd, size_t i,
+                                       sp_checksum_kind_t checksum, unsigned char **buf,
+                                       size_t *cap);
 
 /* ---- committed outputs ---- */
 
@@ -96,9 +184,18 @@ sp_status_t sp__output_commit(const char *dir, const char *data_tmp,
                               const uint64_t *records, const uint64_t *checksums, bool sync,
                               sp_map_status_t **status_p);
 
-/* ---- k-way merge of key-sorted segments (shuffle/kmerge.c) ---- */
+/* ---- k-way merge heap (shuffle/kmerge.c) ---- */
 
 typedef struct sp_kmerge sp_kmerge_t;
+
+/*
+ * A source of records for the merge: moves to its next record and sets its
+ * rank (compared before the key; 0 when unused), key and value, valid until
+ * its next call; *more_p false at the end.
+ */
+typedef sp_status_t (*sp_kmerge_next_fn_t)(void *arg, uint64_t *rank_p, const void **key_p,
+                                           size_t *klen_p, const void **value_p, size_t *vlen_p,
+                                           bool *more_p);
 
 /* Byte order: memcmp, then the shorter key first. */
 int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen);
@@ -111,25 +208,15 @@ void sp__kmerge_reset(sp_kmerge_t *m);
 /* Adds a sorted segment; the bytes must outlive the merge. Equal keys come
  * out in the order their inputs were added. */
 sp_status_t sp__kmerge_add(sp_kmerge_t *m, const void *segment, size_t len);
+/* Adds a source sorted by (rank, key); arg must outlive the merge. Equal
+ * (rank, key) come out in the order their inputs were added. */
+sp_status_t sp__kmerge_add_source(sp_kmerge_t *m, sp_kmerge_next_fn_t next, void *arg);
 /* The input found not sorted by the comparator (after SP_ERR_BAD_FORMAT), or SIZE_MAX. */
 size_t sp__kmerge_bad_input(const sp_kmerge_t *m);
 /* Next record in key order; pointers valid until the next call. An input
  * whose keys go down is SP_ERR_BAD_FORMAT (sp__kmerge_bad_input names it). */
 sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
                             const void **value_p, size_t *vlen_p, bool *more_p);
-
-/* ---- external sort on the writer's sort path (shuffle/writer.c) ---- */
-
-/* A writer with one key-ordered partition whose output is iterated. */
-sp_status_t sp__sorter_open(sp_task_memory_t *task, const sp_conf_t *conf,
-                            sp_key_compare_fn_t compare, void *compare_arg,
-                            sp_shuffle_writer_t **sorter_p);
-sp_status_t sp__sorter_insert(sp_shuffle_writer_t *sorter, const void *key, size_t key_len,
-                              const void *value, size_t value_len);
-/* The first call ends the input; records in key order, stable; pointers
- * valid until the next call. Close with sp_shuffle_writer_close(). */
-sp_status_t sp__sorter_next(sp_shuffle_writer_t *sorter, const void **key_p, size_t *key_len_p,
-                            const void **value_p, size_t *value_len_p, bool *more_p);
 
 /* Test hook: hashes of new aggregators are ANDed with this (collision tests). */
 extern uint64_t sp__aggregator_hash_mask;

@@ -1,100 +1,48 @@
 /*
- * The map output writer: sort path and bypass path.
+ * The map output writer: validates and partitions each record of one map
+ * task attempt, hands it to one of two paths, and commits the output.
  *
- * Sort path (the default). A record is serialized once, as
- * [u32 key length][u32 value length][key][value], into the current page of
- * the writer (a memory consumer of the task); an 8-byte packed pointer
- * [partition|page|offset] goes to the pointer array, which lives in a page of
- * its own together with the equal-sized second buffer the radix sort needs.
- * With key ordering in byte order each array element also carries the key's
- * 8-byte prefix. When memory is refused (a page, a bigger array, another
- * consumer's request, or shuffle.spill_records) the array is sorted and the
- * records are streamed to a spill file, one compressed, checksummed segment
- * per partition, and the pages are freed. At commit, 0 spills write the data
- * file straight from memory; otherwise what is in memory is spilled too and
- * the spills are merged partition by partition: unordered output by copying
- * segment byte ranges (copy_file_range; CRC-32C checksums combined without
- * reading), key-ordered output by a k-way merge of decoded records.
+ * Sort path (the default): the sorter (shuffle/sorter.c) keeps the records
+ * in task pages, spills sorted runs when memory runs out, and at commit
+ * either writes the data file straight from memory (no runs), renames a
+ * single run that lies in the output directory, or merges the runs
+ * partition by partition into a new data file. With a combiner, records
+ * first go through a hash aggregator keyed by [u32 partition, big-endian]
+ * [key] and reach the sorter at commit.
  *
- * Bypass path (few partitions, no ordering): records go to a raw buffer per
- * partition; a full buffer becomes one compressed frame appended to that
- * partition's temporary file; at commit the files are concatenated.
+ * Bypass path (few partitions, no ordering): delegated to the bypass writer
+ * (shuffle/bypass_writer.c), whose partition files are concatenated into
+ * the data file at commit.
  *
  * Data and spill files share one layout (docs/FORMATS.md), so a single spill
- * in the output directory is committed by renaming it.
+ * in the output directory is committed by renaming it. The commit itself
+ * (index, checksum file, renames under a lock) is shuffle/map_output.c's.
  */
-#include "radix_sort.h"
+#include "bypass_writer.h"
 #include "shuffle_int.h"
+#include "sorter.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#define SP_INITIAL_RECORDS 4096
-/* Records staged per encoder call: large calls keep LZ4/zstd efficient. */
-#define SP_STAGE_BYTES (64 * 1024)
-/* Execution memory one input of a key-ordered merge needs (its decode window). */
-#define SP_MERGE_WINDOW (256 * 1024)
-/* How far ahead the partition-order gather prefetches records. */
-#define SP_PREFETCH_AHEAD 16
-
-/* The segments of one spill file, for non-empty partitions only, in order. */
-typedef struct sp_spill_seg {
-    uint32_t partition;
-    uint64_t offset, length, records, checksum;
-} sp_spill_seg_t;
-
-typedef struct sp_spill {
-    char *path;
-    sp_spill_seg_t *segs;
-    size_t nsegs;
-    uint64_t size; /* bytes of the file */
-} sp_spill_t;
-
-/* One partition of the bypass path. */
-typedef struct sp_bypass_part {
-    sp_file_writer_t fw;
-    unsigned char *raw;
-    size_t len;
-    uint64_t records;
-    bool open;
-} sp_bypass_part_t;
-
 struct sp_shuffle_writer {
-    sp_memory_consumer_t consumer;
     sp_shuffle_writer_options_t o;
     unsigned char *split_buf; /* RANGE: copies of the split keys */
     sp_key_t *splits;
     sp_task_memory_t *task;
     sp_shuffle_dirs_t *dirs;
-    sp_encoder_t *enc;
-    uint64_t unified, page_size, spill_records;
+    uint64_t unified;
     size_t spill_buffer, file_buffer;
     bool sync, bypass, committed, done;
-    sp_status_t error; /* sticky: set by a failed spill inside a callback */
+    sp_status_t error; /* sticky: the first failed write */
 
-    /* sort path */
-    sp_page_t *page_by_number[SP_PAGE_TABLE_SIZE];
-    sp_page_t *cur;
-    uint64_t cur_used;
-    sp_page_t *array; /* holds 2 x cap elements */
-    size_t n, cap, elem;
-    bool prefix; /* elements are sp_sort_entry_t */
-    sp_spill_t *spills;
-    unsigned nspills, spills_cap, seq;
-
-    /* key-ordered merges: spills mapped read-only, and the merge */
-    void **maps;
-    sp_kmerge_t *kmerge;
-    /* sorter mode (external sort): iteration over the sorted output */
-    bool iterating;
-    const uint64_t *iter_ptrs;
-    size_t iter_at;
+    /* sort path (shuffle/sorter.c) */
+    sp_sorter_t *sorter;
 
     /* map-side combine: records aggregate by [u32 partition, big-endian][key] */
     sp_aggregator_t *agg;
@@ -102,38 +50,33 @@ struct sp_shuffle_writer {
     unsigned char *agg_key;
     size_t agg_key_cap;
 
-    /* bypass path */
-    sp_bypass_part_t *parts;
-    uint64_t bypass_bytes; /* execution memory held for the raw buffers */
-
-    unsigned char *stage; /* SP_STAGE_BYTES of records on their way to the encoder */
-    uint64_t merge_bytes; /* execution memory held for merge windows */
+    /* bypass path (shuffle/bypass_writer.c) */
+    sp_bypass_writer_t *bw;
 
     sp_shuffle_write_stats_t stats;
 };
 
-static sp_status_t sp_writer_spill(sp_shuffle_writer_t *w);
+/* The writer's sticky error, or a failed spill kept by its sorter. */
+static sp_status_t sp_writer_error(const sp_shuffle_writer_t *w)
+{
+    if (w->error != SP_OK)
+        return w->error;
+    return w->sorter != NULL ? w->sorter->error : SP_OK;
+}
 
 /* ---- options ---- */
 
 sp_status_t sp_shuffle_writer_options_init(sp_shuffle_writer_options_t *opts, const sp_conf_t *conf)
 {
-    const char *codec = NULL, *checksum = NULL;
-    bool compress = true;
-    int64_t level = 0;
+    sp_spill_format_t f;
     sp_status_t st;
 
     memset(opts, 0, sizeof(*opts));
-    if ((st = sp_conf_get_bool(conf, "shuffle.compress", &compress)) != SP_OK ||
-        (st = sp_conf_get_string(conf, "shuffle.codec", &codec)) != SP_OK ||
-        (st = sp_conf_get_int(conf, "shuffle.codec_level", &level)) != SP_OK ||
-        (st = sp_conf_get_string(conf, "shuffle.checksum", &checksum)) != SP_OK ||
-        (st = sp_codec_parse(codec, &opts->codec)) != SP_OK ||
-        (st = sp_checksum_parse(checksum, &opts->checksum)) != SP_OK)
+    if ((st = sp__spill_format_init(&f, conf)) != SP_OK)
         return st;
-    if (!compress)
-        opts->codec = SP_CODEC_NONE;
-    opts->codec_level = (int)level;
+    opts->codec = f.codec;
+    opts->codec_level = f.level;
+    opts->checksum = f.checksum;
     opts->partitions = 1;
     return SP_OK;
 }
@@ -151,411 +94,6 @@ static int sp_writer_compare(const sp_shuffle_writer_t *w, const void *a, size_t
     if (w->o.compare != NULL)
         return w->o.compare(a, alen, b, blen, w->o.compare_arg);
     return sp_bytes_compare(a, alen, b, blen);
-}
-
-/* ---- the record pages ---- */
-
-static unsigned char *sp_writer_record(const sp_shuffle_writer_t *w, uint64_t ptr)
-{
-    return (unsigned char *)w->page_by_number[sp_shuffle_packed_ptr_page(ptr)]->data +
-           sp_shuffle_packed_ptr_offset(ptr);
-}
-
-static void sp_record_key(const unsigned char *rec, const unsigned char **key_p, size_t *len_p)
-{
-    *key_p = rec + SP_RECORD_HEADER;
-    *len_p = sp__le_get_u32(rec);
-}
-
-static size_t sp_record_size(const unsigned char *rec)
-{
-    return SP_RECORD_HEADER + (size_t)sp__le_get_u32(rec) + (size_t)sp__le_get_u32(rec + 4);
-}
-
-static void sp_writer_free_pages(sp_shuffle_writer_t *w)
-{
-    for (uint32_t i = 0; i < SP_PAGE_TABLE_SIZE; i++) {
-        sp_page_t *p = w->page_by_number[i];
-        if (p != NULL && p != w->array) {
-            w->page_by_number[i] = NULL;
-            sp_memory_consumer_page_free(&w->consumer, p);
-        }
-    }
-    w->cur = NULL;
-    w->cur_used = 0;
-}
-
-/* The task asks this consumer to free memory. */
-static uint64_t sp_writer_spill_cb(sp_memory_consumer_t *consumer, uint64_t bytes,
-                                   sp_memory_consumer_t *trigger)
-{
-    sp_shuffle_writer_t *w = sp_container_of(consumer, sp_shuffle_writer_t, consumer);
-    uint64_t before = consumer->used;
-    sp_status_t st;
-
-    SP_UNUSED(bytes);
-    SP_UNUSED(trigger);
-    if (w->bypass || w->n == 0 || w->error != SP_OK || w->done)
-        return 0;
-    st = sp_writer_spill(w);
-    if (st != SP_OK)
-        w->error = st;
-    return before > consumer->used ? before - consumer->used : 0;
-}
-
-static const sp_memory_consumer_ops_t sp_writer_consumer_ops = {
-    .size = sizeof(sp_memory_consumer_ops_t),
-    .spill = sp_writer_spill_cb,
-};
-
-static sp_status_t sp_writer_alloc_array(sp_shuffle_writer_t *w, size_t cap, sp_page_t **page_p)
-{
-    sp_page_t *page = NULL;
-    sp_status_t st = sp_memory_consumer_page_alloc(&w->consumer, 2 * cap * w->elem, &page);
-
-    if (st != SP_OK)
-        return st;
-    w->page_by_number[page->number] = page;
-    *page_p = page;
-    return SP_OK;
-}
-
-/* Doubles the pointer array, or spills when the memory is refused. */
-static sp_status_t sp_writer_grow_array(sp_shuffle_writer_t *w)
-{
-    sp_page_t *bigger = NULL;
-    sp_status_t st;
-
-    st = sp_writer_alloc_array(w, 2 * w->cap, &bigger);
-    if (w->error != SP_OK) { /* a spill inside the allocation failed */
-        if (bigger != NULL) {
-            w->page_by_number[bigger->number] = NULL;
-            sp_memory_consumer_page_free(&w->consumer, bigger);
-        }
-        return w->error;
-    }
-    if (st == SP_ERR_MEMORY_REFUSED)
-        return w->n == 0 ? SP_OK : sp_writer_spill(w);
-    if (st != SP_OK)
-        return st;
-    /* A spill during the allocation may have emptied the array: either way
-     * the live elements move to the bigger one. */
-    memcpy(bigger->data, w->array->data, w->n * w->elem);
-    w->page_by_number[w->array->number] = NULL;
-    sp_memory_consumer_page_free(&w->consumer, w->array);
-    w->array = bigger;
-    w->cap *= 2;
-    return SP_OK;
-}
-
-/* Makes room for a record of need bytes in the current page. */
-static sp_status_t sp_writer_page_for(sp_shuffle_writer_t *w, uint64_t need)
-{
-    uint64_t size = SP_MAX(w->page_size, need);
-    sp_page_t *page = NULL;
-    sp_status_t st;
-
-    if (w->cur != NULL && w->cur_used + need <= w->cur->size && w->cur_used <= SP_PAGE_MAX_OFFSET)
-        return SP_OK;
-    st = sp_memory_consumer_page_alloc(&w->consumer, size, &page);
-    if (st == SP_ERR_MEMORY_REFUSED && w->error == SP_OK && w->n > 0) {
-        st = sp_writer_spill(w);
-        if (st != SP_OK)
-            return st;
-        st = sp_memory_consumer_page_alloc(&w->consumer, size, &page);
-    }
-    if (w->error != SP_OK) {
-        if (page != NULL)
-            sp_memory_consumer_page_free(&w->consumer, page);
-        return w->error;
-    }
-    if (st == SP_ERR_MEMORY_REFUSED)
-        return SP_RAISE(SP_ERR_MEMORY_REFUSED,
-                        "shuffle %llu map %llu: no execution memory for a page of %llu bytes, "
-                        "even after spilling",
-                        (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
-                        (unsigned long long)size);
-    if (st != SP_OK)
-        return st;
-    w->page_by_number[page->number] = page;
-    w->cur = page;
-    w->cur_used = 0;
-    return SP_OK;
-}
-
-static sp_status_t sp_writer_insert(sp_shuffle_writer_t *w, uint32_t partition, const void *key,
-                                    size_t klen, const void *value, size_t vlen)
-{
-    uint64_t need = SP_RECORD_HEADER + (uint64_t)klen + vlen, ptr;
-    unsigned char *rec;
-    sp_status_t st;
-
-    if (w->n == w->cap && (st = sp_writer_grow_array(w)) != SP_OK)
-        return st;
-    if ((st = sp_writer_page_for(w, need)) != SP_OK)
-        return st;
-    rec = (unsigned char *)w->cur->data + w->cur_used;
-    sp__le_put_u32(rec, (uint32_t)klen);
-    sp__le_put_u32(rec + 4, (uint32_t)vlen);
-    if (klen != 0)
-        memcpy(rec + SP_RECORD_HEADER, key, klen);
-    if (vlen != 0)
-        memcpy(rec + SP_RECORD_HEADER + klen, value, vlen);
-    ptr = sp_shuffle_packed_ptr_encode(partition, w->cur->number, (uint32_t)w->cur_used);
-    if (w->prefix) {
-        sp_sort_entry_t *e = (sp_sort_entry_t *)w->array->data + w->n;
-        e->prefix = sp__key_prefix(key, klen);
-        e->ptr = ptr;
-    } else {
-        ((uint64_t *)w->array->data)[w->n] = ptr;
-    }
-    w->n++;
-    w->cur_used += need;
-    if (w->spill_records != 0 && w->n >= w->spill_records)
-        return sp_writer_spill(w);
-    return SP_OK;
-}
-
-/* ---- sorting ---- */
-
-static int sp_writer_ptr_compare(const sp_shuffle_writer_t *w, uint64_t a, uint64_t b)
-{
-    const unsigned char *ka, *kb;
-    size_t la, lb;
-
-    sp_record_key(sp_writer_record(w, a), &ka, &la);
-    sp_record_key(sp_writer_record(w, b), &kb, &lb);
-    return sp_writer_compare(w, ka, la, kb, lb);
-}
-
-/* Stable merge sort of ptrs by key (tmp has room for n). */
-static void sp_writer_merge_sort(const sp_shuffle_writer_t *w, uint64_t *a, uint64_t *tmp, size_t n)
-{
-    size_t mid = n / 2, i = 0, j, k = 0;
-
-    if (n < 16) {
-        for (size_t x = 1; x < n; x++) {
-            uint64_t v = a[x];
-            size_t y = x;
-            while (y > 0 && sp_writer_ptr_compare(w, a[y - 1], v) > 0) {
-                a[y] = a[y - 1];
-                y--;
-            }
-            a[y] = v;
-        }
-        return;
-    }
-    sp_writer_merge_sort(w, a, tmp, mid);
-    sp_writer_merge_sort(w, a + mid, tmp, n - mid);
-    if (sp_writer_ptr_compare(w, a[mid - 1], a[mid]) <= 0)
-        return;
-    j = mid;
-    while (i < mid && j < n)
-        tmp[k++] = sp_writer_ptr_compare(w, a[j], a[i]) < 0 ? a[j++] : a[i++];
-    while (i < mid)
-        tmp[k++] = a[i++];
-    while (j < n)
-        tmp[k++] = a[j++];
-    memcpy(a, tmp, n * sizeof(*a));
-}
-
-/*
- * Sorts the array and returns the pointers in output order: by partition,
- * and by key within a partition when key ordering is on.
- */
-static uint64_t *sp_writer_sort(sp_shuffle_writer_t *w)
-{
-    uint64_t t0 = sp__now_ns(), *out;
-
-    if (w->prefix) {
-        sp_sort_entry_t *a = w->array->data, *b = a + w->cap, *s;
-        uint64_t *ptrs, *tmp;
-        size_t run = 0;
-
-        s = sp__radix_sort_entries(a, b, w->n);
-        /* Pointers go to the other buffer; its second half is merge space. */
-        ptrs = (uint64_t *)(void *)(s == a ? b : a);
-        tmp = ptrs + w->n;
-        for (size_t i = 0; i < w->n; i++)
-            ptrs[i] = s[i].ptr;
-        for (size_t i = 1; i <= w->n; i++) {
-            if (i == w->n || s[i].prefix != s[run].prefix ||
-                sp_shuffle_packed_ptr_partition(s[i].ptr) !=
-                    sp_shuffle_packed_ptr_partition(s[run].ptr)) {
-                if (i - run > 1)
-                    sp_writer_merge_sort(w, ptrs + run, tmp, i - run);
-                run = i;
-            }
-        }
-        out = ptrs;
-    } else {
-        uint64_t *a = w->array->data, *b = a + w->cap;
-        out = sp__radix_sort_ptrs(a, b, w->n);
-        if (w->o.key_ordering) {
-            uint64_t *tmp = out == a ? b : a;
-            size_t run = 0;
-            for (size_t i = 1; i <= w->n; i++) {
-                if (i == w->n || sp_shuffle_packed_ptr_partition(out[i]) !=
-                                     sp_shuffle_packed_ptr_partition(out[run])) {
-                    if (i - run > 1)
-                        sp_writer_merge_sort(w, out + run, tmp, i - run);
-                    run = i;
-                }
-            }
-        }
-    }
-    w->stats.sort_ns += sp__now_ns() - t0;
-    return out;
-}
-
-/* ---- writing segments ---- */
-
-static void sp_segment_begin(sp_shuffle_writer_t *w, sp_file_writer_t *fw)
-{
-    sp__checksum_init(&fw->cs, w->o.checksum);
-    fw->checksumming = true;
-    sp__encoder_begin(w->enc, sp__file_writer_sink, fw);
-}
-
-static sp_status_t sp_segment_end(sp_shuffle_writer_t *w, sp_file_writer_t *fw, uint64_t *len_p,
-                                  uint64_t *checksum_p)
-{
-    sp_status_t st = sp__encoder_end(w->enc, len_p);
-
-    fw->checksumming = false;
-    *checksum_p = sp__checksum_final(&fw->cs);
-    return st;
-}
-
-/*
- * Streams the sorted in-memory records to fw, one segment per non-empty
- * partition, appending each to segs (room for the number of partitions
- * present, at most n).
- */
-static sp_status_t sp_writer_write_sorted(sp_shuffle_writer_t *w, const uint64_t *ptrs,
-                                          sp_file_writer_t *fw, sp_spill_seg_t *segs,
-                                          size_t *nsegs_p)
-{
-    size_t i = 0, nsegs = 0;
-    sp_status_t st = SP_OK;
-
-    while (i < w->n && st == SP_OK) {
-        uint32_t p = sp_shuffle_packed_ptr_partition(ptrs[i]);
-        sp_spill_seg_t *seg = &segs[nsegs++];
-        size_t staged = 0;
-
-        seg->partition = p;
-        seg->offset = fw->offset;
-        seg->records = 0;
-        sp_segment_begin(w, fw);
-        for (; i < w->n && sp_shuffle_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
-            const unsigned char *rec;
-            size_t size;
-
-            /* Records lie all over the pages: fetch ahead of the gather. */
-            if (i + SP_PREFETCH_AHEAD < w->n)
-                __builtin_prefetch(sp_writer_record(w, ptrs[i + SP_PREFETCH_AHEAD]));
-            rec = sp_writer_record(w, ptrs[i]);
-            size = sp_record_size(rec);
-            seg->records++;
-            if (staged + size > SP_STAGE_BYTES) {
-                st = sp__encoder_write(w->enc, w->stage, staged);
-                staged = 0;
-                if (st != SP_OK)
-                    break;
-            }
-            if (size >= SP_STAGE_BYTES) {
-                st = sp__encoder_write(w->enc, rec, size);
-            } else {
-                memcpy(w->stage + staged, rec, size);
-                staged += size;
-            }
-        }
-        if (st == SP_OK && staged != 0)
-            st = sp__encoder_write(w->enc, w->stage, staged);
-        if (st == SP_OK)
-            st = sp_segment_end(w, fw, &seg->length, &seg->checksum);
-        else
-            fw->checksumming = false;
-    }
-    *nsegs_p = nsegs;
-    return st;
-}
-
-static void sp_spill_free(sp_spill_t *s, bool unlink_file)
-{
-    if (s->path != NULL && unlink_file) {
-        unlink(s->path);
-        sp__tempfile_forget(s->path);
-    }
-    sp__free(s->path);
-    sp__free(s->segs);
-    s->path = NULL;
-    s->segs = NULL;
-}
-
-/* Writes the records in memory to a new spill file in dir and frees their pages. */
-static sp_status_t sp_writer_spill_to(sp_shuffle_writer_t *w, const char *dir)
-{
-    uint64_t t0 = sp__now_ns(), *ptrs;
-    sp_file_writer_t fw;
-    sp_spill_t spill = {0};
-    char path[PATH_MAX];
-    sp_status_t st;
-
-    if (w->nspills == w->spills_cap) {
-        unsigned cap = w->spills_cap != 0 ? 2 * w->spills_cap : 8;
-        sp_spill_t *s = sp__realloc(w->spills, cap * sizeof(*s));
-        if (s == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "shuffle %llu map %llu: no memory to track a spill",
-                            (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id);
-        w->spills = s;
-        w->spills_cap = cap;
-    }
-    ptrs = sp_writer_sort(w);
-    spill.segs = sp__malloc(SP_MIN((size_t)w->o.partitions, w->n) * sizeof(*spill.segs));
-    if (spill.segs == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "shuffle %llu map %llu: no memory for spill segments",
-                        (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id);
-    snprintf(path, sizeof(path), "%s/spill_%llu_%llu_%u_%ld_%u.tmp", dir,
-             (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id, w->o.attempt,
-             (long)getpid(), w->seq++);
-    spill.path = sp__strdup(path);
-    if (spill.path == NULL) {
-        sp__free(spill.segs);
-        return SP_RAISE(SP_ERR_NOMEM, "no memory for the path of spill %s", path);
-    }
-    st = sp__file_writer_open(&fw, path, w->spill_buffer);
-    if (st != SP_OK) {
-        sp_spill_free(&spill, false);
-        return st;
-    }
-    st = sp__data_header_write(&fw, w->o.codec, w->o.checksum);
-    if (st == SP_OK)
-        st = sp_writer_write_sorted(w, ptrs, &fw, spill.segs, &spill.nsegs);
-    if (st == SP_OK)
-        st = sp__file_writer_finish(&fw, false);
-    if (st != SP_OK) {
-        sp__file_writer_discard(&fw);
-        sp_spill_free(&spill, false);
-        return SP_RAISE(st, "shuffle %llu map %llu: spill to %s failed: %s",
-                        (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id, path,
-                        sp_last_error());
-    }
-    w->stats.spills++;
-    w->stats.spill_bytes += fw.offset;
-    spill.size = fw.offset;
-    sp__file_writer_release(&fw);
-    w->spills[w->nspills++] = spill;
-    w->n = 0;
-    sp_writer_free_pages(w);
-    w->stats.spill_ns += sp__now_ns() - t0;
-    return SP_OK;
-}
-
-static sp_status_t sp_writer_spill(sp_shuffle_writer_t *w)
-{
-    return sp_writer_spill_to(w, sp__shuffle_dirs_next(w->dirs));
 }
 
 /* ---- map-side combine ---- */
@@ -606,9 +144,10 @@ static sp_status_t sp_writer_combine_flush(sp_shuffle_writer_t *w)
         if (st != SP_OK || !more)
             break;
         k = key;
-        st = sp_writer_insert(
-            w, (uint32_t)k[0] << 24 | (uint32_t)k[1] << 16 | (uint32_t)k[2] << 8 | (uint32_t)k[3],
-            k + 4, klen - 4, value, vlen);
+        st = sp__sorter_insert(w->sorter,
+                               (uint32_t)k[0] << 24 | (uint32_t)k[1] << 16 | (uint32_t)k[2] << 8 |
+                                   (uint32_t)k[3],
+                               k + 4, klen - 4, value, vlen);
         if (st != SP_OK)
             break;
     }
@@ -657,21 +196,17 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a shuffle writer");
     w->o = *opts;
     w->task = task;
-    w->spill_records = (uint64_t)spill_records;
     w->spill_buffer = (size_t)spill_buffer;
     w->file_buffer = (size_t)file_buffer;
     w->bypass = opts->path == SP_WRITER_BYPASS ||
                 (opts->path == SP_WRITER_AUTO && !opts->key_ordering && opts->combiner == NULL &&
                  (int64_t)opts->partitions <= bypass_threshold);
-    w->prefix = opts->key_ordering && opts->compare == NULL;
-    w->elem = w->prefix ? sizeof(sp_sort_entry_t) : sizeof(uint64_t);
     w->stats.bypass = w->bypass;
     if ((st = sp_conf_get_bool(conf, "shuffle.sync", &w->sync)) != SP_OK)
         goto err_free;
     {
         sp_memory_layout_t layout;
         sp_memory_manager_layout(sp_task_memory_manager(task), &layout);
-        w->page_size = layout.page_bytes;
         w->unified = layout.unified_bytes;
     }
     if (opts->partitioner == SP_PARTITIONER_RANGE && opts->partitions > 1) {
@@ -701,58 +236,25 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
     st = sp__shuffle_dirs_create(conf, &w->dirs);
     if (st != SP_OK)
         goto err_free;
-    st = sp__encoder_create(opts->codec, opts->codec_level, &w->enc);
+    if (w->bypass)
+        st =
+            sp__bypass_writer_create(task, &w->o, w->dirs, w->file_buffer, w->spill_buffer, &w->bw);
+    else
+        st = sp__sorter_create(task, conf, &w->o, &w->sorter);
     if (st != SP_OK)
         goto err_dirs;
-    w->stage = sp__malloc(SP_STAGE_BYTES);
-    if (w->stage == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for the writer's staging buffer");
-        sp__encoder_destroy(w->enc);
-        goto err_dirs;
-    }
-    sp_memory_consumer_init(&w->consumer, task, &sp_writer_consumer_ops,
-                            w->bypass ? "shuffle bypass writer" : "shuffle sorter");
-    if (w->bypass) {
-        w->parts = sp__calloc(opts->partitions, sizeof(*w->parts));
-        if (w->parts == NULL) {
-            st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u bypass partitions", opts->partitions);
-            goto err_consumer;
-        }
-        w->bypass_bytes = (uint64_t)opts->partitions * w->file_buffer;
-        if (sp_memory_consumer_acquire(&w->consumer, w->bypass_bytes) < w->bypass_bytes) {
-            st = SP_RAISE(SP_ERR_MEMORY_REFUSED,
-                          "shuffle %llu map %llu: no execution memory for %u bypass buffers",
-                          (unsigned long long)opts->shuffle_id, (unsigned long long)opts->map_id,
-                          opts->partitions);
-            goto err_consumer;
-        }
-    } else {
-        w->cap = SP_INITIAL_RECORDS;
-        st = sp_writer_alloc_array(w, w->cap, &w->array);
-        if (st != SP_OK)
-            goto err_consumer;
-    }
     if (opts->combiner != NULL) {
         w->agg_combiner.combine = sp_writer_combine;
         w->agg_combiner.arg = w;
         st = sp_aggregator_create(task, conf, &w->agg_combiner, &w->agg);
         if (st != SP_OK)
-            goto err_array;
+            goto err_path;
     }
     *writer_p = w;
     return SP_OK;
 
-err_array:
-    w->page_by_number[w->array->number] = NULL;
-    sp_memory_consumer_page_free(&w->consumer, w->array);
-err_consumer:
-    sp__free(w->parts);
-    sp_aggregator_destroy(w->agg);
-    sp__free(w->agg_key);
-    sp__free(w->stage);
-    sp_memory_consumer_fini(&w->consumer);
-    sp__kmerge_destroy(w->kmerge);
-    sp__encoder_destroy(w->enc);
+err_path:
+    sp__sorter_destroy(w->sorter);
 err_dirs:
     sp__shuffle_dirs_destroy(w->dirs);
 err_free:
@@ -782,77 +284,14 @@ static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void 
     return (uint32_t)lo;
 }
 
-static sp_status_t sp_bypass_flush(sp_shuffle_writer_t *w, uint32_t p)
-{
-    sp_bypass_part_t *part = &w->parts[p];
-    uint64_t ignored;
-    sp_status_t st;
-
-    if (part->len == 0)
-        return SP_OK;
-    if (!part->open) {
-        char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s/bypass_%llu_%llu_%u_%ld_%u.tmp",
-                 sp__shuffle_dirs_next(w->dirs), (unsigned long long)w->o.shuffle_id,
-                 (unsigned long long)w->o.map_id, w->o.attempt, (long)getpid(), p);
-        st = sp__file_writer_open(&part->fw, path, w->spill_buffer);
-        if (st != SP_OK)
-            return st;
-        part->open = true;
-        sp__checksum_init(&part->fw.cs, w->o.checksum);
-    }
-    /* Each flushed buffer is one frame; frames of a partition concatenate. */
-    part->fw.checksumming = true;
-    sp__encoder_begin(w->enc, sp__file_writer_sink, &part->fw);
-    st = sp__encoder_write(w->enc, part->raw, part->len);
-    if (st == SP_OK)
-        st = sp__encoder_end(w->enc, &ignored);
-    part->fw.checksumming = false;
-    part->len = 0;
-    return st;
-}
-
-static sp_status_t sp_bypass_insert(sp_shuffle_writer_t *w, uint32_t p, const void *key,
-                                    size_t klen, const void *value, size_t vlen)
-{
-    sp_bypass_part_t *part = &w->parts[p];
-    unsigned char h[SP_RECORD_HEADER];
-    const void *pieces[3] = {h, key, value};
-    size_t lens[3] = {SP_RECORD_HEADER, klen, vlen};
-    sp_status_t st;
-
-    if (part->raw == NULL) {
-        part->raw = sp__malloc(w->file_buffer);
-        if (part->raw == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory for the buffer of bypass partition %u", p);
-    }
-    sp__le_put_u32(h, (uint32_t)klen);
-    sp__le_put_u32(h + 4, (uint32_t)vlen);
-    for (int i = 0; i < 3; i++) {
-        const unsigned char *src = pieces[i];
-        size_t left = lens[i];
-        while (left > 0) {
-            size_t n = SP_MIN(left, w->file_buffer - part->len);
-            memcpy(part->raw + part->len, src, n);
-            part->len += n;
-            src += n;
-            left -= n;
-            if (part->len == w->file_buffer && (st = sp_bypass_flush(w, p)) != SP_OK)
-                return st;
-        }
-    }
-    part->records++;
-    return SP_OK;
-}
-
 sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, const void *key,
                                     size_t key_len, const void *value, size_t value_len)
 {
     uint64_t need = SP_RECORD_HEADER + (uint64_t)key_len + value_len;
     sp_status_t st;
 
-    if (w->error != SP_OK)
-        return SP_RAISE(w->error, "shuffle %llu map %llu: the writer failed earlier",
+    if ((st = sp_writer_error(w)) != SP_OK)
+        return SP_RAISE(st, "shuffle %llu map %llu: the writer failed earlier",
                         (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id);
     if (w->done)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle %llu map %llu: writer already %s",
@@ -883,9 +322,9 @@ sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, 
     if (w->agg != NULL)
         st = sp_writer_combine_insert(w, partition, key, key_len, value, value_len);
     else if (w->bypass)
-        st = sp_bypass_insert(w, partition, key, key_len, value, value_len);
+        st = sp__bypass_writer_insert(w->bw, partition, key, key_len, value, value_len);
     else
-        st = sp_writer_insert(w, partition, key, key_len, value, value_len);
+        st = sp__sorter_insert(w->sorter, partition, key, key_len, value, value_len);
     if (st != SP_OK) {
         w->error = st;
         return st;
@@ -893,314 +332,6 @@ sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, 
     w->stats.records++;
     w->stats.record_bytes += key_len + value_len;
     return SP_OK;
-}
-
-/* ---- merge ---- */
-
-/* Copies len bytes at offset of in_fd to the end of out, in the kernel when it can. */
-static sp_status_t sp_copy_range(sp_file_writer_t *out, int in_fd, const char *in_path,
-                                 uint64_t offset, uint64_t len, sp_checksum_t *cs)
-{
-    unsigned char buf[64 * 1024];
-    sp_status_t st = sp__file_writer_flush(out);
-    loff_t in_off = (loff_t)offset, out_off = (loff_t)out->offset;
-    uint64_t left = len;
-
-    if (st != SP_OK)
-        return st;
-    while (cs == NULL && left > 0) {
-        ssize_t n;
-        if (sp__fault_fire(SP_FAULT_WRITE)) {
-            errno = ENOSPC;
-            n = -1;
-        } else {
-            n = copy_file_range(in_fd, &in_off, out->fd, &out_off, (size_t)SP_MIN(left, 1u << 30),
-                                0);
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP))
-            break; /* not here: copy through user space below */
-        if (n < 0)
-            return SP_RAISE(errno == ENOSPC ? SP_ERR_NO_SPACE : SP_ERR_IO,
-                            "copy %s to %s: %s (errno %d)", in_path, out->path, strerror(errno),
-                            errno);
-        if (n == 0)
-            return SP_RAISE(SP_ERR_IO, "copy %s to %s: source ends early", in_path, out->path);
-        left -= (uint64_t)n;
-        out->offset += (uint64_t)n;
-    }
-    in_off = (loff_t)(offset + (len - left));
-    while (left > 0) {
-        size_t n = (size_t)SP_MIN(left, sizeof(buf));
-        st = sp__pread_all(in_fd, buf, n, (uint64_t)in_off, in_path);
-        if (st != SP_OK)
-            return st;
-        if (cs != NULL)
-            sp__checksum_update(cs, buf, n);
-        st = sp__file_writer_write(out, buf, n);
-        if (st != SP_OK)
-            return st;
-        in_off += (loff_t)n;
-        left -= n;
-    }
-    return SP_OK;
-}
-
-/* Maps every spill read-only (once) for merges that decode them. */
-static sp_status_t sp_writer_map_spills(sp_shuffle_writer_t *w)
-{
-    if (w->maps != NULL)
-        return SP_OK;
-    w->maps = sp__calloc(w->nspills, sizeof(*w->maps));
-    if (w->maps == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory to map %u spills", w->nspills);
-    for (unsigned s = 0; s < w->nspills; s++) {
-        int fd;
-        if (sp__fault_fire(SP_FAULT_READ)) {
-            return SP_RAISE(SP_ERR_IO, "map spill %s: injected read fault", w->spills[s].path);
-        }
-        fd = open(w->spills[s].path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            return SP_RAISE(SP_ERR_IO, "open spill %s: %s (errno %d)", w->spills[s].path,
-                            strerror(errno), errno);
-        w->maps[s] = mmap(NULL, w->spills[s].size, PROT_READ, MAP_PRIVATE, fd, 0);
-        close(fd);
-        if (w->maps[s] == MAP_FAILED) {
-            w->maps[s] = NULL;
-            return SP_RAISE(SP_ERR_IO, "map spill %s: %s (errno %d)", w->spills[s].path,
-                            strerror(errno), errno);
-        }
-    }
-    return SP_OK;
-}
-
-static void sp_writer_unmap_spills(sp_shuffle_writer_t *w)
-{
-    for (unsigned s = 0; w->maps != NULL && s < w->nspills; s++) {
-        if (w->maps[s] != NULL)
-            munmap(w->maps[s], w->spills[s].size);
-    }
-    sp__free(w->maps);
-    w->maps = NULL;
-}
-
-/* Sets up the k-way merge of partition p's segments of every spill. */
-static sp_status_t sp_writer_kmerge_partition(sp_shuffle_writer_t *w, uint32_t p, size_t *cursor)
-{
-    sp_status_t st = SP_OK;
-
-    if (w->kmerge == NULL) {
-        st = sp__kmerge_create(w->o.codec, w->o.compare, w->o.compare_arg, &w->kmerge);
-        if (st != SP_OK)
-            return st;
-    }
-    sp__kmerge_reset(w->kmerge);
-    /* Spills in the order they were written: ties keep the write order. */
-    for (unsigned s = 0; s < w->nspills && st == SP_OK; s++) {
-        const sp_spill_seg_t *seg = &w->spills[s].segs[cursor[s]];
-        if (cursor[s] >= w->spills[s].nsegs || seg->partition != p)
-            continue;
-        cursor[s]++;
-        st =
-            sp__kmerge_add(w->kmerge, (const unsigned char *)w->maps[s] + seg->offset, seg->length);
-    }
-    return st;
-}
-
-/* k-way merge by key of partition p's segments of every spill into out. */
-static sp_status_t sp_writer_merge_ordered(sp_shuffle_writer_t *w, uint32_t p, size_t *cursor,
-                                           sp_file_writer_t *out, uint64_t *len_p,
-                                           uint64_t *records_p, uint64_t *checksum_p)
-{
-    sp_status_t st = sp_writer_kmerge_partition(w, p, cursor);
-    bool begun = false, more = true;
-
-    *records_p = 0;
-    *len_p = 0;
-    *checksum_p = sp__checksum_buf(w->o.checksum, "", 0);
-    while (st == SP_OK) {
-        const void *key, *value;
-        size_t klen, vlen;
-        unsigned char h[SP_RECORD_HEADER];
-
-        st = sp__kmerge_next(w->kmerge, &key, &klen, &value, &vlen, &more);
-        if (st != SP_OK || !more)
-            break;
-        if (!begun) {
-            sp_segment_begin(w, out);
-            begun = true;
-        }
-        sp__le_put_u32(h, (uint32_t)klen);
-        sp__le_put_u32(h + 4, (uint32_t)vlen);
-        if ((st = sp__encoder_write(w->enc, h, sizeof(h))) != SP_OK ||
-            (st = sp__encoder_write(w->enc, key, klen)) != SP_OK ||
-            (st = sp__encoder_write(w->enc, value, vlen)) != SP_OK)
-            break;
-        (*records_p)++;
-    }
-    if (st == SP_OK && begun)
-        st = sp_segment_end(w, out, len_p, checksum_p);
-    out->checksumming = false;
-    return st;
-}
-
-/*
- * Merges the oldest count spills into one, partition by partition, by key.
- * The merged run replaces them at the front, so the order of runs (and of
- * equal keys) is kept.
- */
-static sp_status_t sp_writer_merge_oldest(sp_shuffle_writer_t *w, unsigned count)
-{
-    unsigned total = w->nspills;
-    size_t *cursor = sp__calloc(count, sizeof(*cursor)), nsegs = 0;
-    sp_spill_t merged = {0};
-    sp_file_writer_t fw = {.fd = -1};
-    char path[PATH_MAX];
-    sp_status_t st;
-
-    for (unsigned s = 0; s < count; s++)
-        nsegs += w->spills[s].nsegs;
-    merged.segs =
-        sp__malloc(SP_MAX(SP_MIN(nsegs, (size_t)w->o.partitions), 1) * sizeof(*merged.segs));
-    snprintf(path, sizeof(path), "%s/spill_%llu_%llu_%u_%ld_%u.tmp", sp__shuffle_dirs_next(w->dirs),
-             (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id, w->o.attempt,
-             (long)getpid(), w->seq++);
-    merged.path = sp__strdup(path);
-    if (cursor == NULL || merged.segs == NULL || merged.path == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u runs", count);
-        goto out;
-    }
-    if ((st = sp__file_writer_open(&fw, path, w->spill_buffer)) != SP_OK)
-        goto out;
-    st = sp__data_header_write(&fw, w->o.codec, w->o.checksum);
-    /* The merge functions see only the group. */
-    w->nspills = count;
-    if (st == SP_OK)
-        st = sp_writer_map_spills(w);
-    while (st == SP_OK) {
-        uint32_t p = UINT32_MAX;
-        sp_spill_seg_t seg = {0};
-
-        for (unsigned s = 0; s < count; s++) {
-            if (cursor[s] < w->spills[s].nsegs)
-                p = SP_MIN(p, w->spills[s].segs[cursor[s]].partition);
-        }
-        if (p == UINT32_MAX)
-            break;
-        seg.partition = p;
-        seg.offset = fw.offset;
-        st = sp_writer_merge_ordered(w, p, cursor, &fw, &seg.length, &seg.records, &seg.checksum);
-        if (st == SP_OK && seg.records != 0)
-            merged.segs[merged.nsegs++] = seg;
-    }
-    sp_writer_unmap_spills(w);
-    w->nspills = total;
-    if (st == SP_OK)
-        st = sp__file_writer_finish(&fw, false);
-    if (st != SP_OK) {
-        sp__file_writer_discard(&fw);
-        goto out;
-    }
-    merged.size = fw.offset;
-    w->stats.spill_bytes += fw.offset;
-    sp__file_writer_release(&fw);
-    for (unsigned s = 0; s < count; s++)
-        sp_spill_free(&w->spills[s], true);
-    memmove(w->spills + 1, w->spills + count, (total - count) * sizeof(*w->spills));
-    w->spills[0] = merged;
-    w->nspills = total - count + 1;
-    w->stats.merge_passes++;
-    merged.path = NULL;
-    merged.segs = NULL;
-out:
-    sp__free(cursor);
-    sp__free(merged.path);
-    sp__free(merged.segs);
-    return st;
-}
-
-/*
- * A key-ordered merge holds a decode window per run. Memory for them comes
- * from the task; when it cannot cover every run, the oldest runs are merged
- * in groups until the rest fit.
- */
-static sp_status_t sp_writer_limit_fan_in(sp_shuffle_writer_t *w)
-{
-    for (;;) {
-        uint64_t want = (uint64_t)w->nspills * SP_MERGE_WINDOW;
-        unsigned fan_in;
-        sp_status_t st;
-
-        if (w->merge_bytes < want)
-            w->merge_bytes += sp_memory_consumer_acquire(&w->consumer, want - w->merge_bytes);
-        fan_in = (unsigned)SP_MAX(2, w->merge_bytes / SP_MERGE_WINDOW);
-        if (w->nspills <= fan_in)
-            return SP_OK;
-        if ((st = sp_writer_merge_oldest(w, fan_in)) != SP_OK)
-            return st;
-    }
-}
-
-/* Merges every spill into out, partition by partition. */
-static sp_status_t sp_writer_merge(sp_shuffle_writer_t *w, sp_file_writer_t *out, uint64_t *lengths,
-                                   uint64_t *records, uint64_t *checksums)
-{
-    int *fds = sp__calloc(w->nspills, sizeof(*fds));
-    size_t *cursor = sp__calloc(w->nspills, sizeof(*cursor));
-    sp_status_t st = SP_OK;
-    unsigned opened = 0;
-
-    if (fds == NULL || cursor == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u spills", w->nspills);
-        goto out;
-    }
-    if (w->o.key_ordering) {
-        st = sp_writer_limit_fan_in(w);
-        if (st == SP_OK)
-            st = sp_writer_map_spills(w);
-    } else {
-        for (; opened < w->nspills; opened++) {
-            fds[opened] = open(w->spills[opened].path, O_RDONLY | O_CLOEXEC);
-            if (fds[opened] < 0) {
-                st = SP_RAISE(SP_ERR_IO, "open spill %s: %s (errno %d)", w->spills[opened].path,
-                              strerror(errno), errno);
-                goto out;
-            }
-        }
-    }
-    for (uint32_t p = 0; p < w->o.partitions && st == SP_OK; p++) {
-        uint64_t start = out->offset, crc = 0;
-        sp_checksum_t cs;
-        bool combine = w->o.checksum == SP_CHECKSUM_CRC32C;
-
-        if (w->o.key_ordering) {
-            st =
-                sp_writer_merge_ordered(w, p, cursor, out, &lengths[p], &records[p], &checksums[p]);
-            continue;
-        }
-        sp__checksum_init(&cs, w->o.checksum);
-        records[p] = 0;
-        for (unsigned s = 0; s < w->nspills && st == SP_OK; s++) {
-            const sp_spill_seg_t *seg = &w->spills[s].segs[cursor[s]];
-            if (cursor[s] >= w->spills[s].nsegs || seg->partition != p)
-                continue;
-            cursor[s]++;
-            st = sp_copy_range(out, fds[s], w->spills[s].path, seg->offset, seg->length,
-                               combine ? NULL : &cs);
-            if (combine)
-                crc = sp__crc32c_combine((uint32_t)crc, (uint32_t)seg->checksum, seg->length);
-            records[p] += seg->records;
-        }
-        lengths[p] = out->offset - start;
-        checksums[p] = combine ? crc : sp__checksum_final(&cs);
-    }
-out:
-    for (unsigned i = 0; i < opened; i++)
-        close(fds[i]);
-    sp__free(fds);
-    sp__free(cursor);
-    return st;
 }
 
 /* ---- commit ---- */
@@ -1228,70 +359,21 @@ static void sp_segs_to_arrays(const sp_shuffle_writer_t *w, const sp_spill_seg_t
     }
 }
 
-static sp_status_t sp_bypass_write_data(sp_shuffle_writer_t *w, sp_file_writer_t *out,
-                                        uint64_t *lengths, uint64_t *records, uint64_t *checksums)
-{
-    uint64_t empty = sp__checksum_buf(w->o.checksum, "", 0);
-    sp_status_t st = SP_OK;
-
-    for (uint32_t p = 0; p < w->o.partitions && st == SP_OK; p++) {
-        sp_bypass_part_t *part = &w->parts[p];
-        int fd;
-
-        records[p] = part->records;
-        checksums[p] = empty;
-        if ((st = sp_bypass_flush(w, p)) != SP_OK || !part->open)
-            continue;
-        if ((st = sp__file_writer_finish(&part->fw, false)) != SP_OK)
-            break;
-        fd = open(part->fw.path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
-            st = SP_RAISE(SP_ERR_IO, "open %s: %s (errno %d)", part->fw.path, strerror(errno),
-                          errno);
-            break;
-        }
-        lengths[p] = part->fw.offset;
-        checksums[p] = sp__checksum_final(&part->fw.cs);
-        st = sp_copy_range(out, fd, part->fw.path, 0, part->fw.offset, NULL);
-        close(fd);
-    }
-    return st;
-}
-
 static void sp_writer_release_memory(sp_shuffle_writer_t *w)
 {
-    sp_writer_free_pages(w);
-    if (w->array != NULL) {
-        w->page_by_number[w->array->number] = NULL;
-        sp_memory_consumer_page_free(&w->consumer, w->array);
-        w->array = NULL;
-    }
-    if (w->bypass_bytes != 0) {
-        sp_memory_consumer_release(&w->consumer, w->bypass_bytes);
-        w->bypass_bytes = 0;
-    }
-    if (w->merge_bytes != 0) {
-        sp_memory_consumer_release(&w->consumer, w->merge_bytes);
-        w->merge_bytes = 0;
-    }
-    w->n = 0;
+    if (w->sorter != NULL)
+        sp__sorter_release_memory(w->sorter);
+    if (w->bw != NULL)
+        sp__bypass_writer_release_memory(w->bw);
 }
 
 /* Removes spill and bypass temporaries. */
 static void sp_writer_drop_files(sp_shuffle_writer_t *w, const char *keep)
 {
-    sp_writer_unmap_spills(w);
-    for (unsigned s = 0; s < w->nspills; s++)
-        sp_spill_free(&w->spills[s], keep == NULL || strcmp(w->spills[s].path, keep) != 0);
-    w->nspills = 0;
-    for (uint32_t p = 0; w->parts != NULL && p < w->o.partitions; p++) {
-        if (w->parts[p].open) {
-            sp__file_writer_discard(&w->parts[p].fw);
-            w->parts[p].open = false;
-        }
-        sp__free(w->parts[p].raw);
-        w->parts[p].raw = NULL;
-    }
+    if (w->sorter != NULL)
+        sp__sorter_drop_files(w->sorter, keep);
+    if (w->bw != NULL)
+        sp__bypass_writer_discard(w->bw);
 }
 
 static sp_status_t sp_fsync_path(const char *path)
@@ -1309,18 +391,20 @@ static sp_status_t sp_fsync_path(const char *path)
 sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **status_p)
 {
     const char *dir = sp__shuffle_dirs_output(w->dirs, w->o.shuffle_id, w->o.map_id);
+    sp_sorter_t *sr = w->sorter;
     uint64_t *lengths = NULL, *records = NULL, *checksums = NULL, t0 = sp__now_ns();
     char data_tmp[PATH_MAX];
     const char *renamed = NULL;
-    sp_file_writer_t out = {.fd = -1};
+    sp_spill_run_writer_t out = {.fw = {.fd = -1}};
+    sp_spill_run_t data = {0};
     sp_status_t st;
 
     if (w->done)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle %llu map %llu: writer already %s",
                         (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
                         w->committed ? "committed" : "aborted");
-    if (w->error != SP_OK) {
-        st = SP_RAISE(w->error, "shuffle %llu map %llu: cannot commit after an error",
+    if ((st = sp_writer_error(w)) != SP_OK) {
+        st = SP_RAISE(st, "shuffle %llu map %llu: cannot commit after an error",
                       (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id);
         goto err;
     }
@@ -1333,53 +417,46 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for the status of %u partitions", w->o.partitions);
         goto err;
     }
-    if (!w->bypass && w->nspills > 0 && w->n > 0) {
+    if (!w->bypass && sr->nspills > 0 && sr->n > 0) {
         /* The last run joins the others on disk, in the output directory so
          * that a single spill can be committed by renaming it. */
-        st = sp_writer_spill_to(w, dir);
+        st = sp__sorter_spill_to(sr, dir);
         if (st != SP_OK)
             goto err;
     }
-    if (!w->bypass && w->nspills == 1 && strncmp(w->spills[0].path, dir, strlen(dir)) == 0 &&
-        w->spills[0].path[strlen(dir)] == '/') {
-        renamed = w->spills[0].path;
+    if (!w->bypass && sr->nspills == 1 && strncmp(sr->spills[0].path, dir, strlen(dir)) == 0 &&
+        sr->spills[0].path[strlen(dir)] == '/') {
+        renamed = sr->spills[0].path;
         snprintf(data_tmp, sizeof(data_tmp), "%s", renamed);
-        sp_segs_to_arrays(w, w->spills[0].segs, w->spills[0].nsegs, lengths, records, checksums);
+        sp_segs_to_arrays(w, sr->spills[0].segs, sr->spills[0].nsegs, lengths, records, checksums);
         if (w->sync && (st = sp_fsync_path(data_tmp)) != SP_OK)
             goto err;
     } else {
         sp_data_tmp_path(w, dir, data_tmp, sizeof(data_tmp));
-        st = sp__file_writer_open(&out, data_tmp, w->spill_buffer);
-        if (st != SP_OK)
+        /* The data file is written like a run: the encoder is the sorter's
+         * (the bypass path copies frames it encoded itself). */
+        st = sp__spill_run_open(&out, data_tmp, w->spill_buffer, w->o.codec, w->o.checksum,
+                                sr != NULL ? sr->enc : NULL);
+        if (st != SP_OK && out.fw.path == NULL)
             goto err;
-        st = sp__data_header_write(&out, w->o.codec, w->o.checksum);
         if (st == SP_OK && w->bypass) {
-            st = sp_bypass_write_data(w, &out, lengths, records, checksums);
-        } else if (st == SP_OK && w->nspills == 0) {
-            sp_spill_seg_t *segs =
-                sp__malloc(SP_MAX(SP_MIN((size_t)w->o.partitions, w->n), 1) * sizeof(*segs));
-            size_t nsegs = 0;
-            if (segs == NULL) {
-                st = SP_RAISE(SP_ERR_NOMEM, "no memory for the segments of %u partitions",
-                              w->o.partitions);
-            } else {
-                st = sp_writer_write_sorted(w, sp_writer_sort(w), &out, segs, &nsegs);
-                if (st == SP_OK)
-                    sp_segs_to_arrays(w, segs, nsegs, lengths, records, checksums);
-                sp__free(segs);
-            }
+            st = sp__bypass_writer_write_data(w->bw, &out.fw, lengths, records, checksums);
+        } else if (st == SP_OK && sr->nspills == 0) {
+            st = sp__sorter_write(sr, &out);
+            if (st == SP_OK)
+                sp_segs_to_arrays(w, out.run.segs, out.run.nsegs, lengths, records, checksums);
         } else if (st == SP_OK) {
-            st = sp_writer_merge(w, &out, lengths, records, checksums);
+            st = sp__sorter_merge(sr, &out, lengths, records, checksums);
         }
         if (st == SP_OK)
-            st = sp__file_writer_finish(&out, w->sync);
+            st = sp__spill_run_finish(&out, w->sync, &data);
         if (st != SP_OK) {
             st = SP_RAISE(st, "shuffle %llu map %llu: writing %s failed: %s",
                           (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
                           data_tmp, sp_last_error());
             goto err;
         }
-        w->stats.output_bytes = out.offset;
+        w->stats.output_bytes = data.size;
     }
     if (renamed != NULL) {
         w->stats.output_bytes = SP_DATA_HEADER;
@@ -1388,7 +465,7 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     }
     sp_writer_release_memory(w);
     st = sp__output_commit(dir, data_tmp, &w->o, lengths, records, checksums, w->sync, status_p);
-    sp__file_writer_release(&out);
+    sp__spill_run_drop(&data, false); /* the commit renamed or removed the file */
     if (st != SP_OK)
         goto err;
     sp_writer_drop_files(w, renamed);
@@ -1400,8 +477,7 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     return SP_OK;
 
 err:
-    if (out.path != NULL)
-        sp__file_writer_discard(&out);
+    sp__spill_run_abort(&out);
     sp_shuffle_writer_abort(w);
     sp__free(lengths);
     sp__free(records);
@@ -1421,6 +497,14 @@ void sp_shuffle_writer_abort(sp_shuffle_writer_t *w)
 void sp_shuffle_writer_stats(const sp_shuffle_writer_t *w, sp_shuffle_write_stats_t *stats_p)
 {
     *stats_p = w->stats;
+    if (w->sorter != NULL) {
+        const sp_shuffle_write_stats_t *s = &w->sorter->stats;
+        stats_p->spills = s->spills;
+        stats_p->spill_bytes = s->spill_bytes;
+        stats_p->sort_ns = s->sort_ns;
+        stats_p->spill_ns = s->spill_ns;
+        stats_p->merge_passes = s->merge_passes;
+    }
 }
 
 void sp_shuffle_writer_close(sp_shuffle_writer_t *w)
@@ -1432,93 +516,10 @@ void sp_shuffle_writer_close(sp_shuffle_writer_t *w)
     sp_writer_release_memory(w);
     sp_aggregator_destroy(w->agg);
     sp__free(w->agg_key);
-    sp__free(w->stage);
-    sp_memory_consumer_fini(&w->consumer);
-    sp__kmerge_destroy(w->kmerge);
-    sp__encoder_destroy(w->enc);
+    sp__sorter_destroy(w->sorter);
+    sp__bypass_writer_destroy(w->bw);
     sp__shuffle_dirs_destroy(w->dirs);
-    sp__free(w->parts);
-    sp__free(w->spills);
     sp__free(w->splits);
     sp__free(w->split_buf);
     sp__free(w);
-}
-
-/* ---- sorter mode: the reduce side's external sort ---- */
-
-sp_status_t sp__sorter_open(sp_task_memory_t *task, const sp_conf_t *conf,
-                            sp_key_compare_fn_t compare, void *compare_arg,
-                            sp_shuffle_writer_t **sorter_p)
-{
-    sp_shuffle_writer_options_t o;
-    sp_status_t st = sp_shuffle_writer_options_init(&o, conf);
-
-    if (st != SP_OK)
-        return st;
-    o.partitions = 1;
-    o.key_ordering = true;
-    o.compare = compare;
-    o.compare_arg = compare_arg;
-    o.path = SP_WRITER_SORT;
-    return sp_shuffle_writer_open(task, conf, &o, sorter_p);
-}
-
-sp_status_t sp__sorter_insert(sp_shuffle_writer_t *w, const void *key, size_t key_len,
-                              const void *value, size_t value_len)
-{
-    return sp_shuffle_writer_write(w, 0, key, key_len, value, value_len);
-}
-
-/* Ends the input: sorts what is in memory, or spills it and merges the runs. */
-static sp_status_t sp_sorter_start(sp_shuffle_writer_t *w)
-{
-    size_t *cursor;
-    sp_status_t st;
-
-    if (w->error != SP_OK)
-        return SP_RAISE(w->error, "external sort: the sorter failed earlier");
-    w->iterating = true;
-    w->done = true; /* no more records, and no spilling what is being read */
-    if (w->nspills == 0) {
-        w->iter_ptrs = sp_writer_sort(w);
-        w->iter_at = 0;
-        return SP_OK;
-    }
-    if (w->n > 0 && (st = sp_writer_spill(w)) != SP_OK)
-        return st;
-    if ((st = sp_writer_limit_fan_in(w)) != SP_OK || (st = sp_writer_map_spills(w)) != SP_OK)
-        return st;
-    cursor = sp__calloc(w->nspills, sizeof(*cursor));
-    if (cursor == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory to merge %u sorted runs", w->nspills);
-    st = sp_writer_kmerge_partition(w, 0, cursor);
-    sp__free(cursor);
-    return st;
-}
-
-sp_status_t sp__sorter_next(sp_shuffle_writer_t *w, const void **key_p, size_t *key_len_p,
-                            const void **value_p, size_t *value_len_p, bool *more_p)
-{
-    sp_status_t st;
-
-    if (!w->iterating && (st = sp_sorter_start(w)) != SP_OK) {
-        w->error = st;
-        return st;
-    }
-    if (w->iter_ptrs == NULL)
-        return sp__kmerge_next(w->kmerge, key_p, key_len_p, value_p, value_len_p, more_p);
-    if (w->iter_at == w->n) {
-        *more_p = false;
-        return SP_OK;
-    }
-    {
-        const unsigned char *rec = sp_writer_record(w, w->iter_ptrs[w->iter_at++]);
-        size_t klen = sp__le_get_u32(rec);
-        *key_p = rec + SP_RECORD_HEADER;
-        *key_len_p = klen;
-        *value_p = rec + SP_RECORD_HEADER + klen;
-        *value_len_p = sp__le_get_u32(rec + 4);
-        *more_p = true;
-    }
-    return SP_OK;
 }
