@@ -36,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ctl_mpi.c's SP_CTL_MPI_TAG: control frames travel with this tag. */
+/* control/mpi.c's SP_CTL_MPI_TAG: control frames travel with this tag. */
 #define CTL_TAG 0x5350
 /* Messages each executor sends. */
 #define N 40
