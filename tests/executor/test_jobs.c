@@ -830,6 +830,66 @@ static void test_wordcount_generated_text(void **state)
     env_close(&e);
 }
 
+/* vocabulary=N: words drawn uniformly from N, each spelled over enough letters to be distinct. */
+static void test_wordcount_generated_vocabulary(void **state)
+{
+    env_t e = {0};
+    char out[300];
+    const char *args[] = {"split_size=256k", "seed=3", "vocabulary=1000"};
+    sp_job_result_t result;
+    words_t got = {0};
+    uint64_t *counts = NULL, sum = 0;
+
+    (void)state;
+    env_open(&e, "256m");
+    path_of(out, sizeof(out), "vocab-out");
+    sh("rm -rf %s", out);
+    sp_job_params_t p = params_of(&e, args, 3);
+    p.size = 1u << 20;
+    p.output = out;
+    assert_int_equal(sp__job_run_serial(&sp__job_wordcount, &p, e.mm, &result), SP_OK);
+    /* About 130k words over 1000: every word of the vocabulary occurs, and no other. */
+    assert_int_equal(result.counters[1], 1000);
+    read_wordcount_output(out, 2, &got, &counts);
+    assert_int_equal(got.n, 1000);
+    for (size_t i = 0; i < got.n; i++)
+        sum += counts[i];
+    assert_int_equal(sum, result.counters[0]);
+    assert_int_equal(sum, result.counters[2]);
+    free(counts);
+    words_free(&got);
+    sh("rm -rf %s", out);
+
+    /* 100000 words need four letters each; 130k draws leave about 1 - 1/e^1.3 of them seen. */
+    args[2] = "vocabulary=100000";
+    p = params_of(&e, args, 3);
+    p.size = 1u << 20;
+    p.output = out;
+    assert_int_equal(sp__job_run_serial(&sp__job_wordcount, &p, e.mm, &result), SP_OK);
+    assert_true(result.counters[1] > 60000 && result.counters[1] < 85000);
+    read_wordcount_output(out, 2, &got, &counts);
+    assert_int_equal(got.n, result.counters[1]);
+    for (size_t i = 0; i < got.n; i++)
+        assert_true(got.lens[i] >= 4 && got.lens[i] <= 8);
+    free(counts);
+    words_free(&got);
+    sh("rm -rf %s", out);
+
+    /* Out of range: refused when the job is planned. */
+    args[2] = "vocabulary=0";
+    p = params_of(&e, args, 3);
+    p.size = 1u << 20;
+    assert_int_equal(sp__job_run_serial(&sp__job_wordcount, &p, e.mm, &result),
+                     SP_ERR_INVALID_PARAM);
+    assert_non_null(strstr(sp_last_error(), "vocabulary=0 is out of range"));
+    args[2] = "vocabulary=67108865";
+    p = params_of(&e, args, 3);
+    p.size = 1u << 20;
+    assert_int_equal(sp__job_run_serial(&sp__job_wordcount, &p, e.mm, &result),
+                     SP_ERR_INVALID_PARAM);
+    env_close(&e);
+}
+
 /* ---- shuffle ---- */
 
 static void run_shuffle(env_t *e, const char *order, const char *skew, const char *key_size,
@@ -1057,6 +1117,7 @@ int main(void)
         cmocka_unit_test(test_wordcount_run_matches_reference),
         cmocka_unit_test(test_wordcount_single_file_and_empty_input),
         cmocka_unit_test(test_wordcount_generated_text),
+        cmocka_unit_test(test_wordcount_generated_vocabulary),
         cmocka_unit_test(test_shuffle_every_order_checks_out),
         cmocka_unit_test(test_shuffle_plan_and_arguments),
         cmocka_unit_test(test_shuffle_finish_catches_a_mismatch),
