@@ -36,12 +36,14 @@
 #include "transport/transport_proc.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <jansson.h>
 #include <spate/memory.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -63,8 +65,11 @@ typedef struct sp_bench_opts {
     unsigned nmemories;
     uint32_t record_size, partitions, executors, repeat;
     const char *transport, *provider, *json, *plot, *label;
+    const char *input; /* --input DIR: the job reads it instead of generating --size */
     const char *confs[SP_BENCH_MAX_CONF];
     unsigned nconfs;
+    const char *job_args[SP_BENCH_MAX_CONF];
+    unsigned njob_args;
     bool limits;
     int oversubscribed; /* -1: from the ranks per host and the cores */
 } sp_bench_opts_t;
@@ -72,6 +77,7 @@ typedef struct sp_bench_opts {
 /* What one run measured, on the driver. */
 typedef struct sp_bench_limits {
     double memcpy_gbps, alltoallv_gbps, fi_gbps, fi_both_gbps, disk_w_gbps, disk_r_gbps;
+    double copy_s; /* the copy floor of the job's bytes (sp_bench_copy_seconds); 0: not measured */
     const char *fi_provider, *disk_method;
     char fi_error[256];
 } sp_bench_limits_t;
@@ -79,18 +85,25 @@ typedef struct sp_bench_limits {
 static void sp_bench_usage(FILE *out)
 {
     fprintf(out,
-            "usage: spate-bench [--log LEVEL] shuffle|terasort [options]\n"
+            "usage: spate-bench [--log LEVEL] shuffle|terasort|wordcount|JOB.so [options]\n"
             "       spate-bench plot RUNS.json... --plot OUT.svg\n"
             "\n"
-            "Runs spate's shuffle job (or TeraSort) end to end on local executor processes, or\n"
-            "under mpirun/srun on every rank, and prints each phase beside the limits measured\n"
-            "in the same run: memcpy, MPI_Alltoallv, bare fi_read, shuffle.local_dirs.\n"
+            "Runs spate's shuffle job (or TeraSort, word count, a plugin) end to end on local\n"
+            "executor processes, or under mpirun/srun on every rank, and prints each phase\n"
+            "beside the limits measured in the same run: memcpy, MPI_Alltoallv, bare fi_read,\n"
+            "shuffle.local_dirs, and the copy floor (one process per executor reading the\n"
+            "input, or writing --size bytes, and writing as much to the output's directory,\n"
+            "through the page cache; the job's total is given as a multiple of it).\n"
             "Memory: the largest peak anonymous RSS of an executor (heap, arena pages, buffers)\n"
             "against memory.executor (anon/mem; target <= %.2f); peak RSS, which also counts the\n"
             "shuffle files executors map, is in the JSON (peak_rss_max, peak_rss_to_memory).\n"
             "\n"
             "options (LIST: comma-separated values, every combination is run):\n"
             "  --size LIST        data per executor, e.g. 256m,1g (default 256m)\n"
+            "  --input DIR        the job's input instead of generated data (terasort: gensort\n"
+            "                     files; wordcount: text); read into the page cache first\n"
+            "  --job-arg K=V      a job argument (repeatable), e.g. vocabulary=4194304 for\n"
+            "                     wordcount's generated text\n"
             "  --record-size N    bytes per record, key 10 + value (shuffle; default 100)\n"
             "  --partitions N     reduce partitions (default: the job's, twice the slots)\n"
             "  --codec LIST       none, lz4, zstd (shuffle.codec; default lz4)\n"
@@ -186,6 +199,12 @@ static int sp_bench_parse(int argc, char **argv, sp_bench_opts_t *o)
             o->plot = v;
         } else if (strcmp(a, "--label") == 0) {
             o->label = v;
+        } else if (strcmp(a, "--input") == 0) {
+            o->input = v;
+        } else if (strcmp(a, "--job-arg") == 0) {
+            if (o->njob_args == SP_BENCH_MAX_CONF || strchr(v, '=') == NULL)
+                goto bad;
+            o->job_args[o->njob_args++] = v;
         } else if (strcmp(a, "--conf") == 0) {
             if (o->nconfs == SP_BENCH_MAX_CONF)
                 goto bad;
@@ -335,10 +354,11 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
 {
     const sp__stage_report_t *map = &r->stages[SP_STAGE_MAP], *red = &r->stages[SP_STAGE_REDUCE],
                              *smp = &r->stages[SP_STAGE_SAMPLE];
-    bool ts = strcmp(o->job, "terasort") == 0;
+    bool ts = strcmp(o->job, "terasort") == 0, sh = strcmp(o->job, "shuffle") == 0;
     uint32_t nexec = SP_MAX(r->nexecutors, 1u), slots = 0;
-    uint64_t rec_size = ts ? 100 : o->record_size, records = map->records;
-    uint64_t data = records * rec_size, peak = 0, anon = 0, mem = 0;
+    uint64_t rec_size = ts ? 100 : sh ? o->record_size : 0, records = map->records;
+    /* Records of a known size, else (word count, plugins) the input's bytes. */
+    uint64_t data = rec_size ? records * rec_size : size * nexec, peak = 0, anon = 0, mem = 0;
     double map_s = sp_bench_stage_s(map), red_s = sp_bench_stage_s(red),
            smp_s = sp_bench_stage_s(smp),
            tot_s = r->end_ns > r->start_ns ? (double)(r->end_ns - r->start_ns) / 1e9 : 0,
@@ -395,6 +415,8 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
                         lim->fi_error[0] ? json_string(lim->fi_error) : json_null());
     json_object_set_new(limits, "disk_method",
                         lim->disk_method ? json_string(lim->disk_method) : json_null());
+    json_object_set_new(limits, "copy_floor_seconds",
+                        lim->copy_s > 0 ? json_real(lim->copy_s) : json_null());
     ratios = json_object();
     json_object_set_new(ratios, "map_per_core_to_memcpy",
                         sp_bench_ratio_json(map_core, lim->memcpy_gbps));
@@ -414,6 +436,8 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
     json_object_set_new(ratios, "peak_rss_to_memory",
                         sp_bench_ratio_json((double)peak, (double)mem));
     json_object_set_new(ratios, "spill_write_to_nospill", json_null());
+    /* Seconds over seconds: how many copy floors the whole job took (lower is better). */
+    json_object_set_new(ratios, "total_to_copy_floor", sp_bench_ratio_json(tot_s, lim->copy_s));
 
     obj = json_object();
     json_object_set_new(obj, "bench", json_string(o->job));
@@ -466,8 +490,9 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
         printf("  %-16s %8.2f %10s %10s %10s\n", "sample", smp_s, "", "", "");
     printf("  %-16s %8.2f %10.3f %10.3f %10.2f  %.2fx memcpy per core (%.2f GB/s/core vs %.2f); "
            "%.2fx disk write (%.2f of %.2f GB/s, %s)\n",
-           ts ? "gen+sort+write" : "map write", map_s, sp_bench_gb(data, map_s) / nexec,
-           sp_bench_gb(data, map_s), map_s > 0 ? (double)records / map_s / 1e6 : 0,
+           ts ? (o->input != NULL ? "read+sort+write" : "gen+sort+write") : "map write", map_s,
+           sp_bench_gb(data, map_s) / nexec, sp_bench_gb(data, map_s),
+           map_s > 0 ? (double)records / map_s / 1e6 : 0,
            sp_bench_ratio(map_core, lim->memcpy_gbps), map_core, lim->memcpy_gbps,
            sp_bench_ratio(disk_w, lim->disk_w_gbps), disk_w, lim->disk_w_gbps,
            lim->disk_method ? lim->disk_method : "not measured");
@@ -490,6 +515,12 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
            "total", tot_s, sp_bench_gb(data, tot_s) / nexec, sp_bench_gb(data, tot_s),
            tot_s > 0 ? (double)records / tot_s / 1e6 : 0, b2, b3, anon_ratio,
            anon_ratio > SP_BENCH_ANON_TARGET ? ", above the target" : "", b4);
+    if (lim->copy_s > 0)
+        printf("  %-16s %8.2f  the total is %.2fx the copy floor (%u processes %s through "
+               "the page cache)\n",
+               "copy floor", lim->copy_s, sp_bench_ratio(tot_s, lim->copy_s), nexec,
+               o->input != NULL ? "reading the input and writing as much"
+                                : "writing as many bytes");
     fflush(stdout);
     return obj;
 }
@@ -533,9 +564,9 @@ static void sp_bench_summary(const json_t *runs)
     size_t i;
     const json_t *r;
 
-    printf("\n%-4s %9s %5s %5s %6s %7s %7s %7s %7s %8s %8s %8s %8s %8s\n", "run", "size/exec",
+    printf("\n%-4s %9s %5s %5s %6s %7s %7s %7s %7s %8s %8s %8s %8s %8s %8s\n", "run", "size/exec",
            "exec", "codec", "memory", "map s", "exch s", "total s", "GB/s/ex", "map/mcpy",
-           "exch/a2a", "remote/fi", "spill/ns", "anon/mem");
+           "exch/a2a", "remote/fi", "spill/ns", "tot/copy", "anon/mem");
     json_array_foreach(runs, i, r)
     {
         const json_t *c = json_object_get(r, "config"), *p = json_object_get(r, "phases"),
@@ -545,22 +576,24 @@ static void sp_bench_summary(const json_t *runs)
 #define SP_R(k)     json_number_value(json_object_get(q, k))
 #define SP_P(ph, k) json_number_value(json_object_get(json_object_get(p, ph), k))
         sp_cli_human(sz, sizeof(sz), json_number_value(json_object_get(c, "size_per_executor")));
-        printf(
-            "%-4zu %9s %4lld%s %5s %6s %7.2f %7.2f %7.2f %7.3f %8.2f %8.2f %8.2f %8.2f %7.2f%s%s\n",
-            i + 1, sz, (long long)json_integer_value(json_object_get(c, "executors")),
-            json_is_true(json_object_get(c, "oversubscribed")) ? "*" : " ",
-            json_string_value(json_object_get(c, "codec")),
-            json_string_value(json_object_get(c, "memory_spec")), SP_P("map", "seconds"),
-            SP_P("exchange", "seconds"), SP_P("total", "seconds"),
-            SP_P("total", "gbps_per_executor"), SP_R("map_per_core_to_memcpy"),
-            SP_R("exchange_to_alltoallv"), SP_R("exchange_remote_to_fi_read"),
-            SP_R("spill_write_to_nospill"), anon, anon > SP_BENCH_ANON_TARGET ? "!" : " ",
-            json_is_true(json_object_get(r, "succeeded")) ? "" : "  FAILED");
+        printf("%-4zu %9s %4lld%s %5s %6s %7.2f %7.2f %7.2f %7.3f %8.2f %8.2f %8.2f %8.2f %8.2f "
+               "%7.2f%s%s\n",
+               i + 1, sz, (long long)json_integer_value(json_object_get(c, "executors")),
+               json_is_true(json_object_get(c, "oversubscribed")) ? "*" : " ",
+               json_string_value(json_object_get(c, "codec")),
+               json_string_value(json_object_get(c, "memory_spec")), SP_P("map", "seconds"),
+               SP_P("exchange", "seconds"), SP_P("total", "seconds"),
+               SP_P("total", "gbps_per_executor"), SP_R("map_per_core_to_memcpy"),
+               SP_R("exchange_to_alltoallv"), SP_R("exchange_remote_to_fi_read"),
+               SP_R("spill_write_to_nospill"), SP_R("total_to_copy_floor"), anon,
+               anon > SP_BENCH_ANON_TARGET ? "!" : " ",
+               json_is_true(json_object_get(r, "succeeded")) ? "" : "  FAILED");
 #undef SP_R
 #undef SP_P
     }
     printf("(* oversubscribed; 0.00: limit not measured here; anon/mem: largest peak anonymous "
-           "RSS of an executor / memory.executor, ! above the target of %.2f)\n",
+           "RSS of an executor / memory.executor, ! above the target of %.2f; tot/copy: total "
+           "seconds / the copy floor's)\n",
            SP_BENCH_ANON_TARGET);
 }
 
@@ -602,6 +635,62 @@ static void sp_bench_local_dir(const sp_conf_t *conf, char *buf, size_t cap)
     buf[strcspn(buf, ",")] = '\0';
 }
 
+static int sp_bench_visible(const struct dirent *de)
+{
+    return de->d_name[0] != '.' && de->d_name[0] != '_';
+}
+
+/*
+ * The input's files as the built-in jobs read them (a file, or the regular
+ * files of a directory whose names do not start with '.' or '_', in name
+ * order), malloc'ed, and their bytes.
+ */
+static sp_status_t sp_bench_list_input(const char *input, char ***files_p, size_t *n_p,
+                                       uint64_t *bytes_p)
+{
+    struct dirent **names = NULL;
+    struct stat sb;
+    char **files;
+    int n;
+
+    *files_p = NULL;
+    *n_p = 0;
+    *bytes_p = 0;
+    if (stat(input, &sb) != 0)
+        return SP_RAISE(SP_ERR_NOT_FOUND, "%s: %s", input, strerror(errno));
+    if (!S_ISDIR(sb.st_mode)) {
+        if ((files = malloc(sizeof(*files))) == NULL || (files[0] = strdup(input)) == NULL) {
+            free(files);
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for the input's name");
+        }
+        *files_p = files;
+        *n_p = 1;
+        *bytes_p = (uint64_t)sb.st_size;
+        return SP_OK;
+    }
+    if ((n = scandir(input, &names, sp_bench_visible, alphasort)) < 0)
+        return SP_RAISE(SP_ERR_IO, "%s: cannot list: %s", input, strerror(errno));
+    files = calloc((size_t)n + 1, sizeof(*files));
+    for (int i = 0; i < n; i++) {
+        char *path = NULL;
+        if (files != NULL && asprintf(&path, "%s/%s", input, names[i]->d_name) >= 0 &&
+            stat(path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+            files[(*n_p)++] = path;
+            *bytes_p += (uint64_t)sb.st_size;
+        } else {
+            free(path);
+        }
+        free(names[i]);
+    }
+    free(names);
+    if (files == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the input's names");
+    *files_p = files;
+    if (*n_p == 0)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "%s holds no input file", input);
+    return SP_OK;
+}
+
 static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
 {
     bool mpi = sp_run_under_mpi(), driver_rank = sp_bench_env_rank() == 0, over = false;
@@ -610,6 +699,8 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
     const sp_job_t *job = NULL;
     void *plugin = NULL;
     json_t *runs = json_array(), *machine = NULL;
+    char **inputs = NULL;
+    size_t ninputs = 0;
     int rank = 0, size = 1, ret = 0;
     unsigned runs_total, run = 0;
     uint32_t executors = o->executors ? o->executors : 2;
@@ -671,6 +762,17 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
         }
     }
     sp_bench_local_dir(base, dir, sizeof(dir));
+    if (o->input != NULL) {
+        uint64_t bytes = 0;
+        if ((st = sp_bench_list_input(o->input, &inputs, &ninputs, &bytes)) != SP_OK) {
+            fprintf(stderr, "spate-bench: --input %s\n", sp_last_error());
+            ret = 2;
+            goto out;
+        }
+        /* The input's bytes are the run's data: its share per executor is the one size. */
+        o->sizes[0] = SP_MAX(bytes / executors, (uint64_t)1);
+        o->nsizes = 1;
+    }
     if (rank == 0) {
         uint64_t biggest = 0;
         machine = sp_bench_machine();
@@ -705,6 +807,13 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
         if (o->limits && rank == 0) {
             double s = sp_run_memcpy_seconds(SP_MIN(sz, SP_BENCH_LIMIT_CAP));
             lim.memcpy_gbps = sp_bench_gb(SP_MIN(sz, SP_BENCH_LIMIT_CAP), s);
+            lim.copy_s = 0;
+            if (sp_bench_copy_seconds(o->input != NULL ? (const char *const *)inputs : NULL,
+                                      ninputs, sz * executors, dir, executors,
+                                      &lim.copy_s) != SP_OK) {
+                fprintf(stderr, "spate-bench: copy floor: %s\n", sp_last_error());
+                lim.copy_s = 0;
+            }
         }
         if (o->limits && mpi) {
             sp_bench_quiet_barrier(MPI_COMM_WORLD);
@@ -720,7 +829,8 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
                     sp_job_params_t params = {0};
                     sp__driver_report_t report = {0};
                     char vs[32], ks[32], ms[48], memtext[32], restext[32], out[4200] = "";
-                    const char *args[3] = {vs, ks, ms};
+                    const char *args[3 + SP_BENCH_MAX_CONF] = {vs, ks, ms};
+                    size_t nargs = strcmp(o->job, "shuffle") == 0 ? 3 : 0;
                     uint64_t mem = 0, reserved = 0;
                     bool spill = false, is_driver = false;
 
@@ -761,13 +871,17 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
                         ret = 2;
                         goto out;
                     }
-                    params = (sp_job_params_t){.size = sz * executors,
+                    for (unsigned k = 0; k < o->njob_args; k++)
+                        args[nargs++] = o->job_args[k];
+                    params = (sp_job_params_t){.size = o->input != NULL ? 0 : sz * executors,
+                                               .input = o->input,
                                                .partitions = o->partitions,
                                                .args = args,
-                                               .nargs = strcmp(o->job, "shuffle") == 0 ? 3 : 0,
+                                               .nargs = nargs,
                                                .conf = conf,
                                                .executors = executors};
-                    if (strcmp(o->job, "terasort") == 0) {
+                    /* Every job but the synthetic shuffle writes its output, as its users' do. */
+                    if (strcmp(o->job, "shuffle") != 0) {
                         snprintf(out, sizeof(out), "%s/spate-bench-out.%ld.%u", dir, (long)getpid(),
                                  run);
                         params.output = out;
@@ -816,6 +930,9 @@ static int sp_bench_run(sp_conf_t *base, sp_bench_opts_t *o)
         }
     }
 out:
+    for (size_t i = 0; i < ninputs; i++)
+        free(inputs[i]);
+    free(inputs);
     sp_bench_fi_server_stop(&fis);
     if (mpi)
         sp_run_mpi_finalize();
@@ -886,9 +1003,14 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[i], "plot") == 0)
         return sp_bench_plot_cmd(argc - i, argv + i);
+    /* A job: a built-in one, or a plugin's path (sp__job_load says which is not). */
     if (strcmp(argv[i], "executor") != 0 && strcmp(argv[i], "shuffle") != 0 &&
-        strcmp(argv[i], "terasort") != 0) {
-        fprintf(stderr, "spate-bench: unknown command '%s' (shuffle, terasort or plot)\n", argv[i]);
+        strcmp(argv[i], "terasort") != 0 && strcmp(argv[i], "wordcount") != 0 &&
+        strchr(argv[i], '/') == NULL) {
+        fprintf(stderr,
+                "spate-bench: unknown command '%s' (shuffle, terasort, wordcount, a job "
+                "plugin's path, or plot)\n",
+                argv[i]);
         return 2;
     }
     if (sp_conf_create(&cli.conf) != SP_OK || sp_conf_load_env(cli.conf, environ) != SP_OK) {

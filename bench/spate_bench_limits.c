@@ -581,3 +581,103 @@ out:
     free(buf);
     return st;
 }
+
+/* ------------------------------------------------------------------------ */
+/* The copy floor                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Child i of the copy floor: its share of the files (or of bytes) into dir/copy-i. */
+static _Noreturn void sp_bench_copy_child(const char *const *files, size_t nfiles, uint64_t bytes,
+                                          const char *dir, unsigned i, unsigned nprocs)
+{
+    char path[4096];
+    unsigned char *buf = malloc(SP_BENCH_DISK_BLOCK);
+    int out;
+
+    snprintf(path, sizeof(path), "%s/copy-%u", dir, i);
+    if (buf == NULL || (out = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) < 0)
+        _exit(1);
+    memset(buf, 7, SP_BENCH_DISK_BLOCK);
+    if (files == NULL) {
+        uint64_t mine = bytes / nprocs + (i < bytes % nprocs);
+        for (uint64_t done = 0; done < mine; done += SP_BENCH_DISK_BLOCK) {
+            size_t n = (size_t)SP_MIN((uint64_t)SP_BENCH_DISK_BLOCK, mine - done);
+            if (!sp_bench_io(out, buf, n, true))
+                _exit(1);
+        }
+    }
+    for (size_t f = i; files != NULL && f < nfiles; f += nprocs) {
+        int in = open(files[f], O_RDONLY);
+        ssize_t n;
+
+        if (in < 0)
+            _exit(1);
+        while ((n = read(in, buf, SP_BENCH_DISK_BLOCK)) > 0)
+            if (!sp_bench_io(out, buf, (size_t)n, true))
+                _exit(1);
+        if (n < 0)
+            _exit(1);
+        close(in);
+    }
+    _exit(close(out) == 0 ? 0 : 1);
+}
+
+/* One timed pass of the copy floor. */
+static sp_status_t sp_bench_copy_pass(const char *const *files, size_t nfiles, uint64_t bytes,
+                                      const char *dir, unsigned nprocs, double *seconds_p)
+{
+    pid_t pids[SP_BENCH_COPY_MAX_PROCS];
+    uint64_t t0 = sp__now_ns();
+    unsigned started = 0, failed = 0;
+
+    fflush(NULL);
+    for (; started < nprocs; started++) {
+        if ((pids[started] = fork()) < 0)
+            break;
+        if (pids[started] == 0)
+            sp_bench_copy_child(files, nfiles, bytes, dir, started, nprocs);
+    }
+    for (unsigned i = 0; i < started; i++) {
+        int status = 0;
+        if (waitpid(pids[i], &status, 0) != pids[i] || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0)
+            failed++;
+    }
+    *seconds_p = sp_bench_sec(sp__now_ns() - t0);
+    for (unsigned i = 0; i < nprocs; i++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/copy-%u", dir, i);
+        unlink(path);
+    }
+    if (started < nprocs)
+        return SP_RAISE(SP_ERR_NO_RESOURCE, "copy floor: fork: %s", strerror(errno));
+    if (failed > 0)
+        return SP_RAISE(SP_ERR_IO,
+                        "copy floor: %u of %u copy processes failed (read %s or write "
+                        "in %s)",
+                        failed, nprocs, files != NULL ? "the input" : "nothing", dir);
+    return SP_OK;
+}
+
+sp_status_t sp_bench_copy_seconds(const char *const *files, size_t nfiles, uint64_t bytes,
+                                  const char *dir, unsigned nprocs, double *seconds_p)
+{
+    char sub[4096];
+    double first = 0;
+    sp_status_t st;
+
+    nprocs = SP_MAX(1u, SP_MIN(nprocs, (unsigned)SP_BENCH_COPY_MAX_PROCS));
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return SP_RAISE(SP_ERR_IO, "mkdir %s: %s", dir, strerror(errno));
+    if ((size_t)snprintf(sub, sizeof(sub), "%s/spate-bench-copy.%ld", dir, (long)getpid()) >=
+        sizeof(sub))
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "directory name %s is too long", dir);
+    if (mkdir(sub, 0700) != 0 && errno != EEXIST)
+        return SP_RAISE(SP_ERR_IO, "mkdir %s: %s", sub, strerror(errno));
+    /* The first pass brings the input into the page cache, as the runs find it. */
+    st = sp_bench_copy_pass(files, nfiles, bytes, sub, nprocs, &first);
+    if (st == SP_OK)
+        st = sp_bench_copy_pass(files, nfiles, bytes, sub, nprocs, seconds_p);
+    rmdir(sub);
+    return st;
+}

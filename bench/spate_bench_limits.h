@@ -71,4 +71,20 @@ void sp_bench_fi_server_stop(sp_bench_fi_server_t *server);
 sp_status_t sp_bench_disk_seconds(const char *dir, uint64_t bytes, double *write_s_p,
                                   double *read_s_p, const char **method_p);
 
+/* Most processes the copy floor runs. */
+#define SP_BENCH_COPY_MAX_PROCS 1024
+
+/*
+ * The copy floor: the least a job that reads its input and writes as many
+ * bytes to an output directory can take here. nprocs processes (one per
+ * executor) each read their share of files (file i goes to process i mod
+ * nprocs) and write it to a file of their own in a new directory under dir,
+ * both through the page cache (no fsync); with files NULL they write bytes
+ * in total from memory instead (generated input). Timed on a second pass,
+ * after a first has brought the input into the page cache; the copies are
+ * removed. *seconds_p is the wall time of the slowest process.
+ */
+sp_status_t sp_bench_copy_seconds(const char *const *files, size_t nfiles, uint64_t bytes,
+                                  const char *dir, unsigned nprocs, double *seconds_p);
+
 #endif /* SPATE_BENCH_LIMITS_H */
