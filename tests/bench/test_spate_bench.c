@@ -8,12 +8,17 @@
  * and that the SVG is well-formed XML (a small checker here: tags nest and
  * close, attributes are quoted) with the expected elements: an <svg> root,
  * two panels, axes, series polylines and legend entries. A refused option
- * exits 2. No timing is asserted: CI machines are noisy.
+ * exits 2. `terasort --input` over gensort files and `wordcount` with a
+ * generated vocabulary: records and size from the input, the copy floor
+ * measured and the total's ratio to it consistent, nothing left behind; a
+ * missing input, a --job-arg without '=' and an unknown job exit 2. No
+ * timing is asserted: CI machines are noisy.
  *
  * LABELS: slow
  */
 #include "../executor/run_test_util.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 
@@ -236,6 +241,93 @@ static void test_spate_bench_shuffle_json_and_plot(void **state)
     }
 }
 
+/* The run object of a one-run JSON file, its array in *runs_p (decref it). */
+static json_t *one_run(const char *path, json_t **runs_p)
+{
+    json_error_t err;
+    json_t *run;
+
+    if ((*runs_p = json_load_file(path, 0, &err)) == NULL)
+        fail_msg("%s: %s", path, err.text);
+    assert_int_equal(json_array_size(*runs_p), 1);
+    run = json_array_get(*runs_p, 0);
+    assert_true(json_is_true(json_object_get(run, "succeeded")));
+    return run;
+}
+
+/* ratios.total_to_copy_floor is the total's seconds over the copy floor's, both measured. */
+static void expect_copy_floor(const json_t *run)
+{
+    double floor_s =
+        json_number_value(json_object_get(json_object_get(run, "limits"), "copy_floor_seconds"));
+    double total_s = json_number_value(
+        json_object_get(json_object_get(json_object_get(run, "phases"), "total"), "seconds"));
+    double ratio =
+        json_number_value(json_object_get(json_object_get(run, "ratios"), "total_to_copy_floor"));
+
+    assert_true(floor_s > 0 && total_s > 0);
+    assert_true(fabs(ratio * floor_s - total_s) <= 1e-6 * total_s);
+}
+
+/*
+ * TeraSort from --input (gensort files): the input's bytes are the run's
+ * data, the copy floor reads them; word count of a generated text with a
+ * vocabulary. Neither leaves its output or the copies behind.
+ */
+static void test_spate_bench_input_and_copy_floor(void **state)
+{
+    char input[400], json_path[400], dirs[440], local[400];
+    const char *const gensort[] = {getenv("SPATE_CLI"), "gensort", "-b0", "20000", input,
+                                   "--files",           "3",       NULL};
+    json_t *runs, *run;
+    rt_run_t r;
+
+    (void)state;
+    assert_non_null(gensort[0]);
+    rt_path(input, sizeof(input), base, "gensort");
+    rt_path(local, sizeof(local), base, "local-io");
+    rt_path(json_path, sizeof(json_path), base, "io.json");
+    snprintf(dirs, sizeof(dirs), "shuffle.local_dirs=%s", local);
+    r = rt_spawn_env(gensort, NULL, RT_TIMEOUT_S);
+    rt_expect_ok(&r, "spate gensort");
+    rt_free(&r);
+
+    r = bench((const char *const[]){"terasort", "--input", input, "--conf", dirs, "--json",
+                                    json_path, NULL});
+    rt_expect_ok(&r, "spate-bench terasort --input");
+    assert_non_null(strstr(r.out, "read+sort+write"));
+    assert_non_null(strstr(r.out, "the copy floor"));
+    rt_free(&r);
+    run = one_run(json_path, &runs);
+    assert_int_equal(json_integer_value(json_object_get(run, "records")), 20000);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(run, "config"), "size_per_executor")),
+        20000 * 100 / 2);
+    expect_copy_floor(run);
+    json_decref(runs);
+
+    r = bench((const char *const[]){"wordcount", "--size", "4m", "--job-arg", "vocabulary=5000",
+                                    "--conf", dirs, "--json", json_path, NULL});
+    rt_expect_ok(&r, "spate-bench wordcount");
+    rt_free(&r);
+    run = one_run(json_path, &runs);
+    assert_string_equal(json_string_value(json_object_get(run, "bench")), "wordcount");
+    expect_copy_floor(run);
+    json_decref(runs);
+
+    /* Nothing of either run is left in the local directory: outputs and copies are removed. */
+    {
+        DIR *d = opendir(local);
+        struct dirent *e;
+
+        assert_non_null(d);
+        while ((e = readdir(d)) != NULL)
+            if (strncmp(e->d_name, "spate-bench-", 12) == 0)
+                fail_msg("%s/%s was left behind", local, e->d_name);
+        closedir(d);
+    }
+}
+
 static void test_spate_bench_refuses_bad_option(void **state)
 {
     rt_run_t r;
@@ -247,12 +339,22 @@ static void test_spate_bench_refuses_bad_option(void **state)
     r = bench((const char *const[]){"shuffle", "--no-such-option", "1", NULL});
     rt_expect_fail(&r, 2, "unknown option", "an unknown option");
     rt_free(&r);
+    r = bench((const char *const[]){"terasort", "--input", "/no/such/input", NULL});
+    rt_expect_fail(&r, 2, "/no/such/input", "a missing --input");
+    rt_free(&r);
+    r = bench((const char *const[]){"wordcount", "--job-arg", "novalue", NULL});
+    rt_expect_fail(&r, 2, "--job-arg", "a --job-arg without '='");
+    rt_free(&r);
+    r = bench((const char *const[]){"sort-it-all", NULL});
+    rt_expect_fail(&r, 2, "unknown command", "an unknown job");
+    rt_free(&r);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spate_bench_shuffle_json_and_plot),
+        cmocka_unit_test(test_spate_bench_input_and_copy_floor),
         cmocka_unit_test(test_spate_bench_refuses_bad_option),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
