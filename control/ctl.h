@@ -47,9 +47,10 @@
  * (protocol.h) this build speaks: a change to any of them bumps it, so that
  * a driver and executors of different builds part at their first frame
  * instead of misreading a message later. 2: HEARTBEAT and BYE carry peak anon.
- * 3: PING (driver -> executor).
+ * 3: PING (driver -> executor). 4: READY, RESULT, HEARTBEAT and BYE carry the
+ * executor's CPU time (idle core time per stage).
  */
-#define SP__CTL_VERSION 3u
+#define SP__CTL_VERSION 4u
 /* Header: u32 magic, u16 version, u16 type, u32 payload length. */
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */

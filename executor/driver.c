@@ -75,6 +75,14 @@ typedef struct sp_dexec {
     uint64_t last_seen_ns;
     char address[512];
     uint32_t fatal_signal; /* its FATAL report: the signal it is dying of; 0: none */
+    /*
+     * Its CPU clock (RESULT, HEARTBEAT): the latest reading, and per stage the
+     * readings at the stage's start (or its first one after it) and latest.
+     */
+    uint64_t cpu_ns;
+    bool cpu_known;
+    bool stage_cpu_set[SP_STAGES];
+    uint64_t stage_cpu0[SP_STAGES], stage_cpu1[SP_STAGES];
     sp__executor_report_t rep;
 } sp_dexec_t;
 
@@ -486,6 +494,58 @@ static sp_status_t sp_drv_on_register(sp__driver_t *d, uint32_t e, const void *b
     return st;
 }
 
+/*
+ * A reading of executor e's CPU clock, during stage (-1: none running): the
+ * stage's share of it is the difference from the reading the stage started
+ * with (the executor's latest before the stage, or this one).
+ */
+static void sp_drv_note_cpu(sp__driver_t *d, uint32_t e, int stage, uint64_t cpu_ns)
+{
+    sp_dexec_t *x = &d->execs[e];
+
+    if (stage >= 0 && d->rep.stages[stage].start_ns != 0) {
+        if (!x->stage_cpu_set[stage]) {
+            x->stage_cpu0[stage] = x->cpu_known ? SP_MIN(x->cpu_ns, cpu_ns) : cpu_ns;
+            x->stage_cpu_set[stage] = true;
+        }
+        x->stage_cpu1[stage] = SP_MAX(x->stage_cpu1[stage], cpu_ns);
+    }
+    x->cpu_ns = SP_MAX(x->cpu_ns, cpu_ns);
+    x->cpu_known = true;
+}
+
+/* The stage running now (the latest started and not ended), or -1. */
+static int sp_drv_running_stage(const sp__driver_t *d)
+{
+    for (int s = SP_STAGES - 1; s >= 0; s--)
+        if (d->rep.stages[s].start_ns != 0 && d->rep.stages[s].end_ns == 0)
+            return s;
+    return -1;
+}
+
+/* Each stage's core time from the executors' readings (sp__stage_report_t's cpu_ns, core_ns). */
+static void sp_drv_stage_cpu(sp__driver_t *d)
+{
+    uint64_t now = sp__now_ns();
+
+    for (int s = 0; s < SP_STAGES; s++) {
+        sp__stage_report_t *st = &d->rep.stages[s];
+        uint64_t end = st->end_ns != 0 ? st->end_ns : now, slots = 0, cpu = 0;
+
+        if (st->start_ns == 0)
+            continue;
+        for (uint32_t e = 0; e < d->nexecs; e++) {
+            const sp_dexec_t *x = &d->execs[e];
+            if (!x->stage_cpu_set[s])
+                continue;
+            cpu += x->stage_cpu1[s] - x->stage_cpu0[s];
+            slots += x->rep.slots;
+        }
+        st->cpu_ns = cpu;
+        st->core_ns = end > st->start_ns ? slots * (end - st->start_ns) : 0;
+    }
+}
+
 static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf, size_t len)
 {
     sp_dexec_t *x = &d->execs[e];
@@ -501,6 +561,7 @@ static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf,
     x->rep.memory = ready.memory;
     x->rep.numa_node = ready.numa_node;
     snprintf(x->rep.cpuset, sizeof(x->rep.cpuset), "%.63s", ready.cpuset);
+    sp_drv_note_cpu(d, e, sp_drv_running_stage(d), ready.cpu_ns);
     x->state = SP_DEXEC_READY;
     d->starved_since = 0;
     if (d->replacements > 0)
@@ -533,6 +594,7 @@ static sp_status_t sp_drv_on_heartbeat(sp__driver_t *d, uint32_t e, const void *
     x->rep.peak_rss = SP_MAX(x->rep.peak_rss, hb.peak_rss);
     x->rep.peak_anon = SP_MAX(x->rep.peak_anon, hb.peak_anon);
     x->rep.peak_execution = SP_MAX(x->rep.peak_execution, hb.execution_used);
+    sp_drv_note_cpu(d, e, sp_drv_running_stage(d), hb.cpu_ns);
     if (bye)
         x->state = SP_DEXEC_DONE;
     return SP_OK;
@@ -670,6 +732,7 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
     }
     if (d->execs[e].busy > 0)
         d->execs[e].busy--;
+    sp_drv_note_cpu(d, e, stage, r.cpu_ns);
     if (r.status == SP_OK) {
         if (stage == SP_STAGE_MAP)
             st = sp_drv_map_done(d, e, &r);
@@ -787,8 +850,15 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
     t->task_id = msg.task_id;
     t->started_ns = sp__now_ns();
     d->execs[e].busy++;
-    if (d->rep.stages[stage].start_ns == 0)
+    if (d->rep.stages[stage].start_ns == 0) {
         d->rep.stages[stage].start_ns = sp__now_ns();
+        /* The stage's core time counts from each executor's latest reading. */
+        for (uint32_t x = 0; x < d->nexecs; x++)
+            if (d->execs[x].cpu_known && !d->execs[x].stage_cpu_set[stage]) {
+                d->execs[x].stage_cpu0[stage] = d->execs[x].stage_cpu1[stage] = d->execs[x].cpu_ns;
+                d->execs[x].stage_cpu_set[stage] = true;
+            }
+    }
     return SP_OK;
 }
 
@@ -1396,6 +1466,7 @@ out:
         }
     }
     d->rep.end_ns = sp__now_ns();
+    sp_drv_stage_cpu(d);
     sp_drv_snapshot(d);
     if (d->o.progress != NULL)
         d->o.progress(d->o.progress_arg, &d->rep, true);

@@ -377,6 +377,21 @@ out:
     return st;
 }
 
+/*
+ * The process's CPU time so far, every thread (workers, the transport's
+ * progress thread, the main thread): what the driver's idle core time per
+ * stage is computed from. An executor on a thread of the driver's process
+ * (rank 0 under mpirun) counts the driver's too.
+ */
+static uint64_t sp_exec_cpu_ns(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
 {
     sp__msg_result_t r = {.task_id = t->task_id,
@@ -420,6 +435,7 @@ static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
         r.payload_len = 0;
     }
     r.payload = payload;
+    r.cpu_ns = sp_exec_cpu_ns();
     st = sp__msg_result_encode(&r, &buf, &len);
     free(payload);
     if (sp_exec_send(ex, SP_MSG_RESULT, st, buf, len) != SP_OK)
@@ -755,7 +771,8 @@ static sp_status_t sp_exec_on_task(sp_executor_t *ex, const void *buf, size_t le
 
 static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
 {
-    sp__msg_heartbeat_t hb = {.peak_rss = sp_exec_peak_rss(), .running = ex->running};
+    sp__msg_heartbeat_t hb = {
+        .peak_rss = sp_exec_peak_rss(), .running = ex->running, .cpu_ns = sp_exec_cpu_ns()};
     sp_memory_stats_t ms;
     void *buf = NULL;
     size_t len = 0;
@@ -972,6 +989,7 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         goto out;
     }
     ex->sampler_started = true;
+    ready.cpu_ns = sp_exec_cpu_ns();
     st = sp__msg_ready_encode(&ready, &buf, &len);
     if ((st = sp_exec_send(ex, SP_MSG_READY, st, buf, len)) != SP_OK)
         goto out;

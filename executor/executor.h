@@ -55,6 +55,13 @@ typedef struct sp__stage_report {
     uint64_t spill_bytes;
     uint64_t task_ns; /* summed over tasks */
     uint64_t sort_ns, spill_ns, merge_ns, fetch_wait_ns;
+    /*
+     * Core time: the executors' CPU time during the stage (every thread, from
+     * the CPU clocks they report with results and heartbeats), and what their
+     * worker slots could have used (slots x the stage's wall time). Idle core
+     * time is core_ns - cpu_ns. 0 when not measured.
+     */
+    uint64_t cpu_ns, core_ns;
 } sp__stage_report_t;
 
 typedef struct sp__executor_report {

@@ -261,6 +261,7 @@ sp_status_t sp__msg_ready_encode(const sp__msg_ready_t *m, void **buf_p, size_t 
     sp__wbuf_put_u64(&w, m->memory);
     sp__wbuf_put_u32(&w, m->numa_node);
     sp__wbuf_put_str(&w, m->cpuset);
+    sp__wbuf_put_u64(&w, m->cpu_ns);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
@@ -276,6 +277,7 @@ sp_status_t sp__msg_ready_decode(const void *buf, size_t len, sp__msg_ready_t *m
         (st = sp__rbuf_get_u64(&r, "READY memory", &out.memory)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "READY NUMA node", &out.numa_node)) != SP_OK ||
         (st = sp_get_fixed_str(&r, "READY cpuset", out.cpuset, sizeof(out.cpuset))) != SP_OK ||
+        (st = sp__rbuf_get_u64(&r, "READY cpu", &out.cpu_ns)) != SP_OK ||
         (st = sp__rbuf_done(&r, "READY")) != SP_OK)
         return st;
     if (out.slots == 0 || out.slots > 65536)
@@ -351,6 +353,7 @@ sp_status_t sp__msg_result_encode(const sp__msg_result_t *m, void **buf_p, size_
         sp__wbuf_put_u64(&w, *f[i]);
     for (unsigned i = 0; i < SP_JOB_COUNTERS; i++)
         sp__wbuf_put_u64(&w, metrics.counters[i]);
+    sp__wbuf_put_u64(&w, m->cpu_ns);
     sp__wbuf_put_bytes(&w, m->payload, m->payload_len);
     return sp_msg_finish(&w, buf_p, len_p);
 }
@@ -379,7 +382,8 @@ sp_status_t sp__msg_result_decode(const void *buf, size_t len, sp__msg_result_t 
     for (unsigned i = 0; i < SP_JOB_COUNTERS; i++)
         if ((st = sp__rbuf_get_u64(&r, "RESULT counters", &out.metrics.counters[i])) != SP_OK)
             return st;
-    if ((st = sp__rbuf_get_bytes(&r, "RESULT payload", &out.payload, &out.payload_len)) != SP_OK ||
+    if ((st = sp__rbuf_get_u64(&r, "RESULT cpu", &out.cpu_ns)) != SP_OK ||
+        (st = sp__rbuf_get_bytes(&r, "RESULT payload", &out.payload, &out.payload_len)) != SP_OK ||
         (st = sp__rbuf_done(&r, "RESULT")) != SP_OK)
         return st;
     out.status = (int32_t)status;
@@ -401,6 +405,7 @@ sp_status_t sp__msg_heartbeat_encode(const sp__msg_heartbeat_t *m, void **buf_p,
     sp__wbuf_put_u64(&w, m->peak_rss);
     sp__wbuf_put_u64(&w, m->peak_anon);
     sp__wbuf_put_u32(&w, m->running);
+    sp__wbuf_put_u64(&w, m->cpu_ns);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
@@ -415,6 +420,7 @@ sp_status_t sp__msg_heartbeat_decode(const void *buf, size_t len, sp__msg_heartb
         (st = sp__rbuf_get_u64(&r, "HEARTBEAT peak rss", &out.peak_rss)) != SP_OK ||
         (st = sp__rbuf_get_u64(&r, "HEARTBEAT peak anon", &out.peak_anon)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "HEARTBEAT running", &out.running)) != SP_OK ||
+        (st = sp__rbuf_get_u64(&r, "HEARTBEAT cpu", &out.cpu_ns)) != SP_OK ||
         (st = sp__rbuf_done(&r, "HEARTBEAT")) != SP_OK)
         return st;
     *m = out;

@@ -74,6 +74,7 @@ typedef struct sp__msg_ready {
     uint64_t memory; /* executor memory (memory.executor) */
     uint32_t numa_node;
     char cpuset[256];
+    uint64_t cpu_ns; /* the executor process's CPU time so far, every thread (ns) */
 } sp__msg_ready_t;
 
 typedef struct sp__msg_task {
@@ -93,6 +94,7 @@ typedef struct sp__msg_result {
     char message[1024];
     uint64_t failed_map; /* reduce fetch failure: UINT64_MAX when unknown */
     sp__task_metrics_t metrics;
+    uint64_t cpu_ns;     /* the executor process's CPU time so far, every thread (ns) */
     const void *payload; /* map: serialized status; sample: packed keys (points into the message) */
     size_t payload_len;
 } sp__msg_result_t;
@@ -102,6 +104,7 @@ typedef struct sp__msg_heartbeat {
     uint64_t peak_rss;       /* process high-water mark (VmHWM), mapped files included */
     uint64_t peak_anon;      /* highest anonymous resident memory sampled (RssAnon) */
     uint32_t running;
+    uint64_t cpu_ns; /* the executor process's CPU time so far, every thread (ns) */
 } sp__msg_heartbeat_t;
 
 typedef struct sp__msg_fatal {

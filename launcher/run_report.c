@@ -93,6 +93,14 @@ double sp_run_memcpy_seconds(uint64_t bytes)
     return sp_sec(t0);
 }
 
+/* The share of the stage's core time its executors left idle (0 .. 1; 0 when not measured). */
+static double sp_stage_idle(const sp__stage_report_t *st)
+{
+    if (st->core_ns == 0 || st->cpu_ns >= st->core_ns)
+        return 0;
+    return (double)(st->core_ns - st->cpu_ns) / (double)st->core_ns;
+}
+
 void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
                     const sp__driver_report_t *r, sp_status_t status, bool baseline)
 {
@@ -106,8 +114,8 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
     fprintf(out, "\njob %s %s in %.2f s on %u executor(s): %llu maps, %llu partitions\n", job,
             status == SP_OK ? "succeeded" : "FAILED", sp_sec(wall), r->nexecutors,
             (unsigned long long)r->maps, (unsigned long long)r->partitions);
-    fprintf(out, "%-7s %7s %9s %13s %11s %11s %13s %11s\n", "stage", "tasks", "wall s", "records",
-            "bytes", "spilled", "GB/s/exec", "remote");
+    fprintf(out, "%-7s %7s %9s %13s %11s %11s %13s %11s %10s\n", "stage", "tasks", "wall s",
+            "records", "bytes", "spilled", "GB/s/exec", "remote", "idle cores");
     for (int s = 0; s < SP_STAGES; s++) {
         const sp__stage_report_t *st = &r->stages[s];
         uint64_t sw = sp_stage_wall(st, r->end_ns);
@@ -116,9 +124,10 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
         sp_cli_human(b1, sizeof(b1), (double)st->bytes);
         sp_cli_human(b2, sizeof(b2), (double)st->spill_bytes);
         sp_cli_human(b3, sizeof(b3), (double)st->remote_bytes);
-        fprintf(out, "%-7s %3u/%-3u %9.2f %13llu %11s %11s %13.3f %11s\n", sp_stage_label[s],
-                st->done, st->tasks, sp_sec(sw), (unsigned long long)st->records, b1, b2,
-                sw ? (double)st->bytes / (double)sw / active : 0.0, b3);
+        fprintf(out, "%-7s %3u/%-3u %9.2f %13llu %11s %11s %13.3f %11s %9.0f%%\n",
+                sp_stage_label[s], st->done, st->tasks, sp_sec(sw), (unsigned long long)st->records,
+                b1, b2, sw ? (double)st->bytes / (double)sw / active : 0.0, b3,
+                100 * sp_stage_idle(st));
     }
     fprintf(out, "%-4s %-16s %8s %6s %10s %10s %10s %10s %10s %10s\n", "exec", "host", "pid",
             "slots", "memory", "peak anon", "peak rss", "peak exec", "shuffled", "tasks");
@@ -159,15 +168,22 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
 static json_t *sp_stage_json(const sp__stage_report_t *st, uint64_t end, uint32_t active)
 {
     uint64_t sw = sp_stage_wall(st, end);
+    json_t *obj;
 
-    return json_pack("{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f}", "tasks",
-                     (json_int_t)st->tasks, "done", (json_int_t)st->done, "wall_s", sp_sec(sw),
-                     "records", (json_int_t)st->records, "bytes", (json_int_t)st->bytes,
-                     "remote_bytes", (json_int_t)st->remote_bytes, "spill_bytes",
-                     (json_int_t)st->spill_bytes, "gbps_per_executor",
-                     sw ? (double)st->bytes / (double)sw / active : 0.0, "sort_s",
-                     sp_sec(st->sort_ns), "spill_s", sp_sec(st->spill_ns), "merge_s",
-                     sp_sec(st->merge_ns), "fetch_wait_s", sp_sec(st->fetch_wait_ns));
+    obj = json_pack("{s:I, s:I, s:f, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:f}", "tasks",
+                    (json_int_t)st->tasks, "done", (json_int_t)st->done, "wall_s", sp_sec(sw),
+                    "records", (json_int_t)st->records, "bytes", (json_int_t)st->bytes,
+                    "remote_bytes", (json_int_t)st->remote_bytes, "spill_bytes",
+                    (json_int_t)st->spill_bytes, "gbps_per_executor",
+                    sw ? (double)st->bytes / (double)sw / active : 0.0, "sort_s",
+                    sp_sec(st->sort_ns), "spill_s", sp_sec(st->spill_ns), "merge_s",
+                    sp_sec(st->merge_ns), "fetch_wait_s", sp_sec(st->fetch_wait_ns));
+    if (obj != NULL && st->core_ns > 0) {
+        json_object_set_new(obj, "cpu_s", json_real(sp_sec(st->cpu_ns)));
+        json_object_set_new(obj, "core_s", json_real(sp_sec(st->core_ns)));
+        json_object_set_new(obj, "idle_core_fraction", json_real(sp_stage_idle(st)));
+    }
+    return obj;
 }
 
 sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t *params,

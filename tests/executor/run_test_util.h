@@ -502,6 +502,22 @@ static inline void rt_expect_report(json_t *rep, unsigned executors, bool clean)
     }
     assert_true(rt_json_int(rep, "stages.map.tasks") >= 1);
     assert_true(rt_json_int(rep, "stages.reduce.tasks") >= 1);
+    /*
+     * Core time of the stages that did work: the executors' CPU time and their
+     * slots' time, and the idle share that follows from the two.
+     */
+    for (size_t i = 1; i < sizeof(stages) / sizeof(stages[0]); i++) {
+        json_t *s = json_object_get(st, stages[i]);
+        double cpu = json_number_value(json_object_get(s, "cpu_s"));
+        double core = json_number_value(json_object_get(s, "core_s"));
+        double idle = json_number_value(json_object_get(s, "idle_core_fraction"));
+        double want = core > cpu ? 1 - cpu / core : 0;
+
+        if (json_object_get(s, "core_s") == NULL || !(cpu > 0) || !(core > 0) ||
+            idle < want - 1e-9 || idle > want + 1e-9)
+            fail_msg("stage %s: cpu_s %g, core_s %g, idle_core_fraction %g", stages[i], cpu, core,
+                     idle);
+    }
     if (clean) {
         assert_int_equal(rt_json_int(rep, "recovery.executors_lost"), 0);
         assert_int_equal(rt_json_int(rep, "recovery.fetch_failures"), 0);

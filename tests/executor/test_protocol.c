@@ -153,7 +153,7 @@ static bool result_equal(const sp__msg_result_t *a, const sp__msg_result_t *b)
     return a->task_id == b->task_id && a->kind == b->kind && a->index == b->index &&
            a->attempt == b->attempt && a->status == b->status &&
            strcmp(a->message, b->message) == 0 && a->failed_map == b->failed_map &&
-           memcmp(&a->metrics, &b->metrics, sizeof(a->metrics)) == 0 &&
+           memcmp(&a->metrics, &b->metrics, sizeof(a->metrics)) == 0 && a->cpu_ns == b->cpu_ns &&
            a->payload_len == b->payload_len &&
            (a->payload_len == 0 || memcmp(a->payload, b->payload, a->payload_len) == 0);
 }
@@ -188,7 +188,8 @@ static bool msg_equal(kind_t k, const msg_t *a, const msg_t *b)
     case K_RESULT: return result_equal(&a->result, &b->result);
     case K_HEARTBEAT:
         return a->hb.execution_used == b->hb.execution_used && a->hb.peak_rss == b->hb.peak_rss &&
-               a->hb.peak_anon == b->hb.peak_anon && a->hb.running == b->hb.running;
+               a->hb.peak_anon == b->hb.peak_anon && a->hb.running == b->hb.running &&
+               a->hb.cpu_ns == b->hb.cpu_ns;
     case K_MAP_LOST:
         return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id;
     case K_BOUNDS: return bounds_equal(&a->bounds, &b->bounds);
@@ -406,6 +407,7 @@ static int corpus_build(void **state)
     s->m.result.status = SP_OK;
     s->m.result.failed_map = UINT64_MAX;
     metrics_fill(&s->m.result.metrics, 1);
+    s->m.result.cpu_ns = 0xfedcba9876543210ull;
     s->m.result.payload = result_payload;
     s->m.result.payload_len = sizeof(result_payload);
     s = add("result, fetch failure", K_RESULT);
@@ -428,6 +430,7 @@ static int corpus_build(void **state)
     s->m.hb.peak_rss = UINT64_MAX - 1;
     s->m.hb.peak_anon = 0x0123456789abcdefull;
     s->m.hb.running = 7;
+    s->m.hb.cpu_ns = UINT64_MAX;
     s = add("heartbeat, zero", K_HEARTBEAT);
 
     s = add("map lost", K_MAP_LOST);
@@ -558,26 +561,32 @@ static uint64_t get64(const unsigned char *p)
 
 /*
  * HEARTBEAT as docs/FORMATS.md lays it out: execution u64, peak RSS u64,
- * peak anon u64, running u32. The 20 bytes of version 1 (no peak anon) are
- * refused, not read as something else.
+ * peak anon u64, running u32, CPU time u64. The 20 bytes of version 1 (no
+ * peak anon) and the 28 of versions 2 and 3 (no CPU time) are refused, not
+ * read as something else.
  */
 static void test_protocol_heartbeat_layout(void **state)
 {
     const sp__msg_heartbeat_t hb = {.execution_used = 0x1111111111111111ull,
                                     .peak_rss = 0x2222222222222222ull,
                                     .peak_anon = 0x3333333333333333ull,
-                                    .running = 0x44444444u};
+                                    .running = 0x44444444u,
+                                    .cpu_ns = 0x5555555555555555ull};
     unsigned char *buf = NULL, *old;
     size_t len = 0;
     sp__msg_heartbeat_t out;
 
     (void)state;
     assert_int_equal(sp__msg_heartbeat_encode(&hb, (void **)&buf, &len), SP_OK);
-    assert_int_equal(len, 8 + 8 + 8 + 4);
+    assert_int_equal(len, 8 + 8 + 8 + 4 + 8);
     assert_true(get64(buf) == hb.execution_used);
     assert_true(get64(buf + 8) == hb.peak_rss);
     assert_true(get64(buf + 16) == hb.peak_anon);
     assert_int_equal(get32(buf + 24), hb.running);
+    assert_true(get64(buf + 28) == hb.cpu_ns);
+    memset(&out, 0x5a, sizeof(out));
+    assert_int_equal(sp__msg_heartbeat_decode(buf, 28, &out), SP_ERR_BAD_FORMAT);
+    assert_true(contains(sp_last_error(), "HEARTBEAT cpu"));
 
     old = malloc(20);
     assert_non_null(old);
