@@ -9,14 +9,16 @@
  * timed: M = 4 map tasks of 256 MiB each (1 GiB in all) of 100-byte records,
  * a 10-byte key and a 90-byte value of random bytes, over 1000 partitions
  * with the HASH partitioner (so that equal keys meet in one partition), sort
- * path, key ordering on. Five shuffles are written as rows ask for them:
+ * path, key ordering on. Six shuffles are written as rows ask for them:
  * codec none and lz4 with random keys (almost every key distinct), codec
  * none with keys drawn from 100,000 distinct keys (so that aggregation
  * combines), and codec none with random keys and key ordering off (the input
- * of the sorted read, which re-sorts unsorted blocks), and for the wide-merge
- * row the same 1 GiB of random keys as M = 128 maps over 64 partitions
- * (TeraSort's shape: each partition a k-way merge of 128 blocks of about
- * 128 KiB). Random values do not
+ * of the sorted read, which re-sorts unsorted blocks), and for the two wide
+ * rows the same 1 GiB of random keys as M = 128 maps over 64 partitions
+ * (TeraSort's shape: 128 blocks of about 128 KiB a partition), key-ordered
+ * for the wide merge and unordered for the wide sort, which gathers each
+ * partition into execution memory and radix-sorts it once (the alternative
+ * to merging). Random values do not
  * compress: the lz4 rows measure the codec's cost on incompressible data.
  *
  * Each iteration is one reduce stage on one core: for every partition a
@@ -531,8 +533,9 @@ void reader_args(benchmark::internal::Benchmark *b)
     }
     b->Args({none, SP_READ_AGGREGATE, kFewKeys, 1, kMaps});
     b->Args({none, SP_READ_SORT, kRandomKeys, 1, kMaps});
-    /* The wide merge: 128 blocks a partition, the fan-in of TeraSort's reduce. */
+    /* 128 blocks a partition, the fan-in of TeraSort's reduce: merged, or gathered and sorted. */
     b->Args({none, SP_READ_MERGE, kRandomKeys, 1, kWideMaps});
+    b->Args({none, SP_READ_SORT, kRandomKeys, 1, kWideMaps});
 }
 
 int remove_entry(const char *path, const struct stat *, int, struct FTW *)
