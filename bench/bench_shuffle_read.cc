@@ -9,11 +9,16 @@
  * timed: M = 4 map tasks of 256 MiB each (1 GiB in all) of 100-byte records,
  * a 10-byte key and a 90-byte value of random bytes, over 1000 partitions
  * with the HASH partitioner (so that equal keys meet in one partition), sort
- * path, key ordering on. Four shuffles are written as rows ask for them:
+ * path, key ordering on. Six shuffles are written as rows ask for them:
  * codec none and lz4 with random keys (almost every key distinct), codec
  * none with keys drawn from 100,000 distinct keys (so that aggregation
  * combines), and codec none with random keys and key ordering off (the input
- * of the sorted read, which re-sorts unsorted blocks). Random values do not
+ * of the sorted read, which re-sorts unsorted blocks), and for the two wide
+ * rows the same 1 GiB of random keys as M = 128 maps over 64 partitions
+ * (TeraSort's shape: 128 blocks of about 128 KiB a partition), key-ordered
+ * for the wide merge and unordered for the wide sort, which gathers each
+ * partition into execution memory and radix-sorts it once (the alternative
+ * to merging). Random values do not
  * compress: the lz4 rows measure the codec's cost on incompressible data.
  *
  * Each iteration is one reduce stage on one core: for every partition a
@@ -68,7 +73,9 @@ constexpr size_t kValueBytes = 90;
 constexpr size_t kRecordBytes = kKeyBytes + kValueBytes;
 constexpr uint32_t kPartitions = 1000;
 constexpr uint32_t kMaps = 4;
-constexpr int64_t kShuffleMiB = 1024; /* all maps together */
+constexpr uint32_t kWideMaps = 128;      /* maps arg of the wide-merge row */
+constexpr uint32_t kWidePartitions = 64; /* its partitions */
+constexpr int64_t kShuffleMiB = 1024;    /* all maps together */
 constexpr size_t kMapRecords = (size_t{kShuffleMiB} << 20) / kMaps / kRecordBytes; /* 2,684,354 */
 constexpr size_t kRecords = kMapRecords * kMaps;
 constexpr size_t kCopyBytes = size_t{1} << 30; /* the memcpy baseline */
@@ -134,11 +141,12 @@ const sp_combiner_t max_combiner = {max_combine, nullptr};
 
 /* A committed shuffle: its map statuses and the block list of every partition. */
 struct Shuffle {
-    sp_map_status_t *status[kMaps] = {};
-    sp_block_list_t *part[kPartitions] = {}; /* partition r: [r, r+1) */
-    sp_block_list_t *all = nullptr;          /* [0, kPartitions) */
-    uint64_t distinct_keys = 0;              /* kFewKeys shuffles: keys drawn */
-    std::string error;                       /* set when writing it failed */
+    uint32_t partitions = kPartitions;
+    std::vector<sp_map_status_t *> status; /* one per map */
+    std::vector<sp_block_list_t *> part;   /* partition r: [r, r+1) */
+    sp_block_list_t *all = nullptr;        /* [0, partitions) */
+    uint64_t distinct_keys = 0;            /* kFewKeys shuffles: keys drawn */
+    std::string error;                     /* set when writing it failed */
 
     ~Shuffle()
     {
@@ -150,8 +158,8 @@ struct Shuffle {
     }
 };
 
-/* By (codec, keys, key ordering); written in the row's SetUp, kept to the end. */
-std::map<std::tuple<int64_t, int64_t, bool>, std::unique_ptr<Shuffle>> shuffles;
+/* By (codec, keys, key ordering, maps); written in the row's SetUp, kept to the end. */
+std::map<std::tuple<int64_t, int64_t, bool, uint32_t>, std::unique_ptr<Shuffle>> shuffles;
 
 /* The 10-byte key of record i of a map: random, or one of kFewKeys (seen marks it). */
 void make_key(int64_t keys, uint64_t *s, unsigned char *key, std::vector<bool> *seen)
@@ -173,8 +181,9 @@ void make_key(int64_t keys, uint64_t *s, unsigned char *key, std::vector<bool> *
 }
 
 /* Writes map m of a shuffle; SP_OK, else the status and *error_p. */
-sp_status_t write_map(sp_codec_t codec, int64_t keys, bool ordered, uint32_t m,
-                      std::vector<bool> *seen, sp_map_status_t **status_p, std::string *error_p)
+sp_status_t write_map(sp_codec_t codec, int64_t keys, bool ordered, uint32_t m, uint32_t maps,
+                      uint32_t partitions, std::vector<bool> *seen, sp_map_status_t **status_p,
+                      std::string *error_p)
 {
     sp_task_memory_t *task = nullptr;
     sp_shuffle_writer_t *w = nullptr;
@@ -195,7 +204,7 @@ sp_status_t write_map(sp_codec_t codec, int64_t keys, bool ordered, uint32_t m,
     /* A shuffle id per setup, so that the four shuffles' files never meet. */
     o.shuffle_id = static_cast<uint64_t>(shuffles.size());
     o.map_id = m;
-    o.partitions = kPartitions;
+    o.partitions = partitions;
     o.partitioner = SP_PARTITIONER_HASH;
     o.key_ordering = ordered;
     o.codec = codec;
@@ -204,7 +213,7 @@ sp_status_t write_map(sp_codec_t codec, int64_t keys, bool ordered, uint32_t m,
         *error_p = spate_error("sp_shuffle_writer_open", st);
         goto out_task;
     }
-    for (size_t i = 0; i < kMapRecords; i++) {
+    for (size_t i = 0; i < kRecords / maps; i++) {
         make_key(keys, &s, rec, seen);
         for (size_t at = kKeyBytes; at < kRecordBytes; at += 8) {
             uint64_t r = splitmix64(&s);
@@ -233,9 +242,9 @@ out_task:
 }
 
 /* The shuffle of a row, writing it the first time (not timed). */
-Shuffle *get_shuffle(sp_codec_t codec, int64_t keys, bool ordered)
+Shuffle *get_shuffle(sp_codec_t codec, int64_t keys, bool ordered, uint32_t maps)
 {
-    auto key = std::make_tuple(static_cast<int64_t>(codec), keys, ordered);
+    auto key = std::make_tuple(static_cast<int64_t>(codec), keys, ordered, maps);
     auto found = shuffles.find(key);
     if (found != shuffles.end())
         return found->second.get();
@@ -243,28 +252,30 @@ Shuffle *get_shuffle(sp_codec_t codec, int64_t keys, bool ordered)
     auto sh = std::make_unique<Shuffle>();
     Shuffle *p = sh.get();
     std::vector<bool> seen(keys == kRandomKeys ? 0 : static_cast<size_t>(keys));
-    const sp_map_status_t *st[kMaps];
     Clock::time_point t0 = Clock::now();
 
-    for (uint32_t m = 0; m < kMaps && p->error.empty(); m++)
-        write_map(codec, keys, ordered, m, &seen, &p->status[m], &p->error);
-    for (uint32_t m = 0; m < kMaps; m++)
-        st[m] = p->status[m];
-    for (uint32_t r = 0; r < kPartitions && p->error.empty(); r++) {
-        sp_status_t s = sp_block_list_from_statuses(st, kMaps, r, r + 1, &p->part[r]);
+    p->partitions = maps == kMaps ? kPartitions : kWidePartitions;
+    p->status.assign(maps, nullptr);
+    p->part.assign(p->partitions, nullptr);
+    for (uint32_t m = 0; m < maps && p->error.empty(); m++)
+        write_map(codec, keys, ordered, m, maps, p->partitions, &seen, &p->status[m], &p->error);
+    std::vector<const sp_map_status_t *> st(p->status.begin(), p->status.end());
+    for (uint32_t r = 0; r < p->partitions && p->error.empty(); r++) {
+        sp_status_t s = sp_block_list_from_statuses(st.data(), maps, r, r + 1, &p->part[r]);
         if (s != SP_OK)
             p->error = spate_error("sp_block_list_from_statuses", s);
     }
     if (p->error.empty()) {
-        sp_status_t s = sp_block_list_from_statuses(st, kMaps, 0, kPartitions, &p->all);
+        sp_status_t s = sp_block_list_from_statuses(st.data(), maps, 0, p->partitions, &p->all);
         if (s != SP_OK)
             p->error = spate_error("sp_block_list_from_statuses", s);
     }
     p->distinct_keys = static_cast<uint64_t>(std::count(seen.begin(), seen.end(), true));
     std::fprintf(stderr,
-                 "bench_shuffle_read: wrote the %s shuffle (%s keys, ordering %s) in %.1f s\n",
+                 "bench_shuffle_read: wrote the %s shuffle (%s keys, ordering %s, %u maps, %u "
+                 "partitions) in %.1f s\n",
                  sp_codec_name(codec), keys == kRandomKeys ? "random" : "100,000",
-                 ordered ? "on" : "off", seconds(Clock::now() - t0));
+                 ordered ? "on" : "off", maps, p->partitions, seconds(Clock::now() - t0));
     shuffles.emplace(key, std::move(sh));
     return p;
 }
@@ -355,8 +366,8 @@ out_task:
  * median over the calls (repetitions, and the short calls Google Benchmark
  * makes to size a fast row).
  */
-std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, std::vector<double>>
-    reader_rows;                 /* codec, order, keys, parts -> bytes/s */
+std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>, std::vector<double>>
+    reader_rows;                 /* codec, order, keys, parts, maps -> bytes/s */
 std::vector<double> memcpy_rows; /* bytes/s */
 uint64_t global_sink;            /* keeps the folds alive */
 
@@ -412,7 +423,8 @@ class BM_shuffle_read : public benchmark::Fixture
         auto codec = static_cast<sp_codec_t>(state.range(0));
         auto order = static_cast<sp_read_order_t>(state.range(1));
 
-        sh_ = get_shuffle(codec, state.range(2), order != SP_READ_SORT);
+        sh_ = get_shuffle(codec, state.range(2), order != SP_READ_SORT,
+                          static_cast<uint32_t>(state.range(4)));
     }
 
     void TearDown(benchmark::State &) override { sh_ = nullptr; }
@@ -432,12 +444,13 @@ class BM_shuffle_read : public benchmark::Fixture
     const Shuffle *sh_ = nullptr;
 };
 
-/* Args: codec, order, keys (kRandomKeys or kFewKeys), parts (partitions per reader). */
+/* Args: codec, order, keys (kRandomKeys or kFewKeys), parts (partitions per reader: 1, or
+ * all of them), maps (kMaps, or kWideMaps over kWidePartitions). */
 BENCHMARK_DEFINE_F(BM_shuffle_read, read)(benchmark::State &state)
 {
     auto codec = static_cast<sp_codec_t>(state.range(0));
     auto order = static_cast<sp_read_order_t>(state.range(1));
-    int64_t keys = state.range(2), parts = state.range(3);
+    int64_t keys = state.range(2), parts = state.range(3), maps = state.range(4);
     const Shuffle *sh = shuffle(state);
     sp_shuffle_reader_options_t o = {};
     Tally total;
@@ -449,9 +462,12 @@ BENCHMARK_DEFINE_F(BM_shuffle_read, read)(benchmark::State &state)
     o.order = order;
     o.combiner = order == SP_READ_AGGREGATE ? &max_combiner : nullptr;
     state.SetLabel(std::string(sp_codec_name(codec)) + ", " + order_name(order) +
-                   (keys == kRandomKeys ? "" : ", 100k keys") + (parts == 1 ? "" : ", one reader"));
-    uint64_t want = order != SP_READ_AGGREGATE ? kRecords
-                    : keys == kRandomKeys      ? kRecords /* 80-bit keys: no repeats expected */
+                   (keys == kRandomKeys ? "" : ", 100k keys") + (parts == 1 ? "" : ", one reader") +
+                   (maps == kMaps ? "" : ", " + std::to_string(maps) + " maps"));
+    /* kRecords over kMaps; over kWideMaps, the 1 GiB rounded down to whole maps */
+    const size_t records = kRecords / static_cast<size_t>(maps) * static_cast<size_t>(maps);
+    uint64_t want = order != SP_READ_AGGREGATE ? records
+                    : keys == kRandomKeys      ? records /* 80-bit keys: no repeats expected */
                                                : sh->distinct_keys;
     for (auto _ : state) {
         Tally t;
@@ -459,7 +475,7 @@ BENCHMARK_DEFINE_F(BM_shuffle_read, read)(benchmark::State &state)
         bool ok = true;
 
         if (parts == 1) {
-            for (uint32_t r = 0; r < kPartitions && ok; r++)
+            for (uint32_t r = 0; r < sh->partitions && ok; r++)
                 ok = read_list(sh->part[r], &o, &t, &error) == SP_OK;
         } else {
             ok = read_list(sh->all, &o, &t, &error) == SP_OK;
@@ -485,16 +501,16 @@ BENCHMARK_DEFINE_F(BM_shuffle_read, read)(benchmark::State &state)
         return;
 
     auto iters = static_cast<double>(state.iterations());
-    double bytes = static_cast<double>(kRecords * kRecordBytes);
+    double bytes = static_cast<double>(records * kRecordBytes);
     double bps = bytes * iters / seconds(timed);
-    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(kRecords * kRecordBytes));
-    state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(kRecords));
+    state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(records * kRecordBytes));
+    state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(records));
     state.counters["out_records"] = static_cast<double>(total.records) / iters;
     state.counters["blocks"] = static_cast<double>(total.blocks) / iters;
     state.counters["wait_s"] = static_cast<double>(total.wait_ns) / iters / 1e9;
     state.counters["vs_memcpy"] = startup_memcpy_bps > 0 ? bps / startup_memcpy_bps : 0;
-    reader_rows[{static_cast<int64_t>(codec), static_cast<int64_t>(order), keys, parts}].push_back(
-        bps);
+    reader_rows[{static_cast<int64_t>(codec), static_cast<int64_t>(order), keys, parts, maps}]
+        .push_back(bps);
 }
 
 void memcpy_args(benchmark::internal::Benchmark *b)
@@ -506,15 +522,20 @@ void reader_args(benchmark::internal::Benchmark *b)
 {
     const int64_t none = SP_CODEC_NONE, lz4 = SP_CODEC_LZ4;
 
-    b->ArgNames({"codec", "order", "keys", "parts"})->Unit(benchmark::kMillisecond)->UseRealTime();
+    b->ArgNames({"codec", "order", "keys", "parts", "maps"})
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
     for (int64_t codec : {none, lz4}) {
-        b->Args({codec, SP_READ_UNORDERED, kRandomKeys, 1});
-        b->Args({codec, SP_READ_UNORDERED, kRandomKeys, kPartitions});
-        b->Args({codec, SP_READ_MERGE, kRandomKeys, 1});
-        b->Args({codec, SP_READ_AGGREGATE, kRandomKeys, 1});
+        b->Args({codec, SP_READ_UNORDERED, kRandomKeys, 1, kMaps});
+        b->Args({codec, SP_READ_UNORDERED, kRandomKeys, kPartitions, kMaps});
+        b->Args({codec, SP_READ_MERGE, kRandomKeys, 1, kMaps});
+        b->Args({codec, SP_READ_AGGREGATE, kRandomKeys, 1, kMaps});
     }
-    b->Args({none, SP_READ_AGGREGATE, kFewKeys, 1});
-    b->Args({none, SP_READ_SORT, kRandomKeys, 1});
+    b->Args({none, SP_READ_AGGREGATE, kFewKeys, 1, kMaps});
+    b->Args({none, SP_READ_SORT, kRandomKeys, 1, kMaps});
+    /* 128 blocks a partition, the fan-in of TeraSort's reduce: merged, or gathered and sorted. */
+    b->Args({none, SP_READ_MERGE, kRandomKeys, 1, kWideMaps});
+    b->Args({none, SP_READ_SORT, kRandomKeys, 1, kWideMaps});
 }
 
 int remove_entry(const char *path, const struct stat *, int, struct FTW *)
@@ -531,10 +552,10 @@ void print_summary()
     if (!memcpy_rows.empty())
         std::printf(", BM_memcpy median %.2f GB/s", median(memcpy_rows) / 1e9);
     std::printf(")\n");
-    std::printf("%-5s %-9s %-7s %-6s %9s %10s %12s %12s\n", "codec", "order", "keys", "parts",
-                "read GB/s", "records/s", "vs startup", "vs BM_memcpy");
+    std::printf("%-5s %-9s %-7s %-6s %-5s %9s %10s %12s %12s\n", "codec", "order", "keys", "parts",
+                "maps", "read GB/s", "records/s", "vs startup", "vs BM_memcpy");
     for (const auto &[key, calls] : reader_rows) {
-        auto [codec, order, keys, parts] = key;
+        auto [codec, order, keys, parts, maps] = key;
         double bps = median(calls);
         std::string vs_row = "-";
         if (!memcpy_rows.empty()) {
@@ -542,10 +563,11 @@ void print_summary()
             std::snprintf(buf, sizeof(buf), "%.3f", bps / median(memcpy_rows));
             vs_row = buf;
         }
-        std::printf("%-5s %-9s %-7s %-6s %9.3f %9.2fM %12.3f %12s\n",
+        std::printf("%-5s %-9s %-7s %-6s %-5lld %9.3f %9.2fM %12.3f %12s\n",
                     sp_codec_name(static_cast<sp_codec_t>(codec)), order_name(order),
-                    keys == kRandomKeys ? "random" : "100k", parts == 1 ? "each" : "all", bps / 1e9,
-                    bps / kRecordBytes / 1e6, bps / startup_memcpy_bps, vs_row.c_str());
+                    keys == kRandomKeys ? "random" : "100k", parts == 1 ? "each" : "all",
+                    static_cast<long long>(maps), bps / 1e9, bps / kRecordBytes / 1e6,
+                    bps / startup_memcpy_bps, vs_row.c_str());
     }
 }
 

@@ -184,7 +184,7 @@ sp_status_t sp__output_commit(const char *dir, const char *data_tmp,
                               const uint64_t *records, const uint64_t *checksums, bool sync,
                               sp_map_status_t **status_p);
 
-/* ---- k-way merge heap (shuffle/kmerge.c) ---- */
+/* ---- k-way merge, a loser tree (shuffle/kmerge.c) ---- */
 
 typedef struct sp_kmerge sp_kmerge_t;
 
