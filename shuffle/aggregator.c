@@ -563,7 +563,11 @@ static sp_status_t sp_agg_table_grow(sp_aggregator_t *agg)
     }
     old = agg->table->data;
     for (size_t i = 0; i < agg->slots; i++) {
-        size_t j;
+        size_t j, ahead = i + SP_AGG_PREFETCH_AHEAD;
+
+        /* The old slots are read in order, the new ones written at random. */
+        if (ahead < agg->slots && old[ahead].rec != NULL)
+            __builtin_prefetch(&s[old[ahead].hash & mask], 1);
         if (old[i].rec == NULL)
             continue;
         for (j = old[i].hash & mask; s[j].rec != NULL; j = (j + 1) & mask)
