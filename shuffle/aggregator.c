@@ -17,7 +17,9 @@
  * Batches. With millions of keys each lookup misses the caches twice (the
  * slot's line, then the record). The reader and the writer's combine add
  * records through sp__aggregator_add(), which copies key and value into a
- * 4 KiB staging area (records over 512 bytes are not staged), hashes the key
+ * 4 KiB staging area once the table outgrows 512 KiB (a smaller one stays
+ * in the caches, where staging only costs; records over 512 bytes are not
+ * staged either), hashes the key
  * and prefetches its slot line; when 16 are staged (or at the public
  * insert, or at the first next) the batch is resolved: first the record of
  * each batch member's home slot whose hash matches is prefetched, then the
@@ -103,6 +105,15 @@
 uint64_t sp__aggregator_hash_mask = UINT64_MAX;
 
 /*
+ * Tunable (tests set 0 to stage every record): sp__aggregator_add() stages
+ * records only once the table is bigger than this many bytes. A smaller
+ * table and its records stay in the caches, where a lookup does not miss
+ * and the staging copy only costs (word count, 10k distinct words: 31 ns a
+ * record direct, 48 staged). Read once, when an aggregator is created.
+ */
+uint64_t sp__aggregator_stage_table_bytes = (uint64_t)512 * 1024;
+
+/*
  * 16 bytes, four to a cache line: the full key hash is the slot's
  * fingerprint, so a probe reads the record only when the hashes are equal.
  */
@@ -163,6 +174,7 @@ struct sp_aggregator {
     sp_codec_t codec;
     sp_checksum_kind_t checksum;
     uint64_t unified, page_size, chunk_bytes, hash_mask, instance;
+    uint64_t stage_table_bytes; /* stage records once the table is bigger */
     size_t spill_buffer;
     sp_agg_phase_t phase;
     sp_status_t error; /* sticky */
@@ -1066,6 +1078,7 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
     agg->chunk_bytes = SP_MAX(SP_MIN(layout.page_bytes, SP_AGG_MAX_CHUNK), SP_AGG_MIN_CHUNK);
     agg->spill_buffer = (size_t)spill_buffer;
     agg->hash_mask = sp__aggregator_hash_mask;
+    agg->stage_table_bytes = sp__aggregator_stage_table_bytes;
     agg->instance = atomic_fetch_add(&sp_agg_instances, 1);
     agg->scratch = sp__malloc(SP_AGG_INITIAL_SCRATCH);
     if (agg->scratch == NULL) {
@@ -1189,6 +1202,8 @@ sp_status_t sp__aggregator_add(sp_aggregator_t *agg, const void *key, size_t key
     if (st != SP_OK)
         return st;
     hash = sp_agg_hash(agg, key, key_len);
+    if (agg->nstaged == 0 && (uint64_t)agg->slots * sizeof(sp_agg_slot_t) <= agg->stage_table_bytes)
+        return sp_agg_insert_one(agg, hash, key, key_len, value, value_len); /* in the caches */
     if ((uint64_t)key_len + value_len > SP_AGG_STAGE_MAX) {
         /* Too big to stage: the staged records go first, keeping the order. */
         st = sp_agg_flush(agg);

@@ -4,7 +4,9 @@
  * reference model: per-key sums, and per-key concatenations of the values in
  * insertion order (associative, not commutative, so a record resolved out of
  * order is caught). Keys are "k<id>"; records mix staged adds with public
- * inserts and with records too big to stage, under ample memory (no spill)
+ * inserts and with records too big to stage (every record is staged, the
+ * table however small, but for one case at the default threshold, where the
+ * first records go in directly), under ample memory (no spill)
  * and a tight budget (spills between batches and inside them), with equal
  * hashes of different keys. A combined value too large is reported by the
  * call that resolves its batch, drops only that record and leaves the
@@ -259,6 +261,9 @@ static void test_aggregator_staged_sums(void **state)
     (void)state;
     run_case(true, 300000, 60000, 8, "256m", 1, 0);
     run_case(true, 300000, 60000, 8, "2m", 2, 1);
+    /* The default: direct while the table is small, staged once it is not. */
+    sp__aggregator_stage_table_bytes = 512 * 1024;
+    run_case(true, 300000, 60000, 8, "256m", 7, 0);
 }
 
 static void test_aggregator_staged_concat_order(void **state)
@@ -334,6 +339,7 @@ static int setup(void **state)
     (void)state;
     test_dir_clear(dir);
     sp__aggregator_hash_mask = UINT64_MAX;
+    sp__aggregator_stage_table_bytes = 0; /* stage every record */
     return 0;
 }
 
