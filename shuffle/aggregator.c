@@ -10,7 +10,22 @@
  * (memory.page_size, or one page of the record's own size when it is
  * bigger). An open-addressing table with linear probing finds the records:
  * a slot holds the key's XXH3-64 hash and a direct pointer to its record
- * (NULL: empty). The table is one page of its own, doubled past 0.7 load.
+ * (NULL: empty), 16 bytes, four slots to a cache line; the hash is the
+ * slot's fingerprint, so a probe reads a record only when the hashes are
+ * equal. The table is one page of its own, doubled past 0.7 load.
+ *
+ * Batches. With millions of keys each lookup misses the caches twice (the
+ * slot's line, then the record). The reader and the writer's combine add
+ * records through sp__aggregator_add(), which copies key and value into a
+ * 4 KiB staging area once the table outgrows 512 KiB (a smaller one stays
+ * in the caches, where staging only costs; records over 512 bytes are not
+ * staged either), hashes the key
+ * and prefetches its slot line; when 16 are staged (or at the public
+ * insert, or at the first next) the batch is resolved: first the record of
+ * each batch member's home slot whose hash matches is prefetched, then the
+ * lookups run in staging order, their misses now overlapping. Staged
+ * records are not in the table, so a spill asked for meanwhile leaves them
+ * for the table that follows it, after the spilled run in value order.
  * A value for a key already present is combined with the stored one into a
  * scratch buffer; the result goes back in place when it fits the record's
  * room, else a new copy of the record is appended (with a quarter more room,
@@ -54,7 +69,9 @@
  * removes every run file and frees everything.
  *
  * Tuned for many small records with skewed keys (word counts, per-key sums):
- * a hot key costs a probe and an in-place combine, never memory.
+ * a hot key costs a probe and an in-place combine, never memory; returning
+ * or spilling the table reads records in slot order, prefetched 16 slots
+ * ahead.
  */
 #include "shuffle_int.h"
 
@@ -75,6 +92,10 @@
 #define SP_AGG_INITIAL_SLOTS   4096
 #define SP_AGG_MIN_SLOTS       256
 #define SP_AGG_INITIAL_SCRATCH 1024
+#define SP_AGG_BATCH           16   /* records staged before their lookups are resolved */
+#define SP_AGG_STAGE_BYTES     4096 /* key and value bytes staged at most */
+#define SP_AGG_STAGE_MAX       512  /* bigger records are not staged */
+#define SP_AGG_PREFETCH_AHEAD  16   /* slots looked ahead when returning or spilling */
 
 /*
  * Test hook: the mask applied to every key hash (all ones in normal use).
@@ -83,10 +104,29 @@
  */
 uint64_t sp__aggregator_hash_mask = UINT64_MAX;
 
+/*
+ * Tunable (tests set 0 to stage every record): sp__aggregator_add() stages
+ * records only once the table is bigger than this many bytes. A smaller
+ * table and its records stay in the caches, where a lookup does not miss
+ * and the staging copy only costs (word count, 10k distinct words: 31 ns a
+ * record direct, 48 staged). Read once, when an aggregator is created.
+ */
+uint64_t sp__aggregator_stage_table_bytes = (uint64_t)512 * 1024;
+
+/*
+ * 16 bytes, four to a cache line: the full key hash is the slot's
+ * fingerprint, so a probe reads the record only when the hashes are equal.
+ */
 typedef struct sp_agg_slot {
     uint64_t hash;
     unsigned char *rec; /* NULL: empty */
 } sp_agg_slot_t;
+
+/* A record staged by sp__aggregator_add(): its bytes are in agg->stage. */
+typedef struct sp_agg_staged {
+    uint64_t hash;
+    uint32_t off, klen, vlen;
+} sp_agg_staged_t;
 
 /* Reads one run sequentially, one chunk at a time: a source of the merge. */
 typedef struct sp_agg_cursor {
@@ -134,6 +174,7 @@ struct sp_aggregator {
     sp_codec_t codec;
     sp_checksum_kind_t checksum;
     uint64_t unified, page_size, chunk_bytes, hash_mask, instance;
+    uint64_t stage_table_bytes; /* stage records once the table is bigger */
     size_t spill_buffer;
     sp_agg_phase_t phase;
     sp_status_t error; /* sticky */
@@ -163,6 +204,12 @@ struct sp_aggregator {
     size_t nruns, runs_cap;
     unsigned seq;
     sp_agg_merge_t m;
+
+    /* staged records (sp__aggregator_add), resolved as one batch */
+    sp_agg_staged_t staged[SP_AGG_BATCH];
+    size_t nstaged;
+    size_t stage_used;
+    unsigned char stage[SP_AGG_STAGE_BYTES];
 
     sp_aggregator_stats_t stats;
 };
@@ -405,6 +452,8 @@ static sp_status_t sp_agg_spill(sp_aggregator_t *agg, size_t from, sp_page_t *ke
     if (st == SP_OK) {
         for (size_t i = 0; i < n && st == SP_OK; i++) {
             unsigned char *rec = s[i].rec;
+            if (i + SP_AGG_PREFETCH_AHEAD < n)
+                __builtin_prefetch(s[i + SP_AGG_PREFETCH_AHEAD].rec);
             st = sp_agg_run_add(agg, &rw, sp_rec_key(rec), sp_rec_klen(rec), sp_rec_value(rec),
                                 sp_rec_vlen(rec));
         }
@@ -526,7 +575,11 @@ static sp_status_t sp_agg_table_grow(sp_aggregator_t *agg)
     }
     old = agg->table->data;
     for (size_t i = 0; i < agg->slots; i++) {
-        size_t j;
+        size_t j, ahead = i + SP_AGG_PREFETCH_AHEAD;
+
+        /* The old slots are read in order, the new ones written at random. */
+        if (ahead < agg->slots && old[ahead].rec != NULL)
+            __builtin_prefetch(&s[old[ahead].hash & mask], 1);
         if (old[i].rec == NULL)
             continue;
         for (j = old[i].hash & mask; s[j].rec != NULL; j = (j + 1) & mask)
@@ -1025,6 +1078,7 @@ sp_status_t sp_aggregator_create(sp_task_memory_t *task, const sp_conf_t *conf,
     agg->chunk_bytes = SP_MAX(SP_MIN(layout.page_bytes, SP_AGG_MAX_CHUNK), SP_AGG_MIN_CHUNK);
     agg->spill_buffer = (size_t)spill_buffer;
     agg->hash_mask = sp__aggregator_hash_mask;
+    agg->stage_table_bytes = sp__aggregator_stage_table_bytes;
     agg->instance = atomic_fetch_add(&sp_agg_instances, 1);
     agg->scratch = sp__malloc(SP_AGG_INITIAL_SCRATCH);
     if (agg->scratch == NULL) {
@@ -1048,11 +1102,11 @@ err_free:
     return st;
 }
 
-sp_status_t sp_aggregator_insert(sp_aggregator_t *agg, const void *key, size_t key_len,
-                                 const void *value, size_t value_len)
+/* Checks an input record and that input is still taken. */
+static sp_status_t sp_agg_check_input(const sp_aggregator_t *agg, const void *key, size_t key_len,
+                                      const void *value, size_t value_len)
 {
     uint64_t need = SP_AGG_REC_HEADER + (uint64_t)key_len + value_len;
-    sp_status_t st;
 
     if (agg->error != SP_OK)
         return sp_agg_sticky(agg);
@@ -1069,13 +1123,128 @@ sp_status_t sp_aggregator_insert(sp_aggregator_t *agg, const void *key, size_t k
                         "larger than the executor's unified memory (%llu bytes)",
                         (unsigned long long)agg->task_id, (unsigned long long)need, key_len,
                         value_len, (unsigned long long)agg->unified);
-    st = sp_agg_insert(agg, sp_agg_hash(agg, key, key_len), key, key_len, value, value_len);
+    return SP_OK;
+}
+
+/*
+ * Inserts one checked record. A combined value too large leaves everything
+ * as it was and the aggregator usable; any other error is made sticky.
+ */
+static sp_status_t sp_agg_insert_one(sp_aggregator_t *agg, uint64_t hash, const void *key,
+                                     size_t key_len, const void *value, size_t value_len)
+{
+    sp_status_t st = sp_agg_insert(agg, hash, key, key_len, value, value_len);
+
     if (st == SP_ERR_TOO_LARGE && agg->error == SP_OK)
-        return st; /* a combined value too large: nothing changed */
+        return st;
     if (st != SP_OK)
         return sp_agg_fail(agg, st);
     agg->stats.inserted++;
     return SP_OK;
+}
+
+/* Prefetches the cache line of the slot where a probe for hash starts. */
+static void sp_agg_prefetch_slot(const sp_aggregator_t *agg, uint64_t hash)
+{
+    if (agg->table != NULL)
+        __builtin_prefetch((const sp_agg_slot_t *)agg->table->data + (hash & (agg->slots - 1)));
+}
+
+/*
+ * Resolves the staged records in their order. Their slot lines were
+ * prefetched when they were staged; first the records of slots whose
+ * fingerprint matches are prefetched too, so that the lookups' misses
+ * overlap instead of following one another. A combined value too large
+ * drops that record (as sp_aggregator_insert would) and is returned after
+ * the others are in; any other error stops at once.
+ */
+static sp_status_t sp_agg_flush(sp_aggregator_t *agg)
+{
+    sp_status_t first = SP_OK;
+    size_t n = agg->nstaged;
+
+    if (n == 0)
+        return SP_OK;
+    if (agg->table != NULL) {
+        const sp_agg_slot_t *s = agg->table->data;
+        size_t mask = agg->slots - 1;
+
+        for (size_t i = 0; i < n; i++) {
+            const sp_agg_slot_t *slot = &s[agg->staged[i].hash & mask];
+            if (slot->rec != NULL && slot->hash == agg->staged[i].hash)
+                __builtin_prefetch(slot->rec);
+        }
+    }
+    agg->nstaged = 0;
+    agg->stage_used = 0;
+    for (size_t i = 0; i < n; i++) {
+        const sp_agg_staged_t *r = &agg->staged[i];
+        const unsigned char *key = agg->stage + r->off;
+        sp_status_t st = sp_agg_insert_one(agg, r->hash, key, r->klen, key + r->klen, r->vlen);
+
+        if (st == SP_ERR_TOO_LARGE && agg->error == SP_OK) {
+            first = first != SP_OK ? first : st;
+            continue;
+        }
+        if (st != SP_OK)
+            return st;
+    }
+    return first;
+}
+
+sp_status_t sp__aggregator_add(sp_aggregator_t *agg, const void *key, size_t key_len,
+                               const void *value, size_t value_len)
+{
+    sp_agg_staged_t *r;
+    uint64_t hash;
+    sp_status_t one, st = sp_agg_check_input(agg, key, key_len, value, value_len);
+
+    if (st != SP_OK)
+        return st;
+    hash = sp_agg_hash(agg, key, key_len);
+    if (agg->nstaged == 0 && (uint64_t)agg->slots * sizeof(sp_agg_slot_t) <= agg->stage_table_bytes)
+        return sp_agg_insert_one(agg, hash, key, key_len, value, value_len); /* in the caches */
+    if ((uint64_t)key_len + value_len > SP_AGG_STAGE_MAX) {
+        /* Too big to stage: the staged records go first, keeping the order. */
+        st = sp_agg_flush(agg);
+        if (st != SP_OK && agg->error != SP_OK)
+            return st;
+        one = sp_agg_insert_one(agg, hash, key, key_len, value, value_len);
+        return one != SP_OK ? one : st;
+    }
+    if (agg->nstaged == SP_AGG_BATCH ||
+        agg->stage_used + key_len + value_len > SP_AGG_STAGE_BYTES) {
+        st = sp_agg_flush(agg);
+        if (st != SP_OK && agg->error != SP_OK)
+            return st;
+    }
+    r = &agg->staged[agg->nstaged++];
+    r->hash = hash;
+    r->off = (uint32_t)agg->stage_used;
+    r->klen = (uint32_t)key_len;
+    r->vlen = (uint32_t)value_len;
+    if (key_len != 0)
+        memcpy(agg->stage + agg->stage_used, key, key_len);
+    if (value_len != 0)
+        memcpy(agg->stage + agg->stage_used + key_len, value, value_len);
+    agg->stage_used += key_len + value_len;
+    sp_agg_prefetch_slot(agg, hash);
+    return st;
+}
+
+sp_status_t sp_aggregator_insert(sp_aggregator_t *agg, const void *key, size_t key_len,
+                                 const void *value, size_t value_len)
+{
+    sp_status_t one, st = sp_agg_check_input(agg, key, key_len, value, value_len);
+
+    if (st != SP_OK)
+        return st;
+    /* Records staged by sp__aggregator_add() come first. */
+    st = sp_agg_flush(agg);
+    if (st != SP_OK && agg->error != SP_OK)
+        return st;
+    one = sp_agg_insert_one(agg, sp_agg_hash(agg, key, key_len), key, key_len, value, value_len);
+    return one != SP_OK ? one : st;
 }
 
 /* Next record of the in-memory table, or the switch to what follows it. */
@@ -1085,7 +1254,13 @@ static sp_status_t sp_agg_table_next(sp_aggregator_t *agg, const void **key_p, s
     const sp_agg_slot_t *s = agg->table->data;
 
     while (agg->iter < agg->slots) {
-        unsigned char *rec = s[agg->iter++].rec;
+        size_t ahead = agg->iter + SP_AGG_PREFETCH_AHEAD;
+        unsigned char *rec;
+
+        /* Slots are in hash order, records in arrival order: fetch ahead. */
+        if (ahead < agg->slots && s[ahead].rec != NULL)
+            __builtin_prefetch(s[ahead].rec);
+        rec = s[agg->iter++].rec;
         if (rec == NULL)
             continue;
         agg->last = rec;
@@ -1109,6 +1284,12 @@ sp_status_t sp_aggregator_next(sp_aggregator_t *agg, const void **key_p, size_t 
 
     if (agg->error != SP_OK)
         return sp_agg_sticky(agg);
+    if (agg->phase == SP_AGG_INSERT && agg->nstaged > 0) {
+        /* The staged records end the input; a combined value too large was
+         * dropped and is reported once, by this call. */
+        if ((st = sp_agg_flush(agg)) != SP_OK)
+            return st;
+    }
     if (agg->phase == SP_AGG_INSERT) {
         if (agg->nruns == 0) {
             agg->phase = SP_AGG_TABLE;

@@ -381,7 +381,7 @@ static sp_status_t sp_reader_drain(sp_shuffle_reader_t *r)
         if (st != SP_OK || !more)
             return st;
         st = r->sorter != NULL ? sp__sorter_add(r->sorter, k, kl, v, vl)
-                               : sp_aggregator_insert(r->agg, k, kl, v, vl);
+                               : sp__aggregator_add(r->agg, k, kl, v, vl);
         if (st != SP_OK)
             return st;
     }

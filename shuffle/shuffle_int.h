@@ -218,8 +218,24 @@ size_t sp__kmerge_bad_input(const sp_kmerge_t *m);
 sp_status_t sp__kmerge_next(sp_kmerge_t *m, const void **key_p, size_t *klen_p,
                             const void **value_p, size_t *vlen_p, bool *more_p);
 
+/*
+ * sp_aggregator_insert() for callers that fail on any error (the reader, the
+ * writer's combine): once the table outgrows the caches
+ * (sp__aggregator_stage_table_bytes), the record is copied into a small
+ * staging batch whose lookups are resolved together, their cache misses overlapping, when the
+ * batch is full, by sp_aggregator_insert() and by the first
+ * sp_aggregator_next(). An error of a staged record (a failed spill, or
+ * SP_ERR_TOO_LARGE for a combined value, which drops that record) is returned
+ * by the call that resolves the batch; stats count a record once resolved.
+ */
+sp_status_t sp__aggregator_add(sp_aggregator_t *agg, const void *key, size_t key_len,
+                               const void *value, size_t value_len);
+
 /* Test hook: hashes of new aggregators are ANDed with this (collision tests). */
 extern uint64_t sp__aggregator_hash_mask;
+/* Tunable and test hook: new aggregators stage added records only once their
+ * table is bigger than this (512 KiB; 0: always). */
+extern uint64_t sp__aggregator_stage_table_bytes;
 
 /* CRC-32C of A||B from crc(A), crc(B) and len(B) (zlib's crc32_combine, Castagnoli). */
 uint32_t sp__crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);

@@ -126,7 +126,7 @@ static sp_status_t sp_writer_combine_insert(sp_shuffle_writer_t *w, uint32_t par
     w->agg_key[3] = (unsigned char)partition;
     if (klen != 0)
         memcpy(w->agg_key + 4, key, klen);
-    return sp_aggregator_insert(w->agg, w->agg_key, klen + 4, value, vlen);
+    return sp__aggregator_add(w->agg, w->agg_key, klen + 4, value, vlen);
 }
 
 /* Moves the combined records into the sort path. */
