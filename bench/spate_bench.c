@@ -324,6 +324,12 @@ static double sp_bench_stage_s(const sp__stage_report_t *s)
     return s->start_ns && s->end_ns > s->start_ns ? (double)(s->end_ns - s->start_ns) / 1e9 : 0;
 }
 
+/* The share of a stage's core time its executors left idle (0 when not measured). */
+static double sp_bench_idle(const sp__stage_report_t *s)
+{
+    return s->core_ns > s->cpu_ns ? (double)(s->core_ns - s->cpu_ns) / (double)s->core_ns : 0;
+}
+
 static json_t *sp_bench_phase(double s, uint64_t data, uint64_t records, uint32_t nexec,
                               uint64_t spill)
 {
@@ -398,6 +404,11 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
                         sp_bench_phase(map_s, data, records, nexec, map->spill_bytes));
     json_object_set_new(phases, "exchange",
                         sp_bench_phase(red_s, data, red->records, nexec, red->spill_bytes));
+    /* The driver's core time per stage: the share its executors' slots left idle. */
+    json_object_set_new(json_object_get(phases, "map"), "idle_core_fraction",
+                        json_real(sp_bench_idle(map)));
+    json_object_set_new(json_object_get(phases, "exchange"), "idle_core_fraction",
+                        json_real(sp_bench_idle(red)));
     json_object_set_new(
         phases, "total",
         sp_bench_phase(tot_s, data, records, nexec, map->spill_bytes + red->spill_bytes));
@@ -515,6 +526,8 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
            "total", tot_s, sp_bench_gb(data, tot_s) / nexec, sp_bench_gb(data, tot_s),
            tot_s > 0 ? (double)records / tot_s / 1e6 : 0, b2, b3, anon_ratio,
            anon_ratio > SP_BENCH_ANON_TARGET ? ", above the target" : "", b4);
+    printf("  %-16s %7.0f%% of the map stage's core time, %.0f%% of the reduce stage's\n",
+           "idle cores", 100 * sp_bench_idle(map), 100 * sp_bench_idle(red));
     if (lim->copy_s > 0)
         printf("  %-16s %8.2f  the total is %.2fx the copy floor (%u processes %s through "
                "the page cache)\n",
