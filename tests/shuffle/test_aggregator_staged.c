@@ -155,6 +155,8 @@ static void model_add(model_t *m, bool sum, uint32_t id, const void *v, size_t v
         memcpy(m->val[id], &x, 8);
         return;
     }
+    if (vl == 0)
+        return; /* an empty value adds nothing (and val may still be NULL) */
     if (m->len[id] + vl > m->cap[id]) {
         m->cap[id] = 2 * (m->len[id] + vl) + 8;
         m->val[id] = realloc(m->val[id], m->cap[id]);
