@@ -24,6 +24,30 @@
 /* A record in a segment: u32 key length, u32 value length, key, value. */
 #define SP_RECORD_HEADER 8
 
+/*
+ * The checks of a record handed to a writer or a sorter (o names the shuffle
+ * and map in the message): bytes given for its lengths, lengths that fit the
+ * record header, and a record no larger than the executor's unified memory
+ * (it could never be held). Inline: it runs once per record.
+ */
+static inline sp_status_t sp__record_check(const sp_shuffle_writer_options_t *o, uint64_t unified,
+                                           const void *key, size_t key_len, const void *value,
+                                           size_t value_len)
+{
+    uint64_t need = SP_RECORD_HEADER + (uint64_t)key_len + value_len;
+
+    if ((key == NULL && key_len != 0) || (value == NULL && value_len != 0))
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle %llu map %llu: NULL key or value bytes",
+                        (unsigned long long)o->shuffle_id, (unsigned long long)o->map_id);
+    if (key_len > UINT32_MAX || value_len > UINT32_MAX || need > unified)
+        return SP_RAISE(SP_ERR_TOO_LARGE,
+                        "shuffle %llu map %llu: a record of %llu bytes (key %zu, value %zu) is "
+                        "larger than the executor's execution memory (%llu bytes)",
+                        (unsigned long long)o->shuffle_id, (unsigned long long)o->map_id,
+                        (unsigned long long)need, key_len, value_len, (unsigned long long)unified);
+    return SP_OK;
+}
+
 /* ---- local directories ---- */
 
 typedef struct sp_shuffle_dirs {

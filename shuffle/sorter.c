@@ -19,8 +19,8 @@
  * consumer's request, or shuffle.spill_records) the array is sorted and the
  * records are streamed to a run file (shuffle/spill_run.c), one compressed,
  * checksummed segment per partition (the data file layout, docs/FORMATS.md),
- * and the pages are freed. The writer's data file is written the same way. Runs are kept oldest first, so equal keys keep their insertion
- * order through merges.
+ * and the pages are freed. The writer's data file is written the same way. Runs are kept oldest
+ * first, so equal keys keep their insertion order through merges.
  *
  * Output. Without runs, the records are written (or iterated) straight from
  * memory. Otherwise the runs are merged partition by partition: unordered
@@ -763,7 +763,6 @@ void sp__sorter_destroy(sp_sorter_t *sr)
 sp_status_t sp__sorter_add(sp_sorter_t *sr, const void *key, size_t key_len, const void *value,
                            size_t value_len)
 {
-    uint64_t need = SP_RECORD_HEADER + (uint64_t)key_len + value_len;
     sp_status_t st;
 
     if (sr->error != SP_OK)
@@ -772,16 +771,8 @@ sp_status_t sp__sorter_add(sp_sorter_t *sr, const void *key, size_t key_len, con
     if (sr->done)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle %llu map %llu: writer already aborted",
                         (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id);
-    if ((key == NULL && key_len != 0) || (value == NULL && value_len != 0))
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle %llu map %llu: NULL key or value bytes",
-                        (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id);
-    if (key_len > UINT32_MAX || value_len > UINT32_MAX || need > sr->unified)
-        return SP_RAISE(SP_ERR_TOO_LARGE,
-                        "shuffle %llu map %llu: a record of %llu bytes (key %zu, value %zu) is "
-                        "larger than the executor's execution memory (%llu bytes)",
-                        (unsigned long long)sr->o.shuffle_id, (unsigned long long)sr->o.map_id,
-                        (unsigned long long)need, key_len, value_len,
-                        (unsigned long long)sr->unified);
+    if ((st = sp__record_check(&sr->o, sr->unified, key, key_len, value, value_len)) != SP_OK)
+        return st;
     st = sp__sorter_insert(sr, 0, key, key_len, value, value_len);
     if (st != SP_OK)
         sr->error = st;

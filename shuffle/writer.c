@@ -287,7 +287,6 @@ static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void 
 sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, const void *key,
                                     size_t key_len, const void *value, size_t value_len)
 {
-    uint64_t need = SP_RECORD_HEADER + (uint64_t)key_len + value_len;
     sp_status_t st;
 
     if ((st = sp_writer_error(w)) != SP_OK)
@@ -309,16 +308,8 @@ sp_status_t sp_shuffle_writer_write(sp_shuffle_writer_t *w, uint32_t partition, 
                         (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
                         partition, w->o.partitions);
     }
-    if ((key == NULL && key_len != 0) || (value == NULL && value_len != 0))
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle %llu map %llu: NULL key or value bytes",
-                        (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id);
-    if (key_len > UINT32_MAX || value_len > UINT32_MAX || need > w->unified)
-        return SP_RAISE(SP_ERR_TOO_LARGE,
-                        "shuffle %llu map %llu: a record of %llu bytes (key %zu, value %zu) is "
-                        "larger than the executor's execution memory (%llu bytes)",
-                        (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
-                        (unsigned long long)need, key_len, value_len,
-                        (unsigned long long)w->unified);
+    if ((st = sp__record_check(&w->o, w->unified, key, key_len, value, value_len)) != SP_OK)
+        return st;
     if (w->agg != NULL)
         st = sp_writer_combine_insert(w, partition, key, key_len, value, value_len);
     else if (w->bypass)
