@@ -68,50 +68,6 @@ static unsigned char *sp_wbuf_room(sp__wbuf_t *w, size_t n)
     return w->data + w->len;
 }
 
-sp_status_t sp__wbuf_put_u8(sp__wbuf_t *w, uint8_t v)
-{
-    unsigned char *p = sp_wbuf_room(w, 1);
-
-    if (p == NULL)
-        return w->status;
-    p[0] = v;
-    w->len += 1;
-    return SP_OK;
-}
-
-sp_status_t sp__wbuf_put_u16(sp__wbuf_t *w, uint16_t v)
-{
-    unsigned char *p = sp_wbuf_room(w, 2);
-
-    if (p == NULL)
-        return w->status;
-    sp__le_put_u16(p, v);
-    w->len += 2;
-    return SP_OK;
-}
-
-sp_status_t sp__wbuf_put_u32(sp__wbuf_t *w, uint32_t v)
-{
-    unsigned char *p = sp_wbuf_room(w, 4);
-
-    if (p == NULL)
-        return w->status;
-    sp__le_put_u32(p, v);
-    w->len += 4;
-    return SP_OK;
-}
-
-sp_status_t sp__wbuf_put_u64(sp__wbuf_t *w, uint64_t v)
-{
-    unsigned char *p = sp_wbuf_room(w, 8);
-
-    if (p == NULL)
-        return w->status;
-    sp__le_put_u64(p, v);
-    w->len += 8;
-    return SP_OK;
-}
-
 sp_status_t sp__wbuf_put_raw(sp__wbuf_t *w, const void *data, size_t len)
 {
     unsigned char *p = sp_wbuf_room(w, len);
@@ -122,6 +78,33 @@ sp_status_t sp__wbuf_put_raw(sp__wbuf_t *w, const void *data, size_t len)
         memcpy(p, data, len);
     w->len += len;
     return SP_OK;
+}
+
+/* The integers: little endian, through put_raw (one room check, one status). */
+sp_status_t sp__wbuf_put_u8(sp__wbuf_t *w, uint8_t v) { return sp__wbuf_put_raw(w, &v, 1); }
+
+sp_status_t sp__wbuf_put_u16(sp__wbuf_t *w, uint16_t v)
+{
+    unsigned char b[2];
+
+    sp__le_put_u16(b, v);
+    return sp__wbuf_put_raw(w, b, sizeof(b));
+}
+
+sp_status_t sp__wbuf_put_u32(sp__wbuf_t *w, uint32_t v)
+{
+    unsigned char b[4];
+
+    sp__le_put_u32(b, v);
+    return sp__wbuf_put_raw(w, b, sizeof(b));
+}
+
+sp_status_t sp__wbuf_put_u64(sp__wbuf_t *w, uint64_t v)
+{
+    unsigned char b[8];
+
+    sp__le_put_u64(b, v);
+    return sp__wbuf_put_raw(w, b, sizeof(b));
 }
 
 sp_status_t sp__wbuf_put_bytes(sp__wbuf_t *w, const void *data, size_t len)
