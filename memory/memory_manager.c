@@ -509,6 +509,37 @@ bool sp_memory_manager_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes)
     return ok;
 }
 
+bool sp_memory_manager_acquire_storage_region(sp_memory_manager_t *mm, uint64_t bytes)
+{
+    bool ok;
+
+    pthread_mutex_lock(&mm->lock);
+    mm->stats.storage_acquires++;
+    /*
+     * Only inside the region: memory held this way cannot be evicted, and
+     * execution never needs the region back, only what storage borrowed
+     * beyond it. Region memory execution borrowed and no longer uses comes
+     * back first; nothing is evicted.
+     */
+    ok = mm->storage_used + bytes <= mm->layout.storage_region_bytes;
+    if (ok && bytes > mm->storage_pool - mm->storage_used) {
+        uint64_t borrow = SP_MIN(mm->exec_pool - mm->exec_used,
+                                 bytes - (mm->storage_pool - mm->storage_used));
+        mm->exec_pool -= borrow;
+        mm->storage_pool += borrow;
+        mm->stats.borrowed_from_execution += borrow;
+        ok = bytes <= mm->storage_pool - mm->storage_used;
+    }
+    if (ok) {
+        mm->storage_used += bytes;
+        mm->stats.peak_storage_used = SP_MAX(mm->stats.peak_storage_used, mm->storage_used);
+    } else {
+        mm->stats.storage_refusals++;
+    }
+    pthread_mutex_unlock(&mm->lock);
+    return ok;
+}
+
 void sp_memory_manager_release_storage(sp_memory_manager_t *mm, uint64_t bytes)
 {
     pthread_mutex_lock(&mm->lock);

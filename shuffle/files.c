@@ -171,11 +171,20 @@ void sp__tempfile_forget(const char *path)
 
 sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t buffer)
 {
+    return sp__file_writer_open_fd(fw, path, -1, buffer);
+}
+
+sp_status_t sp__file_writer_open_fd(sp_file_writer_t *fw, const char *path, int fd, size_t buffer)
+{
     memset(fw, 0, sizeof(*fw));
     fw->fd = -1;
     fw->path = sp__strdup(path);
     fw->buf = sp__malloc(buffer);
     if (fw->path == NULL || fw->buf == NULL) {
+        if (fd >= 0) { /* the caller's file is ours: it goes with the failure */
+            close(fd);
+            unlink(path);
+        }
         sp__free(fw->path);
         sp__free(fw->buf);
         fw->path = NULL;
@@ -184,7 +193,7 @@ sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t 
     }
     fw->cap = buffer;
     sp__tempfile_register(path);
-    fw->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    fw->fd = fd >= 0 ? fd : open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fw->fd < 0) {
         int err = errno;
         sp__tempfile_forget(path);

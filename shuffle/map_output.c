@@ -527,6 +527,7 @@ sp_status_t sp_shuffle_remove_output(const sp_conf_t *conf, uint64_t shuffle_id,
         st = SP_RAISE(SP_ERR_IO, "remove %s: %s", index, strerror(errno));
     unlink(data);
     unlink(csum);
+    sp__mem_output_drop(data);
     sp__shuffle_dirs_destroy(dirs);
     return st;
 }
@@ -550,8 +551,10 @@ sp_status_t sp_shuffle_remove(const sp_conf_t *conf, uint64_t shuffle_id)
             if (strncmp(e->d_name, prefix, (size_t)plen) != 0)
                 continue;
             if ((size_t)snprintf(path, sizeof(path), "%s/%s", dirs->dirs[i], e->d_name) <
-                sizeof(path))
+                sizeof(path)) {
                 unlink(path);
+                sp__mem_output_drop(path); /* a no-op unless it is a data file in memory */
+            }
         }
         closedir(d);
     }

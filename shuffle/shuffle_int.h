@@ -86,6 +86,8 @@ typedef struct sp_file_writer {
 
 /* Creates path exclusively (0600), registered as a temporary file. */
 sp_status_t sp__file_writer_open(sp_file_writer_t *fw, const char *path, size_t buffer);
+/* The same over fd, already open for writing at path (fd < 0: create path); the writer owns fd. */
+sp_status_t sp__file_writer_open_fd(sp_file_writer_t *fw, const char *path, int fd, size_t buffer);
 sp_status_t sp__file_writer_write(sp_file_writer_t *fw, const void *data, size_t len);
 sp_status_t sp__file_writer_flush(sp_file_writer_t *fw);
 /* Flushes, fsyncs when sync, and closes; the file stays (still registered). */
@@ -160,6 +162,10 @@ typedef struct sp_spill_run_writer {
  */
 sp_status_t sp__spill_run_open(sp_spill_run_writer_t *rw, const char *path, size_t buffer,
                                sp_codec_t codec, sp_checksum_kind_t checksum, sp_encoder_t *enc);
+/* The same over fd, already open for writing at path (fd < 0: create path); owns fd. */
+sp_status_t sp__spill_run_open_fd(sp_spill_run_writer_t *rw, const char *path, int fd,
+                                  size_t buffer, sp_codec_t codec, sp_checksum_kind_t checksum,
+                                  sp_encoder_t *enc);
 /* Opens a segment of partition. */
 sp_status_t sp__spill_run_begin(sp_spill_run_writer_t *rw, uint32_t partition);
 /* Adds count records already serialized ([u32 klen][u32 vlen][key][value]...). */
@@ -189,6 +195,31 @@ sp_status_t sp__spill_run_read_segment(const sp_spill_run_t *run, int fd, size_t
                                        size_t *cap);
 
 /* ---- committed outputs ---- */
+
+/*
+ * Map outputs held in memory (shuffle/mem_output.c). create makes path a
+ * symbolic link to a new in-memory file (/proc/<pid>/fd/<fd>) and returns a
+ * descriptor open for writing in *fd_p and one that keeps the file alive in
+ * *keep_p; SP_ERR_UNSUPPORTED when this process cannot (no memfd, no /proc,
+ * out of descriptors): the caller writes a file instead.
+ */
+sp_status_t sp__mem_file_create(const char *path, int *fd_p, int *keep_p);
+/*
+ * Replaces the link at path by a regular file of the same bytes (written to
+ * a temporary beside it, then renamed over the link) and closes keep. On
+ * failure the link is removed too: its bytes went with keep.
+ */
+sp_status_t sp__mem_file_materialize(const char *path, int keep, bool sync);
+/* True when path resolves to the file keep holds. */
+bool sp__mem_file_is(const char *path, int keep);
+/*
+ * The table of committed outputs held in memory, by data path: hold takes
+ * keep and bytes of storage memory of mm (released by drop); drop closes the
+ * file and releases its memory (a no-op for a path not held).
+ */
+sp_status_t sp__mem_output_hold(const char *data_path, int keep, uint64_t bytes,
+                                sp_memory_manager_t *mm);
+void sp__mem_output_drop(const char *data_path);
 
 /* Paths of the committed files of (shuffle, map) in dir. */
 void sp__output_paths(const char *dir, uint64_t shuffle_id, uint64_t map_id, char *data,

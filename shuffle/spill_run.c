@@ -58,13 +58,20 @@ sp_status_t sp__spill_format_init(sp_spill_format_t *format, const sp_conf_t *co
 sp_status_t sp__spill_run_open(sp_spill_run_writer_t *rw, const char *path, size_t buffer,
                                sp_codec_t codec, sp_checksum_kind_t checksum, sp_encoder_t *enc)
 {
+    return sp__spill_run_open_fd(rw, path, -1, buffer, codec, checksum, enc);
+}
+
+sp_status_t sp__spill_run_open_fd(sp_spill_run_writer_t *rw, const char *path, int fd,
+                                  size_t buffer, sp_codec_t codec, sp_checksum_kind_t checksum,
+                                  sp_encoder_t *enc)
+{
     sp_status_t st;
 
     memset(rw, 0, sizeof(*rw));
     rw->fw.fd = -1;
     rw->enc = enc;
     rw->checksum = checksum;
-    st = sp__file_writer_open(&rw->fw, path, buffer);
+    st = sp__file_writer_open_fd(&rw->fw, path, fd, buffer);
     if (st != SP_OK)
         return st;
     return sp__data_header_write(&rw->fw, codec, checksum);

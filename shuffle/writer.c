@@ -39,7 +39,8 @@ struct sp_shuffle_writer {
     uint64_t unified;
     size_t spill_buffer, file_buffer;
     bool sync, bypass, committed, done;
-    sp_status_t error; /* sticky: the first failed write */
+    bool output_memory; /* shuffle.output=memory */
+    sp_status_t error;  /* sticky: the first failed write */
 
     /* sort path (shuffle/sorter.c) */
     sp_sorter_t *sorter;
@@ -204,6 +205,12 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
     w->stats.bypass = w->bypass;
     if ((st = sp_conf_get_bool(conf, "shuffle.sync", &w->sync)) != SP_OK)
         goto err_free;
+    {
+        const char *output = NULL;
+        if ((st = sp_conf_get_string(conf, "shuffle.output", &output)) != SP_OK)
+            goto err_free;
+        w->output_memory = strcmp(output, "memory") == 0;
+    }
     {
         sp_memory_layout_t layout;
         sp_memory_manager_layout(sp_task_memory_manager(task), &layout);
@@ -388,6 +395,9 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     const char *renamed = NULL;
     sp_spill_run_writer_t out = {.fw = {.fd = -1}};
     sp_spill_run_t data = {0};
+    sp_memory_manager_t *mm = sp_task_memory_manager(w->task);
+    bool storage_held = false;
+    int keep = -1; /* the in-memory data file (shuffle.output=memory) */
     sp_status_t st;
 
     if (w->done)
@@ -423,11 +433,16 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
         if (w->sync && (st = sp_fsync_path(data_tmp)) != SP_OK)
             goto err;
     } else {
+        int fd = -1;
         sp_data_tmp_path(w, dir, data_tmp, sizeof(data_tmp));
+        if (w->output_memory && sp__mem_file_create(data_tmp, &fd, &keep) != SP_OK)
+            sp_debug("shuffle %llu map %llu: output on disk: %s",
+                     (unsigned long long)w->o.shuffle_id, (unsigned long long)w->o.map_id,
+                     sp_last_error());
         /* The data file is written like a run: the encoder is the sorter's
          * (the bypass path copies frames it encoded itself). */
-        st = sp__spill_run_open(&out, data_tmp, w->spill_buffer, w->o.codec, w->o.checksum,
-                                sr != NULL ? sr->enc : NULL);
+        st = sp__spill_run_open_fd(&out, data_tmp, fd, w->spill_buffer, w->o.codec, w->o.checksum,
+                                   sr != NULL ? sr->enc : NULL);
         if (st != SP_OK && out.fw.path == NULL)
             goto err;
         if (st == SP_OK && w->bypass) {
@@ -455,8 +470,35 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
             w->stats.output_bytes += lengths[p];
     }
     sp_writer_release_memory(w);
+    if (keep >= 0 && sp_memory_manager_acquire_storage_region(mm, w->stats.output_bytes)) {
+        storage_held = true;
+    } else if (keep >= 0) {
+        /* The storage region is full: this output goes to disk. */
+        st = sp__mem_file_materialize(data_tmp, keep, w->sync);
+        keep = -1;
+        if (st != SP_OK)
+            goto err;
+    }
     st = sp__output_commit(dir, data_tmp, &w->o, lengths, records, checksums, w->sync, status_p);
     sp__spill_run_drop(&data, false); /* the commit renamed or removed the file */
+    if (st == SP_OK && keep >= 0) {
+        /* Held unless another attempt's output won the commit. */
+        const char *committed = (*status_p)->data_path;
+        if (!sp__mem_file_is(committed, keep)) {
+            close(keep);
+            sp_memory_manager_release_storage(mm, w->stats.output_bytes);
+        } else if (sp__mem_output_hold(committed, keep, w->stats.output_bytes, mm) != SP_OK) {
+            /* Committed but not held: its bytes go to disk rather than away. */
+            sp_memory_manager_release_storage(mm, w->stats.output_bytes);
+            st = sp__mem_file_materialize(committed, keep, w->sync);
+        }
+        keep = -1;
+        if (st != SP_OK) {
+            sp_map_status_destroy(*status_p);
+            *status_p = NULL;
+            goto err;
+        }
+    }
     if (st != SP_OK)
         goto err;
     sp_writer_drop_files(w, renamed);
@@ -469,6 +511,11 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
 
 err:
     sp__spill_run_abort(&out);
+    if (keep >= 0) {
+        close(keep);
+        if (storage_held)
+            sp_memory_manager_release_storage(mm, w->stats.output_bytes);
+    }
     sp_shuffle_writer_abort(w);
     sp__free(lengths);
     sp__free(records);

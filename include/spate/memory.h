@@ -297,6 +297,15 @@ SP_API uint64_t sp_memory_manager_task_execution(sp_memory_manager_t *mm, uint64
  * never by evicting execution memory. Returns false when it cannot.
  */
 SP_API bool sp_memory_manager_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes);
+/**
+ * Grants bytes of storage memory (all or nothing) only inside the storage
+ * region: from free storage memory, then taking back region memory that
+ * execution borrowed and does not use; never beyond the region, never by
+ * eviction. For holdings that cannot be evicted (map outputs kept in
+ * memory): execution only ever takes back what storage borrowed beyond its
+ * region, so such memory is never owed. Release with release_storage.
+ */
+SP_API bool sp_memory_manager_acquire_storage_region(sp_memory_manager_t *mm, uint64_t bytes);
 SP_API void sp_memory_manager_release_storage(sp_memory_manager_t *mm, uint64_t bytes);
 
 /* ------------------------------------------------------------------------ */

@@ -421,6 +421,49 @@ static void test_storage_borrows_free_execution_and_evicts_lru(void **state)
     rmdir(block_dir);
 }
 
+/*
+ * Unevictable holdings (map outputs in memory) take only free storage inside
+ * the region: never borrowed execution memory, never another block evicted.
+ */
+static void test_storage_region_grant_neither_borrows_nor_evicts(void **state)
+{
+    sp_memory_manager_t *mm = mm_test_create("100m", "0.5", "1m");
+    sp_block_store_t *bs = NULL;
+    char *buf = calloc(1, 10 * MiB);
+    sp_memory_stats_t s;
+
+    (void)state;
+    make_block_dir();
+    assert_non_null(buf);
+    assert_int_equal(sp_block_store_create(mm, block_dir, &bs), SP_OK);
+    /* The region is 50 MiB: 40 granted, 11 more would pass it. */
+    assert_true(sp_memory_manager_acquire_storage_region(mm, 40 * MiB));
+    assert_false(sp_memory_manager_acquire_storage_region(mm, 11 * MiB));
+    /* A cached block in the last 10 MiB of the region is not evicted for it. */
+    assert_int_equal(sp_block_store_put(bs, "cached", buf, 10 * MiB, SP_STORAGE_MEMORY), SP_OK);
+    assert_false(sp_memory_manager_acquire_storage_region(mm, 1 * MiB));
+    assert_true(sp_block_store_contains(bs, "cached", NULL));
+    sp_memory_manager_stats(mm, &s);
+    assert_int_equal(s.storage_used, 50 * MiB);
+    assert_int_equal(s.evictions, 0);
+    assert_int_equal(s.borrowed_from_execution, 0);
+    /* Execution borrowed the rest of the region: the grant waits until it is free again. */
+    assert_int_equal(sp_block_store_remove(bs, "cached"), SP_OK);
+    assert_int_equal(sp_memory_manager_acquire_execution(mm, 1, 60 * MiB), 60 * MiB);
+    assert_false(sp_memory_manager_acquire_storage_region(mm, 1 * MiB));
+    sp_memory_manager_release_all_execution(mm, 1);
+    assert_true(sp_memory_manager_acquire_storage_region(mm, 10 * MiB));
+    sp_memory_manager_stats(mm, &s);
+    assert_int_equal(s.borrowed_from_execution, 10 * MiB);
+    sp_memory_manager_release_storage(mm, 50 * MiB);
+    sp_memory_manager_stats(mm, &s);
+    assert_int_equal(s.storage_used, 0);
+    sp_block_store_destroy(bs);
+    sp_memory_manager_destroy(mm);
+    free(buf);
+    rmdir(block_dir);
+}
+
 /* ---- randomized invariants ---- */
 
 static void test_pools_random_operations_keep_invariants(void **state)
@@ -496,6 +539,7 @@ int main(void)
         cmocka_unit_test(test_execution_evicts_storage_down_to_region_only),
         cmocka_unit_test(test_storage_never_evicts_execution),
         cmocka_unit_test(test_storage_borrows_free_execution_and_evicts_lru),
+        cmocka_unit_test(test_storage_region_grant_neither_borrows_nor_evicts),
         cmocka_unit_test(test_pools_random_operations_keep_invariants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
