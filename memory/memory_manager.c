@@ -523,8 +523,8 @@ bool sp_memory_manager_acquire_storage_region(sp_memory_manager_t *mm, uint64_t 
      */
     ok = mm->storage_used + bytes <= mm->layout.storage_region_bytes;
     if (ok && bytes > mm->storage_pool - mm->storage_used) {
-        uint64_t borrow = SP_MIN(mm->exec_pool - mm->exec_used,
-                                 bytes - (mm->storage_pool - mm->storage_used));
+        uint64_t borrow =
+            SP_MIN(mm->exec_pool - mm->exec_used, bytes - (mm->storage_pool - mm->storage_used));
         mm->exec_pool -= borrow;
         mm->storage_pool += borrow;
         mm->stats.borrowed_from_execution += borrow;
