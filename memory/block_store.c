@@ -11,6 +11,13 @@
  * removed. Memory-only blocks are dropped when evicted; memory-and-disk
  * blocks are written to their file first and stay readable from disk.
  *
+ * Held blocks (sp_block_store_put_held) are storage memory whose bytes live
+ * with their owner, not here (a map output in an in-memory file): they are
+ * granted, counted and ordered like memory blocks, and evicting one calls
+ * its owner's evict function, which moves the bytes out (to disk) and says
+ * whether they left; a held block has no handle (get refuses it) and is
+ * gone from the store once evicted or removed.
+ *
  * Block file layout (docs/FORMATS.md): a 24-byte header (magic "SPBK",
  * version, payload length, XXH3-64 of the payload) then the payload. Every
  * field is checked against the file when it is read back.
@@ -40,9 +47,12 @@ struct sp_block_entry {
     size_t size;
     bool on_disk;
     bool pending; /* reserved by a put in progress */
+    bool held;    /* bytes kept by their owner: evict() moves them out */
+    sp_block_evict_fn_t evict;
+    void *evict_arg;
     unsigned pins;
     sp_block_entry_t *hnext;
-    sp_block_entry_t *lru_prev, *lru_next; /* linked only while data != NULL */
+    sp_block_entry_t *lru_prev, *lru_next; /* linked only while data != NULL or held */
 };
 
 struct sp_block {
@@ -280,6 +290,20 @@ static uint64_t sp_bs_evict(void *arg, uint64_t bytes, uint64_t *blocks_p)
         prev = e->lru_prev;
         if (e->pins != 0)
             continue;
+        if (e->held) {
+            /* The owner moves its bytes out; it keeps them when it cannot. */
+            if (!e->evict(e->evict_arg))
+                continue;
+            sp_bs_lru_unlink(bs, e);
+            freed += e->size;
+            blocks++;
+            bs->stats.blocks_in_memory--;
+            bs->stats.memory_bytes -= e->size;
+            bs->stats.evicted_to_disk++;
+            sp_bs_unhash(bs, e);
+            sp__free(e);
+            continue;
+        }
         if (e->level == SP_STORAGE_MEMORY_AND_DISK && !e->on_disk) {
             /* Keep the block when its disk copy cannot be written. */
             if (sp_bs_write_file(bs, e->id, e->data, e->size) != SP_OK) {
@@ -360,7 +384,12 @@ static uint64_t sp_bs_entry_drop(sp_block_store_t *bs, sp_block_entry_t *e)
 {
     uint64_t storage = 0;
 
-    if (e->data != NULL) {
+    if (e->held) {
+        sp_bs_lru_unlink(bs, e);
+        storage = e->size;
+        bs->stats.blocks_in_memory--;
+        bs->stats.memory_bytes -= e->size;
+    } else if (e->data != NULL) {
         sp_bs_lru_unlink(bs, e);
         sp_arena_free(bs->arena, e->data, e->size != 0 ? e->size : 1);
         storage = e->size;
@@ -401,6 +430,24 @@ void sp_block_store_destroy(sp_block_store_t *bs)
     sp__free(bs);
 }
 
+/* Reserves id for a put in progress: a pending, pinned entry. */
+static sp_status_t sp_bs_reserve(sp_block_store_t *bs, sp_block_entry_t *e)
+{
+    pthread_mutex_lock(&bs->lock);
+    if (sp_bs_find(bs, e->id) != NULL) {
+        pthread_mutex_unlock(&bs->lock);
+        return SP_RAISE(SP_ERR_EXISTS, "block %s is already stored", e->id);
+    }
+    sp_bs_grow(bs);
+    e->pending = true;
+    e->pins = 1;
+    e->hnext = bs->buckets[sp_bs_bucket(bs, e->id)];
+    bs->buckets[sp_bs_bucket(bs, e->id)] = e;
+    bs->nentries++;
+    pthread_mutex_unlock(&bs->lock);
+    return SP_OK;
+}
+
 sp_status_t sp_block_store_put(sp_block_store_t *bs, const char *id, const void *data, size_t len,
                                sp_storage_level_t level)
 {
@@ -421,21 +468,11 @@ sp_status_t sp_block_store_put(sp_block_store_t *bs, const char *id, const void 
     memcpy(e->id, id, strlen(id) + 1);
     e->level = level;
     e->size = len;
-    e->pending = true;
-    e->pins = 1;
-
     /* Reserve the id so that concurrent puts of it cannot clobber its file. */
-    pthread_mutex_lock(&bs->lock);
-    if (sp_bs_find(bs, id) != NULL) {
-        pthread_mutex_unlock(&bs->lock);
+    if ((st = sp_bs_reserve(bs, e)) != SP_OK) {
         sp__free(e);
-        return SP_RAISE(SP_ERR_EXISTS, "block %s is already stored", id);
+        return st;
     }
-    sp_bs_grow(bs);
-    e->hnext = bs->buckets[sp_bs_bucket(bs, id)];
-    bs->buckets[sp_bs_bucket(bs, id)] = e;
-    bs->nentries++;
-    pthread_mutex_unlock(&bs->lock);
 
     if (level != SP_STORAGE_DISK) {
         if (sp_memory_manager_acquire_storage(bs->mm, len)) {
@@ -483,6 +520,63 @@ err_unreserve:
     return st;
 }
 
+sp_status_t sp_block_store_put_held(sp_block_store_t *bs, const char *id, size_t len,
+                                    sp_block_evict_fn_t evict, void *arg)
+{
+    sp_block_entry_t *e;
+    sp_status_t st;
+
+    if ((st = sp_bs_check_id(id)) != SP_OK)
+        return st;
+    if (evict == NULL)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "held block %s without an evict function", id);
+    e = sp__calloc(1, sizeof(*e));
+    if (e == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for block %s", id);
+    memcpy(e->id, id, strlen(id) + 1);
+    e->level = SP_STORAGE_MEMORY;
+    e->size = len;
+    e->evict = evict;
+    e->evict_arg = arg;
+    if ((st = sp_bs_reserve(bs, e)) != SP_OK) {
+        sp__free(e);
+        return st;
+    }
+    if (!sp_memory_manager_acquire_storage(bs->mm, len)) {
+        pthread_mutex_lock(&bs->lock);
+        sp_bs_unhash(bs, e);
+        pthread_mutex_unlock(&bs->lock);
+        sp__free(e);
+        return SP_RAISE(SP_ERR_MEMORY_REFUSED, "block %s: no storage memory for %zu bytes", id,
+                        len);
+    }
+    pthread_mutex_lock(&bs->lock);
+    e->pending = false;
+    e->pins = 0;
+    e->held = true;
+    bs->stats.puts++;
+    sp_bs_lru_push(bs, e);
+    bs->stats.blocks_in_memory++;
+    bs->stats.memory_bytes += len;
+    pthread_mutex_unlock(&bs->lock);
+    return SP_OK;
+}
+
+void sp_block_store_touch(sp_block_store_t *bs, const char *id)
+{
+    sp_block_entry_t *e;
+
+    if (sp_bs_check_id(id) != SP_OK)
+        return;
+    pthread_mutex_lock(&bs->lock);
+    e = sp_bs_find(bs, id);
+    if (e != NULL && !e->pending && (e->data != NULL || e->held)) {
+        sp_bs_lru_unlink(bs, e);
+        sp_bs_lru_push(bs, e);
+    }
+    pthread_mutex_unlock(&bs->lock);
+}
+
 /* Makes the handle of a pinned entry whose bytes are data. */
 static sp_status_t sp_bs_handle(sp_block_store_t *bs, sp_block_entry_t *e, const void *data,
                                 void *owned, sp_block_t **block_p)
@@ -521,6 +615,11 @@ sp_status_t sp_block_store_get(sp_block_store_t *bs, const char *id, sp_block_t 
     if (e == NULL || e->pending) {
         pthread_mutex_unlock(&bs->lock);
         return SP_RAISE(SP_ERR_NOT_FOUND, "block %s is not stored", id);
+    }
+    if (e->held) {
+        pthread_mutex_unlock(&bs->lock);
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "block %s is held by its owner, not readable here",
+                        id);
     }
     e->pins++;
     if (e->data != NULL) {
@@ -631,7 +730,7 @@ bool sp_block_store_contains(sp_block_store_t *bs, const char *id, bool *in_memo
     e = sp_bs_find(bs, id);
     found = e != NULL && !e->pending;
     if (found && in_memory_p != NULL)
-        *in_memory_p = e->data != NULL;
+        *in_memory_p = e->data != NULL || e->held;
     pthread_mutex_unlock(&bs->lock);
     return found;
 }

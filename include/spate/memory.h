@@ -462,6 +462,30 @@ SP_API sp_status_t sp_block_store_put(sp_block_store_t *bs, const char *id, cons
                                       size_t len, sp_storage_level_t level);
 
 /**
+ * Moves a held block's bytes out of storage memory (to disk, say). Called
+ * by eviction with the memory manager's and the block store's locks held:
+ * it must not call either. Returns true when the bytes left (the block is
+ * then gone from the store and its storage memory released), false to keep
+ * them (eviction goes on with other blocks).
+ */
+typedef bool (*sp_block_evict_fn_t)(void *arg);
+
+/**
+ * Accounts len bytes that the caller keeps in memory itself (a map output in
+ * an in-memory file) as block id of storage memory: granted like a put of
+ * level MEMORY (free storage, free execution, evicting other blocks;
+ * SP_ERR_MEMORY_REFUSED when refused) and evicted like one, least recently
+ * used first, by calling evict(arg). get refuses a held block; remove drops
+ * it without calling evict (the owner freed its bytes). SP_ERR_EXISTS when
+ * id is stored already.
+ */
+SP_API sp_status_t sp_block_store_put_held(sp_block_store_t *bs, const char *id, size_t len,
+                                           sp_block_evict_fn_t evict, void *arg);
+
+/** Marks block id (in memory) as used now, for the LRU order; unknown ids are ignored. */
+SP_API void sp_block_store_touch(sp_block_store_t *bs, const char *id);
+
+/**
  * Pins block id and returns a handle to its bytes; a block on disk is read
  * back (checked against its header and checksum: SP_ERR_CORRUPT otherwise)
  * and cached in memory again when its level allows and memory is granted.

@@ -310,6 +310,87 @@ static void test_block_store_concurrent_threads(void **state)
     rmdir(dir);
 }
 
+/* An owner of held bytes: counts evictions and can refuse them. */
+typedef struct holder {
+    int evicted;
+    bool refuse;
+} holder_t;
+
+static bool holder_evict(void *arg)
+{
+    holder_t *h = arg;
+
+    if (h->refuse)
+        return false;
+    h->evicted++;
+    return true;
+}
+
+/*
+ * Held blocks: granted and counted as storage, refused to get, evicted least
+ * recently used first through their owner (who may keep them), touched to
+ * the front, and removed without an eviction.
+ */
+static void test_block_held_by_owner_is_evicted_through_it(void **state)
+{
+    sp_memory_manager_t *mm = mm_test_create("16m", "0.5", "1m");
+    sp_block_store_t *bs = NULL;
+    sp_block_store_stats_t s;
+    sp_memory_stats_t ms;
+    holder_t h[4] = {{0}};
+    sp_block_t *b = NULL;
+    bool in_mem = false;
+
+    (void)state;
+    assert_int_equal(sp_block_store_create(mm, dir, &bs), SP_OK);
+    /* Four blocks of 4 MiB fill the whole 16 MiB pool (the region is 8). */
+    for (int i = 0; i < 4; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "held%d", i);
+        assert_int_equal(sp_block_store_put_held(bs, id, 4 << 20, holder_evict, &h[i]), SP_OK);
+    }
+    assert_int_equal(sp_block_store_put_held(bs, "held0", 1, holder_evict, &h[0]), SP_ERR_EXISTS);
+    assert_int_equal(sp_block_store_put_held(bs, "x", 1, NULL, NULL), SP_ERR_INVALID_PARAM);
+    assert_true(sp_block_store_contains(bs, "held1", &in_mem));
+    assert_true(in_mem);
+    assert_int_equal(sp_block_store_get(bs, "held1", &b), SP_ERR_INVALID_PARAM);
+    sp_memory_manager_stats(mm, &ms);
+    assert_int_equal(ms.storage_used, 16 << 20);
+    /* No room left and nothing evictable for more held bytes beyond the pool. */
+    assert_int_equal(sp_block_store_put_held(bs, "more", 17 << 20, holder_evict, &h[0]),
+                     SP_ERR_MEMORY_REFUSED);
+    /* held0 is the least recently used, but touched it goes to the front; held1 refuses. */
+    sp_block_store_touch(bs, "held0");
+    h[1].refuse = true;
+    /* Execution takes 8 MiB back down to the region: held2 and held3 go, held1 stays. */
+    assert_int_equal(sp_memory_manager_acquire_execution(mm, 1, 8 << 20), 8 << 20);
+    assert_int_equal(h[0].evicted, 0);
+    assert_int_equal(h[1].evicted, 0);
+    assert_int_equal(h[2].evicted, 1);
+    assert_int_equal(h[3].evicted, 1);
+    assert_false(sp_block_store_contains(bs, "held2", NULL));
+    assert_false(sp_block_store_contains(bs, "held3", NULL));
+    assert_true(sp_block_store_contains(bs, "held1", NULL));
+    sp_block_store_stats(bs, &s);
+    assert_int_equal(s.blocks_in_memory, 2);
+    assert_int_equal(s.memory_bytes, 8 << 20);
+    assert_int_equal(s.evicted_to_disk, 2);
+    sp_memory_manager_stats(mm, &ms);
+    assert_int_equal(ms.storage_used, 8 << 20);
+    /* Removing drops it without asking its owner. */
+    assert_int_equal(sp_block_store_remove(bs, "held0"), SP_OK);
+    assert_int_equal(h[0].evicted, 0);
+    sp_memory_manager_stats(mm, &ms);
+    assert_int_equal(ms.storage_used, 4 << 20);
+    sp_memory_manager_release_all_execution(mm, 1);
+    sp_block_store_destroy(bs);
+    sp_memory_manager_stats(mm, &ms);
+    assert_int_equal(ms.storage_used, 0);
+    sp_memory_manager_destroy(mm);
+    assert_int_equal(count_files(), 0);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +400,7 @@ int main(void)
         cmocka_unit_test_setup(test_block_ids_and_levels_are_validated, setup),
         cmocka_unit_test_setup(test_block_damaged_files_are_reported_corrupt, setup),
         cmocka_unit_test_setup(test_block_store_concurrent_threads, setup),
+        cmocka_unit_test_setup(test_block_held_by_owner_is_evicted_through_it, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
