@@ -110,9 +110,11 @@ SP_CONF_KEY("shuffle.file_buffer", SP_CONF_SIZE, "32k", "1k", "64m", NULL,
 SP_CONF_KEY("shuffle.spill_buffer", SP_CONF_SIZE, "1m", "4k", "256m", NULL,
             "Write buffer of spill and merge output.")
 SP_CONF_KEY("shuffle.output", SP_CONF_ENUM, "memory", NULL, NULL, "memory|disk",
-            "Where a committed map output's data lives: memory (an in-memory file counted in the "
-            "executor's storage region, served and read in place; on disk when the region is "
-            "full or the map task spilled) or disk (a file in shuffle.local_dirs).")
+            "Where a committed map output's data lives: memory (an in-memory file held as the "
+            "executor's storage memory, served and read in place, moved to disk least recently "
+            "committed first when execution needs the memory; on disk from the start when "
+            "storage memory is refused or the map task spilled) or disk (a file in "
+            "shuffle.local_dirs).")
 SP_CONF_KEY("shuffle.sync", SP_CONF_BOOL, "false", NULL, NULL, NULL,
             "fsync committed map outputs (and their directory) before they become visible.")
 SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NULL,

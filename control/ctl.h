@@ -48,9 +48,10 @@
  * a driver and executors of different builds part at their first frame
  * instead of misreading a message later. 2: HEARTBEAT and BYE carry peak anon.
  * 3: PING (driver -> executor). 4: READY, RESULT, HEARTBEAT and BYE carry the
- * executor's CPU time (idle core time per stage).
+ * executor's CPU time (idle core time per stage). 5: OUTPUT_MOVED, and
+ * HEARTBEAT and BYE carry the peak storage memory.
  */
-#define SP__CTL_VERSION 4u
+#define SP__CTL_VERSION 5u
 /* Header: u32 magic, u16 version, u16 type, u32 payload length. */
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */

@@ -120,7 +120,8 @@ struct sp__driver {
     sp_map_status_t **map_status; /* registered outputs, for locality */
     void **map_blob;              /* their serialized form, for late executors */
     size_t *map_blob_len;
-    uint32_t *preferred; /* reduce partition -> executor; UINT32_MAX: none */
+    uint64_t *map_moved_ns; /* when its output last moved from memory to disk; 0: never */
+    uint32_t *preferred;    /* reduce partition -> executor; UINT32_MAX: none */
     bool preferred_valid;
 
     unsigned char *samples;
@@ -594,6 +595,7 @@ static sp_status_t sp_drv_on_heartbeat(sp__driver_t *d, uint32_t e, const void *
     x->rep.peak_rss = SP_MAX(x->rep.peak_rss, hb.peak_rss);
     x->rep.peak_anon = SP_MAX(x->rep.peak_anon, hb.peak_anon);
     x->rep.peak_execution = SP_MAX(x->rep.peak_execution, hb.execution_used);
+    x->rep.peak_storage = SP_MAX(x->rep.peak_storage, hb.peak_storage);
     sp_drv_note_cpu(d, e, sp_drv_running_stage(d), hb.cpu_ns);
     if (bye)
         x->state = SP_DEXEC_DONE;
@@ -660,38 +662,59 @@ static void sp_drv_result(sp__driver_t *d)
         }
 }
 
-static sp_status_t sp_drv_map_done(sp__driver_t *d, uint32_t e, const sp__msg_result_t *r)
+/*
+ * Registers map index's output on executor e from its status's wire form,
+ * and tells every executor. moved: the executor's output of the attempt
+ * registered now, evicted from memory to a file (OUTPUT_MOVED); anything
+ * else is ignored then (an output lost or replaced meanwhile).
+ */
+static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, uint64_t index,
+                                       const void *payload, size_t len, bool moved)
 {
     sp_map_status_t *status;
     void *blob;
     sp_status_t st;
 
-    if ((st = sp_map_status_deserialize(r->payload, r->payload_len, &status)) != SP_OK)
+    if ((st = sp_map_status_deserialize(payload, len, &status)) != SP_OK)
         return st;
-    if (status->shuffle_id != d->shuffle_id || status->map_id != r->index ||
+    if (status->shuffle_id != d->shuffle_id || status->map_id != index ||
         status->executor_id != e || status->partitions != d->plan.partitions) {
         st = SP_RAISE(SP_ERR_BAD_FORMAT,
-                      "executor %u reported map %u with the status of shuffle %llu map %llu "
+                      "executor %u reported map %llu with the status of shuffle %llu map %llu "
                       "executor %u (%u partitions)",
-                      e, r->index, (unsigned long long)status->shuffle_id,
+                      e, (unsigned long long)index, (unsigned long long)status->shuffle_id,
                       (unsigned long long)status->map_id, status->executor_id, status->partitions);
         sp_map_status_destroy(status);
         return st;
     }
+    if (moved && (d->map_status[index] == NULL || d->map_status[index]->executor_id != e ||
+                  d->map_status[index]->attempt != status->attempt)) {
+        sp_map_status_destroy(status);
+        return SP_OK;
+    }
     if ((st = sp_map_output_tracker_register_output(d->tracker, status)) != SP_OK ||
-        (blob = sp__malloc(r->payload_len + 1)) == NULL) {
+        (blob = sp__malloc(len + 1)) == NULL) {
         sp_map_status_destroy(status);
         return st != SP_OK ? st : SP_RAISE(SP_ERR_NOMEM, "no memory for a map status");
     }
-    memcpy(blob, r->payload, r->payload_len);
-    sp_map_status_destroy(d->map_status[r->index]);
-    free(d->map_blob[r->index]);
-    d->map_status[r->index] = status;
-    d->map_blob[r->index] = blob;
-    d->map_blob_len[r->index] = r->payload_len;
+    memcpy(blob, payload, len);
+    sp_map_status_destroy(d->map_status[index]);
+    free(d->map_blob[index]);
+    d->map_status[index] = status;
+    d->map_blob[index] = blob;
+    d->map_blob_len[index] = len;
     d->preferred_valid = false;
-    sp_drv_broadcast(d, SP_MSG_MAP_OUTPUT, blob, r->payload_len);
+    if (moved) {
+        d->map_moved_ns[index] = sp__now_ns();
+        d->rep.outputs_moved++;
+    }
+    sp_drv_broadcast(d, SP_MSG_MAP_OUTPUT, blob, len);
     return SP_OK;
+}
+
+static sp_status_t sp_drv_map_done(sp__driver_t *d, uint32_t e, const sp__msg_result_t *r)
+{
+    return sp_drv_map_register(d, e, r->index, r->payload, r->payload_len, false);
 }
 
 static sp_status_t sp_drv_sample_done(sp__driver_t *d, const sp__msg_result_t *r)
@@ -749,6 +772,22 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         d->rep.stages[stage].done++;
         if (d->rep.stages[stage].done == d->ntasks[stage])
             d->rep.stages[stage].end_ns = sp__now_ns();
+        return SP_OK;
+    }
+    if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED &&
+        r.failed_map < d->plan.maps && d->map_moved_ns[r.failed_map] >= t->started_ns &&
+        d->map_moved_ns[r.failed_map] != 0) {
+        /*
+         * The map's output moved from memory to disk after this attempt had
+         * its status: the output is there, under new keys. Run the task
+         * again with them; the map is not lost and the stage not charged.
+         */
+        ts->state = SP__SCHED_PENDING;
+        t->attempt++;
+        d->rep.fetches_after_move++;
+        sp_info("reduce task %u on executor %u read map %llu's output while it moved to disk; "
+                "running it again: %s",
+                r.index, e, (unsigned long long)r.failed_map, r.message);
         return SP_OK;
     }
     if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED) {
@@ -927,6 +966,19 @@ static sp_status_t sp_drv_handle(sp__driver_t *d, uint32_t e, uint16_t type, con
     case SP_MSG_HEARTBEAT: return sp_drv_on_heartbeat(d, e, buf, len, false);
     case SP_MSG_BYE: return sp_drv_on_heartbeat(d, e, buf, len, true);
     case SP_MSG_RESULT: return sp_drv_on_result(d, e, buf, len);
+    case SP_MSG_OUTPUT_MOVED: {
+        sp_map_status_t *peek = NULL;
+        uint64_t map;
+        sp_status_t st = sp_map_status_deserialize(buf, len, &peek);
+        if (st != SP_OK)
+            return st;
+        map = peek->map_id;
+        sp_map_status_destroy(peek);
+        if (map >= d->plan.maps)
+            return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u moved map %llu of %u", e,
+                            (unsigned long long)map, d->plan.maps);
+        return sp_drv_map_register(d, e, map, buf, len, true);
+    }
     case SP_MSG_FATAL: {
         sp__msg_fatal_t f;
         sp_status_t st = sp__msg_fatal_decode(buf, len, &f);
@@ -1277,9 +1329,10 @@ static sp_status_t sp_drv_plan(sp__driver_t *d)
     d->map_status = sp__calloc(d->plan.maps, sizeof(*d->map_status));
     d->map_blob = sp__calloc(d->plan.maps, sizeof(*d->map_blob));
     d->map_blob_len = sp__calloc(d->plan.maps, sizeof(*d->map_blob_len));
+    d->map_moved_ns = sp__calloc(d->plan.maps + 1, sizeof(*d->map_moved_ns));
     d->preferred = sp__calloc(d->plan.partitions, sizeof(*d->preferred));
     if (d->map_status == NULL || d->map_blob == NULL || d->map_blob_len == NULL ||
-        d->preferred == NULL)
+        d->map_moved_ns == NULL || d->preferred == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for %u map outputs", d->plan.maps);
     d->rep.maps = d->plan.maps;
     d->rep.partitions = d->plan.partitions;
@@ -1494,6 +1547,7 @@ void sp__driver_destroy(sp__driver_t *d)
     free(d->map_status);
     free(d->map_blob);
     free(d->map_blob_len);
+    free(d->map_moved_ns);
     free(d->preferred);
     for (int s = 0; s < SP_STAGES; s++) {
         for (uint32_t i = 0; d->tasks[s] != NULL && i < d->ntasks[s]; i++)

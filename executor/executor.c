@@ -25,6 +25,11 @@
  * sampler thread reads it every SP_EXEC_SAMPLE_MS while tasks run and
  * sleeps while none does; every task's end and every heartbeat read it too.
  *
+ * Testing hook: SPATE_FAULT_EVICT_OUTPUTS=1 evicts every map output the
+ * executor holds in storage memory when its first reduce task starts, as
+ * memory pressure would at that moment: reduce tasks elsewhere that read
+ * them with their old keys race the move.
+ *
  * Testing hook: SPATE_FAULT_CORRUPT_MAP=<map id> damages one byte of that
  * map's first committed attempt after the commit, as a disk might; readers
  * must detect it and the driver must recompute the output.
@@ -44,11 +49,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 /* How often the sampler reads the anonymous resident memory while tasks run. */
 #define SP_EXEC_SAMPLE_MS 10
+/* Longest wait of the main loop for the driver, so that moved outputs are published soon. */
+#define SP_EXEC_POLL_MS 100
 
 typedef struct sp_status_ref {
     sp_map_status_t *status;
@@ -80,6 +88,13 @@ typedef struct sp_executor {
     pthread_cond_t sample_cond; /* wakes the sampler: a task started, or stopping */
     sp_status_ref_t **statuses; /* plan.maps */
     sp_served_output_t **served;
+    bool *served_mem;      /* served[m] is this executor's output held in memory */
+    sp_map_status_t **own; /* served[m]'s status as committed here */
+    dev_t *mem_dev;        /* served_mem[m]: the in-memory file's identity */
+    ino_t *mem_ino;
+    sp_block_store_t *bs;    /* storage memory: map outputs held in memory */
+    uint64_t evictions_seen; /* sp_shuffle_outputs_evicted() when last looked at */
+    bool moves_pending;      /* an evicted output still to be served from disk */
     sp_key_t *bounds;
     void *bounds_buf;
     uint32_t nbounds;
@@ -98,6 +113,7 @@ typedef struct sp_executor {
     bool sampler_started;
     _Atomic uint64_t peak_anon; /* highest anonymous resident bytes seen */
     int64_t corrupt_map;
+    atomic_bool evict_at_reduce; /* SPATE_FAULT_EVICT_OUTPUTS, until the first reduce task */
 } sp_executor_t;
 
 static void sp_status_unref(sp_status_ref_t *ref)
@@ -305,7 +321,7 @@ static void sp_exec_corrupt(const sp_map_status_t *status)
 static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r,
                                void **payload_p)
 {
-    sp_map_status_t *status = NULL;
+    sp_map_status_t *status = NULL, *old_status;
     sp_served_output_t *served = NULL, *old;
     sp_status_t st;
 
@@ -329,9 +345,21 @@ static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__m
     pthread_mutex_lock(&ex->lock);
     old = ex->served[t->index];
     ex->served[t->index] = served;
+    ex->served_mem[t->index] = served != NULL && sp_map_status_in_memory(status);
+    if (ex->served_mem[t->index]) {
+        struct stat sb;
+        if (stat(status->data_path, &sb) == 0) {
+            ex->mem_dev[t->index] = sb.st_dev;
+            ex->mem_ino[t->index] = sb.st_ino;
+        } else {
+            ex->served_mem[t->index] = false; /* gone already: a move will not be seen */
+        }
+    }
+    old_status = ex->own[t->index];
+    ex->own[t->index] = status;
     pthread_mutex_unlock(&ex->lock);
     sp_map_output_unserve(old);
-    sp_map_status_destroy(status);
+    sp_map_status_destroy(old_status);
     return SP_OK;
 err:
     sp_map_output_unserve(served);
@@ -349,6 +377,11 @@ static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp
     if (refs == NULL || sts == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u statuses", maps);
         goto out;
+    }
+    if (atomic_exchange(&ex->evict_at_reduce, false)) {
+        uint64_t freed = sp_memory_manager_evict_storage(ex->mm, UINT64_MAX);
+        sp_warn("fault injection: executor %u evicted %llu bytes of storage memory",
+                ex->job.executor_id, (unsigned long long)freed);
     }
     pthread_mutex_lock(&ex->lock);
     for (uint32_t m = 0; m < maps; m++) {
@@ -374,6 +407,64 @@ out:
         sp_status_unref(refs[m]);
     free(refs);
     free(sts);
+    return st;
+}
+
+/*
+ * Outputs of this executor that eviction moved from memory to disk: the
+ * transport maps the disk file in place of the in-memory one under its
+ * registered chunks (same bytes: keys and reads in flight stay good, and the
+ * memory goes), the output is served again from its file (ofi and mpi share
+ * those chunks: the same keys; local keys name the new file) and its new
+ * status goes to the driver (OUTPUT_MOVED), which passes it on to every
+ * executor. A reader whose old key no longer reads (local) fails its fetch,
+ * and the driver runs it again without recomputing the map.
+ */
+static sp_status_t sp_exec_publish_moves(sp_executor_t *ex)
+{
+    uint64_t seen = sp_shuffle_outputs_evicted();
+    sp_status_t st = SP_OK;
+
+    if (seen == ex->evictions_seen || ex->transport == NULL)
+        return SP_OK;
+    ex->evictions_seen = seen;
+    for (uint32_t m = 0; m < ex->job.plan.maps && st == SP_OK; m++) {
+        sp_served_output_t *served = NULL, *old = NULL;
+        void *blob = NULL;
+        size_t len = 0;
+
+        pthread_mutex_lock(&ex->lock);
+        if (ex->served_mem[m] && !sp_map_status_in_memory(ex->own[m])) {
+            /* Its chunks map the disk file now: their keys and reads in flight stay good. */
+            int fd = open(ex->own[m]->data_path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0 || sp_transport_file_rebind(ex->transport, (uint64_t)ex->mem_dev[m],
+                                                   (uint64_t)ex->mem_ino[m], fd) != SP_OK)
+                sp_warn("executor %u: map %u's output moved to disk, and its old keys no longer "
+                        "read: %s",
+                        ex->job.executor_id, m, fd < 0 ? strerror(errno) : sp_last_error());
+            if (fd >= 0)
+                close(fd);
+            st = sp_map_output_serve(ex->transport, ex->own[m], &served);
+            if (st == SP_OK)
+                st = sp_map_status_serialize(ex->own[m], UINT32_MAX, 0, &blob, &len);
+            if (st == SP_OK) {
+                old = ex->served[m];
+                ex->served[m] = served;
+                ex->served_mem[m] = false;
+                served = NULL;
+            }
+        }
+        pthread_mutex_unlock(&ex->lock);
+        sp_map_output_unserve(served);
+        sp_map_output_unserve(old);
+        if (st == SP_OK && blob != NULL) {
+            sp_info("executor %u: map %u's output moved from memory to disk", ex->job.executor_id,
+                    m);
+            st = sp_exec_send(ex, SP_MSG_OUTPUT_MOVED, SP_OK, blob, len);
+        } else {
+            free(blob);
+        }
+    }
     return st;
 }
 
@@ -661,9 +752,23 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
     ready->slots = ex->nworkers;
     ex->statuses = calloc(ex->job.plan.maps, sizeof(*ex->statuses));
     ex->served = calloc(ex->job.plan.maps, sizeof(*ex->served));
-    if (ex->statuses == NULL || ex->served == NULL) {
+    ex->served_mem = calloc(ex->job.plan.maps + 1, sizeof(*ex->served_mem));
+    ex->own = calloc(ex->job.plan.maps + 1, sizeof(*ex->own));
+    ex->mem_dev = calloc(ex->job.plan.maps + 1, sizeof(*ex->mem_dev));
+    ex->mem_ino = calloc(ex->job.plan.maps + 1, sizeof(*ex->mem_ino));
+    if (ex->statuses == NULL || ex->served == NULL || ex->served_mem == NULL || ex->own == NULL ||
+        ex->mem_dev == NULL || ex->mem_ino == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u map statuses", ex->job.plan.maps);
         goto out_plan;
+    }
+    {
+        /* The executor's storage memory: its block store, in its first directory. */
+        char dir[4096];
+        size_t n = strcspn(ex->app_dirs, ",");
+        snprintf(dir, sizeof(dir), "%.*s/blocks", (int)n, ex->app_dirs);
+        if ((st = sp_block_store_create(ex->mm, dir, &ex->bs)) != SP_OK)
+            goto out_plan;
+        ex->evictions_seen = sp_shuffle_outputs_evicted();
     }
     ex->env = (sp__task_env_t){.job = ex->desc,
                                .params = &ex->params,
@@ -721,6 +826,7 @@ static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_
     sp__msg_map_lost_t m;
     sp_status_ref_t *old = NULL;
     sp_served_output_t *served = NULL;
+    sp_map_status_t *own = NULL;
     sp_status_t st;
 
     if ((st = sp__msg_map_lost_decode(buf, len, &m)) != SP_OK)
@@ -737,10 +843,14 @@ static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_
     if (m.executor_id == ex->job.executor_id) {
         served = ex->served[m.map_id];
         ex->served[m.map_id] = NULL;
+        ex->served_mem[m.map_id] = false;
+        own = ex->own[m.map_id];
+        ex->own[m.map_id] = NULL;
     }
     pthread_mutex_unlock(&ex->lock);
     sp_status_unref(old);
     if (m.executor_id == ex->job.executor_id) {
+        sp_map_status_destroy(own);
         sp_map_output_unserve(served);
         sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, m.map_id);
     }
@@ -783,6 +893,7 @@ static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
     if (ex->mm != NULL) {
         sp_memory_manager_stats(ex->mm, &ms);
         hb.execution_used = ms.execution_used;
+        hb.peak_storage = ms.peak_storage_used;
     }
     st = sp__msg_heartbeat_encode(&hb, &buf, &len);
     return sp_exec_send(ex, type, st, buf, len);
@@ -844,10 +955,16 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     for (uint32_t m = 0; m < ex->job.plan.maps; m++) {
         if (ex->served != NULL)
             sp_map_output_unserve(ex->served[m]);
+        if (ex->own != NULL)
+            sp_map_status_destroy(ex->own[m]);
         if (ex->statuses != NULL)
             sp_status_unref(ex->statuses[m]);
     }
     free(ex->served);
+    free(ex->served_mem);
+    free(ex->own);
+    free(ex->mem_dev);
+    free(ex->mem_ino);
     free(ex->statuses);
     free(ex->workers);
     free(ex->current);
@@ -855,6 +972,8 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     ex->transport = NULL;
     if (ex->conf != NULL && ex->job.shuffle_id != 0)
         sp_shuffle_remove(ex->conf, ex->job.shuffle_id);
+    sp_block_store_destroy(ex->bs);
+    ex->bs = NULL;
     sp_exec_remove_dirs(ex);
     sp_memory_manager_destroy(ex->mm);
     ex->mm = NULL;
@@ -925,6 +1044,8 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
     atomic_init(&ex->peak_anon, 0);
     if (fault != NULL && *fault != '\0')
         ex->corrupt_map = strtoll(fault, NULL, 10);
+    fault = getenv("SPATE_FAULT_EVICT_OUTPUTS");
+    atomic_init(&ex->evict_at_reduce, fault != NULL && strcmp(fault, "1") == 0);
     gethostname(reg.host, sizeof(reg.host) - 1);
     if (opts->name != NULL)
         snprintf(reg.name, sizeof(reg.name), "%s", opts->name);
@@ -1012,7 +1133,11 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
                 goto out;
             next_hb = now + hb_ns;
         }
-        st = sp__ctl_recv(ex->conn, (int)((next_hb - now) / 1000000) + 1, &type, &buf, &len);
+        if ((st = sp_exec_publish_moves(ex)) != SP_OK)
+            goto out;
+        /* Wakes at least every SP_EXEC_POLL_MS to publish moved outputs. */
+        st = sp__ctl_recv(ex->conn, (int)SP_MIN((next_hb - now) / 1000000 + 1, SP_EXEC_POLL_MS),
+                          &type, &buf, &len);
         if (st == SP_ERR_TIMED_OUT)
             continue;
         if (st != SP_OK)

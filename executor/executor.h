@@ -74,6 +74,7 @@ typedef struct sp__executor_report {
     uint64_t peak_rss;       /* highest VmHWM: resident memory, mapped map outputs included */
     uint64_t peak_anon;      /* highest anonymous resident memory: the executor's own */
     uint64_t peak_execution; /* highest execution memory seen in heartbeats */
+    uint64_t peak_storage;   /* highest storage memory held: map outputs in memory, blocks */
     uint64_t shuffle_bytes;  /* written by its map tasks + read by its reduce tasks */
     uint64_t busy_ns;        /* time its tasks ran */
     uint32_t tasks;
@@ -93,6 +94,8 @@ typedef struct sp__driver_report {
     uint32_t maps_recomputed; /* map outputs computed again after a loss */
     uint32_t executors_lost;
     uint32_t executors_relaunched; /* started by the launcher in place of lost ones */
+    uint32_t outputs_moved;        /* map outputs evicted from memory to disk (OUTPUT_MOVED) */
+    uint32_t fetches_after_move;   /* reduce attempts run again: an output moved under them */
     uint32_t maps, partitions;
     char error[1024]; /* why the run failed; empty when it succeeded */
 } sp__driver_report_t;

@@ -406,6 +406,7 @@ sp_status_t sp__msg_heartbeat_encode(const sp__msg_heartbeat_t *m, void **buf_p,
     sp__wbuf_put_u64(&w, m->peak_anon);
     sp__wbuf_put_u32(&w, m->running);
     sp__wbuf_put_u64(&w, m->cpu_ns);
+    sp__wbuf_put_u64(&w, m->peak_storage);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
@@ -421,6 +422,7 @@ sp_status_t sp__msg_heartbeat_decode(const void *buf, size_t len, sp__msg_heartb
         (st = sp__rbuf_get_u64(&r, "HEARTBEAT peak anon", &out.peak_anon)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "HEARTBEAT running", &out.running)) != SP_OK ||
         (st = sp__rbuf_get_u64(&r, "HEARTBEAT cpu", &out.cpu_ns)) != SP_OK ||
+        (st = sp__rbuf_get_u64(&r, "HEARTBEAT peak storage", &out.peak_storage)) != SP_OK ||
         (st = sp__rbuf_done(&r, "HEARTBEAT")) != SP_OK)
         return st;
     *m = out;

@@ -13,6 +13,7 @@
  *   RESULT, HEARTBEAT          ->
  *                              <-    PING (every heartbeat interval)
  *   FATAL {signal, task}       ->    (its crash handler, before it dies)
+ *   OUTPUT_MOVED {status}      ->    (a map output evicted from memory to disk)
  *                              <-    SHUTDOWN
  *   BYE {peaks}                ->
  */
@@ -33,8 +34,9 @@ enum {
     SP_MSG_HEARTBEAT = 24,
     SP_MSG_SHUTDOWN = 25,
     SP_MSG_BYE = 26,
-    SP_MSG_PING = 27,  /* driver -> executor, empty: the driver is alive */
-    SP_MSG_FATAL = 28, /* executor -> driver, from its fatal-signal handler */
+    SP_MSG_PING = 27,         /* driver -> executor, empty: the driver is alive */
+    SP_MSG_FATAL = 28,        /* executor -> driver, from its fatal-signal handler */
+    SP_MSG_OUTPUT_MOVED = 29, /* executor -> driver: a map output's status after eviction */
 };
 
 /* Payload bytes of FATAL: signal u32, task id u64 (0: none); fixed, so a handler can fill it. */
@@ -104,7 +106,8 @@ typedef struct sp__msg_heartbeat {
     uint64_t peak_rss;       /* process high-water mark (VmHWM), mapped files included */
     uint64_t peak_anon;      /* highest anonymous resident memory sampled (RssAnon) */
     uint32_t running;
-    uint64_t cpu_ns; /* the executor process's CPU time so far, every thread (ns) */
+    uint64_t cpu_ns;       /* the executor process's CPU time so far, every thread (ns) */
+    uint64_t peak_storage; /* highest storage memory held (map outputs, cached blocks) */
 } sp__msg_heartbeat_t;
 
 typedef struct sp__msg_fatal {

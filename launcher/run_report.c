@@ -129,21 +129,24 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
                 b1, b2, sw ? (double)st->bytes / (double)sw / active : 0.0, b3,
                 100 * sp_stage_idle(st));
     }
-    fprintf(out, "%-4s %-16s %8s %6s %10s %10s %10s %10s %10s %10s\n", "exec", "host", "pid",
-            "slots", "memory", "peak anon", "peak rss", "peak exec", "shuffled", "tasks");
+    fprintf(out, "%-4s %-16s %8s %6s %10s %10s %10s %10s %10s %10s %10s\n", "exec", "host", "pid",
+            "slots", "memory", "peak anon", "peak rss", "peak exec", "peak stor", "shuffled",
+            "tasks");
     for (uint32_t e = 0; e < r->nexecutors; e++) {
         const sp__executor_report_t *x = &r->executors[e];
-        char m[32], anon[32], rss[32], pe[32], sh[32];
+        char m[32], anon[32], rss[32], pe[32], ps[32], sh[32];
         sp_cli_human(m, sizeof(m), (double)x->memory);
         sp_cli_human(anon, sizeof(anon), (double)x->peak_anon);
         sp_cli_human(rss, sizeof(rss), (double)x->peak_rss);
         sp_cli_human(pe, sizeof(pe), (double)x->peak_execution);
+        sp_cli_human(ps, sizeof(ps), (double)x->peak_storage);
         sp_cli_human(sh, sizeof(sh), (double)x->shuffle_bytes);
-        fprintf(out, "%-4u %-16.16s %8u %6u %10s %10s %10s %10s %10s %10u%s\n", x->id, x->host,
-                x->pid, x->slots, m, anon, rss, pe, sh, x->tasks, x->lost ? "  (lost)" : "");
+        fprintf(out, "%-4u %-16.16s %8u %6u %10s %10s %10s %10s %10s %10s %10u%s\n", x->id, x->host,
+                x->pid, x->slots, m, anon, rss, pe, ps, sh, x->tasks, x->lost ? "  (lost)" : "");
     }
-    fprintf(out, "(peak anon: the executor's own memory, heap and buffers; peak rss also counts "
-                 "the shuffle files it maps)\n");
+    fprintf(out, "(peak anon: the executor's own memory, heap and buffers; peak stor: storage "
+                 "memory, map outputs held in memory; peak rss also counts the shuffle files it "
+                 "maps)\n");
     sp_cli_human(b1, sizeof(b1), (double)shuffle);
     fprintf(out, "shuffle: %s written; output: %llu bytes; records: %llu mapped, %llu reduced\n",
             b1, (unsigned long long)r->result.output_bytes,
@@ -154,6 +157,11 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
             "executors lost (%u relaunched)\n",
             r->task_failures, r->fetch_failures, r->maps_recomputed, r->executors_lost,
             r->executors_relaunched);
+    if (r->outputs_moved > 0)
+        fprintf(out,
+                "storage: %u map outputs moved from memory to disk (%u reduce attempts run again "
+                "over a move)\n",
+                r->outputs_moved, r->fetches_after_move);
     if (baseline && status == SP_OK && params->size > 0 && wall > 0) {
         double mc = sp_run_memcpy_seconds(params->size);
         if (mc > 0)
@@ -228,14 +236,16 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
         const sp__executor_report_t *x = &r->executors[e];
         json_array_append_new(
             execs,
-            json_pack("{s:s, s:I, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b}",
+            json_pack("{s:s, s:I, s:s, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, "
+                      "s:b}",
                       "name", x->name, "numa_node", (json_int_t)x->numa_node, "cpuset", x->cpuset,
                       "id", (json_int_t)x->id, "host", x->host, "pid", (json_int_t)x->pid, "slots",
                       (json_int_t)x->slots, "memory", (json_int_t)x->memory, "peak_rss",
                       (json_int_t)x->peak_rss, "peak_anon", (json_int_t)x->peak_anon,
-                      "peak_execution", (json_int_t)x->peak_execution, "shuffle_bytes",
-                      (json_int_t)x->shuffle_bytes, "tasks", (json_int_t)x->tasks, "busy_s",
-                      sp_sec(x->busy_ns), "lost", x->lost));
+                      "peak_execution", (json_int_t)x->peak_execution, "peak_storage",
+                      (json_int_t)x->peak_storage, "shuffle_bytes", (json_int_t)x->shuffle_bytes,
+                      "tasks", (json_int_t)x->tasks, "busy_s", sp_sec(x->busy_ns), "lost",
+                      x->lost));
     }
     json_object_set_new(root, "executors", execs);
     for (unsigned i = 0; i < SP_JOB_COUNTERS; i++)
@@ -243,10 +253,12 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
     json_object_set_new(root, "counters", counters);
     json_object_set_new(
         root, "recovery",
-        json_pack("{s:I, s:I, s:I, s:I, s:I}", "task_retries", (json_int_t)r->task_failures,
-                  "fetch_failures", (json_int_t)r->fetch_failures, "maps_recomputed",
-                  (json_int_t)r->maps_recomputed, "executors_lost", (json_int_t)r->executors_lost,
-                  "executors_relaunched", (json_int_t)r->executors_relaunched));
+        json_pack(
+            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "task_retries", (json_int_t)r->task_failures,
+            "fetch_failures", (json_int_t)r->fetch_failures, "maps_recomputed",
+            (json_int_t)r->maps_recomputed, "executors_lost", (json_int_t)r->executors_lost,
+            "executors_relaunched", (json_int_t)r->executors_relaunched, "outputs_moved",
+            (json_int_t)r->outputs_moved, "fetches_after_move", (json_int_t)r->fetches_after_move));
     json_object_set_new(root, "output_bytes", json_integer((json_int_t)r->result.output_bytes));
     json_object_set_new(root, "map_records", json_integer((json_int_t)r->result.map_records));
     json_object_set_new(root, "reduce_records", json_integer((json_int_t)r->result.reduce_records));

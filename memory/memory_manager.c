@@ -237,6 +237,17 @@ sp_status_t sp__memory_manager_set_evictor(sp_memory_manager_t *mm, sp__evict_fn
     return st;
 }
 
+sp_block_store_t *sp_memory_manager_block_store(sp_memory_manager_t *mm)
+{
+    sp_block_store_t *bs;
+
+    /* The block store is the only evictor there is (sp_block_store_create). */
+    pthread_mutex_lock(&mm->lock);
+    bs = mm->evict_arg;
+    pthread_mutex_unlock(&mm->lock);
+    return bs;
+}
+
 void sp__memory_manager_clear_evictor(sp_memory_manager_t *mm)
 {
     pthread_mutex_lock(&mm->lock);
@@ -333,6 +344,33 @@ static void sp_mm_task_retire_if_idle(sp_memory_manager_t *mm, sp_mm_task_t *t)
     }
 }
 
+/* Evicts cached blocks for bytes of storage memory (lock held); returns the bytes freed. */
+static uint64_t sp_mm_evict_locked(sp_memory_manager_t *mm, uint64_t bytes)
+{
+    uint64_t blocks = 0, evicted;
+
+    if (mm->evict == NULL || bytes == 0)
+        return 0;
+    evicted = mm->evict(mm->evict_arg, bytes, &blocks);
+    SP_ASSERT(evicted <= mm->storage_used);
+    mm->storage_used -= evicted;
+    mm->stats.evictions += blocks;
+    mm->stats.evicted_bytes += evicted;
+    return evicted;
+}
+
+uint64_t sp_memory_manager_evict_storage(sp_memory_manager_t *mm, uint64_t bytes)
+{
+    uint64_t evicted;
+
+    pthread_mutex_lock(&mm->lock);
+    evicted = sp_mm_evict_locked(mm, bytes);
+    if (evicted > 0)
+        pthread_cond_broadcast(&mm->cond); /* execution may borrow it now */
+    pthread_mutex_unlock(&mm->lock);
+    return evicted;
+}
+
 /* Frees up to bytes of storage memory for execution: unused storage memory
  * first, then cached blocks, never below the storage region. Returns the
  * bytes by which the storage pool can shrink. */
@@ -343,19 +381,13 @@ static uint64_t sp_mm_storage_shrink(sp_memory_manager_t *mm, uint64_t bytes)
                                 ? mm->storage_pool - mm->layout.storage_region_bytes
                                 : 0;
     uint64_t reclaimable = SP_MAX(storage_free, above_region);
-    uint64_t want = SP_MIN(bytes, reclaimable), from_free, remaining, evicted = 0, blocks = 0;
+    uint64_t want = SP_MIN(bytes, reclaimable), from_free, remaining, evicted;
 
     if (want == 0)
         return 0;
     from_free = SP_MIN(want, storage_free);
     remaining = want - from_free;
-    if (remaining > 0 && mm->evict != NULL) {
-        evicted = mm->evict(mm->evict_arg, remaining, &blocks);
-        SP_ASSERT(evicted <= mm->storage_used);
-        mm->storage_used -= evicted;
-        mm->stats.evictions += blocks;
-        mm->stats.evicted_bytes += evicted;
-    }
+    evicted = sp_mm_evict_locked(mm, remaining);
     return from_free + SP_MIN(evicted, remaining);
 }
 
@@ -490,14 +522,8 @@ bool sp_memory_manager_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes)
         mm->stats.borrowed_from_execution += borrow;
         storage_free += borrow;
     }
-    if (bytes > storage_free && mm->evict != NULL) {
-        uint64_t blocks = 0, evicted = mm->evict(mm->evict_arg, bytes - storage_free, &blocks);
-        SP_ASSERT(evicted <= mm->storage_used);
-        mm->storage_used -= evicted;
-        mm->stats.evictions += blocks;
-        mm->stats.evicted_bytes += evicted;
-        storage_free += evicted;
-    }
+    if (bytes > storage_free)
+        storage_free += sp_mm_evict_locked(mm, bytes - storage_free);
     ok = bytes <= storage_free;
     if (ok) {
         mm->storage_used += bytes;

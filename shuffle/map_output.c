@@ -522,12 +522,13 @@ sp_status_t sp_shuffle_remove_output(const sp_conf_t *conf, uint64_t shuffle_id,
         return st;
     sp__output_paths(sp__shuffle_dirs_output(dirs, shuffle_id, map_id), shuffle_id, map_id, data,
                      index, csum, sizeof(data));
+    /* Its memory first, so that no eviction writes the data file again after the unlink. */
+    sp__mem_output_drop(data);
     /* The index is the commit point: without it the output does not exist. */
     if (unlink(index) != 0 && errno != ENOENT)
         st = SP_RAISE(SP_ERR_IO, "remove %s: %s", index, strerror(errno));
     unlink(data);
     unlink(csum);
-    sp__mem_output_drop(data);
     sp__shuffle_dirs_destroy(dirs);
     return st;
 }
@@ -552,8 +553,8 @@ sp_status_t sp_shuffle_remove(const sp_conf_t *conf, uint64_t shuffle_id)
                 continue;
             if ((size_t)snprintf(path, sizeof(path), "%s/%s", dirs->dirs[i], e->d_name) <
                 sizeof(path)) {
-                unlink(path);
                 sp__mem_output_drop(path); /* a no-op unless it is a data file in memory */
+                unlink(path);
             }
         }
         closedir(d);

@@ -213,12 +213,19 @@ sp_status_t sp__mem_file_materialize(const char *path, int keep, bool sync);
 /* True when path resolves to the file keep holds. */
 bool sp__mem_file_is(const char *path, int keep);
 /*
- * The table of committed outputs held in memory, by data path: hold takes
- * keep and bytes of storage memory of mm (released by drop); drop closes the
- * file and releases its memory (a no-op for a path not held).
+ * An output's storage grant, taken before its commit (keep: the in-memory
+ * file; id: its block id, unique per attempt): a held block of the manager's
+ * block store when there is one, else the free storage region.
+ * SP_ERR_MEMORY_REFUSED when refused (keep is then still the caller's).
+ * commit puts it in the table under data_path when the committed output is
+ * this file, else gives everything back; abort gives everything back.
  */
-sp_status_t sp__mem_output_hold(const char *data_path, int keep, uint64_t bytes,
-                                sp_memory_manager_t *mm);
+typedef struct sp__mem_output sp__mem_output_t;
+sp_status_t sp__mem_output_grant(int keep, uint64_t bytes, sp_memory_manager_t *mm, const char *id,
+                                 bool sync, sp__mem_output_t **o_p);
+void sp__mem_output_commit(sp__mem_output_t *o, const char *data_path);
+void sp__mem_output_abort(sp__mem_output_t *o);
+/* Drops the output held under data_path: its memory and grant (a no-op when none). */
 void sp__mem_output_drop(const char *data_path);
 
 /* Paths of the committed files of (shuffle, map) in dir. */

@@ -396,8 +396,8 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
     sp_spill_run_writer_t out = {.fw = {.fd = -1}};
     sp_spill_run_t data = {0};
     sp_memory_manager_t *mm = sp_task_memory_manager(w->task);
-    bool storage_held = false;
-    int keep = -1; /* the in-memory data file (shuffle.output=memory) */
+    sp__mem_output_t *held = NULL; /* its storage grant, until the commit */
+    int keep = -1;                 /* the in-memory data file (shuffle.output=memory) */
     sp_status_t st;
 
     if (w->done)
@@ -470,34 +470,26 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
             w->stats.output_bytes += lengths[p];
     }
     sp_writer_release_memory(w);
-    if (keep >= 0 && sp_memory_manager_acquire_storage_region(mm, w->stats.output_bytes)) {
-        storage_held = true;
-    } else if (keep >= 0) {
-        /* The storage region is full: this output goes to disk. */
-        st = sp__mem_file_materialize(data_tmp, keep, w->sync);
-        keep = -1;
-        if (st != SP_OK)
-            goto err;
+    if (keep >= 0) {
+        char id[64];
+        snprintf(id, sizeof(id), "shuffle_%llu_%llu_%u", (unsigned long long)w->o.shuffle_id,
+                 (unsigned long long)w->o.map_id, w->o.attempt);
+        if (sp__mem_output_grant(keep, w->stats.output_bytes, mm, id, w->sync, &held) != SP_OK) {
+            /* No storage memory for it: this output goes to disk. */
+            st = sp__mem_file_materialize(data_tmp, keep, w->sync);
+            if (st != SP_OK) {
+                keep = -1;
+                goto err;
+            }
+        }
+        keep = -1; /* held's now, or closed */
     }
     st = sp__output_commit(dir, data_tmp, &w->o, lengths, records, checksums, w->sync, status_p);
     sp__spill_run_drop(&data, false); /* the commit renamed or removed the file */
-    if (st == SP_OK && keep >= 0) {
+    if (st == SP_OK && held != NULL) {
         /* Held unless another attempt's output won the commit. */
-        const char *committed = (*status_p)->data_path;
-        if (!sp__mem_file_is(committed, keep)) {
-            close(keep);
-            sp_memory_manager_release_storage(mm, w->stats.output_bytes);
-        } else if (sp__mem_output_hold(committed, keep, w->stats.output_bytes, mm) != SP_OK) {
-            /* Committed but not held: its bytes go to disk rather than away. */
-            sp_memory_manager_release_storage(mm, w->stats.output_bytes);
-            st = sp__mem_file_materialize(committed, keep, w->sync);
-        }
-        keep = -1;
-        if (st != SP_OK) {
-            sp_map_status_destroy(*status_p);
-            *status_p = NULL;
-            goto err;
-        }
+        sp__mem_output_commit(held, (*status_p)->data_path);
+        held = NULL;
     }
     if (st != SP_OK)
         goto err;
@@ -511,11 +503,9 @@ sp_status_t sp_shuffle_writer_commit(sp_shuffle_writer_t *w, sp_map_status_t **s
 
 err:
     sp__spill_run_abort(&out);
-    if (keep >= 0) {
+    if (keep >= 0)
         close(keep);
-        if (storage_held)
-            sp_memory_manager_release_storage(mm, w->stats.output_bytes);
-    }
+    sp__mem_output_abort(held);
     sp_shuffle_writer_abort(w);
     sp__free(lengths);
     sp__free(records);

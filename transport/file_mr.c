@@ -44,6 +44,16 @@
  * tcp;ofi_rxm's connection state, and the executor died of SIGSEGV in
  * rxm's error handling when it closed its endpoint (issue 13 case 8).
  *
+ * A served file can be replaced by another with the same bytes
+ * (sp_transport_file_rebind: a map output held in memory moved to disk):
+ * each of its chunks maps the new file at the same addresses (MAP_FIXED),
+ * so its registration, its keys and reads in flight stay good, and the old
+ * file's pages are let go; the chunk is then cached under the new file's
+ * identity, so a registration of it shares the chunk and gets the same
+ * keys. A provider that pins pages (verbs without on-demand paging) keeps
+ * serving the old pages, with the same bytes, until the chunk is
+ * deregistered.
+ *
  * Everything here runs with the transport's lock held.
  */
 #include "bytes.h"
@@ -212,6 +222,54 @@ static sp_status_t sp_file_chunk_ref(sp_transport_t *t, int fd, uint64_t dev, ui
     t->files->count++;
     *chunk_p = c;
     return SP_OK;
+}
+
+sp_status_t sp__file_rebind(sp_transport_t *t, uint64_t dev, uint64_t ino, int fd)
+{
+    sp_file_chunk_t *moved = NULL, *c, **pp;
+    struct stat sb;
+    sp_status_t st = SP_OK;
+
+    if (fstat(fd, &sb) != 0)
+        return SP_RAISE(SP_ERR_IO, "rebind to file descriptor %d: fstat: %s (errno %d)", fd,
+                        strerror(errno), errno);
+    if (t->files == NULL)
+        return SP_OK;
+    /* Take the file's chunks out of the cache, each mapping fd in place... */
+    for (size_t b = 0; b < SP_FILE_BUCKETS; b++) {
+        for (pp = &t->files->buckets[b]; (c = *pp) != NULL;) {
+            uint64_t at = c->index * t->register_chunk;
+            if (c->dev != dev || c->ino != ino) {
+                pp = &c->next;
+                continue;
+            }
+            if (st == SP_OK && (uint64_t)sb.st_size < at + c->len)
+                st = SP_RAISE(SP_ERR_INVALID_PARAM,
+                              "rebind a chunk of %zu bytes at %llu to a file of %lld bytes", c->len,
+                              (unsigned long long)at, (long long)sb.st_size);
+            if (st == SP_OK && mmap(c->map, c->len, PROT_READ, MAP_SHARED | MAP_FIXED, fd,
+                                    (off_t)at) == MAP_FAILED)
+                st = SP_RAISE(SP_ERR_IO, "map %zu bytes of file descriptor %d in place: %s", c->len,
+                              fd, strerror(errno));
+            if (st != SP_OK) {
+                pp = &c->next; /* stays the old file's, mapped as it was */
+                continue;
+            }
+            *pp = c->next;
+            c->next = moved;
+            moved = c;
+        }
+    }
+    /* ...and back under fd's identity, so that registering fd's file shares them. */
+    while ((c = moved) != NULL) {
+        size_t b = sp_file_bucket((uint64_t)sb.st_dev, (uint64_t)sb.st_ino, c->index);
+        moved = c->next;
+        c->dev = (uint64_t)sb.st_dev;
+        c->ino = (uint64_t)sb.st_ino;
+        c->next = t->files->buckets[b];
+        t->files->buckets[b] = c;
+    }
+    return st;
 }
 
 sp_status_t sp__file_range_stat(int fd, uint64_t file_offset, size_t len, struct stat *sb_p)

@@ -179,6 +179,12 @@ static sp_status_t sp_route_mr_reg(sp_transport_t *t, void *addr, size_t len, bo
     return SP_OK;
 }
 
+static sp_status_t sp_route_file_rebind(sp_transport_t *t, uint64_t dev, uint64_t ino, int fd)
+{
+    /* The local transport serves files by identity: only the network's chunks are mapped. */
+    return sp_transport_file_rebind(sp_route(t)->net, dev, ino, fd);
+}
+
 static sp_status_t sp_route_mr_reg_file(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
                                         sp_mr_t **mr_p)
 {
@@ -321,6 +327,7 @@ static const sp_transport_ops_t sp_route_ops = {
     .fetch = sp_route_fetch,
     .poll = sp_route_poll,
     .mr_reg_file = sp_route_mr_reg_file,
+    .file_rebind = sp_route_file_rebind,
     .fetch_file = sp_route_fetch_file,
     .stats = sp_route_stats,
 };

@@ -474,6 +474,23 @@ sp_status_t sp_transport_mr_reg_file(sp_transport_t *t, int fd, uint64_t file_of
     return st;
 }
 
+sp_status_t sp_transport_file_rebind(sp_transport_t *t, uint64_t dev, uint64_t ino, int fd)
+{
+    sp_status_t st;
+
+    if (fd < 0)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "rebind served file: no file descriptor");
+    sp_transport_lock(t);
+    if (SP_TRANSPORT_HAS(t, file_rebind))
+        st = t->ops->file_rebind(t, dev, ino, fd);
+    else if (SP_TRANSPORT_HAS(t, mr_reg_file))
+        st = SP_OK; /* the backend serves files by their identity, not mapped: nothing to do */
+    else
+        st = sp__file_rebind(t, dev, ino, fd);
+    sp_transport_unlock(t);
+    return st;
+}
+
 void sp_transport_mr_dereg(sp_mr_t *mr)
 {
     sp_transport_t *t;

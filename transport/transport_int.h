@@ -63,6 +63,12 @@ typedef struct sp_transport_ops {
                               sp_mr_t *local, void *context);
     /* Optional: the statistics, when they are not the base's own (a composite). */
     void (*stats)(const sp_transport_t *t, sp_transport_stats_t *stats_p);
+    /*
+     * Optional: sp_transport_file_rebind for a backend that does not keep
+     * the chunks of served files itself (a composite passes it on); absent:
+     * the chunks of file_mr.c are rebound.
+     */
+    sp_status_t (*file_rebind)(sp_transport_t *t, uint64_t dev, uint64_t ino, int fd);
 } sp_transport_ops_t;
 
 /*
@@ -279,6 +285,8 @@ sp_status_t sp__file_range_stat(int fd, uint64_t file_offset, size_t len, struct
 sp_status_t sp__file_mr_reg(sp_transport_t *t, int fd, uint64_t file_offset, size_t len,
                             sp_mr_t **mr_p);
 void sp__file_mr_dereg(sp_mr_t *mr);
+/* sp_transport_file_rebind over the cached chunks; lock held. */
+sp_status_t sp__file_rebind(sp_transport_t *t, uint64_t dev, uint64_t ino, int fd);
 sp_status_t sp__file_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);
 /* Frees the cache and the splits left at close (warning about chunks still registered). */
 void sp__file_fini(sp_transport_t *t);

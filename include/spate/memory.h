@@ -449,6 +449,17 @@ typedef struct sp_block_store_stats {
 SP_API sp_status_t sp_block_store_create(sp_memory_manager_t *mm, const char *dir,
                                          sp_block_store_t **bs_p);
 
+/**
+ * Evicts least recently used unpinned blocks of mm's block store until at
+ * least bytes of storage memory are free of them (or nothing evictable is
+ * left), as execution's need would, region or not; returns the bytes freed.
+ * For an engine shedding memory on demand, and for tests.
+ */
+SP_API uint64_t sp_memory_manager_evict_storage(sp_memory_manager_t *mm, uint64_t bytes);
+
+/** The block store created over mm (its evictor), or NULL when there is none. */
+SP_API sp_block_store_t *sp_memory_manager_block_store(sp_memory_manager_t *mm);
+
 /** Removes every block and its files, then frees the store. NULL accepted. */
 SP_API void sp_block_store_destroy(sp_block_store_t *bs);
 

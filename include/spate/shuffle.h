@@ -184,6 +184,19 @@ SP_API sp_status_t sp_map_status_dup(const sp_map_status_t *status, sp_map_statu
 /** Frees a status; NULL accepted. */
 SP_API void sp_map_status_destroy(sp_map_status_t *status);
 
+/**
+ * True when the committed data file of status (on this host) is held in
+ * memory now (shuffle.output=memory), false when it is a file on disk.
+ */
+SP_API bool sp_map_status_in_memory(const sp_map_status_t *status);
+
+/**
+ * Map outputs this process has moved from memory to disk by eviction so far:
+ * when it changes, outputs served from memory may now be files (their keys
+ * change when they are served again).
+ */
+SP_API uint64_t sp_shuffle_outputs_evicted(void);
+
 /** Counters of one writer. */
 typedef struct sp_shuffle_write_stats {
     uint64_t records;      /**< records written */

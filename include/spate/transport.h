@@ -142,6 +142,18 @@ SP_API void sp_transport_mr_dereg(sp_mr_t *mr);
 SP_API sp_status_t sp_transport_mr_reg_file(sp_transport_t *transport, int fd, uint64_t file_offset,
                                             size_t len, sp_mr_t **mr_p);
 
+/**
+ * The served file (dev, ino) was replaced by the file open as fd, which holds
+ * the same bytes at the same offsets (a map output held in memory moved to
+ * disk): ofi and mpi map fd in place of it under every chunk they registered,
+ * so that its registrations, keys and reads in flight stay good while the old
+ * file's pages go, and a later sp_transport_mr_reg_file of fd shares those
+ * chunks (same keys). local serves files by identity and has nothing to do:
+ * its keys of the old file no longer read. fd is used during the call only.
+ */
+SP_API sp_status_t sp_transport_file_rebind(sp_transport_t *transport, uint64_t dev, uint64_t ino,
+                                            int fd);
+
 /** Packs the remote key of a served region (at most SP_TRANSPORT_RKEY_MAX bytes). */
 SP_API sp_status_t sp_transport_mr_pack(const sp_mr_t *mr, void *buf, size_t cap, size_t *len_p);
 

@@ -561,9 +561,10 @@ static uint64_t get64(const unsigned char *p)
 
 /*
  * HEARTBEAT as docs/FORMATS.md lays it out: execution u64, peak RSS u64,
- * peak anon u64, running u32, CPU time u64. The 20 bytes of version 1 (no
- * peak anon) and the 28 of versions 2 and 3 (no CPU time) are refused, not
- * read as something else.
+ * peak anon u64, running u32, CPU time u64, peak storage u64. The 20 bytes
+ * of version 1 (no peak anon), the 28 of versions 2 and 3 (no CPU time) and
+ * the 36 of version 4 (no peak storage) are refused, not read as something
+ * else.
  */
 static void test_protocol_heartbeat_layout(void **state)
 {
@@ -571,19 +572,26 @@ static void test_protocol_heartbeat_layout(void **state)
                                     .peak_rss = 0x2222222222222222ull,
                                     .peak_anon = 0x3333333333333333ull,
                                     .running = 0x44444444u,
-                                    .cpu_ns = 0x5555555555555555ull};
+                                    .cpu_ns = 0x5555555555555555ull,
+                                    .peak_storage = 0x6666666666666666ull};
     unsigned char *buf = NULL, *old;
     size_t len = 0;
     sp__msg_heartbeat_t out;
 
     (void)state;
     assert_int_equal(sp__msg_heartbeat_encode(&hb, (void **)&buf, &len), SP_OK);
-    assert_int_equal(len, 8 + 8 + 8 + 4 + 8);
+    assert_int_equal(len, 8 + 8 + 8 + 4 + 8 + 8);
     assert_true(get64(buf) == hb.execution_used);
     assert_true(get64(buf + 8) == hb.peak_rss);
     assert_true(get64(buf + 16) == hb.peak_anon);
     assert_int_equal(get32(buf + 24), hb.running);
     assert_true(get64(buf + 28) == hb.cpu_ns);
+    assert_true(get64(buf + 36) == hb.peak_storage);
+    memset(&out, 0x5a, sizeof(out));
+    assert_int_equal(sp__msg_heartbeat_decode(buf, len, &out), SP_OK);
+    assert_true(out.peak_storage == hb.peak_storage && out.cpu_ns == hb.cpu_ns);
+    assert_int_equal(sp__msg_heartbeat_decode(buf, 36, &out), SP_ERR_BAD_FORMAT);
+    assert_true(contains(sp_last_error(), "HEARTBEAT peak storage"));
     memset(&out, 0x5a, sizeof(out));
     assert_int_equal(sp__msg_heartbeat_decode(buf, 28, &out), SP_ERR_BAD_FORMAT);
     assert_true(contains(sp_last_error(), "HEARTBEAT cpu"));

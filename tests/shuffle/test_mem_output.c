@@ -293,6 +293,81 @@ static void test_output_of_a_dead_process_is_lost(void **state)
     env_close(&e);
 }
 
+/*
+ * With a block store over the manager, outputs are held blocks: they borrow
+ * free execution memory, and when execution takes it back the least recently
+ * committed ones move to disk under the same name (same bytes, readable),
+ * the eviction count rises, and removal of either kind gives everything back.
+ */
+static void test_outputs_evicted_to_disk_when_execution_needs_memory(void **state)
+{
+    char bdir[300];
+    ref_record_t *ref = ref_generate(&sorted_case);
+    sp_map_status_t *status[4] = {NULL};
+    sp_block_store_t *bs = NULL;
+    uint64_t evicted0 = sp_shuffle_outputs_evicted(), bytes, got;
+    sp_memory_stats_t ms;
+    env_t e;
+
+    (void)state;
+    env_open(&e, "memory", "0.001");
+    snprintf(bdir, sizeof(bdir), "%s-blocks", dir);
+    assert_int_equal(sp_block_store_create(e.mm, bdir, &bs), SP_OK);
+    for (int m = 0; m < 4; m++) {
+        ref_case_t c = sorted_case;
+        sp_shuffle_writer_options_t o;
+        sp_shuffle_writer_t *w = NULL;
+        sp_task_memory_t *task = NULL;
+
+        assert_int_equal(sp_task_memory_create(e.mm, 100 + (uint64_t)m, &task), SP_OK);
+        assert_int_equal(sp_shuffle_writer_options_init(&o, e.conf), SP_OK);
+        o.shuffle_id = 9;
+        o.map_id = (uint64_t)m;
+        o.partitions = c.partitions;
+        o.key_ordering = true;
+        assert_int_equal(sp_shuffle_writer_open(task, e.conf, &o, &w), SP_OK);
+        for (size_t i = 0; i < c.records; i++)
+            assert_int_equal(sp_shuffle_writer_write(w, ref[i].partition, ref[i].key, ref[i].klen,
+                                                     ref[i].value, ref[i].vlen),
+                             SP_OK);
+        assert_int_equal(sp_shuffle_writer_commit(w, &status[m]), SP_OK);
+        sp_shuffle_writer_close(w);
+        sp_task_memory_destroy(task, NULL);
+        /* The region is tiny: they are all in memory on borrowed execution memory. */
+        assert_true(is_memory_link(status[m]->data_path));
+        assert_true(sp_map_status_in_memory(status[m]));
+    }
+    bytes = file_size(status[0]->data_path);
+    sp_memory_manager_stats(e.mm, &ms);
+    assert_int_equal(ms.storage_used, 4 * bytes);
+    /* Execution takes all but about two outputs' worth: the two oldest move to disk. */
+    got = sp_memory_manager_acquire_execution(
+        e.mm, 1, ms.execution_pool + ms.storage_pool - 2 * bytes - bytes / 2);
+    assert_true(got > 0);
+    assert_int_equal(sp_shuffle_outputs_evicted() - evicted0, 2);
+    for (int m = 0; m < 4; m++) {
+        struct stat sb;
+        assert_int_equal(lstat(status[m]->data_path, &sb), 0);
+        assert_int_equal(S_ISREG(sb.st_mode), m < 2);
+        assert_int_equal(sp_map_status_in_memory(status[m]), m >= 2);
+        ref_check_output(status[m], ref, sorted_case.records, true);
+    }
+    sp_memory_manager_stats(e.mm, &ms);
+    assert_int_equal(ms.storage_used, 2 * bytes);
+    sp_memory_manager_release_all_execution(e.mm, 1);
+    /* Removal gives both kinds back: no memory, no files, no blocks. */
+    assert_int_equal(sp_shuffle_remove(e.conf, 9), SP_OK);
+    sp_memory_manager_stats(e.mm, &ms);
+    assert_int_equal(ms.storage_used, 0);
+    assert_int_equal(test_dir_count(dir), 0);
+    for (int m = 0; m < 4; m++)
+        sp_map_status_destroy(status[m]);
+    sp_block_store_destroy(bs);
+    rmdir(bdir);
+    ref_free(ref, sorted_case.records);
+    env_close(&e);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -309,6 +384,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_attempts_hold_one_output),
         cmocka_unit_test(test_output_read_by_another_process),
         cmocka_unit_test(test_output_of_a_dead_process_is_lost),
+        cmocka_unit_test(test_outputs_evicted_to_disk_when_execution_needs_memory),
     };
     snprintf(dir, sizeof(dir), "/tmp/spate-test-mem-output-%d", (int)getpid());
     sp_log_set_level(SP_LOG_ERROR);
