@@ -500,31 +500,34 @@ uint64_t sp_memory_manager_task_execution(sp_memory_manager_t *mm, uint64_t task
 
 /* ---- storage pool ---- */
 
-bool sp_memory_manager_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes)
+/*
+ * Grants bytes of storage memory, all or nothing: free storage first, then
+ * free execution memory, then (unless region_only) evicting cached blocks.
+ * region_only keeps the grant inside the storage region: such memory cannot
+ * be evicted, and execution never needs the region back, only what storage
+ * borrowed beyond it.
+ */
+static bool sp_mm_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes, bool region_only)
 {
-    uint64_t max_storage, storage_free;
+    uint64_t storage_free;
     bool ok;
 
     pthread_mutex_lock(&mm->lock);
     mm->stats.storage_acquires++;
     /* Storage can never take memory execution is using. */
-    max_storage = mm->layout.unified_bytes - mm->exec_used;
-    if (bytes > max_storage) {
-        mm->stats.storage_refusals++;
-        pthread_mutex_unlock(&mm->lock);
-        return false;
-    }
+    ok = bytes <= mm->layout.unified_bytes - mm->exec_used &&
+         (!region_only || mm->storage_used + bytes <= mm->layout.storage_region_bytes);
     storage_free = mm->storage_pool - mm->storage_used;
-    if (bytes > storage_free) {
+    if (ok && bytes > storage_free) {
         uint64_t borrow = SP_MIN(mm->exec_pool - mm->exec_used, bytes - storage_free);
         mm->exec_pool -= borrow;
         mm->storage_pool += borrow;
         mm->stats.borrowed_from_execution += borrow;
         storage_free += borrow;
     }
-    if (bytes > storage_free)
+    if (ok && !region_only && bytes > storage_free)
         storage_free += sp_mm_evict_locked(mm, bytes - storage_free);
-    ok = bytes <= storage_free;
+    ok = ok && bytes <= storage_free;
     if (ok) {
         mm->storage_used += bytes;
         mm->stats.peak_storage_used = SP_MAX(mm->stats.peak_storage_used, mm->storage_used);
@@ -535,35 +538,14 @@ bool sp_memory_manager_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes)
     return ok;
 }
 
+bool sp_memory_manager_acquire_storage(sp_memory_manager_t *mm, uint64_t bytes)
+{
+    return sp_mm_acquire_storage(mm, bytes, false);
+}
+
 bool sp_memory_manager_acquire_storage_region(sp_memory_manager_t *mm, uint64_t bytes)
 {
-    bool ok;
-
-    pthread_mutex_lock(&mm->lock);
-    mm->stats.storage_acquires++;
-    /*
-     * Only inside the region: memory held this way cannot be evicted, and
-     * execution never needs the region back, only what storage borrowed
-     * beyond it. Region memory execution borrowed and no longer uses comes
-     * back first; nothing is evicted.
-     */
-    ok = mm->storage_used + bytes <= mm->layout.storage_region_bytes;
-    if (ok && bytes > mm->storage_pool - mm->storage_used) {
-        uint64_t borrow =
-            SP_MIN(mm->exec_pool - mm->exec_used, bytes - (mm->storage_pool - mm->storage_used));
-        mm->exec_pool -= borrow;
-        mm->storage_pool += borrow;
-        mm->stats.borrowed_from_execution += borrow;
-        ok = bytes <= mm->storage_pool - mm->storage_used;
-    }
-    if (ok) {
-        mm->storage_used += bytes;
-        mm->stats.peak_storage_used = SP_MAX(mm->stats.peak_storage_used, mm->storage_used);
-    } else {
-        mm->stats.storage_refusals++;
-    }
-    pthread_mutex_unlock(&mm->lock);
-    return ok;
+    return sp_mm_acquire_storage(mm, bytes, true);
 }
 
 void sp_memory_manager_release_storage(sp_memory_manager_t *mm, uint64_t bytes)

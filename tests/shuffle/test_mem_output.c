@@ -52,9 +52,9 @@ static uint64_t storage_used(env_t *e)
     return ms.storage_used;
 }
 
-/* Writes case c as task task_id, attempt attempt; returns the commit's status. */
-static sp_status_t write_case(env_t *e, const ref_case_t *c, ref_record_t *ref, uint64_t task_id,
-                              uint32_t attempt, sp_map_status_t **status_p)
+/* Writes case c as map map_id, task task_id, attempt attempt; returns the commit's status. */
+static sp_status_t write_map(env_t *e, const ref_case_t *c, ref_record_t *ref, uint64_t map_id,
+                             uint64_t task_id, uint32_t attempt, sp_map_status_t **status_p)
 {
     sp_shuffle_writer_options_t o;
     sp_shuffle_writer_t *w = NULL;
@@ -64,7 +64,7 @@ static sp_status_t write_case(env_t *e, const ref_case_t *c, ref_record_t *ref, 
     assert_int_equal(sp_task_memory_create(e->mm, task_id, &task), SP_OK);
     assert_int_equal(sp_shuffle_writer_options_init(&o, e->conf), SP_OK);
     o.shuffle_id = 9;
-    o.map_id = 4;
+    o.map_id = map_id;
     o.attempt = attempt;
     o.partitions = c->partitions;
     o.key_ordering = c->key_ordering;
@@ -80,6 +80,13 @@ static sp_status_t write_case(env_t *e, const ref_case_t *c, ref_record_t *ref, 
     sp_shuffle_writer_close(w);
     sp_task_memory_destroy(task, NULL);
     return st;
+}
+
+/* Map 4 of shuffle 9, the one output most cases write. */
+static sp_status_t write_case(env_t *e, const ref_case_t *c, ref_record_t *ref, uint64_t task_id,
+                              uint32_t attempt, sp_map_status_t **status_p)
+{
+    return write_map(e, c, ref, 4, task_id, attempt, status_p);
 }
 
 static const ref_case_t sorted_case = {.partitions = 13,
@@ -314,25 +321,8 @@ static void test_outputs_evicted_to_disk_when_execution_needs_memory(void **stat
     snprintf(bdir, sizeof(bdir), "%s-blocks", dir);
     assert_int_equal(sp_block_store_create(e.mm, bdir, &bs), SP_OK);
     for (int m = 0; m < 4; m++) {
-        ref_case_t c = sorted_case;
-        sp_shuffle_writer_options_t o;
-        sp_shuffle_writer_t *w = NULL;
-        sp_task_memory_t *task = NULL;
-
-        assert_int_equal(sp_task_memory_create(e.mm, 100 + (uint64_t)m, &task), SP_OK);
-        assert_int_equal(sp_shuffle_writer_options_init(&o, e.conf), SP_OK);
-        o.shuffle_id = 9;
-        o.map_id = (uint64_t)m;
-        o.partitions = c.partitions;
-        o.key_ordering = true;
-        assert_int_equal(sp_shuffle_writer_open(task, e.conf, &o, &w), SP_OK);
-        for (size_t i = 0; i < c.records; i++)
-            assert_int_equal(sp_shuffle_writer_write(w, ref[i].partition, ref[i].key, ref[i].klen,
-                                                     ref[i].value, ref[i].vlen),
-                             SP_OK);
-        assert_int_equal(sp_shuffle_writer_commit(w, &status[m]), SP_OK);
-        sp_shuffle_writer_close(w);
-        sp_task_memory_destroy(task, NULL);
+        assert_int_equal(
+            write_map(&e, &sorted_case, ref, (uint64_t)m, 100 + (uint64_t)m, 0, &status[m]), SP_OK);
         /* The region is tiny: they are all in memory on borrowed execution memory. */
         assert_true(is_memory_link(status[m]->data_path));
         assert_true(sp_map_status_in_memory(status[m]));
