@@ -27,7 +27,8 @@ typedef struct sp_sorter {
     uint64_t cur_used;
     sp_page_t *array; /* holds 2 x cap elements */
     size_t n, cap, elem;
-    bool prefix; /* elements are sp_sort_entry_t */
+    uint64_t record_bytes; /* of the n records, headers included */
+    bool prefix;           /* elements are sp_sort_entry_t */
 
     /* runs on disk, oldest first */
     sp_spill_run_t *spills;
