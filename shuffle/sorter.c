@@ -339,6 +339,12 @@ static uint64_t *sp_sorter_sort(sp_sorter_t *sr)
  * fixed-size records; a 100-byte record and its header span two or three
  * lines, and prefetching only the first left the others to miss). Reading
  * each record's header first to learn its size measured slower.
+ *
+ * Records are copied once, straight into the encoder's input window (the
+ * LZ4 block being filled, or the raw output buffer); a record that does not
+ * fit in what is left of the window goes through sp__spill_run_write() on
+ * its own, which splits it across blocks. Codecs that take no input in
+ * place (zstd) get staged blocks of records.
  */
 static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
                                           sp_spill_run_writer_t *rw)
@@ -350,10 +356,12 @@ static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
 
     while (i < sr->n && st == SP_OK) {
         uint32_t p = sp_shuffle_packed_ptr_partition(ptrs[i]);
-        size_t staged = 0, count = 0;
+        size_t staged = 0, count = 0, room = 0;
+        unsigned char *win;
 
         if ((st = sp__spill_run_begin(rw, p)) != SP_OK)
             break;
+        win = sp__spill_run_window(rw, &room);
         for (; i < sr->n && sp_shuffle_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
             const unsigned char *rec;
             size_t size;
@@ -368,6 +376,22 @@ static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
             }
             rec = sp_sorter_record(sr, ptrs[i]);
             size = sp_record_size(rec);
+            if (win != NULL) {
+                if (size <= room - staged) {
+                    memcpy(win + staged, rec, size);
+                    staged += size;
+                    count++;
+                    continue;
+                }
+                /* The window is full: hand it over, then this record alone. */
+                if ((st = sp__spill_run_wrote(rw, staged, count)) != SP_OK ||
+                    (st = sp__spill_run_write(rw, rec, size, 1)) != SP_OK)
+                    break;
+                staged = 0;
+                count = 0;
+                win = sp__spill_run_window(rw, &room);
+                continue;
+            }
             if (staged + size > SP_STAGE_BYTES) {
                 st = sp__spill_run_write(rw, sr->stage, staged, count);
                 staged = 0;
@@ -384,7 +408,8 @@ static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
             }
         }
         if (st == SP_OK && staged != 0)
-            st = sp__spill_run_write(rw, sr->stage, staged, count);
+            st = win != NULL ? sp__spill_run_wrote(rw, staged, count)
+                             : sp__spill_run_write(rw, sr->stage, staged, count);
         if (st == SP_OK)
             st = sp__spill_run_end(rw, NULL);
     }

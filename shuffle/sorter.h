@@ -93,4 +93,13 @@ sp_status_t sp__sorter_add(sp_sorter_t *sorter, const void *key, size_t key_len,
 sp_status_t sp__sorter_next(sp_sorter_t *sorter, const void **key_p, size_t *key_len_p,
                             const void **value_p, size_t *value_len_p, bool *more_p);
 
+/*
+ * Defined in shuffle/spill_run.c beside sp__spill_run_write(), for the
+ * sorter's gather alone: the encoder's input window of the open segment
+ * (sp__encoder_window: NULL when the codec takes no input in place), and
+ * the accounting of len bytes holding count records written into it.
+ */
+unsigned char *sp__spill_run_window(sp_spill_run_writer_t *rw, size_t *room_p);
+sp_status_t sp__spill_run_wrote(sp_spill_run_writer_t *rw, size_t len, uint64_t count);
+
 #endif
