@@ -247,7 +247,8 @@ SP_GENSORT_SIMD static inline __m512i sp_gensort_fold(const unsigned char *rec)
     const __m512i k0 = SP_GK_SET(0, 0, SP_GK_D6, SP_GK_D5, SP_GK_D4);
     const __m512i k1 = SP_GK_SET(SP_GK_D3, SP_GK_D2, SP_GK_D1, 0, 0);
     const __m512i init = _mm512_setr_epi64(0, 0, 0, (long long)0xFFFFFFFF00000000ull, 0, 0, 0, 0);
-    __m512i z0 = _mm512_maskz_loadu_epi8(~(__mmask64)0 << 28, rec - 28);
+    /* The address is formed as an integer: 28 bytes before an array is no valid pointer. */
+    __m512i z0 = _mm512_maskz_loadu_epi8(~(__mmask64)0 << 28, (const void *)((uintptr_t)rec - 28));
     __m512i z1 = _mm512_loadu_si512((const void *)(rec + 36));
     __m512i f;
 
