@@ -15,8 +15,12 @@
  * (64 KiB staging for raw bytes, one LZ4 block's worst case, or zstd's
  * recommended stream output size) and calls the sink only when that buffer
  * is full or the segment ends, so records written a few bytes at a time
- * still reach the file in large writes; raw writes of 4 KiB or more (the
- * writer's staged records) go to the sink as they are.
+ * still reach the file in large writes; raw writes of 4 KiB or more go to
+ * the sink as they are, and so does the input of an LZ4 block stored raw.
+ * A caller that assembles its input from pieces (the sorter's gather of
+ * records in partition order) writes it in place instead: the window is
+ * the raw staging buffer or the LZ4 block being filled, so those bytes are
+ * copied once, by the caller, before they are compressed or sunk.
  *
  * LZ4 frames are written here, not by LZ4F: 64 KiB independent blocks, each
  * compressed with LZ4's block API or stored raw (the frame format's
@@ -365,12 +369,19 @@ static sp_status_t sp_enc_lz4_block(sp_encoder_t *enc, const unsigned char *p, s
     if (n > 0) {
         sp__le_put_u32(out, (uint32_t)n);
         enc->buf_len += 4 + (size_t)n;
-    } else {
-        sp__le_put_u32(out, (uint32_t)len | SP_LZ4_RAW_BIT);
-        memcpy(out + 4, p, len);
-        enc->buf_len += 4 + len;
+        return SP_OK;
     }
-    return SP_OK;
+    /*
+     * Stored raw: the block's header ends the buffer, which goes out first,
+     * and the input follows it to the sink as it is rather than through a
+     * copy into the buffer (the sink checksums it while it is still hot).
+     */
+    sp__le_put_u32(out, (uint32_t)len | SP_LZ4_RAW_BIT);
+    enc->buf_len += 4;
+    st = sp_enc_flush(enc);
+    if (st == SP_OK)
+        st = sp_enc_emit(enc, p, len);
+    return st;
 }
 
 static sp_status_t sp_enc_lz4_write(sp_encoder_t *enc, const unsigned char *p, size_t len)
@@ -501,6 +512,58 @@ sp_status_t sp__encoder_write(sp_encoder_t *enc, const void *data, size_t len)
         break;
     case SP_CODEC_LZ4: st = sp_enc_lz4_write(enc, data, len); break;
     case SP_CODEC_ZSTD: st = sp_enc_zstd_write(enc, data, len); break;
+    }
+    enc->status = st;
+    return st;
+}
+
+unsigned char *sp__encoder_window(sp_encoder_t *enc, size_t *room_p)
+{
+    SP_ASSERT(enc->sink != NULL);
+    if (enc->status != SP_OK)
+        return NULL;
+    switch (enc->codec) {
+    case SP_CODEC_NONE:
+        if (enc->buf_len == enc->buf_cap && (enc->status = sp_enc_flush(enc)) != SP_OK)
+            return NULL;
+        *room_p = enc->buf_cap - enc->buf_len;
+        return enc->buf + enc->buf_len;
+    case SP_CODEC_LZ4:
+        *room_p = SP_CODEC_CHUNK - enc->lz4_blk_len;
+        return enc->lz4_blk + enc->lz4_blk_len;
+    case SP_CODEC_ZSTD: break;
+    }
+    return NULL;
+}
+
+sp_status_t sp__encoder_wrote(sp_encoder_t *enc, size_t len)
+{
+    sp_status_t st = SP_OK;
+
+    SP_ASSERT(enc->sink != NULL);
+    if (enc->status != SP_OK)
+        return enc->status;
+    if (len == 0)
+        return SP_OK;
+    switch (enc->codec) {
+    case SP_CODEC_NONE:
+        SP_ASSERT(len <= enc->buf_cap - enc->buf_len);
+        enc->started = true;
+        enc->buf_len += len;
+        if (enc->buf_len == enc->buf_cap)
+            st = sp_enc_flush(enc);
+        break;
+    case SP_CODEC_LZ4:
+        SP_ASSERT(len <= SP_CODEC_CHUNK - enc->lz4_blk_len);
+        if (!enc->started)
+            sp_enc_lz4_begin(enc);
+        enc->lz4_blk_len += len;
+        if (enc->lz4_blk_len == SP_CODEC_CHUNK) {
+            st = sp_enc_lz4_block(enc, enc->lz4_blk, SP_CODEC_CHUNK);
+            enc->lz4_blk_len = 0;
+        }
+        break;
+    case SP_CODEC_ZSTD: SP_ASSERT(!"zstd takes no input in place"); break;
     }
     enc->status = st;
     return st;

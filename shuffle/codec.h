@@ -31,6 +31,17 @@ void sp__encoder_begin(sp_encoder_t *enc, sp_sink_fn_t sink, void *arg);
 /* Adds len bytes to the segment; may call the sink zero or more times. */
 sp_status_t sp__encoder_write(sp_encoder_t *enc, const void *data, size_t len);
 /*
+ * Input in place: where the next bytes of the segment may be written
+ * directly, with *room_p (at least 1) bytes of room, or NULL when the codec
+ * takes no input in place (zstd) or the segment has failed. After writing
+ * n <= *room_p bytes there, sp__encoder_wrote(enc, n) adds them to the
+ * segment as sp__encoder_write() of the same bytes would (and may call the
+ * sink); the window is then stale. Other calls in between are allowed:
+ * ask for the window again after them.
+ */
+unsigned char *sp__encoder_window(sp_encoder_t *enc, size_t *room_p);
+sp_status_t sp__encoder_wrote(sp_encoder_t *enc, size_t len);
+/*
  * Ends the segment: flushes everything to the sink and returns in
  * *encoded_p the bytes the sink received for it (0 if no byte was written).
  */

@@ -30,7 +30,8 @@
  * cannot grant a window per run, the oldest runs are merged in groups first.
  *
  * Tuned for many small records: the insert is a bounds check and two
- * copies, the gather prefetches records ahead of the encoder.
+ * copies, the gather prefetches every cache line of the records ahead of
+ * the encoder.
  */
 #include "radix_sort.h"
 #include "sorter.h"
@@ -51,6 +52,8 @@
 #define SP_MERGE_WINDOW (256 * 1024)
 /* How far ahead the partition-order gather prefetches records. */
 #define SP_PREFETCH_AHEAD 16
+/* Most bytes of a record the gather prefetches (four cache lines). */
+#define SP_PREFETCH_SPAN_MAX 256
 
 static sp_status_t sp_sorter_spill(sp_sorter_t *sr);
 
@@ -227,6 +230,7 @@ sp_status_t sp__sorter_insert(sp_sorter_t *sr, uint32_t partition, const void *k
         ((uint64_t *)sr->array->data)[sr->n] = ptr;
     }
     sr->n++;
+    sr->record_bytes += need;
     sr->cur_used += need;
     if (sr->spill_records != 0 && sr->n >= sr->spill_records)
         return sp_sorter_spill(sr);
@@ -329,29 +333,65 @@ static uint64_t *sp_sorter_sort(sp_sorter_t *sr)
 
 /*
  * Streams the sorted in-memory records to rw, one segment per non-empty
- * partition.
+ * partition. The gather's loads miss the caches on every record, so it
+ * prefetches SP_PREFETCH_AHEAD records ahead, every cache line of the
+ * record as far as the mean record size in memory reaches (exact for
+ * fixed-size records; a 100-byte record and its header span two or three
+ * lines, and prefetching only the first left the others to miss). Reading
+ * each record's header first to learn its size measured slower.
+ *
+ * Records are copied once, straight into the encoder's input window (the
+ * LZ4 block being filled, or the raw output buffer); a record that does not
+ * fit in what is left of the window goes through sp__spill_run_write() on
+ * its own, which splits it across blocks. Codecs that take no input in
+ * place (zstd) get staged blocks of records.
  */
 static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
                                           sp_spill_run_writer_t *rw)
 {
-    size_t i = 0;
+    size_t i = 0, span = sr->n != 0 ? (size_t)SP_MIN(SP_MAX(sr->record_bytes / sr->n, (uint64_t)1),
+                                                     (uint64_t)SP_PREFETCH_SPAN_MAX)
+                                    : 1;
     sp_status_t st = SP_OK;
 
     while (i < sr->n && st == SP_OK) {
         uint32_t p = sp_shuffle_packed_ptr_partition(ptrs[i]);
-        size_t staged = 0, count = 0;
+        size_t staged = 0, count = 0, room = 0;
+        unsigned char *win;
 
         if ((st = sp__spill_run_begin(rw, p)) != SP_OK)
             break;
+        win = sp__spill_run_window(rw, &room);
         for (; i < sr->n && sp_shuffle_packed_ptr_partition(ptrs[i]) == p && st == SP_OK; i++) {
             const unsigned char *rec;
             size_t size;
 
-            /* Records lie all over the pages: fetch ahead of the gather. */
-            if (i + SP_PREFETCH_AHEAD < sr->n)
-                __builtin_prefetch(sp_sorter_record(sr, ptrs[i + SP_PREFETCH_AHEAD]));
+            /* Records lie all over the pages: fetch every line of one ahead of the gather. */
+            if (i + SP_PREFETCH_AHEAD < sr->n) {
+                const unsigned char *q = sp_sorter_record(sr, ptrs[i + SP_PREFETCH_AHEAD]);
+                __builtin_prefetch(q);
+                for (size_t k = 64; k < span; k += 64)
+                    __builtin_prefetch(q + k);
+                __builtin_prefetch(q + span - 1);
+            }
             rec = sp_sorter_record(sr, ptrs[i]);
             size = sp_record_size(rec);
+            if (win != NULL) {
+                if (size <= room - staged) {
+                    memcpy(win + staged, rec, size);
+                    staged += size;
+                    count++;
+                    continue;
+                }
+                /* The window is full: hand it over, then this record alone. */
+                if ((st = sp__spill_run_wrote(rw, staged, count)) != SP_OK ||
+                    (st = sp__spill_run_write(rw, rec, size, 1)) != SP_OK)
+                    break;
+                staged = 0;
+                count = 0;
+                win = sp__spill_run_window(rw, &room);
+                continue;
+            }
             if (staged + size > SP_STAGE_BYTES) {
                 st = sp__spill_run_write(rw, sr->stage, staged, count);
                 staged = 0;
@@ -368,7 +408,8 @@ static sp_status_t sp_sorter_write_sorted(sp_sorter_t *sr, const uint64_t *ptrs,
             }
         }
         if (st == SP_OK && staged != 0)
-            st = sp__spill_run_write(rw, sr->stage, staged, count);
+            st = win != NULL ? sp__spill_run_wrote(rw, staged, count)
+                             : sp__spill_run_write(rw, sr->stage, staged, count);
         if (st == SP_OK)
             st = sp__spill_run_end(rw, NULL);
     }
@@ -419,6 +460,7 @@ sp_status_t sp__sorter_spill_to(sp_sorter_t *sr, const char *dir)
     sr->stats.spill_bytes += run.size;
     sr->spills[sr->nspills++] = run;
     sr->n = 0;
+    sr->record_bytes = 0;
     sp_sorter_free_pages(sr);
     sr->stats.spill_ns += sp__now_ns() - t0;
     return SP_OK;
@@ -675,6 +717,7 @@ void sp__sorter_release_memory(sp_sorter_t *sr)
         sr->merge_bytes = 0;
     }
     sr->n = 0;
+    sr->record_bytes = 0;
     sr->done = true;
 }
 

@@ -27,7 +27,8 @@ typedef struct sp_sorter {
     uint64_t cur_used;
     sp_page_t *array; /* holds 2 x cap elements */
     size_t n, cap, elem;
-    bool prefix; /* elements are sp_sort_entry_t */
+    uint64_t record_bytes; /* of the n records, headers included */
+    bool prefix;           /* elements are sp_sort_entry_t */
 
     /* runs on disk, oldest first */
     sp_spill_run_t *spills;
@@ -91,5 +92,14 @@ sp_status_t sp__sorter_add(sp_sorter_t *sorter, const void *key, size_t key_len,
                            size_t value_len);
 sp_status_t sp__sorter_next(sp_sorter_t *sorter, const void **key_p, size_t *key_len_p,
                             const void **value_p, size_t *value_len_p, bool *more_p);
+
+/*
+ * Defined in shuffle/spill_run.c beside sp__spill_run_write(), for the
+ * sorter's gather alone: the encoder's input window of the open segment
+ * (sp__encoder_window: NULL when the codec takes no input in place), and
+ * the accounting of len bytes holding count records written into it.
+ */
+unsigned char *sp__spill_run_window(sp_spill_run_writer_t *rw, size_t *room_p);
+sp_status_t sp__spill_run_wrote(sp_spill_run_writer_t *rw, size_t len, uint64_t count);
 
 #endif

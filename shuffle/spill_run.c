@@ -15,8 +15,10 @@
  * aggregator: partition 0, closed at a size), records go through the
  * caller's encoder into the segment, and each closed segment enters the
  * run's table (partition, offset, length, records, checksum), which stays
- * in memory: the file has no footer. The sorter's gather hands over staged
- * blocks of serialized records, so the per-record loop stays in the sorter.
+ * in memory: the file has no footer. The sorter's gather copies serialized
+ * records straight into the encoder's input (sp__spill_run_window), or
+ * hands over staged blocks of them when the codec takes no input in place,
+ * so the per-record loop stays in the sorter.
  *
  * Reader. A run is mapped whole for merges that decode segments in place
  * (the sorter's k-way merges), or read one segment at a time into a buffer
@@ -107,6 +109,18 @@ sp_status_t sp__spill_run_write(sp_spill_run_writer_t *rw, const void *records, 
     rw->run.segs[rw->run.nsegs].records += count;
     rw->raw += len;
     return sp__encoder_write(rw->enc, records, len);
+}
+
+unsigned char *sp__spill_run_window(sp_spill_run_writer_t *rw, size_t *room_p)
+{
+    return sp__encoder_window(rw->enc, room_p);
+}
+
+sp_status_t sp__spill_run_wrote(sp_spill_run_writer_t *rw, size_t len, uint64_t count)
+{
+    rw->run.segs[rw->run.nsegs].records += count;
+    rw->raw += len;
+    return sp__encoder_wrote(rw->enc, len);
 }
 
 sp_status_t sp__spill_run_add(sp_spill_run_writer_t *rw, const void *key, size_t klen,

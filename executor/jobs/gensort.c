@@ -14,7 +14,21 @@
  *
  * Checksums. valsort sums zlib's crc32(0, record, 100) over the records in
  * 128 bits; ISA-L's crc32_gzip_refl computes the same CRC (the test checks
- * the standard check value).
+ * the standard check value). A sum of CRCs needs every record's own CRC, and
+ * one library call per 100-byte record is latency-bound (a chain of carry-
+ * less multiplications, then the reduction, about 12-16 ns here against
+ * 2-3 ns per 100 bytes for one long buffer). sp__gensort_checksum() therefore
+ * computes the CRCs of four records at once with AVX-512 VPCLMULQDQ where the
+ * CPU has it: each 16-byte block of a record is multiplied by x to the power
+ * of its distance from the record's end (mod P, the constants below), which
+ * needs no chain at all; the four records' blocks are xor-folded to one
+ * 128-bit lane each and reduced to 32 bits together (Barrett). The first
+ * load starts 28 bytes before a record with those bytes masked off, which
+ * AVX-512 never reads, so the record's leading 4 bytes form a zero-padded
+ * block (zeros in front change no CRC) and the register's initial value is
+ * xored into them. The result equals ISA-L's, record by record; other CPUs
+ * and the last 0-3 records of a call use ISA-L. Callers hand over batches
+ * of records that they have just read or written, so the bytes are in cache.
  *
  * Validator. A summary (count, duplicates, unordered records, the first
  * unordered index, checksum, first and last record) describes a run of
@@ -30,6 +44,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SP_GENSORT_X86 1
+#else
+#define SP_GENSORT_X86 0
+#endif
 #include <isa-l/crc.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,6 +67,8 @@
 #define SP_GENSORT_BATCH 64u
 /* Records read per pread by the validator (4 MB). */
 #define SP_VALSORT_CHUNK_RECORDS 40000u
+/* Records the validator checksums and then compares while they are in L1 (6.4 KB). */
+#define SP_VALSORT_BATCH 64u
 
 /*
  * What gensort 1.5 xors into the random value behind each 10-byte part of a
@@ -182,18 +204,152 @@ uint32_t sp__gensort_crc32(const void *record)
     return crc32_gzip_refl(0, record, SP__GENSORT_RECORD_SIZE);
 }
 
+/* The sum of the CRC-32s of count records, one ISA-L call each. */
+static uint64_t sp_gensort_crc_sum_isal(const unsigned char *rec, size_t count)
+{
+    uint64_t sum = 0;
+
+    for (size_t i = 0; i < count; i++, rec += SP__GENSORT_RECORD_SIZE)
+        sum += crc32_gzip_refl(0, rec, SP__GENSORT_RECORD_SIZE);
+    return sum;
+}
+
+#if SP_GENSORT_X86
+#define SP_GENSORT_SIMD __attribute__((target("avx512f,avx512vl,avx512bw,vpclmulqdq")))
+
+/*
+ * K(e) = bit-reflected (x^e mod P) shifted left by one, P the CRC-32
+ * polynomial 0x04C11DB7 (the constants of Intel's "Fast CRC Computation
+ * Using PCLMULQDQ", generalised to any distance): a 16-byte block d blocks
+ * before the last one folds with K(128 d + 32) on its low and K(128 d - 32)
+ * on its high 64 bits. Each macro is one lane's (low, high) pair.
+ */
+#define SP_GK_D1 0x01751997d0LL, 0x00ccaa009eLL
+#define SP_GK_D2 0x00f1da05aaLL, 0x015a546366LL
+#define SP_GK_D3 0x003db1ecdcLL, 0x0174359406LL
+#define SP_GK_D4 0x0154442bd4LL, 0x01c6e41596LL
+#define SP_GK_D5 0x01c7569e54LL, 0x00ae0b5394LL
+#define SP_GK_D6 0x00df068dc2LL, 0x018cb44e58LL
+/* Expands the pairs first: GCC's _mm512_setr_epi64 is a macro that counts its arguments. */
+#define SP_GK_SET(...) _mm512_setr_epi64(__VA_ARGS__)
+#define SP_GK_R5       0x0163cd6124LL                 /* K(64): from 64 bits to 32 */
+#define SP_GK_MU       0x01db710641LL, 0x01f7011641LL /* P and floor(x^64 / P), reflected */
+
+/*
+ * One record's blocks, each multiplied to the record's end: four 128-bit
+ * lanes whose xor has the record's CRC register (from the initial ~0) as
+ * its 16-byte remainder. Lanes of z0: masked off (nothing read), the head
+ * (12 zero bytes, then the record's first 4 xored with ~0), bytes 4-19 and
+ * 20-35; of z1: bytes 36-51, 52-67, 68-83, and 84-99 taken as they are.
+ */
+SP_GENSORT_SIMD static inline __m512i sp_gensort_fold(const unsigned char *rec)
+{
+    const __m512i k0 = SP_GK_SET(0, 0, SP_GK_D6, SP_GK_D5, SP_GK_D4);
+    const __m512i k1 = SP_GK_SET(SP_GK_D3, SP_GK_D2, SP_GK_D1, 0, 0);
+    const __m512i init = _mm512_setr_epi64(0, 0, 0, (long long)0xFFFFFFFF00000000ull, 0, 0, 0, 0);
+    /* The address is formed as an integer: 28 bytes before an array is no valid pointer. */
+    __m512i z0 = _mm512_maskz_loadu_epi8(~(__mmask64)0 << 28, (const void *)((uintptr_t)rec - 28));
+    __m512i z1 = _mm512_loadu_si512((const void *)(rec + 36));
+    __m512i f;
+
+    z0 = _mm512_xor_si512(z0, init);
+    f = _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(z0, k0, 0x00),
+                                  _mm512_clmulepi64_epi128(z0, k0, 0x11),
+                                  _mm512_clmulepi64_epi128(z1, k1, 0x00), 0x96);
+    return _mm512_ternarylogic_epi64(f, _mm512_clmulepi64_epi128(z1, k1, 0x11),
+                                     _mm512_maskz_mov_epi64(0xC0, z1), 0x96);
+}
+
+/* Lane i of the result: the xor of the four lanes of the i-th argument. */
+SP_GENSORT_SIMD static inline __m512i sp_gensort_xor_lanes(__m512i a, __m512i b, __m512i c,
+                                                           __m512i d)
+{
+    __m512i u =
+        _mm512_xor_si512(_mm512_shuffle_i64x2(a, b, 0x44), _mm512_shuffle_i64x2(a, b, 0xEE));
+    __m512i v =
+        _mm512_xor_si512(_mm512_shuffle_i64x2(c, d, 0x44), _mm512_shuffle_i64x2(c, d, 0xEE));
+
+    return _mm512_xor_si512(_mm512_shuffle_i64x2(u, v, 0x88), _mm512_shuffle_i64x2(u, v, 0xDD));
+}
+
+/* Per lane: the CRC register of the lane's 16 bytes (from 0), in bits 32-63. */
+SP_GENSORT_SIMD static inline __m512i sp_gensort_reduce(__m512i x)
+{
+    const __m512i d1 = SP_GK_SET(SP_GK_D1, SP_GK_D1, SP_GK_D1, SP_GK_D1);
+    const __m512i r5 = SP_GK_SET(SP_GK_R5, 0, SP_GK_R5, 0, SP_GK_R5, 0, SP_GK_R5, 0);
+    const __m512i mu = SP_GK_SET(SP_GK_MU, SP_GK_MU, SP_GK_MU, SP_GK_MU);
+    const __m512i low32 =
+        _mm512_setr_epi64(0xFFFFFFFFLL, 0, 0xFFFFFFFFLL, 0, 0xFFFFFFFFLL, 0, 0xFFFFFFFFLL, 0);
+    __m512i t;
+
+    /* 128 bits to 64, 64 to 32, then Barrett. */
+    x = _mm512_xor_si512(_mm512_clmulepi64_epi128(x, d1, 0x10), _mm512_bsrli_epi128(x, 8));
+    t = _mm512_and_si512(x, low32);
+    x = _mm512_xor_si512(_mm512_bsrli_epi128(x, 4), _mm512_clmulepi64_epi128(t, r5, 0x00));
+    t = _mm512_clmulepi64_epi128(_mm512_and_si512(x, low32), mu, 0x10);
+    t = _mm512_clmulepi64_epi128(_mm512_and_si512(t, low32), mu, 0x00);
+    return _mm512_xor_si512(x, t);
+}
+
+/* The sum of the CRC-32s of count records, count a multiple of 4 below 2^32. */
+SP_GENSORT_SIMD static uint64_t sp_gensort_crc_sum_simd(const unsigned char *rec, size_t count)
+{
+    const __m512i reg = _mm512_setr_epi64(-1, 0, -1, 0, -1, 0, -1, 0);
+    __m512i acc = _mm512_setzero_si512();
+    uint64_t lanes[8];
+
+    for (size_t i = 0; i < count; i += 4, rec += 4 * SP__GENSORT_RECORD_SIZE) {
+        __m512i x = sp_gensort_xor_lanes(sp_gensort_fold(rec),
+                                         sp_gensort_fold(rec + SP__GENSORT_RECORD_SIZE),
+                                         sp_gensort_fold(rec + 2 * SP__GENSORT_RECORD_SIZE),
+                                         sp_gensort_fold(rec + 3 * SP__GENSORT_RECORD_SIZE));
+        acc = _mm512_add_epi64(acc,
+                               _mm512_srli_epi64(_mm512_and_si512(sp_gensort_reduce(x), reg), 32));
+    }
+    _mm512_storeu_si512(lanes, acc);
+    /* zlib's CRC is the register's complement: ~r = 0xFFFFFFFF - r. */
+    return (uint64_t)count * 0xFFFFFFFFull - (lanes[0] + lanes[2] + lanes[4] + lanes[6]);
+}
+
+static bool sp_gensort_simd_usable(void)
+{
+    static atomic_int usable; /* 0: not asked yet, 1: no, 2: yes */
+    int u = atomic_load_explicit(&usable, memory_order_relaxed);
+
+    if (u == 0) {
+        __builtin_cpu_init();
+        u = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("vpclmulqdq")
+                ? 2
+                : 1;
+        atomic_store_explicit(&usable, u, memory_order_relaxed);
+    }
+    return u == 2;
+}
+#endif
+
+/* At most this many records per 64-bit partial sum (no overflow: 2^24 x 2^32). */
+#define SP_GENSORT_SUM_RECORDS ((size_t)1 << 24)
+
 sp__u128_t sp__gensort_checksum(const void *records, size_t count)
 {
     const unsigned char *rec = records;
-    uint64_t lo = 0, hi = 0;
+    sp__u128_t sum = 0;
 
-    /* 64-bit partial sums; a carry out of lo is rare enough to test per record. */
-    for (size_t i = 0; i < count; i++, rec += SP__GENSORT_RECORD_SIZE) {
-        uint64_t crc = crc32_gzip_refl(0, rec, SP__GENSORT_RECORD_SIZE);
-        lo += crc;
-        hi += lo < crc;
+    while (count > 0) {
+        size_t n = SP_MIN(count, SP_GENSORT_SUM_RECORDS), simd = 0;
+
+#if SP_GENSORT_X86
+        if (sp_gensort_simd_usable()) {
+            simd = n & ~(size_t)3;
+            sum += sp_gensort_crc_sum_simd(rec, simd);
+        }
+#endif
+        sum += sp_gensort_crc_sum_isal(rec + simd * SP__GENSORT_RECORD_SIZE, n - simd);
+        rec += n * SP__GENSORT_RECORD_SIZE;
+        count -= n;
     }
-    return SP_U128(hi, lo);
+    return sum;
 }
 
 const char *sp__u128_hex(sp__u128_t v, char buf[SP__U128_HEX_SIZE])
@@ -256,37 +412,38 @@ void sp__valsort_init(sp__valsort_t *v) { memset(v, 0, sizeof(*v)); }
 
 void sp__valsort_add(sp__valsort_t *v, const void *records, size_t count)
 {
-    const unsigned char *rec = records, *prev = v->last;
-    uint64_t lo = 0, hi = 0;
+    const unsigned char *recs = records, *prev = v->last;
+    size_t i = 0;
 
     if (count == 0)
         return;
     if (v->records == 0) {
-        memcpy(v->first, rec, SP__GENSORT_RECORD_SIZE);
-        lo = crc32_gzip_refl(0, rec, SP__GENSORT_RECORD_SIZE);
-        prev = rec;
-        rec += SP__GENSORT_RECORD_SIZE;
-        count--;
+        memcpy(v->first, recs, SP__GENSORT_RECORD_SIZE);
+        prev = recs;
+        i = 1;
         v->records = 1;
     }
-    for (size_t i = 0; i < count; i++, rec += SP__GENSORT_RECORD_SIZE) {
-        uint64_t crc = crc32_gzip_refl(0, rec, SP__GENSORT_RECORD_SIZE);
-        int diff = memcmp(prev, rec, SP__GENSORT_KEY_SIZE);
+    /* The checksum of a batch, then its order, while its records are in cache. */
+    for (size_t batch = 0; batch < count; batch += SP_VALSORT_BATCH) {
+        size_t end = SP_MIN(count, batch + SP_VALSORT_BATCH);
 
-        lo += crc;
-        hi += lo < crc;
-        if (SP_UNLIKELY(diff != 0)) {
-            if (diff > 0) {
-                if (v->unordered++ == 0)
-                    v->first_unordered = v->records;
+        v->checksum += sp__gensort_checksum(recs + batch * SP__GENSORT_RECORD_SIZE, end - batch);
+        for (; i < end; i++) {
+            const unsigned char *rec = recs + i * SP__GENSORT_RECORD_SIZE;
+            int diff = memcmp(prev, rec, SP__GENSORT_KEY_SIZE);
+
+            if (SP_UNLIKELY(diff != 0)) {
+                if (diff > 0) {
+                    if (v->unordered++ == 0)
+                        v->first_unordered = v->records;
+                }
+            } else {
+                v->duplicates++;
             }
-        } else {
-            v->duplicates++;
+            v->records++;
+            prev = rec;
         }
-        v->records++;
-        prev = rec;
     }
-    v->checksum += SP_U128(hi, lo);
     if (prev != v->last)
         memcpy(v->last, prev, SP__GENSORT_RECORD_SIZE);
 }

@@ -12,7 +12,11 @@
  *
  * Checks. Map tasks sum the CRC-32 of every input record (counter 0) and
  * count them (counter 1); reduce tasks do the same over what they write
- * (counters 2 and 3) and refuse a key below the previous one. finish()
+ * (counters 2 and 3) and refuse a key below the previous one. The CRCs are
+ * computed a batch of records at a time (sp__gensort_checksum: four at once
+ * with VPCLMULQDQ), on the map side right before the batch is emitted, on
+ * the reduce side over the batch of output records it has just assembled
+ * and is about to write in one call. finish()
  * then runs valsort over the output files: in order across files, as many
  * records as the input, the same checksum. That is valsort's own proof that
  * the output is a permutation of the input (up to CRC collisions).
@@ -35,6 +39,11 @@
 /* Records per chunk a map task generates or reads at once (1 MB). */
 #define SP_TS_CHUNK          10000u
 #define SP_TS_MAX_PARTITIONS (1u << 20)
+/*
+ * Records checksummed at once, right before they are emitted (map) or
+ * written (reduce): 12.8 KB, in L1 between the two.
+ */
+#define SP_TS_CRC_BATCH 128u
 
 enum {
     SP_TS_IN_CHECKSUM = 0,
@@ -184,17 +193,22 @@ static sp_status_t sp_ts_plan(const sp_job_params_t *params, sp_job_plan_t *plan
 
 static sp_status_t sp_ts_emit_chunk(sp_job_task_t *task, const unsigned char *recs, size_t count)
 {
-    uint64_t sum = 0;
+    sp__u128_t sum = 0;
     sp_status_t st;
 
-    for (size_t i = 0; i < count; i++) {
-        const unsigned char *r = recs + i * SP__GENSORT_RECORD_SIZE;
-        sum += sp__gensort_crc32(r);
-        if ((st = sp_job_emit(task, r, SP__GENSORT_KEY_SIZE, r + SP__GENSORT_KEY_SIZE,
-                              SP__GENSORT_VALUE_SIZE)) != SP_OK)
-            return st;
+    /* The CRCs of a batch (batched: sp__gensort_checksum), then its emits, from L1. */
+    for (size_t batch = 0; batch < count; batch += SP_TS_CRC_BATCH) {
+        size_t end = SP_MIN(count, batch + SP_TS_CRC_BATCH);
+
+        sum += sp__gensort_checksum(recs + batch * SP__GENSORT_RECORD_SIZE, end - batch);
+        for (size_t i = batch; i < end; i++) {
+            const unsigned char *r = recs + i * SP__GENSORT_RECORD_SIZE;
+            if ((st = sp_job_emit(task, r, SP__GENSORT_KEY_SIZE, r + SP__GENSORT_KEY_SIZE,
+                                  SP__GENSORT_VALUE_SIZE)) != SP_OK)
+                return st;
+        }
     }
-    sp_job_counter_add(task, SP_TS_IN_CHECKSUM, sum);
+    sp_job_counter_add(task, SP_TS_IN_CHECKSUM, (uint64_t)sum);
     sp_job_counter_add(task, SP_TS_IN_RECORDS, count);
     return SP_OK;
 }
@@ -268,14 +282,28 @@ typedef struct sp_ts_reduce {
     unsigned char prev[SP__GENSORT_KEY_SIZE];
     uint64_t records;
     uint64_t checksum;
+    size_t buffered; /* records in out, not yet checksummed and written */
+    unsigned char out[SP_TS_CRC_BATCH * SP__GENSORT_RECORD_SIZE];
 } sp_ts_reduce_t;
+
+/* Checksums the buffered records and writes them, one call for the batch. */
+static sp_status_t sp_ts_reduce_flush(sp_job_task_t *task, sp_ts_reduce_t *s)
+{
+    size_t n = s->buffered;
+
+    s->buffered = 0;
+    if (n == 0)
+        return SP_OK;
+    s->checksum += (uint64_t)sp__gensort_checksum(s->out, n);
+    return sp_job_write(task, s->out, n * SP__GENSORT_RECORD_SIZE);
+}
 
 static sp_status_t sp_ts_reduce(sp_job_task_t *task, const void *key, size_t key_len,
                                 const void *value, size_t value_len)
 {
     sp_ts_reduce_t **state = (sp_ts_reduce_t **)sp_job_task_state(task);
-    unsigned char rec[SP__GENSORT_RECORD_SIZE];
     sp_ts_reduce_t *s = *state;
+    unsigned char *rec;
 
     if (key_len != SP__GENSORT_KEY_SIZE || value_len != SP__GENSORT_VALUE_SIZE)
         return SP_RAISE(SP_ERR_CORRUPT,
@@ -284,8 +312,11 @@ static sp_status_t sp_ts_reduce(sp_job_task_t *task, const void *key, size_t key
                         sp_job_task_index(task), (unsigned long long)(s != NULL ? s->records : 0),
                         key_len, value_len);
     if (s == NULL) {
-        if ((s = sp__calloc(1, sizeof(*s))) == NULL)
+        if ((s = sp__malloc(sizeof(*s))) == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for the terasort reduce state");
+        s->records = 0;
+        s->checksum = 0;
+        s->buffered = 0;
         *state = s;
     } else if (memcmp(key, s->prev, SP__GENSORT_KEY_SIZE) < 0) {
         return SP_RAISE(SP_ERR_CORRUPT,
@@ -293,24 +324,28 @@ static sp_status_t sp_ts_reduce(sp_job_task_t *task, const void *key, size_t key
                         sp_job_task_index(task), (unsigned long long)s->records);
     }
     memcpy(s->prev, key, SP__GENSORT_KEY_SIZE);
+    rec = s->out + s->buffered * SP__GENSORT_RECORD_SIZE;
     memcpy(rec, key, SP__GENSORT_KEY_SIZE);
     memcpy(rec + SP__GENSORT_KEY_SIZE, value, SP__GENSORT_VALUE_SIZE);
     s->records++;
-    s->checksum += sp__gensort_crc32(rec);
-    return sp_job_write(task, rec, sizeof(rec));
+    if (++s->buffered == SP_TS_CRC_BATCH)
+        return sp_ts_reduce_flush(task, s);
+    return SP_OK;
 }
 
 static sp_status_t sp_ts_reduce_end(sp_job_task_t *task)
 {
     sp_ts_reduce_t **state = (sp_ts_reduce_t **)sp_job_task_state(task);
+    sp_status_t st = SP_OK;
 
     if (*state != NULL) {
+        st = sp_ts_reduce_flush(task, *state);
         sp_job_counter_add(task, SP_TS_OUT_CHECKSUM, (*state)->checksum);
         sp_job_counter_add(task, SP_TS_OUT_RECORDS, (*state)->records);
         sp__free(*state);
         *state = NULL;
     }
-    return SP_OK;
+    return st;
 }
 
 static sp_status_t sp_ts_finish(const sp_job_params_t *params, const sp_job_result_t *r,

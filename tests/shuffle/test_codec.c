@@ -8,7 +8,9 @@
  * and up to 5 MiB, written in random chunks from 1 byte to 200 KiB, and
  * decoded with output caps down to 1 byte. The encoded length reported must
  * be what the sink received, an empty segment must be 0 bytes, and small
- * writes must still reach the sink in large pieces. LZ4 frames are walked
+ * writes must still reach the sink in large pieces, and input written in
+ * place through the encoder's window must encode to the very bytes that the
+ * same input written with sp__encoder_write() gives. LZ4 frames are walked
  * block by block: random input is stored raw, compressible input compressed
  * (after the encoder's backoff when random input came before it).
  *
@@ -596,6 +598,89 @@ static void test_codec_sink_gets_large_pieces(void **state)
 }
 
 /*
+ * Input written in place (sp__encoder_window / sp__encoder_wrote, what the
+ * sorter's gather does) encodes to exactly the bytes that sp__encoder_write
+ * of the same input gives, for random and compressible input in random
+ * pieces: a piece that fits the window is copied into it, sometimes in two
+ * parts; one that does not is split at the window's end or written. zstd
+ * takes no input in place.
+ */
+static void test_codec_window_equals_write(void **state)
+{
+    uint64_t rng = 15;
+    size_t len = 3 * MiB + 777;
+
+    (void)state;
+    for (size_t c = 0; c < SP_ARRAY_SIZE(all_codecs); c++) {
+        for (int compressible = 0; compressible < 2; compressible++) {
+            unsigned char *in = make_input(len, compressible != 0, &rng);
+            sp_encoder_t *enc = NULL;
+            sp_decoder_t *dec = NULL;
+            sink_t direct = {0}, windowed = {0};
+            uint64_t encoded = 0;
+            size_t off = 0, room = 0, in_place = 0;
+
+            assert_int_equal(sp__encoder_create(all_codecs[c], 0, &enc), SP_OK);
+            assert_int_equal(sp__decoder_create(all_codecs[c], &dec), SP_OK);
+            sp__encoder_begin(enc, sink_fn, &direct);
+            assert_int_equal(sp__encoder_write(enc, in, len), SP_OK);
+            assert_int_equal(sp__encoder_end(enc, &encoded), SP_OK);
+
+            sp__encoder_begin(enc, sink_fn, &windowed);
+            if (all_codecs[c] == SP_CODEC_ZSTD) {
+                assert_null(sp__encoder_window(enc, &room));
+                sink_clear(&direct);
+                sp__encoder_end(enc, &encoded);
+                sink_clear(&windowed);
+                sp__decoder_destroy(dec);
+                sp__encoder_destroy(enc);
+                free(in);
+                continue;
+            }
+            while (off < len) {
+                size_t n = random_chunk(&rng, len - off);
+                unsigned char *win = sp__encoder_window(enc, &room);
+
+                assert_non_null(win);
+                assert_true(room > 0);
+                if (n <= room && next_random(&rng) % 4 != 0) {
+                    size_t first = next_random(&rng) % 2 ? n : random_between(&rng, 0, n);
+                    memcpy(win, in + off, first);
+                    assert_int_equal(sp__encoder_wrote(enc, first), SP_OK);
+                    if (first < n) {
+                        win = sp__encoder_window(enc, &room);
+                        assert_true(room >= n - first);
+                        memcpy(win, in + off + first, n - first);
+                        assert_int_equal(sp__encoder_wrote(enc, n - first), SP_OK);
+                    }
+                    in_place += n;
+                } else if (n > room && next_random(&rng) % 2 == 0) {
+                    /* Fill the window to its end, which completes a block. */
+                    memcpy(win, in + off, room);
+                    assert_int_equal(sp__encoder_wrote(enc, room), SP_OK);
+                    in_place += room;
+                    n = room;
+                } else {
+                    assert_int_equal(sp__encoder_write(enc, in + off, n), SP_OK);
+                }
+                off += n;
+            }
+            assert_int_equal(sp__encoder_end(enc, &encoded), SP_OK);
+            assert_true(in_place > len / 4);
+            assert_int_equal(encoded, windowed.len);
+            assert_int_equal(windowed.len, direct.len);
+            assert_memory_equal(windowed.buf, direct.buf, direct.len);
+            check_decodes_to(dec, windowed.buf, windowed.len, 64 * KiB, in, len);
+            sink_clear(&direct);
+            sink_clear(&windowed);
+            sp__decoder_destroy(dec);
+            sp__encoder_destroy(enc);
+            free(in);
+        }
+    }
+}
+
+/*
  * Every truncation of a frame is SP_ERR_CORRUPT, alone or after a whole
  * frame, and what was decoded before the error is a prefix of the input.
  */
@@ -1059,6 +1144,7 @@ int main(void)
         cmocka_unit_test(test_codec_concatenated_segments_decode_to_concatenation),
         cmocka_unit_test(test_codec_decodes_into_tiny_buffers),
         cmocka_unit_test(test_codec_sink_gets_large_pieces),
+        cmocka_unit_test(test_codec_window_equals_write),
         cmocka_unit_test(test_codec_truncated_frames_are_corrupt),
         cmocka_unit_test(test_codec_flipped_bytes_change_the_checksum),
         cmocka_unit_test(test_codec_garbage_is_corrupt),
