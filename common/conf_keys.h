@@ -131,7 +131,9 @@ SP_CONF_KEY("transport.backend", SP_CONF_ENUM, "ofi", NULL, NULL, "ofi|mpi|local
             "on more than one rank, else ofi).")
 SP_CONF_KEY("transport.local", SP_CONF_BOOL, "false", NULL, NULL, NULL,
             "Read map outputs of executors on the same host (and mount namespace) straight from "
-            "their committed files, and only those of the others over transport.backend.")
+            "their committed files (in memory or on disk), and only those of the others over "
+            "transport.backend. Executors of spate run and spate executor use true unless it is "
+            "set; false is the default of sp_transport_open.")
 SP_CONF_KEY("transport.mpi_mode", SP_CONF_ENUM, "rget", NULL, NULL, "rget|twosided",
             "How the mpi backend reads a block: rget (MPI_Rget through a dynamic window; a "
             "region the window cannot take is served twosided) or twosided (a request to the "

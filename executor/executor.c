@@ -742,6 +742,14 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
     if (opts->transport) {
         size_t alen = 0;
         unsigned char addr[256];
+        /*
+         * Same-host peers read outputs through their files unless told not to:
+         * 10-24 % less CPU for TeraSort on one host than through the network
+         * backend (docs/PERFORMANCE.md, "Map outputs in storage memory").
+         */
+        if (!sp_conf_is_set(ex->conf, "transport.local") &&
+            (st = sp_conf_set(ex->conf, "transport.local", "true")) != SP_OK)
+            goto out_plan;
         if ((st = sp_transport_open(ex->conf, &ex->transport)) != SP_OK)
             goto out_plan;
         if ((st = sp_transport_address(ex->transport, addr, sizeof(addr), &alen)) != SP_OK)

@@ -6,10 +6,11 @@
  * - SPATE_FAULT_EVICT_OUTPUTS=1 makes each executor evict every output it
  *   holds in memory when its first reduce task starts, while reduce tasks
  *   elsewhere read them: the outputs move to disk (the report and the
- *   summary count them), readers through the network transport keep their
- *   keys (the transport maps the disk file in place) so nothing fails and
- *   nothing is recomputed, and with transport.local=true (keys of the old
- *   file) the job still ends right;
+ *   summary count them), readers through the network transport
+ *   (transport.local=false) keep their keys (the transport maps the disk
+ *   file in place) so nothing fails and nothing is recomputed, and with
+ *   transport.local=true (executors' default: keys of the old file) the job
+ *   still ends right;
  * - with shuffle.output=disk there is nothing in memory to move.
  *
  * LABELS: fault
@@ -113,7 +114,8 @@ static void test_run_evicted_outputs_keep_their_keys(void **state)
     json_t *rep;
 
     (void)state;
-    rep = terasort("memory", NULL, evict_env, &run);
+    /* Through the network backend (executors read same-host peers by path unless told not to). */
+    rep = terasort("memory", "transport.local=false", evict_env, &run);
     assert_non_null(strstr(run.err, "fault injection: executor"));
     /* Each executor held outputs: they moved, and readers never noticed. */
     assert_true(rt_json_int(rep, "recovery.outputs_moved") >= 2);
