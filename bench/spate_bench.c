@@ -591,7 +591,7 @@ static void sp_bench_summary(const json_t *runs)
     {
         const json_t *c = json_object_get(r, "config"), *p = json_object_get(r, "phases"),
                      *q = json_object_get(r, "ratios");
-        double anon = json_number_value(json_object_get(q, "peak_anon_to_memory"));
+        double anon = json_number_value(json_object_get(q, "peak_anon_storage_to_memory"));
         char sz[32];
 #define SP_R(k)     json_number_value(json_object_get(q, k))
 #define SP_P(ph, k) json_number_value(json_object_get(json_object_get(p, ph), k))

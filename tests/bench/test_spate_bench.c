@@ -206,6 +206,9 @@ static void test_spate_bench_shuffle_json_and_plot(void **state)
         }
         assert_true(json_number_value(json_object_get(rat, "peak_rss_to_memory")) > 0);
         assert_true(json_number_value(json_object_get(rat, "peak_anon_to_memory")) > 0);
+        /* With the storage memory its map outputs held: never less than the anonymous RSS alone. */
+        assert_true(json_number_value(json_object_get(rat, "peak_anon_storage_to_memory")) >=
+                    json_number_value(json_object_get(rat, "peak_anon_to_memory")));
         /* The executors' own memory, without mapped files, is part of their resident set. */
         assert_true(json_integer_value(json_object_get(run, "peak_anon_max")) > 0);
         assert_true(json_integer_value(json_object_get(run, "peak_anon_max")) <=
