@@ -104,9 +104,14 @@ static void *sp_arena_hook_alloc(extent_hooks_t *hooks, void *new_addr, size_t s
     if (arena->huge_pages && size >= SP_ARENA_HUGE_BYTES &&
         madvise(addr, size, MADV_HUGEPAGE) != 0) {
         err = errno;
-        if (sp_arena_first_warning(&arena->huge_warned))
-            sp_warn("arena %u: cannot ask for transparent huge pages: %s (errno %d)", arena->ind,
-                    strerror(err), err);
+        if (sp_arena_first_warning(&arena->huge_warned)) {
+            /* EINVAL: a kernel without transparent huge pages, nothing to warn about. */
+            if (err == EINVAL)
+                sp_debug("arena %u: no transparent huge pages in this kernel", arena->ind);
+            else
+                sp_warn("arena %u: cannot ask for transparent huge pages: %s (errno %d)",
+                        arena->ind, strerror(err), err);
+        }
     }
     return addr;
 }
