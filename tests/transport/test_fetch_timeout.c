@@ -20,6 +20,7 @@
  */
 /* LABELS: fabric */
 #include <spate/transport.h>
+#include "transport/transport_proc.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -479,6 +480,7 @@ static void test_fetch_timeout_owner_killed(void **state)
     expect_held_timeouts(&r, NREADS, seen);
     kill(r.owner, SIGKILL);
     waitpid(r.owner, NULL, 0);
+    sp__transport_clear_dead_process((long)r.owner); /* its shm regions */
     r.owner = -1;
     /* Whatever comes now is a release: each read ended exactly once before. */
     for (;;) {

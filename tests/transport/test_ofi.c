@@ -8,6 +8,7 @@
  */
 /* LABELS: fabric */
 #include <spate/transport.h>
+#include "transport/transport_proc.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -245,6 +246,7 @@ static void run_provider(const char *provider)
      */
     kill(c.server, SIGKILL);
     waitpid(c.server, NULL, 0);
+    sp__transport_clear_dead_process((long)c.server); /* its shm regions */
     close(c.to_server);
     c.to_server = -1;
     {

@@ -13,6 +13,7 @@
  */
 /* LABELS: fabric */
 #include <spate/transport.h>
+#include "transport/transport_proc.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -301,6 +302,7 @@ static void give_up(const char *what, int i)
         if (pids[j] > 0) {
             kill(pids[j], SIGKILL);
             waitpid(pids[j], NULL, 0);
+            sp__transport_clear_dead_process((long)pids[j]); /* its shm regions */
         }
     }
     fail_msg("process %d: %s", i, what);
@@ -364,6 +366,7 @@ static void run(const char *provider, const char *mode)
     /* Process 0 dies; process 1 reads from it; the others quit. */
     kill(pid[0], SIGKILL);
     assert_int_equal(waitpid(pid[0], &status, 0), pid[0]);
+    sp__transport_clear_dead_process((long)pid[0]); /* its shm regions */
     pids[0] = 0;
     write_all(down[1][1], "k", 1);
     write_all(down[2][1], "q", 1);
