@@ -665,8 +665,9 @@ static void sp_drv_result(sp__driver_t *d)
 /*
  * Registers map index's output on executor e from its status's wire form,
  * and tells every executor. moved: the executor's output of the attempt
- * registered now, evicted from memory to a file (OUTPUT_MOVED); anything
- * else is ignored then (an output lost or replaced meanwhile).
+ * registered now, evicted from memory to a file (OUTPUT_MOVED), whose map
+ * the status names (index is not used); anything else is ignored then (an
+ * output lost or replaced meanwhile).
  */
 static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, uint64_t index,
                                        const void *payload, size_t len, bool moved)
@@ -677,7 +678,9 @@ static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, uint64_t ind
 
     if ((st = sp_map_status_deserialize(payload, len, &status)) != SP_OK)
         return st;
-    if (status->shuffle_id != d->shuffle_id || status->map_id != index ||
+    if (moved)
+        index = status->map_id;
+    if (status->shuffle_id != d->shuffle_id || status->map_id != index || index >= d->plan.maps ||
         status->executor_id != e || status->partitions != d->plan.partitions) {
         st = SP_RAISE(SP_ERR_BAD_FORMAT,
                       "executor %u reported map %llu with the status of shuffle %llu map %llu "
@@ -966,19 +969,7 @@ static sp_status_t sp_drv_handle(sp__driver_t *d, uint32_t e, uint16_t type, con
     case SP_MSG_HEARTBEAT: return sp_drv_on_heartbeat(d, e, buf, len, false);
     case SP_MSG_BYE: return sp_drv_on_heartbeat(d, e, buf, len, true);
     case SP_MSG_RESULT: return sp_drv_on_result(d, e, buf, len);
-    case SP_MSG_OUTPUT_MOVED: {
-        sp_map_status_t *peek = NULL;
-        uint64_t map;
-        sp_status_t st = sp_map_status_deserialize(buf, len, &peek);
-        if (st != SP_OK)
-            return st;
-        map = peek->map_id;
-        sp_map_status_destroy(peek);
-        if (map >= d->plan.maps)
-            return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u moved map %llu of %u", e,
-                            (unsigned long long)map, d->plan.maps);
-        return sp_drv_map_register(d, e, map, buf, len, true);
-    }
+    case SP_MSG_OUTPUT_MOVED: return sp_drv_map_register(d, e, UINT64_MAX, buf, len, true);
     case SP_MSG_FATAL: {
         sp__msg_fatal_t f;
         sp_status_t st = sp__msg_fatal_decode(buf, len, &f);

@@ -68,6 +68,12 @@ typedef struct sp_task_item {
     sp__msg_task_t task;
 } sp_task_item_t;
 
+/* This executor's output of a map while it is held in memory: the in-memory file's identity. */
+typedef struct sp_exec_mem {
+    bool held;
+    uint64_t dev, ino;
+} sp_exec_mem_t;
+
 typedef struct sp_executor {
     sp__ctl_conn_t *conn;
     sp__msg_job_t job;
@@ -88,10 +94,8 @@ typedef struct sp_executor {
     pthread_cond_t sample_cond; /* wakes the sampler: a task started, or stopping */
     sp_status_ref_t **statuses; /* plan.maps */
     sp_served_output_t **served;
-    bool *served_mem;      /* served[m] is this executor's output held in memory */
-    sp_map_status_t **own; /* served[m]'s status as committed here */
-    dev_t *mem_dev;        /* served_mem[m]: the in-memory file's identity */
-    ino_t *mem_ino;
+    sp_exec_mem_t *mem;      /* served[m] held in memory, and its in-memory file */
+    sp_map_status_t **own;   /* served[m]'s status as committed here */
     sp_block_store_t *bs;    /* storage memory: map outputs held in memory */
     uint64_t evictions_seen; /* sp_shuffle_outputs_evicted() when last looked at */
     bool moves_pending;      /* an evicted output still to be served from disk */
@@ -345,14 +349,14 @@ static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__m
     pthread_mutex_lock(&ex->lock);
     old = ex->served[t->index];
     ex->served[t->index] = served;
-    ex->served_mem[t->index] = served != NULL && sp_map_status_in_memory(status);
-    if (ex->served_mem[t->index]) {
+    ex->mem[t->index].held = served != NULL && sp_map_status_in_memory(status);
+    if (ex->mem[t->index].held) {
         struct stat sb;
         if (stat(status->data_path, &sb) == 0) {
-            ex->mem_dev[t->index] = sb.st_dev;
-            ex->mem_ino[t->index] = sb.st_ino;
+            ex->mem[t->index].dev = (uint64_t)sb.st_dev;
+            ex->mem[t->index].ino = (uint64_t)sb.st_ino;
         } else {
-            ex->served_mem[t->index] = false; /* gone already: a move will not be seen */
+            ex->mem[t->index].held = false; /* gone already: a move will not be seen */
         }
     }
     old_status = ex->own[t->index];
@@ -434,11 +438,11 @@ static sp_status_t sp_exec_publish_moves(sp_executor_t *ex)
         size_t len = 0;
 
         pthread_mutex_lock(&ex->lock);
-        if (ex->served_mem[m] && !sp_map_status_in_memory(ex->own[m])) {
+        if (ex->mem[m].held && !sp_map_status_in_memory(ex->own[m])) {
             /* Its chunks map the disk file now: their keys and reads in flight stay good. */
             int fd = open(ex->own[m]->data_path, O_RDONLY | O_CLOEXEC);
-            if (fd < 0 || sp_transport_file_rebind(ex->transport, (uint64_t)ex->mem_dev[m],
-                                                   (uint64_t)ex->mem_ino[m], fd) != SP_OK)
+            if (fd < 0 || sp_transport_file_rebind(ex->transport, ex->mem[m].dev, ex->mem[m].ino,
+                                                   fd) != SP_OK)
                 sp_warn("executor %u: map %u's output moved to disk, and its old keys no longer "
                         "read: %s",
                         ex->job.executor_id, m, fd < 0 ? strerror(errno) : sp_last_error());
@@ -450,7 +454,7 @@ static sp_status_t sp_exec_publish_moves(sp_executor_t *ex)
             if (st == SP_OK) {
                 old = ex->served[m];
                 ex->served[m] = served;
-                ex->served_mem[m] = false;
+                ex->mem[m].held = false;
                 served = NULL;
             }
         }
@@ -760,12 +764,9 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
     ready->slots = ex->nworkers;
     ex->statuses = calloc(ex->job.plan.maps, sizeof(*ex->statuses));
     ex->served = calloc(ex->job.plan.maps, sizeof(*ex->served));
-    ex->served_mem = calloc(ex->job.plan.maps + 1, sizeof(*ex->served_mem));
+    ex->mem = calloc(ex->job.plan.maps + 1, sizeof(*ex->mem));
     ex->own = calloc(ex->job.plan.maps + 1, sizeof(*ex->own));
-    ex->mem_dev = calloc(ex->job.plan.maps + 1, sizeof(*ex->mem_dev));
-    ex->mem_ino = calloc(ex->job.plan.maps + 1, sizeof(*ex->mem_ino));
-    if (ex->statuses == NULL || ex->served == NULL || ex->served_mem == NULL || ex->own == NULL ||
-        ex->mem_dev == NULL || ex->mem_ino == NULL) {
+    if (ex->statuses == NULL || ex->served == NULL || ex->mem == NULL || ex->own == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u map statuses", ex->job.plan.maps);
         goto out_plan;
     }
@@ -851,7 +852,7 @@ static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_
     if (m.executor_id == ex->job.executor_id) {
         served = ex->served[m.map_id];
         ex->served[m.map_id] = NULL;
-        ex->served_mem[m.map_id] = false;
+        ex->mem[m.map_id].held = false;
         own = ex->own[m.map_id];
         ex->own[m.map_id] = NULL;
     }
@@ -969,10 +970,8 @@ static bool sp_exec_teardown(sp_executor_t *ex)
             sp_status_unref(ex->statuses[m]);
     }
     free(ex->served);
-    free(ex->served_mem);
+    free(ex->mem);
     free(ex->own);
-    free(ex->mem_dev);
-    free(ex->mem_ino);
     free(ex->statuses);
     free(ex->workers);
     free(ex->current);
