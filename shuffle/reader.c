@@ -16,10 +16,26 @@
  * the same (the stored copy is damaged) or not (damaged in flight twice).
  *
  * Orders: unordered reads stream each block's records as it arrives;
- * merged reads hold every block and k-way merge them; sorted reads feed an
- * external sorter (shuffle/sorter.c, one key-ordered partition), aggregated
- * reads the hash aggregator; both are memory consumers of the task and spill
- * when short.
+ * merged reads hold every block and k-way merge them in (map, reduce) order
+ * of their blocks, so that equal keys come out the same way whatever order
+ * the blocks arrived in; sorted reads feed an external sorter
+ * (shuffle/sorter.c, one key-ordered partition), aggregated reads the hash
+ * aggregator; both are memory consumers of the task and spill when short.
+ *
+ * Incremental reads (reduce slow start): the reader is opened before every
+ * map output exists, with room for one block per (map, partition) of its
+ * range, and map statuses are added as maps commit (sp_shuffle_reader_add,
+ * from the caller's wait function, which the reader calls whenever it has
+ * nothing to take: without waiting while fetches are in flight, up to
+ * SP_READER_WAIT_MS when it is idle). Each added status's blocks are
+ * appended to the reader's own list (its storage never moves: fetches in
+ * flight point into it) and planned into requests of their own; a map's
+ * second status (its output recomputed or moved) is ignored once the first
+ * is in. The read ends when every map's status is in and every block is
+ * taken; the time spent waiting for map outputs counts as fetch wait. Merged
+ * reads still merge in (map, reduce) order; a sorted read's equal keys come
+ * in the order their blocks arrived (the external sorter keeps insertion
+ * order), like an unordered read's records.
  */
 #include "shuffle_int.h"
 #include "sorter.h"
@@ -31,6 +47,11 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+/* Longest wait for more map outputs of an incremental read that has nothing in flight. */
+#define SP_READER_WAIT_MS 100
+/* Longest wait for fetch completions of an incremental read (map outputs may come meanwhile). */
+#define SP_READER_PROGRESS_MS 20
 
 typedef struct sp_completion {
     size_t index; /* in the block list */
@@ -58,8 +79,10 @@ struct sp_shuffle_reader {
 
     sp_request_t *requests;
     size_t nrequests, next_request;
-    sp_completion_t *queue; /* completed, not yet taken; a ring of list->count */
+    sp_completion_t *queue; /* completed, not yet taken; a ring of cap + 1 */
+    size_t cap;             /* most blocks the read can have */
     size_t qhead, qlen, taken;
+    size_t outstanding;  /* blocks requested and not yet completed */
     uint64_t *first_bad; /* checksum of the first copy of refetched blocks */
     unsigned char *refetched;
     sp_status_t error;
@@ -78,6 +101,16 @@ struct sp_shuffle_reader {
     sp_sorter_t *sorter;
     sp_aggregator_t *agg;
     bool drained;
+
+    /* incremental: the reader's own list, grown as map statuses are added */
+    bool sealed; /* every block of the read is in the list */
+    sp_block_list_t own;
+    sp_block_list_t **batches; /* lists of added statuses: the strings own's blocks point into */
+    size_t nbatches;
+    unsigned char *added; /* per map: its status is in */
+    uint32_t maps, maps_added, reduce_start, reduce_end;
+    sp_shuffle_reader_wait_fn_t wait;
+    void *wait_arg;
 
     sp_shuffle_read_stats_t stats;
 };
@@ -103,11 +136,12 @@ static void sp_reader_done_ctx(void *arg, size_t i, sp_status_t status, const vo
 {
     sp_req_ctx_t *ctx = arg;
     sp_shuffle_reader_t *r = ctx->r;
-    size_t slot = (r->qhead + r->qlen) % (r->list->count + 1);
+    size_t slot = (r->qhead + r->qlen) % (r->cap + 1);
 
     r->queue[slot] = (sp_completion_t){ctx->first + i, status, data, len, expected, ctx->file};
     ctx->file = NULL;
     r->qlen++;
+    r->outstanding -= SP_MIN(r->outstanding, 1);
     r->in_flight -= SP_MIN(r->in_flight, r->list->blocks[ctx->first + i].size);
 }
 
@@ -173,6 +207,7 @@ static sp_status_t sp_reader_fetch(sp_shuffle_reader_t *r, size_t first, size_t 
     ctx->first = first;
     ctx->file = NULL;
     r->in_flight += bytes;
+    r->outstanding += count;
     r->stats.peak_in_flight = SP_MAX(r->stats.peak_in_flight, r->in_flight);
     r->stats.requests++;
     if (count == 1 && bytes > r->max_block_in_memory && sp_reader_can_fetch_to_file(r)) {
@@ -216,6 +251,44 @@ static sp_status_t sp_reader_pump(sp_shuffle_reader_t *r)
     return SP_OK;
 }
 
+/*
+ * Waits until a completed block is queued; *end_p says instead that the read
+ * is over (every block taken). Issues requests as the in-flight limit allows,
+ * progresses the fetcher while blocks are in flight, and lets an incremental
+ * read add the map outputs that came meanwhile.
+ */
+static sp_status_t sp_reader_wait(sp_shuffle_reader_t *r, bool *end_p)
+{
+    *end_p = false;
+    for (;;) {
+        sp_status_t st;
+
+        if (r->qlen != 0)
+            return SP_OK;
+        if (r->sealed && r->taken == r->list->count) {
+            *end_p = true;
+            return SP_OK;
+        }
+        if (r->outstanding > 0 || r->sealed) {
+            st = r->fetcher->ops->progress(r->fetcher, r->sealed ? 100 : SP_READER_PROGRESS_MS);
+            if (st != SP_OK)
+                return SP_RAISE(SP_ERR_FETCH_FAILED, "shuffle fetch progress failed: %s",
+                                sp_last_error());
+        }
+        if (!r->sealed && r->qlen == 0) {
+            st = r->wait(r->wait_arg, r, r->outstanding > 0 ? 0 : SP_READER_WAIT_MS);
+            if (st != SP_OK)
+                return SP_RAISE(st,
+                                "waiting for the map outputs of reduce partitions [%u, %u) "
+                                "(%u of %u maps in): %s",
+                                r->reduce_start, r->reduce_end, r->maps_added, r->maps,
+                                sp_last_error());
+        }
+        if ((st = sp_reader_pump(r)) != SP_OK)
+            return st;
+    }
+}
+
 /* Takes the next verified block, waiting for fetches; *got_p false at the end. */
 static sp_status_t sp_reader_take(sp_shuffle_reader_t *r, sp_completion_t *c_p, bool *got_p)
 {
@@ -225,27 +298,22 @@ static sp_status_t sp_reader_take(sp_shuffle_reader_t *r, sp_completion_t *c_p, 
         uint64_t sum;
         sp_status_t st;
 
+        if (r->qlen == 0 && (st = sp_reader_pump(r)) != SP_OK)
+            return st;
         if (r->qlen == 0) {
-            uint64_t t0;
-            if ((st = sp_reader_pump(r)) != SP_OK)
+            uint64_t t0 = sp__now_ns();
+            bool end;
+            st = sp_reader_wait(r, &end);
+            r->stats.wait_ns += sp__now_ns() - t0;
+            if (st != SP_OK)
                 return st;
-            if (r->qlen == 0 && r->taken == r->list->count) {
+            if (end) {
                 *got_p = false;
                 return SP_OK;
             }
-            t0 = sp__now_ns();
-            while (r->qlen == 0) {
-                st = r->fetcher->ops->progress(r->fetcher, 100);
-                if (st != SP_OK)
-                    return SP_RAISE(SP_ERR_FETCH_FAILED, "shuffle fetch progress failed: %s",
-                                    sp_last_error());
-                if (r->qlen == 0 && (st = sp_reader_pump(r)) != SP_OK)
-                    return st;
-            }
-            r->stats.wait_ns += sp__now_ns() - t0;
         }
         c = r->queue[r->qhead];
-        r->qhead = (r->qhead + 1) % (r->list->count + 1);
+        r->qhead = (r->qhead + 1) % (r->cap + 1);
         r->qlen--;
         b = &r->list->blocks[c.index];
         if (c.status == SP_OK && c.file != NULL && (st = sp_reader_map_file(&c)) != SP_OK) {
@@ -339,9 +407,20 @@ static sp_status_t sp_reader_next_unordered(sp_shuffle_reader_t *r, const void *
     }
 }
 
-/* Merge: every block, verified, into the k-way merge in block-list order. */
+/* Orders held blocks by (map, reduce): the order of a block list built from statuses. */
+static int sp_reader_held_cmp(const void *a, const void *b)
+{
+    const sp_block_ref_t *x = a, *y = b;
+
+    if (x->map_id != y->map_id)
+        return x->map_id < y->map_id ? -1 : 1;
+    return x->reduce_id < y->reduce_id ? -1 : x->reduce_id > y->reduce_id;
+}
+
+/* Merge: every block, verified, into the k-way merge in (map, reduce) order. */
 static sp_status_t sp_reader_start_merge(sp_shuffle_reader_t *r)
 {
+    sp_block_ref_t *order = NULL;
     sp_status_t st;
     bool got = true;
 
@@ -352,21 +431,33 @@ static sp_status_t sp_reader_start_merge(sp_shuffle_reader_t *r)
         if (got)
             r->nheld++;
     }
-    /* Completion order is not block order: add them sorted by index so
-     * that equal keys come out in (map, reduce) order. */
-    for (size_t want = 0, added = 0; added < r->nheld; want++) {
-        for (size_t i = 0; i < r->nheld; i++) {
-            if (r->held[i].index == want) {
-                st = sp__kmerge_add(r->kmerge, r->held[i].data, r->held[i].len);
-                if (st != SP_OK)
-                    return st;
-                r->merge_block[added] = want;
-                added++;
-                break;
-            }
-        }
+    if (r->kmerge == NULL &&
+        (st = sp__kmerge_create(r->list->count > 0 ? r->list->blocks[0].codec : SP_CODEC_NONE,
+                                r->o.compare, r->o.compare_arg, &r->kmerge)) != SP_OK)
+        return st;
+    if (r->nheld == 0)
+        return SP_OK;
+    /*
+     * Completion order is not block order: add them by (map, reduce) so that
+     * equal keys come out in that order. Each entry carries its held slot in
+     * its offset field (a copy: the list itself is not reordered).
+     */
+    order = sp__malloc(r->nheld * sizeof(*order));
+    if (order == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory to order %zu blocks for the merge", r->nheld);
+    for (size_t i = 0; i < r->nheld; i++) {
+        order[i] = r->list->blocks[r->held[i].index];
+        order[i].offset = i;
     }
-    return SP_OK;
+    qsort(order, r->nheld, sizeof(*order), sp_reader_held_cmp);
+    st = SP_OK;
+    for (size_t added = 0; added < r->nheld && st == SP_OK; added++) {
+        const sp_completion_t *c = &r->held[order[added].offset];
+        st = sp__kmerge_add(r->kmerge, c->data, c->len);
+        r->merge_block[added] = c->index;
+    }
+    sp__free(order);
+    return st;
 }
 
 /* Sort and aggregate: every record into the sorter or the aggregator. */
@@ -405,7 +496,7 @@ sp_status_t sp_shuffle_reader_next(sp_shuffle_reader_t *r, const void **key_p, s
         }
         if (st == SP_OK)
             st = sp__kmerge_next(r->kmerge, key_p, klen_p, value_p, vlen_p, more_p);
-        if (st != SP_OK && sp__kmerge_bad_input(r->kmerge) != SIZE_MAX) {
+        if (st != SP_OK && r->kmerge != NULL && sp__kmerge_bad_input(r->kmerge) != SIZE_MAX) {
             const sp_block_ref_t *b =
                 &r->list->blocks[r->merge_block[sp__kmerge_bad_input(r->kmerge)]];
             st = SP_RAISE(st,
@@ -437,18 +528,15 @@ sp_status_t sp_shuffle_reader_next(sp_shuffle_reader_t *r, const void **key_p, s
     return SP_OK;
 }
 
-/* Cuts the block list into requests: consecutive blocks of one peer. */
-static sp_status_t sp_reader_plan(sp_shuffle_reader_t *r)
+/* Cuts blocks [from, count) of the list into requests: consecutive blocks of one peer. */
+static void sp_reader_plan(sp_shuffle_reader_t *r, size_t from)
 {
     uint64_t target = SP_MAX(r->max_in_flight / 5, 1);
-    size_t n = r->list->count;
+    size_t first_request = r->nrequests;
 
-    r->requests = sp__calloc(n + 1, sizeof(*r->requests));
-    if (r->requests == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory to plan the fetch of %zu blocks", n);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = from; i < r->list->count; i++) {
         const sp_block_ref_t *b = &r->list->blocks[i];
-        sp_request_t *q = r->nrequests > 0 ? &r->requests[r->nrequests - 1] : NULL;
+        sp_request_t *q = r->nrequests > first_request ? &r->requests[r->nrequests - 1] : NULL;
         const sp_block_ref_t *prev = q != NULL ? &r->list->blocks[q->first + q->count - 1] : NULL;
         bool same_peer = prev != NULL && prev->executor_id == b->executor_id &&
                          (prev->address == NULL) == (b->address == NULL) &&
@@ -462,7 +550,6 @@ static sp_status_t sp_reader_plan(sp_shuffle_reader_t *r)
             r->requests[r->nrequests++] = (sp_request_t){i, 1, b->size};
         }
     }
-    return SP_OK;
 }
 
 /* ---- the pool of request contexts ---- */
@@ -490,12 +577,15 @@ static sp_status_t sp_reader_sorter_create(sp_task_memory_t *task, const sp_conf
     return sp__sorter_create(task, conf, &o, sorter_p);
 }
 
-sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf,
-                                   const sp_block_list_t *blocks,
-                                   const sp_shuffle_reader_options_t *opts,
-                                   sp_shuffle_reader_t **reader_p)
+/*
+ * The reader over list with room for cap blocks (list->count of them known
+ * now); the caller plans them. Incremental readers pass their own list.
+ */
+static sp_status_t sp_reader_create(sp_task_memory_t *task, const sp_conf_t *conf,
+                                    const sp_block_list_t *list, size_t cap,
+                                    const sp_shuffle_reader_options_t *opts,
+                                    sp_shuffle_reader_t **reader_p)
 {
-    size_t n = blocks->count;
     sp_shuffle_reader_t *r;
     sp_ctx_pool_t *pool;
     sp_status_t st;
@@ -505,38 +595,37 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
     if (opts->order == SP_READ_AGGREGATE &&
         (opts->combiner == NULL || opts->combiner->combine == NULL))
         return SP_RAISE(SP_ERR_INVALID_PARAM, "an aggregated read needs a combiner");
-    for (size_t i = 1; i < n; i++) {
-        if (blocks->blocks[i].codec != blocks->blocks[0].codec)
-            return SP_RAISE(SP_ERR_INVALID_PARAM, "blocks of one read use different codecs");
-    }
+    if (cap > (SIZE_MAX - 1) / 2 / sizeof(sp_req_ctx_t))
+        return SP_RAISE(SP_ERR_NOMEM, "a shuffle read of %zu blocks does not fit in memory", cap);
     /* The reader and its pool of request contexts in one allocation. */
     r = sp__calloc(1, sizeof(*r) + sizeof(sp_ctx_pool_t));
     if (r == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a shuffle reader");
     pool = sp_reader_pool(r);
     r->task = task;
-    r->list = blocks;
+    r->list = list;
+    r->cap = cap;
     r->o = *opts;
     r->failed_map = UINT64_MAX;
     if ((st = sp_conf_get_size(conf, "shuffle.max_bytes_in_flight", &r->max_in_flight)) != SP_OK ||
         (st = sp_conf_get_size(conf, "shuffle.max_block_in_memory", &r->max_block_in_memory)) !=
             SP_OK)
         goto err;
-    pool->cap = 2 * n + 1; /* every block may be its own request, and refetched once */
+    pool->cap = 2 * cap + 1; /* every block may be its own request, and refetched once */
     pool->ctx = sp__calloc(pool->cap, sizeof(*pool->ctx));
-    r->queue = sp__calloc(n + 1, sizeof(*r->queue));
-    r->first_bad = sp__calloc(n + 1, sizeof(*r->first_bad));
-    r->refetched = sp__calloc(n + 1, 1);
-    r->held = opts->order == SP_READ_MERGE ? sp__calloc(n + 1, sizeof(*r->held)) : NULL;
+    r->requests = sp__calloc(cap + 1, sizeof(*r->requests));
+    r->queue = sp__calloc(cap + 1, sizeof(*r->queue));
+    r->first_bad = sp__calloc(cap + 1, sizeof(*r->first_bad));
+    r->refetched = sp__calloc(cap + 1, 1);
+    r->held = opts->order == SP_READ_MERGE ? sp__calloc(cap + 1, sizeof(*r->held)) : NULL;
     r->merge_block =
-        opts->order == SP_READ_MERGE ? sp__calloc(n + 1, sizeof(*r->merge_block)) : NULL;
-    if (pool->ctx == NULL || r->queue == NULL || r->first_bad == NULL || r->refetched == NULL ||
+        opts->order == SP_READ_MERGE ? sp__calloc(cap + 1, sizeof(*r->merge_block)) : NULL;
+    if (pool->ctx == NULL || r->requests == NULL || r->queue == NULL || r->first_bad == NULL ||
+        r->refetched == NULL ||
         (opts->order == SP_READ_MERGE && (r->held == NULL || r->merge_block == NULL))) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for a shuffle reader of %zu blocks", n);
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for a shuffle reader of %zu blocks", cap);
         goto err;
     }
-    if ((st = sp_reader_plan(r)) != SP_OK)
-        goto err;
     if (opts->fetcher != NULL) {
         r->fetcher = opts->fetcher;
         /* Only a fetcher that can stream to files needs the local dirs. */
@@ -548,13 +637,7 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
             goto err;
         r->own_fetcher = true;
     }
-    if ((st = sp_segment_reader_create(n > 0 ? blocks->blocks[0].codec : SP_CODEC_NONE, &r->seg)) !=
-        SP_OK)
-        goto err;
-    if (opts->order == SP_READ_MERGE)
-        st = sp__kmerge_create(n > 0 ? blocks->blocks[0].codec : SP_CODEC_NONE, opts->compare,
-                               opts->compare_arg, &r->kmerge);
-    else if (opts->order == SP_READ_SORT)
+    if (opts->order == SP_READ_SORT)
         st = sp_reader_sorter_create(task, conf, opts, &r->sorter);
     else if (opts->order == SP_READ_AGGREGATE)
         st = sp_aggregator_create(task, conf, opts->combiner, &r->agg);
@@ -565,6 +648,141 @@ sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf
 
 err:
     sp_shuffle_reader_close(r);
+    return st;
+}
+
+sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_t *conf,
+                                   const sp_block_list_t *blocks,
+                                   const sp_shuffle_reader_options_t *opts,
+                                   sp_shuffle_reader_t **reader_p)
+{
+    size_t n = blocks->count;
+    sp_shuffle_reader_t *r;
+    sp_status_t st;
+
+    for (size_t i = 1; i < n; i++) {
+        if (blocks->blocks[i].codec != blocks->blocks[0].codec)
+            return SP_RAISE(SP_ERR_INVALID_PARAM, "blocks of one read use different codecs");
+    }
+    if ((st = sp_reader_create(task, conf, blocks, n, opts, &r)) != SP_OK)
+        return st;
+    r->sealed = true;
+    sp_reader_plan(r, 0);
+    if ((st = sp_segment_reader_create(n > 0 ? blocks->blocks[0].codec : SP_CODEC_NONE, &r->seg)) !=
+        SP_OK) {
+        sp_shuffle_reader_close(r);
+        return st;
+    }
+    *reader_p = r;
+    return SP_OK;
+}
+
+sp_status_t sp_shuffle_reader_open_incremental(sp_task_memory_t *task, const sp_conf_t *conf,
+                                               uint32_t maps, uint32_t reduce_start,
+                                               uint32_t reduce_end,
+                                               const sp_shuffle_reader_options_t *opts,
+                                               sp_shuffle_reader_wait_fn_t wait, void *wait_arg,
+                                               sp_shuffle_reader_t **reader_p)
+{
+    size_t cap = (size_t)maps * (reduce_end - reduce_start);
+    sp_shuffle_reader_t *r;
+    sp_status_t st;
+
+    if (wait == NULL || reduce_start > reduce_end)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "incremental shuffle read: %s",
+                        wait == NULL ? "no wait function" : "the reduce range is reversed");
+    if ((st = sp_reader_create(task, conf, NULL, cap, opts, &r)) != SP_OK)
+        return st;
+    r->list = &r->own;
+    r->maps = maps;
+    r->reduce_start = reduce_start;
+    r->reduce_end = reduce_end;
+    r->wait = wait;
+    r->wait_arg = wait_arg;
+    r->sealed = maps == 0 || cap == 0;
+    r->own.blocks = sp__calloc(cap + 1, sizeof(*r->own.blocks));
+    r->added = sp__calloc((size_t)maps + 1, 1);
+    if (r->own.blocks == NULL || r->added == NULL) {
+        sp_shuffle_reader_close(r);
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for an incremental shuffle read of %u maps", maps);
+    }
+    *reader_p = r;
+    return SP_OK;
+}
+
+sp_status_t sp_shuffle_reader_add(sp_shuffle_reader_t *r, const sp_map_status_t *const *statuses,
+                                  size_t count)
+{
+    const sp_map_status_t **fresh = NULL;
+    sp_block_list_t *batch = NULL, **grown;
+    size_t nfresh = 0, from = r->own.count;
+    sp_status_t st;
+
+    if (r->added == NULL)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "map statuses added to a shuffle reader that was "
+                                              "opened over a fixed block list");
+    if (r->sealed || count == 0)
+        return SP_OK;
+    fresh = sp__calloc(count, sizeof(*fresh));
+    if (fresh == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu map statuses", count);
+    for (size_t i = 0; i < count; i++) {
+        const sp_map_status_t *s = statuses[i];
+        bool twice = false;
+        if (s == NULL)
+            continue;
+        if (s->map_id >= r->maps) {
+            st =
+                SP_RAISE(SP_ERR_INVALID_PARAM,
+                         "map status of shuffle %llu map %llu added to a read of %u maps",
+                         (unsigned long long)s->shuffle_id, (unsigned long long)s->map_id, r->maps);
+            goto out;
+        }
+        for (size_t j = 0; j < nfresh; j++)
+            twice |= fresh[j]->map_id == s->map_id;
+        if (!r->added[s->map_id] && !twice)
+            fresh[nfresh++] = s;
+    }
+    if (nfresh == 0) {
+        st = SP_OK;
+        goto out;
+    }
+    if ((st = sp_block_list_from_statuses(fresh, nfresh, r->reduce_start, r->reduce_end, &batch)) !=
+        SP_OK)
+        goto out;
+    /* One block per map and partition at most: the list's room holds them all. */
+    SP_ASSERT(r->own.count + batch->count <= r->cap);
+    for (size_t i = 0; i < batch->count; i++) {
+        sp_codec_t codec = r->own.count > 0 ? r->own.blocks[0].codec : batch->blocks[0].codec;
+        if (batch->blocks[i].codec != codec) {
+            st = SP_RAISE(SP_ERR_INVALID_PARAM,
+                          "map %llu's blocks use another codec than the read's first block",
+                          (unsigned long long)batch->blocks[i].map_id);
+            goto out;
+        }
+    }
+    if (r->seg == NULL && batch->count > 0 &&
+        (st = sp_segment_reader_create(batch->blocks[0].codec, &r->seg)) != SP_OK)
+        goto out;
+    grown = sp__realloc(r->batches, (r->nbatches + 1) * sizeof(*r->batches));
+    if (grown == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for the block lists of a shuffle read");
+        goto out;
+    }
+    r->batches = grown;
+    r->batches[r->nbatches++] = batch;
+    if (batch->count > 0)
+        memcpy(&r->own.blocks[r->own.count], batch->blocks, batch->count * sizeof(*batch->blocks));
+    r->own.count += batch->count;
+    batch = NULL;
+    for (size_t i = 0; i < nfresh; i++)
+        r->added[fresh[i]->map_id] = 1;
+    r->maps_added += (uint32_t)nfresh;
+    r->sealed = r->maps_added == r->maps;
+    sp_reader_plan(r, from);
+out:
+    sp_block_list_destroy(batch);
+    sp__free(fresh);
     return st;
 }
 
@@ -599,7 +817,7 @@ void sp_shuffle_reader_close(sp_shuffle_reader_t *r)
             sp_reader_release(r, &r->held[i]);
         /* Completed blocks nobody took. */
         for (size_t i = 0; i < r->qlen; i++)
-            sp_reader_release(r, &r->queue[(r->qhead + i) % (r->list->count + 1)]);
+            sp_reader_release(r, &r->queue[(r->qhead + i) % (r->cap + 1)]);
         /* Files of fetches that never completed. */
         for (size_t i = 0; i < sp_reader_pool(r)->n; i++) {
             char *file = sp_reader_pool(r)->ctx[i].file;
@@ -624,5 +842,10 @@ void sp_shuffle_reader_close(sp_shuffle_reader_t *r)
     sp__free(r->refetched);
     sp__free(r->held);
     sp__free(r->merge_block);
+    for (size_t i = 0; i < r->nbatches; i++)
+        sp_block_list_destroy(r->batches[i]);
+    sp__free(r->batches);
+    sp__free(r->own.blocks);
+    sp__free(r->added);
     sp__free(r);
 }

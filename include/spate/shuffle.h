@@ -551,6 +551,40 @@ SP_API sp_status_t sp_shuffle_reader_open(sp_task_memory_t *task, const sp_conf_
                                           const sp_shuffle_reader_options_t *opts,
                                           sp_shuffle_reader_t **reader_p);
 
+/**
+ * How an incremental read waits for more map outputs: waits up to timeout_ms
+ * (0: not at all) for map statuses that have come since the last call and
+ * adds them with sp_shuffle_reader_add(). An error fails the read with it
+ * (SP_ERR_CANCELED, say, when the caller gives up on the task).
+ */
+typedef sp_status_t (*sp_shuffle_reader_wait_fn_t)(void *arg, sp_shuffle_reader_t *reader,
+                                                   int timeout_ms);
+
+/**
+ * Opens a reader of reduce partitions [reduce_start, reduce_end) of a
+ * shuffle with `maps` map outputs before they all exist (reduce slow start):
+ * statuses are added with sp_shuffle_reader_add() as maps commit, and their
+ * blocks fetched while the others are still computed. Whenever the reader has
+ * nothing to take, it calls wait(wait_arg, reader, timeout) (timeout 0 while
+ * fetches are in flight). The read ends once every map's status is in and
+ * every block is read; merged reads still merge in (map, reduce) order, while
+ * a sorted read's equal keys come in the order their blocks arrived.
+ */
+SP_API sp_status_t sp_shuffle_reader_open_incremental(
+    sp_task_memory_t *task, const sp_conf_t *conf, uint32_t maps, uint32_t reduce_start,
+    uint32_t reduce_end, const sp_shuffle_reader_options_t *opts, sp_shuffle_reader_wait_fn_t wait,
+    void *wait_arg, sp_shuffle_reader_t **reader_p);
+
+/**
+ * Adds map statuses to an incremental read (NULL entries are skipped). A map
+ * whose status is already in is ignored (its output recomputed or moved
+ * since: the blocks already taken stand). A map id at or past the read's
+ * maps is SP_ERR_INVALID_PARAM. Not thread-safe: call it from the thread
+ * that reads (from the wait function, or before reading).
+ */
+SP_API sp_status_t sp_shuffle_reader_add(sp_shuffle_reader_t *reader,
+                                         const sp_map_status_t *const *statuses, size_t count);
+
 /** Next record in the reader's order; pointers valid until the next call. */
 SP_API sp_status_t sp_shuffle_reader_next(sp_shuffle_reader_t *reader, const void **key_p,
                                           size_t *key_len_p, const void **value_p,

@@ -234,10 +234,42 @@ static void test_reader_map_side_combine(void **state)
     shuffle_free(&e);
 }
 
+/*
+ * Incremental reads: when set, check_partition opens the reader before any
+ * status is in and its wait function hands them over one per call, last map
+ * first, each time with the previous one again (which must be ignored).
+ */
+static bool incremental;
+
+typedef struct feed {
+    shuffle_env_t *e;
+    int next; /* the map handed over next; -1: all given */
+    unsigned calls, waits;
+    sp_status_t fail; /* returned instead, when not SP_OK */
+} feed_t;
+
+static sp_status_t feed_wait(void *arg, sp_shuffle_reader_t *reader, int timeout_ms)
+{
+    feed_t *f = arg;
+    const sp_map_status_t *give[3];
+
+    f->calls++;
+    f->waits += timeout_ms > 0;
+    if (f->fail != SP_OK)
+        return SP_RAISE(f->fail, "the test gives up on the read");
+    assert_true(f->next >= 0); /* the reader must not wait once every map is in */
+    give[0] = f->e->status[f->next];
+    give[1] = NULL;
+    give[2] = f->next + 1 < MAPS ? f->e->status[f->next + 1] : f->e->status[f->next];
+    f->next--;
+    return sp_shuffle_reader_add(reader, give, 3);
+}
+
 /* Reads partition r in order and checks it against the reference. */
 static void check_partition(shuffle_env_t *e, uint32_t r, sp_read_order_t order,
                             sp_block_fetcher_t *fetcher, sp_shuffle_read_stats_t *stats_p)
 {
+    feed_t feed = {.e = e, .next = MAPS - 1};
     const sp_map_status_t *st[MAPS];
     sp_block_list_t *list = NULL;
     sp_shuffle_reader_options_t o = {.order = order, .fetcher = fetcher};
@@ -252,7 +284,12 @@ static void check_partition(shuffle_env_t *e, uint32_t r, sp_read_order_t order,
         st[m] = e->status[m];
     assert_int_equal(sp_block_list_from_statuses(st, MAPS, r, r + 1, &list), SP_OK);
     assert_int_equal(sp_task_memory_create(e->mm, 500 + r, &task), SP_OK);
-    assert_int_equal(sp_shuffle_reader_open(task, e->conf, list, &o, &reader), SP_OK);
+    if (incremental)
+        assert_int_equal(sp_shuffle_reader_open_incremental(task, e->conf, MAPS, r, r + 1, &o,
+                                                            feed_wait, &feed, &reader),
+                         SP_OK);
+    else
+        assert_int_equal(sp_shuffle_reader_open(task, e->conf, list, &o, &reader), SP_OK);
     for (;;) {
         const void *k, *v;
         size_t kl, vl;
@@ -272,6 +309,8 @@ static void check_partition(shuffle_env_t *e, uint32_t r, sp_read_order_t order,
     }
     if (stats_p != NULL)
         sp_shuffle_reader_stats(reader, stats_p);
+    if (incremental) /* every map handed over, one per call, and no call after the last */
+        assert_int_equal(feed.next, -1);
     sp_shuffle_reader_close(reader);
     sp_task_memory_destroy(task, NULL);
     sp_block_list_destroy(list);
@@ -287,6 +326,12 @@ static void check_partition(shuffle_env_t *e, uint32_t r, sp_read_order_t order,
                 want[groups++] = want[i];
         }
         n = groups;
+        qsort(have, got, sizeof(*have), flat_cmp_multiset);
+    } else if (order == SP_READ_SORT && incremental) {
+        /* Key order exactly; equal keys come in the order their blocks arrived. */
+        for (size_t i = 1; i < got; i++)
+            assert_true(flat_key_cmp(&have[i - 1], &have[i]) <= 0);
+        qsort(want, n, sizeof(*want), flat_cmp_multiset);
         qsort(have, got, sizeof(*have), flat_cmp_multiset);
     } else if (order == SP_READ_UNORDERED) {
         qsort(want, n, sizeof(*want), flat_cmp_multiset);
@@ -321,6 +366,90 @@ static void test_reader_every_order_matches_reference(void **state)
             shuffle_free(&e);
         }
     }
+}
+
+/* Statuses arriving one at a time, last map first: the same records in the same order. */
+static void test_reader_incremental_matches_reference(void **state)
+{
+    static const sp_codec_t codecs[] = {SP_CODEC_NONE, SP_CODEC_LZ4};
+
+    (void)state;
+    incremental = true;
+    for (int ordered = 0; ordered < 2; ordered++) {
+        for (int ci = 0; ci < 2; ci++) {
+            shuffle_env_t e;
+            shuffle_write(&e, 7, 2000, ordered != 0, codecs[ci], "64m");
+            for (uint32_t r = 0; r < e.partitions; r++) {
+                check_partition(&e, r, SP_READ_UNORDERED, NULL, NULL);
+                check_partition(&e, r, ordered ? SP_READ_MERGE : SP_READ_SORT, NULL, NULL);
+                check_partition(&e, r, SP_READ_AGGREGATE, NULL, NULL);
+            }
+            shuffle_free(&e);
+        }
+    }
+    incremental = false;
+}
+
+/* A wait that fails fails the read with its status; bad statuses are refused. */
+static void test_reader_incremental_failures(void **state)
+{
+    shuffle_env_t e;
+    sp_shuffle_reader_options_t o = {.order = SP_READ_MERGE};
+    sp_shuffle_reader_t *reader = NULL;
+    sp_task_memory_t *task = NULL;
+    feed_t feed;
+    const void *k, *v;
+    size_t kl, vl;
+    bool more;
+    const sp_map_status_t *give[1];
+    sp_block_list_t *list = NULL;
+
+    (void)state;
+    shuffle_write(&e, 3, 500, true, SP_CODEC_NONE, "64m");
+    assert_int_equal(sp_task_memory_create(e.mm, 900, &task), SP_OK);
+
+    /* Two maps in, then the caller gives up: the read fails with its status and says why. */
+    feed = (feed_t){.e = &e, .next = MAPS - 1};
+    assert_int_equal(
+        sp_shuffle_reader_open_incremental(task, e.conf, MAPS, 0, 1, &o, feed_wait, &feed, &reader),
+        SP_OK);
+    give[0] = e.status[0];
+    assert_int_equal(sp_shuffle_reader_add(reader, give, 1), SP_OK);
+    feed.fail = SP_ERR_CANCELED;
+    assert_int_equal(sp_shuffle_reader_next(reader, &k, &kl, &v, &vl, &more), SP_ERR_CANCELED);
+    assert_non_null(strstr(sp_last_error(), "waiting for the map outputs"));
+    assert_non_null(strstr(sp_last_error(), "1 of 4 maps in"));
+    assert_non_null(strstr(sp_last_error(), "the test gives up"));
+    assert_true(feed.calls >= 1);
+    sp_shuffle_reader_close(reader);
+
+    /* A status of a map past the read's maps. */
+    reader = NULL;
+    assert_int_equal(sp_shuffle_reader_open_incremental(task, e.conf, MAPS - 1, 0, 1, &o, feed_wait,
+                                                        &feed, &reader),
+                     SP_OK);
+    give[0] = e.status[MAPS - 1];
+    assert_int_equal(sp_shuffle_reader_add(reader, give, 1), SP_ERR_INVALID_PARAM);
+    assert_non_null(strstr(sp_last_error(), "a read of 3 maps"));
+    sp_shuffle_reader_close(reader);
+
+    /* Statuses added to a reader over a fixed list; no wait function. */
+    reader = NULL;
+    assert_int_equal(
+        sp_block_list_from_statuses((const sp_map_status_t *const *)e.status, MAPS, 0, 1, &list),
+        SP_OK);
+    assert_int_equal(sp_shuffle_reader_open(task, e.conf, list, &o, &reader), SP_OK);
+    assert_int_equal(sp_shuffle_reader_add(reader, give, 1), SP_ERR_INVALID_PARAM);
+    sp_shuffle_reader_close(reader);
+    sp_block_list_destroy(list);
+    reader = NULL;
+    assert_int_equal(
+        sp_shuffle_reader_open_incremental(task, e.conf, MAPS, 0, 1, &o, NULL, NULL, &reader),
+        SP_ERR_INVALID_PARAM);
+    assert_null(reader);
+
+    sp_task_memory_destroy(task, NULL);
+    shuffle_free(&e);
 }
 
 static void test_reader_tiny_memory_spills_and_still_matches(void **state)
@@ -783,6 +912,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reader_every_order_matches_reference),
+        cmocka_unit_test(test_reader_incremental_matches_reference),
+        cmocka_unit_test(test_reader_incremental_failures),
         cmocka_unit_test(test_reader_tiny_memory_spills_and_still_matches),
         cmocka_unit_test(test_reader_map_side_combine),
         cmocka_unit_test(test_reader_respects_bytes_in_flight),
