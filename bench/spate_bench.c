@@ -327,9 +327,14 @@ static double sp_bench_stage_s(const sp__stage_report_t *s)
 }
 
 /* The share of a stage's core time its executors left idle (0 when not measured). */
+static double sp_bench_idle_of(uint64_t cpu_ns, uint64_t core_ns)
+{
+    return core_ns > cpu_ns ? (double)(core_ns - cpu_ns) / (double)core_ns : 0;
+}
+
 static double sp_bench_idle(const sp__stage_report_t *s)
 {
-    return s->core_ns > s->cpu_ns ? (double)(s->core_ns - s->cpu_ns) / (double)s->core_ns : 0;
+    return sp_bench_idle_of(s->cpu_ns, s->core_ns);
 }
 
 static json_t *sp_bench_phase(double s, uint64_t data, uint64_t records, uint32_t nexec,
@@ -417,6 +422,12 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
     json_object_set_new(
         phases, "total",
         sp_bench_phase(tot_s, data, records, nexec, map->spill_bytes + red->spill_bytes));
+    /* Map and reduce together, from the map stage's start to the reduce stage's end (they
+     * overlap under shuffle.reduce_slowstart). */
+    json_object_set_new(json_object_get(phases, "total"), "idle_core_fraction",
+                        json_real(sp_bench_idle_of(r->cpu_ns, r->core_ns)));
+    json_object_set_new(json_object_get(phases, "total"), "reduces_started_early",
+                        json_integer(r->reduces_early));
     if (ts) {
         json_object_set_new(phases, "sample", sp_bench_phase(smp_s, data, records, nexec, 0));
         json_object_set_new(phases, "validation", sp_bench_phase(val_s, data, records, nexec, 0));
@@ -533,8 +544,10 @@ static json_t *sp_bench_record(const sp_bench_opts_t *o, unsigned run, unsigned 
            "total", tot_s, sp_bench_gb(data, tot_s) / nexec, sp_bench_gb(data, tot_s),
            tot_s > 0 ? (double)records / tot_s / 1e6 : 0, b2, b3, anon_ratio,
            anon_ratio > SP_BENCH_ANON_TARGET ? ", above the target" : "", b4);
-    printf("  %-16s %7.0f%% of the map stage's core time, %.0f%% of the reduce stage's\n",
-           "idle cores", 100 * sp_bench_idle(map), 100 * sp_bench_idle(red));
+    printf("  %-16s %7.0f%% of the map stage's core time, %.0f%% of the reduce stage's, %.0f%% "
+           "of both together (%u reduce tasks started before the maps ended)\n",
+           "idle cores", 100 * sp_bench_idle(map), 100 * sp_bench_idle(red),
+           100 * sp_bench_idle_of(r->cpu_ns, r->core_ns), r->reduces_early);
     if (lim->copy_s > 0)
         printf("  %-16s %8.2f  the total is %.2fx the copy floor (%u processes %s through "
                "the page cache)\n",

@@ -116,6 +116,11 @@ SP_CONF_KEY("shuffle.output", SP_CONF_ENUM, "memory", NULL, NULL, "memory|disk",
             "committed first when execution needs the memory; on disk from the start when "
             "storage memory is refused or the map task spilled) or disk (a file in "
             "shuffle.local_dirs).")
+SP_CONF_KEY("shuffle.reduce_slowstart", SP_CONF_DOUBLE, "1", "0", "1", NULL,
+            "Share of the map tasks that must have committed before reduce tasks start (Hadoop's "
+            "slow start): an early reduce task fetches outputs as maps commit, in slots no "
+            "pending map task needs, and gives its slot back when a map task must run again. 1: "
+            "reduce tasks start when every map output is in.")
 SP_CONF_KEY("shuffle.sync", SP_CONF_BOOL, "false", NULL, NULL, NULL,
             "fsync committed map outputs (and their directory) before they become visible.")
 SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NULL,

@@ -51,7 +51,7 @@
  * executor's CPU time (idle core time per stage). 5: OUTPUT_MOVED, and
  * HEARTBEAT and BYE carry the peak storage memory.
  */
-#define SP__CTL_VERSION 5u
+#define SP__CTL_VERSION 6u
 /* Header: u32 magic, u16 version, u16 type, u32 payload length. */
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */

@@ -10,7 +10,15 @@
  * result of an older attempt is ignored except for freeing its slot.
  *
  * Scheduling: pending map tasks first; reduce tasks become runnable when the
- * tracker has every map output. Each reduce task prefers the executor
+ * tracker has every map output, or, with shuffle.reduce_slowstart below 1,
+ * once that share of the maps has committed and no map task is pending
+ * (such an early reduce task reads the outputs as they come; the executor
+ * feeds its reader). Early reduce tasks take only slots no map task waits
+ * for: when a map task must run again (a failure, a lost output) and no
+ * slot is free, the driver cancels the most recently started early reduce
+ * task that is still running (CANCEL); it gives up if it still waits for
+ * map outputs, and goes back to pending without counting as a failure.
+ * Each reduce task prefers the executor
  * holding the largest share of its input bytes; a first pass fills every
  * executor's free slots with tasks it is preferred for, a second pass gives
  * what is left to any free slot (so a task waits for its preferred executor
@@ -98,6 +106,8 @@ typedef struct sp_dtask {
      * job's result, once, even while a lost output is computed again.
      */
     bool counted;
+    bool early;     /* reduce: the running attempt started before every map output was in */
+    bool canceling; /* reduce: the driver sent CANCEL for the running attempt */
     sp__task_metrics_t metrics;
     char *last_error; /* the most recent failure, for the job's final message */
 } sp_dtask_t;
@@ -137,6 +147,7 @@ struct sp__driver {
     uint64_t last_ping_ns;
     uint32_t replacements; /* executors the launcher is starting in place of lost ones */
     int64_t max_failures, max_stage_attempts;
+    double slowstart; /* shuffle.reduce_slowstart */
     uint32_t stage_attempts;
     sp__driver_report_t rep;
 
@@ -545,6 +556,29 @@ static void sp_drv_stage_cpu(sp__driver_t *d)
         st->cpu_ns = cpu;
         st->core_ns = end > st->start_ns ? slots * (end - st->start_ns) : 0;
     }
+    /* The shuffle as a whole: map and reduce stages, which overlap under slow start. */
+    {
+        const sp__stage_report_t *map = &d->rep.stages[SP_STAGE_MAP];
+        const sp__stage_report_t *red = &d->rep.stages[SP_STAGE_REDUCE];
+        uint64_t end = red->end_ns != 0 ? red->end_ns : now, slots = 0, cpu = 0;
+
+        for (uint32_t e = 0; e < d->nexecs && map->start_ns != 0; e++) {
+            const sp_dexec_t *x = &d->execs[e];
+            uint64_t c0 = UINT64_MAX, c1 = 0;
+            for (int s = SP_STAGE_MAP; s <= SP_STAGE_REDUCE; s++)
+                if (x->stage_cpu_set[s]) {
+                    c0 = SP_MIN(c0, x->stage_cpu0[s]);
+                    c1 = SP_MAX(c1, x->stage_cpu1[s]);
+                }
+            if (c0 == UINT64_MAX)
+                continue;
+            cpu += c1 - c0;
+            slots += x->rep.slots;
+        }
+        d->rep.cpu_ns = cpu;
+        d->rep.core_ns =
+            map->start_ns != 0 && end > map->start_ns ? slots * (end - map->start_ns) : 0;
+    }
 }
 
 static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf, size_t len)
@@ -777,6 +811,15 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
             d->rep.stages[stage].end_ns = sp__now_ns();
         return SP_OK;
     }
+    if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_CANCELED && t->canceling) {
+        /* It gave its slot to a map task, as asked: not a failure. */
+        ts->state = SP__SCHED_PENDING;
+        t->attempt++;
+        t->canceling = false;
+        d->rep.reduces_canceled++;
+        sp_info("reduce task %u on executor %u gave its slot back: %s", r.index, e, r.message);
+        return SP_OK;
+    }
     if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED &&
         r.failed_map < d->plan.maps && d->map_moved_ns[r.failed_map] >= t->started_ns &&
         d->map_moved_ns[r.failed_map] != 0) {
@@ -891,6 +934,10 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
     t->executor = e;
     t->task_id = msg.task_id;
     t->started_ns = sp__now_ns();
+    t->canceling = false;
+    t->early = stage == SP_STAGE_REDUCE && !sp_drv_maps_complete(d);
+    if (t->early)
+        d->rep.reduces_early++;
     d->execs[e].busy++;
     if (d->rep.stages[stage].start_ns == 0) {
         d->rep.stages[stage].start_ns = sp__now_ns();
@@ -904,18 +951,12 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
     return SP_OK;
 }
 
-static sp_status_t sp_drv_schedule(sp__driver_t *d)
+/* Fills free slots with pending tasks of stage (reduce: preferred executors first). */
+static sp_status_t sp_drv_fill(sp__driver_t *d, int stage)
 {
     uint32_t alive;
-    int stage;
     sp_status_t st;
 
-    if (d->sampling)
-        stage = SP_STAGE_SAMPLE;
-    else if (!sp_drv_maps_complete(d))
-        stage = SP_STAGE_MAP;
-    else
-        stage = SP_STAGE_REDUCE;
     if (stage == SP_STAGE_REDUCE && !d->preferred_valid)
         sp_drv_compute_preferred(d);
     alive = sp_drv_ready_count(d);
@@ -931,6 +972,80 @@ static sp_status_t sp_drv_schedule(sp__driver_t *d)
             }
         }
     return SP_OK;
+}
+
+/* The first pending map task, or -1. */
+static int64_t sp_drv_pending_map(const sp__driver_t *d)
+{
+    for (uint32_t m = 0; m < d->ntasks[SP_STAGE_MAP]; m++)
+        if (d->sched[SP_STAGE_MAP][m].state == SP__SCHED_PENDING)
+            return m;
+    return -1;
+}
+
+/*
+ * Map task m waits for a slot while early reduce tasks hold them: cancels
+ * the most recently started early reduce task (one not on the executor m
+ * avoids, when there is one), unless a cancel is on its way already. It
+ * gives its slot back when its reader next waits for map outputs.
+ */
+static void sp_drv_cancel_early(sp__driver_t *d, uint32_t m)
+{
+    uint32_t avoid = d->sched[SP_STAGE_MAP][m].avoid, n = d->ntasks[SP_STAGE_REDUCE];
+    int64_t pick = -1, other = -1;
+    sp__msg_cancel_t c;
+    void *buf = NULL;
+    size_t len = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        const sp_dtask_t *t = &d->tasks[SP_STAGE_REDUCE][i];
+        if (d->sched[SP_STAGE_REDUCE][i].state != SP__SCHED_RUNNING || !t->early)
+            continue;
+        if (t->canceling)
+            return;
+        if (t->executor != avoid &&
+            (pick < 0 || t->started_ns > d->tasks[SP_STAGE_REDUCE][pick].started_ns))
+            pick = i;
+        if (other < 0 || t->started_ns > d->tasks[SP_STAGE_REDUCE][other].started_ns)
+            other = i;
+    }
+    if (pick < 0)
+        pick = other;
+    if (pick < 0)
+        return;
+    c.task_id = d->tasks[SP_STAGE_REDUCE][pick].task_id;
+    if (sp__msg_cancel_encode(&c, &buf, &len) != SP_OK)
+        return;
+    if (sp_drv_send(d, d->tasks[SP_STAGE_REDUCE][pick].executor, SP_MSG_CANCEL, buf, len) ==
+        SP_OK) {
+        d->tasks[SP_STAGE_REDUCE][pick].canceling = true;
+        sp_info("map task %u waits for a slot: canceling reduce task %u on executor %u, which "
+                "started before every map output was in",
+                m, (uint32_t)pick, d->tasks[SP_STAGE_REDUCE][pick].executor);
+    }
+    free(buf);
+}
+
+static sp_status_t sp_drv_schedule(sp__driver_t *d)
+{
+    int64_t m;
+    sp_status_t st;
+
+    if (d->sampling)
+        return sp_drv_fill(d, SP_STAGE_SAMPLE);
+    if (!sp_drv_maps_complete(d)) {
+        if ((st = sp_drv_fill(d, SP_STAGE_MAP)) != SP_OK)
+            return st;
+        if ((m = sp_drv_pending_map(d)) >= 0) {
+            /* Map tasks come first: early reduce tasks give their slots back. */
+            sp_drv_cancel_early(d, (uint32_t)m);
+            return SP_OK;
+        }
+        if (!sp__sched_reduce_early(d->rep.stages[SP_STAGE_MAP].done, d->ntasks[SP_STAGE_MAP],
+                                    false, d->slowstart))
+            return SP_OK;
+    }
+    return sp_drv_fill(d, SP_STAGE_REDUCE);
 }
 
 static sp_status_t sp_drv_finish_sampling(sp__driver_t *d)
@@ -1261,8 +1376,10 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
                                    &d->heartbeat_interval_ns)) != SP_OK ||
         (st = sp_conf_get_duration(opts->conf, "task.timeout", &d->task_timeout_ns)) != SP_OK ||
         (st = sp_conf_get_int(opts->conf, "task.max_failures", &d->max_failures)) != SP_OK ||
-        (st = sp_conf_get_int(opts->conf, "stage.max_attempts", &d->max_stage_attempts)) != SP_OK)
+        (st = sp_conf_get_int(opts->conf, "stage.max_attempts", &d->max_stage_attempts)) != SP_OK ||
+        (st = sp_conf_get_double(opts->conf, "shuffle.reduce_slowstart", &d->slowstart)) != SP_OK)
         goto err;
+    d->rep.reduce_slowstart = d->slowstart;
     d->heartbeat_timeout_ns = ns;
     /* Two heartbeats must fit in the timeout, or one late heartbeat loses a healthy executor. */
     if (d->heartbeat_interval_ns >= ns / 2) {

@@ -17,6 +17,14 @@
  * executor's CPU. Statuses are reference counted so that a reduce task keeps
  * the ones it started with while the driver replaces or drops them.
  *
+ * Reduce slow start: the driver may start a reduce task before every map
+ * output is in (shuffle.reduce_slowstart). The task then reads
+ * incrementally: it starts with the statuses this executor has, and its
+ * reader asks for more whenever it has nothing to do (sp_exec_feed_next),
+ * which waits on status_cond for the next MAP_OUTPUT. A CANCEL from the
+ * driver (it wants the slot back for a map task that must run again) makes
+ * such a wait fail with SP_ERR_CANCELED; so does the executor stopping.
+ *
  * Memory peaks for the driver's report: VmHWM (the kernel's high-water mark
  * of the resident set) counts the committed map outputs this executor maps
  * to read or serve them, page cache rather than its own memory, so the
@@ -89,8 +97,12 @@ typedef struct sp_executor {
     char *app_dirs; /* comma-separated executor directories, removed at the end */
     sp__task_env_t env;
 
-    pthread_mutex_t lock; /* statuses, served, bounds, queue */
+    pthread_mutex_t lock; /* statuses, served, bounds, queue, canceled */
     pthread_cond_t cond;
+    pthread_cond_t status_cond; /* a map status came, a task was canceled, or stopping */
+    uint64_t status_gen;        /* raised with every status that comes */
+    uint64_t *canceled;         /* ids of running tasks the driver canceled */
+    size_t ncanceled, cap_canceled;
     pthread_cond_t sample_cond; /* wakes the sampler: a task started, or stopping */
     sp_status_ref_t **statuses; /* plan.maps */
     sp_served_output_t **served;
@@ -371,14 +383,79 @@ err:
     return st;
 }
 
-static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r)
+/* Whether the driver canceled task id (under lock). */
+static bool sp_exec_canceled(const sp_executor_t *ex, uint64_t task_id)
 {
-    uint32_t maps = ex->job.plan.maps;
-    sp_status_ref_t **refs = calloc(maps, sizeof(*refs));
-    const sp_map_status_t **sts = calloc(maps, sizeof(*sts));
+    for (size_t i = 0; i < ex->ncanceled; i++)
+        if (ex->canceled[i] == task_id)
+            return true;
+    return false;
+}
+
+/* What a reduce task started before every map output was in reads the rest from. */
+typedef struct sp_exec_feed {
+    sp_executor_t *ex;
+    const sp__msg_task_t *task;
+    sp_status_ref_t **refs;      /* per map: the status handed to the task; NULL: not yet */
+    const sp_map_status_t **sts; /* refs' statuses, in the order handed over */
+    size_t nsts;
+    uint64_t gen; /* status_gen when last looked */
+} sp_exec_feed_t;
+
+static sp_status_t sp_exec_feed_next(void *arg, int timeout_ms,
+                                     const sp_map_status_t *const **statuses_p, size_t *count_p)
+{
+    sp_exec_feed_t *f = arg;
+    sp_executor_t *ex = f->ex;
+    size_t first = f->nsts;
     sp_status_t st = SP_OK;
 
-    if (refs == NULL || sts == NULL) {
+    pthread_mutex_lock(&ex->lock);
+    if (f->gen == ex->status_gen && timeout_ms > 0 && !ex->stopping &&
+        !sp_exec_canceled(ex, f->task->task_id)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&ex->status_cond, &ex->lock, &ts);
+    }
+    if (sp_exec_canceled(ex, f->task->task_id)) {
+        st = SP_RAISE(SP_ERR_CANCELED,
+                      "the driver canceled reduce task %u attempt %u while it waited for map "
+                      "outputs, to give its slot to a map task",
+                      f->task->index, f->task->attempt);
+    } else if (ex->stopping) {
+        st = SP_RAISE(SP_ERR_CANCELED, "executor %u is stopping", ex->job.executor_id);
+    } else if (f->gen != ex->status_gen) {
+        f->gen = ex->status_gen;
+        for (uint32_t m = 0; m < ex->job.plan.maps; m++)
+            if (f->refs[m] == NULL && ex->statuses[m] != NULL) {
+                f->refs[m] = ex->statuses[m];
+                atomic_fetch_add(&f->refs[m]->refs, 1);
+                f->sts[f->nsts++] = f->refs[m]->status;
+            }
+    }
+    pthread_mutex_unlock(&ex->lock);
+    *statuses_p = f->sts + first;
+    *count_p = f->nsts - first;
+    return st;
+}
+
+static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r)
+{
+    uint32_t maps = ex->job.plan.maps, missing = 0;
+    sp_status_ref_t **refs = calloc(maps + 1, sizeof(*refs));
+    const sp_map_status_t **sts = calloc(maps + 1, sizeof(*sts));
+    const sp_map_status_t **handed = calloc(maps + 1, sizeof(*handed));
+    sp_exec_feed_t feed = {.ex = ex, .task = t, .refs = refs, .sts = handed};
+    sp__reduce_feed_t rf = {.next = sp_exec_feed_next, .arg = &feed};
+    sp_status_t st = SP_OK;
+
+    if (refs == NULL || sts == NULL || handed == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u statuses", maps);
         goto out;
     }
@@ -388,29 +465,30 @@ static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp
                 ex->job.executor_id, (unsigned long long)freed);
     }
     pthread_mutex_lock(&ex->lock);
+    feed.gen = ex->status_gen;
     for (uint32_t m = 0; m < maps; m++) {
         refs[m] = ex->statuses[m];
-        if (refs[m] != NULL)
+        if (refs[m] != NULL) {
             atomic_fetch_add(&refs[m]->refs, 1);
+            sts[m] = refs[m]->status;
+        } else {
+            missing++;
+        }
     }
     pthread_mutex_unlock(&ex->lock);
-    for (uint32_t m = 0; m < maps; m++) {
-        if (refs[m] == NULL) {
-            r->failed_map = m;
-            st = SP_RAISE(SP_ERR_FETCH_FAILED,
-                          "reduce task %u: executor %u has no output of map %u (lost)", t->index,
-                          ex->job.executor_id, m);
-            goto out;
-        }
-        sts[m] = refs[m]->status;
-    }
-    st =
-        sp__task_run_reduce(&ex->env, t->index, t->attempt, sts, maps, &r->failed_map, &r->metrics);
+    /*
+     * Started before every map output is in (slow start, or an output lost
+     * meanwhile and being computed again): read incrementally, taking the
+     * others as they come.
+     */
+    st = sp__task_run_reduce(&ex->env, t->index, t->attempt, sts, maps, missing > 0 ? &rf : NULL,
+                             &r->failed_map, &r->metrics);
 out:
     for (uint32_t m = 0; refs != NULL && m < maps; m++)
         sp_status_unref(refs[m]);
     free(refs);
     free(sts);
+    free(handed);
     return st;
 }
 
@@ -577,6 +655,11 @@ static void *sp_exec_worker(void *arg)
         atomic_fetch_sub(&ex->running, 1);
         pthread_mutex_lock(&ex->lock);
         ex->current[index] = NULL;
+        for (size_t i = 0; i < ex->ncanceled; i++)
+            if (ex->canceled[i] == item->task.task_id) {
+                ex->canceled[i] = ex->canceled[--ex->ncanceled];
+                break;
+            }
         pthread_mutex_unlock(&ex->lock);
         free(item);
     }
@@ -825,6 +908,8 @@ static sp_status_t sp_exec_on_map_output(sp_executor_t *ex, const void *buf, siz
     pthread_mutex_lock(&ex->lock);
     old = ex->statuses[status->map_id];
     ex->statuses[status->map_id] = ref;
+    ex->status_gen++;
+    pthread_cond_broadcast(&ex->status_cond);
     pthread_mutex_unlock(&ex->lock);
     sp_status_unref(old);
     return SP_OK;
@@ -863,6 +948,45 @@ static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_
         sp_map_output_unserve(served);
         sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, m.map_id);
     }
+    return SP_OK;
+}
+
+/*
+ * CANCEL: a reduce task of this executor that waits for map outputs gives
+ * up (sp_exec_feed_next). The id is kept while the task is queued or runs
+ * (a task that no longer waits finishes as usual); any other id is ignored.
+ */
+static sp_status_t sp_exec_on_cancel(sp_executor_t *ex, const void *buf, size_t len)
+{
+    sp__msg_cancel_t c;
+    bool known = false;
+    sp_status_t st;
+
+    if ((st = sp__msg_cancel_decode(buf, len, &c)) != SP_OK)
+        return st;
+    pthread_mutex_lock(&ex->lock);
+    for (uint32_t i = 0; i < ex->nworkers && !known; i++)
+        known = ex->current[i] != NULL && ex->current[i]->task_id == c.task_id;
+    for (const sp_task_item_t *it = ex->head; it != NULL && !known; it = it->next)
+        known = it->task.task_id == c.task_id;
+    if (known && !sp_exec_canceled(ex, c.task_id)) {
+        if (ex->ncanceled == ex->cap_canceled) {
+            size_t cap = ex->cap_canceled ? 2 * ex->cap_canceled : 8;
+            uint64_t *grown = realloc(ex->canceled, cap * sizeof(*grown));
+            if (grown == NULL) {
+                pthread_mutex_unlock(&ex->lock);
+                return SP_RAISE(SP_ERR_NOMEM, "no memory to cancel task %llu",
+                                (unsigned long long)c.task_id);
+            }
+            ex->canceled = grown;
+            ex->cap_canceled = cap;
+        }
+        ex->canceled[ex->ncanceled++] = c.task_id;
+        pthread_cond_broadcast(&ex->status_cond);
+    }
+    pthread_mutex_unlock(&ex->lock);
+    sp_debug("executor %u: cancel of task %llu %s", ex->job.executor_id,
+             (unsigned long long)c.task_id, known ? "taken" : "ignored (not here)");
     return SP_OK;
 }
 
@@ -931,6 +1055,7 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     ex->stopping = true;
     pthread_cond_broadcast(&ex->cond);
     pthread_cond_broadcast(&ex->sample_cond);
+    pthread_cond_broadcast(&ex->status_cond);
     while (ex->live_workers > 0)
         if (pthread_cond_timedwait(&ex->exit_cond, &ex->lock, &ts) == ETIMEDOUT)
             break;
@@ -991,7 +1116,9 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     free(ex->app_dirs);
     sp_conf_destroy(ex->conf);
     sp__msg_job_clear(&ex->job);
+    free(ex->canceled);
     pthread_cond_destroy(&ex->exit_cond);
+    pthread_cond_destroy(&ex->status_cond);
     pthread_cond_destroy(&ex->sample_cond);
     pthread_cond_destroy(&ex->cond);
     pthread_mutex_destroy(&ex->lock);
@@ -1045,6 +1172,7 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
         pthread_cond_init(&ex->sample_cond, &attr);
         pthread_cond_init(&ex->exit_cond, &attr);
+        pthread_cond_init(&ex->status_cond, &attr);
         pthread_condattr_destroy(&attr);
     }
     atomic_init(&ex->running, 0);
@@ -1155,6 +1283,7 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         case SP_MSG_TASK: st = sp_exec_on_task(ex, buf, len); break;
         case SP_MSG_MAP_OUTPUT: st = sp_exec_on_map_output(ex, buf, len); break;
         case SP_MSG_MAP_LOST: st = sp_exec_on_map_lost(ex, buf, len); break;
+        case SP_MSG_CANCEL: st = sp_exec_on_cancel(ex, buf, len); break;
         case SP_MSG_BOUNDS:
             pthread_mutex_lock(&ex->lock);
             free(ex->bounds);

@@ -96,6 +96,15 @@ typedef struct sp__driver_report {
     uint32_t executors_relaunched; /* started by the launcher in place of lost ones */
     uint32_t outputs_moved;        /* map outputs evicted from memory to disk (OUTPUT_MOVED) */
     uint32_t fetches_after_move;   /* reduce attempts run again: an output moved under them */
+    uint32_t reduces_early;        /* reduce attempts started before every map output was in */
+    uint32_t reduces_canceled;     /* of those, canceled to give a map task their slot */
+    double reduce_slowstart;       /* shuffle.reduce_slowstart of the run */
+    /*
+     * Core time of the whole shuffle, from the map stage's start to the reduce
+     * stage's end (stages overlap under slow start, so their own figures share
+     * time): the executors' CPU time and their slots x that wall time.
+     */
+    uint64_t cpu_ns, core_ns;
     uint32_t maps, partitions;
     char error[1024]; /* why the run failed; empty when it succeeded */
 } sp__driver_report_t;

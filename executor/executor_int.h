@@ -118,10 +118,27 @@ sp_status_t sp__task_run_sample(const sp__task_env_t *env, uint32_t map_id, uint
  * success).
  * A fetch failure is SP_ERR_FETCH_FAILED; *failed_map_p then names the map
  * whose block failed (UINT64_MAX when unknown).
+ *
+ * With feed (reduce slow start), statuses holds those of the maps committed
+ * so far (NULL for the others; count is the plan's maps) and the read is
+ * incremental: feed->next hands over the others as they come, and its error
+ * (SP_ERR_CANCELED: the driver wants the slot back) fails the task.
  */
+typedef struct sp__reduce_feed {
+    /*
+     * Waits up to timeout_ms (0: not at all) for statuses of maps not handed
+     * over yet; *statuses_p (borrowed until the task ends) gets *count_p of
+     * them, each map once.
+     */
+    sp_status_t (*next)(void *arg, int timeout_ms, const sp_map_status_t *const **statuses_p,
+                        size_t *count_p);
+    void *arg;
+} sp__reduce_feed_t;
+
 sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, uint32_t attempt,
                                 const sp_map_status_t *const *statuses, size_t count,
-                                uint64_t *failed_map_p, sp__task_metrics_t *metrics);
+                                const sp__reduce_feed_t *feed, uint64_t *failed_map_p,
+                                sp__task_metrics_t *metrics);
 
 /*
  * Range bounds from samples: partitions-1 keys that cut the sorted sample

@@ -456,6 +456,31 @@ sp_status_t sp__msg_map_lost_decode(const void *buf, size_t len, sp__msg_map_los
     return SP_OK;
 }
 
+/* ---- CANCEL ---- */
+
+sp_status_t sp__msg_cancel_encode(const sp__msg_cancel_t *m, void **buf_p, size_t *len_p)
+{
+    sp__wbuf_t w;
+
+    sp__wbuf_init(&w);
+    sp__wbuf_put_u64(&w, m->task_id);
+    return sp_msg_finish(&w, buf_p, len_p);
+}
+
+sp_status_t sp__msg_cancel_decode(const void *buf, size_t len, sp__msg_cancel_t *m)
+{
+    sp__msg_cancel_t out = {0};
+    sp__rbuf_t r;
+    sp_status_t st;
+
+    sp__rbuf_init(&r, buf, len);
+    if ((st = sp__rbuf_get_u64(&r, "CANCEL task", &out.task_id)) != SP_OK ||
+        (st = sp__rbuf_done(&r, "CANCEL")) != SP_OK)
+        return st;
+    *m = out;
+    return SP_OK;
+}
+
 /* ---- FATAL ---- */
 
 sp_status_t sp__msg_fatal_encode(const sp__msg_fatal_t *m, void **buf_p, size_t *len_p)

@@ -37,6 +37,7 @@ enum {
     SP_MSG_PING = 27,         /* driver -> executor, empty: the driver is alive */
     SP_MSG_FATAL = 28,        /* executor -> driver, from its fatal-signal handler */
     SP_MSG_OUTPUT_MOVED = 29, /* executor -> driver: a map output's status after eviction */
+    SP_MSG_CANCEL = 30,       /* driver -> executor: give up a reduce task waiting for maps */
 };
 
 /* Payload bytes of FATAL: signal u32, task id u64 (0: none); fixed, so a handler can fill it. */
@@ -115,6 +116,11 @@ typedef struct sp__msg_fatal {
     uint64_t task_id; /* the task whose thread took it; 0: none */
 } sp__msg_fatal_t;
 
+/* CANCEL: the task (its id) that is to give up while it waits for map outputs. */
+typedef struct sp__msg_cancel {
+    uint64_t task_id;
+} sp__msg_cancel_t;
+
 typedef struct sp__msg_map_lost {
     uint64_t map_id;
     uint32_t executor_id;
@@ -139,6 +145,8 @@ sp_status_t sp__msg_fatal_encode(const sp__msg_fatal_t *m, void **buf_p, size_t 
 sp_status_t sp__msg_fatal_decode(const void *buf, size_t len, sp__msg_fatal_t *m);
 sp_status_t sp__msg_map_lost_encode(const sp__msg_map_lost_t *m, void **buf_p, size_t *len_p);
 sp_status_t sp__msg_map_lost_decode(const void *buf, size_t len, sp__msg_map_lost_t *m);
+sp_status_t sp__msg_cancel_encode(const sp__msg_cancel_t *m, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_cancel_decode(const void *buf, size_t len, sp__msg_cancel_t *m);
 /* BOUNDS: the packed (u32 length, bytes) key list of sp__range_bounds' input form. */
 sp_status_t sp__msg_bounds_encode(const sp_key_t *keys, uint32_t count, void **buf_p,
                                   size_t *len_p);

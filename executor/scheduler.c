@@ -25,6 +25,9 @@
  * with a non-zero block in that output (all of them while the sample stage
  * runs, when the partitions are not yet cut).
  *
+ * Slow start: while maps run, reduce tasks may start once the share
+ * shuffle.reduce_slowstart of them is done and no map task is pending.
+ *
  * Sizes: O(maps x partitions) for the preferences, O(tasks) per pick; the
  * driver runs these on its one thread, between messages.
  */
@@ -77,6 +80,11 @@ int64_t sp__sched_pick(const sp__sched_task_t *tasks, uint32_t ntasks, const uin
      * the driver's rule); pass 1 leaves it for another executor while one is alive.
      */
     return pass == 1 && alive > 1 ? -1 : fallback;
+}
+
+bool sp__sched_reduce_early(uint32_t maps_done, uint32_t maps, bool map_pending, double slowstart)
+{
+    return slowstart < 1 && !map_pending && (double)maps_done >= slowstart * (double)maps;
 }
 
 bool sp__sched_map_needed(const uint64_t *lengths, const sp__sched_task_t *reduces,

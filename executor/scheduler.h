@@ -76,6 +76,15 @@ int64_t sp__sched_pick(const sp__sched_task_t *tasks, uint32_t ntasks, const uin
 bool sp__sched_map_needed(const uint64_t *lengths, const sp__sched_task_t *reduces,
                           uint32_t partitions, bool sampling);
 
+/*
+ * Whether reduce tasks may start while the map stage runs (reduce slow
+ * start): slowstart below 1, at least slowstart x maps map tasks done, and
+ * no map task pending (maps come first: an early reduce task takes only a
+ * slot no map task waits for). With every map done the driver schedules
+ * reduce tasks anyway; this rule is for the time before. Pure.
+ */
+bool sp__sched_reduce_early(uint32_t maps_done, uint32_t maps, bool map_pending, double slowstart);
+
 #ifdef __cplusplus
 }
 #endif

@@ -504,17 +504,55 @@ static void sp_reduce_abort_output(sp_job_task_t *task)
         unlink(task->out_path);
 }
 
+/* Bytes of partition that statuses' owners other than this executor hold (remote reads). */
+static uint64_t sp_reduce_remote_bytes(const sp__task_env_t *env, uint32_t partition,
+                                       const sp_map_status_t *const *statuses, size_t count)
+{
+    uint64_t remote = 0;
+
+    for (size_t i = 0; i < count; i++) {
+        const sp_map_status_t *s = statuses[i];
+        if (s != NULL && s->address != NULL && s->executor_id != env->executor_id &&
+            partition < s->partitions && s->lengths != NULL)
+            remote += s->lengths[partition];
+    }
+    return remote;
+}
+
+/* An incremental read's wait: the feed's next statuses, added to the reader. */
+typedef struct sp_reduce_wait {
+    const sp__task_env_t *env;
+    const sp__reduce_feed_t *feed;
+    uint32_t partition;
+    uint64_t remote;
+} sp_reduce_wait_t;
+
+static sp_status_t sp_reduce_wait(void *arg, sp_shuffle_reader_t *reader, int timeout_ms)
+{
+    sp_reduce_wait_t *w = arg;
+    const sp_map_status_t *const *statuses = NULL;
+    size_t count = 0;
+    sp_status_t st = w->feed->next(w->feed->arg, timeout_ms, &statuses, &count);
+
+    if (st != SP_OK || count == 0)
+        return st;
+    w->remote += sp_reduce_remote_bytes(w->env, w->partition, statuses, count);
+    return sp_shuffle_reader_add(reader, statuses, count);
+}
+
 sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, uint32_t attempt,
                                 const sp_map_status_t *const *statuses, size_t count,
-                                uint64_t *failed_map_p, sp__task_metrics_t *metrics)
+                                const sp__reduce_feed_t *feed, uint64_t *failed_map_p,
+                                sp__task_metrics_t *metrics)
 {
+    sp_reduce_wait_t wait = {.env = env, .feed = feed, .partition = partition};
     sp_shuffle_reader_options_t ro = {0};
     sp_shuffle_read_stats_t rs;
     sp_block_list_t *blocks = NULL;
     sp_block_fetcher_t *fetcher = NULL;
     sp_shuffle_reader_t *reader = NULL;
     sp_job_task_t task;
-    uint64_t t0 = sp__now_ns(), records = 0, remote = 0;
+    uint64_t t0 = sp__now_ns(), records = 0;
     bool more = true;
     sp_status_t st;
 
@@ -525,12 +563,10 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
                         partition, env->plan->partitions);
     if ((st = sp_task_begin(&task, env, SP_TASK_REDUCE, partition, attempt)) != SP_OK)
         return st;
-    if ((st = sp_block_list_from_statuses(statuses, count, partition, partition + 1, &blocks)) !=
-        SP_OK)
+    if (feed == NULL && (st = sp_block_list_from_statuses(statuses, count, partition, partition + 1,
+                                                          &blocks)) != SP_OK)
         goto out_task;
-    for (size_t i = 0; i < blocks->count; i++)
-        if (blocks->blocks[i].address != NULL && blocks->blocks[i].executor_id != env->executor_id)
-            remote += blocks->blocks[i].size;
+    wait.remote = sp_reduce_remote_bytes(env, partition, statuses, count);
     if (env->transport != NULL &&
         (st = sp_block_fetcher_transport_create(env->transport, &fetcher)) != SP_OK)
         goto out_blocks;
@@ -541,8 +577,14 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
     ro.fetcher = fetcher;
     if ((st = sp_reduce_open_output(&task, partition, attempt)) != SP_OK)
         goto out_fetcher;
-    if ((st = sp_shuffle_reader_open(task.memory, env->conf, blocks, &ro, &reader)) != SP_OK)
-        goto out_output;
+    if (feed == NULL)
+        st = sp_shuffle_reader_open(task.memory, env->conf, blocks, &ro, &reader);
+    else if ((st = sp_shuffle_reader_open_incremental(task.memory, env->conf, env->plan->maps,
+                                                      partition, partition + 1, &ro, sp_reduce_wait,
+                                                      &wait, &reader)) == SP_OK)
+        st = sp_shuffle_reader_add(reader, statuses, count);
+    if (st != SP_OK)
+        goto out_reader;
     /*
      * Once, not per record (the hot path): a reduce that fails without a
      * message of its own is then named by its status, unless the reader
@@ -584,13 +626,12 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
         metrics->records_out = records;
         metrics->bytes_in = rs.bytes;
         metrics->bytes_out = task.out_bytes;
-        metrics->remote_bytes = remote;
+        metrics->remote_bytes = wait.remote;
         metrics->spills = rs.spills;
         metrics->fetch_wait_ns = rs.wait_ns;
     }
 out_reader:
     sp_shuffle_reader_close(reader);
-out_output:
     if (st != SP_OK)
         sp_reduce_abort_output(&task);
 out_fetcher:
@@ -784,7 +825,7 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
     for (uint32_t r = 0; r < plan.partitions; r++) {
         sp__task_metrics_t mt;
         if ((st = sp__task_run_reduce(&env, r, 0, (const sp_map_status_t *const *)statuses,
-                                      plan.maps, NULL, &mt)) != SP_OK)
+                                      plan.maps, NULL, NULL, &mt)) != SP_OK)
             goto out_statuses;
         result.reduce_records += mt.records_in;
         result.output_bytes += mt.bytes_out;

@@ -94,11 +94,16 @@ double sp_run_memcpy_seconds(uint64_t bytes)
 }
 
 /* The share of the stage's core time its executors left idle (0 .. 1; 0 when not measured). */
+static double sp_idle(uint64_t cpu_ns, uint64_t core_ns)
+{
+    if (core_ns == 0 || cpu_ns >= core_ns)
+        return 0;
+    return (double)(core_ns - cpu_ns) / (double)core_ns;
+}
+
 static double sp_stage_idle(const sp__stage_report_t *st)
 {
-    if (st->core_ns == 0 || st->cpu_ns >= st->core_ns)
-        return 0;
-    return (double)(st->core_ns - st->cpu_ns) / (double)st->core_ns;
+    return sp_idle(st->cpu_ns, st->core_ns);
 }
 
 void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
@@ -157,6 +162,13 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
             "executors lost (%u relaunched)\n",
             r->task_failures, r->fetch_failures, r->maps_recomputed, r->executors_lost,
             r->executors_relaunched);
+    if (r->reduces_early > 0)
+        fprintf(out,
+                "overlap: %u reduce attempts started before the map stage ended "
+                "(shuffle.reduce_slowstart %.2f; %u gave their slot back to a map task); map and "
+                "reduce together left %.0f%% of the cores idle\n",
+                r->reduces_early, r->reduce_slowstart, r->reduces_canceled,
+                100 * sp_idle(r->cpu_ns, r->core_ns));
     if (r->outputs_moved > 0)
         fprintf(out,
                 "storage: %u map outputs moved from memory to disk (%u reduce attempts run again "
@@ -232,6 +244,13 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
             json_object_set_new(stages, sp_stage_label[s],
                                 sp_stage_json(&r->stages[s], r->end_ns, active));
     json_object_set_new(root, "stages", stages);
+    /* Map and reduce stages together (they overlap under slow start). */
+    json_object_set_new(
+        root, "shuffle",
+        json_pack("{s:f, s:I, s:I, s:f, s:f, s:f}", "reduce_slowstart", r->reduce_slowstart,
+                  "reduces_started_early", (json_int_t)r->reduces_early, "reduces_canceled",
+                  (json_int_t)r->reduces_canceled, "cpu_s", sp_sec(r->cpu_ns), "core_s",
+                  sp_sec(r->core_ns), "idle_core_fraction", sp_idle(r->cpu_ns, r->core_ns)));
     for (uint32_t e = 0; e < r->nexecutors; e++) {
         const sp__executor_report_t *x = &r->executors[e];
         json_array_append_new(

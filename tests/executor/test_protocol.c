@@ -46,11 +46,13 @@ typedef enum kind {
     K_MAP_LOST,
     K_BOUNDS,
     K_FATAL,
+    K_CANCEL,
     K_COUNT
 } kind_t;
 
-static const char *const kind_names[K_COUNT] = {"REGISTER",  "JOB",      "READY",  "TASK", "RESULT",
-                                                "HEARTBEAT", "MAP_LOST", "BOUNDS", "FATAL"};
+static const char *const kind_names[K_COUNT] = {"REGISTER", "JOB",       "READY",    "TASK",
+                                                "RESULT",   "HEARTBEAT", "MAP_LOST", "BOUNDS",
+                                                "FATAL",    "CANCEL"};
 
 typedef struct bounds {
     sp_key_t *keys;
@@ -67,6 +69,7 @@ typedef union msg {
     sp__msg_map_lost_t lost;
     bounds_t bounds;
     sp__msg_fatal_t fatal;
+    sp__msg_cancel_t cancel;
 } msg_t;
 
 static sp_status_t msg_encode(kind_t k, const msg_t *m, void **buf_p, size_t *len_p)
@@ -81,6 +84,7 @@ static sp_status_t msg_encode(kind_t k, const msg_t *m, void **buf_p, size_t *le
     case K_MAP_LOST: return sp__msg_map_lost_encode(&m->lost, buf_p, len_p);
     case K_BOUNDS: return sp__msg_bounds_encode(m->bounds.keys, m->bounds.count, buf_p, len_p);
     case K_FATAL: return sp__msg_fatal_encode(&m->fatal, buf_p, len_p);
+    case K_CANCEL: return sp__msg_cancel_encode(&m->cancel, buf_p, len_p);
     case K_COUNT: break;
     }
     return SP_ERR_INTERNAL;
@@ -98,6 +102,7 @@ static sp_status_t msg_decode(kind_t k, const void *buf, size_t len, msg_t *m)
     case K_MAP_LOST: return sp__msg_map_lost_decode(buf, len, &m->lost);
     case K_BOUNDS: return sp__msg_bounds_decode(buf, len, &m->bounds.keys, &m->bounds.count);
     case K_FATAL: return sp__msg_fatal_decode(buf, len, &m->fatal);
+    case K_CANCEL: return sp__msg_cancel_decode(buf, len, &m->cancel);
     case K_COUNT: break;
     }
     return SP_ERR_INTERNAL;
@@ -194,6 +199,7 @@ static bool msg_equal(kind_t k, const msg_t *a, const msg_t *b)
         return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id;
     case K_BOUNDS: return bounds_equal(&a->bounds, &b->bounds);
     case K_FATAL: return a->fatal.signal == b->fatal.signal && a->fatal.task_id == b->fatal.task_id;
+    case K_CANCEL: return a->cancel.task_id == b->cancel.task_id;
     case K_COUNT: break;
     }
     return false;
@@ -440,6 +446,9 @@ static int corpus_build(void **state)
     s = add("fatal", K_FATAL);
     s->m.fatal.signal = 11;
     s->m.fatal.task_id = 0x8000000000000001ull;
+
+    s = add("cancel", K_CANCEL);
+    s->m.cancel.task_id = 0xfedcba9876543210ull;
 
     s = add("bounds, none", K_BOUNDS);
     keys5[0] = (sp_key_t){key_bytes, 10};

@@ -20,6 +20,9 @@
  *   while sampling -> needed; an unknown output -> needed while any reduce
  *   is unfinished. Then against a model on random inputs.
  *
+ * - sp__sched_reduce_early: off at 1, at 0 as soon as no map is pending, at
+ *   a share only from that many maps done; never while a map is pending.
+ *
  * SPATE_TEST_SEED=N repeats a run of the random cases (the seed is printed).
  *
  * LABELS: unit
@@ -405,6 +408,30 @@ static void test_map_needed_model(void **state)
     }
 }
 
+static void test_reduce_early(void **state)
+{
+    (void)state;
+    /* 1: never before every map is done (the driver then schedules them anyway). */
+    assert_false(sp__sched_reduce_early(7, 8, false, 1.0));
+    assert_false(sp__sched_reduce_early(8, 8, false, 1.0));
+    /* 0: as soon as no map task waits for a slot. */
+    assert_true(sp__sched_reduce_early(0, 8, false, 0.0));
+    assert_false(sp__sched_reduce_early(0, 8, true, 0.0));
+    /* A share: from that many maps done on. */
+    assert_false(sp__sched_reduce_early(3, 8, false, 0.5));
+    assert_true(sp__sched_reduce_early(4, 8, false, 0.5));
+    assert_false(sp__sched_reduce_early(4, 8, true, 0.5));
+    assert_false(sp__sched_reduce_early(5, 7, false, 0.8)); /* 5.6 needed */
+    assert_true(sp__sched_reduce_early(6, 7, false, 0.8));
+    for (uint32_t done = 0; done <= 100; done++)
+        for (int s = 0; s <= 10; s++) {
+            double f = s / 10.0;
+            bool want = s < 10 && done * 10 >= (uint32_t)s * 100;
+            assert_int_equal(sp__sched_reduce_early(done, 100, false, f), want);
+            assert_false(sp__sched_reduce_early(done, 100, true, f));
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -416,6 +443,7 @@ int main(void)
         cmocka_unit_test(test_pick_model),
         cmocka_unit_test(test_map_needed),
         cmocka_unit_test(test_map_needed_model),
+        cmocka_unit_test(test_reduce_early),
     };
     return cmocka_run_group_tests(tests, seed_setup, NULL);
 }
