@@ -8,6 +8,8 @@
 
 #include "common_int.h"
 
+#include <string.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -38,6 +40,10 @@ static inline uint64_t sp__key_prefix(const void *key, size_t len)
     const unsigned char *k = (const unsigned char *)key;
     uint64_t p = 0;
 
+    if (len >= 8) {
+        memcpy(&p, k, 8);
+        return __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? __builtin_bswap64(p) : p;
+    }
     for (size_t i = 0; i < 8; i++)
         p = (p << 8) | (i < len ? k[i] : 0u);
     return p;

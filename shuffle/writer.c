@@ -10,6 +10,11 @@
  * first go through a hash aggregator keyed by [u32 partition, big-endian]
  * [key] and reach the sorter at commit.
  *
+ * Range partitioning looks a record's partition up by binary search over the
+ * split keys; in byte order each step compares the keys' first 8 bytes as
+ * big-endian integers (sp__key_prefix, kept for every split key) and
+ * compares whole keys only when those are equal.
+ *
  * Bypass path (few partitions, no ordering): delegated to the bypass writer
  * (shuffle/bypass_writer.c), whose partition files are concatenated into
  * the data file at commit.
@@ -19,6 +24,7 @@
  * (index, checksum file, renames under a lock) is shuffle/map_output.c's.
  */
 #include "bypass_writer.h"
+#include "radix_sort.h"
 #include "shuffle_int.h"
 #include "sorter.h"
 
@@ -34,6 +40,7 @@ struct sp_shuffle_writer {
     sp_shuffle_writer_options_t o;
     unsigned char *split_buf; /* RANGE: copies of the split keys */
     sp_key_t *splits;
+    uint64_t *split_prefix; /* RANGE in byte order: each split key's sp__key_prefix */
     sp_task_memory_t *task;
     sp_shuffle_dirs_t *dirs;
     uint64_t unified;
@@ -222,7 +229,10 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
             bytes += opts->split_keys[i].len;
         w->splits = sp__calloc(nsplits, sizeof(*w->splits));
         w->split_buf = sp__malloc(bytes + 1);
-        if (w->splits == NULL || w->split_buf == NULL) {
+        if (opts->compare == NULL)
+            w->split_prefix = sp__calloc(nsplits, sizeof(*w->split_prefix));
+        if (w->splits == NULL || w->split_buf == NULL ||
+            (opts->compare == NULL && w->split_prefix == NULL)) {
             st = SP_RAISE(SP_ERR_NOMEM, "no memory for %zu split keys", nsplits);
             goto err_free;
         }
@@ -231,6 +241,8 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
                 memcpy(w->split_buf + at, opts->split_keys[i].data, opts->split_keys[i].len);
             w->splits[i].data = w->split_buf + at;
             w->splits[i].len = opts->split_keys[i].len;
+            if (w->split_prefix != NULL)
+                w->split_prefix[i] = sp__key_prefix(w->splits[i].data, w->splits[i].len);
             at += opts->split_keys[i].len;
             if (i > 0 && sp_writer_compare(w, w->splits[i - 1].data, w->splits[i - 1].len,
                                            w->splits[i].data, w->splits[i].len) > 0) {
@@ -267,6 +279,7 @@ err_dirs:
 err_free:
     sp__free(w->splits);
     sp__free(w->split_buf);
+    sp__free(w->split_prefix);
     sp__free(w);
     return st;
 }
@@ -281,6 +294,20 @@ static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void 
         return 0;
     /* First split key >= key. */
     hi = w->o.partitions - 1;
+    if (w->split_prefix != NULL) {
+        uint64_t prefix = sp__key_prefix(key, klen);
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            uint64_t sp = w->split_prefix[mid];
+            if (sp < prefix ||
+                (sp == prefix &&
+                 sp_bytes_compare(w->splits[mid].data, w->splits[mid].len, key, klen) < 0))
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        return (uint32_t)lo;
+    }
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (sp_writer_compare(w, w->splits[mid].data, w->splits[mid].len, key, klen) < 0)
@@ -549,5 +576,6 @@ void sp_shuffle_writer_close(sp_shuffle_writer_t *w)
     sp__shuffle_dirs_destroy(w->dirs);
     sp__free(w->splits);
     sp__free(w->split_buf);
+    sp__free(w->split_prefix);
     sp__free(w);
 }

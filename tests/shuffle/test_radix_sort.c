@@ -314,7 +314,7 @@ static int ref_entry_cmp(const void *x, const void *y)
 
 static uint64_t make_prefix(prefix_dist_t pd, const uint64_t *few, uint64_t *s)
 {
-    unsigned char key[8];
+    unsigned char key[8] = {0};
     size_t len;
 
     switch (pd) {

@@ -277,6 +277,77 @@ static void test_writer_rejects_bad_input(void **state)
     remove_outputs();
 }
 
+/* Byte order of two keys, shorter first on a common prefix: the reference. */
+static int ref_key_cmp(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+
+    return c != 0 ? c : (alen > blen) - (alen < blen);
+}
+
+/*
+ * Range partitioning in byte order against a linear reference, with keys
+ * that share their first 8 bytes (the writer compares those as integers
+ * first), keys shorter than 8 bytes, zero bytes, and keys equal to splits.
+ */
+static void test_writer_range_partitioner_long_keys(void **state)
+{
+    enum { NSPLIT = 9, NKEYS = 3000 };
+    unsigned char split_bytes[NSPLIT][12], keys[NKEYS][12];
+    size_t klen[NKEYS];
+    sp_key_t splits[NSPLIT];
+    uint64_t expect[NSPLIT + 1] = {0};
+    sp_shuffle_writer_options_t o;
+    sp_shuffle_writer_t *w = NULL;
+    sp_map_status_t *st = NULL;
+    env_t e;
+    unsigned seed = 77;
+
+    (void)state;
+    /* Splits: "prefix00" + a growing tail, some shorter, sorted by construction. */
+    for (int i = 0; i < NSPLIT; i++) {
+        memcpy(split_bytes[i], "prefix\0\0", 8);
+        split_bytes[i][8] = (unsigned char)(20 * i);
+        split_bytes[i][9] = (unsigned char)(i % 3);
+        splits[i].data = split_bytes[i];
+        splits[i].len = i == 0 ? 7 : 10; /* the first: shorter than 8, a prefix of the others */
+    }
+    for (int k = 0; k < NKEYS; k++) {
+        seed = seed * 1103515245u + 12345u;
+        memcpy(keys[k], "prefix\0\0", 8);
+        keys[k][8] = (unsigned char)(seed >> 16);
+        keys[k][9] = (unsigned char)((seed >> 8) % 4);
+        keys[k][10] = (unsigned char)(seed >> 24);
+        klen[k] = 6 + (seed >> 4) % 6; /* 6 .. 11 bytes */
+        if (k % 50 == 0) {             /* exactly a split key */
+            memcpy(keys[k], split_bytes[k % NSPLIT], 10);
+            klen[k] = splits[k % NSPLIT].len;
+        }
+        {
+            size_t p = 0;
+            while (p < NSPLIT && ref_key_cmp(split_bytes[p], splits[p].len, keys[k], klen[k]) < 0)
+                p++;
+            expect[p]++;
+        }
+    }
+    env_open(&e, "8m", "64k", "0");
+    assert_int_equal(sp_shuffle_writer_options_init(&o, e.conf), SP_OK);
+    o.partitions = NSPLIT + 1;
+    o.partitioner = SP_PARTITIONER_RANGE;
+    o.split_keys = splits;
+    o.path = SP_WRITER_SORT;
+    assert_int_equal(sp_shuffle_writer_open(e.task, e.conf, &o, &w), SP_OK);
+    for (int k = 0; k < NKEYS; k++)
+        assert_int_equal(sp_shuffle_writer_write(w, 0, keys[k], klen[k], "v", 1), SP_OK);
+    assert_int_equal(sp_shuffle_writer_commit(w, &st), SP_OK);
+    for (int p = 0; p <= NSPLIT; p++)
+        assert_int_equal(st->records[p], expect[p]);
+    sp_map_status_destroy(st);
+    sp_shuffle_writer_close(w);
+    env_close(&e);
+    remove_outputs();
+}
+
 static void test_writer_hash_and_range_partitioners(void **state)
 {
     static const sp_key_t splits[] = {{"b", 1}, {"d", 1}, {"d", 1}, {"f", 1}};
@@ -488,6 +559,7 @@ int main(void)
         cmocka_unit_test(test_writer_skew_and_large_records),
         cmocka_unit_test(test_writer_rejects_bad_input),
         cmocka_unit_test(test_writer_hash_and_range_partitioners),
+        cmocka_unit_test(test_writer_range_partitioner_long_keys),
         cmocka_unit_test(test_writer_concurrent_attempts_keep_one_output),
         cmocka_unit_test(test_map_output_detects_damage),
     };
