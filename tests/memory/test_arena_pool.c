@@ -7,13 +7,16 @@
  * grains, a trim gives pooled memory back, and, on random sequences of
  * allocations and frees checked against a reference model, every block
  * keeps its bytes and live plus pooled memory never exceeds the highest
- * live memory the sequence reached.
+ * live memory the sequence reached. Through tasks: a second task's pages
+ * come from what the first freed, and at a task's end the pool is trimmed
+ * to the unified memory that storage and tasks leave free.
  *
  * LABELS: unit
  */
 #include <spate/memory.h>
 
 #include "memory/memory_int.h"
+#include "mm_test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -278,6 +281,45 @@ static void test_pool_random_against_model(void **state)
     sp_arena_destroy(arena);
 }
 
+/* Task 1 frees 32 MiB of pages; task 2 takes them again; storage growth shrinks the pool. */
+static void test_pool_serves_the_next_task_within_free_memory(void **state)
+{
+    sp_memory_manager_t *mm = mm_test_create("64m", "0.5", "4m");
+    sp_arena_t *arena = sp_memory_manager_arena(mm);
+    sp_memory_consumer_t consumer;
+    sp_page_t *pages[8];
+    sp_task_memory_t *task;
+    sp__arena_pool_stats_t s;
+
+    (void)state;
+    for (uint64_t id = 1; id <= 2; id++) {
+        assert_int_equal(sp_task_memory_create(mm, id, &task), SP_OK);
+        sp_memory_consumer_init(&consumer, task, NULL, "pool test");
+        for (int i = 0; i < 8; i++) {
+            assert_int_equal(sp_memory_consumer_page_alloc(&consumer, 0, &pages[i]), SP_OK);
+            memset(pages[i]->data, (int)id, pages[i]->size);
+        }
+        for (int i = 0; i < 8; i++)
+            sp_memory_consumer_page_free(&consumer, pages[i]);
+        sp_memory_consumer_fini(&consumer);
+        sp_task_memory_destroy(task, NULL);
+        s = pool_stats(arena);
+        assert_int_equal(s.pooled_bytes, 32 * MIB); /* nothing else uses memory: all kept */
+        assert_int_equal(s.fresh_bytes, 32 * MIB);  /* task 2 faulted nothing fresh */
+        assert_int_equal(s.reused_bytes, (id - 1) * 32 * MIB);
+    }
+
+    /* Storage now holds 48 of the 64 MiB: at the next task's end only 16 MiB stay pooled. */
+    assert_true(sp_memory_manager_acquire_storage(mm, 48 * MIB));
+    assert_int_equal(sp_task_memory_create(mm, 3, &task), SP_OK);
+    sp_task_memory_destroy(task, NULL);
+    s = pool_stats(arena);
+    assert_int_equal(s.pooled_bytes, 16 * MIB);
+    assert_int_equal(s.trimmed_bytes, 16 * MIB);
+    sp_memory_manager_release_storage(mm, 48 * MIB);
+    sp_memory_manager_destroy(mm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -286,6 +328,7 @@ int main(void)
         cmocka_unit_test(test_pool_moves_small_ranges_into_a_big_one),
         cmocka_unit_test(test_pool_trim_gives_memory_back),
         cmocka_unit_test(test_pool_random_against_model),
+        cmocka_unit_test(test_pool_serves_the_next_task_within_free_memory),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
