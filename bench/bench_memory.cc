@@ -5,6 +5,11 @@
  *   page allocation from a NUMA arena      vs  malloc (and glibc's malloc)
  *   a page through manager + task + consumer  (compare with the arena rows)
  *   execution/storage acquire and release  vs  a pthread mutex lock/unlock
+ *   one map task's memory, task after task  vs  writing the same bytes to
+ *     (word count's shape: a hash   memory that is already resident (the
+ *     table doubled 2 -> 64 MiB,    floor: no page is faulted)
+ *     96 MiB of 4 MiB record pages,
+ *     a 64 MiB sort array)
  *
  * Every allocation is touched once (its first byte) so that an allocator that
  * hands out memory it never maps cannot look free. The manager's calls take
@@ -18,10 +23,12 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <string>
@@ -231,6 +238,112 @@ constexpr size_t kAll = SIZE_MAX;
 #endif
     register_sizes("BM_arena_alloc_free_huge", 2 << 20, kAll, arena_alloc_free, true);
     register_sizes("BM_page_alloc_free", 0, kAll, page_alloc_free);
+    return 0;
+}();
+
+/* ---- 5. one map task's memory, task after task --------------------------- */
+
+/*
+ * The shape of a word count map task (4M distinct words): a hash table that
+ * doubles from 2 to 64 MiB, each new table zeroed and the old one freed; 24
+ * record pages of 4 MiB written through; a 64 MiB pointer array for the
+ * sort. Every byte is written once, as the task writes it. With the arena's
+ * page pool a task after the first writes into pages the previous one left
+ * resident; without it (the base build) the pages it gets may be fresh.
+ */
+constexpr size_t kMiB = size_t(1) << 20;
+constexpr size_t kTaskPages = 24;
+constexpr size_t kTaskBytes = (126 + 4 * kTaskPages + 64) * kMiB; /* written per task */
+
+void task_memory_shape(benchmark::State &state, bool huge_pages)
+{
+    std::string error;
+    const sp_topology_t *topo = machine_topology(&error);
+    sp_arena_t *arena = nullptr;
+    sp_status_t st;
+
+    if (topo == nullptr) {
+        state.SkipWithError(error.c_str());
+        return;
+    }
+    st = sp_arena_create(topo, 0, true, huge_pages, &arena);
+    if (st != SP_OK) {
+        state.SkipWithError(spate_error("sp_arena_create", st).c_str());
+        return;
+    }
+    for (auto _ : state) {
+        void *table = nullptr, *pages[kTaskPages], *array;
+        size_t table_bytes = 0;
+        bool ok = true;
+
+        for (size_t t = 2 * kMiB; t <= 64 * kMiB && ok; t *= 2) {
+            void *bigger = sp_arena_alloc(arena, t);
+            ok = bigger != nullptr;
+            if (ok) {
+                std::memset(bigger, 0, t);
+                sp_arena_free(arena, table, table_bytes);
+                table = bigger;
+                table_bytes = t;
+            }
+        }
+        for (size_t i = 0; i < kTaskPages; i++) {
+            pages[i] = ok ? sp_arena_alloc(arena, 4 * kMiB) : nullptr;
+            ok = ok && pages[i] != nullptr;
+            if (ok)
+                std::memset(pages[i], int(i), 4 * kMiB);
+        }
+        array = ok ? sp_arena_alloc(arena, 64 * kMiB) : nullptr;
+        ok = ok && array != nullptr;
+        if (ok)
+            std::memset(array, 7, 64 * kMiB);
+        benchmark::ClobberMemory();
+        sp_arena_free(arena, array, 64 * kMiB);
+        for (size_t i = 0; i < kTaskPages; i++)
+            sp_arena_free(arena, pages[i], 4 * kMiB);
+        sp_arena_free(arena, table, table_bytes);
+        if (!ok) {
+            state.SkipWithError("sp_arena_alloc returned NULL");
+            break;
+        }
+    }
+    set_rates(state, kTaskBytes);
+    sp_arena_destroy(arena);
+}
+
+/*
+ * The floor: the same bytes written into one buffer made resident (and
+ * madvised for huge pages, as the arena's big ranges are) before the loop.
+ */
+void task_memory_warm_baseline(benchmark::State &state)
+{
+    void *map =
+        mmap(nullptr, kTaskBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *buf = static_cast<char *>(map);
+
+    if (map == MAP_FAILED) {
+        state.SkipWithError("mmap failed");
+        return;
+    }
+    madvise(buf, kTaskBytes, MADV_HUGEPAGE); /* a refusal leaves small pages: still a floor */
+    std::memset(buf, 1, kTaskBytes);
+    for (auto _ : state) {
+        std::memset(buf, 0, kTaskBytes);
+        benchmark::ClobberMemory();
+    }
+    set_rates(state, kTaskBytes);
+    munmap(buf, kTaskBytes);
+}
+
+[[maybe_unused]] const int registered_task_shape = [] {
+    benchmark::RegisterBenchmark("BM_task_memory/warm_memset", task_memory_warm_baseline)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(8);
+    benchmark::RegisterBenchmark("BM_task_memory/arena", task_memory_shape, false)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(8);
+    benchmark::RegisterBenchmark("BM_task_memory/arena_huge", task_memory_shape, true)
+        ->Unit(benchmark::kMillisecond)
+        ->Iterations(8);
     return 0;
 }();
 

@@ -13,6 +13,27 @@
  * jemalloc can make: an arena destroyed while allocations are live is kept
  * (on a list, so that leak checkers see it reachable) instead of freed.
  *
+ * Page pool. Allocations of 2 MiB and more (execution pages, hash tables,
+ * pointer arrays, radix-sort scratch, cached blocks) do not go to jemalloc:
+ * they are mappings of whole 2 MiB grains of the arena's own, and a freed
+ * one is kept resident in the arena's pool, not unmapped. An allocation
+ * takes the smallest pooled region that holds it (keeping the rest pooled);
+ * when none does, a fresh range is mapped and the pooled regions are moved
+ * into it with mremap, largest first, until it is full or the pool empty:
+ * mremap moves page-table entries (huge ones whole), so the pages keep their
+ * frames and nothing faults or is zeroed again. Only what the pool cannot
+ * cover is touched fresh. That is the point: on the VMs this is tuned on
+ * the first touch of a fresh page costs 6-11 us (the host backs it), and a
+ * word count's map tasks spent a fifth of their samples zeroing fresh
+ * table, record and sort-array pages of sizes jemalloc did not reuse (its
+ * dirty extents coalesce only when they decay, which is off, so a doubled
+ * table never fits in the freed halves). Smaller allocations stay with
+ * jemalloc, whose size classes reuse them well.
+ * What the pool holds was allocated before and is not live now, so live +
+ * pooled never exceeds the arena's own peak of live bytes, which the memory
+ * manager bounds (the pool's bytes are memory the manager counts as free);
+ * sp__arena_trim() gives pooled memory back to the OS.
+ *
  * Allocations bypass the thread cache (MALLOCX_TCACHE_NONE): pages are big
  * and few, a tcache would keep memory of one arena on a thread that may be
  * bound elsewhere, and arena.<i>.destroy requires that no tcache holds its
@@ -20,6 +41,7 @@
  * off), so later tasks reuse them without faulting. Statistics are relaxed atomics: they are read
  * for reporting, never to make decisions that need a consistent snapshot.
  */
+#include "memory_int.h"
 #include "topology_int.h"
 
 #include "common_int.h"
@@ -34,6 +56,13 @@
 
 #define SP_ARENA_ALIGN      64
 #define SP_ARENA_HUGE_BYTES ((size_t)2 << 20)
+#define SP_ARENA_GRAIN      SP_ARENA_HUGE_BYTES /* the pool's unit; also its least allocation */
+
+/* A pooled range: resident, not live, size a multiple of SP_ARENA_GRAIN. */
+typedef struct sp_arena_region {
+    unsigned char *addr;
+    size_t size;
+} sp_arena_region_t;
 
 struct sp_arena {
     extent_hooks_t hooks;          /* given to jemalloc; the hooks get back here with it */
@@ -49,6 +78,10 @@ struct sp_arena {
     atomic_uint_fast64_t allocs;
     atomic_uint_fast64_t frees;
     atomic_uint_fast64_t mapped_bytes;
+    pthread_mutex_t pool_lock; /* guards the pool and pool_stats */
+    sp_arena_region_t *pool;
+    size_t pool_count, pool_cap;
+    sp__arena_pool_stats_t pool_stats;
     sp_arena_t *kept_next; /* on sp_arena_kept after a destroy with live memory */
 };
 
@@ -229,6 +262,7 @@ sp_status_t sp_arena_create(const sp_topology_t *topo, unsigned numa_index, bool
 {
     extent_hooks_t *hooks;
     sp_arena_t *arena;
+    sp_status_t st;
     size_t sz;
     int err;
 
@@ -252,18 +286,31 @@ sp_status_t sp_arena_create(const sp_topology_t *topo, unsigned numa_index, bool
         arena->hw = sp__topology_hwloc(topo);
         arena->nodeset = sp__topology_numa_nodeset(topo, numa_index);
     }
+    if (pthread_mutex_init(&arena->pool_lock, NULL) != 0) {
+        st = SP_RAISE(SP_ERR_NO_RESOURCE,
+                      "cannot create the page pool lock of an arena on NUMA "
+                      "node %u",
+                      numa_index);
+        goto err_free_arena;
+    }
     hooks = &arena->hooks;
     sz = sizeof(arena->ind);
     err = mallctl("arenas.create", &arena->ind, &sz, &hooks, sizeof(hooks));
     if (err != 0) {
-        sp__free(arena);
-        return SP_RAISE(SP_ERR_NO_RESOURCE,
-                        "jemalloc cannot create an arena for NUMA node %u: %s (error %d)",
-                        numa_index, strerror(err), err);
+        st = SP_RAISE(SP_ERR_NO_RESOURCE,
+                      "jemalloc cannot create an arena for NUMA node %u: %s (error %d)", numa_index,
+                      strerror(err), err);
+        goto err_destroy_lock;
     }
     sp_arena_keep_dirty_pages(arena);
     *arena_p = arena;
     return SP_OK;
+
+err_destroy_lock:
+    pthread_mutex_destroy(&arena->pool_lock);
+err_free_arena:
+    sp__free(arena);
+    return st;
 }
 
 void sp_arena_destroy(sp_arena_t *arena)
@@ -274,6 +321,14 @@ void sp_arena_destroy(sp_arena_t *arena)
 
     if (arena == NULL)
         return;
+    sp_debug("arena %u: page pool served %llu MiB again and %llu MiB fresh (%llu moves), "
+             "held %llu MiB at the end",
+             arena->ind, (unsigned long long)(arena->pool_stats.reused_bytes >> 20),
+             (unsigned long long)(arena->pool_stats.fresh_bytes >> 20),
+             (unsigned long long)arena->pool_stats.moves,
+             (unsigned long long)(arena->pool_stats.pooled_bytes >> 20));
+    /* Pooled pages are not live: they go back to the OS even when the arena is kept. */
+    sp__arena_trim(arena, 0);
     live = atomic_load(&arena->live_bytes);
     if (live != 0) {
         sp_warn("arena %u (NUMA node %u) destroyed with %llu bytes in %llu allocations still "
@@ -288,6 +343,8 @@ void sp_arena_destroy(sp_arena_t *arena)
         sp_warn("jemalloc %s failed: %s (error %d); the arena is kept", ctl, strerror(err), err);
         goto keep;
     }
+    pthread_mutex_destroy(&arena->pool_lock);
+    sp__free(arena->pool);
     sp__free(arena);
     return;
 
@@ -298,13 +355,212 @@ keep:
     pthread_mutex_unlock(&sp_arena_kept_lock);
 }
 
-/* The same flags for mallocx and sdallocx: the alignment picks the size class. */
-static int sp_arena_flags(const sp_arena_t *arena, size_t size)
+/* The flags for mallocx and sdallocx; allocations of a grain or more go to the pool instead. */
+static int sp_arena_flags(const sp_arena_t *arena)
 {
-    size_t align =
-        arena->huge_pages && size >= SP_ARENA_HUGE_BYTES ? SP_ARENA_HUGE_BYTES : SP_ARENA_ALIGN;
+    return MALLOCX_ARENA(arena->ind) | MALLOCX_TCACHE_NONE | MALLOCX_ALIGN(SP_ARENA_ALIGN);
+}
 
-    return MALLOCX_ARENA(arena->ind) | MALLOCX_TCACHE_NONE | MALLOCX_ALIGN(align);
+static size_t sp_arena_grains(size_t size)
+{
+    return (size + SP_ARENA_GRAIN - 1) & ~(SP_ARENA_GRAIN - 1);
+}
+
+/*
+ * Maps size bytes (a multiple of the grain) aligned to the grain, bound to
+ * the arena's node and madvised for huge pages like jemalloc's extents; NULL
+ * when the OS refuses. The pages are not touched.
+ */
+static unsigned char *sp_arena_map(sp_arena_t *arena, size_t size)
+{
+    unsigned char *raw, *addr;
+    size_t head, tail;
+    int err;
+
+    raw = mmap(NULL, size + SP_ARENA_GRAIN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+               0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    addr =
+        (unsigned char *)(((uintptr_t)raw + SP_ARENA_GRAIN - 1) & ~(uintptr_t)(SP_ARENA_GRAIN - 1));
+    head = (size_t)(addr - raw);
+    tail = SP_ARENA_GRAIN - head;
+    if (head != 0)
+        munmap(raw, head);
+    if (tail != 0)
+        munmap(addr + size, tail);
+    if (arena->hw != NULL &&
+        hwloc_set_area_membind(arena->hw, addr, size, arena->nodeset, HWLOC_MEMBIND_BIND,
+                               HWLOC_MEMBIND_BYNODESET) != 0) {
+        err = errno;
+        if (sp_arena_first_warning(&arena->bind_warned))
+            sp_warn("arena %u: cannot bind its memory to NUMA node %u: %s (errno %d); "
+                    "allocating unbound",
+                    arena->ind, arena->numa_index, strerror(err), err);
+    }
+    if (arena->huge_pages && madvise(addr, size, MADV_HUGEPAGE) != 0) {
+        err = errno;
+        if (sp_arena_first_warning(&arena->huge_warned) && err != EINVAL)
+            sp_warn("arena %u: cannot ask for transparent huge pages: %s (errno %d)", arena->ind,
+                    strerror(err), err);
+    }
+    atomic_fetch_add_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
+    return addr;
+}
+
+static void sp_arena_unmap(sp_arena_t *arena, unsigned char *addr, size_t size)
+{
+    munmap(addr, size);
+    atomic_fetch_sub_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
+}
+
+/*
+ * Moves size bytes of resident pages from src to dst (both grain-aligned;
+ * dst is mapped and untouched, and what was there is unmapped by the move).
+ * A pooled region that was handed out whole after a gather spans several
+ * mappings, which one mremap cannot move, so a refused move is retried one
+ * grain at a time. Returns the bytes moved (all of them, or fewer when the
+ * kernel refuses: the rest of dst stays fresh). Pool lock held.
+ */
+static size_t sp_arena_move(sp_arena_t *arena, unsigned char *src, unsigned char *dst, size_t size)
+{
+    size_t done = 0;
+
+    arena->pool_stats.moves++;
+    if (mremap(src, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != MAP_FAILED)
+        return size;
+    while (done < size) {
+        arena->pool_stats.moves++;
+        if (mremap(src + done, SP_ARENA_GRAIN, SP_ARENA_GRAIN, MREMAP_MAYMOVE | MREMAP_FIXED,
+                   dst + done) == MAP_FAILED)
+            break;
+        done += SP_ARENA_GRAIN;
+    }
+    return done;
+}
+
+static void sp_arena_pool_remove(sp_arena_t *arena, size_t i)
+{
+    arena->pool[i] = arena->pool[--arena->pool_count];
+}
+
+/* A big allocation (size a multiple of the grain): from the pool where it can, else fresh. */
+static unsigned char *sp_arena_pool_take(sp_arena_t *arena, size_t size)
+{
+    sp_arena_region_t *r;
+    unsigned char *addr;
+    size_t best = SIZE_MAX, filled = 0;
+
+    pthread_mutex_lock(&arena->pool_lock);
+    for (size_t i = 0; i < arena->pool_count; i++)
+        if (arena->pool[i].size >= size &&
+            (best == SIZE_MAX || arena->pool[i].size < arena->pool[best].size))
+            best = i;
+    if (best != SIZE_MAX) {
+        r = &arena->pool[best];
+        addr = r->addr;
+        r->addr += size;
+        r->size -= size;
+        if (r->size == 0)
+            sp_arena_pool_remove(arena, best);
+        arena->pool_stats.pooled_bytes -= size;
+        arena->pool_stats.reused_bytes += size;
+        pthread_mutex_unlock(&arena->pool_lock);
+        return addr;
+    }
+    addr = sp_arena_map(arena, size);
+    if (addr == NULL) {
+        pthread_mutex_unlock(&arena->pool_lock);
+        return NULL;
+    }
+    /* No pooled region is big enough: move pooled pages in, largest first. */
+    while (filled < size && arena->pool_count != 0) {
+        size_t big = 0, n, moved;
+        for (size_t i = 1; i < arena->pool_count; i++)
+            if (arena->pool[i].size > arena->pool[big].size)
+                big = i;
+        r = &arena->pool[big];
+        n = SP_MIN(r->size, size - filled);
+        moved = sp_arena_move(arena, r->addr, addr + filled, n);
+        /* What moved left its old range: the pool's mapping shrinks by it. */
+        atomic_fetch_sub_explicit(&arena->mapped_bytes, moved, memory_order_relaxed);
+        r->addr += moved;
+        r->size -= moved;
+        if (r->size == 0)
+            sp_arena_pool_remove(arena, big);
+        arena->pool_stats.pooled_bytes -= moved;
+        arena->pool_stats.reused_bytes += moved;
+        filled += moved;
+        if (moved < n)
+            break;
+    }
+    arena->pool_stats.fresh_bytes += size - filled;
+    pthread_mutex_unlock(&arena->pool_lock);
+    return addr;
+}
+
+/* Keeps a freed big allocation resident in the pool, joined to a pooled neighbour. */
+static void sp_arena_pool_put(sp_arena_t *arena, unsigned char *addr, size_t size)
+{
+    pthread_mutex_lock(&arena->pool_lock);
+    for (size_t i = 0; i < arena->pool_count; i++) {
+        sp_arena_region_t *r = &arena->pool[i];
+        if (r->addr + r->size == addr) {
+            r->size += size;
+            goto pooled;
+        }
+        if (addr + size == r->addr) {
+            r->addr = addr;
+            r->size += size;
+            goto pooled;
+        }
+    }
+    if (arena->pool_count == arena->pool_cap) {
+        size_t cap = arena->pool_cap != 0 ? 2 * arena->pool_cap : 64;
+        sp_arena_region_t *bigger = sp__realloc(arena->pool, cap * sizeof(*bigger));
+        if (bigger == NULL) { /* cannot remember it: give it back instead */
+            sp_arena_unmap(arena, addr, size);
+            arena->pool_stats.trimmed_bytes += size;
+            pthread_mutex_unlock(&arena->pool_lock);
+            return;
+        }
+        arena->pool = bigger;
+        arena->pool_cap = cap;
+    }
+    arena->pool[arena->pool_count++] = (sp_arena_region_t){addr, size};
+pooled:
+    arena->pool_stats.pooled_bytes += size;
+    pthread_mutex_unlock(&arena->pool_lock);
+}
+
+uint64_t sp__arena_trim(sp_arena_t *arena, uint64_t keep_bytes)
+{
+    uint64_t trimmed = 0;
+
+    pthread_mutex_lock(&arena->pool_lock);
+    while (arena->pool_count != 0 && arena->pool_stats.pooled_bytes > keep_bytes) {
+        sp_arena_region_t *r = &arena->pool[arena->pool_count - 1];
+        size_t n = (size_t)SP_MIN((uint64_t)r->size, arena->pool_stats.pooled_bytes - keep_bytes);
+        n = n / SP_ARENA_GRAIN * SP_ARENA_GRAIN;
+        if (n == 0)
+            break;
+        sp_arena_unmap(arena, r->addr + r->size - n, n);
+        r->size -= n;
+        if (r->size == 0)
+            arena->pool_count--;
+        arena->pool_stats.pooled_bytes -= n;
+        arena->pool_stats.trimmed_bytes += n;
+        trimmed += n;
+    }
+    pthread_mutex_unlock(&arena->pool_lock);
+    return trimmed;
+}
+
+void sp__arena_pool_stats(sp_arena_t *arena, sp__arena_pool_stats_t *stats_p)
+{
+    pthread_mutex_lock(&arena->pool_lock);
+    *stats_p = arena->pool_stats;
+    pthread_mutex_unlock(&arena->pool_lock);
 }
 
 void *sp_arena_alloc(sp_arena_t *arena, size_t size)
@@ -314,8 +570,10 @@ void *sp_arena_alloc(sp_arena_t *arena, size_t size)
 
     if (SP_UNLIKELY(sp__fault_fire(SP_FAULT_ALLOC)))
         return NULL;
-    /* mallocx(0) is undefined; a 0-byte request takes the smallest size class. */
-    ptr = mallocx(size != 0 ? size : 1, sp_arena_flags(arena, size));
+    if (size >= SP_ARENA_GRAIN)
+        ptr = sp_arena_pool_take(arena, sp_arena_grains(size));
+    else /* mallocx(0) is undefined; a 0-byte request takes the smallest size class. */
+        ptr = mallocx(size != 0 ? size : 1, sp_arena_flags(arena));
     if (ptr == NULL)
         return NULL;
     atomic_fetch_add_explicit(&arena->allocs, 1, memory_order_relaxed);
@@ -332,7 +590,10 @@ void sp_arena_free(sp_arena_t *arena, void *ptr, size_t size)
 {
     if (ptr == NULL)
         return;
-    sdallocx(ptr, size != 0 ? size : 1, sp_arena_flags(arena, size));
+    if (size >= SP_ARENA_GRAIN)
+        sp_arena_pool_put(arena, ptr, sp_arena_grains(size));
+    else
+        sdallocx(ptr, size != 0 ? size : 1, sp_arena_flags(arena));
     atomic_fetch_add_explicit(&arena->frees, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&arena->live_bytes, size, memory_order_relaxed);
 }

@@ -40,4 +40,21 @@ void sp__memory_manager_count(sp_memory_manager_t *mm, sp__mm_counter_t counter,
 /* The page hooks in force (a copy), and the manager's page size. */
 void sp__memory_manager_page_hooks(sp_memory_manager_t *mm, sp_page_hooks_t *hooks_p);
 
+/*
+ * The arena's page pool (memory/arena.c): allocations of 2 MiB and more are
+ * whole 2 MiB grains, kept resident when freed and handed out again (moved
+ * into place with mremap when no single pooled range is big enough).
+ */
+typedef struct sp__arena_pool_stats {
+    uint64_t pooled_bytes;  /* resident, not live, waiting to be reused */
+    uint64_t reused_bytes;  /* bytes of big allocations served from the pool */
+    uint64_t fresh_bytes;   /* bytes of big allocations the pool could not cover (fresh pages) */
+    uint64_t moves;         /* mremap calls that moved pooled pages into a new range */
+    uint64_t trimmed_bytes; /* pooled bytes given back to the OS */
+} sp__arena_pool_stats_t;
+void sp__arena_pool_stats(sp_arena_t *arena, sp__arena_pool_stats_t *stats_p);
+
+/* Unmaps pooled memory until at most keep_bytes stay pooled; returns the bytes unmapped. */
+uint64_t sp__arena_trim(sp_arena_t *arena, uint64_t keep_bytes);
+
 #endif /* SPATE_MEMORY_INT_H */

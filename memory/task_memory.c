@@ -15,6 +15,13 @@
  * The page table has 8192 slots (13-bit page numbers of packed pointers);
  * free slots are found by a scan from a moving hint, which is cheap next to
  * allocating a page of megabytes.
+ *
+ * Pages of 2 MiB and more come back to the arena's page pool when freed and
+ * stay resident for the next task (memory/arena.c). When a task ends the
+ * pool is trimmed to the unified memory that is free then (neither granted
+ * to tasks nor held by storage), so that pooled pages count as the free
+ * memory they are: storage that grew meanwhile (map outputs held in memory)
+ * takes its bytes from the pool, not on top of it.
  */
 #include "memory_int.h"
 
@@ -86,6 +93,20 @@ static void sp_task_page_free_locked(sp_task_memory_t *task, sp_page_t *page)
     sp__free(page);
 }
 
+/* Keeps the arena's page pool within the unified memory that is free now. */
+static void sp_task_trim_pool(sp_memory_manager_t *mm)
+{
+    sp_memory_layout_t layout;
+    sp_memory_stats_t ms;
+    uint64_t used;
+
+    sp_memory_manager_layout(mm, &layout);
+    sp_memory_manager_stats(mm, &ms);
+    used = ms.execution_used + ms.storage_used;
+    sp__arena_trim(sp_memory_manager_arena(mm),
+                   layout.unified_bytes > used ? layout.unified_bytes - used : 0);
+}
+
 void sp_task_memory_destroy(sp_task_memory_t *task, sp_task_memory_stats_t *stats_p)
 {
     uint64_t leaked_bytes = 0, leaked_pages = 0, rest;
@@ -126,6 +147,7 @@ void sp_task_memory_destroy(sp_task_memory_t *task, sp_task_memory_stats_t *stat
     if (stats_p != NULL)
         *stats_p = task->stats;
     sp__memory_manager_task_unregister(task->mm, task->task_id);
+    sp_task_trim_pool(task->mm);
     pthread_mutex_destroy(&task->lock);
     sp__free(task);
 }

@@ -26,6 +26,13 @@
  * provider. The
  * router also keeps the transport's peer table, so that each address is
  * added to the transport once, not once per reduce task.
+ *
+ * A block's buffer of 2 MiB or more is a mapping of its own, aligned to
+ * 2 MiB and madvised for transparent huge pages: such a buffer is fresh
+ * memory every time (malloc gives memory that big back to the OS when it is
+ * freed), and fresh memory faulted in 2 MiB at a time costs about a third
+ * of what 4 KiB faults cost on the VMs this is tuned on (a reduce task of a
+ * word count faulted its fetched blocks in 4 KiB at a time: 14,000 faults).
  */
 #include "shuffle_int.h"
 
@@ -35,6 +42,7 @@
 #include <spate/transport.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,6 +51,45 @@ struct sp_served_output {
 };
 
 static const char sp_hex[] = "0123456789abcdef";
+
+#define SP_TF_HUGE ((size_t)2 << 20) /* buffers this big are huge-page mappings */
+
+static size_t sp_tf_huge_round(size_t len) { return (len + SP_TF_HUGE - 1) & ~(SP_TF_HUGE - 1); }
+
+/* A buffer for len bytes of a block (see the note at the top); NULL when out of memory. */
+static unsigned char *sp_tf_buf_alloc(size_t len)
+{
+    unsigned char *raw, *buf;
+    size_t size, head;
+
+    if (len < SP_TF_HUGE)
+        return sp__malloc(len != 0 ? len : 1);
+    if (SP_UNLIKELY(sp__fault_fire(SP_FAULT_ALLOC)))
+        return NULL;
+    size = sp_tf_huge_round(len);
+    raw = mmap(NULL, size + SP_TF_HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    buf = (unsigned char *)(((uintptr_t)raw + SP_TF_HUGE - 1) & ~(uintptr_t)(SP_TF_HUGE - 1));
+    head = (size_t)(buf - raw);
+    if (head != 0)
+        munmap(raw, head);
+    munmap(buf + size, SP_TF_HUGE - head);
+    /* A kernel without transparent huge pages refuses: small pages, still correct. */
+    (void)madvise(buf, size, MADV_HUGEPAGE);
+    return buf;
+}
+
+/* Frees a buffer of sp_tf_buf_alloc(len); NULL is accepted. */
+static void sp_tf_buf_free(unsigned char *buf, size_t len)
+{
+    if (buf == NULL)
+        return;
+    if (len < SP_TF_HUGE)
+        sp__free(buf);
+    else
+        munmap(buf, sp_tf_huge_round(len));
+}
 
 /*
  * The key set of a served output, in the status's rkey: 'S' 'O', version 1,
@@ -200,6 +247,7 @@ typedef struct sp_tf_req {
     void *arg;
     size_t index;
     unsigned char *buf;
+    size_t buf_len; /* what buf was allocated for (sp_tf_buf_free) */
     size_t len;
     sp_mr_t *mr;
     uint64_t expected, offset;
@@ -301,7 +349,7 @@ static sp_status_t sp_tf_peer(sp_tfetcher_t *tf, const char *hex, uint32_t *peer
 static void sp_tf_req_free(sp_tf_req_t *r)
 {
     sp_transport_mr_dereg(r->mr);
-    sp__free(r->buf);
+    sp_tf_buf_free(r->buf, r->buf_len);
     sp__free(r);
 }
 
@@ -462,16 +510,17 @@ static void sp_tf_advance(sp_tfetcher_t *tf, sp_tf_req_t *r)
         sp_mr_t *mr = NULL;
 
         r->expected = sp__le_get_u64(r->buf);
-        buf = sp__malloc(r->len != 0 ? r->len : 1);
+        buf = sp_tf_buf_alloc(r->len);
         if (buf == NULL)
             st = SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %zu bytes", r->len);
         else if ((st = sp_transport_mr_reg(tf->t, buf, r->len != 0 ? r->len : 1, false, &mr)) !=
                  SP_OK)
-            sp__free(buf);
+            sp_tf_buf_free(buf, r->len);
         if (st == SP_OK) {
             sp_transport_mr_dereg(r->mr);
-            sp__free(r->buf);
+            sp_tf_buf_free(r->buf, r->buf_len);
             r->buf = buf;
+            r->buf_len = r->len;
             r->mr = mr;
             r->stage = SP_TF_DATA;
             if (r->len == 0) { /* nothing to read */
@@ -524,13 +573,14 @@ static sp_status_t sp_tf_fetch(sp_block_fetcher_t *f, const sp_block_ref_t *bloc
         /* An approximate block starts with its index entries, 16 bytes. */
         alloc = b->exact ? (size_t)b->size : 16;
         r = sp__calloc(1, sizeof(*r));
-        if (r == NULL || (r->buf = sp__malloc(alloc != 0 ? alloc : 1)) == NULL) {
+        if (r == NULL || (r->buf = sp_tf_buf_alloc(alloc)) == NULL) {
             sp__free(r);
             SP_RAISE(SP_ERR_NOMEM, "no memory for a block of %llu bytes",
                      (unsigned long long)b->size);
             done(arg, i, SP_ERR_NOMEM, NULL, 0, 0);
             continue;
         }
+        r->buf_len = alloc;
         r->done = done;
         r->arg = arg;
         r->index = i;
