@@ -108,23 +108,17 @@ static sp_arena_t *sp_arena_of(extent_hooks_t *hooks)
 /* True the first time it is called for flag: failures are reported once per arena. */
 static bool sp_arena_first_warning(atomic_bool *flag) { return !atomic_exchange(flag, true); }
 
-static void *sp_arena_hook_alloc(extent_hooks_t *hooks, void *new_addr, size_t size,
-                                 size_t alignment, bool *zero, bool *commit, unsigned ind)
+/*
+ * Places fresh, untouched memory of the arena: binds it to the arena's node
+ * (the pages are not touched yet, so setting the policy now places them on
+ * the node when they are) and, from 2 MiB on, asks for transparent huge
+ * pages. A refusal keeps the memory (unbound or small pages are slower, not
+ * wrong) and is reported once.
+ */
+static void sp_arena_place(sp_arena_t *arena, void *addr, size_t size)
 {
-    sp_arena_t *arena = sp_arena_of(hooks);
-    void *addr;
     int err;
 
-    addr = sp_arena_default_hooks->alloc(sp_arena_default_hooks, new_addr, size, alignment, zero,
-                                         commit, ind);
-    if (addr == NULL)
-        return NULL;
-    atomic_fetch_add_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
-    /*
-     * The pages are not touched yet, so setting the policy now places them
-     * on the node when they are. A refusal keeps the memory (unbound is
-     * slower, not wrong) and is reported once.
-     */
     if (arena->hw != NULL &&
         hwloc_set_area_membind(arena->hw, addr, size, arena->nodeset, HWLOC_MEMBIND_BIND,
                                HWLOC_MEMBIND_BYNODESET) != 0) {
@@ -146,6 +140,20 @@ static void *sp_arena_hook_alloc(extent_hooks_t *hooks, void *new_addr, size_t s
                         arena->ind, strerror(err), err);
         }
     }
+}
+
+static void *sp_arena_hook_alloc(extent_hooks_t *hooks, void *new_addr, size_t size,
+                                 size_t alignment, bool *zero, bool *commit, unsigned ind)
+{
+    sp_arena_t *arena = sp_arena_of(hooks);
+    void *addr;
+
+    addr = sp_arena_default_hooks->alloc(sp_arena_default_hooks, new_addr, size, alignment, zero,
+                                         commit, ind);
+    if (addr == NULL)
+        return NULL;
+    atomic_fetch_add_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
+    sp_arena_place(arena, addr, size);
     return addr;
 }
 
@@ -375,7 +383,6 @@ static unsigned char *sp_arena_map(sp_arena_t *arena, size_t size)
 {
     unsigned char *raw, *addr;
     size_t head, tail;
-    int err;
 
     raw = mmap(NULL, size + SP_ARENA_GRAIN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
                0);
@@ -389,21 +396,7 @@ static unsigned char *sp_arena_map(sp_arena_t *arena, size_t size)
         munmap(raw, head);
     if (tail != 0)
         munmap(addr + size, tail);
-    if (arena->hw != NULL &&
-        hwloc_set_area_membind(arena->hw, addr, size, arena->nodeset, HWLOC_MEMBIND_BIND,
-                               HWLOC_MEMBIND_BYNODESET) != 0) {
-        err = errno;
-        if (sp_arena_first_warning(&arena->bind_warned))
-            sp_warn("arena %u: cannot bind its memory to NUMA node %u: %s (errno %d); "
-                    "allocating unbound",
-                    arena->ind, arena->numa_index, strerror(err), err);
-    }
-    if (arena->huge_pages && madvise(addr, size, MADV_HUGEPAGE) != 0) {
-        err = errno;
-        if (sp_arena_first_warning(&arena->huge_warned) && err != EINVAL)
-            sp_warn("arena %u: cannot ask for transparent huge pages: %s (errno %d)", arena->ind,
-                    strerror(err), err);
-    }
+    sp_arena_place(arena, addr, size);
     atomic_fetch_add_explicit(&arena->mapped_bytes, size, memory_order_relaxed);
     return addr;
 }

@@ -133,4 +133,78 @@ static inline void tf_wait_file(const char *path, unsigned timeout_s)
             fail_msg("%s did not appear within %u s", path, timeout_s);
 }
 
+/*
+ * The places of a fault test's runs, below one temporary base directory:
+ * shuffle.local_dirs (local, given to every run with --conf), the run's
+ * working directory (cwd), its --output and --json, and a marker file for
+ * the fault plugin's once=PATH.
+ */
+typedef struct tf_dirs {
+    char base[256], local[300], local_conf[400], cwd[300], out[300], json[300], once[300];
+} tf_dirs_t;
+
+/* Creates the base directory (named after name), local and cwd; 0 on success. */
+static inline int tf_dirs_setup(tf_dirs_t *d, const char *name)
+{
+    rt_env_loopback();
+    rt_mkdtemp(d->base, sizeof(d->base), name);
+    rt_path(d->local, sizeof(d->local), d->base, "local");
+    rt_path(d->cwd, sizeof(d->cwd), d->base, "cwd");
+    rt_path(d->out, sizeof(d->out), d->base, "out");
+    rt_path(d->json, sizeof(d->json), d->base, "report.json");
+    rt_path(d->once, sizeof(d->once), d->base, "once");
+    snprintf(d->local_conf, sizeof(d->local_conf), "shuffle.local_dirs=%s", d->local);
+    if (getenv("SPATE_FAULT_PLUGIN") == NULL)
+        fail_msg("SPATE_FAULT_PLUGIN is not set: run this test through ctest");
+    return mkdir(d->local, 0700) || mkdir(d->cwd, 0700);
+}
+
+/* Before each run: no output, no report, no marker, empty cwd and local dirs. */
+static inline void tf_dirs_fresh(const tf_dirs_t *d)
+{
+    rt_rmtree(d->out);
+    unlink(d->json);
+    unlink(d->once);
+    rt_rmtree(d->cwd);
+    rt_rmtree(d->local);
+    assert_int_equal(mkdir(d->cwd, 0700), 0);
+    assert_int_equal(mkdir(d->local, 0700), 0);
+}
+
+/*
+ * Runs `spate run JOB` on two local executors of one core each, into d's
+ * output, report and shuffle dirs, with extra arguments (NULL-terminated)
+ * and env added; waits for it and for its processes to go (tf_finish).
+ */
+static inline rt_run_t tf_run_job(const tf_dirs_t *d, const char *job, const char *const *extra,
+                                  const char *const *env)
+{
+    const char *args[64] = {"run",           job,
+                            "--executors",   "2",
+                            "--cores",       "1",
+                            "--output",      d->out,
+                            "--json",        d->json,
+                            "--conf",        d->local_conf,
+                            "--no-progress", "--no-baseline"};
+    size_t n = 14;
+    tf_run_t r;
+
+    for (size_t i = 0; extra[i] != NULL; i++) {
+        assert_true(n < sizeof(args) / sizeof(args[0]) - 1);
+        args[n++] = extra[i];
+    }
+    args[n] = NULL;
+    tf_start(&r, d->cwd, args, env);
+    return tf_finish(&r, RT_TIMEOUT_S, 30);
+}
+
+/* What every run must leave: an empty working directory and empty shuffle directories. */
+static inline void tf_expect_clean(const tf_dirs_t *d, const rt_run_t *run)
+{
+    if (!tf_dir_empty(d->cwd))
+        fail_msg("the run left files in its working directory; stderr: %s", rt_tail(run->err));
+    if (!tf_dir_empty(d->local))
+        fail_msg("the run left shuffle files in %s; stderr: %s", d->local, rt_tail(run->err));
+}
+
 #endif /* SPATE_TEST_TASKFAIL_UTIL_H */

@@ -23,78 +23,36 @@
  */
 #include "taskfail_util.h"
 
-static char base[256];
-static char local[300], local_conf[400], cwd[300], out[300], json[300], once[300];
+static tf_dirs_t dirs;
+static char *const out = dirs.out, *const json = dirs.json, *const once = dirs.once;
+static char *const local = dirs.local, *const local_conf = dirs.local_conf, *const cwd = dirs.cwd;
 
 static int setup(void **state)
 {
     (void)state;
-    rt_env_loopback();
-    rt_mkdtemp(base, sizeof(base), "taskfail");
-    rt_path(local, sizeof(local), base, "local");
-    rt_path(cwd, sizeof(cwd), base, "cwd");
-    rt_path(out, sizeof(out), base, "out");
-    rt_path(json, sizeof(json), base, "report.json");
-    rt_path(once, sizeof(once), base, "once");
-    snprintf(local_conf, sizeof(local_conf), "shuffle.local_dirs=%s", local);
-    if (getenv("SPATE_FAULT_PLUGIN") == NULL)
-        fail_msg("SPATE_FAULT_PLUGIN is not set: run this test through ctest");
-    return mkdir(local, 0700) || mkdir(cwd, 0700);
+    return tf_dirs_setup(&dirs, "taskfail");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    rt_rmtree(base);
+    rt_rmtree(dirs.base);
     return 0;
 }
 
-/* Before each run: no output, no report, no marker. */
-static void fresh(void)
-{
-    rt_rmtree(out);
-    unlink(json);
-    unlink(once);
-    rt_rmtree(cwd);
-    rt_rmtree(local);
-    assert_int_equal(mkdir(cwd, 0700), 0);
-    assert_int_equal(mkdir(local, 0700), 0);
-}
+static void fresh(void) { tf_dirs_fresh(&dirs); }
 
 #define PLUGIN getenv("SPATE_FAULT_PLUGIN")
 
 /* Runs the fault job with extra arguments (NULL-terminated) and env, waiting for it. */
 static rt_run_t run_fault_job(const char *const *extra, const char *const *env)
 {
-    const char *args[64] = {"run",           PLUGIN,
-                            "--executors",   "2",
-                            "--cores",       "1",
-                            "--output",      out,
-                            "--json",        json,
-                            "--conf",        local_conf,
-                            "--no-progress", "--no-baseline"};
-    size_t n = 14;
-    tf_run_t r;
-
-    for (size_t i = 0; extra[i] != NULL; i++) {
-        assert_true(n < sizeof(args) / sizeof(args[0]) - 1);
-        args[n++] = extra[i];
-    }
-    args[n] = NULL;
-    tf_start(&r, cwd, args, env);
-    return tf_finish(&r, RT_TIMEOUT_S, 30);
+    return tf_run_job(&dirs, PLUGIN, extra, env);
 }
 
 #define RUN_FAULT_JOB(...) run_fault_job((const char *const[]){__VA_ARGS__, NULL}, NULL)
 
-/* What every run must leave: an empty working directory and empty shuffle directories. */
-static void expect_clean(const rt_run_t *run)
-{
-    if (!tf_dir_empty(cwd))
-        fail_msg("the run left files in its working directory; stderr: %s", rt_tail(run->err));
-    if (!tf_dir_empty(local))
-        fail_msg("the run left shuffle files in %s; stderr: %s", local, rt_tail(run->err));
-}
+static void expect_clean(const rt_run_t *run) { tf_expect_clean(&dirs, run); }
 
 /* A failed run: exit code, phrases in its final error, no output, a report that says so. */
 static json_t *expect_failed(const rt_run_t *run, int code, const char *const *phrases)
