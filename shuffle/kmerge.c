@@ -41,7 +41,7 @@
 typedef struct sp_kmerge_input {
     /* Hot in every match: the current record's order and whether there is one. */
     uint64_t rank;
-    uint64_t prefix; /* sp_kmerge_prefix of key; 0 unless byte order */
+    uint64_t prefix; /* sp__key_prefix of key; 0 unless byte order */
     bool done;       /* no current record: loses every match */
     const void *key, *value;
     size_t klen, vlen;
@@ -74,17 +74,6 @@ int sp__bytes_compare(const void *a, size_t alen, const void *b, size_t blen)
     int c = alen != 0 && blen != 0 ? memcmp(a, b, SP_MIN(alen, blen)) : 0;
 
     return c != 0 ? c : (alen > blen) - (alen < blen);
-}
-
-/* The first 8 bytes of a key as a big-endian integer, zero-padded (sp__key_prefix). */
-static inline uint64_t sp_kmerge_prefix(const void *key, size_t klen)
-{
-    uint64_t p;
-
-    if (klen < 8)
-        return sp__key_prefix(key, klen);
-    memcpy(&p, key, 8);
-    return __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? __builtin_bswap64(p) : p;
 }
 
 /* Order of two records by (rank, prefix, key); the prefixes count only in byte order. */
@@ -263,7 +252,7 @@ static sp_status_t sp_kmerge_advance(sp_kmerge_t *m, size_t i)
         return st;
     in->done = !more;
     if (more && m->bytes)
-        in->prefix = sp_kmerge_prefix(in->key, in->klen);
+        in->prefix = sp__key_prefix(in->key, in->klen);
     return SP_OK;
 }
 

@@ -107,7 +107,7 @@ struct sp_shuffle_reader {
     sp_block_list_t own;
     sp_block_list_t **batches; /* lists of added statuses: the strings own's blocks point into */
     size_t nbatches;
-    unsigned char *added; /* per map: its status is in */
+    unsigned char *added; /* per map: its status is in (1), or in the batch being added (2) */
     uint32_t maps, maps_added, reduce_start, reduce_end;
     sp_shuffle_reader_wait_fn_t wait;
     void *wait_arg;
@@ -728,7 +728,6 @@ sp_status_t sp_shuffle_reader_add(sp_shuffle_reader_t *r, const sp_map_status_t 
         return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu map statuses", count);
     for (size_t i = 0; i < count; i++) {
         const sp_map_status_t *s = statuses[i];
-        bool twice = false;
         if (s == NULL)
             continue;
         if (s->map_id >= r->maps) {
@@ -738,10 +737,10 @@ sp_status_t sp_shuffle_reader_add(sp_shuffle_reader_t *r, const sp_map_status_t 
                          (unsigned long long)s->shuffle_id, (unsigned long long)s->map_id, r->maps);
             goto out;
         }
-        for (size_t j = 0; j < nfresh; j++)
-            twice |= fresh[j]->map_id == s->map_id;
-        if (!r->added[s->map_id] && !twice)
+        if (r->added[s->map_id] == 0) {
+            r->added[s->map_id] = 2; /* taken for this batch: a second one is skipped */
             fresh[nfresh++] = s;
+        }
     }
     if (nfresh == 0) {
         st = SP_OK;
@@ -775,12 +774,13 @@ sp_status_t sp_shuffle_reader_add(sp_shuffle_reader_t *r, const sp_map_status_t 
         memcpy(&r->own.blocks[r->own.count], batch->blocks, batch->count * sizeof(*batch->blocks));
     r->own.count += batch->count;
     batch = NULL;
-    for (size_t i = 0; i < nfresh; i++)
-        r->added[fresh[i]->map_id] = 1;
     r->maps_added += (uint32_t)nfresh;
     r->sealed = r->maps_added == r->maps;
     sp_reader_plan(r, from);
 out:
+    /* The batch's maps are in, or, when adding it failed, not. */
+    for (size_t i = 0; i < nfresh; i++)
+        r->added[fresh[i]->map_id] = st == SP_OK ? 1 : 0;
     sp_block_list_destroy(batch);
     sp__free(fresh);
     return st;

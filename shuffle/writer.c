@@ -13,7 +13,8 @@
  * Range partitioning looks a record's partition up by binary search over the
  * split keys; in byte order each step compares the keys' first 8 bytes as
  * big-endian integers (sp__key_prefix, kept for every split key) and
- * compares whole keys only when those are equal.
+ * compares whole keys only when those are equal (with a job comparator the
+ * prefixes are all 0 and it decides every step).
  *
  * Bypass path (few partitions, no ordering): delegated to the bypass writer
  * (shuffle/bypass_writer.c), whose partition files are concatenated into
@@ -40,7 +41,7 @@ struct sp_shuffle_writer {
     sp_shuffle_writer_options_t o;
     unsigned char *split_buf; /* RANGE: copies of the split keys */
     sp_key_t *splits;
-    uint64_t *split_prefix; /* RANGE in byte order: each split key's sp__key_prefix */
+    uint64_t *split_prefix; /* RANGE: each split key's sp__key_prefix in byte order, else 0 */
     sp_task_memory_t *task;
     sp_shuffle_dirs_t *dirs;
     uint64_t unified;
@@ -229,10 +230,8 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
             bytes += opts->split_keys[i].len;
         w->splits = sp__calloc(nsplits, sizeof(*w->splits));
         w->split_buf = sp__malloc(bytes + 1);
-        if (opts->compare == NULL)
-            w->split_prefix = sp__calloc(nsplits, sizeof(*w->split_prefix));
-        if (w->splits == NULL || w->split_buf == NULL ||
-            (opts->compare == NULL && w->split_prefix == NULL)) {
+        w->split_prefix = sp__calloc(nsplits, sizeof(*w->split_prefix));
+        if (w->splits == NULL || w->split_buf == NULL || w->split_prefix == NULL) {
             st = SP_RAISE(SP_ERR_NOMEM, "no memory for %zu split keys", nsplits);
             goto err_free;
         }
@@ -241,7 +240,7 @@ sp_status_t sp_shuffle_writer_open(sp_task_memory_t *task, const sp_conf_t *conf
                 memcpy(w->split_buf + at, opts->split_keys[i].data, opts->split_keys[i].len);
             w->splits[i].data = w->split_buf + at;
             w->splits[i].len = opts->split_keys[i].len;
-            if (w->split_prefix != NULL)
+            if (opts->compare == NULL)
                 w->split_prefix[i] = sp__key_prefix(w->splits[i].data, w->splits[i].len);
             at += opts->split_keys[i].len;
             if (i > 0 && sp_writer_compare(w, w->splits[i - 1].data, w->splits[i - 1].len,
@@ -284,9 +283,24 @@ err_free:
     return st;
 }
 
+/*
+ * Whether split key i sorts before key: the 8-byte prefixes decide unless
+ * they are equal (prefix: key's sp__key_prefix in byte order; with a job
+ * comparator every prefix is 0, so the comparator always decides).
+ */
+static inline bool sp_writer_split_below(const sp_shuffle_writer_t *w, size_t i, uint64_t prefix,
+                                         const void *key, size_t klen)
+{
+    uint64_t q = w->split_prefix[i];
+
+    return q < prefix || (q == prefix &&
+                          sp_writer_compare(w, w->splits[i].data, w->splits[i].len, key, klen) < 0);
+}
+
 static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void *key, size_t klen)
 {
     size_t lo = 0, hi;
+    uint64_t prefix;
 
     if (w->o.partitioner == SP_PARTITIONER_HASH)
         return (uint32_t)(XXH3_64bits(key, klen) % w->o.partitions);
@@ -294,23 +308,10 @@ static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void 
         return 0;
     /* First split key >= key. */
     hi = w->o.partitions - 1;
-    if (w->split_prefix != NULL) {
-        uint64_t prefix = sp__key_prefix(key, klen);
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            uint64_t sp = w->split_prefix[mid];
-            if (sp < prefix ||
-                (sp == prefix &&
-                 sp_bytes_compare(w->splits[mid].data, w->splits[mid].len, key, klen) < 0))
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        return (uint32_t)lo;
-    }
+    prefix = w->o.compare == NULL ? sp__key_prefix(key, klen) : 0;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (sp_writer_compare(w, w->splits[mid].data, w->splits[mid].len, key, klen) < 0)
+        if (sp_writer_split_below(w, mid, prefix, key, klen))
             lo = mid + 1;
         else
             hi = mid;

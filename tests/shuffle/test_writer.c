@@ -285,10 +285,18 @@ static int ref_key_cmp(const unsigned char *a, size_t alen, const unsigned char 
     return c != 0 ? c : (alen > blen) - (alen < blen);
 }
 
+/* The reverse of byte order: a job comparator for the range partitioner. */
+static int reversed_key_cmp(const void *a, size_t alen, const void *b, size_t blen, void *arg)
+{
+    (void)arg;
+    return ref_key_cmp(b, blen, a, alen);
+}
+
 /*
  * Range partitioning in byte order against a linear reference, with keys
- * that share their first 8 bytes (the writer compares those as integers
- * first), keys shorter than 8 bytes, zero bytes, and keys equal to splits.
+ * whose first 8 bytes (the writer compares those as integers first) differ
+ * from a split's or equal it, keys shorter than 8 bytes, zero bytes, and
+ * keys equal to splits; then the same keys under a job comparator.
  */
 static void test_writer_range_partitioner_long_keys(void **state)
 {
@@ -307,6 +315,7 @@ static void test_writer_range_partitioner_long_keys(void **state)
     /* Splits: "prefix00" + a growing tail, some shorter, sorted by construction. */
     for (int i = 0; i < NSPLIT; i++) {
         memcpy(split_bytes[i], "prefix\0\0", 8);
+        split_bytes[i][6] = (unsigned char)(i / 3); /* groups of three share their prefix */
         split_bytes[i][8] = (unsigned char)(20 * i);
         split_bytes[i][9] = (unsigned char)(i % 3);
         splits[i].data = split_bytes[i];
@@ -315,6 +324,7 @@ static void test_writer_range_partitioner_long_keys(void **state)
     for (int k = 0; k < NKEYS; k++) {
         seed = seed * 1103515245u + 12345u;
         memcpy(keys[k], "prefix\0\0", 8);
+        keys[k][6] = (unsigned char)((seed >> 28) % 4);
         keys[k][8] = (unsigned char)(seed >> 16);
         keys[k][9] = (unsigned char)((seed >> 8) % 4);
         keys[k][10] = (unsigned char)(seed >> 24);
@@ -344,6 +354,32 @@ static void test_writer_range_partitioner_long_keys(void **state)
         assert_int_equal(st->records[p], expect[p]);
     sp_map_status_destroy(st);
     sp_shuffle_writer_close(w);
+
+    /* A job comparator (reverse byte order, splits reversed): it decides every step. */
+    {
+        sp_key_t rsplits[NSPLIT];
+        uint64_t rexpect[NSPLIT + 1] = {0};
+        for (int i = 0; i < NSPLIT; i++)
+            rsplits[i] = splits[NSPLIT - 1 - i];
+        for (int k = 0; k < NKEYS; k++) {
+            size_t p = 0;
+            while (p < NSPLIT &&
+                   reversed_key_cmp(rsplits[p].data, rsplits[p].len, keys[k], klen[k], NULL) < 0)
+                p++;
+            rexpect[p]++;
+        }
+        o.map_id = 1;
+        o.split_keys = rsplits;
+        o.compare = reversed_key_cmp;
+        assert_int_equal(sp_shuffle_writer_open(e.task, e.conf, &o, &w), SP_OK);
+        for (int k = 0; k < NKEYS; k++)
+            assert_int_equal(sp_shuffle_writer_write(w, 0, keys[k], klen[k], "v", 1), SP_OK);
+        assert_int_equal(sp_shuffle_writer_commit(w, &st), SP_OK);
+        for (int p = 0; p <= NSPLIT; p++)
+            assert_int_equal(st->records[p], rexpect[p]);
+        sp_map_status_destroy(st);
+        sp_shuffle_writer_close(w);
+    }
     env_close(&e);
     remove_outputs();
 }
