@@ -110,7 +110,6 @@ typedef struct sp_executor {
     sp_map_status_t **own;   /* served[m]'s status as committed here */
     sp_block_store_t *bs;    /* storage memory: map outputs held in memory */
     uint64_t evictions_seen; /* sp_shuffle_outputs_evicted() when last looked at */
-    bool moves_pending;      /* an evicted output still to be served from disk */
     sp_key_t *bounds;
     void *bounds_buf;
     uint32_t nbounds;
@@ -131,6 +130,21 @@ typedef struct sp_executor {
     int64_t corrupt_map;
     atomic_bool evict_at_reduce; /* SPATE_FAULT_EVICT_OUTPUTS, until the first reduce task */
 } sp_executor_t;
+
+/* The CLOCK_MONOTONIC time ns from now, for pthread_cond_timedwait on the executor's conds. */
+static struct timespec sp_exec_deadline(uint64_t ns)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ns / 1000000000u);
+    ts.tv_nsec += (long)(ns % 1000000000u);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
 
 static void sp_status_unref(sp_status_ref_t *ref)
 {
@@ -226,12 +240,7 @@ static void *sp_exec_sampler(void *arg)
         }
         pthread_mutex_unlock(&ex->lock);
         sp_exec_sample_anon(ex);
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += SP_EXEC_SAMPLE_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        ts = sp_exec_deadline(SP_EXEC_SAMPLE_MS * 1000000u);
         pthread_mutex_lock(&ex->lock);
         if (!ex->stopping)
             pthread_cond_timedwait(&ex->sample_cond, &ex->lock, &ts);
@@ -413,14 +422,7 @@ static sp_status_t sp_exec_feed_next(void *arg, int timeout_ms,
     pthread_mutex_lock(&ex->lock);
     if (f->gen == ex->status_gen && timeout_ms > 0 && !ex->stopping &&
         !sp_exec_canceled(ex, f->task->task_id)) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = sp_exec_deadline((uint64_t)timeout_ms * 1000000u);
         pthread_cond_timedwait(&ex->status_cond, &ex->lock, &ts);
     }
     if (sp_exec_canceled(ex, f->task->task_id)) {
@@ -1042,15 +1044,8 @@ static bool sp_exec_teardown(sp_executor_t *ex)
 {
     const char *const kinds[] = {"sample", "map", "reduce"};
     char stuck[128] = "";
-    struct timespec ts;
+    struct timespec ts = sp_exec_deadline(ex->stop_grace_ns);
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ex->stop_grace_ns / 1000000000u);
-    ts.tv_nsec += (long)(ex->stop_grace_ns % 1000000000u);
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&ex->lock);
     ex->stopping = true;
     pthread_cond_broadcast(&ex->cond);
