@@ -83,6 +83,26 @@ inline void touch(void *ptr)
     benchmark::DoNotOptimize(ptr);
 }
 
+/* An arena on NUMA node 0 of this machine, or nullptr with the benchmark skipped. */
+sp_arena_t *machine_arena(benchmark::State &state, bool huge_pages)
+{
+    std::string error;
+    const sp_topology_t *topo = machine_topology(&error);
+    sp_arena_t *arena = nullptr;
+    sp_status_t st;
+
+    if (topo == nullptr) {
+        state.SkipWithError(error.c_str());
+        return nullptr;
+    }
+    st = sp_arena_create(topo, 0, true, huge_pages, &arena);
+    if (st != SP_OK) {
+        state.SkipWithError(spate_error("sp_arena_create", st).c_str());
+        return nullptr;
+    }
+    return arena;
+}
+
 void set_rates(benchmark::State &state, size_t bytes)
 {
     state.SetItemsProcessed(state.iterations());
@@ -118,20 +138,10 @@ sp_status_t create_manager(const char *page_size, sp_memory_manager_t **mm_p, st
 
 void arena_alloc_free(benchmark::State &state, size_t bytes, bool huge_pages)
 {
-    std::string error;
-    const sp_topology_t *topo = machine_topology(&error);
-    sp_arena_t *arena = nullptr;
-    sp_status_t st;
+    sp_arena_t *arena = machine_arena(state, huge_pages);
 
-    if (topo == nullptr) {
-        state.SkipWithError(error.c_str());
+    if (arena == nullptr)
         return;
-    }
-    st = sp_arena_create(topo, 0, true, huge_pages, &arena);
-    if (st != SP_OK) {
-        state.SkipWithError(spate_error("sp_arena_create", st).c_str());
-        return;
-    }
     for (auto _ : state) {
         void *ptr = sp_arena_alloc(arena, bytes);
         if (ptr == nullptr) {
@@ -257,20 +267,10 @@ constexpr size_t kTaskBytes = (126 + 4 * kTaskPages + 64) * kMiB; /* written per
 
 void task_memory_shape(benchmark::State &state, bool huge_pages)
 {
-    std::string error;
-    const sp_topology_t *topo = machine_topology(&error);
-    sp_arena_t *arena = nullptr;
-    sp_status_t st;
+    sp_arena_t *arena = machine_arena(state, huge_pages);
 
-    if (topo == nullptr) {
-        state.SkipWithError(error.c_str());
+    if (arena == nullptr)
         return;
-    }
-    st = sp_arena_create(topo, 0, true, huge_pages, &arena);
-    if (st != SP_OK) {
-        state.SkipWithError(spate_error("sp_arena_create", st).c_str());
-        return;
-    }
     for (auto _ : state) {
         void *table = nullptr, *pages[kTaskPages], *array;
         size_t table_bytes = 0;

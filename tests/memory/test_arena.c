@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "tests/test_smaps_util.h"
+
 #define MIB ((size_t)1 << 20)
 
 static sp_topology_t *topo;
@@ -166,28 +168,6 @@ static void test_arena_memory_is_on_node_zero(void **state)
     sp_arena_destroy(arena);
 }
 
-/* True when the mapping holding addr carries VmFlag "hg" (madvise(MADV_HUGEPAGE)). */
-static bool mapping_has_hugepage_flag(const void *addr)
-{
-    FILE *f = fopen("/proc/self/smaps", "r");
-    uintptr_t a = (uintptr_t)addr;
-    char line[512];
-    bool inside = false, found = false;
-
-    assert_non_null(f);
-    while (fgets(line, sizeof(line), f) != NULL) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-            inside = a >= lo && a < hi;
-        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
-            found = strstr(line, " hg") != NULL;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
 static void test_arena_huge_pages(void **state)
 {
     static const size_t sizes[] = {2 * MIB, 2 * MIB + 1, 6 * MIB, 32 * MIB};
@@ -205,7 +185,7 @@ static void test_arena_huge_pages(void **state)
         p[sizes[i] - 1] = 2;
         /* Where the kernel has THP, the extent was madvised for huge pages. */
         if (thp)
-            assert_true(mapping_has_hugepage_flag(p));
+            assert_true(test_mapping_has_hugepage_flag(p));
         sp_arena_free(arena, p, sizes[i]);
     }
     /* Below 2 MiB the usual 64-byte alignment applies. */

@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "tests/test_smaps_util.h"
+
 #define MIB   ((size_t)1 << 20)
 #define PARTS 3
 
@@ -183,28 +185,6 @@ static void assert_block_bytes(const sp_block_ref_t *b, const got_t *g)
     free(want);
 }
 
-/* True when the mapping holding addr carries VmFlag "hg" (madvise(MADV_HUGEPAGE)). */
-static bool mapping_has_hugepage_flag(const void *addr)
-{
-    FILE *f = fopen("/proc/self/smaps", "r");
-    uintptr_t a = (uintptr_t)addr;
-    char line[512];
-    bool inside = false, found = false;
-
-    assert_non_null(f);
-    while (fgets(line, sizeof(line), f) != NULL) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-            inside = a >= lo && a < hi;
-        } else if (inside && strncmp(line, "VmFlags:", 8) == 0) {
-            found = strstr(line, " hg") != NULL;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
 static void test_fetcher_big_and_small_blocks(void **state)
 {
     sp_block_fetcher_t *f = NULL;
@@ -226,7 +206,7 @@ static void test_fetcher_big_and_small_blocks(void **state)
             big++;
             assert_int_equal((uintptr_t)g[i].data % (2 * MIB), 0);
             if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0)
-                assert_true(mapping_has_hugepage_flag(g[i].data));
+                assert_true(test_mapping_has_hugepage_flag(g[i].data));
         }
         f->ops->release(f, g[i].data, g[i].len);
     }
