@@ -28,7 +28,7 @@
  * examples/plugin/README.md). A plugin never links its own copy of spate.
  */
 #include "common_int.h"
-#include "executor/executor_int.h"
+#include "executor/graph_int.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -46,9 +46,12 @@ static const sp_job_t *const sp_job_builtin_table[] = {
     &sp__job_shuffle,
 };
 
-/* Bytes of the descriptor spate reads: everything up to counter_names. */
+/* Bytes of the descriptor spate reads of version 1: everything up to counter_names. */
 #define SP_JOB_DESCRIPTOR_MIN_SIZE                                                                 \
     (offsetof(sp_job_t, counter_names) + sizeof(((sp_job_t *)0)->counter_names))
+/* And of version 2: up to finish_graph. */
+#define SP_JOB_DESCRIPTOR_V2_SIZE                                                                  \
+    (offsetof(sp_job_t, finish_graph) + sizeof(((sp_job_t *)0)->finish_graph))
 
 typedef const sp_job_t *(*sp_job_descriptor_fn_t)(void);
 
@@ -86,22 +89,28 @@ static sp_status_t sp_job_check_descriptor(const char *path, const sp_job_t *job
     if (job == NULL)
         return SP_RAISE(SP_ERR_BAD_FORMAT, "job plugin %s: %s() returned NULL", path,
                         SP_JOB_DESCRIPTOR_SYMBOL);
-    if (job->abi_version != SP_JOB_ABI_VERSION)
+    if (job->abi_version != 1 && job->abi_version != SP_JOB_ABI_VERSION)
         return SP_RAISE(SP_ERR_BAD_FORMAT,
-                        "job plugin %s: built for job ABI version %u, this spate has version %u; "
-                        "rebuild it against this spate's <spate/job.h>",
+                        "job plugin %s: built for job ABI version %u, this spate runs versions 1 "
+                        "and %u; rebuild it against this spate's <spate/job.h>",
                         path, job->abi_version, SP_JOB_ABI_VERSION);
-    if (job->size < SP_JOB_DESCRIPTOR_MIN_SIZE)
+    if (job->size < (job->abi_version == 1 ? SP_JOB_DESCRIPTOR_MIN_SIZE : SP_JOB_DESCRIPTOR_V2_SIZE))
         return SP_RAISE(SP_ERR_BAD_FORMAT,
                         "job plugin %s: descriptor size %u is smaller than the %zu bytes of "
                         "sp_job_t version %u (set .size = sizeof(sp_job_t))",
-                        path, job->size, (size_t)SP_JOB_DESCRIPTOR_MIN_SIZE, SP_JOB_ABI_VERSION);
+                        path, job->size,
+                        (size_t)(job->abi_version == 1 ? SP_JOB_DESCRIPTOR_MIN_SIZE
+                                                       : SP_JOB_DESCRIPTOR_V2_SIZE),
+                        job->abi_version);
     if (job->name == NULL || job->name[0] == '\0')
         return SP_RAISE(SP_ERR_BAD_FORMAT, "job plugin %s: the job has no name", path);
+    if (sp__job_is_graph(job))
+        return SP_OK;
     if (job->plan == NULL || job->map == NULL || job->reduce == NULL)
         return SP_RAISE(SP_ERR_BAD_FORMAT,
-                        "job plugin %s: job '%s' lacks a required callback: %s is NULL", path,
-                        job->name,
+                        "job plugin %s: job '%s' lacks a required callback: %s is NULL (a graph "
+                        "job of version 2 sets build instead)",
+                        path, job->name,
                         job->plan == NULL  ? "plan"
                         : job->map == NULL ? "map"
                                            : "reduce");

@@ -15,6 +15,7 @@
 
 #include <spate/common.h>
 #include <spate/conf.h>
+#include <spate/graph.h>
 #include <spate/shuffle.h>
 
 #include <stdbool.h>
@@ -25,8 +26,12 @@
 extern "C" {
 #endif
 
-/** Version of sp_job_t; a plugin built for another version is refused. */
-#define SP_JOB_ABI_VERSION 1u
+/**
+ * Version of sp_job_t. Version 2 adds build() and finish_graph() (graph
+ * jobs, <spate/graph.h>); plugins built for version 1 still load and run as
+ * a two-stage job. Any other version is refused.
+ */
+#define SP_JOB_ABI_VERSION 2u
 /** Counters a job may keep (summed over tasks by the driver). */
 #define SP_JOB_COUNTERS 8u
 
@@ -117,6 +122,22 @@ typedef struct sp_job {
                           void *report /* FILE * */);
     /** Names of the counters used (NULL for unused ones), for reports. */
     const char *counter_names[SP_JOB_COUNTERS];
+
+    /* ---- version 2 ---- */
+    /**
+     * A graph job: builds its graph of datasets (<spate/graph.h>) from
+     * params, on the driver and on every executor alike. When set, plan,
+     * map, sample, combiner, compare, reduce, reduce_end and finish are
+     * not used (and may be NULL); counters are still summed.
+     */
+    sp_status_t (*build)(sp_graph_t *graph, const sp_job_params_t *params);
+    /**
+     * Optional, graph jobs, on the driver after every action succeeded: checks
+     * the results (sp_graph_count_result, sp_graph_collected_record) and
+     * prints what it found to report. An error fails the run.
+     */
+    sp_status_t (*finish_graph)(const sp_graph_t *graph, const sp_job_params_t *params,
+                                const sp_job_result_t *result, void *report /* FILE * */);
 } sp_job_t;
 
 /** The run's parameters. */

@@ -17,6 +17,7 @@
 #include <spate/memory.h>
 #include <spate/shuffle.h>
 #include <spate/transport.h>
+#include <spate/graph.h>
 #include <spate/job.h>
 
 #endif /* SPATE_SPATE_H */
