@@ -82,6 +82,9 @@ typedef struct sp__task_metrics {
     uint64_t counters[SP_JOB_COUNTERS];
 } sp__task_metrics_t;
 
+/* A task memory id unique in the process (for sp_task_memory_create). */
+uint64_t sp__task_memory_id(void);
+
 /* What a task runs with: the executor's parts it needs. */
 typedef struct sp__task_env {
     const sp_job_t *job;
@@ -209,5 +212,31 @@ sp_status_t sp__output_attempt_path(const char *dir, const char *run_id, uint32_
                                     uint32_t attempt, char **path_p);
 sp_status_t sp__output_task_path(const char *dir, const char *run_id, uint32_t partition,
                                  char **path_p);
+
+/*
+ * One task attempt's part file: written through a 1 MiB buffer to
+ * OUTPUT/_temporary/<run id>/.part-r-NNNNN.attempt-A, and on commit flushed,
+ * fsync'ed and renamed to part-r-NNNNN there (a second successful attempt
+ * replaces the first with identical content). With dir NULL (no --output)
+ * the bytes are only counted. Zero-initialize, then open; abort (which
+ * also frees) whatever happens after open.
+ */
+typedef struct sp__part_file {
+    const char *dir, *run_id;
+    uint32_t partition;
+    int fd; /* -1: not open (counted only) */
+    char *path;
+    unsigned char *buf;
+    size_t len;
+    uint64_t offset;
+    uint64_t bytes; /* written so far */
+} sp__part_file_t;
+
+sp_status_t sp__part_file_open(sp__part_file_t *f, const char *dir, const char *run_id,
+                               uint32_t partition, uint32_t attempt);
+sp_status_t sp__part_file_write(sp__part_file_t *f, const void *buf, size_t len);
+sp_status_t sp__part_file_commit(sp__part_file_t *f);
+/* Removes an uncommitted attempt file and frees f's buffers (after commit: frees only). */
+void sp__part_file_abort(sp__part_file_t *f);
 
 #endif /* SPATE_EXECUTOR_INT_H */

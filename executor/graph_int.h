@@ -190,6 +190,7 @@ typedef struct sp__graph_task_out {
     uint64_t missing_shuffle; /* SP_ERR_FETCH_FAILED: the shuffle not computed; UINT64_MAX */
     uint64_t failed_map;      /* SP_ERR_FETCH_FAILED: the map whose block failed; UINT64_MAX */
     uint32_t cached;          /* blocks it put in the block store */
+    uint32_t cache_hits;      /* blocks it read instead of computing */
 } sp__graph_task_out_t;
 
 /*
@@ -207,16 +208,27 @@ sp_status_t sp__graph_task_run(const sp__graph_env_t *env, uint32_t stage, uint3
                                sp__graph_task_out_t *out, sp__task_metrics_t *metrics);
 void sp__graph_task_out_clear(sp__graph_task_out_t *out);
 
+/* What the local runner did. */
+typedef struct sp__graph_stats {
+    uint64_t stages_run;        /* map stages computed, and action stages */
+    uint64_t stages_skipped;    /* map stages an action read from an earlier action's run */
+    uint64_t stages_recomputed; /* after a map output was lost */
+    uint64_t tasks;             /* task attempts that succeeded */
+    uint64_t blocks_cached;     /* partitions put in the block store */
+    uint64_t cache_hits;        /* partitions read from it instead of computed */
+    uint64_t spills;            /* of writers, sorts and aggregations */
+} sp__graph_stats_t;
+
 /*
  * Runs a graph job in this process, one task at a time, with local fetches
  * and mm's block store for persisted datasets (created when mm has none):
  * the embedded form, and what the operation tests use. Runs the actions in
  * order; a stage whose shuffle is complete is skipped, a lost cached block
- * recomputed. *graph_p (may be NULL) keeps the graph with the actions'
+ * recomputed. *stats_p (may be NULL) says what ran. *graph_p (may be NULL) keeps the graph with the actions'
  * results; destroy it with sp__graph_destroy().
  */
 sp_status_t sp__graph_run_local(const sp_job_t *job, const sp_job_params_t *params,
                                 sp_memory_manager_t *mm, sp_job_result_t *result_p,
-                                sp_graph_t **graph_p);
+                                sp__graph_stats_t *stats_p, sp_graph_t **graph_p);
 
 #endif /* SPATE_EXECUTOR_GRAPH_INT_H */

@@ -30,8 +30,11 @@
  *   straggling attempt may have written after the abort), removes the lock
  *   when it is still this run's, and _temporary when nothing else is left.
  *
- * All of it is a handful of metadata operations per run and per partition;
- * nothing here is on a data path.
+ * All of it is a handful of metadata operations per run and per partition.
+ * The one data path here is a task attempt's part file (sp__part_file_t):
+ * its bytes go through a 1 MiB buffer into the attempt file, which commit
+ * fsyncs and renames into _temporary/<run id>; reduce tasks and graph
+ * actions that save both write through it.
  */
 #include "executor_int.h"
 
@@ -123,6 +126,112 @@ sp_status_t sp__output_task_path(const char *dir, const char *run_id, uint32_t p
         return SP_RAISE(SP_ERR_NOMEM, "no memory for an output path under %s", dir);
     *path_p = p;
     return SP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* A task attempt's part file                                                */
+/* ------------------------------------------------------------------------ */
+
+#define SP_PART_BUFFER (1u << 20)
+
+sp_status_t sp__part_file_open(sp__part_file_t *f, const char *dir, const char *run_id,
+                               uint32_t partition, uint32_t attempt)
+{
+    sp_status_t st;
+
+    memset(f, 0, sizeof(*f));
+    f->fd = -1;
+    f->dir = dir;
+    f->run_id = run_id;
+    f->partition = partition;
+    if (dir == NULL)
+        return SP_OK;
+    if ((st = sp__output_attempt_path(dir, run_id, partition, attempt, &f->path)) != SP_OK)
+        return st;
+    f->fd = open(f->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd < 0)
+        return sp__write_error("create", f->path, errno);
+    f->buf = sp__malloc(SP_PART_BUFFER);
+    if (f->buf == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the output buffer of %s", f->path);
+    return SP_OK;
+}
+
+static sp_status_t sp_part_file_flush(sp__part_file_t *f)
+{
+    sp_status_t st;
+
+    if (f->len == 0)
+        return SP_OK;
+    if ((st = sp__pwrite_all(f->fd, f->buf, f->len, f->offset, f->path)) != SP_OK)
+        return st;
+    f->offset += f->len;
+    f->len = 0;
+    return SP_OK;
+}
+
+sp_status_t sp__part_file_write(sp__part_file_t *f, const void *buf, size_t len)
+{
+    sp_status_t st;
+
+    f->bytes += len;
+    if (f->fd < 0)
+        return SP_OK; /* no --output: counted only */
+    if (f->len + len > SP_PART_BUFFER) {
+        if ((st = sp_part_file_flush(f)) != SP_OK)
+            return st;
+        if (len > SP_PART_BUFFER) {
+            st = sp__pwrite_all(f->fd, buf, len, f->offset, f->path);
+            if (st == SP_OK)
+                f->offset += len;
+            return st;
+        }
+    }
+    memcpy(f->buf + f->len, buf, len);
+    f->len += len;
+    return SP_OK;
+}
+
+sp_status_t sp__part_file_commit(sp__part_file_t *f)
+{
+    char *final = NULL;
+    sp_status_t st;
+
+    if (f->fd < 0)
+        return SP_OK;
+    if ((st = sp_part_file_flush(f)) != SP_OK)
+        return st;
+    if (sp__fsync(f->fd) != 0)
+        return sp__write_error("fsync", f->path, errno);
+    if (close(f->fd) != 0) {
+        f->fd = -1;
+        return sp__write_error("close", f->path, errno);
+    }
+    f->fd = -1;
+    if ((st = sp__output_task_path(f->dir, f->run_id, f->partition, &final)) != SP_OK)
+        return st;
+    /* A second successful attempt replaces the first with identical content. */
+    if (rename(f->path, final) != 0)
+        st = sp__write_error("rename", f->path, errno);
+    free(final);
+    if (st == SP_OK) {
+        sp__free(f->path);
+        f->path = NULL; /* committed: abort leaves it */
+    }
+    return st;
+}
+
+void sp__part_file_abort(sp__part_file_t *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
+    if (f->path != NULL)
+        unlink(f->path);
+    sp__free(f->path);
+    f->path = NULL;
+    sp__free(f->buf);
+    f->buf = NULL;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -35,7 +35,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SP_OUTPUT_BUFFER  (1u << 20)
 #define SP_SAMPLE_DEFAULT 1000u
 
 typedef enum sp_task_mode {
@@ -63,17 +62,13 @@ struct sp_job_task {
         size_t off, len;
     } * reservoir;
     bool use_reservoir;
-    /* reduce output */
-    int out_fd;
-    char *out_path;
-    unsigned char *out_buf;
-    size_t out_len;
-    uint64_t out_bytes;
-    uint64_t out_offset;
+    sp__part_file_t out; /* reduce output */
     uint64_t counters[SP_JOB_COUNTERS];
 };
 
 static atomic_uint_fast64_t sp_task_ids = 1;
+
+uint64_t sp__task_memory_id(void) { return atomic_fetch_add(&sp_task_ids, 1); }
 
 const sp_job_params_t *sp_job_task_params(const sp_job_task_t *task) { return task->env->params; }
 
@@ -228,44 +223,12 @@ sp_status_t sp_job_emit(sp_job_task_t *task, const void *key, size_t key_len, co
     return sp_job_emit_to(task, 0, key, key_len, value, value_len);
 }
 
-static sp_status_t sp_output_flush(sp_job_task_t *task)
-{
-    sp_status_t st;
-
-    if (task->out_len == 0)
-        return SP_OK;
-    st = sp__pwrite_all(task->out_fd, task->out_buf, task->out_len, task->out_offset,
-                        task->out_path);
-    if (st != SP_OK)
-        return st;
-    task->out_offset += task->out_len;
-    task->out_len = 0;
-    return SP_OK;
-}
-
 sp_status_t sp_job_write(sp_job_task_t *task, const void *buf, size_t len)
 {
-    sp_status_t st;
-
     if (task->mode != SP_TASK_REDUCE)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "job %s wrote output outside a reduce task",
                         task->env->job->name);
-    task->out_bytes += len;
-    if (task->out_fd < 0)
-        return SP_OK; /* no --output: counted only */
-    if (task->out_len + len > SP_OUTPUT_BUFFER) {
-        if ((st = sp_output_flush(task)) != SP_OK)
-            return st;
-        if (len > SP_OUTPUT_BUFFER) {
-            st = sp__pwrite_all(task->out_fd, buf, len, task->out_offset, task->out_path);
-            if (st == SP_OK)
-                task->out_offset += len;
-            return st;
-        }
-    }
-    memcpy(task->out_buf + task->out_len, buf, len);
-    task->out_len += len;
-    return SP_OK;
+    return sp__part_file_write(&task->out, buf, len);
 }
 
 static sp_status_t sp_task_begin(sp_job_task_t *task, const sp__task_env_t *env,
@@ -276,8 +239,8 @@ static sp_status_t sp_task_begin(sp_job_task_t *task, const sp__task_env_t *env,
     task->mode = mode;
     task->index = index;
     task->attempt = attempt;
-    task->out_fd = -1;
-    return sp_task_memory_create(env->mm, atomic_fetch_add(&sp_task_ids, 1), &task->memory);
+    task->out.fd = -1;
+    return sp_task_memory_create(env->mm, sp__task_memory_id(), &task->memory);
 }
 
 static void sp_task_end(sp_job_task_t *task, sp__task_metrics_t *metrics)
@@ -295,8 +258,7 @@ static void sp_task_end(sp_job_task_t *task, sp__task_metrics_t *metrics)
     }
     sp__free(task->sample);
     sp__free(task->reservoir);
-    sp__free(task->out_buf);
-    sp__free(task->out_path);
+    sp__part_file_abort(&task->out);
 }
 
 static const sp_job_split_t *sp_task_split(const sp__task_env_t *env, uint32_t map_id)
@@ -450,60 +412,6 @@ out:
 /* Reduce                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static sp_status_t sp_reduce_open_output(sp_job_task_t *task, uint32_t partition, uint32_t attempt)
-{
-    const char *dir = task->env->params->output;
-    sp_status_t st;
-
-    if (dir == NULL)
-        return SP_OK;
-    if ((st = sp__output_attempt_path(dir, task->env->run_id, partition, attempt,
-                                      &task->out_path)) != SP_OK)
-        return st;
-    task->out_fd = open(task->out_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (task->out_fd < 0)
-        return sp__write_error("create", task->out_path, errno);
-    task->out_buf = sp__malloc(SP_OUTPUT_BUFFER);
-    if (task->out_buf == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory for the output buffer of %s", task->out_path);
-    return SP_OK;
-}
-
-static sp_status_t sp_reduce_commit_output(sp_job_task_t *task, uint32_t partition)
-{
-    const char *dir = task->env->params->output;
-    char *final = NULL;
-    sp_status_t st;
-
-    if (task->out_fd < 0)
-        return SP_OK;
-    if ((st = sp_output_flush(task)) != SP_OK)
-        return st;
-    if (sp__fsync(task->out_fd) != 0)
-        return sp__write_error("fsync", task->out_path, errno);
-    if (close(task->out_fd) != 0) {
-        task->out_fd = -1;
-        return sp__write_error("close", task->out_path, errno);
-    }
-    task->out_fd = -1;
-    if ((st = sp__output_task_path(dir, task->env->run_id, partition, &final)) != SP_OK)
-        return st;
-    /* A second successful attempt replaces the first with identical content. */
-    if (rename(task->out_path, final) != 0)
-        st = sp__write_error("rename", task->out_path, errno);
-    free(final);
-    return st;
-}
-
-static void sp_reduce_abort_output(sp_job_task_t *task)
-{
-    if (task->out_fd >= 0)
-        close(task->out_fd);
-    task->out_fd = -1;
-    if (task->out_path != NULL)
-        unlink(task->out_path);
-}
-
 /* Bytes of partition that statuses' owners other than this executor hold (remote reads). */
 static uint64_t sp_reduce_remote_bytes(const sp__task_env_t *env, uint32_t partition,
                                        const sp_map_status_t *const *statuses, size_t count)
@@ -575,7 +483,8 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
     ro.compare_arg = env->job->compare_arg;
     ro.combiner = env->job->combiner;
     ro.fetcher = fetcher;
-    if ((st = sp_reduce_open_output(&task, partition, attempt)) != SP_OK)
+    if ((st = sp__part_file_open(&task.out, env->params->output, env->run_id, partition,
+                                 attempt)) != SP_OK)
         goto out_fetcher;
     if (feed == NULL)
         st = sp_shuffle_reader_open(task.memory, env->conf, blocks, &ro, &reader);
@@ -617,7 +526,7 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
                       env->job->name, sp_task_job_error(st));
         goto out_reader;
     }
-    if ((st = sp_reduce_commit_output(&task, partition)) != SP_OK)
+    if ((st = sp__part_file_commit(&task.out)) != SP_OK)
         goto out_reader;
     sp_shuffle_reader_stats(reader, &rs);
     if (metrics != NULL) {
@@ -625,7 +534,7 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
         metrics->records_in = records;
         metrics->records_out = records;
         metrics->bytes_in = rs.bytes;
-        metrics->bytes_out = task.out_bytes;
+        metrics->bytes_out = task.out.bytes;
         metrics->remote_bytes = wait.remote;
         metrics->spills = rs.spills;
         metrics->fetch_wait_ns = rs.wait_ns;
@@ -633,7 +542,7 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
 out_reader:
     sp_shuffle_reader_close(reader);
     if (st != SP_OK)
-        sp_reduce_abort_output(&task);
+        sp__part_file_abort(&task.out);
 out_fetcher:
     sp_block_fetcher_destroy(fetcher);
 out_blocks:
