@@ -49,9 +49,11 @@
  * instead of misreading a message later. 2: HEARTBEAT and BYE carry peak anon.
  * 3: PING (driver -> executor). 4: READY, RESULT, HEARTBEAT and BYE carry the
  * executor's CPU time (idle core time per stage). 5: OUTPUT_MOVED, and
- * HEARTBEAT and BYE carry the peak storage memory.
+ * HEARTBEAT and BYE carry the peak storage memory. 6: CANCEL. 7: graph jobs:
+ * TASK and RESULT carry the graph stage, RESULT the failed shuffle and the
+ * blocks cached, MAP_LOST the shuffle, BOUNDS the shuffle; UNPERSIST.
  */
-#define SP__CTL_VERSION 6u
+#define SP__CTL_VERSION 7u
 /* Header: u32 magic, u16 version, u16 type, u32 payload length. */
 #define SP__CTL_HEADER_SIZE 12u
 /* Largest payload a frame may announce; a larger one is SP_ERR_BAD_FORMAT. */

@@ -54,6 +54,7 @@
 #include "executor.h"
 
 #include "common_int.h"
+#include "graph_int.h"
 #include "control/ctl.h"
 #include "protocol.h"
 #include "scheduler.h"
@@ -94,7 +95,7 @@ typedef struct sp_dexec {
     sp__executor_report_t rep;
 } sp_dexec_t;
 
-/* A task beside its scheduler state (sched[stage][i]: its state and the executor to avoid). */
+/* A task beside its scheduler state (a stage's sched[i]: its state and the executor to avoid). */
 typedef struct sp_dtask {
     uint32_t attempt;  /* of the running attempt, or the next */
     uint32_t failures; /* failed attempts */
@@ -106,39 +107,75 @@ typedef struct sp_dtask {
      * job's result, once, even while a lost output is computed again.
      */
     bool counted;
-    bool early;     /* reduce: the running attempt started before every map output was in */
-    bool canceling; /* reduce: the driver sent CANCEL for the running attempt */
+    bool early;         /* reduce: the running attempt started before every map output was in */
+    bool canceling;     /* reduce: the driver sent CANCEL for the running attempt */
+    uint32_t resubmits; /* graph: attempts that found a shuffle they need not computed */
     sp__task_metrics_t metrics;
     char *last_error; /* the most recent failure, for the job's final message */
 } sp_dtask_t;
+
+/*
+ * A stage as the driver runs it. A two-stage job has three, at the indices
+ * of their kinds (sample, map, reduce; no sample tasks unless it
+ * range-partitions). A graph job has a map stage per shuffle (after a sample
+ * stage when the shuffle sorts) and a reduce-kind stage per action; the
+ * report sums stages by kind.
+ */
+typedef struct sp_dstage {
+    int kind;        /* SP_STAGE_SAMPLE, _MAP or _REDUCE */
+    uint32_t gstage; /* graph jobs: the graph's stage its tasks name; 0 otherwise */
+    int32_t shuffle; /* the shuffle it writes (sample, map) or reads (reduce of a 2-stage job) */
+    int32_t action;  /* graph jobs: the action it computes; -1 otherwise */
+    uint32_t ntasks, done;
+    sp_dtask_t *tasks;
+    sp__sched_task_t *sched;
+    uint32_t *preferred; /* per task: the executor it prefers (UINT32_MAX: none); NULL: none */
+    bool preferred_valid;
+    char name[64]; /* "map task 3", "stage 2 (join) task 3": what messages call it */
+} sp_dstage_t;
+
+/* A shuffle: its map outputs are entries base .. base + maps - 1 of the driver's per-map arrays. */
+typedef struct sp_dshuffle {
+    uint64_t id;
+    uint32_t maps, partitions, base;
+    uint32_t map_stage, sample_stage; /* sample_stage UINT32_MAX: none */
+    uint32_t registered;              /* outputs registered now */
+    uint32_t sample_per_map;
+    bool sampling; /* range bounds still to compute */
+    sp_key_compare_fn_t compare;
+    void *compare_arg;
+    unsigned char *samples;
+    size_t samples_len;
+    void *bounds_blob;
+    size_t bounds_len;
+} sp_dshuffle_t;
 
 struct sp__driver {
     sp__driver_opts_t o;
     sp__ctl_hub_t *hub;
     sp_job_plan_t plan;
     bool planned;
-    uint64_t shuffle_id;
+    uint64_t shuffle_id; /* of shuffle 0; a graph's shuffle s is shuffle_id + s */
     char app_id[64];
     sp_map_output_tracker_t *tracker;
 
     sp_dexec_t *execs;
     uint32_t nexecs, cap_execs;
 
-    sp_dtask_t *tasks[SP_STAGES];
-    sp__sched_task_t *sched[SP_STAGES]; /* what the scheduler reads of each task */
-    uint32_t ntasks[SP_STAGES];
+    sp_dstage_t *stages;
+    uint32_t nstages;
+    sp_dshuffle_t *shuffles;
+    uint32_t nshuffles;
+    uint32_t nslots;              /* map outputs of every shuffle */
     sp_map_status_t **map_status; /* registered outputs, for locality */
     void **map_blob;              /* their serialized form, for late executors */
     size_t *map_blob_len;
     uint64_t *map_moved_ns; /* when its output last moved from memory to disk; 0: never */
-    uint32_t *preferred;    /* reduce partition -> executor; UINT32_MAX: none */
-    bool preferred_valid;
-
-    unsigned char *samples;
-    size_t samples_len;
-    void *bounds_blob;
-    size_t bounds_len;
-    bool sampling; /* the sample stage is not finished */
+    /* Graph jobs. */
+    sp_graph_t *graph;
+    uint32_t action;       /* the action running now */
+    uint32_t *action_stage; /* per action: its stage */
+    uint32_t **cached;      /* per dataset (persisted ones): per partition the holder + 1; 0 none */
 
     uint64_t next_task_id;
     uint64_t heartbeat_timeout_ns;
@@ -240,31 +277,160 @@ static uint32_t sp_drv_ready_count(const sp__driver_t *d)
     return n;
 }
 
-static void sp_drv_lose_map(sp__driver_t *d, uint32_t map, const char *why)
+/* The shuffle whose outputs include map slot (an index into the per-map arrays). */
+static sp_dshuffle_t *sp_drv_slot_shuffle(sp__driver_t *d, uint32_t slot)
 {
-    sp_dtask_t *t = &d->tasks[SP_STAGE_MAP][map];
-    sp__sched_task_t *ts = &d->sched[SP_STAGE_MAP][map];
-    sp__msg_map_lost_t lost = {.map_id = map, .executor_id = t->executor};
+    for (uint32_t s = 0; s < d->nshuffles; s++)
+        if (slot - d->shuffles[s].base < d->shuffles[s].maps)
+            return &d->shuffles[s];
+    return NULL;
+}
+
+/* Map output slot is lost: unregistered everywhere, its map task pending again. */
+static void sp_drv_lose_map(sp__driver_t *d, uint32_t slot, const char *why)
+{
+    sp_dshuffle_t *sh = sp_drv_slot_shuffle(d, slot);
+    sp_dstage_t *ms = &d->stages[sh->map_stage];
+    uint32_t map = slot - sh->base;
+    sp_dtask_t *t = &ms->tasks[map];
+    sp__sched_task_t *ts = &ms->sched[map];
+    sp__msg_map_lost_t lost = {.shuffle_id = sh->id, .map_id = map, .executor_id = t->executor};
     void *buf = NULL;
     size_t len = 0;
 
     if (ts->state != SP__SCHED_DONE)
         return;
-    sp_info("map output %u on executor %u lost (%s): recomputing it", map, t->executor, why);
-    sp_map_output_tracker_unregister_output(d->tracker, d->shuffle_id, map);
-    sp_map_status_destroy(d->map_status[map]);
-    d->map_status[map] = NULL;
-    free(d->map_blob[map]);
-    d->map_blob[map] = NULL;
-    d->preferred_valid = false;
+    if (d->graph != NULL)
+        sp_info("output of %s %u (shuffle %u) on executor %u lost (%s): it is computed again "
+                "when needed",
+                ms->name, map, (uint32_t)(sh - d->shuffles), t->executor, why);
+    else
+        sp_info("map output %u on executor %u lost (%s): recomputing it", map, t->executor, why);
+    sp_map_output_tracker_unregister_output(d->tracker, sh->id, map);
+    sp_map_status_destroy(d->map_status[slot]);
+    d->map_status[slot] = NULL;
+    free(d->map_blob[slot]);
+    d->map_blob[slot] = NULL;
+    for (uint32_t i = 0; i < d->nstages; i++)
+        d->stages[i].preferred_valid = false;
     if (sp__msg_map_lost_encode(&lost, &buf, &len) == SP_OK)
         sp_drv_broadcast(d, SP_MSG_MAP_LOST, buf, len);
     free(buf);
     ts->state = SP__SCHED_PENDING;
     t->attempt++;
     ts->avoid = lost.executor_id;
+    ms->done--;
+    sh->registered--;
     d->rep.stages[SP_STAGE_MAP].done--;
     d->rep.maps_recomputed++;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Graph jobs: cached partitions and what a stage reads                      */
+/* ------------------------------------------------------------------------ */
+
+/* Executor e's cached partitions are gone with it. */
+static void sp_drv_forget_cached(sp__driver_t *d, uint32_t e)
+{
+    for (uint32_t i = 0; d->graph != NULL && i < d->graph->ndatasets; i++)
+        for (uint32_t p = 0; d->cached[i] != NULL && p < d->graph->datasets[i]->partitions; p++)
+            if (d->cached[i][p] == e + 1)
+                d->cached[i][p] = 0;
+}
+
+/* Whether every partition of ds is cached on a ready executor. */
+static bool sp_drv_cached_all(const sp__driver_t *d, const sp_dataset_t *ds)
+{
+    const uint32_t *loc = d->cached[ds->id];
+
+    if (loc == NULL)
+        return false;
+    for (uint32_t p = 0; p < ds->partitions; p++)
+        if (loc[p] == 0 || d->execs[loc[p] - 1].state != SP_DEXEC_READY)
+            return false;
+    return true;
+}
+
+/*
+ * The dataset and partition task i of stage s starts from: a map stage's
+ * task computes a partition of one of the shuffle's inputs, an action's its
+ * dataset's.
+ */
+static const sp_dataset_t *sp_drv_task_input(const sp__driver_t *d, const sp_dstage_t *s,
+                                             uint32_t i, uint32_t *partition_p)
+{
+    const sp_graph_t *g = d->graph;
+    uint32_t input;
+
+    if (s->action >= 0) {
+        *partition_p = i;
+        return g->actions[s->action].ds;
+    }
+    sp__graph_map_input(&g->shuffles[s->gstage], i, &input, partition_p);
+    return g->shuffles[s->gstage].inputs[input];
+}
+
+/*
+ * Walks up from ds through narrow operations: the shuffle its pipeline reads
+ * (-1: a source, or a persisted dataset cached whole, ends it first).
+ * partition: when given (not UINT32_MAX), a persisted dataset whose block
+ * for it is cached on a ready executor ends the walk too, and *holder_p
+ * (when not NULL) names that executor.
+ */
+static int32_t sp_drv_walk(const sp__driver_t *d, const sp_dataset_t *ds, uint32_t partition,
+                           uint32_t *holder_p)
+{
+    for (;;) {
+        const uint32_t *loc = d->cached[ds->id];
+        if (ds->persisted && partition != UINT32_MAX && loc != NULL && loc[partition] != 0 &&
+            d->execs[loc[partition] - 1].state == SP_DEXEC_READY) {
+            if (holder_p != NULL)
+                *holder_p = loc[partition] - 1;
+            return -1;
+        }
+        if (ds->persisted && partition == UINT32_MAX && sp_drv_cached_all(d, ds))
+            return -1;
+        if (ds->shuffle >= 0)
+            return ds->shuffle;
+        if (ds->parent == NULL)
+            return -1;
+        ds = ds->parent;
+    }
+}
+
+/* Clears what the driver knew of task i's cached partitions: a block it expected was not there. */
+static void sp_drv_uncache_task(sp__driver_t *d, const sp_dstage_t *s, uint32_t i)
+{
+    uint32_t p;
+    const sp_dataset_t *ds = sp_drv_task_input(d, s, i, &p);
+
+    for (; ds != NULL; ds = ds->shuffle >= 0 ? NULL : ds->parent)
+        if (ds->persisted && d->cached[ds->id] != NULL)
+            d->cached[ds->id][p] = 0;
+}
+
+/* Records the blocks task i of stage s put in executor e's block store. */
+static sp_status_t sp_drv_note_cached(sp__driver_t *d, const sp_dstage_t *s, uint32_t i,
+                                      uint32_t e, const sp__msg_result_t *r)
+{
+    uint32_t p;
+
+    (void)sp_drv_task_input(d, s, i, &p);
+    for (uint32_t c = 0; c < r->ncached; c++) {
+        uint32_t id = r->cached[c];
+        const sp_dataset_t *ds;
+        if (id >= d->graph->ndatasets || !(ds = d->graph->datasets[id])->persisted ||
+            p >= ds->partitions)
+            return SP_RAISE(SP_ERR_BAD_FORMAT,
+                            "executor %u reported caching dataset %u, which is not persisted", e,
+                            id);
+        if (d->cached[id] == NULL &&
+            (d->cached[id] = sp__calloc(ds->partitions, sizeof(uint32_t))) == NULL)
+            return SP_RAISE(SP_ERR_NOMEM, "no memory for the cache map of dataset %u", id);
+        d->cached[id][p] = e + 1;
+        d->rep.blocks_cached++;
+    }
+    return SP_OK;
 }
 
 /* Whether pid is an executor process the launcher started (local mode). */
@@ -294,11 +460,13 @@ static bool sp_drv_end_process(sp__driver_t *d, uint32_t e)
  * failure once the task has failed that often, and at once for bad input
  * (SP_ERR_BAD_INPUT: the job's data is wrong, and no retry can fix it).
  */
-static sp_status_t sp_drv_task_failed(sp__driver_t *d, int stage, uint32_t i, uint32_t attempt,
-                                      uint32_t e, sp_status_t status, const char *msg)
+static sp_status_t sp_drv_task_failed(sp__driver_t *d, uint32_t stage, uint32_t i,
+                                      uint32_t attempt, uint32_t e, sp_status_t status,
+                                      const char *msg)
 {
-    sp_dtask_t *t = &d->tasks[stage][i];
-    sp__sched_task_t *ts = &d->sched[stage][i];
+    sp_dstage_t *sg = &d->stages[stage];
+    sp_dtask_t *t = &sg->tasks[i];
+    sp__sched_task_t *ts = &sg->sched[i];
     char *copy = strdup(msg);
 
     if (copy != NULL) {
@@ -316,24 +484,31 @@ static sp_status_t sp_drv_task_failed(sp__driver_t *d, int stage, uint32_t i, ui
         return SP_RAISE(SP_ERR_BAD_INPUT,
                         "%s task %u failed on bad input, which no retry can fix (attempt %u on "
                         "executor %u): %s",
-                        sp_stage_names[stage], i, attempt, e, msg);
-    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sp_stage_names[stage],
-            i, attempt, e, t->failures, (long long)d->max_failures, msg);
+                        sg->name, i, attempt, e, msg);
+    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sg->name, i, attempt,
+            e, t->failures, (long long)d->max_failures, msg);
     if (t->failures >= (uint32_t)d->max_failures)
         return SP_RAISE(status,
                         "%s task %u failed %u times (task.max_failures), most recent failure "
                         "(attempt %u on executor %u): %s",
-                        sp_stage_names[stage], i, t->failures, attempt, e, msg);
+                        sg->name, i, t->failures, attempt, e, msg);
     return SP_OK;
 }
 
-/* Whether a reduce task that has not finished still needs map m's output. */
-static bool sp_drv_map_needed(const sp__driver_t *d, uint32_t m)
+/*
+ * Whether map output slot is still needed: a two-stage job's, by a reduce
+ * task that has not finished. A graph job's lost output is only marked
+ * pending: it is computed again when a stage that reads it runs.
+ */
+static bool sp_drv_map_needed(const sp__driver_t *d, uint32_t slot)
 {
-    const sp_map_status_t *s = d->map_status[m];
+    const sp_map_status_t *s = d->map_status[slot];
 
-    return sp__sched_map_needed(s != NULL ? s->lengths : NULL, d->sched[SP_STAGE_REDUCE],
-                                d->ntasks[SP_STAGE_REDUCE], d->sampling);
+    if (d->graph != NULL)
+        return true;
+    return sp__sched_map_needed(s != NULL ? s->lengths : NULL, d->stages[SP_STAGE_REDUCE].sched,
+                                d->stages[SP_STAGE_REDUCE].ntasks,
+                                d->shuffles[0].sampling);
 }
 
 static uint32_t sp_drv_starting_count(const sp__driver_t *d)
@@ -391,23 +566,29 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
     else
         snprintf(cause, sizeof(cause), "executor %u (pid %u) was lost: %s", e, x->rep.pid, why);
     sp_warn("%s", cause);
-    for (int s = 0; s < SP_STAGES; s++)
-        for (uint32_t i = 0; i < d->ntasks[s]; i++) {
-            sp_dtask_t *t = &d->tasks[s][i];
+    for (uint32_t s = 0; s < d->nstages; s++)
+        for (uint32_t i = 0; i < d->stages[s].ntasks; i++) {
+            sp_dtask_t *t = &d->stages[s].tasks[i];
             sp_status_t st;
-            if (d->sched[s][i].state != SP__SCHED_RUNNING || t->executor != e)
+            if (d->stages[s].sched[i].state != SP__SCHED_RUNNING || t->executor != e)
                 continue;
-            snprintf(msg, sizeof(msg), "%s while running %s task %u", cause, sp_stage_names[s], i);
+            snprintf(msg, sizeof(msg), "%s while running %s task %u", cause, d->stages[s].name,
+                     i);
             st = sp_drv_task_failed(d, s, i, t->attempt, e, SP_ERR_PEER_LOST, msg);
             if (st != SP_OK && first == SP_OK) {
                 first = st;
                 snprintf(first_msg, sizeof(first_msg), "%s", sp_last_error());
             }
         }
-    for (uint32_t m = 0; m < d->ntasks[SP_STAGE_MAP]; m++)
-        if (d->sched[SP_STAGE_MAP][m].state == SP__SCHED_DONE &&
-            d->tasks[SP_STAGE_MAP][m].executor == e && sp_drv_map_needed(d, m))
-            sp_drv_lose_map(d, m, "its executor was lost");
+    for (uint32_t slot = 0; slot < d->nslots; slot++) {
+        const sp_dshuffle_t *sh = sp_drv_slot_shuffle(d, slot);
+        const sp_dstage_t *ms = &d->stages[sh->map_stage];
+        uint32_t m = slot - sh->base;
+        if (ms->sched[m].state == SP__SCHED_DONE && ms->tasks[m].executor == e &&
+            sp_drv_map_needed(d, slot))
+            sp_drv_lose_map(d, slot, "its executor was lost");
+    }
+    sp_drv_forget_cached(d, e);
     sp_map_output_tracker_remove_executor(d->tracker, e);
     x->busy = 0;
     if (d->o.executor_event != NULL)
@@ -607,13 +788,17 @@ static sp_status_t sp_drv_on_ready(sp__driver_t *d, uint32_t e, const void *buf,
             x->rep.host, x->rep.pid, ready.slots, (unsigned long long)(ready.memory >> 20),
             ready.numa_node, ready.cpuset);
     /* A late executor learns what the others already know. */
-    if (d->bounds_blob != NULL &&
-        (st = sp_drv_send(d, e, SP_MSG_BOUNDS, d->bounds_blob, d->bounds_len)) != SP_OK)
-        return st;
-    for (uint32_t m = 0; m < d->plan.maps; m++)
+    for (uint32_t sh = 0; sh < d->nshuffles; sh++)
+        if (d->shuffles[sh].bounds_blob != NULL &&
+            (st = sp_drv_send(d, e, SP_MSG_BOUNDS, d->shuffles[sh].bounds_blob,
+                              d->shuffles[sh].bounds_len)) != SP_OK)
+            return st;
+    for (uint32_t m = 0; m < d->nslots; m++)
         if (d->map_blob[m] != NULL && (st = sp_drv_send(d, e, SP_MSG_MAP_OUTPUT, d->map_blob[m],
                                                         d->map_blob_len[m])) != SP_OK)
             return st;
+    for (uint32_t i = 0; i < d->nstages; i++)
+        d->stages[i].preferred_valid = false;
     return SP_OK;
 }
 
@@ -680,12 +865,17 @@ static void sp_drv_result(sp__driver_t *d)
 
     memset(r, 0, sizeof(*r));
     r->partitions = d->plan.partitions;
-    for (int s = SP_STAGE_MAP; s < SP_STAGES; s++)
-        for (uint32_t i = 0; i < d->ntasks[s]; i++) {
-            const sp__task_metrics_t *m = &d->tasks[s][i].metrics;
-            if (!d->tasks[s][i].counted)
+    for (uint32_t s = 0; s < d->nstages; s++) {
+        const sp_dstage_t *sg = &d->stages[s];
+        if (sg->kind == SP_STAGE_SAMPLE)
+            continue;
+        if (sg->kind == SP_STAGE_REDUCE && d->graph != NULL)
+            r->partitions += sg->ntasks;
+        for (uint32_t i = 0; i < sg->ntasks; i++) {
+            const sp__task_metrics_t *m = &sg->tasks[i].metrics;
+            if (!sg->tasks[i].counted)
                 continue;
-            if (s == SP_STAGE_MAP) {
+            if (sg->kind == SP_STAGE_MAP) {
                 r->map_records += m->records_in;
             } else {
                 r->reduce_records += m->records_in;
@@ -694,28 +884,36 @@ static void sp_drv_result(sp__driver_t *d)
             for (unsigned c = 0; c < SP_JOB_COUNTERS; c++)
                 r->counters[c] += m->counters[c];
         }
+    }
 }
 
 /*
- * Registers map index's output on executor e from its status's wire form,
- * and tells every executor. moved: the executor's output of the attempt
- * registered now, evicted from memory to a file (OUTPUT_MOVED), whose map
- * the status names (index is not used); anything else is ignored then (an
- * output lost or replaced meanwhile).
+ * Registers the output of a map of shuffle sh (the map task index of stage
+ * `stage`, or with moved any shuffle and map its status names) on executor e
+ * from its status's wire form, and tells every executor. moved: the
+ * executor's output of the attempt registered now, evicted from memory to a
+ * file (OUTPUT_MOVED); anything else is ignored then (an output lost or
+ * replaced meanwhile).
  */
-static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, uint64_t index,
-                                       const void *payload, size_t len, bool moved)
+static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, int32_t shuffle,
+                                       uint64_t index, const void *payload, size_t len, bool moved)
 {
     sp_map_status_t *status;
+    sp_dshuffle_t *sh;
+    uint32_t slot;
     void *blob;
     sp_status_t st;
 
     if ((st = sp_map_status_deserialize(payload, len, &status)) != SP_OK)
         return st;
-    if (moved)
+    if (moved) {
         index = status->map_id;
-    if (status->shuffle_id != d->shuffle_id || status->map_id != index || index >= d->plan.maps ||
-        status->executor_id != e || status->partitions != d->plan.partitions) {
+        shuffle = (int32_t)(status->shuffle_id - d->shuffle_id);
+    }
+    if (status->shuffle_id < d->shuffle_id || status->shuffle_id - d->shuffle_id >= d->nshuffles ||
+        shuffle < 0 || status->shuffle_id != d->shuffles[shuffle].id || status->map_id != index ||
+        index >= d->shuffles[shuffle].maps || status->executor_id != e ||
+        status->partitions != d->shuffles[shuffle].partitions) {
         st = SP_RAISE(SP_ERR_BAD_FORMAT,
                       "executor %u reported map %llu with the status of shuffle %llu map %llu "
                       "executor %u (%u partitions)",
@@ -724,8 +922,10 @@ static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, uint64_t ind
         sp_map_status_destroy(status);
         return st;
     }
-    if (moved && (d->map_status[index] == NULL || d->map_status[index]->executor_id != e ||
-                  d->map_status[index]->attempt != status->attempt)) {
+    sh = &d->shuffles[shuffle];
+    slot = sh->base + (uint32_t)index;
+    if (moved && (d->map_status[slot] == NULL || d->map_status[slot]->executor_id != e ||
+                  d->map_status[slot]->attempt != status->attempt)) {
         sp_map_status_destroy(status);
         return SP_OK;
     }
@@ -735,56 +935,77 @@ static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, uint64_t ind
         return st != SP_OK ? st : SP_RAISE(SP_ERR_NOMEM, "no memory for a map status");
     }
     memcpy(blob, payload, len);
-    sp_map_status_destroy(d->map_status[index]);
-    free(d->map_blob[index]);
-    d->map_status[index] = status;
-    d->map_blob[index] = blob;
-    d->map_blob_len[index] = len;
-    d->preferred_valid = false;
+    if (d->map_status[slot] == NULL)
+        sh->registered++;
+    sp_map_status_destroy(d->map_status[slot]);
+    free(d->map_blob[slot]);
+    d->map_status[slot] = status;
+    d->map_blob[slot] = blob;
+    d->map_blob_len[slot] = len;
+    for (uint32_t i = 0; i < d->nstages; i++)
+        d->stages[i].preferred_valid = false;
     if (moved) {
-        d->map_moved_ns[index] = sp__now_ns();
+        d->map_moved_ns[slot] = sp__now_ns();
         d->rep.outputs_moved++;
     }
     sp_drv_broadcast(d, SP_MSG_MAP_OUTPUT, blob, len);
     return SP_OK;
 }
 
-static sp_status_t sp_drv_map_done(sp__driver_t *d, uint32_t e, const sp__msg_result_t *r)
+static sp_status_t sp_drv_sample_done(sp_dshuffle_t *sh, const sp__msg_result_t *r)
 {
-    return sp_drv_map_register(d, e, r->index, r->payload, r->payload_len, false);
-}
-
-static sp_status_t sp_drv_sample_done(sp__driver_t *d, const sp__msg_result_t *r)
-{
-    unsigned char *grown = sp__realloc(d->samples, d->samples_len + r->payload_len + 1);
+    unsigned char *grown = sp__realloc(sh->samples, sh->samples_len + r->payload_len + 1);
 
     if (grown == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for %zu bytes of samples",
-                        d->samples_len + r->payload_len);
-    d->samples = grown;
-    memcpy(d->samples + d->samples_len, r->payload, r->payload_len);
-    d->samples_len += r->payload_len;
+                        sh->samples_len + r->payload_len);
+    sh->samples = grown;
+    memcpy(sh->samples + sh->samples_len, r->payload, r->payload_len);
+    sh->samples_len += r->payload_len;
     return SP_OK;
+}
+
+/* The stage a RESULT names: by kind (two-stage jobs) or by the graph's stage and kind. */
+static int64_t sp_drv_result_stage(const sp__driver_t *d, const sp__msg_result_t *r)
+{
+    const sp_graph_t *g = d->graph;
+
+    if (g == NULL)
+        return r->kind == SP_TASK_KIND_SAMPLE ? SP_STAGE_SAMPLE
+               : r->kind == SP_TASK_KIND_MAP  ? SP_STAGE_MAP
+                                              : SP_STAGE_REDUCE;
+    if (r->stage < g->nshuffles && r->kind == SP_TASK_KIND_MAP)
+        return d->shuffles[r->stage].map_stage;
+    if (r->stage < g->nshuffles && r->kind == SP_TASK_KIND_SAMPLE &&
+        d->shuffles[r->stage].sample_stage != UINT32_MAX)
+        return d->shuffles[r->stage].sample_stage;
+    if (r->stage >= g->nshuffles && r->stage - g->nshuffles < g->nactions &&
+        r->kind == SP_TASK_KIND_REDUCE)
+        return d->action_stage[r->stage - g->nshuffles];
+    return -1;
 }
 
 static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf, size_t len)
 {
     sp__msg_result_t r;
+    sp_dstage_t *sg;
     sp_dtask_t *t;
     sp__sched_task_t *ts;
-    int stage;
+    int64_t stage;
+    uint32_t slot;
     sp_status_t st;
 
     if ((st = sp__msg_result_decode(buf, len, &r)) != SP_OK)
         return st;
-    stage = r.kind == SP_TASK_KIND_SAMPLE ? SP_STAGE_SAMPLE
-            : r.kind == SP_TASK_KIND_MAP  ? SP_STAGE_MAP
-                                          : SP_STAGE_REDUCE;
-    if (r.index >= d->ntasks[stage])
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u reported %s task %u of %u", e,
-                        sp_stage_names[stage], r.index, d->ntasks[stage]);
-    t = &d->tasks[stage][r.index];
-    ts = &d->sched[stage][r.index];
+    if ((stage = sp_drv_result_stage(d, &r)) < 0)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u reported a task of stage %u kind %u", e,
+                        r.stage, r.kind);
+    sg = &d->stages[stage];
+    if (r.index >= sg->ntasks)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "executor %u reported %s task %u of %u", e, sg->name,
+                        r.index, sg->ntasks);
+    t = &sg->tasks[r.index];
+    ts = &sg->sched[r.index];
     if (ts->state != SP__SCHED_RUNNING || t->task_id != r.task_id || t->executor != e) {
         /* An attempt the driver gave up on (its executor was thought lost, say). */
         sp_debug("ignoring the result of stale task %llu", (unsigned long long)r.task_id);
@@ -792,26 +1013,31 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
     }
     if (d->execs[e].busy > 0)
         d->execs[e].busy--;
-    sp_drv_note_cpu(d, e, stage, r.cpu_ns);
+    sp_drv_note_cpu(d, e, sg->kind, r.cpu_ns);
     if (r.status == SP_OK) {
-        if (stage == SP_STAGE_MAP)
-            st = sp_drv_map_done(d, e, &r);
-        else if (stage == SP_STAGE_SAMPLE)
-            st = sp_drv_sample_done(d, &r);
+        if (sg->kind == SP_STAGE_MAP)
+            st = sp_drv_map_register(d, e, sg->shuffle, r.index, r.payload, r.payload_len, false);
+        else if (sg->kind == SP_STAGE_SAMPLE)
+            st = sp_drv_sample_done(&d->shuffles[sg->shuffle], &r);
+        else if (sg->action >= 0 && !t->counted)
+            st = sp__graph_action_add(d->graph, (uint32_t)sg->action, r.payload, r.payload_len);
+        if (st == SP_OK && d->graph != NULL && sg->kind != SP_STAGE_SAMPLE)
+            st = sp_drv_note_cached(d, sg, r.index, e, &r);
         if (st != SP_OK)
             return st;
         ts->state = SP__SCHED_DONE;
-        sp_drv_account(d, stage, e, &r.metrics, !t->counted);
+        sg->done++;
+        sp_drv_account(d, sg->kind, e, &r.metrics, !t->counted);
         if (!t->counted) {
             t->metrics = r.metrics;
             t->counted = true;
         }
-        d->rep.stages[stage].done++;
-        if (d->rep.stages[stage].done == d->ntasks[stage])
-            d->rep.stages[stage].end_ns = sp__now_ns();
+        d->rep.stages[sg->kind].done++;
+        if (d->rep.stages[sg->kind].done == d->rep.stages[sg->kind].tasks)
+            d->rep.stages[sg->kind].end_ns = sp__now_ns();
         return SP_OK;
     }
-    if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_CANCELED && t->canceling) {
+    if (sg->kind == SP_STAGE_REDUCE && r.status == SP_ERR_CANCELED && t->canceling) {
         /* It gave its slot to a map task, as asked: not a failure. */
         ts->state = SP__SCHED_PENDING;
         t->attempt++;
@@ -820,9 +1046,35 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         sp_info("reduce task %u on executor %u gave its slot back: %s", r.index, e, r.message);
         return SP_OK;
     }
-    if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED &&
-        r.failed_map < d->plan.maps && d->map_moved_ns[r.failed_map] >= t->started_ns &&
-        d->map_moved_ns[r.failed_map] != 0) {
+    if (d->graph != NULL && r.status == SP_ERR_FETCH_FAILED && r.shuffle < d->nshuffles &&
+        r.failed_map == UINT64_MAX) {
+        /*
+         * A shuffle the task needs was never computed, or is gone: a cached
+         * block the driver counted on was not there (evicted). The task
+         * waits for the shuffle, which the scheduler now sees it needs.
+         */
+        ts->state = SP__SCHED_PENDING;
+        t->attempt++;
+        sp_drv_uncache_task(d, sg, r.index);
+        sp_info("%s task %u on executor %u needs shuffle %u, which is not there: computing it "
+                "first (%s)",
+                sg->name, r.index, e, r.shuffle, r.message);
+        if (++t->resubmits > (uint32_t)d->max_stage_attempts)
+            return SP_RAISE(SP_ERR_FETCH_FAILED,
+                            "%s task %u found its input missing %u times (stage.max_attempts "
+                            "%lld); last: %s",
+                            sg->name, r.index, t->resubmits, (long long)d->max_stage_attempts,
+                            r.message);
+        return SP_OK;
+    }
+    slot = UINT32_MAX;
+    if (r.status == SP_ERR_FETCH_FAILED && (sg->kind != SP_STAGE_SAMPLE || d->graph != NULL)) {
+        uint32_t shuffle = d->graph != NULL ? r.shuffle : 0;
+        if (shuffle < d->nshuffles && r.failed_map < d->shuffles[shuffle].maps)
+            slot = d->shuffles[shuffle].base + (uint32_t)r.failed_map;
+    }
+    if (r.status == SP_ERR_FETCH_FAILED && slot != UINT32_MAX && d->map_moved_ns[slot] != 0 &&
+        d->map_moved_ns[slot] >= t->started_ns) {
         /*
          * The map's output moved from memory to disk after this attempt had
          * its status: the output is there, under new keys. Run the task
@@ -831,33 +1083,34 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         ts->state = SP__SCHED_PENDING;
         t->attempt++;
         d->rep.fetches_after_move++;
-        sp_info("reduce task %u on executor %u read map %llu's output while it moved to disk; "
+        sp_info("%s task %u on executor %u read map %llu's output while it moved to disk; "
                 "running it again: %s",
-                r.index, e, (unsigned long long)r.failed_map, r.message);
+                sg->name, r.index, e, (unsigned long long)r.failed_map, r.message);
         return SP_OK;
     }
-    if (stage == SP_STAGE_REDUCE && r.status == SP_ERR_FETCH_FAILED) {
+    if (r.status == SP_ERR_FETCH_FAILED && (sg->kind == SP_STAGE_REDUCE || d->graph != NULL)) {
         ts->state = SP__SCHED_PENDING;
         t->attempt++;
         d->rep.fetch_failures++;
-        sp_warn("reduce task %u on executor %u could not fetch its input: %s", r.index, e,
+        sp_warn("%s task %u on executor %u could not fetch its input: %s", sg->name, r.index, e,
                 r.message);
         if (++d->stage_attempts > (uint32_t)d->max_stage_attempts)
             return SP_RAISE(
                 SP_ERR_FETCH_FAILED,
-                "the reduce stage failed to fetch its input %u times (stage.max_attempts "
+                "the %s stage failed to fetch its input %u times (stage.max_attempts "
                 "%lld); last: %s",
-                d->stage_attempts, (long long)d->max_stage_attempts, r.message);
-        if (r.failed_map < d->plan.maps)
-            sp_drv_lose_map(d, (uint32_t)r.failed_map, "a reduce task could not fetch it");
-        d->rep.stages[SP_STAGE_REDUCE].end_ns = 0;
+                d->graph != NULL ? sg->name : "reduce", d->stage_attempts,
+                (long long)d->max_stage_attempts, r.message);
+        if (slot != UINT32_MAX)
+            sp_drv_lose_map(d, slot, "a task could not fetch it");
+        d->rep.stages[sg->kind].end_ns = 0;
         return SP_OK;
     }
     /* A status this build does not know is the task's error all the same. */
     st = r.status < 0 && strncmp(sp_status_str((sp_status_t)r.status), "SP_ERR_UNKNOWN", 14) != 0
              ? (sp_status_t)r.status
              : SP_ERR_INTERNAL;
-    return sp_drv_task_failed(d, stage, r.index, r.attempt, e, st, r.message);
+    return sp_drv_task_failed(d, (uint32_t)stage, r.index, r.attempt, e, st, r.message);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -865,61 +1118,100 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
 /* ------------------------------------------------------------------------ */
 
 /*
- * Each reduce partition's preferred executor, from the registered map
- * outputs and the ready executors (sp__sched_preferred). Short of memory,
- * no partition prefers anyone: tasks then go to any free slot.
+ * Each partition's preferred executor for reading shuffle sh
+ * (sp__sched_preferred: the one holding the largest share of its bytes).
+ * Short of memory, no partition prefers anyone.
  */
-static void sp_drv_compute_preferred(sp__driver_t *d)
+static void sp_drv_shuffle_preferred(sp__driver_t *d, const sp_dshuffle_t *sh, uint32_t *out)
 {
-    uint32_t maps = d->plan.maps, n = d->nexecs;
+    uint32_t maps = sh->maps, n = d->nexecs;
     const uint64_t **lengths = sp__calloc(maps + 1, sizeof(*lengths));
     uint32_t *owner = sp__calloc(maps + 1, sizeof(*owner));
     bool *ready = sp__calloc(n + 1, sizeof(*ready));
     uint64_t *bytes = sp__calloc(n + 1, sizeof(*bytes));
 
     if (lengths == NULL || owner == NULL || ready == NULL || bytes == NULL) {
-        for (uint32_t p = 0; p < d->plan.partitions; p++)
-            d->preferred[p] = UINT32_MAX;
+        for (uint32_t p = 0; p < sh->partitions; p++)
+            out[p] = UINT32_MAX;
     } else {
         for (uint32_t m = 0; m < maps; m++)
-            if (d->map_status[m] != NULL) {
-                lengths[m] = d->map_status[m]->lengths;
-                owner[m] = d->map_status[m]->executor_id;
+            if (d->map_status[sh->base + m] != NULL) {
+                lengths[m] = d->map_status[sh->base + m]->lengths;
+                owner[m] = d->map_status[sh->base + m]->executor_id;
             }
         for (uint32_t e = 0; e < n; e++)
             ready[e] = d->execs[e].state == SP_DEXEC_READY;
-        sp__sched_preferred(lengths, owner, maps, d->plan.partitions, ready, n, bytes,
-                            d->preferred);
+        sp__sched_preferred(lengths, owner, maps, sh->partitions, ready, n, bytes, out);
     }
     free(lengths);
     free(owner);
     free(ready);
     free(bytes);
-    d->preferred_valid = true;
+}
+
+/*
+ * The executor each task of stage s prefers: a two-stage job's reduce task
+ * the one holding most of its partition's bytes; a graph task the one
+ * holding its cached partition, else, when its pipeline starts from a
+ * shuffle, the one holding most of its partition of it.
+ */
+static void sp_drv_compute_preferred(sp__driver_t *d, sp_dstage_t *s)
+{
+    uint32_t **per = NULL;
+
+    s->preferred_valid = true;
+    if (d->graph == NULL) {
+        sp_drv_shuffle_preferred(d, &d->shuffles[0], s->preferred);
+        return;
+    }
+    per = sp__calloc(d->nshuffles + 1, sizeof(*per));
+    for (uint32_t i = 0; i < s->ntasks; i++) {
+        uint32_t p, holder = UINT32_MAX;
+        const sp_dataset_t *ds = sp_drv_task_input(d, s, i, &p);
+        int32_t sh = sp_drv_walk(d, ds, p, &holder);
+        s->preferred[i] = holder;
+        if (sh < 0 || per == NULL || d->shuffles[sh].registered < d->shuffles[sh].maps)
+            continue;
+        if (per[sh] == NULL) {
+            per[sh] = sp__calloc(d->shuffles[sh].partitions, sizeof(uint32_t));
+            if (per[sh] == NULL)
+                continue;
+            sp_drv_shuffle_preferred(d, &d->shuffles[sh], per[sh]);
+        }
+        s->preferred[i] = per[sh][p];
+    }
+    for (uint32_t sh = 0; per != NULL && sh < d->nshuffles; sh++)
+        free(per[sh]);
+    free(per);
 }
 
 static bool sp_drv_maps_complete(const sp__driver_t *d)
 {
-    return d->rep.stages[SP_STAGE_MAP].done == d->ntasks[SP_STAGE_MAP];
+    return d->stages[SP_STAGE_MAP].done == d->stages[SP_STAGE_MAP].ntasks;
 }
 
-/* A pending task of stage for executor e (sp__sched_pick); pass 0 takes only tasks e prefers. */
-static int64_t sp_drv_pick(const sp__driver_t *d, int stage, uint32_t e, int pass, uint32_t alive)
+/* A pending task of stage s for executor e (sp__sched_pick); pass 0 takes only tasks e prefers. */
+static int64_t sp_drv_pick(const sp__driver_t *d, uint32_t s, uint32_t e, int pass, uint32_t alive)
 {
-    return sp__sched_pick(d->sched[stage], d->ntasks[stage],
-                          stage == SP_STAGE_REDUCE ? d->preferred : NULL, e, pass, alive);
+    const sp_dstage_t *sg = &d->stages[s];
+
+    return sp__sched_pick(sg->sched, sg->ntasks, sg->preferred, e, pass, alive);
 }
 
-static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_t e)
+static sp_status_t sp_drv_launch(sp__driver_t *d, uint32_t s, uint32_t i, uint32_t e)
 {
-    sp_dtask_t *t = &d->tasks[stage][i];
+    sp_dstage_t *sg = &d->stages[s];
+    sp_dtask_t *t = &sg->tasks[i];
     sp__msg_task_t msg = {.task_id = d->next_task_id++,
-                          .kind = stage == SP_STAGE_SAMPLE ? SP_TASK_KIND_SAMPLE
-                                  : stage == SP_STAGE_MAP  ? SP_TASK_KIND_MAP
-                                                           : SP_TASK_KIND_REDUCE,
+                          .kind = sg->kind == SP_STAGE_SAMPLE ? SP_TASK_KIND_SAMPLE
+                                  : sg->kind == SP_STAGE_MAP  ? SP_TASK_KIND_MAP
+                                                              : SP_TASK_KIND_REDUCE,
                           .index = i,
                           .attempt = t->attempt,
-                          .sample_count = d->plan.sample_per_map};
+                          .sample_count = sg->shuffle >= 0
+                                              ? d->shuffles[sg->shuffle].sample_per_map
+                                              : 0,
+                          .stage = sg->gstage};
     void *buf = NULL;
     size_t len = 0;
     sp_status_t st;
@@ -930,44 +1222,46 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, int stage, uint32_t i, uint32_
     free(buf);
     if (st != SP_OK)
         return sp_drv_exec_lost(d, e, sp_last_error(), true);
-    d->sched[stage][i].state = SP__SCHED_RUNNING;
+    sg->sched[i].state = SP__SCHED_RUNNING;
     t->executor = e;
     t->task_id = msg.task_id;
     t->started_ns = sp__now_ns();
     t->canceling = false;
-    t->early = stage == SP_STAGE_REDUCE && !sp_drv_maps_complete(d);
+    t->early = d->graph == NULL && s == SP_STAGE_REDUCE && !sp_drv_maps_complete(d);
     if (t->early)
         d->rep.reduces_early++;
     d->execs[e].busy++;
-    if (d->rep.stages[stage].start_ns == 0) {
-        d->rep.stages[stage].start_ns = sp__now_ns();
+    if (d->rep.stages[sg->kind].start_ns == 0) {
+        int kind = sg->kind;
+        d->rep.stages[kind].start_ns = sp__now_ns();
         /* The stage's core time counts from each executor's latest reading. */
         for (uint32_t x = 0; x < d->nexecs; x++)
-            if (d->execs[x].cpu_known && !d->execs[x].stage_cpu_set[stage]) {
-                d->execs[x].stage_cpu0[stage] = d->execs[x].stage_cpu1[stage] = d->execs[x].cpu_ns;
-                d->execs[x].stage_cpu_set[stage] = true;
+            if (d->execs[x].cpu_known && !d->execs[x].stage_cpu_set[kind]) {
+                d->execs[x].stage_cpu0[kind] = d->execs[x].stage_cpu1[kind] = d->execs[x].cpu_ns;
+                d->execs[x].stage_cpu_set[kind] = true;
             }
     }
     return SP_OK;
 }
 
-/* Fills free slots with pending tasks of stage (reduce: preferred executors first). */
-static sp_status_t sp_drv_fill(sp__driver_t *d, int stage)
+/* Fills free slots with pending tasks of stage s (preferred executors first). */
+static sp_status_t sp_drv_fill(sp__driver_t *d, uint32_t s)
 {
+    sp_dstage_t *sg = &d->stages[s];
     uint32_t alive;
     sp_status_t st;
 
-    if (stage == SP_STAGE_REDUCE && !d->preferred_valid)
-        sp_drv_compute_preferred(d);
+    if (sg->preferred != NULL && !sg->preferred_valid)
+        sp_drv_compute_preferred(d, sg);
     alive = sp_drv_ready_count(d);
-    for (int pass = stage == SP_STAGE_REDUCE ? 0 : 1; pass < 2; pass++)
+    for (int pass = sg->preferred != NULL ? 0 : 1; pass < 2; pass++)
         for (uint32_t e = 0; e < d->nexecs; e++) {
             sp_dexec_t *x = &d->execs[e];
             while (x->state == SP_DEXEC_READY && x->busy < x->rep.slots) {
-                int64_t i = sp_drv_pick(d, stage, e, pass, alive);
+                int64_t i = sp_drv_pick(d, s, e, pass, alive);
                 if (i < 0)
                     break;
-                if ((st = sp_drv_launch(d, stage, (uint32_t)i, e)) != SP_OK)
+                if ((st = sp_drv_launch(d, s, (uint32_t)i, e)) != SP_OK)
                     return st;
             }
         }
@@ -977,8 +1271,10 @@ static sp_status_t sp_drv_fill(sp__driver_t *d, int stage)
 /* The first pending map task, or -1. */
 static int64_t sp_drv_pending_map(const sp__driver_t *d)
 {
-    for (uint32_t m = 0; m < d->ntasks[SP_STAGE_MAP]; m++)
-        if (d->sched[SP_STAGE_MAP][m].state == SP__SCHED_PENDING)
+    const sp_dstage_t *ms = &d->stages[SP_STAGE_MAP];
+
+    for (uint32_t m = 0; m < ms->ntasks; m++)
+        if (ms->sched[m].state == SP__SCHED_PENDING)
             return m;
     return -1;
 }
@@ -991,47 +1287,47 @@ static int64_t sp_drv_pending_map(const sp__driver_t *d)
  */
 static void sp_drv_cancel_early(sp__driver_t *d, uint32_t m)
 {
-    uint32_t avoid = d->sched[SP_STAGE_MAP][m].avoid, n = d->ntasks[SP_STAGE_REDUCE];
+    const sp_dstage_t *rs = &d->stages[SP_STAGE_REDUCE];
+    uint32_t avoid = d->stages[SP_STAGE_MAP].sched[m].avoid, n = rs->ntasks;
     int64_t pick = -1, other = -1;
     sp__msg_cancel_t c;
     void *buf = NULL;
     size_t len = 0;
 
     for (uint32_t i = 0; i < n; i++) {
-        const sp_dtask_t *t = &d->tasks[SP_STAGE_REDUCE][i];
-        if (d->sched[SP_STAGE_REDUCE][i].state != SP__SCHED_RUNNING || !t->early)
+        const sp_dtask_t *t = &rs->tasks[i];
+        if (rs->sched[i].state != SP__SCHED_RUNNING || !t->early)
             continue;
         if (t->canceling)
             return;
-        if (t->executor != avoid &&
-            (pick < 0 || t->started_ns > d->tasks[SP_STAGE_REDUCE][pick].started_ns))
+        if (t->executor != avoid && (pick < 0 || t->started_ns > rs->tasks[pick].started_ns))
             pick = i;
-        if (other < 0 || t->started_ns > d->tasks[SP_STAGE_REDUCE][other].started_ns)
+        if (other < 0 || t->started_ns > rs->tasks[other].started_ns)
             other = i;
     }
     if (pick < 0)
         pick = other;
     if (pick < 0)
         return;
-    c.task_id = d->tasks[SP_STAGE_REDUCE][pick].task_id;
+    c.task_id = rs->tasks[pick].task_id;
     if (sp__msg_cancel_encode(&c, &buf, &len) != SP_OK)
         return;
-    if (sp_drv_send(d, d->tasks[SP_STAGE_REDUCE][pick].executor, SP_MSG_CANCEL, buf, len) ==
-        SP_OK) {
-        d->tasks[SP_STAGE_REDUCE][pick].canceling = true;
+    if (sp_drv_send(d, rs->tasks[pick].executor, SP_MSG_CANCEL, buf, len) == SP_OK) {
+        d->stages[SP_STAGE_REDUCE].tasks[pick].canceling = true;
         sp_info("map task %u waits for a slot: canceling reduce task %u on executor %u, which "
                 "started before every map output was in",
-                m, (uint32_t)pick, d->tasks[SP_STAGE_REDUCE][pick].executor);
+                m, (uint32_t)pick, rs->tasks[pick].executor);
     }
     free(buf);
 }
 
-static sp_status_t sp_drv_schedule(sp__driver_t *d)
+/* A two-stage job: sample, map, reduce (slow start: early reduce tasks). */
+static sp_status_t sp_drv_schedule_job(sp__driver_t *d)
 {
     int64_t m;
     sp_status_t st;
 
-    if (d->sampling)
+    if (d->shuffles[0].sampling)
         return sp_drv_fill(d, SP_STAGE_SAMPLE);
     if (!sp_drv_maps_complete(d)) {
         if ((st = sp_drv_fill(d, SP_STAGE_MAP)) != SP_OK)
@@ -1041,31 +1337,182 @@ static sp_status_t sp_drv_schedule(sp__driver_t *d)
             sp_drv_cancel_early(d, (uint32_t)m);
             return SP_OK;
         }
-        if (!sp__sched_reduce_early(d->rep.stages[SP_STAGE_MAP].done, d->ntasks[SP_STAGE_MAP],
+        if (!sp__sched_reduce_early(d->stages[SP_STAGE_MAP].done, d->stages[SP_STAGE_MAP].ntasks,
                                     false, d->slowstart))
             return SP_OK;
     }
     return sp_drv_fill(d, SP_STAGE_REDUCE);
 }
 
-static sp_status_t sp_drv_finish_sampling(sp__driver_t *d)
+static bool sp_drv_shuffle_complete(const sp__driver_t *d, uint32_t sh)
 {
+    return !d->shuffles[sh].sampling && d->shuffles[sh].registered == d->shuffles[sh].maps;
+}
+
+/* Whether every shuffle stage s's tasks read (as far as the driver knows) is complete. */
+static bool sp_drv_inputs_complete(const sp__driver_t *d, const sp_dstage_t *s)
+{
+    const sp_dataset_t *in[2];
+    uint32_t n = 0;
+
+    if (s->action >= 0) {
+        in[n++] = d->graph->actions[s->action].ds;
+    } else {
+        const sp__graph_shuffle_t *gs = &d->graph->shuffles[s->gstage];
+        in[n++] = gs->inputs[0];
+        if (gs->inputs[1] != NULL)
+            in[n++] = gs->inputs[1];
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t sh = sp_drv_walk(d, in[i], UINT32_MAX, NULL);
+        if (sh >= 0 && !sp_drv_shuffle_complete(d, (uint32_t)sh))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * Marks in need[] the stages stage s waits for: the map stage (and the
+ * sample stage while sampling) of every incomplete shuffle it reads, and
+ * theirs in turn. visited[] guards the walk (graph shuffles are few).
+ */
+static void sp_drv_need(const sp__driver_t *d, uint32_t s, bool *need, bool *visited)
+{
+    const sp_dstage_t *sg = &d->stages[s];
+    const sp_dataset_t *in[2];
+    uint32_t n = 0;
+
+    if (visited[s])
+        return;
+    visited[s] = true;
+    need[s] = true;
+    if (sg->action >= 0) {
+        in[n++] = d->graph->actions[sg->action].ds;
+    } else {
+        const sp__graph_shuffle_t *gs = &d->graph->shuffles[sg->gstage];
+        in[n++] = gs->inputs[0];
+        if (gs->inputs[1] != NULL)
+            in[n++] = gs->inputs[1];
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t sh = sp_drv_walk(d, in[i], UINT32_MAX, NULL);
+        if (sh < 0 || sp_drv_shuffle_complete(d, (uint32_t)sh))
+            continue;
+        if (d->shuffles[sh].sampling)
+            sp_drv_need(d, d->shuffles[sh].sample_stage, need, visited);
+        sp_drv_need(d, d->shuffles[sh].map_stage, need, visited);
+    }
+}
+
+/* The range bounds of shuffle sh from its samples, to every executor. */
+static sp_status_t sp_drv_finish_sampling(sp__driver_t *d, uint32_t sh)
+{
+    sp_dshuffle_t *x = &d->shuffles[sh];
     sp_key_t *bounds = NULL;
     void *storage = NULL;
     sp_status_t st;
 
-    st = sp__range_bounds(d->samples, d->samples_len, d->plan.partitions, d->o.job->compare,
-                          d->o.job->compare_arg, &bounds, &storage);
+    st = sp__range_bounds(x->samples, x->samples_len, x->partitions, x->compare, x->compare_arg,
+                          &bounds, &storage);
     if (st != SP_OK)
         return st;
-    st = sp__msg_bounds_encode(bounds, d->plan.partitions - 1, &d->bounds_blob, &d->bounds_len);
+    st = sp__msg_bounds_encode(sh, bounds, x->partitions - 1, &x->bounds_blob, &x->bounds_len);
     free(bounds);
     free(storage);
     if (st != SP_OK)
         return st;
-    sp_drv_broadcast(d, SP_MSG_BOUNDS, d->bounds_blob, d->bounds_len);
-    d->sampling = false;
+    sp_drv_broadcast(d, SP_MSG_BOUNDS, x->bounds_blob, x->bounds_len);
+    x->sampling = false;
     return SP_OK;
+}
+
+/*
+ * A graph job: runs its actions in order. The stages the current action
+ * needs run as soon as what they read is complete (several at once when
+ * independent); a stage whose shuffle is complete is not run again, one
+ * under a dataset cached whole not at all. An unpersist action drops its
+ * dataset's blocks everywhere. Returns with *done_p once every action ran.
+ */
+static sp_status_t sp_drv_schedule_graph(sp__driver_t *d, bool *done_p)
+{
+    const sp_graph_t *g = d->graph;
+    bool *need = NULL, *visited = NULL;
+    sp_status_t st = SP_OK;
+
+    *done_p = false;
+    for (uint32_t sh = 0; sh < d->nshuffles; sh++) {
+        sp_dshuffle_t *x = &d->shuffles[sh];
+        if (x->sampling && x->sample_stage != UINT32_MAX &&
+            d->stages[x->sample_stage].done == d->stages[x->sample_stage].ntasks &&
+            (st = sp_drv_finish_sampling(d, sh)) != SP_OK)
+            return st;
+    }
+    while (d->action < g->nactions) {
+        const sp__graph_action_t *a = &g->actions[d->action];
+        const sp_dstage_t *as = &d->stages[d->action_stage[d->action]];
+        if (a->kind != SP__ACTION_UNPERSIST) {
+            if (as->done < as->ntasks)
+                break;
+            sp_info("action %u (%s of dataset %u) done", d->action,
+                    a->kind == SP__ACTION_SAVE ? "save" : a->kind == SP__ACTION_COUNT ? "count"
+                                                                                      : "collect",
+                    a->ds->id);
+        } else {
+            void *buf = NULL;
+            size_t len = 0;
+            if (sp__msg_unpersist_encode(a->ds->id, &buf, &len) == SP_OK)
+                sp_drv_broadcast(d, SP_MSG_UNPERSIST, buf, len);
+            free(buf);
+            if (d->cached[a->ds->id] != NULL)
+                memset(d->cached[a->ds->id], 0, a->ds->partitions * sizeof(uint32_t));
+        }
+        d->action++;
+    }
+    if (d->action == g->nactions) {
+        *done_p = true;
+        return SP_OK;
+    }
+    need = sp__calloc(d->nstages, sizeof(*need));
+    visited = sp__calloc(d->nstages, sizeof(*visited));
+    if (need == NULL || visited == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u stages", d->nstages);
+        goto out;
+    }
+    sp_drv_need(d, d->action_stage[d->action], need, visited);
+    /* Shuffles come before the stages that read them: fill in stage order. */
+    for (uint32_t s = 0; s < d->nstages && st == SP_OK; s++) {
+        const sp_dstage_t *sg = &d->stages[s];
+        if (!need[s] || sg->done == sg->ntasks || !sp_drv_inputs_complete(d, sg))
+            continue;
+        if (sg->kind == SP_STAGE_MAP && d->shuffles[sg->shuffle].sampling)
+            continue;
+        if (sg->kind == SP_STAGE_SAMPLE && !d->shuffles[sg->shuffle].sampling)
+            continue;
+        st = sp_drv_fill(d, s);
+    }
+out:
+    free(need);
+    free(visited);
+    return st;
+}
+
+static sp_status_t sp_drv_schedule(sp__driver_t *d, bool *done_p)
+{
+    if (d->graph != NULL)
+        return sp_drv_schedule_graph(d, done_p);
+    *done_p = false;
+    if (d->shuffles[0].sampling &&
+        d->stages[SP_STAGE_SAMPLE].done == d->stages[SP_STAGE_SAMPLE].ntasks) {
+        sp_status_t st = sp_drv_finish_sampling(d, 0);
+        if (st != SP_OK)
+            return st;
+    }
+    if (!d->shuffles[0].sampling &&
+        d->stages[SP_STAGE_REDUCE].done == d->stages[SP_STAGE_REDUCE].ntasks) {
+        *done_p = true;
+        return SP_OK;
+    }
+    return sp_drv_schedule_job(d);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1084,7 +1531,7 @@ static sp_status_t sp_drv_handle(sp__driver_t *d, uint32_t e, uint16_t type, con
     case SP_MSG_HEARTBEAT: return sp_drv_on_heartbeat(d, e, buf, len, false);
     case SP_MSG_BYE: return sp_drv_on_heartbeat(d, e, buf, len, true);
     case SP_MSG_RESULT: return sp_drv_on_result(d, e, buf, len);
-    case SP_MSG_OUTPUT_MOVED: return sp_drv_map_register(d, e, UINT64_MAX, buf, len, true);
+    case SP_MSG_OUTPUT_MOVED: return sp_drv_map_register(d, e, -1, UINT64_MAX, buf, len, true);
     case SP_MSG_FATAL: {
         sp__msg_fatal_t f;
         sp_status_t st = sp__msg_fatal_decode(buf, len, &f);
@@ -1212,16 +1659,16 @@ static sp_status_t sp_drv_check_task_timeouts(sp__driver_t *d)
 
     if (d->task_timeout_ns == 0)
         return SP_OK;
-    for (int s = 0; s < SP_STAGES; s++)
-        for (uint32_t i = 0; i < d->ntasks[s]; i++) {
-            sp_dtask_t *t = &d->tasks[s][i];
+    for (uint32_t s = 0; s < d->nstages; s++)
+        for (uint32_t i = 0; i < d->stages[s].ntasks; i++) {
+            sp_dtask_t *t = &d->stages[s].tasks[i];
             uint32_t e = t->executor;
             char msg[256], why[320];
-            if (d->sched[s][i].state != SP__SCHED_RUNNING ||
+            if (d->stages[s].sched[i].state != SP__SCHED_RUNNING ||
                 now - t->started_ns <= d->task_timeout_ns)
                 continue;
             snprintf(msg, sizeof(msg), "%s task %u ran past task.timeout (%.1f s) on executor %u",
-                     sp_stage_names[s], i, (double)d->task_timeout_ns / 1e9, e);
+                     d->stages[s].name, i, (double)d->task_timeout_ns / 1e9, e);
             if (d->execs[e].busy > 0)
                 d->execs[e].busy--;
             if ((st = sp_drv_task_failed(d, s, i, t->attempt, e, SP_ERR_TIMED_OUT, msg)) != SP_OK)
@@ -1409,9 +1856,61 @@ err:
     return st;
 }
 
-static sp_status_t sp_drv_plan(sp__driver_t *d)
+/* Adds a stage of kind with ntasks tasks; *index_p its index. */
+static sp_status_t sp_drv_add_stage(sp__driver_t *d, int kind, uint32_t gstage, int32_t shuffle,
+                                    int32_t action, uint32_t ntasks, const char *name,
+                                    uint32_t *index_p)
+{
+    sp_dstage_t *sg = &d->stages[d->nstages];
+
+    memset(sg, 0, sizeof(*sg));
+    sg->kind = kind;
+    sg->gstage = gstage;
+    sg->shuffle = shuffle;
+    sg->action = action;
+    sg->ntasks = ntasks;
+    snprintf(sg->name, sizeof(sg->name), "%s", name);
+    sg->tasks = sp__calloc(ntasks + 1, sizeof(sp_dtask_t));
+    sg->sched = sp__calloc(ntasks + 1, sizeof(sp__sched_task_t));
+    if (sg->tasks == NULL || sg->sched == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u tasks", ntasks);
+    for (uint32_t i = 0; i < ntasks; i++)
+        sg->sched[i] = (sp__sched_task_t){.state = SP__SCHED_PENDING, .avoid = UINT32_MAX};
+    /* Reduce tasks of a two-stage job, and every graph task, may prefer an executor. */
+    if ((kind == SP_STAGE_REDUCE || d->graph != NULL) &&
+        (sg->preferred = sp__calloc(ntasks + 1, sizeof(uint32_t))) == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u tasks", ntasks);
+    d->rep.stages[kind].tasks += ntasks;
+    *index_p = d->nstages++;
+    return SP_OK;
+}
+
+/* Sizes the per-map arrays for every shuffle and registers the shuffles with the tracker. */
+static sp_status_t sp_drv_map_arrays(sp__driver_t *d)
+{
+    sp_status_t st;
+
+    d->map_status = sp__calloc(d->nslots + 1, sizeof(*d->map_status));
+    d->map_blob = sp__calloc(d->nslots + 1, sizeof(*d->map_blob));
+    d->map_blob_len = sp__calloc(d->nslots + 1, sizeof(*d->map_blob_len));
+    d->map_moved_ns = sp__calloc(d->nslots + 1, sizeof(*d->map_moved_ns));
+    if (d->map_status == NULL || d->map_blob == NULL || d->map_blob_len == NULL ||
+        d->map_moved_ns == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u map outputs", d->nslots);
+    for (uint32_t sh = 0; sh < d->nshuffles; sh++)
+        if ((st = sp_map_output_tracker_register_shuffle(d->tracker, d->shuffles[sh].id,
+                                                         d->shuffles[sh].maps,
+                                                         d->shuffles[sh].partitions)) != SP_OK)
+            return st;
+    return SP_OK;
+}
+
+/* A two-stage job: its plan, one shuffle, and the sample, map and reduce stages. */
+static sp_status_t sp_drv_plan_job(sp__driver_t *d)
 {
     const sp_job_t *job = d->o.job;
+    sp_dshuffle_t *sh;
+    uint32_t idx;
     sp_status_t st;
 
     if ((st = job->plan(d->o.params, &d->plan)) != SP_OK)
@@ -1421,31 +1920,113 @@ static sp_status_t sp_drv_plan(sp__driver_t *d)
         return st;
     if (d->plan.sample_per_map == 0)
         d->plan.sample_per_map = 1000;
-    d->sampling = d->plan.partitioning == SP_JOB_RANGE && d->plan.partitions > 1;
-    d->ntasks[SP_STAGE_SAMPLE] = d->sampling ? d->plan.maps : 0;
-    d->ntasks[SP_STAGE_MAP] = d->plan.maps;
-    d->ntasks[SP_STAGE_REDUCE] = d->plan.partitions;
-    for (int s = 0; s < SP_STAGES; s++) {
-        d->tasks[s] = sp__calloc(d->ntasks[s] + 1, sizeof(sp_dtask_t));
-        d->sched[s] = sp__calloc(d->ntasks[s] + 1, sizeof(sp__sched_task_t));
-        if (d->tasks[s] == NULL || d->sched[s] == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory for %u tasks", d->ntasks[s]);
-        for (uint32_t i = 0; i < d->ntasks[s]; i++)
-            d->sched[s][i] = (sp__sched_task_t){.state = SP__SCHED_PENDING, .avoid = UINT32_MAX};
-        d->rep.stages[s].tasks = d->ntasks[s];
-    }
-    d->map_status = sp__calloc(d->plan.maps, sizeof(*d->map_status));
-    d->map_blob = sp__calloc(d->plan.maps, sizeof(*d->map_blob));
-    d->map_blob_len = sp__calloc(d->plan.maps, sizeof(*d->map_blob_len));
-    d->map_moved_ns = sp__calloc(d->plan.maps + 1, sizeof(*d->map_moved_ns));
-    d->preferred = sp__calloc(d->plan.partitions, sizeof(*d->preferred));
-    if (d->map_status == NULL || d->map_blob == NULL || d->map_blob_len == NULL ||
-        d->map_moved_ns == NULL || d->preferred == NULL)
-        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u map outputs", d->plan.maps);
+    d->shuffles = sp__calloc(1, sizeof(*d->shuffles));
+    d->stages = sp__calloc(SP_STAGES, sizeof(*d->stages));
+    if (d->shuffles == NULL || d->stages == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the stages");
+    d->nshuffles = 1;
+    sh = &d->shuffles[0];
+    *sh = (sp_dshuffle_t){.id = d->shuffle_id,
+                          .maps = d->plan.maps,
+                          .partitions = d->plan.partitions,
+                          .map_stage = SP_STAGE_MAP,
+                          .sample_stage = SP_STAGE_SAMPLE,
+                          .sample_per_map = d->plan.sample_per_map,
+                          .sampling = d->plan.partitioning == SP_JOB_RANGE &&
+                                      d->plan.partitions > 1,
+                          .compare = job->compare,
+                          .compare_arg = job->compare_arg};
+    d->nslots = d->plan.maps;
+    if ((st = sp_drv_add_stage(d, SP_STAGE_SAMPLE, 0, 0, -1, sh->sampling ? d->plan.maps : 0,
+                               "sample", &idx)) != SP_OK ||
+        (st = sp_drv_add_stage(d, SP_STAGE_MAP, 0, 0, -1, d->plan.maps, "map", &idx)) != SP_OK ||
+        (st = sp_drv_add_stage(d, SP_STAGE_REDUCE, 0, 0, -1, d->plan.partitions, "reduce",
+                               &idx)) != SP_OK)
+        return st;
     d->rep.maps = d->plan.maps;
     d->rep.partitions = d->plan.partitions;
-    return sp_map_output_tracker_register_shuffle(d->tracker, d->shuffle_id, d->plan.maps,
-                                                  d->plan.partitions);
+    return sp_drv_map_arrays(d);
+}
+
+/*
+ * A graph job: its graph, a shuffle per wide dataset (ids shuffle_id + s),
+ * a sample stage for each sorting one, a map stage each, and a stage per
+ * action.
+ */
+static sp_status_t sp_drv_plan_graph(sp__driver_t *d)
+{
+    const sp_graph_t *g;
+    char name[64];
+    sp_status_t st;
+
+    if ((st = sp__graph_build(d->o.job, d->o.params, &d->graph)) != SP_OK)
+        return st;
+    g = d->graph;
+    d->shuffles = sp__calloc(g->nshuffles + 1, sizeof(*d->shuffles));
+    d->stages = sp__calloc(2 * g->nshuffles + g->nactions + 1, sizeof(*d->stages));
+    d->action_stage = sp__calloc(g->nactions + 1, sizeof(*d->action_stage));
+    d->cached = sp__calloc(g->ndatasets + 1, sizeof(*d->cached));
+    if (d->shuffles == NULL || d->stages == NULL || d->action_stage == NULL || d->cached == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the stages of a graph");
+    d->nshuffles = g->nshuffles;
+    for (uint32_t s = 0; s < g->nshuffles; s++) {
+        const sp__graph_shuffle_t *gs = &g->shuffles[s];
+        sp_dshuffle_t *sh = &d->shuffles[s];
+        const char *kind = sp__graph_kind_name(gs->ds->kind);
+        if ((uint64_t)d->nslots + gs->maps > UINT32_MAX / 2)
+            return SP_RAISE(SP_ERR_TOO_LARGE, "the graph's shuffles have more than %u maps",
+                            UINT32_MAX / 2);
+        *sh = (sp_dshuffle_t){.id = d->shuffle_id + s,
+                              .maps = gs->maps,
+                              .partitions = gs->partitions,
+                              .base = d->nslots,
+                              .sample_stage = UINT32_MAX,
+                              .sample_per_map = 1000,
+                              .sampling = gs->partitioner == SP_PARTITIONER_RANGE,
+                              .compare = gs->compare,
+                              .compare_arg = gs->compare_arg};
+        d->nslots += gs->maps;
+        if (sh->sampling) {
+            snprintf(name, sizeof(name), "stage %u (sample for %s)", s, kind);
+            if ((st = sp_drv_add_stage(d, SP_STAGE_SAMPLE, s, (int32_t)s, -1, gs->maps, name,
+                                       &sh->sample_stage)) != SP_OK)
+                return st;
+        }
+        snprintf(name, sizeof(name), "stage %u (%s)", s, kind);
+        if ((st = sp_drv_add_stage(d, SP_STAGE_MAP, s, (int32_t)s, -1, gs->maps, name,
+                                   &sh->map_stage)) != SP_OK)
+            return st;
+        d->rep.maps += gs->maps;
+    }
+    for (uint32_t a = 0; a < g->nactions; a++) {
+        const sp__graph_action_t *act = &g->actions[a];
+        static const char *const kinds[] = {"save", "count", "collect", "unpersist"};
+        snprintf(name, sizeof(name), "stage %u (%s)", g->nshuffles + a, kinds[act->kind]);
+        if ((st = sp_drv_add_stage(d, SP_STAGE_REDUCE, g->nshuffles + a, -1, (int32_t)a,
+                                   sp__graph_stage_tasks(g, g->nshuffles + a), name,
+                                   &d->action_stage[a])) != SP_OK)
+            return st;
+        if (act->kind == SP__ACTION_SAVE)
+            d->rep.partitions += act->ds->partitions;
+    }
+    d->rep.graph_stages = sp__graph_stages(g);
+    return sp_drv_map_arrays(d);
+}
+
+/* How many part files the run publishes: the reduce partitions, or a graph's saved dataset's. */
+static uint32_t sp_drv_output_parts(const sp__driver_t *d)
+{
+    if (d->graph == NULL)
+        return d->plan.partitions;
+    for (uint32_t a = 0; a < d->graph->nactions; a++)
+        if (d->graph->actions[a].kind == SP__ACTION_SAVE)
+            return d->graph->actions[a].ds->partitions;
+    return 0;
+}
+
+static sp_status_t sp_drv_plan(sp__driver_t *d)
+{
+    return sp__job_is_graph(d->o.job) ? sp_drv_plan_graph(d) : sp_drv_plan_job(d);
 }
 
 /* Copies every executor's report into the run's report. */
@@ -1576,13 +2157,11 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
     }
     for (;;) {
         uint64_t now;
-        if (d->sampling && d->rep.stages[SP_STAGE_SAMPLE].done == d->ntasks[SP_STAGE_SAMPLE] &&
-            (st = sp_drv_finish_sampling(d)) != SP_OK)
+        bool done;
+        if ((st = sp_drv_schedule(d, &done)) != SP_OK)
             goto out;
-        if (!d->sampling && d->rep.stages[SP_STAGE_REDUCE].done == d->ntasks[SP_STAGE_REDUCE])
+        if (done)
             break;
-        if ((st = sp_drv_schedule(d)) != SP_OK)
-            goto out;
         if ((st = sp_drv_step(d, 100, NULL)) != SP_OK)
             goto out;
         if ((st = sp_drv_check_heartbeats(d)) != SP_OK)
@@ -1601,16 +2180,23 @@ sp_status_t sp__driver_run(sp__driver_t *d, sp__driver_report_t *report)
     }
     sp_drv_result(d);
     sp_drv_progress(d, false); /* the last stage's line, before finish() prints its check */
-    if (d->output != NULL && (st = sp__output_publish(d->output, d->plan.partitions)) != SP_OK)
+    if (d->output != NULL && (st = sp__output_publish(d->output, sp_drv_output_parts(d))) != SP_OK)
         goto out;
-    if (d->o.job->finish != NULL && (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
+    if (d->graph != NULL) {
+        if (d->o.job->finish_graph != NULL &&
+            (st = d->o.job->finish_graph(d->graph, p, &d->rep.result, stderr)) != SP_OK) {
+            st = SP_RAISE(st, "job %s: %s", d->o.job->name, sp_last_error());
+            goto out;
+        }
+    } else if (d->o.job->finish != NULL &&
+               (st = d->o.job->finish(p, &d->rep.result, stderr)) != SP_OK) {
         st = SP_RAISE(st, "job %s: %s", d->o.job->name, sp_last_error());
         goto out;
     }
     if (d->output != NULL && (st = sp__output_succeed(d->output)) != SP_OK)
         goto out;
 out:
-    if (d->planned && d->tasks[SP_STAGE_REDUCE] != NULL)
+    if (d->stages != NULL)
         sp_drv_result(d);
     if (st != SP_OK && st != SP_ERR_CANCELED && atomic_load(&sp_drv_signal) != 0)
         st = sp_drv_check_interrupt(); /* an interrupted run fails for that reason */
@@ -1648,7 +2234,7 @@ void sp__driver_destroy(sp__driver_t *d)
         return;
     sp__ctl_hub_destroy(d->hub);
     sp_map_output_tracker_destroy(d->tracker);
-    for (uint32_t m = 0; d->map_status != NULL && m < d->plan.maps; m++) {
+    for (uint32_t m = 0; d->map_status != NULL && m < d->nslots; m++) {
         sp_map_status_destroy(d->map_status[m]);
         free(d->map_blob[m]);
     }
@@ -1656,15 +2242,24 @@ void sp__driver_destroy(sp__driver_t *d)
     free(d->map_blob);
     free(d->map_blob_len);
     free(d->map_moved_ns);
-    free(d->preferred);
-    for (int s = 0; s < SP_STAGES; s++) {
-        for (uint32_t i = 0; d->tasks[s] != NULL && i < d->ntasks[s]; i++)
-            free(d->tasks[s][i].last_error);
-        free(d->tasks[s]);
-        free(d->sched[s]);
+    for (uint32_t s = 0; d->stages != NULL && s < d->nstages; s++) {
+        for (uint32_t i = 0; d->stages[s].tasks != NULL && i < d->stages[s].ntasks; i++)
+            free(d->stages[s].tasks[i].last_error);
+        free(d->stages[s].tasks);
+        free(d->stages[s].sched);
+        free(d->stages[s].preferred);
     }
-    free(d->samples);
-    free(d->bounds_blob);
+    free(d->stages);
+    for (uint32_t sh = 0; d->shuffles != NULL && sh < d->nshuffles; sh++) {
+        free(d->shuffles[sh].samples);
+        free(d->shuffles[sh].bounds_blob);
+    }
+    free(d->shuffles);
+    for (uint32_t i = 0; d->cached != NULL && d->graph != NULL && i < d->graph->ndatasets; i++)
+        free(d->cached[i]);
+    free(d->cached);
+    free(d->action_stage);
+    sp__graph_destroy(d->graph);
     free(d->execs);
     free(d->rep.executors);
     if (d->planned)

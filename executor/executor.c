@@ -46,6 +46,7 @@
 
 #include "common_int.h"
 #include "control/ctl.h"
+#include "graph_int.h"
 #include "protocol.h"
 
 #include <errno.h>
@@ -97,6 +98,14 @@ typedef struct sp_executor {
     char *app_dirs; /* comma-separated executor directories, removed at the end */
     sp__task_env_t env;
 
+    /*
+     * Map outputs of every shuffle in one table of slots: shuffle s (id
+     * job.shuffle_id + s) has slots sbase[s] .. sbase[s] + smaps[s] - 1. A
+     * two-stage job has one shuffle whose slots are its map ids.
+     */
+    sp_graph_t *graph; /* graph jobs */
+    uint32_t nshuffles, nslots;
+    uint32_t *sbase, *smaps, *sparts;
     pthread_mutex_t lock; /* statuses, served, bounds, queue, canceled */
     pthread_cond_t cond;
     pthread_cond_t status_cond; /* a map status came, a task was canceled, or stopping */
@@ -104,15 +113,15 @@ typedef struct sp_executor {
     uint64_t *canceled;         /* ids of running tasks the driver canceled */
     size_t ncanceled, cap_canceled;
     pthread_cond_t sample_cond; /* wakes the sampler: a task started, or stopping */
-    sp_status_ref_t **statuses; /* plan.maps */
+    sp_status_ref_t **statuses; /* nslots */
     sp_served_output_t **served;
     sp_exec_mem_t *mem;      /* served[m] held in memory, and its in-memory file */
     sp_map_status_t **own;   /* served[m]'s status as committed here */
     sp_block_store_t *bs;    /* storage memory: map outputs held in memory */
     uint64_t evictions_seen; /* sp_shuffle_outputs_evicted() when last looked at */
-    sp_key_t *bounds;
-    void *bounds_buf;
-    uint32_t nbounds;
+    sp_key_t **bounds; /* per shuffle: range bounds, NULL until BOUNDS */
+    void **bounds_buf;
+    uint32_t *nbounds;
     sp_task_item_t *head, *tail;
     bool stopping;
     atomic_uint running; /* raised under lock (it wakes the sampler), lowered without */
@@ -343,45 +352,39 @@ static void sp_exec_corrupt(const sp_map_status_t *status)
     }
 }
 
-static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r,
-                               void **payload_p)
+/*
+ * Serves a committed map output (slot) and keeps it as this executor's own;
+ * *payload_p gets its status's wire form for the driver. Takes status.
+ */
+static sp_status_t sp_exec_keep_output(sp_executor_t *ex, uint32_t slot, sp_map_status_t *status,
+                                       uint32_t attempt, void **payload_p, size_t *len_p)
 {
-    sp_map_status_t *status = NULL, *old_status;
     sp_served_output_t *served = NULL, *old;
+    sp_map_status_t *old_status;
     sp_status_t st;
 
-    if (ex->job.plan.partitioning == SP_JOB_RANGE && ex->job.plan.partitions > 1 &&
-        ex->nbounds + 1 != ex->job.plan.partitions)
-        return SP_RAISE(SP_ERR_INVALID_PARAM, "map task %u came before the range bounds", t->index);
-    if (t->attempt > 0 &&
-        (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, t->index)) != SP_OK)
-        return st;
-    st = sp__task_run_map(&ex->env, t->index, t->attempt, ex->nbounds ? ex->bounds : NULL, &status,
-                          &r->metrics);
-    if (st != SP_OK)
-        return st;
-    if (ex->corrupt_map == (int64_t)t->index && t->attempt == 0)
+    if (ex->corrupt_map == (int64_t)status->map_id && attempt == 0)
         sp_exec_corrupt(status);
     if (ex->transport != NULL &&
         (st = sp_map_output_serve(ex->transport, status, &served)) != SP_OK)
         goto err;
-    if ((st = sp_map_status_serialize(status, UINT32_MAX, 0, payload_p, &r->payload_len)) != SP_OK)
+    if ((st = sp_map_status_serialize(status, UINT32_MAX, 0, payload_p, len_p)) != SP_OK)
         goto err;
     pthread_mutex_lock(&ex->lock);
-    old = ex->served[t->index];
-    ex->served[t->index] = served;
-    ex->mem[t->index].held = served != NULL && sp_map_status_in_memory(status);
-    if (ex->mem[t->index].held) {
+    old = ex->served[slot];
+    ex->served[slot] = served;
+    ex->mem[slot].held = served != NULL && sp_map_status_in_memory(status);
+    if (ex->mem[slot].held) {
         struct stat sb;
         if (stat(status->data_path, &sb) == 0) {
-            ex->mem[t->index].dev = (uint64_t)sb.st_dev;
-            ex->mem[t->index].ino = (uint64_t)sb.st_ino;
+            ex->mem[slot].dev = (uint64_t)sb.st_dev;
+            ex->mem[slot].ino = (uint64_t)sb.st_ino;
         } else {
-            ex->mem[t->index].held = false; /* gone already: a move will not be seen */
+            ex->mem[slot].held = false; /* gone already: a move will not be seen */
         }
     }
-    old_status = ex->own[t->index];
-    ex->own[t->index] = status;
+    old_status = ex->own[slot];
+    ex->own[slot] = status;
     pthread_mutex_unlock(&ex->lock);
     sp_map_output_unserve(old);
     sp_map_status_destroy(old_status);
@@ -390,6 +393,25 @@ err:
     sp_map_output_unserve(served);
     sp_map_status_destroy(status);
     return st;
+}
+
+static sp_status_t sp_exec_map(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r,
+                               void **payload_p)
+{
+    sp_map_status_t *status = NULL;
+    sp_status_t st;
+
+    if (ex->job.plan.partitioning == SP_JOB_RANGE && ex->job.plan.partitions > 1 &&
+        ex->nbounds[0] + 1 != ex->job.plan.partitions)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "map task %u came before the range bounds", t->index);
+    if (t->attempt > 0 &&
+        (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, t->index)) != SP_OK)
+        return st;
+    st = sp__task_run_map(&ex->env, t->index, t->attempt, ex->nbounds[0] ? ex->bounds[0] : NULL,
+                          &status, &r->metrics);
+    if (st != SP_OK)
+        return st;
+    return sp_exec_keep_output(ex, t->index, status, t->attempt, payload_p, &r->payload_len);
 }
 
 /* Whether the driver canceled task id (under lock). */
@@ -495,6 +517,122 @@ out:
 }
 
 /*
+ * A graph task's view of the map statuses: the statuses of a shuffle it
+ * asks for are taken (referenced) then, and kept until the task ends.
+ */
+typedef struct sp_exec_gview {
+    sp_executor_t *ex;
+    sp_status_ref_t **refs;      /* per slot */
+    const sp_map_status_t **sts; /* per slot */
+} sp_exec_gview_t;
+
+static sp_status_t sp_exec_gview_statuses(void *arg, uint32_t shuffle,
+                                          const sp_map_status_t *const **list_p, size_t *count_p)
+{
+    sp_exec_gview_t *v = arg;
+    sp_executor_t *ex = v->ex;
+    uint32_t base = ex->sbase[shuffle], maps = ex->smaps[shuffle], present = 0;
+
+    pthread_mutex_lock(&ex->lock);
+    for (uint32_t m = base; m < base + maps; m++) {
+        if (v->refs[m] == NULL && ex->statuses[m] != NULL) {
+            v->refs[m] = ex->statuses[m];
+            atomic_fetch_add(&v->refs[m]->refs, 1);
+            v->sts[m] = v->refs[m]->status;
+        }
+        present += v->sts[m] != NULL;
+    }
+    pthread_mutex_unlock(&ex->lock);
+    if (present == 0)
+        return SP_ERR_NOT_FOUND; /* never computed, or every output lost */
+    *list_p = v->sts + base;
+    *count_p = maps;
+    return SP_OK;
+}
+
+static sp_status_t sp_exec_gview_bounds(void *arg, uint32_t shuffle, const sp_key_t **keys_p)
+{
+    sp_exec_gview_t *v = arg;
+    sp_executor_t *ex = v->ex;
+    sp_status_t st = SP_OK;
+
+    pthread_mutex_lock(&ex->lock);
+    if (ex->bounds[shuffle] == NULL || ex->nbounds[shuffle] + 1 != ex->sparts[shuffle])
+        st = SP_RAISE(SP_ERR_INVALID_PARAM, "a task of shuffle %u came before its range bounds",
+                      shuffle);
+    else
+        *keys_p = ex->bounds[shuffle];
+    pthread_mutex_unlock(&ex->lock);
+    return st;
+}
+
+/* A task of a graph job (executor/stage_task.c); a map stage's output is served and kept. */
+static sp_status_t sp_exec_graph_task(sp_executor_t *ex, const sp__msg_task_t *t,
+                                      sp__msg_result_t *r, void **payload_p)
+{
+    const sp_graph_t *g = ex->graph;
+    sp_exec_gview_t view = {.ex = ex};
+    sp__graph_env_t env = {.graph = g,
+                           .job = ex->desc,
+                           .params = &ex->params,
+                           .mm = ex->mm,
+                           .conf = ex->conf,
+                           .transport = ex->transport,
+                           .blocks = ex->bs,
+                           .shuffle_base = ex->job.shuffle_id,
+                           .executor_id = ex->job.executor_id,
+                           .run_id = ex->job.app_id,
+                           .statuses = sp_exec_gview_statuses,
+                           .bounds = sp_exec_gview_bounds,
+                           .arg = &view};
+    bool map = t->kind != SP_TASK_KIND_REDUCE;
+    sp__graph_task_out_t out;
+    sp_status_t st;
+
+    if (t->stage >= sp__graph_stages(g) || map != (t->stage < g->nshuffles))
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "task %llu: stage %u of kind %u is not in the graph",
+                        (unsigned long long)t->task_id, t->stage, t->kind);
+    view.refs = calloc(ex->nslots + 1, sizeof(*view.refs));
+    view.sts = calloc(ex->nslots + 1, sizeof(*view.sts));
+    if (view.refs == NULL || view.sts == NULL) {
+        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u statuses", ex->nslots);
+        goto out;
+    }
+    if (t->kind == SP_TASK_KIND_MAP && t->attempt > 0 &&
+        (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id + t->stage, t->index)) !=
+            SP_OK)
+        goto out;
+    st = sp__graph_task_run(&env, t->stage, t->index, t->attempt,
+                            t->kind == SP_TASK_KIND_SAMPLE, t->sample_count, &out, &r->metrics);
+    if (st != SP_OK) {
+        r->shuffle = out.missing_shuffle != UINT64_MAX ? (uint32_t)out.missing_shuffle
+                     : out.failed_map != UINT64_MAX    ? out.failed_shuffle
+                                                       : UINT32_MAX;
+        r->failed_map = out.failed_map;
+        goto out;
+    }
+    r->ncached = SP_MIN(out.cached, SP_MSG_MAX_CACHED);
+    memcpy(r->cached, out.cached_ids, r->ncached * sizeof(r->cached[0]));
+    if (t->kind == SP_TASK_KIND_MAP) {
+        sp_map_status_t *status = out.status;
+        out.status = NULL;
+        st = sp_exec_keep_output(ex, ex->sbase[t->stage] + t->index, status, t->attempt,
+                                 payload_p, &r->payload_len);
+    } else {
+        *payload_p = out.payload;
+        r->payload_len = out.payload_len;
+        out.payload = NULL;
+    }
+    sp__graph_task_out_clear(&out);
+out:
+    for (uint32_t m = 0; view.refs != NULL && m < ex->nslots; m++)
+        sp_status_unref(view.refs[m]);
+    free(view.refs);
+    free(view.sts);
+    return st;
+}
+
+/*
  * Outputs of this executor that eviction moved from memory to disk: the
  * transport maps the disk file in place of the in-memory one under its
  * registered chunks (same bytes: keys and reads in flight stay good, and the
@@ -512,7 +650,7 @@ static sp_status_t sp_exec_publish_moves(sp_executor_t *ex)
     if (seen == ex->evictions_seen || ex->transport == NULL)
         return SP_OK;
     ex->evictions_seen = seen;
-    for (uint32_t m = 0; m < ex->job.plan.maps && st == SP_OK; m++) {
+    for (uint32_t m = 0; m < ex->nslots && st == SP_OK; m++) {
         sp_served_output_t *served = NULL, *old = NULL;
         void *blob = NULL;
         size_t len = 0;
@@ -578,7 +716,10 @@ static void sp_exec_run_task(sp_executor_t *ex, const sp__msg_task_t *t)
     size_t len = 0;
     sp_status_t st;
 
-    switch (t->kind) {
+    r.stage = t->stage;
+    r.shuffle = UINT32_MAX;
+    switch (ex->graph != NULL ? UINT8_MAX : t->kind) {
+    case UINT8_MAX: st = sp_exec_graph_task(ex, t, &r, &payload); break;
     case SP_TASK_KIND_SAMPLE:
         st = sp__task_run_sample(&ex->env, t->index, t->sample_count, &payload, &r.payload_len);
         break;
@@ -729,6 +870,15 @@ static sp_status_t sp_exec_local_dirs(sp_executor_t *ex)
     return st;
 }
 
+/* Removes the files of every shuffle of the job this executor wrote. */
+static void sp_exec_remove_shuffles(sp_executor_t *ex)
+{
+    if (ex->conf == NULL || ex->job.shuffle_id == 0)
+        return;
+    for (uint32_t s = 0; s < SP_MAX(ex->nshuffles, 1u); s++)
+        sp_shuffle_remove(ex->conf, ex->job.shuffle_id + s);
+}
+
 static int sp_rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     SP_UNUSED(sb);
@@ -772,6 +922,64 @@ void sp__app_dirs_remove(const sp_conf_t *conf, const char *app_id)
             nftw(path, sp_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     }
     free(copy);
+}
+
+/*
+ * The job's shuffles and their slots: a graph job's graph (built here from
+ * the same parameters as on the driver), or a two-stage job's one shuffle.
+ */
+static sp_status_t sp_exec_shuffles(sp_executor_t *ex)
+{
+    uint32_t n = 1;
+    sp_status_t st;
+
+    if (sp__job_is_graph(ex->desc)) {
+        if (ex->job.plan.maps != 0)
+            return SP_RAISE(SP_ERR_BAD_FORMAT, "JOB: graph job %s came with a plan",
+                            ex->desc->name);
+        if ((st = sp__graph_build(ex->desc, &ex->params, &ex->graph)) != SP_OK)
+            return st;
+        n = ex->graph->nshuffles;
+    } else if (ex->job.plan.maps == 0) {
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "JOB: job %s came without a plan", ex->desc->name);
+    }
+    ex->nshuffles = n;
+    ex->sbase = calloc(n + 1, sizeof(*ex->sbase));
+    ex->smaps = calloc(n + 1, sizeof(*ex->smaps));
+    ex->sparts = calloc(n + 1, sizeof(*ex->sparts));
+    ex->bounds = calloc(n + 1, sizeof(*ex->bounds));
+    ex->bounds_buf = calloc(n + 1, sizeof(*ex->bounds_buf));
+    ex->nbounds = calloc(n + 1, sizeof(*ex->nbounds));
+    if (ex->sbase == NULL || ex->smaps == NULL || ex->sparts == NULL || ex->bounds == NULL ||
+        ex->bounds_buf == NULL || ex->nbounds == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u shuffles", n);
+    for (uint32_t s = 0; s < n; s++) {
+        ex->sbase[s] = ex->nslots;
+        ex->smaps[s] = ex->graph != NULL ? ex->graph->shuffles[s].maps : ex->job.plan.maps;
+        ex->sparts[s] =
+            ex->graph != NULL ? ex->graph->shuffles[s].partitions : ex->job.plan.partitions;
+        ex->nslots += ex->smaps[s];
+    }
+    ex->statuses = calloc(ex->nslots + 1, sizeof(*ex->statuses));
+    ex->served = calloc(ex->nslots + 1, sizeof(*ex->served));
+    ex->mem = calloc(ex->nslots + 1, sizeof(*ex->mem));
+    ex->own = calloc(ex->nslots + 1, sizeof(*ex->own));
+    if (ex->statuses == NULL || ex->served == NULL || ex->mem == NULL || ex->own == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for %u map statuses", ex->nslots);
+    return SP_OK;
+}
+
+/* The slot of (shuffle id, map id), or SP_ERR_BAD_FORMAT naming what (a message) said. */
+static sp_status_t sp_exec_slot(const sp_executor_t *ex, uint64_t shuffle_id, uint64_t map_id,
+                                const char *what, uint32_t *slot_p)
+{
+    uint64_t s = shuffle_id - ex->job.shuffle_id;
+
+    if (shuffle_id < ex->job.shuffle_id || s >= ex->nshuffles || map_id >= ex->smaps[s])
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "%s names shuffle %llu map %llu, not of this job",
+                        what, (unsigned long long)shuffle_id, (unsigned long long)map_id);
+    *slot_p = ex->sbase[s] + (uint32_t)map_id;
+    return SP_OK;
 }
 
 static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *opts,
@@ -847,14 +1055,8 @@ static sp_status_t sp_exec_setup(sp_executor_t *ex, const sp__executor_opts_t *o
             snprintf(ready->address + 2 * i, 3, "%02x", addr[i]);
     }
     ready->slots = ex->nworkers;
-    ex->statuses = calloc(ex->job.plan.maps, sizeof(*ex->statuses));
-    ex->served = calloc(ex->job.plan.maps, sizeof(*ex->served));
-    ex->mem = calloc(ex->job.plan.maps + 1, sizeof(*ex->mem));
-    ex->own = calloc(ex->job.plan.maps + 1, sizeof(*ex->own));
-    if (ex->statuses == NULL || ex->served == NULL || ex->mem == NULL || ex->own == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u map statuses", ex->job.plan.maps);
+    if ((st = sp_exec_shuffles(ex)) != SP_OK)
         goto out_plan;
-    }
     {
         /* The executor's storage memory: its block store, in its first directory. */
         char dir[4096];
@@ -888,11 +1090,12 @@ static sp_status_t sp_exec_on_map_output(sp_executor_t *ex, const void *buf, siz
     sp_map_status_t *status;
     sp_status_t st;
 
+    uint32_t slot = 0;
+
     if ((st = sp_map_status_deserialize(buf, len, &status)) != SP_OK)
         return st;
-    if (status->map_id >= ex->job.plan.maps || status->shuffle_id != ex->job.shuffle_id) {
-        st = SP_RAISE(SP_ERR_BAD_FORMAT, "map output of shuffle %llu map %llu is not of this job",
-                      (unsigned long long)status->shuffle_id, (unsigned long long)status->map_id);
+    if ((st = sp_exec_slot(ex, status->shuffle_id, status->map_id, "MAP_OUTPUT", &slot)) !=
+        SP_OK) {
         sp_map_status_destroy(status);
         return st;
     }
@@ -908,8 +1111,8 @@ static sp_status_t sp_exec_on_map_output(sp_executor_t *ex, const void *buf, siz
     ref->status = status;
     atomic_init(&ref->refs, 1);
     pthread_mutex_lock(&ex->lock);
-    old = ex->statuses[status->map_id];
-    ex->statuses[status->map_id] = ref;
+    old = ex->statuses[slot];
+    ex->statuses[slot] = ref;
     ex->status_gen++;
     pthread_cond_broadcast(&ex->status_cond);
     pthread_mutex_unlock(&ex->lock);
@@ -925,31 +1128,75 @@ static sp_status_t sp_exec_on_map_lost(sp_executor_t *ex, const void *buf, size_
     sp_map_status_t *own = NULL;
     sp_status_t st;
 
-    if ((st = sp__msg_map_lost_decode(buf, len, &m)) != SP_OK)
+    uint32_t slot = 0;
+
+    if ((st = sp__msg_map_lost_decode(buf, len, &m)) != SP_OK ||
+        (st = sp_exec_slot(ex, m.shuffle_id, m.map_id, "MAP_LOST", &slot)) != SP_OK)
         return st;
-    if (m.map_id >= ex->job.plan.maps)
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "MAP_LOST names map %llu of %u",
-                        (unsigned long long)m.map_id, ex->job.plan.maps);
     pthread_mutex_lock(&ex->lock);
-    if (ex->statuses[m.map_id] != NULL &&
-        ex->statuses[m.map_id]->status->executor_id == m.executor_id) {
-        old = ex->statuses[m.map_id];
-        ex->statuses[m.map_id] = NULL;
+    if (ex->statuses[slot] != NULL && ex->statuses[slot]->status->executor_id == m.executor_id) {
+        old = ex->statuses[slot];
+        ex->statuses[slot] = NULL;
     }
     if (m.executor_id == ex->job.executor_id) {
-        served = ex->served[m.map_id];
-        ex->served[m.map_id] = NULL;
-        ex->mem[m.map_id].held = false;
-        own = ex->own[m.map_id];
-        ex->own[m.map_id] = NULL;
+        served = ex->served[slot];
+        ex->served[slot] = NULL;
+        ex->mem[slot].held = false;
+        own = ex->own[slot];
+        ex->own[slot] = NULL;
     }
     pthread_mutex_unlock(&ex->lock);
     sp_status_unref(old);
     if (m.executor_id == ex->job.executor_id) {
         sp_map_status_destroy(own);
         sp_map_output_unserve(served);
-        sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id, m.map_id);
+        sp_shuffle_remove_output(ex->conf, m.shuffle_id, m.map_id);
     }
+    return SP_OK;
+}
+
+/* Removes this executor's blocks of a graph dataset (UNPERSIST). */
+static sp_status_t sp_exec_on_unpersist(sp_executor_t *ex, const void *buf, size_t len)
+{
+    const sp_dataset_t *ds;
+    uint32_t id;
+    char block[256];
+    sp_status_t st;
+
+    if ((st = sp__msg_unpersist_decode(buf, len, &id)) != SP_OK)
+        return st;
+    if (ex->graph == NULL || id >= ex->graph->ndatasets)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "UNPERSIST names dataset %u, not of this job", id);
+    ds = ex->graph->datasets[id];
+    for (uint32_t p = 0; p < ds->partitions; p++) {
+        sp__graph_block_id(ex->job.app_id, id, p, block, sizeof(block));
+        (void)sp_block_store_remove(ex->bs, block);
+    }
+    return SP_OK;
+}
+
+/* BOUNDS: a shuffle's range bounds; the keys point into the message, which is kept (*buf_p). */
+static sp_status_t sp_exec_on_bounds(sp_executor_t *ex, void **buf_p, size_t len)
+{
+    sp_key_t *keys = NULL;
+    uint32_t shuffle = 0, count = 0;
+    sp_status_t st;
+
+    if ((st = sp__msg_bounds_decode(*buf_p, len, &shuffle, &keys, &count)) != SP_OK)
+        return st;
+    if (shuffle >= ex->nshuffles || count + 1 != ex->sparts[shuffle]) {
+        free(keys);
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "BOUNDS of shuffle %u with %u keys, not of this job",
+                        shuffle, count);
+    }
+    pthread_mutex_lock(&ex->lock);
+    free(ex->bounds[shuffle]);
+    free(ex->bounds_buf[shuffle]);
+    ex->bounds[shuffle] = keys;
+    ex->bounds_buf[shuffle] = *buf_p;
+    ex->nbounds[shuffle] = count;
+    pthread_mutex_unlock(&ex->lock);
+    *buf_p = NULL;
     return SP_OK;
 }
 
@@ -1066,8 +1313,7 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     pthread_mutex_unlock(&ex->lock);
     if (stuck[0] != '\0') {
         sp_warn("a worker is stuck in %s and does not stop; the executor exits without it", stuck);
-        if (ex->conf != NULL && ex->job.shuffle_id != 0)
-            sp_shuffle_remove(ex->conf, ex->job.shuffle_id);
+        sp_exec_remove_shuffles(ex);
         sp_exec_remove_dirs(ex);
         return false;
     }
@@ -1081,7 +1327,7 @@ static bool sp_exec_teardown(sp_executor_t *ex)
         free(ex->head);
         ex->head = next;
     }
-    for (uint32_t m = 0; m < ex->job.plan.maps; m++) {
+    for (uint32_t m = 0; m < ex->nslots; m++) {
         if (ex->served != NULL)
             sp_map_output_unserve(ex->served[m]);
         if (ex->own != NULL)
@@ -1097,8 +1343,7 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     free(ex->current);
     sp_transport_close(ex->transport);
     ex->transport = NULL;
-    if (ex->conf != NULL && ex->job.shuffle_id != 0)
-        sp_shuffle_remove(ex->conf, ex->job.shuffle_id);
+    sp_exec_remove_shuffles(ex);
     sp_block_store_destroy(ex->bs);
     ex->bs = NULL;
     sp_exec_remove_dirs(ex);
@@ -1106,8 +1351,17 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     ex->mm = NULL;
     sp_topology_destroy(ex->topo);
     sp__job_unload(ex->plugin);
+    for (uint32_t sh = 0; ex->bounds != NULL && sh < ex->nshuffles; sh++) {
+        free(ex->bounds[sh]);
+        free(ex->bounds_buf[sh]);
+    }
     free(ex->bounds);
     free(ex->bounds_buf);
+    free(ex->nbounds);
+    free(ex->sbase);
+    free(ex->smaps);
+    free(ex->sparts);
+    sp__graph_destroy(ex->graph);
     free(ex->app_dirs);
     sp_conf_destroy(ex->conf);
     sp__msg_job_clear(&ex->job);
@@ -1279,16 +1533,8 @@ sp_status_t sp__executor_run(const sp__executor_opts_t *opts)
         case SP_MSG_MAP_OUTPUT: st = sp_exec_on_map_output(ex, buf, len); break;
         case SP_MSG_MAP_LOST: st = sp_exec_on_map_lost(ex, buf, len); break;
         case SP_MSG_CANCEL: st = sp_exec_on_cancel(ex, buf, len); break;
-        case SP_MSG_BOUNDS:
-            pthread_mutex_lock(&ex->lock);
-            free(ex->bounds);
-            free(ex->bounds_buf);
-            ex->bounds = NULL;
-            ex->bounds_buf = buf;
-            buf = NULL;
-            st = sp__msg_bounds_decode(ex->bounds_buf, len, &ex->bounds, &ex->nbounds);
-            pthread_mutex_unlock(&ex->lock);
-            break;
+        case SP_MSG_BOUNDS: st = sp_exec_on_bounds(ex, &buf, len); break;
+        case SP_MSG_UNPERSIST: st = sp_exec_on_unpersist(ex, buf, len); break;
         case SP_MSG_SHUTDOWN:
             free(buf);
             buf = NULL;

@@ -17,6 +17,9 @@
 
 #include <spate/graph.h>
 
+/* Persisted datasets a task's result names (a pipeline rarely persists more than one). */
+#define SP__GRAPH_MAX_CACHED 64u
+
 /* At most this many datasets, shuffles and actions in one graph. */
 #define SP__GRAPH_MAX_DATASETS 65536u
 
@@ -189,8 +192,11 @@ typedef struct sp__graph_task_out {
     size_t payload_len;
     uint64_t missing_shuffle; /* SP_ERR_FETCH_FAILED: the shuffle not computed; UINT64_MAX */
     uint64_t failed_map;      /* SP_ERR_FETCH_FAILED: the map whose block failed; UINT64_MAX */
-    uint32_t cached;          /* blocks it put in the block store */
-    uint32_t cache_hits;      /* blocks it read instead of computing */
+    uint32_t failed_shuffle;  /* and its shuffle */
+    uint32_t cached;          /* blocks it put in the block store (or found there, put by another
+                                 attempt) */
+    uint32_t cached_ids[SP__GRAPH_MAX_CACHED]; /* their datasets (the first ones) */
+    uint32_t cache_hits;                       /* blocks it read instead of computing */
 } sp__graph_task_out_t;
 
 /*

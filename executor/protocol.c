@@ -221,7 +221,8 @@ sp_status_t sp__msg_job_decode(const void *buf, size_t len, sp__msg_job_t *m)
         (st = sp__rbuf_get_u32(&r, "JOB sample size", &out.plan.sample_per_map)) != SP_OK ||
         (st = sp_check_count(&r, "JOB splits", out.plan.maps, 21)) != SP_OK)
         goto err;
-    if (out.plan.maps == 0 || out.plan.partitions == 0 || part > SP_JOB_GIVEN || ordering > 1 ||
+    /* A graph job has no plan (0 maps and 0 partitions): its executors build its graph. */
+    if ((out.plan.maps == 0) != (out.plan.partitions == 0) || part > SP_JOB_GIVEN || ordering > 1 ||
         order > SP_READ_AGGREGATE) {
         st = SP_RAISE(SP_ERR_BAD_FORMAT,
                       "JOB plan is invalid: %u maps, %u partitions, partitioning %u, order %u",
@@ -231,7 +232,7 @@ sp_status_t sp__msg_job_decode(const void *buf, size_t len, sp__msg_job_t *m)
     out.plan.partitioning = (sp_job_partitioning_t)part;
     out.plan.key_ordering = ordering != 0;
     out.plan.order = (sp_read_order_t)order;
-    if ((out.plan.splits = sp__calloc(out.plan.maps, sizeof(*out.plan.splits))) == NULL) {
+    if ((out.plan.splits = sp__calloc(out.plan.maps + 1, sizeof(*out.plan.splits))) == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u splits", out.plan.maps);
         goto err;
     }
@@ -298,6 +299,7 @@ sp_status_t sp__msg_task_encode(const sp__msg_task_t *m, void **buf_p, size_t *l
     sp__wbuf_put_u32(&w, m->index);
     sp__wbuf_put_u32(&w, m->attempt);
     sp__wbuf_put_u32(&w, m->sample_count);
+    sp__wbuf_put_u32(&w, m->stage);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
@@ -313,6 +315,7 @@ sp_status_t sp__msg_task_decode(const void *buf, size_t len, sp__msg_task_t *m)
         (st = sp__rbuf_get_u32(&r, "TASK index", &out.index)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "TASK attempt", &out.attempt)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "TASK sample count", &out.sample_count)) != SP_OK ||
+        (st = sp__rbuf_get_u32(&r, "TASK stage", &out.stage)) != SP_OK ||
         (st = sp__rbuf_done(&r, "TASK")) != SP_OK)
         return st;
     if (out.kind > SP_TASK_KIND_REDUCE)
@@ -355,6 +358,11 @@ sp_status_t sp__msg_result_encode(const sp__msg_result_t *m, void **buf_p, size_
         sp__wbuf_put_u64(&w, metrics.counters[i]);
     sp__wbuf_put_u64(&w, m->cpu_ns);
     sp__wbuf_put_bytes(&w, m->payload, m->payload_len);
+    sp__wbuf_put_u32(&w, m->stage);
+    sp__wbuf_put_u32(&w, m->shuffle);
+    sp__wbuf_put_u32(&w, m->ncached);
+    for (uint32_t i = 0; i < m->ncached; i++)
+        sp__wbuf_put_u32(&w, m->cached[i]);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
@@ -384,7 +392,20 @@ sp_status_t sp__msg_result_decode(const void *buf, size_t len, sp__msg_result_t 
             return st;
     if ((st = sp__rbuf_get_u64(&r, "RESULT cpu", &out.cpu_ns)) != SP_OK ||
         (st = sp__rbuf_get_bytes(&r, "RESULT payload", &out.payload, &out.payload_len)) != SP_OK ||
-        (st = sp__rbuf_done(&r, "RESULT")) != SP_OK)
+        (st = sp__rbuf_get_u32(&r, "RESULT stage", &out.stage)) != SP_OK ||
+        (st = sp__rbuf_get_u32(&r, "RESULT shuffle", &out.shuffle)) != SP_OK ||
+        (st = sp__rbuf_get_u32(&r, "RESULT cached count", &out.ncached)) != SP_OK)
+        return st;
+    if (out.ncached > SP_MSG_MAX_CACHED || (st = sp_check_count(&r, "RESULT cached", out.ncached,
+                                                                 4)) != SP_OK)
+        return st != SP_OK ? st
+                           : SP_RAISE(SP_ERR_BAD_FORMAT, "RESULT names %u cached blocks, at most "
+                                                         "%u",
+                                      out.ncached, SP_MSG_MAX_CACHED);
+    for (uint32_t i = 0; i < out.ncached; i++)
+        if ((st = sp__rbuf_get_u32(&r, "RESULT cached", &out.cached[i])) != SP_OK)
+            return st;
+    if ((st = sp__rbuf_done(&r, "RESULT")) != SP_OK)
         return st;
     out.status = (int32_t)status;
     if (out.kind > SP_TASK_KIND_REDUCE || out.status > 0)
@@ -436,6 +457,7 @@ sp_status_t sp__msg_map_lost_encode(const sp__msg_map_lost_t *m, void **buf_p, s
     sp__wbuf_t w;
 
     sp__wbuf_init(&w);
+    sp__wbuf_put_u64(&w, m->shuffle_id);
     sp__wbuf_put_u64(&w, m->map_id);
     sp__wbuf_put_u32(&w, m->executor_id);
     return sp_msg_finish(&w, buf_p, len_p);
@@ -448,7 +470,8 @@ sp_status_t sp__msg_map_lost_decode(const void *buf, size_t len, sp__msg_map_los
     sp_status_t st;
 
     sp__rbuf_init(&r, buf, len);
-    if ((st = sp__rbuf_get_u64(&r, "MAP_LOST map", &out.map_id)) != SP_OK ||
+    if ((st = sp__rbuf_get_u64(&r, "MAP_LOST shuffle", &out.shuffle_id)) != SP_OK ||
+        (st = sp__rbuf_get_u64(&r, "MAP_LOST map", &out.map_id)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "MAP_LOST executor", &out.executor_id)) != SP_OK ||
         (st = sp__rbuf_done(&r, "MAP_LOST")) != SP_OK)
         return st;
@@ -481,6 +504,31 @@ sp_status_t sp__msg_cancel_decode(const void *buf, size_t len, sp__msg_cancel_t 
     return SP_OK;
 }
 
+/* ---- UNPERSIST ---- */
+
+sp_status_t sp__msg_unpersist_encode(uint32_t dataset, void **buf_p, size_t *len_p)
+{
+    sp__wbuf_t w;
+
+    sp__wbuf_init(&w);
+    sp__wbuf_put_u32(&w, dataset);
+    return sp_msg_finish(&w, buf_p, len_p);
+}
+
+sp_status_t sp__msg_unpersist_decode(const void *buf, size_t len, uint32_t *dataset_p)
+{
+    uint32_t dataset;
+    sp__rbuf_t r;
+    sp_status_t st;
+
+    sp__rbuf_init(&r, buf, len);
+    if ((st = sp__rbuf_get_u32(&r, "UNPERSIST dataset", &dataset)) != SP_OK ||
+        (st = sp__rbuf_done(&r, "UNPERSIST")) != SP_OK)
+        return st;
+    *dataset_p = dataset;
+    return SP_OK;
+}
+
 /* ---- FATAL ---- */
 
 sp_status_t sp__msg_fatal_encode(const sp__msg_fatal_t *m, void **buf_p, size_t *len_p)
@@ -510,26 +558,30 @@ sp_status_t sp__msg_fatal_decode(const void *buf, size_t len, sp__msg_fatal_t *m
 
 /* ---- BOUNDS ---- */
 
-sp_status_t sp__msg_bounds_encode(const sp_key_t *keys, uint32_t count, void **buf_p, size_t *len_p)
+sp_status_t sp__msg_bounds_encode(uint32_t shuffle, const sp_key_t *keys, uint32_t count,
+                                  void **buf_p, size_t *len_p)
 {
     sp__wbuf_t w;
 
     sp__wbuf_init(&w);
+    sp__wbuf_put_u32(&w, shuffle);
     sp__wbuf_put_u32(&w, count);
     for (uint32_t i = 0; i < count; i++)
         sp__wbuf_put_bytes(&w, keys[i].data, keys[i].len);
     return sp_msg_finish(&w, buf_p, len_p);
 }
 
-sp_status_t sp__msg_bounds_decode(const void *buf, size_t len, sp_key_t **keys_p, uint32_t *count_p)
+sp_status_t sp__msg_bounds_decode(const void *buf, size_t len, uint32_t *shuffle_p,
+                                  sp_key_t **keys_p, uint32_t *count_p)
 {
     sp_key_t *keys;
-    uint32_t count;
+    uint32_t count, shuffle;
     sp__rbuf_t r;
     sp_status_t st;
 
     sp__rbuf_init(&r, buf, len);
-    if ((st = sp__rbuf_get_u32(&r, "BOUNDS count", &count)) != SP_OK ||
+    if ((st = sp__rbuf_get_u32(&r, "BOUNDS shuffle", &shuffle)) != SP_OK ||
+        (st = sp__rbuf_get_u32(&r, "BOUNDS count", &count)) != SP_OK ||
         (st = sp_check_count(&r, "BOUNDS", count, 4)) != SP_OK)
         return st;
     if ((keys = sp__calloc(count + 1, sizeof(*keys))) == NULL)
@@ -539,6 +591,7 @@ sp_status_t sp__msg_bounds_decode(const void *buf, size_t len, sp_key_t **keys_p
             goto err;
     if ((st = sp__rbuf_done(&r, "BOUNDS")) != SP_OK)
         goto err;
+    *shuffle_p = shuffle;
     *keys_p = keys;
     *count_p = count;
     return SP_OK;

@@ -9,7 +9,7 @@
  *   REGISTER {host, pid, name} ->
  *                              <-    JOB {id, job, params, conf, plan}
  *   READY {address, slots, ...} ->
- *                              <-    BOUNDS, TASK, MAP_OUTPUT, MAP_LOST
+ *                              <-    BOUNDS, TASK, MAP_OUTPUT, MAP_LOST, UNPERSIST
  *   RESULT, HEARTBEAT          ->
  *                              <-    PING (every heartbeat interval)
  *   FATAL {signal, task}       ->    (its crash handler, before it dies)
@@ -38,7 +38,11 @@ enum {
     SP_MSG_FATAL = 28,        /* executor -> driver, from its fatal-signal handler */
     SP_MSG_OUTPUT_MOVED = 29, /* executor -> driver: a map output's status after eviction */
     SP_MSG_CANCEL = 30,       /* driver -> executor: give up a reduce task waiting for maps */
+    SP_MSG_UNPERSIST = 31,    /* driver -> executor: drop a graph dataset's cached blocks */
 };
+
+/* Most cached blocks one RESULT names (one per persisted dataset of a task's pipeline). */
+#define SP_MSG_MAX_CACHED 64u
 
 /* Payload bytes of FATAL: signal u32, task id u64 (0: none); fixed, so a handler can fill it. */
 #define SP_MSG_FATAL_LEN 12u
@@ -86,6 +90,7 @@ typedef struct sp__msg_task {
     uint32_t index; /* map id or partition */
     uint32_t attempt;
     uint32_t sample_count;
+    uint32_t stage; /* graph jobs: the graph's stage (executor/graph_int.h); 0 otherwise */
 } sp__msg_task_t;
 
 typedef struct sp__msg_result {
@@ -99,7 +104,11 @@ typedef struct sp__msg_result {
     sp__task_metrics_t metrics;
     uint64_t cpu_ns;     /* the executor process's CPU time so far, every thread (ns) */
     const void *payload; /* map: serialized status; sample: packed keys (points into the message) */
-    size_t payload_len;
+    size_t payload_len;  /* graph action: its count or collected records */
+    uint32_t stage;      /* graph jobs: the task's stage */
+    uint32_t shuffle;    /* graph fetch failure: the shuffle (graph index); UINT32_MAX: none */
+    uint32_t ncached;    /* graph jobs: datasets whose partition the task put in the block store */
+    uint32_t cached[SP_MSG_MAX_CACHED];
 } sp__msg_result_t;
 
 typedef struct sp__msg_heartbeat {
@@ -122,6 +131,7 @@ typedef struct sp__msg_cancel {
 } sp__msg_cancel_t;
 
 typedef struct sp__msg_map_lost {
+    uint64_t shuffle_id;
     uint64_t map_id;
     uint32_t executor_id;
 } sp__msg_map_lost_t;
@@ -147,11 +157,17 @@ sp_status_t sp__msg_map_lost_encode(const sp__msg_map_lost_t *m, void **buf_p, s
 sp_status_t sp__msg_map_lost_decode(const void *buf, size_t len, sp__msg_map_lost_t *m);
 sp_status_t sp__msg_cancel_encode(const sp__msg_cancel_t *m, void **buf_p, size_t *len_p);
 sp_status_t sp__msg_cancel_decode(const void *buf, size_t len, sp__msg_cancel_t *m);
-/* BOUNDS: the packed (u32 length, bytes) key list of sp__range_bounds' input form. */
-sp_status_t sp__msg_bounds_encode(const sp_key_t *keys, uint32_t count, void **buf_p,
-                                  size_t *len_p);
+/*
+ * BOUNDS: the range bounds of a shuffle (0 for a two-stage job's, the graph's
+ * index otherwise), the packed (u32 length, bytes) key list.
+ */
+sp_status_t sp__msg_bounds_encode(uint32_t shuffle, const sp_key_t *keys, uint32_t count,
+                                  void **buf_p, size_t *len_p);
 /* keys point into buf; *keys_p is malloc'ed. */
-sp_status_t sp__msg_bounds_decode(const void *buf, size_t len, sp_key_t **keys_p,
-                                  uint32_t *count_p);
+sp_status_t sp__msg_bounds_decode(const void *buf, size_t len, uint32_t *shuffle_p,
+                                  sp_key_t **keys_p, uint32_t *count_p);
+/* UNPERSIST: a graph dataset's id. */
+sp_status_t sp__msg_unpersist_encode(uint32_t dataset, void **buf_p, size_t *len_p);
+sp_status_t sp__msg_unpersist_decode(const void *buf, size_t len, uint32_t *dataset_p);
 
 #endif /* SPATE_EXECUTOR_PROTOCOL_H */

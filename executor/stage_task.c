@@ -689,6 +689,7 @@ static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
     for (size_t m = 0; m < count; m++)
         if (list[m] == NULL) {
             t->out_p->failed_map = m;
+            t->out_p->failed_shuffle = (uint32_t)ds->shuffle;
             return SP_RAISE(SP_ERR_FETCH_FAILED, "shuffle %d: map output %zu is missing",
                             ds->shuffle, m);
         }
@@ -722,8 +723,10 @@ static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
     }
     if (st == SP_ERR_FETCH_FAILED) {
         uint64_t map;
-        if (sp_shuffle_reader_failed_map(t->reader, &map))
+        if (sp_shuffle_reader_failed_map(t->reader, &map)) {
             t->out_p->failed_map = map;
+            t->out_p->failed_shuffle = (uint32_t)ds->shuffle;
+        }
     }
     sp_shuffle_reader_stats(t->reader, &rs);
     t->read_bytes = rs.bytes;
@@ -819,9 +822,11 @@ static void sp_gt_cache(sp_gtask_t *t)
         sp__graph_block_id(env->run_id, em->ds->id, t->partition, id, sizeof(id));
         st = sp_block_store_put(env->blocks, id, em->block.data != NULL ? (const void *)em->block.data : "",
                                 em->block.len, em->ds->level);
-        if (st == SP_OK)
+        if (st == SP_OK || st == SP_ERR_EXISTS) {
+            if (t->out_p->cached < SP__GRAPH_MAX_CACHED)
+                t->out_p->cached_ids[t->out_p->cached] = em->ds->id;
             t->out_p->cached++;
-        else if (st != SP_ERR_EXISTS)
+        } else
             sp_info("partition %u of dataset %u is not cached (%s): it is computed again when "
                     "used",
                     t->partition, em->ds->id, sp_last_error());

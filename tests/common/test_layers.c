@@ -78,6 +78,7 @@ static const struct {
 } public_headers[] = {
     {"common.h", "common"},
     {"conf.h", "common"},
+    {"graph.h", "executor"},
     {"job.h", "executor"},
     {"spate.h", "executor"},
 };

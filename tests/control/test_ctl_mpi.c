@@ -285,7 +285,7 @@ typedef struct bad {
 
 static const bad_t bads[] = {
     {"bad magic", 0x4d435058u, SP__CTL_VERSION, 16, 0, 12, "bad magic"},
-    {"bad version", SP__CTL_MAGIC, 7, 16, 4, 16, "unsupported version 7"},
+    {"bad version", SP__CTL_MAGIC, 99, 16, 4, 16, "unsupported version 99"},
     {"shorter than a header", SP__CTL_MAGIC, SP__CTL_VERSION, 16, 0, 5,
      "5 bytes, shorter than a header"},
     {"empty", SP__CTL_MAGIC, SP__CTL_VERSION, 16, 0, 0, "0 bytes, shorter than a header"},

@@ -55,6 +55,7 @@ static const char *const kind_names[K_COUNT] = {"REGISTER", "JOB",       "READY"
                                                 "FATAL",    "CANCEL"};
 
 typedef struct bounds {
+    uint32_t shuffle;
     sp_key_t *keys;
     uint32_t count;
 } bounds_t;
@@ -82,7 +83,9 @@ static sp_status_t msg_encode(kind_t k, const msg_t *m, void **buf_p, size_t *le
     case K_RESULT: return sp__msg_result_encode(&m->result, buf_p, len_p);
     case K_HEARTBEAT: return sp__msg_heartbeat_encode(&m->hb, buf_p, len_p);
     case K_MAP_LOST: return sp__msg_map_lost_encode(&m->lost, buf_p, len_p);
-    case K_BOUNDS: return sp__msg_bounds_encode(m->bounds.keys, m->bounds.count, buf_p, len_p);
+    case K_BOUNDS:
+        return sp__msg_bounds_encode(m->bounds.shuffle, m->bounds.keys, m->bounds.count, buf_p,
+                                     len_p);
     case K_FATAL: return sp__msg_fatal_encode(&m->fatal, buf_p, len_p);
     case K_CANCEL: return sp__msg_cancel_encode(&m->cancel, buf_p, len_p);
     case K_COUNT: break;
@@ -100,7 +103,9 @@ static sp_status_t msg_decode(kind_t k, const void *buf, size_t len, msg_t *m)
     case K_RESULT: return sp__msg_result_decode(buf, len, &m->result);
     case K_HEARTBEAT: return sp__msg_heartbeat_decode(buf, len, &m->hb);
     case K_MAP_LOST: return sp__msg_map_lost_decode(buf, len, &m->lost);
-    case K_BOUNDS: return sp__msg_bounds_decode(buf, len, &m->bounds.keys, &m->bounds.count);
+    case K_BOUNDS:
+        return sp__msg_bounds_decode(buf, len, &m->bounds.shuffle, &m->bounds.keys,
+                                     &m->bounds.count);
     case K_FATAL: return sp__msg_fatal_decode(buf, len, &m->fatal);
     case K_CANCEL: return sp__msg_cancel_decode(buf, len, &m->cancel);
     case K_COUNT: break;
@@ -160,12 +165,14 @@ static bool result_equal(const sp__msg_result_t *a, const sp__msg_result_t *b)
            strcmp(a->message, b->message) == 0 && a->failed_map == b->failed_map &&
            memcmp(&a->metrics, &b->metrics, sizeof(a->metrics)) == 0 && a->cpu_ns == b->cpu_ns &&
            a->payload_len == b->payload_len &&
-           (a->payload_len == 0 || memcmp(a->payload, b->payload, a->payload_len) == 0);
+           (a->payload_len == 0 || memcmp(a->payload, b->payload, a->payload_len) == 0) &&
+           a->stage == b->stage && a->shuffle == b->shuffle && a->ncached == b->ncached &&
+           memcmp(a->cached, b->cached, a->ncached * sizeof(a->cached[0])) == 0;
 }
 
 static bool bounds_equal(const bounds_t *a, const bounds_t *b)
 {
-    if (a->count != b->count)
+    if (a->count != b->count || a->shuffle != b->shuffle)
         return false;
     for (uint32_t i = 0; i < a->count; i++)
         if (a->keys[i].len != b->keys[i].len ||
@@ -189,14 +196,15 @@ static bool msg_equal(kind_t k, const msg_t *a, const msg_t *b)
     case K_TASK:
         return a->task.task_id == b->task.task_id && a->task.kind == b->task.kind &&
                a->task.index == b->task.index && a->task.attempt == b->task.attempt &&
-               a->task.sample_count == b->task.sample_count;
+               a->task.sample_count == b->task.sample_count && a->task.stage == b->task.stage;
     case K_RESULT: return result_equal(&a->result, &b->result);
     case K_HEARTBEAT:
         return a->hb.execution_used == b->hb.execution_used && a->hb.peak_rss == b->hb.peak_rss &&
                a->hb.peak_anon == b->hb.peak_anon && a->hb.running == b->hb.running &&
                a->hb.cpu_ns == b->hb.cpu_ns;
     case K_MAP_LOST:
-        return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id;
+        return a->lost.map_id == b->lost.map_id && a->lost.executor_id == b->lost.executor_id &&
+               a->lost.shuffle_id == b->lost.shuffle_id;
     case K_BOUNDS: return bounds_equal(&a->bounds, &b->bounds);
     case K_FATAL: return a->fatal.signal == b->fatal.signal && a->fatal.task_id == b->fatal.task_id;
     case K_CANCEL: return a->cancel.task_id == b->cancel.task_id;
@@ -403,6 +411,7 @@ static int corpus_build(void **state)
         s->m.task.index = 100u + kind;
         s->m.task.attempt = kind;
         s->m.task.sample_count = kind == SP_TASK_KIND_SAMPLE ? 1000 : 0;
+        s->m.task.stage = kind * 0x01010101u;
     }
 
     s = add("result, map with a payload", K_RESULT);
@@ -416,7 +425,13 @@ static int corpus_build(void **state)
     s->m.result.cpu_ns = 0xfedcba9876543210ull;
     s->m.result.payload = result_payload;
     s->m.result.payload_len = sizeof(result_payload);
+    s->m.result.stage = 3;
+    s->m.result.shuffle = UINT32_MAX;
+    s->m.result.ncached = 2;
+    s->m.result.cached[0] = 7;
+    s->m.result.cached[1] = UINT32_MAX;
     s = add("result, fetch failure", K_RESULT);
+    s->m.result.shuffle = 2;
     s->m.result.task_id = 78;
     s->m.result.kind = SP_TASK_KIND_REDUCE;
     s->m.result.status = SP_ERR_FETCH_FAILED;
@@ -440,6 +455,7 @@ static int corpus_build(void **state)
     s = add("heartbeat, zero", K_HEARTBEAT);
 
     s = add("map lost", K_MAP_LOST);
+    s->m.lost.shuffle_id = 0x123456789ull;
     s->m.lost.map_id = 999;
     s->m.lost.executor_id = 4;
 
@@ -457,6 +473,7 @@ static int corpus_build(void **state)
     keys5[3] = (sp_key_t){key_bytes, sizeof(key_bytes)};
     keys5[4] = (sp_key_t){key_bytes + 50, 3};
     s = add("bounds, five", K_BOUNDS);
+    s->m.bounds.shuffle = 9;
     s->m.bounds.keys = keys5;
     s->m.bounds.count = 5;
     return 0;
@@ -714,11 +731,11 @@ static void test_protocol_counts_beyond_the_bytes_are_refused_before_allocating(
         sp_key_t key = {"abc", 3};
         sp_status_t st = SP_OK;
 
-        assert_int_equal(sp__msg_bounds_encode(&key, 1, (void **)&buf, &len), SP_OK);
+        assert_int_equal(sp__msg_bounds_encode(0, &key, 1, (void **)&buf, &len), SP_OK);
         for (size_t c = 0; c < SP_ARRAY_SIZE(claims); c++) {
             unsigned char *copy = exact_copy(buf, len);
 
-            put32(copy, claims[c]);
+            put32(copy + 4, claims[c]);
             assert_int_equal(decode_allocations(K_BOUNDS, copy, len, &st), 0);
             assert_int_equal(st, SP_ERR_BAD_FORMAT);
             assert_true(contains(sp_last_error(), "BOUNDS: count"));
