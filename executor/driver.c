@@ -1414,6 +1414,11 @@ static sp_status_t sp_drv_plan(sp__driver_t *d)
     const sp_job_t *job = d->o.job;
     sp_status_t st;
 
+    /* Graph jobs have no plan; until the driver schedules their stages, refuse them here. */
+    if (job->plan == NULL)
+        return SP_RAISE(SP_ERR_UNSUPPORTED,
+                        "job %s is a graph job, which the driver cannot run on executors yet",
+                        job->name);
     if ((st = job->plan(d->o.params, &d->plan)) != SP_OK)
         return SP_RAISE(st, "job %s: %s", job->name, sp_last_error());
     d->planned = true;
