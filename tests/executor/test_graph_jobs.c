@@ -1,5 +1,6 @@
 /*
- * The built-in graph jobs (pagerank, join, groupby), each run in this process
+ * The built-in graph jobs (pagerank, join, groupby) and the example graph
+ * plugin (examples/graph, connected components), each run in this process
  * through sp__graph_run_local() and checked against a plain reference
  * written here (arrays and sorting) on random inputs of several seeds:
  * files that are empty, keys that are skewed (one key in most rows), a page
@@ -1088,7 +1089,7 @@ static void test_groupby_bad_input_and_args(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Registry                                                                  */
+/* Registry, and the example graph plugin                                    */
 /* ------------------------------------------------------------------------ */
 
 static void test_graph_jobs_are_registered(void **state)
@@ -1109,6 +1110,117 @@ static void test_graph_jobs_are_registered(void **state)
     }
 }
 
+/* Label propagation over plain arrays, for the plugin. */
+static void cc_reference(const char *text, size_t len, unsigned iterations, lines_t *want)
+{
+    pr_ref_t g; /* its pages are the vertices; edges are re-read below */
+    lines_t l = {0};
+    edge_t *edges;
+    size_t ne = 0;
+    char **label, **next;
+
+    pr_reference(text, len, 0, 0.85, &g);
+    lines_of(text, len, &l);
+    edges = calloc(2 * l.n + 1, sizeof(*edges));
+    label = calloc(g.pages.n + 1, sizeof(*label));
+    next = calloc(g.pages.n + 1, sizeof(*next));
+    assert_true(edges != NULL && label != NULL && next != NULL);
+    for (size_t i = 0; i < l.n; i++) {
+        char *sp = strchr(l.v[i], ' ');
+        size_t u, v;
+        if (sp == NULL)
+            continue;
+        *sp = '\0';
+        u = page_id(&g.pages, l.v[i]);
+        v = page_id(&g.pages, sp + 1);
+        edges[ne++] = (edge_t){u, v};
+        edges[ne++] = (edge_t){v, u};
+    }
+    for (size_t p = 0; p < g.pages.n; p++)
+        label[p] = g.pages.v[p];
+    for (unsigned it = 0; it < iterations; it++) {
+        memcpy(next, label, g.pages.n * sizeof(*next));
+        for (size_t i = 0; i < ne; i++)
+            if (strcmp(label[edges[i].src], next[edges[i].dst]) < 0)
+                next[edges[i].dst] = label[edges[i].src];
+        memcpy(label, next, g.pages.n * sizeof(*label));
+    }
+    for (size_t p = 0; p < g.pages.n; p++) {
+        buf_t b = {0};
+        buf_printf(&b, "%s %s", g.pages.v[p], label[p]);
+        lines_add(want, b.s, b.len);
+        free(b.s);
+    }
+    free(label);
+    free(next);
+    free(edges);
+    lines_free(&l);
+    pr_ref_free(&g);
+}
+
+static void test_example_graph_plugin(void **state)
+{
+    const sp_job_t *job = NULL;
+    void *handle = NULL;
+    char in[300], out[300], report_text[256] = {0};
+    const char *args[] = {"iterations=3"};
+    lines_t got = {0}, want = {0};
+    buf_t b = {0};
+    env_t e = {0};
+    FILE *report;
+
+    (void)state;
+    assert_int_equal(sp__job_load(TEST_GRAPH_PLUGIN, &job, &handle), SP_OK);
+    assert_non_null(handle);
+    assert_string_equal(job->name, "components");
+    assert_true(sp__job_is_graph(job));
+    env_open(&e, NULL);
+    for (uint64_t seed = 1; seed <= 2; seed++) {
+        rng_state = 300 + seed;
+        fresh_dirs(in, out, sizeof(in), "cc");
+        /* Chains and random edges among 400 vertices: components of several diameters. */
+        for (size_t i = 0; i < 300; i++) {
+            unsigned u = (unsigned)(rnd() % 400),
+                     v = rnd() % 3 == 0 ? u + 1 : (unsigned)(rnd() % 400);
+            buf_printf(&b, "v%u v%u\n", u, v);
+        }
+        write_in(in, "edges", &b);
+        cc_reference(b.s, b.len, 3, &want);
+        report = fmemopen(report_text, sizeof(report_text), "w");
+        assert_non_null(report);
+        assert_int_equal(run_job(job, &e, in, out, 0, (uint32_t)seed + 1, args, 1, report), SP_OK);
+        fclose(report);
+        {
+            /* The report's label count: the distinct labels of the reference. */
+            lines_t labels = {0};
+            size_t distinct = 0;
+            char phrase[96];
+            for (size_t i = 0; i < want.n; i++) {
+                const char *sp = strchr(want.v[i], ' ');
+                lines_add(&labels, sp + 1, strlen(sp + 1));
+            }
+            lines_sort(&labels);
+            for (size_t i = 0; i < labels.n; i++)
+                distinct += i == 0 || strcmp(labels.v[i - 1], labels.v[i]) != 0;
+            snprintf(phrase, sizeof(phrase), "%zu vertices, %zu labels after 3 iterations", want.n,
+                     distinct);
+            if (strstr(report_text, phrase) == NULL)
+                fail_msg("components' report '%s' lacks '%s'", report_text, phrase);
+            lines_free(&labels);
+        }
+        read_output(out, &got);
+        expect_lines_equal(&got, &want, "components");
+        lines_free(&got);
+        lines_free(&want);
+        free(b.s);
+        b = (buf_t){0};
+        sh("rm -rf %s", in);
+        sh("rm -rf %s", out);
+    }
+    env_close(&e);
+    sp__job_unload(handle);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1124,6 +1236,7 @@ int main(void)
         cmocka_unit_test(test_groupby_random),
         cmocka_unit_test(test_groupby_tiny_memory),
         cmocka_unit_test(test_groupby_bad_input_and_args),
+        cmocka_unit_test(test_example_graph_plugin),
     };
     int rc;
 
