@@ -17,7 +17,8 @@
  * header=true the first non-empty row of each input file is a header and is
  * skipped, and so is any row byte-equal to one of those headers (rows do not
  * carry their place in the file; a repeated header, as concatenated CSV
- * files have, is thereby skipped too).
+ * files have, is thereby skipped too). Each parse task reads those first
+ * rows itself, a few KiB of every input file.
  *
  * Output. One line per distinct key: the key, then each aggregate in the
  * order asked, comma-separated; count as an integer, the others as doubles
