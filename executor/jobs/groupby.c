@@ -428,6 +428,7 @@ const sp_job_t sp__job_groupby = {
     .abi_version = SP_JOB_ABI_VERSION,
     .size = sizeof(sp_job_t),
     .name = "groupby",
-    .summary = "group-by with sum, count, min, max and avg of numeric CSV columns",
+    .summary = "group-by of CSV input with count, sum, min, max, avg (--job-arg key=, "
+               "agg=count,sum:C,..., header=)",
     .build = sp_gb_build,
 };

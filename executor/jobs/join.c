@@ -311,6 +311,7 @@ const sp_job_t sp__job_join = {
     .abi_version = SP_JOB_ABI_VERSION,
     .size = sizeof(sp_job_t),
     .name = "join",
-    .summary = "inner or left equi-join of two delimited text inputs on a key column",
+    .summary = "equi-join of two delimited text inputs (--job-arg left=, right=, left_key=, "
+               "right_key=, delim=, kind=inner|left)",
     .build = sp_join_build,
 };

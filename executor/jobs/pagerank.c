@@ -642,8 +642,8 @@ const sp_job_t sp__job_pagerank = {
     .abi_version = SP_JOB_ABI_VERSION,
     .size = sizeof(sp_job_t),
     .name = "pagerank",
-    .summary = "iterative PageRank over an edge list (--input) or a generated power-law graph "
-               "(--size)",
+    .summary = "iterative PageRank of an edge list (--input) or a generated power-law graph "
+               "(--size; --job-arg iterations=, damping=, seed=)",
     .build = sp_pr_build,
     .finish_graph = sp_pr_finish,
 };
