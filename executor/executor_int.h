@@ -23,6 +23,9 @@
 extern const sp_job_t sp__job_terasort;
 extern const sp_job_t sp__job_wordcount;
 extern const sp_job_t sp__job_shuffle;
+extern const sp_job_t sp__job_pagerank;
+extern const sp_job_t sp__job_join;
+extern const sp_job_t sp__job_groupby;
 
 /*
  * Finds a job: a built-in by name, or, when name contains a '/' or ends in

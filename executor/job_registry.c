@@ -44,6 +44,9 @@ static const sp_job_t *const sp_job_builtin_table[] = {
     &sp__job_terasort,
     &sp__job_wordcount,
     &sp__job_shuffle,
+    &sp__job_pagerank,
+    &sp__job_join,
+    &sp__job_groupby,
 };
 
 /* Bytes of the descriptor spate reads of version 1: everything up to counter_names. */

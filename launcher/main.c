@@ -32,7 +32,7 @@ typedef struct sp_cli_command {
 } sp_cli_command_t;
 
 static const sp_cli_command_t sp_cli_commands[] = {
-    {"run", sp_cmd_run, "run a job (terasort, wordcount, shuffle or a plugin) on executors"},
+    {"run", sp_cmd_run, "run a job (a built-in such as terasort, or a plugin) on executors"},
     {"executor", sp_cmd_executor, "start one executor that joins a running driver"},
     {"topology", sp_cmd_topology, "show NUMA nodes, cores, memory and the executor layout"},
     {"conf", sp_cmd_conf, "show configuration keys and their values"},

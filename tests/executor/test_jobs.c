@@ -108,7 +108,7 @@ static void test_registry_loads_every_builtin(void **state)
 
     (void)state;
     all = sp__job_builtins(&count);
-    assert_int_equal(count, 3);
+    assert_int_equal(count, 6);
     for (size_t i = 0; i < count; i++) {
         const sp_job_t *job = NULL;
         void *handle = (void *)1;
@@ -119,6 +119,10 @@ static void test_registry_loads_every_builtin(void **state)
         assert_int_equal(job->abi_version, SP_JOB_ABI_VERSION);
         assert_int_equal(job->size, sizeof(sp_job_t));
         assert_non_null(job->summary);
+        if (job->build != NULL) { /* a graph job (pagerank, join, groupby) */
+            sp__job_unload(handle);
+            continue;
+        }
         assert_non_null(job->plan);
         assert_non_null(job->map);
         assert_non_null(job->reduce);
