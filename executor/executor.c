@@ -136,6 +136,7 @@ typedef struct sp_executor {
     pthread_t sampler;
     bool sampler_started;
     _Atomic uint64_t peak_anon; /* highest anonymous resident bytes seen */
+    uint64_t peak_storage;      /* the memory manager's, last read (main thread) */
     int64_t corrupt_map;
     atomic_bool evict_at_reduce; /* SPATE_FAULT_EVICT_OUTPUTS, until the first reduce task */
 } sp_executor_t;
@@ -1275,8 +1276,9 @@ static sp_status_t sp_exec_heartbeat(sp_executor_t *ex, uint16_t type)
     if (ex->mm != NULL) {
         sp_memory_manager_stats(ex->mm, &ms);
         hb.execution_used = ms.execution_used;
-        hb.peak_storage = ms.peak_storage_used;
+        ex->peak_storage = ms.peak_storage_used;
     }
+    hb.peak_storage = ex->peak_storage; /* BYE: the manager is gone, its peak is kept */
     st = sp__msg_heartbeat_encode(&hb, &buf, &len);
     return sp_exec_send(ex, type, st, buf, len);
 }
@@ -1347,6 +1349,11 @@ static bool sp_exec_teardown(sp_executor_t *ex)
     sp_block_store_destroy(ex->bs);
     ex->bs = NULL;
     sp_exec_remove_dirs(ex);
+    if (ex->mm != NULL) {
+        sp_memory_stats_t ms;
+        sp_memory_manager_stats(ex->mm, &ms);
+        ex->peak_storage = ms.peak_storage_used;
+    }
     sp_memory_manager_destroy(ex->mm);
     ex->mm = NULL;
     sp_topology_destroy(ex->topo);

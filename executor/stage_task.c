@@ -112,6 +112,7 @@ struct sp_gtask {
     sp_block_fetcher_t *fetcher;
     sp_block_list_t *blocks;
     uint64_t read_bytes, spills;
+    uint64_t counters[SP_JOB_COUNTERS];
     sp__graph_task_out_t *out_p;
 };
 
@@ -320,6 +321,17 @@ sp_status_t sp_emit(sp_emitter_t *out, const void *key, size_t key_len, const vo
 uint32_t sp_emitter_partition(const sp_emitter_t *out) { return out->partition; }
 
 uint32_t sp_emitter_partitions(const sp_emitter_t *out) { return out->ds->partitions; }
+
+const sp_job_params_t *sp_emitter_params(const sp_emitter_t *out)
+{
+    return out->task->env->params;
+}
+
+void sp_emitter_counter_add(sp_emitter_t *out, unsigned id, uint64_t value)
+{
+    if (id < SP_JOB_COUNTERS)
+        out->task->counters[id] += value;
+}
 
 /* Runs the map_partitions begin callbacks, upstream first. */
 static sp_status_t sp_gt_begin(sp_gtask_t *t)
@@ -1045,6 +1057,7 @@ out:
     m.bytes_in = t.read_bytes;
     m.spills += t.spills;
     m.peak_memory = ms.peak_acquired_bytes;
+    memcpy(m.counters, t.counters, sizeof(m.counters));
     m.run_ns = sp__now_ns() - t0;
     m.map_ns = m.run_ns;
     if (metrics != NULL)

@@ -39,6 +39,8 @@
 extern "C" {
 #endif
 
+struct sp_job_params;
+
 typedef struct sp_graph sp_graph_t;
 typedef struct sp_dataset sp_dataset_t;
 /** Where an operation's records go (the next operation, a shuffle or a sink). */
@@ -52,6 +54,10 @@ SP_API sp_status_t sp_emit(sp_emitter_t *out, const void *key, size_t key_len, c
 /** The partition the task computes, and how many the dataset has. */
 SP_API uint32_t sp_emitter_partition(const sp_emitter_t *out);
 SP_API uint32_t sp_emitter_partitions(const sp_emitter_t *out);
+/** The run's parameters (--job-arg and the rest), for callbacks. */
+SP_API const struct sp_job_params *sp_emitter_params(const sp_emitter_t *out);
+/** Adds to the job's counter id (< SP_JOB_COUNTERS), summed over tasks like sp_job_counter_add. */
+SP_API void sp_emitter_counter_add(sp_emitter_t *out, unsigned id, uint64_t value);
 
 /**
  * The next value of the group: true with *value_p valid until the next call,

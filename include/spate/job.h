@@ -128,7 +128,8 @@ typedef struct sp_job {
      * A graph job: builds its graph of datasets (<spate/graph.h>) from
      * params, on the driver and on every executor alike. When set, plan,
      * map, sample, combiner, compare, reduce, reduce_end and finish are
-     * not used (and may be NULL); counters are still summed.
+     * not used (and may be NULL); counters are still summed (callbacks add
+     * to them with sp_emitter_counter_add) and named by counter_names.
      */
     sp_status_t (*build)(sp_graph_t *graph, const sp_job_params_t *params);
     /**

@@ -222,11 +222,20 @@ static const sp_job_t graph_job = {
     .build = job_build,
 };
 
+static sp_job_result_t last_result;
+static const char *const test_args[] = {"marker=here"};
+
 static sp_status_t run(env_t *e, const char *output, sp__graph_stats_t *stats, sp_graph_t **g)
 {
-    sp_job_params_t p = {.slots = 2, .executors = 1, .conf = e->conf, .output = output};
+    sp_job_params_t p = {.slots = 2,
+                         .executors = 1,
+                         .conf = e->conf,
+                         .output = output,
+                         .args = test_args,
+                         .nargs = 1};
 
-    return sp__graph_run_local(&graph_job, &p, e->mm, NULL, stats, g);
+    memset(&last_result, 0, sizeof(last_result));
+    return sp__graph_run_local(&graph_job, &p, e->mm, &last_result, stats, g);
 }
 
 /* ---- callbacks ---- */
@@ -248,6 +257,10 @@ static sp_status_t map_fn(sp_emitter_t *out, const void *k, size_t kl, const voi
     key[0] = 'm';
     memcpy(key + 1, k, kl);
     sp_rec_put_u64(val, sp_rec_get_u64(v) * 2);
+    /* Callbacks see the run's parameters and keep counters. */
+    assert_string_equal(sp_job_arg(sp_emitter_params(out), "marker"), "here");
+    sp_emitter_counter_add(out, 3, 1);
+    sp_emitter_counter_add(out, SP_JOB_COUNTERS, 1); /* out of range: ignored */
     return sp_emit(out, key, kl + 1, val, 8);
 }
 
@@ -330,6 +343,8 @@ static void test_graph_narrow_ops(void **state)
                 recs_add(&want, key, all.r[i].kl + 1, v, 8);
             }
         assert_int_equal(sp_graph_count_result(g, actions[0]), want.n);
+        /* The map ran once per kept record for each of the three actions. */
+        assert_int_equal(last_result.counters[3], 3 * want.n);
         collected(g, actions[1], &got);
         recs_equal(&got, &want);
         assert_int_equal(sp_graph_collected(g, actions[2]), 5);
