@@ -679,6 +679,67 @@ static sp_status_t sp_gt_read_groups(sp_gtask_t *t, const sp_dataset_t *ds)
     return st;
 }
 
+/*
+ * reduce_by_key's read: a merge of key-sorted, map-combined runs, so equal
+ * keys arrive next to each other; each run of them is combined into one
+ * value (held in key/value buffers, since the reader's pointers move) and
+ * emitted when the next key starts.
+ */
+static sp_status_t sp_gt_read_combined(sp_gtask_t *t, const sp_dataset_t *ds)
+{
+    const sp_combiner_t *c = &ds->combiner;
+    sp_gbuf_t key = {0}, val = {0}, tmp = {0};
+    bool have = false;
+    sp_status_t st = SP_OK;
+
+    for (;;) {
+        const void *k, *v;
+        size_t kl, vl;
+        bool more;
+        if ((st = sp_shuffle_reader_next(t->reader, &k, &kl, &v, &vl, &more)) != SP_OK)
+            break;
+        t->records_in += more;
+        if (more && have && kl == key.len && (kl == 0 || memcmp(k, key.data, kl) == 0)) {
+            size_t need = c->combine(c->arg, key.data, key.len, val.data, val.len, v, vl,
+                                     tmp.data, tmp.cap);
+            if (need > tmp.cap) {
+                tmp.len = 0;
+                if ((st = sp_gbuf_reserve(&tmp, need)) != SP_OK)
+                    break;
+                need = c->combine(c->arg, key.data, key.len, val.data, val.len, v, vl, tmp.data,
+                                  tmp.cap);
+            }
+            /* The combined value becomes the held one; the old buffer is the next scratch. */
+            {
+                sp_gbuf_t swap = val;
+                val = tmp;
+                val.len = need;
+                tmp = swap;
+            }
+            continue;
+        }
+        if (have && (st = sp_emit(&t->em[0], key.data, key.len, val.data, val.len)) != SP_OK)
+            break;
+        if (!more)
+            break;
+        key.len = val.len = 0;
+        if ((st = sp_gbuf_reserve(&key, kl + 1)) != SP_OK ||
+            (st = sp_gbuf_reserve(&val, vl + 1)) != SP_OK)
+            break;
+        if (kl > 0)
+            memcpy(key.data, k, kl);
+        if (vl > 0)
+            memcpy(val.data, v, vl);
+        key.len = kl;
+        val.len = vl;
+        have = true;
+    }
+    sp_gbuf_free(&key);
+    sp_gbuf_free(&val);
+    sp_gbuf_free(&tmp);
+    return st;
+}
+
 /* A wide root: partition t->partition of its shuffle, in the shuffle's order. */
 static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
 {
@@ -720,6 +781,8 @@ static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
         return st;
     if (ds->kind == SP__DS_GROUP || ds->kind == SP__DS_COGROUP || ds->kind == SP__DS_JOIN) {
         st = sp_gt_read_groups(t, ds);
+    } else if (ds->kind == SP__DS_REDUCE) {
+        st = sp_gt_read_combined(t, ds);
     } else {
         for (;;) {
             const void *k, *v;

@@ -138,7 +138,10 @@ SP_API sp_dataset_t *sp_ds_map_partitions(sp_dataset_t *ds, const sp_partition_f
  * Wide operations: a shuffle into `partitions` partitions (0: the default).
  * Keys are hashed (XXH3) to partitions except by sort_by_key.
  */
-/** One record per distinct key, values combined on the map side and after the shuffle. */
+/**
+ * One record per distinct key, values combined on the map side and after the
+ * shuffle; each partition comes out in key order (byte order).
+ */
 SP_API sp_dataset_t *sp_ds_reduce_by_key(sp_dataset_t *ds, const sp_combiner_t *combiner,
                                          uint32_t partitions);
 /** fn sees each distinct key once with all its values (sorted and streamed, never all held). */

@@ -11,12 +11,23 @@
  *   stages: the run recomputes what it lost (the report says an executor
  *   was lost and map outputs recomputed) and the output is the same;
  * - under mpirun -n 2 (skipped without mpiexec): the same output.
+ * The built-in graph jobs on two executors against the same job run in this
+ * process by the local runner (itself checked against naive references in
+ * test_graph_jobs.c): pagerank over a random edge list (ranks within 1e-9),
+ * also with executor 1 killed during an iteration that reads the cached
+ * links (the report shows the loss and the recomputed outputs); join and
+ * groupby (the same lines).
  * Every run's working and shuffle directories must be left empty and none
  * of its processes alive.
  *
  * LABELS: fault
  */
 #include "taskfail_util.h"
+
+#include "common_int.h"
+#include "executor/graph_int.h"
+
+#include <math.h>
 
 static tf_dirs_t dirs;
 
@@ -213,6 +224,216 @@ static void test_run_graph_under_mpirun(void **state)
     rt_free(&run);
 }
 
+/* ---- the built-in graph jobs against the local runner ---- */
+
+/* Runs job in this process (sp__graph_run_local) with args into out. */
+static void local_run(const char *job_name, const char *input, const char *const *args,
+                      size_t nargs, const char *out)
+{
+    const sp_job_t *job = NULL;
+    void *handle = NULL;
+    sp_conf_t *conf = NULL;
+    sp_memory_manager_t *mm = NULL;
+    char local[400];
+    sp_status_t st;
+
+    snprintf(local, sizeof(local), "%s/inproc", dirs.local);
+    assert_int_equal(mkdir(local, 0700), 0);
+    assert_int_equal(sp__job_load(job_name, &job, &handle), SP_OK);
+    assert_int_equal(sp_conf_create(&conf), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.executor", "256m"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.reserved", "0"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "memory.numa_bind", "false"), SP_OK);
+    assert_int_equal(sp_conf_set(conf, "shuffle.local_dirs", local), SP_OK);
+    assert_int_equal(sp_memory_manager_create(conf, NULL, 0, &mm), SP_OK);
+    st = sp__graph_run_local(job, &(sp_job_params_t){.input = input,
+                                                     .output = out,
+                                                     .slots = 2,
+                                                     .executors = 1,
+                                                     .args = args,
+                                                     .nargs = nargs,
+                                                     .conf = conf},
+                             mm, NULL, NULL, NULL);
+    if (st != SP_OK)
+        fail_msg("%s in process: %s", job_name, sp_last_error());
+    sp_memory_manager_destroy(mm);
+    sp_conf_destroy(conf);
+    sp__job_unload(handle);
+    rt_rmtree(local);
+}
+
+/* Every line of dir's part files, sorted (*n_p of them). */
+static char **part_lines(const char *dir, size_t *n_p)
+{
+    char **lines = NULL;
+    size_t n = 0, cap = 0;
+
+    for (unsigned p = 0;; p++) {
+        char path[400], *text, *save = NULL;
+        snprintf(path, sizeof(path), "%s/part-r-%05u", dir, p);
+        if (access(path, F_OK) != 0)
+            break;
+        text = rt_read_file(path, NULL);
+        for (char *l = strtok_r(text, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save)) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 1024;
+                lines = realloc(lines, cap * sizeof(*lines));
+                assert_non_null(lines);
+            }
+            lines[n++] = strdup(l);
+        }
+        free(text);
+    }
+    if (n > 0)
+        qsort(lines, n, sizeof(*lines), line_cmp);
+    *n_p = n;
+    return lines;
+}
+
+static void free_lines(char **lines, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(lines[i]);
+    free(lines);
+}
+
+/* Both directories hold the same lines; ranks: "page rank" with ranks within 1e-9. */
+static void expect_same_lines(const char *a, const char *b, bool ranks)
+{
+    size_t na, nb;
+    char **la = part_lines(a, &na), **lb = part_lines(b, &nb);
+
+    if (na != nb || na == 0)
+        fail_msg("%zu lines in %s, %zu in %s", na, a, nb, b);
+    for (size_t i = 0; i < na; i++) {
+        char pa[64], pb[64];
+        double ra, rb;
+        if (!ranks) {
+            if (strcmp(la[i], lb[i]) != 0)
+                fail_msg("line %zu: '%s' vs '%s'", i, la[i], lb[i]);
+            continue;
+        }
+        assert_int_equal(sscanf(la[i], "%63s %lf", pa, &ra), 2);
+        assert_int_equal(sscanf(lb[i], "%63s %lf", pb, &rb), 2);
+        if (strcmp(pa, pb) != 0 || fabs(ra - rb) > 1e-9 * fmax(fabs(ra), 1.0))
+            fail_msg("line %zu: '%s' vs '%s'", i, la[i], lb[i]);
+    }
+    free_lines(la, na);
+    free_lines(lb, nb);
+}
+
+/* A random edge list: 3000 edges over 400 pages, a few hot targets, some self loops. */
+static void write_edges(const char *path)
+{
+    FILE *f = fopen(path, "w");
+
+    assert_non_null(f);
+    fprintf(f, "# random edges\n");
+    for (uint64_t i = 0; i < 3000; i++) {
+        uint64_t r = mix(i * 7919 + 13);
+        unsigned src = (unsigned)(r % 400), dst = (unsigned)((r >> 20) % 10 < 3 ? (r >> 32) % 5
+                                                                                 : (r >> 32) % 400);
+        fprintf(f, "p%u p%u\n", src, dst);
+    }
+    fclose(f);
+}
+
+static void test_run_pagerank_on_executors(void **state)
+{
+    const char *args[] = {"iterations=6"};
+    char edges[400], ref[400];
+    rt_run_t run;
+    json_t *rep;
+
+    (void)state;
+    tf_dirs_fresh(&dirs);
+    rt_path(edges, sizeof(edges), dirs.base, "edges.txt");
+    rt_path(ref, sizeof(ref), dirs.base, "ref");
+    rt_rmtree(ref);
+    write_edges(edges);
+    local_run("pagerank", edges, args, 1, ref);
+    run = tf_run_job(&dirs, "pagerank",
+                     (const char *const[]){"--input", edges, "--job-arg", "iterations=6", NULL},
+                     NULL);
+    rt_expect_ok(&run, "pagerank on executors");
+    expect_same_lines(dirs.out, ref, true);
+    tf_expect_clean(&dirs, &run);
+    rep = rt_json_load(dirs.json);
+    assert_true(rt_json_int(rep, "graph.blocks_cached") > 0);
+    json_decref(rep);
+    rt_free(&run);
+
+    /* Executor 1 killed after 14 map tasks: inside an iteration that reads the cached links. */
+    tf_dirs_fresh(&dirs);
+    run = tf_run_job(&dirs, "pagerank",
+                     (const char *const[]){"--input", edges, "--job-arg", "iterations=6", NULL},
+                     (const char *const[]){"SPATE_FAULT_KILL_EXECUTOR=1:map:14", NULL});
+    rt_expect_ok(&run, "pagerank with an executor killed");
+    if (strstr(run.err, "fault injection: killing executor 1") == NULL)
+        fail_msg("the executor was not killed: %s", rt_tail(run.err));
+    expect_same_lines(dirs.out, ref, true);
+    tf_expect_clean(&dirs, &run);
+    rep = rt_json_load(dirs.json);
+    assert_int_equal(rt_json_int(rep, "recovery.executors_lost"), 1);
+    assert_true(rt_json_int(rep, "recovery.maps_recomputed") > 0);
+    json_decref(rep);
+    rt_free(&run);
+    rt_rmtree(ref);
+}
+
+static void test_run_join_and_groupby_on_executors(void **state)
+{
+    char left[400], right[400], csv[400], ref[400], arg_l[420], arg_r[420];
+    FILE *f;
+    rt_run_t run;
+
+    (void)state;
+    tf_dirs_fresh(&dirs);
+    rt_path(left, sizeof(left), dirs.base, "left.csv");
+    rt_path(right, sizeof(right), dirs.base, "right.csv");
+    rt_path(ref, sizeof(ref), dirs.base, "ref");
+    assert_non_null(f = fopen(left, "w"));
+    for (unsigned i = 0; i < 2000; i++)
+        fprintf(f, "o%u,c%u,%u\n", i, (unsigned)(mix(i) % 300), (unsigned)(mix(i + 1) % 1000));
+    fclose(f);
+    assert_non_null(f = fopen(right, "w"));
+    for (unsigned i = 0; i < 250; i++)
+        fprintf(f, "c%u,name%u\n", i, i * 7);
+    fclose(f);
+    snprintf(arg_l, sizeof(arg_l), "left=%s", left);
+    snprintf(arg_r, sizeof(arg_r), "right=%s", right);
+    {
+        const char *args[] = {arg_l, arg_r, "left_key=1", "delim=,", "kind=left"};
+        rt_rmtree(ref);
+        local_run("join", NULL, args, 5, ref);
+        run = tf_run_job(&dirs, "join",
+                         (const char *const[]){"--job-arg", arg_l, "--job-arg", arg_r, "--job-arg",
+                                               "left_key=1", "--job-arg", "delim=,", "--job-arg",
+                                               "kind=left", NULL},
+                         NULL);
+        rt_expect_ok(&run, "join on executors");
+        expect_same_lines(dirs.out, ref, false);
+        tf_expect_clean(&dirs, &run);
+        rt_free(&run);
+    }
+    tf_dirs_fresh(&dirs);
+    rt_path(csv, sizeof(csv), dirs.base, "left.csv");
+    {
+        const char *args[] = {"key=1", "agg=count,sum:2,min:2,max:2,avg:2"};
+        rt_rmtree(ref);
+        local_run("groupby", csv, args, 2, ref);
+        run = tf_run_job(&dirs, "groupby",
+                         (const char *const[]){"--input", csv, "--job-arg", "key=1", "--job-arg",
+                                               "agg=count,sum:2,min:2,max:2,avg:2", NULL},
+                         NULL);
+        rt_expect_ok(&run, "groupby on executors");
+        expect_same_lines(dirs.out, ref, false);
+        tf_expect_clean(&dirs, &run);
+        rt_free(&run);
+    }
+    rt_rmtree(ref);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -220,6 +441,8 @@ int main(void)
         cmocka_unit_test(test_run_graph_cached_on_disk),
         cmocka_unit_test(test_run_graph_executor_killed),
         cmocka_unit_test(test_run_graph_under_mpirun),
+        cmocka_unit_test(test_run_pagerank_on_executors),
+        cmocka_unit_test(test_run_join_and_groupby_on_executors),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
