@@ -158,6 +158,7 @@ sp_status_t sp__range_bounds(const void *samples, size_t len, uint32_t partition
 /*
  * Runs a whole job in this process, one task at a time (sample, map,
  * reduce), with local fetches: the embedded form, and what the job tests use.
+ * A graph job runs through sp__graph_run_local (executor/graph_int.h).
  */
 sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *params,
                                sp_memory_manager_t *mm, sp_job_result_t *result_p);

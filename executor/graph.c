@@ -48,6 +48,22 @@ static void sp_graph_fail(sp_graph_t *g, sp_status_t st, const char *fmt, ...)
 /* Whether a builder call on ds may go on: ds is there and its graph has no error. */
 static bool sp_graph_ok(const sp_dataset_t *ds) { return ds != NULL && ds->graph->status == SP_OK; }
 
+void sp_graph_keep(sp_graph_t *graph, void *ptr, void (*free_fn)(void *))
+{
+    struct sp_graph_kept *grown;
+
+    if (free_fn == NULL)
+        return;
+    grown = sp__realloc(graph->kept, (graph->nkept + 1) * sizeof(*grown));
+    if (grown == NULL) {
+        free_fn(ptr);
+        sp_graph_fail(graph, SP_ERR_NOMEM, "no memory to keep a job's state");
+        return;
+    }
+    graph->kept = grown;
+    graph->kept[graph->nkept++] = (struct sp_graph_kept){ptr, free_fn};
+}
+
 sp_status_t sp_graph_status(const sp_graph_t *graph)
 {
     if (graph->status != SP_OK)
@@ -774,6 +790,9 @@ void sp__graph_destroy(sp_graph_t *graph)
         sp__free(graph->actions[a].collected);
         sp__free(graph->actions[a].offsets);
     }
+    for (uint32_t i = graph->nkept; i-- > 0;)
+        graph->kept[i].free_fn(graph->kept[i].ptr);
+    sp__free(graph->kept);
     sp__free(graph->datasets);
     sp__free(graph->shuffles);
     sp__free(graph->actions);

@@ -114,6 +114,11 @@ struct sp_graph {
     sp__graph_action_t *actions;
     uint32_t nactions, cap_actions;
     bool saves; /* an action saves to --output */
+    struct sp_graph_kept {
+        void *ptr;
+        void (*free_fn)(void *);
+    } * kept; /* sp_graph_keep's, freed with the graph */
+    uint32_t nkept;
 };
 
 /* Most bytes one collect action may bring to the driver. */

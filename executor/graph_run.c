@@ -219,6 +219,7 @@ static sp_status_t sp_lrun_action(sp_lrun_t *r, uint32_t a)
         return SP_OK;
     }
     r->stats.stages_run++;
+    r->result.partitions += act->ds->partitions;
     for (uint32_t i = 0; i < act->ds->partitions; i++) {
         sp__graph_task_out_t out;
         if ((st = sp_lrun_task(r, stage, i, false, 0, &out, 0)) != SP_OK)

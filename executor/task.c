@@ -23,6 +23,7 @@
 #include "executor_int.h"
 
 #include "common_int.h"
+#include "graph_int.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -677,6 +678,8 @@ sp_status_t sp__job_run_serial(const sp_job_t *job, const sp_job_params_t *param
     char run_id[64];
     sp_status_t st;
 
+    if (sp__job_is_graph(job))
+        return sp__graph_run_local(job, params, mm, result_p, NULL, NULL);
     /* Like the driver's app id: unique among runs, so each owns OUTPUT/_temporary/<run id>. */
     snprintf(run_id, sizeof(run_id), "serial-%ld-%u-%llu", (long)getpid(),
              atomic_fetch_add(&run_seq, 1), (unsigned long long)time(NULL));

@@ -33,18 +33,18 @@
  * 200 MB text (about 23M words) with N = 4M holds 4M, the many-distinct
  * word count that aggregation is measured on (spate-bench wordcount).
  *
- * Data path. map() emits (word, u64 1 little-endian) for every word and
- * leaves the counting to spate's map-side combine (the combiner sums u64
- * counts in a hash table before the map output is written), so a map task's
- * output holds each distinct word of its split once. The plan asks for key
- * ordering on the map side and SP_READ_MERGE on the reduce side: the combined
- * output is small (distinct words), sorting it costs little, and the reduce
- * side then streams a k-way merge in which equal words arrive next to each
- * other; reduce() sums each run and writes its line as soon as the next word
- * starts, in sorted order, in constant memory. The alternative, hash
- * aggregation on the reduce side (SP_READ_AGGREGATE), returns words in hash
- * order and would have to hold every distinct word of the partition to sort
- * them at the end.
+ * Data path. A graph job (<spate/graph.h>): a generated source with one
+ * partition per byte range emits (word, u64 1 little-endian) for every word
+ * of its range (the scanner and the text generator below, unchanged from the
+ * two-stage job this was); reduce_by_key with the summing combiner counts
+ * them: the map side combines in a hash table and writes each partition
+ * sorted by word, the reduce side merges the sorted runs and sums equal words
+ * as they stream past, in constant memory; a map formats each (word, count)
+ * as "word<TAB>count" and the action saves the lines, in word order in each
+ * part file. Hash aggregation on the reduce side would return words in hash
+ * order and have to hold every distinct word of a partition to sort them.
+ * The same partitioner (XXH3 of the word) and order as before: the output
+ * files are byte for byte those of the two-stage job.
  *
  * Counters: words (sum of the counts written), distinct words (lines
  * written), map words (words emitted by maps), input bytes (bytes of the
@@ -303,12 +303,11 @@ static void sp_wc_gen_init(void)
     }
 }
 
-/* Emits the words of generated block [offset, offset+length). */
-static sp_status_t sp_wc_generate(sp_job_task_t *task, uint64_t seed, uint64_t offset,
-                                  uint64_t length, uint64_t *words_p)
+/* Calls fn for the words of generated block [offset, offset+length). */
+static sp_status_t sp_wc_generate(sp__wordcount_word_fn_t fn, void *arg, uint64_t seed,
+                                  uint64_t offset, uint64_t length)
 {
-    static const unsigned char one[8] = {1};
-    uint64_t s = seed ^ (offset * 0xd1b54a32d192ed03ull), used = 0, words = 0;
+    uint64_t s = seed ^ (offset * 0xd1b54a32d192ed03ull), used = 0;
 
     pthread_once(&sp_wc_gen.once, sp_wc_gen_init);
     for (;;) {
@@ -319,13 +318,10 @@ static sp_status_t sp_wc_generate(sp_job_task_t *task, uint64_t seed, uint64_t o
         /* The word and its separator must fit; the rest of the block is padding. */
         if (used + sp_wc_gen.len[r] + 1 > length)
             break;
-        status = sp_job_emit(task, sp_wc_gen.word[r], sp_wc_gen.len[r], one, sizeof(one));
-        if (status != SP_OK)
+        if ((status = fn(arg, sp_wc_gen.word[r], sp_wc_gen.len[r])) != SP_OK)
             return status;
         used += sp_wc_gen.len[r] + 1u;
-        words++;
     }
-    *words_p = words;
     return SP_OK;
 }
 
@@ -344,12 +340,11 @@ static size_t sp_wc_uniform_word(uint32_t r, unsigned digits, char *w)
     return n;
 }
 
-/* Emits the words of generated block [offset, offset+length) drawn uniformly from vocab words. */
-static sp_status_t sp_wc_generate_uniform(sp_job_task_t *task, uint64_t seed, uint32_t vocab,
-                                          uint64_t offset, uint64_t length, uint64_t *words_p)
+/* Calls fn for the words of generated block [offset, offset+length) drawn uniformly from vocab. */
+static sp_status_t sp_wc_generate_uniform(sp__wordcount_word_fn_t fn, void *arg, uint64_t seed,
+                                          uint32_t vocab, uint64_t offset, uint64_t length)
 {
-    static const unsigned char one[8] = {1};
-    uint64_t s = seed ^ (offset * 0xd1b54a32d192ed03ull), used = 0, words = 0;
+    uint64_t s = seed ^ (offset * 0xd1b54a32d192ed03ull), used = 0;
     unsigned digits = 3;
     char w[SP_WC_UNIFORM_WORD];
 
@@ -362,12 +357,10 @@ static sp_status_t sp_wc_generate_uniform(sp_job_task_t *task, uint64_t seed, ui
 
         if (used + len + 1 > length)
             break;
-        if ((status = sp_job_emit(task, w, len, one, sizeof(one))) != SP_OK)
+        if ((status = fn(arg, w, len)) != SP_OK)
             return status;
         used += len + 1;
-        words++;
     }
-    *words_p = words;
     return SP_OK;
 }
 
@@ -479,7 +472,12 @@ static sp_status_t sp_wc_vocabulary(const sp_job_params_t *params, uint64_t *voc
     return status;
 }
 
-static sp_status_t sp_wc_plan(const sp_job_params_t *params, sp_job_plan_t *plan)
+/*
+ * The byte ranges (one source partition each) and the partition count.
+ * Not static: tests/executor/test_jobs.c checks the split rule through it.
+ */
+sp_status_t sp__wordcount_plan(const sp_job_params_t *params, sp_job_plan_t *plan);
+sp_status_t sp__wordcount_plan(const sp_job_params_t *params, sp_job_plan_t *plan)
 {
     uint64_t split, vocab;
     struct stat st;
@@ -528,11 +526,26 @@ static sp_status_t sp_wc_plan(const sp_job_params_t *params, sp_job_plan_t *plan
 }
 
 /* ------------------------------------------------------------------------ */
-/* Map                                                                       */
+/* The graph                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* What the source's tasks need: the plan's byte ranges and the generator's arguments. */
+typedef struct sp_wc_state {
+    sp_job_plan_t plan;
+    const sp_job_params_t *params;
+    uint64_t seed, vocab;
+} sp_wc_state_t;
+
+static void sp_wc_state_free(void *arg)
+{
+    sp_wc_state_t *w = arg;
+
+    sp__job_plan_clear(&w->plan);
+    sp__free(w);
+}
+
 typedef struct sp_wc_map {
-    sp_job_task_t *task;
+    sp_emitter_t *out;
     uint64_t words;
 } sp_wc_map_t;
 
@@ -542,130 +555,88 @@ static sp_status_t sp_wc_emit(void *arg, const void *word, size_t len)
     sp_wc_map_t *m = arg;
 
     m->words++;
-    return sp_job_emit(m->task, word, len, one, sizeof(one));
+    return sp_emit(m->out, word, len, one, sizeof(one));
 }
 
-static sp_status_t sp_wc_map(sp_job_task_t *task, const sp_job_split_t *split)
+/* The source: partition p emits (word, u64 1) for every word of split p. */
+static sp_status_t sp_wc_source(sp_emitter_t *out, uint32_t partition, uint32_t partitions,
+                                void *arg)
 {
-    const sp_job_params_t *params = sp_job_task_params(task);
-    sp_wc_map_t m = {.task = task};
-    uint64_t bytes = 0, seed, vocab = 0;
-    sp_status_t status;
-
-    if (split->path != NULL) {
-        status =
-            sp__wordcount_scan(split->path, split->offset, split->length, sp_wc_emit, &m, &bytes);
-    } else if (params->input == NULL && split->length > 0) {
-        status = sp_wc_u64_arg(params, "seed", 0, false, &seed);
-        if (status == SP_OK)
-            status = sp_wc_vocabulary(params, &vocab);
-        if (status == SP_OK && vocab > 0)
-            status = sp_wc_generate_uniform(task, seed, (uint32_t)vocab, split->offset,
-                                            split->length, &m.words);
-        else if (status == SP_OK)
-            status = sp_wc_generate(task, seed, split->offset, split->length, &m.words);
-        bytes = split->length;
-    } else {
-        status = SP_OK; /* the empty split of an empty input */
-    }
-    if (status != SP_OK)
-        return status;
-    sp_job_counter_add(task, SP_WC_MAP_WORDS, m.words);
-    sp_job_counter_add(task, SP_WC_INPUT_BYTES, bytes);
-    return SP_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Reduce                                                                    */
-/* ------------------------------------------------------------------------ */
-
-/*
- * The word being summed: one allocation (the word follows the header), so
- * the task's state is a single block whatever happens to the task.
- */
-typedef struct sp_wc_reduce {
-    uint64_t count;
-    size_t len, cap;
-    bool have;
-    unsigned char word[];
-} sp_wc_reduce_t;
-
-static sp_status_t sp_wc_flush(sp_job_task_t *task, sp_wc_reduce_t *r)
-{
-    char line[32];
-    size_t n = sizeof(line);
-    uint64_t v = r->count;
-    sp_status_t status;
-
-    if (!r->have)
-        return SP_OK;
-    line[--n] = '\n';
-    do {
-        line[--n] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    line[--n] = '\t';
-    status = sp_job_write(task, r->word, r->len);
-    if (status == SP_OK)
-        status = sp_job_write(task, line + n, sizeof(line) - n);
-    if (status != SP_OK)
-        return status;
-    sp_job_counter_add(task, SP_WC_WORDS, r->count);
-    sp_job_counter_add(task, SP_WC_DISTINCT, 1);
-    r->have = false;
-    return SP_OK;
-}
-
-static sp_status_t sp_wc_reduce(sp_job_task_t *task, const void *key, size_t key_len,
-                                const void *value, size_t value_len)
-{
-    void **state = sp_job_task_state(task);
-    sp_wc_reduce_t *r = *state;
-    sp_status_t status;
-
-    if (value_len != 8)
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "wordcount: a count of %zu bytes, not 8", value_len);
-    if (r != NULL && r->have && r->len == key_len && memcmp(r->word, key, key_len) == 0) {
-        r->count += sp__le_get_u64((const unsigned char *)value);
-        return SP_OK;
-    }
-    if (r != NULL && (status = sp_wc_flush(task, r)) != SP_OK)
-        return status;
-    if (r == NULL || r->cap < key_len) {
-        size_t cap = SP_MAX(key_len, r != NULL ? 2 * r->cap : 64);
-        sp_wc_reduce_t *grown = sp__realloc(r, sizeof(*r) + cap);
-
-        if (grown == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "wordcount: no memory for a word of %zu bytes", key_len);
-        r = grown;
-        r->cap = cap;
-        *state = r;
-    }
-    memcpy(r->word, key, key_len);
-    r->len = key_len;
-    r->count = sp__le_get_u64((const unsigned char *)value);
-    r->have = true;
-    return SP_OK;
-}
-
-static sp_status_t sp_wc_reduce_end(sp_job_task_t *task)
-{
-    void **state = sp_job_task_state(task);
-    sp_wc_reduce_t *r = *state;
+    const sp_wc_state_t *w = arg;
+    const sp_job_split_t *split = &w->plan.splits[partition];
+    sp_wc_map_t m = {.out = out};
+    uint64_t bytes = 0;
     sp_status_t status = SP_OK;
 
-    if (r != NULL)
-        status = sp_wc_flush(task, r);
-    sp__free(r);
-    *state = NULL;
-    return status;
+    SP_UNUSED(partitions);
+    if (split->path != NULL) {
+        status = sp__wordcount_scan(split->path, split->offset, split->length, sp_wc_emit, &m,
+                                    &bytes);
+    } else if (w->params->input == NULL && split->length > 0) {
+        status = w->vocab > 0 ? sp_wc_generate_uniform(sp_wc_emit, &m, w->seed,
+                                                       (uint32_t)w->vocab, split->offset,
+                                                       split->length)
+                              : sp_wc_generate(sp_wc_emit, &m, w->seed, split->offset,
+                                               split->length);
+        bytes = split->length;
+    } /* else: the empty split of an empty input */
+    if (status != SP_OK)
+        return status;
+    sp_emitter_counter_add(out, SP_WC_MAP_WORDS, m.words);
+    sp_emitter_counter_add(out, SP_WC_INPUT_BYTES, bytes);
+    return SP_OK;
 }
 
-static sp_status_t sp_wc_finish(const sp_job_params_t *params, const sp_job_result_t *result,
-                                void *report)
+/* (word, u64 count) -> (word, decimal count): saved as "word<TAB>count" lines. */
+static sp_status_t sp_wc_format(sp_emitter_t *out, const void *key, size_t key_len,
+                                const void *value, size_t value_len, void *arg)
+{
+    char digits[24];
+    size_t n = sizeof(digits);
+    uint64_t count, v;
+
+    SP_UNUSED(arg);
+    if (value_len != 8)
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "wordcount: a count of %zu bytes, not 8", value_len);
+    count = v = sp__le_get_u64((const unsigned char *)value);
+    do {
+        digits[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    sp_emitter_counter_add(out, SP_WC_WORDS, count);
+    sp_emitter_counter_add(out, SP_WC_DISTINCT, 1);
+    return sp_emit(out, key, key_len, digits + n, sizeof(digits) - n);
+}
+
+static sp_status_t sp_wc_build(sp_graph_t *graph, const sp_job_params_t *params)
+{
+    sp_wc_state_t *w = sp__calloc(1, sizeof(*w));
+    sp_dataset_t *words;
+    sp_status_t status;
+
+    if (w == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "wordcount: no memory for its state");
+    w->params = params;
+    if ((status = sp__wordcount_plan(params, &w->plan)) != SP_OK ||
+        (params->input == NULL &&
+         ((status = sp_wc_u64_arg(params, "seed", 0, false, &w->seed)) != SP_OK ||
+          (status = sp_wc_vocabulary(params, &w->vocab)) != SP_OK))) {
+        sp_wc_state_free(w);
+        return status;
+    }
+    sp_graph_keep(graph, w, sp_wc_state_free);
+    words = sp_graph_generate(graph, w->plan.maps, sp_wc_source, w);
+    words = sp_ds_reduce_by_key(words, &sp_wc_combiner, w->plan.partitions);
+    (void)sp_ds_save(sp_ds_map(words, sp_wc_format, NULL), SP_SAVE_TEXT);
+    return sp_graph_status(graph);
+}
+
+static sp_status_t sp_wc_finish(const sp_graph_t *graph, const sp_job_params_t *params,
+                                const sp_job_result_t *result, void *report)
 {
     const uint64_t *c = result->counters;
 
+    SP_UNUSED(graph);
     SP_UNUSED(params);
     if (report != NULL)
         fprintf(report,
@@ -686,11 +657,7 @@ const sp_job_t sp__job_wordcount = {
     .name = "wordcount",
     .summary = "counts the words of --input DIR (or of a generated --size text: --job-arg seed=, "
                "vocabulary=), sorted by word",
-    .plan = sp_wc_plan,
-    .map = sp_wc_map,
-    .combiner = &sp_wc_combiner,
-    .reduce = sp_wc_reduce,
-    .reduce_end = sp_wc_reduce_end,
-    .finish = sp_wc_finish,
+    .build = sp_wc_build,
+    .finish_graph = sp_wc_finish,
     .counter_names = {"words", "distinct words", "map words", "input bytes"},
 };

@@ -103,6 +103,14 @@ typedef sp_status_t (*sp_generate_fn_t)(sp_emitter_t *out, uint32_t partition,
 /* Building a graph                                                          */
 /* ------------------------------------------------------------------------ */
 
+/**
+ * Hands ptr to the graph, which calls free_fn(ptr) when it is destroyed: for
+ * state a build makes for its callbacks (their arg) that must live as long
+ * as the graph. On error (no memory) free_fn(ptr) runs at once and the
+ * graph keeps the error.
+ */
+SP_API void sp_graph_keep(sp_graph_t *graph, void *ptr, void (*free_fn)(void *));
+
 /** The first error of the build (SP_OK when none); its message is the thread's last error. */
 SP_API sp_status_t sp_graph_status(const sp_graph_t *graph);
 /** The run's default partition count: --partitions, else the run's task slots. */
