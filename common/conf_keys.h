@@ -120,7 +120,8 @@ SP_CONF_KEY("shuffle.reduce_slowstart", SP_CONF_DOUBLE, "1", "0", "1", NULL,
             "Share of the map tasks that must have committed before reduce tasks start (Hadoop's "
             "slow start): an early reduce task fetches outputs as maps commit, in slots no "
             "pending map task needs, and gives its slot back when a map task must run again. 1: "
-            "reduce tasks start when every map output is in.")
+            "reduce tasks start when every map output is in. Two-stage jobs only (the shuffle "
+            "job, version-1 plugins): a graph job's stage starts when its inputs are complete.")
 SP_CONF_KEY("shuffle.sync", SP_CONF_BOOL, "false", NULL, NULL, NULL,
             "fsync committed map outputs (and their directory) before they become visible.")
 SP_CONF_KEY("shuffle.max_bytes_in_flight", SP_CONF_SIZE, "48m", "64k", "64g", NULL,

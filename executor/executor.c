@@ -470,6 +470,16 @@ static sp_status_t sp_exec_feed_next(void *arg, int timeout_ms,
     return st;
 }
 
+/* SPATE_FAULT_EVICT_OUTPUTS: the first reduce task evicts every output held in memory. */
+static void sp_exec_fault_evict(sp_executor_t *ex)
+{
+    if (atomic_exchange(&ex->evict_at_reduce, false)) {
+        uint64_t freed = sp_memory_manager_evict_storage(ex->mm, UINT64_MAX);
+        sp_warn("fault injection: executor %u evicted %llu bytes of storage memory",
+                ex->job.executor_id, (unsigned long long)freed);
+    }
+}
+
 static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp__msg_result_t *r)
 {
     uint32_t maps = ex->job.plan.maps, missing = 0;
@@ -484,11 +494,7 @@ static sp_status_t sp_exec_reduce(sp_executor_t *ex, const sp__msg_task_t *t, sp
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u statuses", maps);
         goto out;
     }
-    if (atomic_exchange(&ex->evict_at_reduce, false)) {
-        uint64_t freed = sp_memory_manager_evict_storage(ex->mm, UINT64_MAX);
-        sp_warn("fault injection: executor %u evicted %llu bytes of storage memory",
-                ex->job.executor_id, (unsigned long long)freed);
-    }
+    sp_exec_fault_evict(ex);
     pthread_mutex_lock(&ex->lock);
     feed.gen = ex->status_gen;
     for (uint32_t m = 0; m < maps; m++) {
@@ -599,6 +605,8 @@ static sp_status_t sp_exec_graph_task(sp_executor_t *ex, const sp__msg_task_t *t
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u statuses", ex->nslots);
         goto out;
     }
+    if (t->kind == SP_TASK_KIND_REDUCE)
+        sp_exec_fault_evict(ex);
     if (t->kind == SP_TASK_KIND_MAP && t->attempt > 0 &&
         (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id + t->stage, t->index)) !=
             SP_OK)

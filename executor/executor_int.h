@@ -85,6 +85,10 @@ typedef struct sp__task_metrics {
     uint64_t counters[SP_JOB_COUNTERS];
 } sp__task_metrics_t;
 
+/* Bytes of partition that statuses' owners other than executor_id hold (remote reads). */
+uint64_t sp__remote_bytes(uint32_t executor_id, uint32_t partition,
+                          const sp_map_status_t *const *statuses, size_t count);
+
 /* A task memory id unique in the process (for sp_task_memory_create). */
 uint64_t sp__task_memory_id(void);
 

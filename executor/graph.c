@@ -372,6 +372,16 @@ sp_dataset_t *sp_graph_generate(sp_graph_t *graph, uint32_t partitions, sp_gener
     return ds;
 }
 
+sp_dataset_t *sp_graph_generate_sampled(sp_graph_t *graph, uint32_t partitions,
+                                        sp_generate_fn_t fn, sp_sample_fn_t sample, void *arg)
+{
+    sp_dataset_t *ds = sp_graph_generate(graph, partitions, fn, arg);
+
+    if (ds != NULL)
+        ds->sample = sample;
+    return ds;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Narrow operations                                                         */
 /* ------------------------------------------------------------------------ */

@@ -51,6 +51,7 @@ struct sp_dataset {
     sp_job_split_t *splits; /* TEXT, RECORDS: partitions entries */
     uint32_t record_size, key_size;
     sp_generate_fn_t generate;
+    sp_sample_fn_t sample; /* GENERATE: its sampler, or NULL */
     /* operations */
     sp_record_fn_t record_fn;
     sp_filter_fn_t filter_fn;

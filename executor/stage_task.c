@@ -111,7 +111,7 @@ struct sp_gtask {
     sp_shuffle_reader_t *reader;
     sp_block_fetcher_t *fetcher;
     sp_block_list_t *blocks;
-    uint64_t read_bytes, spills;
+    uint64_t read_bytes, spills, remote_bytes, wait_ns;
     uint64_t counters[SP_JOB_COUNTERS];
     sp__graph_task_out_t *out_p;
 };
@@ -769,6 +769,7 @@ static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
     if ((st = sp_block_list_from_statuses(list, count, t->partition, t->partition + 1,
                                           &t->blocks)) != SP_OK)
         return st;
+    t->remote_bytes += sp__remote_bytes(env->executor_id, t->partition, list, count);
     if (env->transport != NULL &&
         (st = sp_block_fetcher_transport_create(env->transport, &t->fetcher)) != SP_OK)
         return st;
@@ -806,6 +807,7 @@ static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
     sp_shuffle_reader_stats(t->reader, &rs);
     t->read_bytes = rs.bytes;
     t->spills += rs.spills;
+    t->wait_ns += rs.wait_ns;
     return st;
 }
 
@@ -878,7 +880,14 @@ static sp_status_t sp_gt_root(sp_gtask_t *t, const sp_block_t *block)
     case SP__DS_TEXT: return sp_gt_read_text(t, &root->splits[t->partition]);
     case SP__DS_RECORDS: return sp_gt_read_records(t, root, &root->splits[t->partition]);
     case SP__DS_GENERATE:
-        return root->generate(&t->em[0], t->partition, root->partitions, root->arg);
+        /* Sampling the source a sort reads directly: its own sampler is cheaper. */
+        if (t->sampling && root->sample != NULL && t->n == 1)
+            return root->sample(&t->em[0], t->partition, t->sample_want, root->arg);
+        {
+            sp_status_t st = root->generate(&t->em[0], t->partition, root->partitions, root->arg);
+            t->records_in += t->em[0].emitted;
+            return st;
+        }
     default: return sp_gt_read_shuffle(t, root);
     }
 }
@@ -1118,11 +1127,13 @@ out:
     m.records_in = t.records_in;
     m.records_out = t.sink_records;
     m.bytes_in = t.read_bytes;
+    m.remote_bytes = t.remote_bytes;
+    m.fetch_wait_ns = t.wait_ns;
     m.spills += t.spills;
     m.peak_memory = ms.peak_acquired_bytes;
     memcpy(m.counters, t.counters, sizeof(m.counters));
     m.run_ns = sp__now_ns() - t0;
-    m.map_ns = m.run_ns;
+    m.map_ns = m.run_ns - m.fetch_wait_ns;
     if (metrics != NULL)
         *metrics = m;
     return SP_OK;

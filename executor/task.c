@@ -413,15 +413,14 @@ out:
 /* Reduce                                                                    */
 /* ------------------------------------------------------------------------ */
 
-/* Bytes of partition that statuses' owners other than this executor hold (remote reads). */
-static uint64_t sp_reduce_remote_bytes(const sp__task_env_t *env, uint32_t partition,
-                                       const sp_map_status_t *const *statuses, size_t count)
+uint64_t sp__remote_bytes(uint32_t executor_id, uint32_t partition,
+                          const sp_map_status_t *const *statuses, size_t count)
 {
     uint64_t remote = 0;
 
     for (size_t i = 0; i < count; i++) {
         const sp_map_status_t *s = statuses[i];
-        if (s != NULL && s->address != NULL && s->executor_id != env->executor_id &&
+        if (s != NULL && s->address != NULL && s->executor_id != executor_id &&
             partition < s->partitions && s->lengths != NULL)
             remote += s->lengths[partition];
     }
@@ -445,7 +444,7 @@ static sp_status_t sp_reduce_wait(void *arg, sp_shuffle_reader_t *reader, int ti
 
     if (st != SP_OK || count == 0)
         return st;
-    w->remote += sp_reduce_remote_bytes(w->env, w->partition, statuses, count);
+    w->remote += sp__remote_bytes(w->env->executor_id, w->partition, statuses, count);
     return sp_shuffle_reader_add(reader, statuses, count);
 }
 
@@ -475,7 +474,7 @@ sp_status_t sp__task_run_reduce(const sp__task_env_t *env, uint32_t partition, u
     if (feed == NULL && (st = sp_block_list_from_statuses(statuses, count, partition, partition + 1,
                                                           &blocks)) != SP_OK)
         goto out_task;
-    wait.remote = sp_reduce_remote_bytes(env, partition, statuses, count);
+    wait.remote = sp__remote_bytes(env->executor_id, partition, statuses, count);
     if (env->transport != NULL &&
         (st = sp_block_fetcher_transport_create(env->transport, &fetcher)) != SP_OK)
         goto out_blocks;

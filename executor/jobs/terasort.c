@@ -1,6 +1,8 @@
 /*
  * The terasort job: sorts 100-byte records by their 10-byte keys, the sort
- * benchmark's way. Input is either generated inside the map tasks (--size:
+ * benchmark's way. A graph job (<spate/graph.h>): a generated source (one
+ * partition per split, with a cheap sampler) -> sort_by_key -> a
+ * map_partitions that checks and checksums the sorted records -> save. Input is either generated inside the map tasks (--size:
  * gensort 1.5 records, record n of the whole data set the same whichever
  * task makes it, so the data set equals `gensort -b0 N`) or read from
  * --input (a directory of such files, or one file). Records are range
@@ -10,13 +12,13 @@
  * part-r-p, so the concatenation of the output files in name order is the
  * sorted data set.
  *
- * Checks. Map tasks sum the CRC-32 of every input record (counter 0) and
- * count them (counter 1); reduce tasks do the same over what they write
- * (counters 2 and 3) and refuse a key below the previous one. The CRCs are
+ * Checks. The source sums the CRC-32 of every input record (counter 0) and
+ * counts them (counter 1); the sorted side does the same over what it saves
+ * (counters 2 and 3) and refuses a key below the previous one. The CRCs are
  * computed a batch of records at a time (sp__gensort_checksum: four at once
- * with VPCLMULQDQ), on the map side right before the batch is emitted, on
- * the reduce side over the batch of output records it has just assembled
- * and is about to write in one call. finish()
+ * with VPCLMULQDQ), in the source right before the batch is emitted, on the
+ * sorted side over the batch of output records it has just assembled, which
+ * it then hands to the save as one record (one write). finish_graph()
  * then runs valsort over the output files: in order across files, as many
  * records as the input, the same checksum. That is valsort's own proof that
  * the output is a permutation of the input (up to CRC collisions).
@@ -173,6 +175,8 @@ static sp_status_t sp_ts_plan(const sp_job_params_t *params, sp_job_plan_t *plan
         for (uint64_t r = 0; r < records && st == SP_OK; r += SP_TS_SPLIT_RECORDS)
             st = sp_ts_add_split(&l, NULL, r, SP_MIN(records - r, SP_TS_SPLIT_RECORDS));
     }
+    if (st == SP_OK && l.n == 0)
+        st = sp_ts_add_split(&l, NULL, 0, 0); /* no records: one empty partition */
     if (st != SP_OK) {
         sp_job_plan_t tmp = {.maps = l.n, .splits = l.splits};
         sp__job_plan_clear(&tmp);
@@ -191,7 +195,13 @@ static sp_status_t sp_ts_plan(const sp_job_params_t *params, sp_job_plan_t *plan
     return SP_OK;
 }
 
-static sp_status_t sp_ts_emit_chunk(sp_job_task_t *task, const unsigned char *recs, size_t count)
+static void sp_ts_plan_free(void *arg)
+{
+    sp__job_plan_clear(arg);
+    sp__free(arg);
+}
+
+static sp_status_t sp_ts_emit_chunk(sp_emitter_t *out, const unsigned char *recs, size_t count)
 {
     sp__u128_t sum = 0;
     sp_status_t st;
@@ -203,21 +213,25 @@ static sp_status_t sp_ts_emit_chunk(sp_job_task_t *task, const unsigned char *re
         sum += sp__gensort_checksum(recs + batch * SP__GENSORT_RECORD_SIZE, end - batch);
         for (size_t i = batch; i < end; i++) {
             const unsigned char *r = recs + i * SP__GENSORT_RECORD_SIZE;
-            if ((st = sp_job_emit(task, r, SP__GENSORT_KEY_SIZE, r + SP__GENSORT_KEY_SIZE,
-                                  SP__GENSORT_VALUE_SIZE)) != SP_OK)
+            if ((st = sp_emit(out, r, SP__GENSORT_KEY_SIZE, r + SP__GENSORT_KEY_SIZE,
+                              SP__GENSORT_VALUE_SIZE)) != SP_OK)
                 return st;
         }
     }
-    sp_job_counter_add(task, SP_TS_IN_CHECKSUM, (uint64_t)sum);
-    sp_job_counter_add(task, SP_TS_IN_RECORDS, count);
+    sp_emitter_counter_add(out, SP_TS_IN_CHECKSUM, (uint64_t)sum);
+    sp_emitter_counter_add(out, SP_TS_IN_RECORDS, count);
     return SP_OK;
 }
 
-static sp_status_t sp_ts_map(sp_job_task_t *task, const sp_job_split_t *split)
+/* The source: split p's records, generated or read. */
+static sp_status_t sp_ts_source(sp_emitter_t *out, uint32_t partition, uint32_t partitions,
+                                void *arg)
 {
+    const sp_job_split_t *split = &((const sp_job_plan_t *)arg)->splits[partition];
     unsigned char *buf = sp__malloc((size_t)SP_TS_CHUNK * SP__GENSORT_RECORD_SIZE);
     sp_status_t st = SP_OK;
 
+    SP_UNUSED(partitions);
     if (buf == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for a terasort chunk");
     if (split->path == NULL) {
@@ -226,7 +240,7 @@ static sp_status_t sp_ts_map(sp_job_task_t *task, const sp_job_split_t *split)
         for (uint64_t done = 0; done < split->length && st == SP_OK;) {
             size_t n = (size_t)SP_MIN((uint64_t)SP_TS_CHUNK, split->length - done);
             sp__gensort_fill(&gen, buf, n);
-            st = sp_ts_emit_chunk(task, buf, n);
+            st = sp_ts_emit_chunk(out, buf, n);
             done += n;
         }
     } else {
@@ -240,7 +254,7 @@ static sp_status_t sp_ts_map(sp_job_task_t *task, const sp_job_split_t *split)
                                           split->length - done);
             st = sp__pread_all(fd, buf, bytes, split->offset + done, split->path);
             if (st == SP_OK)
-                st = sp_ts_emit_chunk(task, buf, bytes / SP__GENSORT_RECORD_SIZE);
+                st = sp_ts_emit_chunk(out, buf, bytes / SP__GENSORT_RECORD_SIZE);
             done += bytes;
         }
         close(fd);
@@ -250,8 +264,9 @@ static sp_status_t sp_ts_map(sp_job_task_t *task, const sp_job_split_t *split)
 }
 
 /* count keys spread evenly over the split: skip-ahead for generated input, preads for files. */
-static sp_status_t sp_ts_sample(sp_job_task_t *task, const sp_job_split_t *split, uint32_t count)
+static sp_status_t sp_ts_sample(sp_emitter_t *out, uint32_t partition, uint32_t count, void *arg)
 {
+    const sp_job_split_t *split = &((const sp_job_plan_t *)arg)->splits[partition];
     uint64_t records =
         split->path == NULL ? split->length : split->length / SP__GENSORT_RECORD_SIZE;
     unsigned char key[SP__GENSORT_KEY_SIZE];
@@ -271,23 +286,39 @@ static sp_status_t sp_ts_sample(sp_job_task_t *task, const sp_job_split_t *split
             st = sp__pread_all(fd, key, sizeof(key), split->offset + r * SP__GENSORT_RECORD_SIZE,
                                split->path);
         if (st == SP_OK)
-            st = sp_job_emit(task, key, sizeof(key), NULL, 0);
+            st = sp_emit(out, key, sizeof(key), NULL, 0);
     }
     if (fd >= 0)
         close(fd);
     return st;
 }
 
+/* The sorted side's state: the order check and a batch of records being assembled. */
 typedef struct sp_ts_reduce {
     unsigned char prev[SP__GENSORT_KEY_SIZE];
     uint64_t records;
     uint64_t checksum;
-    size_t buffered; /* records in out, not yet checksummed and written */
+    size_t buffered; /* records in out, not yet checksummed and saved */
     unsigned char out[SP_TS_CRC_BATCH * SP__GENSORT_RECORD_SIZE];
 } sp_ts_reduce_t;
 
-/* Checksums the buffered records and writes them, one call for the batch. */
-static sp_status_t sp_ts_reduce_flush(sp_job_task_t *task, sp_ts_reduce_t *s)
+static sp_status_t sp_ts_reduce_begin(sp_emitter_t *out, void **state_p, void *arg)
+{
+    sp_ts_reduce_t *s = sp__malloc(sizeof(*s));
+
+    SP_UNUSED(out);
+    SP_UNUSED(arg);
+    if (s == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "no memory for the terasort reduce state");
+    s->records = 0;
+    s->checksum = 0;
+    s->buffered = 0;
+    *state_p = s;
+    return SP_OK;
+}
+
+/* Checksums the buffered records and saves them as one record (one write). */
+static sp_status_t sp_ts_reduce_flush(sp_emitter_t *out, sp_ts_reduce_t *s)
 {
     size_t n = s->buffered;
 
@@ -295,66 +326,86 @@ static sp_status_t sp_ts_reduce_flush(sp_job_task_t *task, sp_ts_reduce_t *s)
     if (n == 0)
         return SP_OK;
     s->checksum += (uint64_t)sp__gensort_checksum(s->out, n);
-    return sp_job_write(task, s->out, n * SP__GENSORT_RECORD_SIZE);
+    return sp_emit(out, NULL, 0, s->out, n * SP__GENSORT_RECORD_SIZE);
 }
 
-static sp_status_t sp_ts_reduce(sp_job_task_t *task, const void *key, size_t key_len,
-                                const void *value, size_t value_len)
+static sp_status_t sp_ts_reduce(sp_emitter_t *out, void *state, const void *key, size_t key_len,
+                                const void *value, size_t value_len, void *arg)
 {
-    sp_ts_reduce_t **state = (sp_ts_reduce_t **)sp_job_task_state(task);
-    sp_ts_reduce_t *s = *state;
+    sp_ts_reduce_t *s = state;
     unsigned char *rec;
 
+    SP_UNUSED(arg);
     if (key_len != SP__GENSORT_KEY_SIZE || value_len != SP__GENSORT_VALUE_SIZE)
         return SP_RAISE(SP_ERR_CORRUPT,
                         "terasort reduce %u: record %llu has a %zu-byte key and a %zu-byte value, "
                         "not 10 and 90",
-                        sp_job_task_index(task), (unsigned long long)(s != NULL ? s->records : 0),
-                        key_len, value_len);
-    if (s == NULL) {
-        if ((s = sp__malloc(sizeof(*s))) == NULL)
-            return SP_RAISE(SP_ERR_NOMEM, "no memory for the terasort reduce state");
-        s->records = 0;
-        s->checksum = 0;
-        s->buffered = 0;
-        *state = s;
-    } else if (memcmp(key, s->prev, SP__GENSORT_KEY_SIZE) < 0) {
+                        sp_emitter_partition(out), (unsigned long long)s->records, key_len,
+                        value_len);
+    if (s->records > 0 && memcmp(key, s->prev, SP__GENSORT_KEY_SIZE) < 0)
         return SP_RAISE(SP_ERR_CORRUPT,
                         "terasort reduce %u: record %llu's key is below the previous one",
-                        sp_job_task_index(task), (unsigned long long)s->records);
-    }
+                        sp_emitter_partition(out), (unsigned long long)s->records);
     memcpy(s->prev, key, SP__GENSORT_KEY_SIZE);
     rec = s->out + s->buffered * SP__GENSORT_RECORD_SIZE;
     memcpy(rec, key, SP__GENSORT_KEY_SIZE);
     memcpy(rec + SP__GENSORT_KEY_SIZE, value, SP__GENSORT_VALUE_SIZE);
     s->records++;
     if (++s->buffered == SP_TS_CRC_BATCH)
-        return sp_ts_reduce_flush(task, s);
+        return sp_ts_reduce_flush(out, s);
     return SP_OK;
 }
 
-static sp_status_t sp_ts_reduce_end(sp_job_task_t *task)
+static sp_status_t sp_ts_reduce_end(sp_emitter_t *out, void *state, void *arg)
 {
-    sp_ts_reduce_t **state = (sp_ts_reduce_t **)sp_job_task_state(task);
-    sp_status_t st = SP_OK;
+    sp_ts_reduce_t *s = state;
+    sp_status_t st = sp_ts_reduce_flush(out, s);
 
-    if (*state != NULL) {
-        st = sp_ts_reduce_flush(task, *state);
-        sp_job_counter_add(task, SP_TS_OUT_CHECKSUM, (*state)->checksum);
-        sp_job_counter_add(task, SP_TS_OUT_RECORDS, (*state)->records);
-        sp__free(*state);
-        *state = NULL;
-    }
+    SP_UNUSED(arg);
+    sp_emitter_counter_add(out, SP_TS_OUT_CHECKSUM, s->checksum);
+    sp_emitter_counter_add(out, SP_TS_OUT_RECORDS, s->records);
+    sp__free(s);
     return st;
 }
 
-static sp_status_t sp_ts_finish(const sp_job_params_t *params, const sp_job_result_t *r,
-                                void *report)
+static void sp_ts_reduce_discard(void *state, void *arg)
+{
+    SP_UNUSED(arg);
+    sp__free(state);
+}
+
+static const sp_partition_fns_t sp_ts_check = {.begin = sp_ts_reduce_begin,
+                                               .record = sp_ts_reduce,
+                                               .end = sp_ts_reduce_end,
+                                               .discard = sp_ts_reduce_discard};
+
+static sp_status_t sp_ts_build(sp_graph_t *graph, const sp_job_params_t *params)
+{
+    sp_job_plan_t *plan = sp__calloc(1, sizeof(*plan));
+    sp_dataset_t *ds;
+    sp_status_t st;
+
+    if (plan == NULL)
+        return SP_RAISE(SP_ERR_NOMEM, "terasort: no memory for its plan");
+    if ((st = sp_ts_plan(params, plan)) != SP_OK) {
+        sp__free(plan);
+        return st;
+    }
+    sp_graph_keep(graph, plan, sp_ts_plan_free);
+    ds = sp_graph_generate_sampled(graph, plan->maps, sp_ts_source, sp_ts_sample, plan);
+    ds = sp_ds_sort_by_key(ds, plan->partitions, NULL, NULL);
+    (void)sp_ds_save(sp_ds_map_partitions(ds, &sp_ts_check, NULL), SP_SAVE_BINARY);
+    return sp_graph_status(graph);
+}
+
+static sp_status_t sp_ts_finish(const sp_graph_t *graph, const sp_job_params_t *params,
+                                const sp_job_result_t *r, void *report)
 {
     const uint64_t *c = r->counters;
     char hex[SP__U128_HEX_SIZE];
     FILE *out = report;
 
+    SP_UNUSED(graph);
     if (c[SP_TS_OUT_RECORDS] != c[SP_TS_IN_RECORDS] ||
         c[SP_TS_OUT_CHECKSUM] != c[SP_TS_IN_CHECKSUM])
         return SP_RAISE(
@@ -407,11 +458,7 @@ const sp_job_t sp__job_terasort = {
     .size = sizeof(sp_job_t),
     .name = "terasort",
     .summary = "sort 100-byte gensort records by key (--size or --input DIR)",
-    .plan = sp_ts_plan,
-    .map = sp_ts_map,
-    .sample = sp_ts_sample,
-    .reduce = sp_ts_reduce,
-    .reduce_end = sp_ts_reduce_end,
-    .finish = sp_ts_finish,
+    .build = sp_ts_build,
+    .finish_graph = sp_ts_finish,
     .counter_names = {"input_checksum", "input_records", "output_checksum", "output_records"},
 };

@@ -98,6 +98,13 @@ typedef sp_status_t (*sp_cogroup_fn_t)(sp_emitter_t *out, const void *key, size_
 /** generate: the records of one partition of a generated source. */
 typedef sp_status_t (*sp_generate_fn_t)(sp_emitter_t *out, uint32_t partition,
                                         uint32_t partitions, void *arg);
+/**
+ * A generated source's sample: about count records (values ignored) whose
+ * keys are spread over partition's like a random sample, made cheaper than
+ * generating the partition (terasort: skip-ahead).
+ */
+typedef sp_status_t (*sp_sample_fn_t)(sp_emitter_t *out, uint32_t partition, uint32_t count,
+                                      void *arg);
 
 /* ------------------------------------------------------------------------ */
 /* Building a graph                                                          */
@@ -134,6 +141,15 @@ SP_API sp_dataset_t *sp_graph_records(sp_graph_t *graph, const char *path, uint3
 /** partitions partitions, each filled by fn (which must give the same records every time). */
 SP_API sp_dataset_t *sp_graph_generate(sp_graph_t *graph, uint32_t partitions,
                                        sp_generate_fn_t fn, void *arg);
+
+/**
+ * A generated source with a sampler: when sort_by_key sorts this dataset
+ * itself (no operation between them), its range bounds come from sample
+ * instead of from a pass over the records.
+ */
+SP_API sp_dataset_t *sp_graph_generate_sampled(sp_graph_t *graph, uint32_t partitions,
+                                               sp_generate_fn_t fn, sp_sample_fn_t sample,
+                                               void *arg);
 
 /* Narrow operations: the same partitions as their input. */
 SP_API sp_dataset_t *sp_ds_map(sp_dataset_t *ds, sp_record_fn_t fn, void *arg);
