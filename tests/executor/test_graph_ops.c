@@ -818,6 +818,56 @@ static void test_graph_persist_evicted(void **state)
     env_close(&e);
 }
 
+/* MEMORY_AND_DISK: blocks evicted under pressure go to disk and are read back, not recomputed. */
+static sp_status_t build_spilled_cache(sp_graph_t *g, const sp_job_params_t *p)
+{
+    sp_dataset_t *ds = sp_ds_persist(sp_graph_generate(g, S.parts, gen_fn, &S),
+                                     SP_STORAGE_MEMORY_AND_DISK);
+
+    (void)p;
+    actions[0] = sp_ds_count(ds);
+    actions[1] = sp_ds_collect(sp_ds_map(ds, evict_fn, NULL), UINT64_MAX);
+    actions[2] = sp_ds_collect(ds, UINT64_MAX);
+    return sp_graph_status(g);
+}
+
+static void test_graph_persist_evicted_to_disk(void **state)
+{
+    env_t e;
+    recs_t all = {0}, got = {0};
+    sp__graph_stats_t stats;
+    sp_block_store_stats_t bs;
+    sp_block_store_t *store = NULL;
+    sp_graph_t *g = NULL;
+    char blocks[300];
+
+    (void)state;
+    env_open(&e, "64m");
+    /* The manager's own store (an executor's), which the runner uses and the test reads. */
+    snprintf(blocks, sizeof(blocks), "%s/blocks", dir);
+    assert_int_equal(sp_block_store_create(e.mm, blocks, &store), SP_OK);
+    evict_mm = e.mm;
+    S = (scen_t){.parts = 4, .per_part = 300, .keys = 30, .seed = 72, .hot_percent = 20};
+    builder = build_spilled_cache;
+    generated = 0;
+    assert_int_equal(run(&e, NULL, &stats, &g), SP_OK);
+    scen_all(&S, &all);
+    /* Generated once: every later read came from memory or from the block files. */
+    assert_int_equal(generated, S.parts);
+    sp_block_store_stats(store, &bs);
+    assert_true(bs.evicted_to_disk > 0);
+    assert_true(bs.disk_reads > 0);
+    collected(g, actions[1], &got);
+    recs_equal(&got, &all);
+    got.n = 0;
+    collected(g, actions[2], &got);
+    recs_equal(&got, &all);
+    sp__graph_destroy(g);
+    sp_block_store_destroy(store);
+    free(all.r), free(got.r);
+    env_close(&e);
+}
+
 /* ---- sources ---- */
 
 static const char *text_path;
@@ -1129,6 +1179,7 @@ int main(void)
         cmocka_unit_test(test_graph_partitioning),
         cmocka_unit_test(test_graph_persist_and_skip),
         cmocka_unit_test(test_graph_persist_evicted),
+        cmocka_unit_test(test_graph_persist_evicted_to_disk),
         cmocka_unit_test(test_graph_text_splits),
         cmocka_unit_test(test_graph_records_source),
         cmocka_unit_test(test_graph_save),
