@@ -173,7 +173,7 @@ struct sp__driver {
     uint64_t *map_moved_ns; /* when its output last moved from memory to disk; 0: never */
     /* Graph jobs. */
     sp_graph_t *graph;
-    uint32_t action;       /* the action running now */
+    uint32_t action;        /* the action running now */
     uint32_t *action_stage; /* per action: its stage */
     uint32_t **cached;      /* per dataset (persisted ones): per partition the holder + 1; 0 none */
 
@@ -410,8 +410,8 @@ static void sp_drv_uncache_task(sp__driver_t *d, const sp_dstage_t *s, uint32_t 
 }
 
 /* Records the blocks task i of stage s put in executor e's block store. */
-static sp_status_t sp_drv_note_cached(sp__driver_t *d, const sp_dstage_t *s, uint32_t i,
-                                      uint32_t e, const sp__msg_result_t *r)
+static sp_status_t sp_drv_note_cached(sp__driver_t *d, const sp_dstage_t *s, uint32_t i, uint32_t e,
+                                      const sp__msg_result_t *r)
 {
     uint32_t p;
 
@@ -460,9 +460,8 @@ static bool sp_drv_end_process(sp__driver_t *d, uint32_t e)
  * failure once the task has failed that often, and at once for bad input
  * (SP_ERR_BAD_INPUT: the job's data is wrong, and no retry can fix it).
  */
-static sp_status_t sp_drv_task_failed(sp__driver_t *d, uint32_t stage, uint32_t i,
-                                      uint32_t attempt, uint32_t e, sp_status_t status,
-                                      const char *msg)
+static sp_status_t sp_drv_task_failed(sp__driver_t *d, uint32_t stage, uint32_t i, uint32_t attempt,
+                                      uint32_t e, sp_status_t status, const char *msg)
 {
     sp_dstage_t *sg = &d->stages[stage];
     sp_dtask_t *t = &sg->tasks[i];
@@ -485,8 +484,8 @@ static sp_status_t sp_drv_task_failed(sp__driver_t *d, uint32_t stage, uint32_t 
                         "%s task %u failed on bad input, which no retry can fix (attempt %u on "
                         "executor %u): %s",
                         sg->name, i, attempt, e, msg);
-    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sg->name, i, attempt,
-            e, t->failures, (long long)d->max_failures, msg);
+    sp_warn("%s task %u attempt %u failed on executor %u (%u of %lld): %s", sg->name, i, attempt, e,
+            t->failures, (long long)d->max_failures, msg);
     if (t->failures >= (uint32_t)d->max_failures)
         return SP_RAISE(status,
                         "%s task %u failed %u times (task.max_failures), most recent failure "
@@ -507,8 +506,7 @@ static bool sp_drv_map_needed(const sp__driver_t *d, uint32_t slot)
     if (d->graph != NULL)
         return true;
     return sp__sched_map_needed(s != NULL ? s->lengths : NULL, d->stages[SP_STAGE_REDUCE].sched,
-                                d->stages[SP_STAGE_REDUCE].ntasks,
-                                d->shuffles[0].sampling);
+                                d->stages[SP_STAGE_REDUCE].ntasks, d->shuffles[0].sampling);
 }
 
 static uint32_t sp_drv_starting_count(const sp__driver_t *d)
@@ -572,8 +570,7 @@ static sp_status_t sp_drv_exec_lost(sp__driver_t *d, uint32_t e, const char *why
             sp_status_t st;
             if (d->stages[s].sched[i].state != SP__SCHED_RUNNING || t->executor != e)
                 continue;
-            snprintf(msg, sizeof(msg), "%s while running %s task %u", cause, d->stages[s].name,
-                     i);
+            snprintf(msg, sizeof(msg), "%s while running %s task %u", cause, d->stages[s].name, i);
             st = sp_drv_task_failed(d, s, i, t->attempt, e, SP_ERR_PEER_LOST, msg);
             if (st != SP_OK && first == SP_OK) {
                 first = st;
@@ -895,8 +892,8 @@ static void sp_drv_result(sp__driver_t *d)
  * file (OUTPUT_MOVED); anything else is ignored then (an output lost or
  * replaced meanwhile).
  */
-static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, int32_t shuffle,
-                                       uint64_t index, const void *payload, size_t len, bool moved)
+static sp_status_t sp_drv_map_register(sp__driver_t *d, uint32_t e, int32_t shuffle, uint64_t index,
+                                       const void *payload, size_t len, bool moved)
 {
     sp_map_status_t *status;
     sp_dshuffle_t *sh;
@@ -1095,12 +1092,11 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         sp_warn("%s task %u on executor %u could not fetch its input: %s", sg->name, r.index, e,
                 r.message);
         if (++d->stage_attempts > (uint32_t)d->max_stage_attempts)
-            return SP_RAISE(
-                SP_ERR_FETCH_FAILED,
-                "the %s stage failed to fetch its input %u times (stage.max_attempts "
-                "%lld); last: %s",
-                d->graph != NULL ? sg->name : "reduce", d->stage_attempts,
-                (long long)d->max_stage_attempts, r.message);
+            return SP_RAISE(SP_ERR_FETCH_FAILED,
+                            "the %s stage failed to fetch its input %u times (stage.max_attempts "
+                            "%lld); last: %s",
+                            d->graph != NULL ? sg->name : "reduce", d->stage_attempts,
+                            (long long)d->max_stage_attempts, r.message);
         if (slot != UINT32_MAX)
             sp_drv_lose_map(d, slot, "a task could not fetch it");
         d->rep.stages[sg->kind].end_ns = 0;
@@ -1208,9 +1204,8 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, uint32_t s, uint32_t i, uint32
                                                               : SP_TASK_KIND_REDUCE,
                           .index = i,
                           .attempt = t->attempt,
-                          .sample_count = sg->shuffle >= 0
-                                              ? d->shuffles[sg->shuffle].sample_per_map
-                                              : 0,
+                          .sample_count =
+                              sg->shuffle >= 0 ? d->shuffles[sg->shuffle].sample_per_map : 0,
                           .stage = sg->gstage};
     void *buf = NULL;
     size_t len = 0;
@@ -1350,19 +1345,27 @@ static bool sp_drv_shuffle_complete(const sp__driver_t *d, uint32_t sh)
 }
 
 /* Whether every shuffle stage s's tasks read (as far as the driver knows) is complete. */
+/* The datasets graph stage s computes partitions of: an action's, or a shuffle's inputs. */
+static uint32_t sp_drv_stage_inputs(const sp__driver_t *d, const sp_dstage_t *s,
+                                    const sp_dataset_t *in[2])
+{
+    const sp__graph_shuffle_t *gs;
+
+    if (s->action >= 0) {
+        in[0] = d->graph->actions[s->action].ds;
+        return 1;
+    }
+    gs = &d->graph->shuffles[s->gstage];
+    in[0] = gs->inputs[0];
+    in[1] = gs->inputs[1];
+    return gs->inputs[1] != NULL ? 2 : 1;
+}
+
 static bool sp_drv_inputs_complete(const sp__driver_t *d, const sp_dstage_t *s)
 {
     const sp_dataset_t *in[2];
-    uint32_t n = 0;
+    uint32_t n = sp_drv_stage_inputs(d, s, in);
 
-    if (s->action >= 0) {
-        in[n++] = d->graph->actions[s->action].ds;
-    } else {
-        const sp__graph_shuffle_t *gs = &d->graph->shuffles[s->gstage];
-        in[n++] = gs->inputs[0];
-        if (gs->inputs[1] != NULL)
-            in[n++] = gs->inputs[1];
-    }
     for (uint32_t i = 0; i < n; i++) {
         int32_t sh = sp_drv_walk(d, in[i], UINT32_MAX, NULL);
         if (sh >= 0 && !sp_drv_shuffle_complete(d, (uint32_t)sh))
@@ -1378,22 +1381,14 @@ static bool sp_drv_inputs_complete(const sp__driver_t *d, const sp_dstage_t *s)
  */
 static void sp_drv_need(const sp__driver_t *d, uint32_t s, bool *need, bool *visited)
 {
-    const sp_dstage_t *sg = &d->stages[s];
     const sp_dataset_t *in[2];
-    uint32_t n = 0;
+    uint32_t n;
 
     if (visited[s])
         return;
     visited[s] = true;
     need[s] = true;
-    if (sg->action >= 0) {
-        in[n++] = d->graph->actions[sg->action].ds;
-    } else {
-        const sp__graph_shuffle_t *gs = &d->graph->shuffles[sg->gstage];
-        in[n++] = gs->inputs[0];
-        if (gs->inputs[1] != NULL)
-            in[n++] = gs->inputs[1];
-    }
+    n = sp_drv_stage_inputs(d, &d->stages[s], in);
     for (uint32_t i = 0; i < n; i++) {
         int32_t sh = sp_drv_walk(d, in[i], UINT32_MAX, NULL);
         if (sh < 0 || sp_drv_shuffle_complete(d, (uint32_t)sh))
@@ -1454,8 +1449,9 @@ static sp_status_t sp_drv_schedule_graph(sp__driver_t *d, bool *done_p)
             if (as->done < as->ntasks)
                 break;
             sp_info("action %u (%s of dataset %u) done", d->action,
-                    a->kind == SP__ACTION_SAVE ? "save" : a->kind == SP__ACTION_COUNT ? "count"
-                                                                                      : "collect",
+                    a->kind == SP__ACTION_SAVE    ? "save"
+                    : a->kind == SP__ACTION_COUNT ? "count"
+                                                  : "collect",
                     a->ds->id);
         } else {
             void *buf = NULL;
@@ -1926,22 +1922,22 @@ static sp_status_t sp_drv_plan_job(sp__driver_t *d)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for the stages");
     d->nshuffles = 1;
     sh = &d->shuffles[0];
-    *sh = (sp_dshuffle_t){.id = d->shuffle_id,
-                          .maps = d->plan.maps,
-                          .partitions = d->plan.partitions,
-                          .map_stage = SP_STAGE_MAP,
-                          .sample_stage = SP_STAGE_SAMPLE,
-                          .sample_per_map = d->plan.sample_per_map,
-                          .sampling = d->plan.partitioning == SP_JOB_RANGE &&
-                                      d->plan.partitions > 1,
-                          .compare = job->compare,
-                          .compare_arg = job->compare_arg};
+    *sh =
+        (sp_dshuffle_t){.id = d->shuffle_id,
+                        .maps = d->plan.maps,
+                        .partitions = d->plan.partitions,
+                        .map_stage = SP_STAGE_MAP,
+                        .sample_stage = SP_STAGE_SAMPLE,
+                        .sample_per_map = d->plan.sample_per_map,
+                        .sampling = d->plan.partitioning == SP_JOB_RANGE && d->plan.partitions > 1,
+                        .compare = job->compare,
+                        .compare_arg = job->compare_arg};
     d->nslots = d->plan.maps;
     if ((st = sp_drv_add_stage(d, SP_STAGE_SAMPLE, 0, 0, -1, sh->sampling ? d->plan.maps : 0,
                                "sample", &idx)) != SP_OK ||
         (st = sp_drv_add_stage(d, SP_STAGE_MAP, 0, 0, -1, d->plan.maps, "map", &idx)) != SP_OK ||
-        (st = sp_drv_add_stage(d, SP_STAGE_REDUCE, 0, 0, -1, d->plan.partitions, "reduce",
-                               &idx)) != SP_OK)
+        (st = sp_drv_add_stage(d, SP_STAGE_REDUCE, 0, 0, -1, d->plan.partitions, "reduce", &idx)) !=
+            SP_OK)
         return st;
     d->rep.maps = d->plan.maps;
     d->rep.partitions = d->plan.partitions;

@@ -119,7 +119,7 @@ typedef struct sp_executor {
     sp_map_status_t **own;   /* served[m]'s status as committed here */
     sp_block_store_t *bs;    /* storage memory: map outputs held in memory */
     uint64_t evictions_seen; /* sp_shuffle_outputs_evicted() when last looked at */
-    sp_key_t **bounds; /* per shuffle: range bounds, NULL until BOUNDS */
+    sp_key_t **bounds;       /* per shuffle: range bounds, NULL until BOUNDS */
     void **bounds_buf;
     uint32_t *nbounds;
     sp_task_item_t *head, *tail;
@@ -608,11 +608,10 @@ static sp_status_t sp_exec_graph_task(sp_executor_t *ex, const sp__msg_task_t *t
     if (t->kind == SP_TASK_KIND_REDUCE)
         sp_exec_fault_evict(ex);
     if (t->kind == SP_TASK_KIND_MAP && t->attempt > 0 &&
-        (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id + t->stage, t->index)) !=
-            SP_OK)
+        (st = sp_shuffle_remove_output(ex->conf, ex->job.shuffle_id + t->stage, t->index)) != SP_OK)
         goto out;
-    st = sp__graph_task_run(&env, t->stage, t->index, t->attempt,
-                            t->kind == SP_TASK_KIND_SAMPLE, t->sample_count, &out, &r->metrics);
+    st = sp__graph_task_run(&env, t->stage, t->index, t->attempt, t->kind == SP_TASK_KIND_SAMPLE,
+                            t->sample_count, &out, &r->metrics);
     if (st != SP_OK) {
         r->shuffle = out.missing_shuffle != UINT64_MAX ? (uint32_t)out.missing_shuffle
                      : out.failed_map != UINT64_MAX    ? out.failed_shuffle
@@ -625,8 +624,8 @@ static sp_status_t sp_exec_graph_task(sp_executor_t *ex, const sp__msg_task_t *t
     if (t->kind == SP_TASK_KIND_MAP) {
         sp_map_status_t *status = out.status;
         out.status = NULL;
-        st = sp_exec_keep_output(ex, ex->sbase[t->stage] + t->index, status, t->attempt,
-                                 payload_p, &r->payload_len);
+        st = sp_exec_keep_output(ex, ex->sbase[t->stage] + t->index, status, t->attempt, payload_p,
+                                 &r->payload_len);
     } else {
         *payload_p = out.payload;
         r->payload_len = out.payload_len;
@@ -985,8 +984,8 @@ static sp_status_t sp_exec_slot(const sp_executor_t *ex, uint64_t shuffle_id, ui
     uint64_t s = shuffle_id - ex->job.shuffle_id;
 
     if (shuffle_id < ex->job.shuffle_id || s >= ex->nshuffles || map_id >= ex->smaps[s])
-        return SP_RAISE(SP_ERR_BAD_FORMAT, "%s names shuffle %llu map %llu, not of this job",
-                        what, (unsigned long long)shuffle_id, (unsigned long long)map_id);
+        return SP_RAISE(SP_ERR_BAD_FORMAT, "%s names shuffle %llu map %llu, not of this job", what,
+                        (unsigned long long)shuffle_id, (unsigned long long)map_id);
     *slot_p = ex->sbase[s] + (uint32_t)map_id;
     return SP_OK;
 }
@@ -1103,8 +1102,7 @@ static sp_status_t sp_exec_on_map_output(sp_executor_t *ex, const void *buf, siz
 
     if ((st = sp_map_status_deserialize(buf, len, &status)) != SP_OK)
         return st;
-    if ((st = sp_exec_slot(ex, status->shuffle_id, status->map_id, "MAP_OUTPUT", &slot)) !=
-        SP_OK) {
+    if ((st = sp_exec_slot(ex, status->shuffle_id, status->map_id, "MAP_OUTPUT", &slot)) != SP_OK) {
         sp_map_status_destroy(status);
         return st;
     }

@@ -293,8 +293,7 @@ static sp_status_t sp_graph_split(sp_graph_file_t *files, size_t n, uint32_t wan
 }
 
 static sp_dataset_t *sp_graph_file_source(sp_graph_t *g, sp__ds_kind_t kind, const char *path,
-                                          uint32_t record_size, uint32_t key_size,
-                                          uint32_t splits)
+                                          uint32_t record_size, uint32_t key_size, uint32_t splits)
 {
     sp_graph_file_t *files = NULL;
     sp_job_split_t *sp = NULL;
@@ -359,8 +358,7 @@ sp_dataset_t *sp_graph_generate(sp_graph_t *graph, uint32_t partitions, sp_gener
     if (graph->status != SP_OK)
         return NULL;
     if (fn == NULL || partitions == 0 || partitions > SP__JOB_MAX_MAPS) {
-        sp_graph_fail(graph, SP_ERR_INVALID_PARAM,
-                      "generate: %s (partitions %u, 1 to %u allowed)",
+        sp_graph_fail(graph, SP_ERR_INVALID_PARAM, "generate: %s (partitions %u, 1 to %u allowed)",
                       fn == NULL ? "no function given" : "bad partition count", partitions,
                       SP__JOB_MAX_MAPS);
         return NULL;
@@ -372,8 +370,8 @@ sp_dataset_t *sp_graph_generate(sp_graph_t *graph, uint32_t partitions, sp_gener
     return ds;
 }
 
-sp_dataset_t *sp_graph_generate_sampled(sp_graph_t *graph, uint32_t partitions,
-                                        sp_generate_fn_t fn, sp_sample_fn_t sample, void *arg)
+sp_dataset_t *sp_graph_generate_sampled(sp_graph_t *graph, uint32_t partitions, sp_generate_fn_t fn,
+                                        sp_sample_fn_t sample, void *arg)
 {
     sp_dataset_t *ds = sp_graph_generate(graph, partitions, fn, arg);
 
@@ -466,8 +464,8 @@ static sp_dataset_t *sp_graph_wide(sp_dataset_t *left, sp_dataset_t *right, sp__
     sp_dataset_t *ds;
     uint64_t maps;
 
-    if (!sp_graph_ok(left) || (kind == SP__DS_COGROUP || kind == SP__DS_JOIN ? !sp_graph_ok(right)
-                                                                             : false))
+    if (!sp_graph_ok(left) ||
+        (kind == SP__DS_COGROUP || kind == SP__DS_JOIN ? !sp_graph_ok(right) : false))
         return NULL;
     g = left->graph;
     if (right != NULL && right->graph != g) {
@@ -560,8 +558,7 @@ sp_dataset_t *sp_ds_reduce_by_key(sp_dataset_t *ds, const sp_combiner_t *combine
     return out;
 }
 
-sp_dataset_t *sp_ds_group_by_key(sp_dataset_t *ds, uint32_t partitions, sp_group_fn_t fn,
-                                 void *arg)
+sp_dataset_t *sp_ds_group_by_key(sp_dataset_t *ds, uint32_t partitions, sp_group_fn_t fn, void *arg)
 {
     sp_dataset_t *out;
 
@@ -832,8 +829,9 @@ sp_status_t sp__graph_action_add(sp_graph_t *graph, uint32_t action, const void 
     }
     if (a->kind != SP__ACTION_COLLECT)
         return len == 0 ? SP_OK
-                        : SP_RAISE(SP_ERR_BAD_FORMAT, "%zu result bytes for action %u, which "
-                                                      "returns none",
+                        : SP_RAISE(SP_ERR_BAD_FORMAT,
+                                   "%zu result bytes for action %u, which "
+                                   "returns none",
                                    len, action);
     /* Check every record's lengths against the bytes there before keeping any. */
     while (off < len) {
@@ -853,8 +851,8 @@ sp_status_t sp__graph_action_add(sp_graph_t *graph, uint32_t action, const void 
     if (n == 0)
         return SP_OK;
     {
-        size_t keep = a->ncollected < a->limit ? (size_t)SP_MIN((uint64_t)n, a->limit - a->ncollected)
-                                               : 0;
+        size_t keep =
+            a->ncollected < a->limit ? (size_t)SP_MIN((uint64_t)n, a->limit - a->ncollected) : 0;
         unsigned char *bytes;
         size_t *offs, used = 0;
         if (keep == 0)

@@ -74,10 +74,10 @@ typedef struct sp__graph_shuffle {
     sp_dataset_t *inputs[2]; /* map side: the datasets written; inputs[1] NULL but for cogroup */
     uint32_t maps;           /* inputs' partitions, summed */
     uint32_t partitions;
-    sp_partitioner_t partitioner; /* GIVEN: the task runner picks (tagged, round robin) */
-    bool tagged;                  /* cogroup, join: one byte after the key names the input */
-    bool round_robin;             /* repartition */
-    bool key_ordering;            /* map side sorts by key (sort_by_key) */
+    sp_partitioner_t partitioner;  /* GIVEN: the task runner picks (tagged, round robin) */
+    bool tagged;                   /* cogroup, join: one byte after the key names the input */
+    bool round_robin;              /* repartition */
+    bool key_ordering;             /* map side sorts by key (sort_by_key) */
     const sp_combiner_t *combiner; /* map-side combine (reduce_by_key) */
     sp_read_order_t order;
     sp_key_compare_fn_t compare; /* sort_by_key's order, or the tagged order; NULL: bytes */
@@ -156,8 +156,7 @@ void sp__graph_map_input(const sp__graph_shuffle_t *shuffle, uint32_t index, uin
                          uint32_t *partition_p);
 
 /* Name of the block holding partition p of dataset ds in a run: "rdd_<run>_<ds>_<p>". */
-void sp__graph_block_id(const char *run_id, uint32_t ds, uint32_t partition, char *buf,
-                        size_t cap);
+void sp__graph_block_id(const char *run_id, uint32_t ds, uint32_t partition, char *buf, size_t cap);
 
 /* Driver side: an action's results from one task's payload (count: u64; collect: records). */
 sp_status_t sp__graph_action_add(sp_graph_t *graph, uint32_t action, const void *payload,
@@ -236,8 +235,8 @@ typedef struct sp__graph_stats {
  * and mm's block store for persisted datasets (created when mm has none):
  * the embedded form, and what the operation tests use. Runs the actions in
  * order; a stage whose shuffle is complete is skipped, a lost cached block
- * recomputed. *stats_p (may be NULL) says what ran. *graph_p (may be NULL) keeps the graph with the actions'
- * results; destroy it with sp__graph_destroy().
+ * recomputed. *stats_p (may be NULL) says what ran. *graph_p (may be NULL) keeps the graph with the
+ * actions' results; destroy it with sp__graph_destroy().
  */
 sp_status_t sp__graph_run_local(const sp_job_t *job, const sp_job_params_t *params,
                                 sp_memory_manager_t *mm, sp_job_result_t *result_p,

@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -41,12 +42,8 @@
  * The built-in jobs, in the order --help lists them.
  */
 static const sp_job_t *const sp_job_builtin_table[] = {
-    &sp__job_terasort,
-    &sp__job_wordcount,
-    &sp__job_shuffle,
-    &sp__job_pagerank,
-    &sp__job_join,
-    &sp__job_groupby,
+    &sp__job_terasort, &sp__job_wordcount, &sp__job_shuffle,
+    &sp__job_pagerank, &sp__job_join,      &sp__job_groupby,
 };
 
 /* Bytes of the descriptor spate reads of version 1: everything up to counter_names. */
@@ -97,7 +94,8 @@ static sp_status_t sp_job_check_descriptor(const char *path, const sp_job_t *job
                         "job plugin %s: built for job ABI version %u, this spate runs versions 1 "
                         "and %u; rebuild it against this spate's <spate/job.h>",
                         path, job->abi_version, SP_JOB_ABI_VERSION);
-    if (job->size < (job->abi_version == 1 ? SP_JOB_DESCRIPTOR_MIN_SIZE : SP_JOB_DESCRIPTOR_V2_SIZE))
+    if (job->size <
+        (job->abi_version == 1 ? SP_JOB_DESCRIPTOR_MIN_SIZE : SP_JOB_DESCRIPTOR_V2_SIZE))
         return SP_RAISE(SP_ERR_BAD_FORMAT,
                         "job plugin %s: descriptor size %u is smaller than the %zu bytes of "
                         "sp_job_t version %u (set .size = sizeof(sp_job_t))",
@@ -253,4 +251,24 @@ const char *sp_job_arg(const sp_job_params_t *params, const char *key)
             value = arg + key_len + 1;
     }
     return value;
+}
+
+sp_status_t sp_job_arg_u64(const sp_job_params_t *params, const char *key, uint64_t dflt,
+                           uint64_t max, uint64_t *value_p)
+{
+    const char *s = sp_job_arg(params, key);
+    unsigned long long v;
+    char *end;
+
+    if (s == NULL) {
+        *value_p = dflt;
+        return SP_OK;
+    }
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (s[0] < '0' || s[0] > '9' || *end != '\0' || errno != 0 || v > max)
+        return SP_RAISE(SP_ERR_INVALID_PARAM, "--job-arg %s=%s: want an integer from 0 to %" PRIu64,
+                        key, s, max);
+    *value_p = v;
+    return SP_OK;
 }

@@ -396,11 +396,12 @@ sp_status_t sp__msg_result_decode(const void *buf, size_t len, sp__msg_result_t 
         (st = sp__rbuf_get_u32(&r, "RESULT shuffle", &out.shuffle)) != SP_OK ||
         (st = sp__rbuf_get_u32(&r, "RESULT cached count", &out.ncached)) != SP_OK)
         return st;
-    if (out.ncached > SP_MSG_MAX_CACHED || (st = sp_check_count(&r, "RESULT cached", out.ncached,
-                                                                 4)) != SP_OK)
+    if (out.ncached > SP_MSG_MAX_CACHED ||
+        (st = sp_check_count(&r, "RESULT cached", out.ncached, 4)) != SP_OK)
         return st != SP_OK ? st
-                           : SP_RAISE(SP_ERR_BAD_FORMAT, "RESULT names %u cached blocks, at most "
-                                                         "%u",
+                           : SP_RAISE(SP_ERR_BAD_FORMAT,
+                                      "RESULT names %u cached blocks, at most "
+                                      "%u",
                                       out.ncached, SP_MSG_MAX_CACHED);
     for (uint32_t i = 0; i < out.ncached; i++)
         if ((st = sp__rbuf_get_u32(&r, "RESULT cached", &out.cached[i])) != SP_OK)

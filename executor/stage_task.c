@@ -61,9 +61,9 @@ struct sp_emitter {
     const sp_dataset_t *next; /* the operation they go to; NULL: the sink */
     uint32_t partition;
     uint64_t emitted;
-    void *state;   /* next's map_partitions state */
-    bool started;  /* next's begin ran */
-    bool tee;      /* ds is persisted and computed here: keep its records */
+    void *state;  /* next's map_partitions state */
+    bool started; /* next's begin ran */
+    bool tee;     /* ds is persisted and computed here: keep its records */
     sp_gbuf_t block;
 };
 
@@ -322,10 +322,7 @@ uint32_t sp_emitter_partition(const sp_emitter_t *out) { return out->partition; 
 
 uint32_t sp_emitter_partitions(const sp_emitter_t *out) { return out->ds->partitions; }
 
-const sp_job_params_t *sp_emitter_params(const sp_emitter_t *out)
-{
-    return out->task->env->params;
-}
+const sp_job_params_t *sp_emitter_params(const sp_emitter_t *out) { return out->task->env->params; }
 
 void sp_emitter_counter_add(sp_emitter_t *out, unsigned id, uint64_t value)
 {
@@ -666,9 +663,9 @@ static sp_status_t sp_gt_read_groups(sp_gtask_t *t, const sp_dataset_t *ds)
             st = ds->group_fn(out, r.key.data, kl, &values, ds->arg);
         } else {
             sp_values_t left = {&r, 0}, right = {&r, 1};
-            st = ds->kind == SP__DS_JOIN ? sp_gt_join(out, r.key.data, kl, &left, &right, ds)
-                                         : ds->cogroup_fn(out, r.key.data, kl, &left, &right,
-                                                          ds->arg);
+            st = ds->kind == SP__DS_JOIN
+                     ? sp_gt_join(out, r.key.data, kl, &left, &right, ds)
+                     : ds->cogroup_fn(out, r.key.data, kl, &left, &right, ds->arg);
         }
         if (r.err == SP_OK && st == SP_OK)
             sp_gread_skip_group(&r);
@@ -700,8 +697,8 @@ static sp_status_t sp_gt_read_combined(sp_gtask_t *t, const sp_dataset_t *ds)
             break;
         t->records_in += more;
         if (more && have && kl == key.len && (kl == 0 || memcmp(k, key.data, kl) == 0)) {
-            size_t need = c->combine(c->arg, key.data, key.len, val.data, val.len, v, vl,
-                                     tmp.data, tmp.cap);
+            size_t need =
+                c->combine(c->arg, key.data, key.len, val.data, val.len, v, vl, tmp.data, tmp.cap);
             if (need > tmp.cap) {
                 tmp.len = 0;
                 if ((st = sp_gbuf_reserve(&tmp, need)) != SP_OK)
@@ -789,8 +786,7 @@ static sp_status_t sp_gt_read_shuffle(sp_gtask_t *t, const sp_dataset_t *ds)
             const void *k, *v;
             size_t kl, vl;
             bool more;
-            if ((st = sp_shuffle_reader_next(t->reader, &k, &kl, &v, &vl, &more)) != SP_OK ||
-                !more)
+            if ((st = sp_shuffle_reader_next(t->reader, &k, &kl, &v, &vl, &more)) != SP_OK || !more)
                 break;
             t->records_in++;
             if ((st = sp_emit(&t->em[0], k, kl, v, vl)) != SP_OK)
@@ -860,8 +856,8 @@ static sp_status_t sp_gt_chain(sp_gtask_t *t, const sp_dataset_t *out, sp_block_
         em->next = i + 1 < n ? t->em[i + 1].ds : NULL;
         em->partition = t->partition;
         /* A persisted dataset computed here is kept, unless its block is the root's. */
-        em->tee = ds->persisted && env->blocks != NULL && !(i == 0 && *block_p != NULL) &&
-                  !t->sampling;
+        em->tee =
+            ds->persisted && env->blocks != NULL && !(i == 0 && *block_p != NULL) && !t->sampling;
         ds = ds->parent;
     }
     return SP_OK;
@@ -904,7 +900,8 @@ static void sp_gt_cache(sp_gtask_t *t)
         if (!em->tee)
             continue;
         sp__graph_block_id(env->run_id, em->ds->id, t->partition, id, sizeof(id));
-        st = sp_block_store_put(env->blocks, id, em->block.data != NULL ? (const void *)em->block.data : "",
+        st = sp_block_store_put(env->blocks, id,
+                                em->block.data != NULL ? (const void *)em->block.data : "",
                                 em->block.len, em->ds->level);
         if (st == SP_OK || st == SP_ERR_EXISTS) {
             if (t->out_p->cached < SP__GRAPH_MAX_CACHED)
@@ -1002,9 +999,7 @@ static sp_status_t sp_gt_close_sink(sp_gtask_t *t, sp__task_metrics_t *metrics)
         return SP_OK;
     }
     switch (t->action->kind) {
-    case SP__ACTION_SAVE:
-        metrics->bytes_out = t->out.bytes;
-        return sp__part_file_commit(&t->out);
+    case SP__ACTION_SAVE: metrics->bytes_out = t->out.bytes; return sp__part_file_commit(&t->out);
     case SP__ACTION_COUNT:
         if ((o->payload = sp__malloc(8)) == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for a count");

@@ -55,21 +55,12 @@ typedef struct sp_join_conf {
 
 static sp_status_t sp_join_column_arg(const sp_job_params_t *p, const char *key, uint32_t *v_p)
 {
-    const char *s = sp_job_arg(p, key);
-    unsigned long v;
-    char *end;
+    uint64_t v;
+    sp_status_t st = sp_job_arg_u64(p, key, 0, SP_JOIN_KEY_MAX, &v);
 
-    *v_p = 0;
-    if (s == NULL)
-        return SP_OK;
-    errno = 0;
-    v = strtoul(s, &end, 10);
-    if (s[0] < '0' || s[0] > '9' || *end != '\0' || errno != 0 || v > SP_JOIN_KEY_MAX)
-        return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "join: --job-arg %s=%s: want a 0-based column number from 0 to %u", key, s,
-                        SP_JOIN_KEY_MAX);
-    *v_p = (uint32_t)v;
-    return SP_OK;
+    if (st == SP_OK)
+        *v_p = (uint32_t)v;
+    return st;
 }
 
 static sp_status_t sp_join_conf_parse(const sp_job_params_t *p, sp_join_conf_t *c)

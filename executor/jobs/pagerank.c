@@ -79,35 +79,14 @@ typedef struct sp_pr_conf {
     uint64_t seed;
 } sp_pr_conf_t;
 
-static sp_status_t sp_pr_u64_arg(const sp_job_params_t *p, const char *key, uint64_t def,
-                                 uint64_t max, uint64_t *v_p)
-{
-    const char *s = sp_job_arg(p, key);
-    unsigned long long v;
-    char *end;
-
-    if (s == NULL) {
-        *v_p = def;
-        return SP_OK;
-    }
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    if (s[0] < '0' || s[0] > '9' || *end != '\0' || errno != 0 || v > max)
-        return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "pagerank: --job-arg %s=%s: want an integer from 0 to %" PRIu64, key, s,
-                        max);
-    *v_p = v;
-    return SP_OK;
-}
-
 static sp_status_t sp_pr_conf_parse(const sp_job_params_t *p, sp_pr_conf_t *c)
 {
     const char *d = sp_job_arg(p, "damping");
     uint64_t iterations = 0;
     sp_status_t st;
 
-    if ((st = sp_pr_u64_arg(p, "iterations", 10, SP_PR_ITERATIONS_MAX, &iterations)) != SP_OK ||
-        (st = sp_pr_u64_arg(p, "seed", 0, UINT64_MAX, &c->seed)) != SP_OK)
+    if ((st = sp_job_arg_u64(p, "iterations", 10, SP_PR_ITERATIONS_MAX, &iterations)) != SP_OK ||
+        (st = sp_job_arg_u64(p, "seed", 0, UINT64_MAX, &c->seed)) != SP_OK)
         return st;
     c->iterations = (uint32_t)iterations;
     c->damping = 0.85;

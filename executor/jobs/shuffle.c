@@ -72,27 +72,6 @@ typedef struct sp_shuf_args {
     sp_read_order_t order;
 } sp_shuf_args_t;
 
-static sp_status_t sp_shuf_u64(const sp_job_params_t *params, const char *key, uint64_t dflt,
-                               uint64_t max, uint64_t *value_p)
-{
-    const char *text = sp_job_arg(params, key);
-    unsigned long long v;
-    char *end;
-
-    if (text == NULL) {
-        *value_p = dflt;
-        return SP_OK;
-    }
-    errno = 0;
-    v = strtoull(text, &end, 0);
-    if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || v > max)
-        return SP_RAISE(SP_ERR_INVALID_PARAM,
-                        "shuffle: --job-arg %s=%s is not a number from 0 to %" PRIu64, key, text,
-                        max);
-    *value_p = v;
-    return SP_OK;
-}
-
 static sp_status_t sp_shuf_args(const sp_job_params_t *params, sp_shuf_args_t *a)
 {
     const char *text;
@@ -100,16 +79,17 @@ static sp_status_t sp_shuf_args(const sp_job_params_t *params, sp_shuf_args_t *a
     sp_status_t st;
 
     memset(a, 0, sizeof(*a));
-    if ((st = sp_shuf_u64(params, "key_size", 10, SP_SHUF_MAX_KEY, &a->key_size)) != SP_OK ||
-        (st = sp_shuf_u64(params, "value_size", 90, SP_SHUF_MAX_VALUE, &a->value_size)) != SP_OK ||
-        (st = sp_shuf_u64(params, "maps", 0, UINT32_MAX, &a->maps)) != SP_OK ||
-        (st = sp_shuf_u64(params, "seed", 0, UINT64_MAX, &a->seed)) != SP_OK)
+    if ((st = sp_job_arg_u64(params, "key_size", 10, SP_SHUF_MAX_KEY, &a->key_size)) != SP_OK ||
+        (st = sp_job_arg_u64(params, "value_size", 90, SP_SHUF_MAX_VALUE, &a->value_size)) !=
+            SP_OK ||
+        (st = sp_job_arg_u64(params, "maps", 0, UINT32_MAX, &a->maps)) != SP_OK ||
+        (st = sp_job_arg_u64(params, "seed", 0, UINT64_MAX, &a->seed)) != SP_OK)
         return st;
     if (a->key_size == 0)
         return SP_RAISE(SP_ERR_INVALID_PARAM, "shuffle: key_size must be at least 1");
     dflt = params->size > 0 ? SP_MAX(params->size / (a->key_size + a->value_size), 1)
                             : SP_SHUF_DEFAULT_RECORDS;
-    if ((st = sp_shuf_u64(params, "records", dflt, UINT64_MAX, &a->records)) != SP_OK)
+    if ((st = sp_job_arg_u64(params, "records", dflt, UINT64_MAX, &a->records)) != SP_OK)
         return st;
 
     if ((text = sp_job_arg(params, "skew")) != NULL) {

@@ -2,9 +2,9 @@
  * The terasort job: sorts 100-byte records by their 10-byte keys, the sort
  * benchmark's way. A graph job (<spate/graph.h>): a generated source (one
  * partition per split, with a cheap sampler) -> sort_by_key -> a
- * map_partitions that checks and checksums the sorted records -> save. Input is either generated inside the map tasks (--size:
- * gensort 1.5 records, record n of the whole data set the same whichever
- * task makes it, so the data set equals `gensort -b0 N`) or read from
+ * map_partitions that checks and checksums the sorted records -> save. Input is either generated
+ * inside the map tasks (--size: gensort 1.5 records, record n of the whole data set the same
+ * whichever task makes it, so the data set equals `gensort -b0 N`) or read from
  * --input (a directory of such files, or one file). Records are range
  * partitioned on bounds cut from a sample (a few keys per split, made by
  * skip-ahead for generated input, so sampling costs microseconds), sorted by

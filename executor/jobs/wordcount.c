@@ -570,14 +570,13 @@ static sp_status_t sp_wc_source(sp_emitter_t *out, uint32_t partition, uint32_t 
 
     SP_UNUSED(partitions);
     if (split->path != NULL) {
-        status = sp__wordcount_scan(split->path, split->offset, split->length, sp_wc_emit, &m,
-                                    &bytes);
+        status =
+            sp__wordcount_scan(split->path, split->offset, split->length, sp_wc_emit, &m, &bytes);
     } else if (w->params->input == NULL && split->length > 0) {
-        status = w->vocab > 0 ? sp_wc_generate_uniform(sp_wc_emit, &m, w->seed,
-                                                       (uint32_t)w->vocab, split->offset,
-                                                       split->length)
-                              : sp_wc_generate(sp_wc_emit, &m, w->seed, split->offset,
-                                               split->length);
+        status = w->vocab > 0
+                     ? sp_wc_generate_uniform(sp_wc_emit, &m, w->seed, (uint32_t)w->vocab,
+                                              split->offset, split->length)
+                     : sp_wc_generate(sp_wc_emit, &m, w->seed, split->offset, split->length);
         bytes = split->length;
     } /* else: the empty split of an empty input */
     if (status != SP_OK)

@@ -74,8 +74,8 @@ SP_API bool sp_values_next(sp_values_t *values, const void **value_p, size_t *le
 typedef sp_status_t (*sp_record_fn_t)(sp_emitter_t *out, const void *key, size_t key_len,
                                       const void *value, size_t value_len, void *arg);
 /** filter: true keeps the record. */
-typedef bool (*sp_filter_fn_t)(const void *key, size_t key_len, const void *value,
-                               size_t value_len, void *arg);
+typedef bool (*sp_filter_fn_t)(const void *key, size_t key_len, const void *value, size_t value_len,
+                               void *arg);
 /** map_partitions: begin once per partition (state for the task), each record, end. */
 typedef struct sp_partition_fns {
     sp_status_t (*begin)(sp_emitter_t *out, void **state_p, void *arg); /**< may be NULL */
@@ -96,8 +96,8 @@ typedef sp_status_t (*sp_group_fn_t)(sp_emitter_t *out, const void *key, size_t 
 typedef sp_status_t (*sp_cogroup_fn_t)(sp_emitter_t *out, const void *key, size_t key_len,
                                        sp_values_t *left, sp_values_t *right, void *arg);
 /** generate: the records of one partition of a generated source. */
-typedef sp_status_t (*sp_generate_fn_t)(sp_emitter_t *out, uint32_t partition,
-                                        uint32_t partitions, void *arg);
+typedef sp_status_t (*sp_generate_fn_t)(sp_emitter_t *out, uint32_t partition, uint32_t partitions,
+                                        void *arg);
 /**
  * A generated source's sample: about count records (values ignored) whose
  * keys are spread over partition's like a random sample, made cheaper than
@@ -139,8 +139,8 @@ SP_API sp_dataset_t *sp_graph_text(sp_graph_t *graph, const char *path, uint32_t
 SP_API sp_dataset_t *sp_graph_records(sp_graph_t *graph, const char *path, uint32_t record_size,
                                       uint32_t key_size, uint32_t splits);
 /** partitions partitions, each filled by fn (which must give the same records every time). */
-SP_API sp_dataset_t *sp_graph_generate(sp_graph_t *graph, uint32_t partitions,
-                                       sp_generate_fn_t fn, void *arg);
+SP_API sp_dataset_t *sp_graph_generate(sp_graph_t *graph, uint32_t partitions, sp_generate_fn_t fn,
+                                       void *arg);
 
 /**
  * A generated source with a sampler: when sort_by_key sorts this dataset
@@ -259,7 +259,8 @@ typedef struct sp_rec_field {
  */
 SP_API size_t sp_rec_tuple_pack(void *buf, size_t cap, const sp_rec_field_t *fields, size_t count);
 /** Field index of a packed tuple; false when the tuple is malformed or shorter. */
-SP_API bool sp_rec_tuple_field(const void *tuple, size_t len, size_t index, sp_rec_field_t *field_p);
+SP_API bool sp_rec_tuple_field(const void *tuple, size_t len, size_t index,
+                               sp_rec_field_t *field_p);
 
 #ifdef __cplusplus
 }

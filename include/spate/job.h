@@ -181,6 +181,14 @@ SP_API sp_status_t sp_job_fail(sp_status_t status, const char *fmt, ...) SP_PRIN
  */
 SP_API const char *sp_job_arg(const sp_job_params_t *params, const char *key);
 
+/**
+ * Value of --job-arg key as an integer from 0 to max (decimal), or dflt when
+ * absent. SP_ERR_INVALID_PARAM, naming the argument and the range, for
+ * anything else (signs, other bases, trailing text, overflow).
+ */
+SP_API sp_status_t sp_job_arg_u64(const sp_job_params_t *params, const char *key, uint64_t dflt,
+                                  uint64_t max, uint64_t *value_p);
+
 /** Name of the function a plugin exports. */
 #define SP_JOB_DESCRIPTOR_SYMBOL "sp_job_descriptor"
 

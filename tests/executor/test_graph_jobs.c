@@ -26,6 +26,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include "job_env_util.h"
 #include <dirent.h>
 #include <inttypes.h>
 #include <math.h>
@@ -181,10 +182,7 @@ static void expect_lines_equal(lines_t *got, lines_t *want, const char *what)
 
 /* ---- an executor's memory for sp__graph_run_local ---- */
 
-typedef struct env {
-    sp_conf_t *conf;
-    sp_memory_manager_t *mm;
-} env_t;
+typedef je_env_t env_t;
 
 /*
  * 256 MiB of 64 KiB pages, or (tiny, a size such as "2m") so little memory in 16 KiB pages
@@ -192,31 +190,13 @@ typedef struct env {
  */
 static void env_open(env_t *e, const char *tiny)
 {
-    char shuffle[300];
-
-    path_of(shuffle, sizeof(shuffle), "shuffle");
-    sh("mkdir -p %s", shuffle);
-    assert_int_equal(sp_conf_create(&e->conf), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.executor", tiny != NULL ? tiny : "256m"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.reserved", "0"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.fraction", "1"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.page_size", tiny != NULL ? "16k" : "64k"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.numa_bind", "false"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "shuffle.local_dirs", shuffle), SP_OK);
+    je_env_open(e, dir, tiny != NULL ? tiny : "256m", tiny != NULL ? "16k" : "64k");
     if (tiny != NULL)
         assert_int_equal(sp_conf_set(e->conf, "shuffle.spill_buffer", "16k"), SP_OK);
-    assert_int_equal(sp_memory_manager_create(e->conf, NULL, 0, &e->mm), SP_OK);
+    je_env_start(e);
 }
 
-static void env_close(env_t *e)
-{
-    char shuffle[300];
-
-    sp_memory_manager_destroy(e->mm);
-    sp_conf_destroy(e->conf);
-    path_of(shuffle, sizeof(shuffle), "shuffle");
-    sh("rm -rf %s", shuffle);
-}
+static void env_close(env_t *e) { je_env_close(e); }
 
 /* A fresh input directory name (emptied) and output directory name (removed). */
 static void fresh_dirs(char *in, char *out, size_t cap, const char *name)

@@ -19,6 +19,7 @@
 #include "common_int.h"
 #include "executor/executor_int.h"
 #include "run_test_util.h"
+#include "job_env_util.h"
 
 #include <inttypes.h>
 
@@ -100,31 +101,15 @@ static const sp_job_t test_job = {
 
 /* ---- an executor's parts for sp__job_run_serial ---- */
 
-typedef struct env {
-    sp_conf_t *conf;
-    sp_memory_manager_t *mm;
-} env_t;
+typedef je_env_t env_t;
 
 static void env_open(env_t *e)
 {
-    char shuffle[300];
-
-    rt_path(shuffle, sizeof(shuffle), dir, "shuffle");
-    assert_int_equal(mkdir(shuffle, 0700) == 0 || errno == EEXIST, 1);
-    assert_int_equal(sp_conf_create(&e->conf), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.executor", "64m"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.reserved", "0"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.page_size", "64k"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.numa_bind", "false"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "shuffle.local_dirs", shuffle), SP_OK);
-    assert_int_equal(sp_memory_manager_create(e->conf, NULL, 0, &e->mm), SP_OK);
+    je_env_open(e, dir, "64m", "64k");
+    je_env_start(e);
 }
 
-static void env_close(env_t *e)
-{
-    sp_memory_manager_destroy(e->mm);
-    sp_conf_destroy(e->conf);
-}
+static void env_close(env_t *e) { je_env_close(e); }
 
 /* Runs test_job serially into dir/out with the given flaw; returns its status. */
 static sp_status_t run_serial(bad_t flaw, sp_job_partitioning_t how, char *out, size_t cap)

@@ -16,6 +16,7 @@
 #include "common_int.h"
 #include "executor/executor_int.h"
 #include "run_test_util.h"
+#include "job_env_util.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -62,38 +63,17 @@ static void path_of(char *buf, size_t cap, const char *name)
     snprintf(buf, cap, "%s/%s", dir, name);
 }
 
-/* ---- an executor's parts for sp__job_run_serial ---- */
+/* ---- an executor's parts for sp__job_run_serial (job_env_util.h) ---- */
 
-typedef struct env {
-    sp_conf_t *conf;
-    sp_memory_manager_t *mm;
-} env_t;
+typedef je_env_t env_t;
 
 static void env_open(env_t *e, const char *executor)
 {
-    char shuffle[300];
-
-    path_of(shuffle, sizeof(shuffle), "shuffle");
-    sh("mkdir -p %s", shuffle);
-    assert_int_equal(sp_conf_create(&e->conf), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.executor", executor), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.reserved", "0"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.fraction", "1"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.page_size", "64k"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "memory.numa_bind", "false"), SP_OK);
-    assert_int_equal(sp_conf_set(e->conf, "shuffle.local_dirs", shuffle), SP_OK);
-    assert_int_equal(sp_memory_manager_create(e->conf, NULL, 0, &e->mm), SP_OK);
+    je_env_open(e, dir, executor, "64k");
+    je_env_start(e);
 }
 
-static void env_close(env_t *e)
-{
-    char shuffle[300];
-
-    sp_memory_manager_destroy(e->mm);
-    sp_conf_destroy(e->conf);
-    path_of(shuffle, sizeof(shuffle), "shuffle");
-    sh("rm -rf %s", shuffle);
-}
+static void env_close(env_t *e) { je_env_close(e); }
 
 static sp_job_params_t params_of(const env_t *e, const char *const *args, size_t nargs)
 {

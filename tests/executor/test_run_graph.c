@@ -80,8 +80,8 @@ static char **reference(size_t *n_p)
         for (uint32_t i = 0; i < RECORDS; i++, n++) {
             uint64_t r = mix(1 ^ ((uint64_t)p << 32 | i));
             assert_true(asprintf(&lines[n], "k%03u\t%llu", (unsigned)(r % KEYS),
-                                 (unsigned long long)(sums[r % KEYS] * 3 +
-                                                      (r >> 16) % 1000000)) > 0);
+                                 (unsigned long long)(sums[r % KEYS] * 3 + (r >> 16) % 1000000)) >
+                        0);
         }
     qsort(lines, PARTS * RECORDS, sizeof(*lines), line_cmp);
     *n_p = PARTS * RECORDS;
@@ -212,12 +212,11 @@ static void test_run_graph_under_mpirun(void **state)
     rt_free(&run);
     tf_dirs_fresh(&dirs);
     setenv("OMPI_MCA_btl", "self,vader,tcp", 1);
-    run = rt_spawn_env(
-        (const char *const[]){"mpiexec", "-n", "2", "--oversubscribe", cli, "run",
-                              getenv("SPATE_GRAPH_PLUGIN"), "--output", dirs.out, "--json",
-                              dirs.json, "--conf", dirs.local_conf, "--no-progress",
-                              "--no-baseline", NULL},
-        NULL, RT_TIMEOUT_S);
+    run = rt_spawn_env((const char *const[]){"mpiexec", "-n", "2", "--oversubscribe", cli, "run",
+                                             getenv("SPATE_GRAPH_PLUGIN"), "--output", dirs.out,
+                                             "--json", dirs.json, "--conf", dirs.local_conf,
+                                             "--no-progress", "--no-baseline", NULL},
+                       NULL, RT_TIMEOUT_S);
     rep = expect_ok(&run);
     assert_int_equal(rt_json_int(rep, "executors.1.id"), 1);
     json_decref(rep);
@@ -246,13 +245,14 @@ static void local_run(const char *job_name, const char *input, const char *const
     assert_int_equal(sp_conf_set(conf, "memory.numa_bind", "false"), SP_OK);
     assert_int_equal(sp_conf_set(conf, "shuffle.local_dirs", local), SP_OK);
     assert_int_equal(sp_memory_manager_create(conf, NULL, 0, &mm), SP_OK);
-    st = sp__graph_run_local(job, &(sp_job_params_t){.input = input,
-                                                     .output = out,
-                                                     .slots = 2,
-                                                     .executors = 1,
-                                                     .args = args,
-                                                     .nargs = nargs,
-                                                     .conf = conf},
+    st = sp__graph_run_local(job,
+                             &(sp_job_params_t){.input = input,
+                                                .output = out,
+                                                .slots = 2,
+                                                .executors = 1,
+                                                .args = args,
+                                                .nargs = nargs,
+                                                .conf = conf},
                              mm, NULL, NULL, NULL);
     if (st != SP_OK)
         fail_msg("%s in process: %s", job_name, sp_last_error());
@@ -331,8 +331,8 @@ static void write_edges(const char *path)
     fprintf(f, "# random edges\n");
     for (uint64_t i = 0; i < 3000; i++) {
         uint64_t r = mix(i * 7919 + 13);
-        unsigned src = (unsigned)(r % 400), dst = (unsigned)((r >> 20) % 10 < 3 ? (r >> 32) % 5
-                                                                                 : (r >> 32) % 400);
+        unsigned src = (unsigned)(r % 400),
+                 dst = (unsigned)((r >> 20) % 10 < 3 ? (r >> 32) % 5 : (r >> 32) % 400);
         fprintf(f, "p%u p%u\n", src, dst);
     }
     fclose(f);

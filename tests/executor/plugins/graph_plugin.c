@@ -127,8 +127,8 @@ static sp_status_t gt_build(sp_graph_t *g, const sp_job_params_t *p)
     gt.seed = gt_arg(p, "seed", 1);
     gt.slow_ms = (unsigned)gt_arg(p, "slow_ms", 0);
     gt.level = level == NULL || strcmp(level, "memory") == 0 ? SP_STORAGE_MEMORY
-               : strcmp(level, "disk") == 0                 ? SP_STORAGE_DISK
-                                                            : SP_STORAGE_MEMORY_AND_DISK;
+               : strcmp(level, "disk") == 0                  ? SP_STORAGE_DISK
+                                                             : SP_STORAGE_MEMORY_AND_DISK;
     if (gt.keys == 0 || gt.parts == 0)
         return sp_job_fail(SP_ERR_INVALID_PARAM, "graphtest: keys and parts must be positive");
     a = sp_ds_persist(sp_graph_generate(g, gt.parts, gt_generate, NULL), gt.level);
@@ -159,11 +159,10 @@ static sp_status_t gt_finish(const sp_graph_t *g, const sp_job_params_t *p,
         got += sp_rec_get_u64(v);
     }
     if (sp_graph_count_result(g, gt_count_action) != (uint64_t)gt.parts * gt.records || got != want)
-        return sp_job_fail(SP_ERR_INTERNAL,
-                           "graphtest: count %" PRIu64 " (want %" PRIu64 "), sums %" PRIu64
-                           " (want %" PRIu64 ")",
-                           sp_graph_count_result(g, gt_count_action),
-                           (uint64_t)gt.parts * gt.records, got, want);
+        return sp_job_fail(
+            SP_ERR_INTERNAL,
+            "graphtest: count %" PRIu64 " (want %" PRIu64 "), sums %" PRIu64 " (want %" PRIu64 ")",
+            sp_graph_count_result(g, gt_count_action), (uint64_t)gt.parts * gt.records, got, want);
     fprintf(report, "graphtest: %" PRIu64 " records, %zu keys, sum %" PRIu64 ", as generated\n",
             sp_graph_count_result(g, gt_count_action), n, got);
     return SP_OK;
