@@ -329,13 +329,21 @@ static void sp_drv_lose_map(sp__driver_t *d, uint32_t slot, const char *why)
 /* Graph jobs: cached partitions and what a stage reads                      */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * What the driver knows of a persisted partition: 0 never cached, e + 1
+ * cached on executor e, SP_DRV_LOST cached once and lost since (its
+ * executor was lost, or a task found it evicted): caching it again is a
+ * recomputation, which the report counts.
+ */
+#define SP_DRV_LOST UINT32_MAX
+
 /* Executor e's cached partitions are gone with it. */
 static void sp_drv_forget_cached(sp__driver_t *d, uint32_t e)
 {
     for (uint32_t i = 0; d->graph != NULL && i < d->graph->ndatasets; i++)
         for (uint32_t p = 0; d->cached[i] != NULL && p < d->graph->datasets[i]->partitions; p++)
             if (d->cached[i][p] == e + 1)
-                d->cached[i][p] = 0;
+                d->cached[i][p] = SP_DRV_LOST;
 }
 
 /* Whether every partition of ds is cached on a ready executor. */
@@ -346,7 +354,7 @@ static bool sp_drv_cached_all(const sp__driver_t *d, const sp_dataset_t *ds)
     if (loc == NULL)
         return false;
     for (uint32_t p = 0; p < ds->partitions; p++)
-        if (loc[p] == 0 || d->execs[loc[p] - 1].state != SP_DEXEC_READY)
+        if (loc[p] == 0 || loc[p] == SP_DRV_LOST || d->execs[loc[p] - 1].state != SP_DEXEC_READY)
             return false;
     return true;
 }
@@ -383,7 +391,7 @@ static int32_t sp_drv_walk(const sp__driver_t *d, const sp_dataset_t *ds, uint32
     for (;;) {
         const uint32_t *loc = d->cached[ds->id];
         if (ds->persisted && partition != UINT32_MAX && loc != NULL && loc[partition] != 0 &&
-            d->execs[loc[partition] - 1].state == SP_DEXEC_READY) {
+            loc[partition] != SP_DRV_LOST && d->execs[loc[partition] - 1].state == SP_DEXEC_READY) {
             if (holder_p != NULL)
                 *holder_p = loc[partition] - 1;
             return -1;
@@ -405,8 +413,8 @@ static void sp_drv_uncache_task(sp__driver_t *d, const sp_dstage_t *s, uint32_t 
     const sp_dataset_t *ds = sp_drv_task_input(d, s, i, &p);
 
     for (; ds != NULL; ds = ds->shuffle >= 0 ? NULL : ds->parent)
-        if (ds->persisted && d->cached[ds->id] != NULL)
-            d->cached[ds->id][p] = 0;
+        if (ds->persisted && d->cached[ds->id] != NULL && d->cached[ds->id][p] != 0)
+            d->cached[ds->id][p] = SP_DRV_LOST;
 }
 
 /* Records the blocks task i of stage s put in executor e's block store. */
@@ -427,6 +435,8 @@ static sp_status_t sp_drv_note_cached(sp__driver_t *d, const sp_dstage_t *s, uin
         if (d->cached[id] == NULL &&
             (d->cached[id] = sp__calloc(ds->partitions, sizeof(uint32_t))) == NULL)
             return SP_RAISE(SP_ERR_NOMEM, "no memory for the cache map of dataset %u", id);
+        if (d->cached[id][p] == SP_DRV_LOST)
+            d->rep.blocks_recomputed++;
         d->cached[id][p] = e + 1;
         d->rep.blocks_cached++;
     }

@@ -107,7 +107,8 @@ typedef struct sp__driver_report {
     uint64_t cpu_ns, core_ns;
     uint32_t maps, partitions;
     uint32_t graph_stages;  /* graph jobs: the graph's stages (0: a two-stage job) */
-    uint32_t blocks_cached; /* graph jobs: partitions put in executors' block stores */
+    uint32_t blocks_cached;     /* graph jobs: partitions put in executors' block stores */
+    uint32_t blocks_recomputed; /* of those, partitions cached again after they were lost */
     char error[1024]; /* why the run failed; empty when it succeeded */
 } sp__driver_report_t;
 

@@ -376,6 +376,8 @@ static void test_run_pagerank_on_executors(void **state)
     rep = rt_json_load(dirs.json);
     assert_int_equal(rt_json_int(rep, "recovery.executors_lost"), 1);
     assert_true(rt_json_int(rep, "recovery.maps_recomputed") > 0);
+    /* The links the lost executor cached were computed and cached again. */
+    assert_true(rt_json_int(rep, "graph.blocks_recomputed") > 0);
     json_decref(rep);
     rt_free(&run);
     rt_rmtree(ref);
