@@ -176,6 +176,7 @@ struct sp__driver {
     uint32_t action;        /* the action running now */
     uint32_t *action_stage; /* per action: its stage */
     uint32_t **cached;      /* per dataset (persisted ones): per partition the holder + 1; 0 none */
+    uint32_t skips_counted; /* the action (+ 1) whose skipped stages are counted */
 
     uint64_t next_task_id;
     uint64_t heartbeat_timeout_ns;
@@ -1409,6 +1410,32 @@ static void sp_drv_need(const sp__driver_t *d, uint32_t s, bool *need, bool *vis
     }
 }
 
+/*
+ * Counts the map stages stage s reads, directly or through others, whose
+ * shuffle is complete as its action starts: stages the action skips
+ * (Spark's skipped stages; those under a cached dataset included).
+ */
+static void sp_drv_count_skipped(sp__driver_t *d, uint32_t s, bool *visited)
+{
+    const sp_dataset_t *in[2];
+    uint32_t n;
+
+    if (visited[s])
+        return;
+    visited[s] = true;
+    n = sp_drv_stage_inputs(d, &d->stages[s], in);
+    for (uint32_t i = 0; i < n; i++) {
+        const sp_dataset_t *ds = in[i];
+        while (ds->shuffle < 0 && ds->parent != NULL)
+            ds = ds->parent;
+        if (ds->shuffle < 0 || visited[d->shuffles[ds->shuffle].map_stage])
+            continue;
+        if (sp_drv_shuffle_complete(d, (uint32_t)ds->shuffle))
+            d->rep.stages_skipped++;
+        sp_drv_count_skipped(d, d->shuffles[ds->shuffle].map_stage, visited);
+    }
+}
+
 /* The range bounds of shuffle sh from its samples, to every executor. */
 static sp_status_t sp_drv_finish_sampling(sp__driver_t *d, uint32_t sh)
 {
@@ -1483,6 +1510,11 @@ static sp_status_t sp_drv_schedule_graph(sp__driver_t *d, bool *done_p)
     if (need == NULL || visited == NULL) {
         st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u stages", d->nstages);
         goto out;
+    }
+    if (d->skips_counted != d->action + 1) {
+        d->skips_counted = d->action + 1;
+        sp_drv_count_skipped(d, d->action_stage[d->action], visited);
+        memset(visited, 0, d->nstages * sizeof(*visited));
     }
     sp_drv_need(d, d->action_stage[d->action], need, visited);
     /* Shuffles come before the stages that read them: fill in stage order. */

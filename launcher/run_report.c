@@ -164,9 +164,10 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
             r->executors_relaunched);
     if (r->graph_stages > 0)
         fprintf(out,
-                "graph: %u stages (map stages summed as map, actions as reduce); %u partitions "
-                "cached, %u of them again after they were lost\n",
-                r->graph_stages, r->blocks_cached, r->blocks_recomputed);
+                "graph: %u stages (map stages summed as map, actions as reduce), %u skipped by "
+                "actions that found them done; %u partitions cached, %u of them again after "
+                "they were lost\n",
+                r->graph_stages, r->stages_skipped, r->blocks_cached, r->blocks_recomputed);
     if (r->reduces_early > 0)
         fprintf(out,
                 "overlap: %u reduce attempts started before the map stage ended "
@@ -285,9 +286,11 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
             (json_int_t)r->outputs_moved, "fetches_after_move", (json_int_t)r->fetches_after_move));
     if (r->graph_stages > 0)
         json_object_set_new(root, "graph",
-                            json_pack("{s:I, s:I, s:I}", "stages", (json_int_t)r->graph_stages,
-                                      "blocks_cached", (json_int_t)r->blocks_cached,
-                                      "blocks_recomputed", (json_int_t)r->blocks_recomputed));
+                            json_pack("{s:I, s:I, s:I, s:I}", "stages",
+                                      (json_int_t)r->graph_stages, "stages_skipped",
+                                      (json_int_t)r->stages_skipped, "blocks_cached",
+                                      (json_int_t)r->blocks_cached, "blocks_recomputed",
+                                      (json_int_t)r->blocks_recomputed));
     json_object_set_new(root, "output_bytes", json_integer((json_int_t)r->result.output_bytes));
     json_object_set_new(root, "map_records", json_integer((json_int_t)r->result.map_records));
     json_object_set_new(root, "reduce_records", json_integer((json_int_t)r->result.reduce_records));

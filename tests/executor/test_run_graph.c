@@ -159,6 +159,9 @@ static void test_run_graph_on_executors(void **state)
     rep = expect_ok(&run);
     /* Every partition of the persisted dataset was cached once. */
     assert_true(rt_json_int(rep, "graph.blocks_cached") >= PARTS);
+    /* The collect of the sums found their shuffle done: one skipped stage. */
+    assert_int_equal(rt_json_int(rep, "graph.stages_skipped"), 1);
+    assert_int_equal(rt_json_int(rep, "graph.blocks_recomputed"), 0);
     assert_int_equal(rt_json_int(rep, "recovery.task_retries"), 0);
     json_decref(rep);
     rt_free(&run);
