@@ -65,6 +65,9 @@ struct sp_emitter {
     bool started; /* next's begin ran */
     bool tee;     /* ds is persisted and computed here: keep its records */
     sp_gbuf_t block;
+    /* The block buffer's execution memory: given up (the block not cached) when refused. */
+    sp_memory_consumer_t block_mem;
+    bool block_mem_on;
 };
 
 /* The reader of a wide root, as groups of equal keys (group-by, cogroup). */
@@ -275,13 +278,72 @@ static sp_status_t sp_gt_sink(sp_gtask_t *t, const void *k, size_t kl, const voi
 /* The pipeline                                                              */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * A persisted partition's block buffer is execution memory of the task until
+ * the task ends and the block store takes a copy. When the task cannot have
+ * more (it is refused, or another consumer of the task needs it back), the
+ * buffer goes and the partition is not cached: it is computed again when
+ * used, as an evicted one would be.
+ */
+static void sp_gt_tee_drop(sp_emitter_t *em, const char *why)
+{
+    if (em->tee)
+        sp_info("partition %u of dataset %u is not cached (%s): it is computed again when used",
+                em->partition, em->ds->id, why);
+    em->tee = false;
+    sp_gbuf_free(&em->block);
+    if (em->block_mem_on && em->block_mem.used > 0)
+        sp_memory_consumer_release(&em->block_mem, em->block_mem.used);
+}
+
+static uint64_t sp_gt_tee_spill(sp_memory_consumer_t *consumer, uint64_t bytes,
+                                sp_memory_consumer_t *trigger)
+{
+    sp_emitter_t *em = sp_container_of(consumer, sp_emitter_t, block_mem);
+    uint64_t held = consumer->used;
+
+    (void)bytes;
+    (void)trigger;
+    sp_gt_tee_drop(em, "its task needed the memory");
+    return held;
+}
+
+static const sp_memory_consumer_ops_t sp_gt_tee_ops = {.size = sizeof(sp_memory_consumer_ops_t),
+                                                       .spill = sp_gt_tee_spill};
+
+static sp_status_t sp_gt_tee(sp_emitter_t *em, const void *k, size_t kl, const void *v, size_t vl)
+{
+    sp_gbuf_t *b = &em->block;
+    size_t need = 8 + kl + vl;
+
+    if (need > b->cap - b->len) {
+        size_t cap = SP_MAX(SP_MAX(b->cap * 2, b->len + need), (size_t)(64u << 10));
+        uint64_t delta = cap - b->cap, got = sp_memory_consumer_acquire(&em->block_mem, delta);
+        unsigned char *grown;
+        if (!em->tee)
+            return SP_OK; /* dropped while the memory was sought */
+        if (got < delta) {
+            sp_memory_consumer_release(&em->block_mem, got);
+            sp_gt_tee_drop(em, "no execution memory for its block");
+            return SP_OK;
+        }
+        if ((grown = sp__realloc(b->data, cap)) == NULL) {
+            sp_gt_tee_drop(em, "no memory for its block");
+            return SP_OK;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    return sp_gbuf_record(b, k, kl, v, vl);
+}
+
 static sp_status_t sp_gt_push(sp_emitter_t *em, const void *k, size_t kl, const void *v, size_t vl)
 {
     const sp_dataset_t *op = em->next;
     sp_emitter_t *out = em + 1;
     sp_status_t st;
 
-    if (em->tee && (st = sp_gbuf_record(&em->block, k, kl, v, vl)) != SP_OK)
+    if (em->tee && (st = sp_gt_tee(em, k, kl, v, vl)) != SP_OK)
         return st;
     if (op == NULL)
         return sp_gt_sink(em->task, k, kl, v, vl);
@@ -858,6 +920,11 @@ static sp_status_t sp_gt_chain(sp_gtask_t *t, const sp_dataset_t *out, sp_block_
         /* A persisted dataset computed here is kept, unless its block is the root's. */
         em->tee =
             ds->persisted && env->blocks != NULL && !(i == 0 && *block_p != NULL) && !t->sampling;
+        if (em->tee) {
+            sp_memory_consumer_init(&em->block_mem, t->memory, &sp_gt_tee_ops,
+                                    "graph block buffer");
+            em->block_mem_on = true;
+        }
         ds = ds->parent;
     }
     return SP_OK;
@@ -1024,7 +1091,9 @@ static void sp_gt_discard(sp_gtask_t *t)
             else
                 free(t->em[i].state);
         }
-        sp_gbuf_free(&t->em[i].block);
+        sp_gt_tee_drop(&t->em[i], "");
+        if (t->em[i].block_mem_on)
+            sp_memory_consumer_fini(&t->em[i].block_mem);
     }
     sp__free(t->em);
     sp_shuffle_reader_close(t->reader);

@@ -833,6 +833,41 @@ static void test_graph_persist_evicted_to_disk(void **state)
     check_evicted(SP_STORAGE_MEMORY_AND_DISK);
 }
 
+/* A persisted partition larger than its task may hold is not cached: computed again, same result. */
+static sp_status_t build_too_big_to_cache(sp_graph_t *g, const sp_job_params_t *p)
+{
+    sp_dataset_t *ds = sp_ds_persist(sp_graph_generate(g, S.parts, gen_fn, &S),
+                                     SP_STORAGE_MEMORY);
+
+    (void)p;
+    actions[0] = sp_ds_count(ds);
+    actions[1] = sp_ds_count(ds);
+    return sp_graph_status(g);
+}
+
+static void test_graph_persist_too_big_for_memory(void **state)
+{
+    env_t e;
+    sp__graph_stats_t stats;
+    sp_graph_t *g = NULL;
+    uint64_t records = 0;
+
+    (void)state;
+    env_open(&e, "2m");
+    S = (scen_t){.parts = 2, .per_part = 150000, .keys = 1000, .seed = 75, .hot_percent = 0};
+    builder = build_too_big_to_cache;
+    generated = 0;
+    assert_int_equal(run(&e, NULL, &stats, &g), SP_OK);
+    for (uint32_t p = 0; p < S.parts; p++)
+        records += scen_count(&S, p);
+    assert_int_equal(sp_graph_count_result(g, actions[0]), records);
+    assert_int_equal(sp_graph_count_result(g, actions[1]), records);
+    assert_int_equal(stats.blocks_cached, 0);
+    assert_int_equal(generated, 2 * S.parts); /* each action computed every partition */
+    sp__graph_destroy(g);
+    env_close(&e);
+}
+
 /* ---- sources ---- */
 
 static const char *text_path;
@@ -1145,6 +1180,7 @@ int main(void)
         cmocka_unit_test(test_graph_persist_and_skip),
         cmocka_unit_test(test_graph_persist_evicted),
         cmocka_unit_test(test_graph_persist_evicted_to_disk),
+        cmocka_unit_test(test_graph_persist_too_big_for_memory),
         cmocka_unit_test(test_graph_text_splits),
         cmocka_unit_test(test_graph_records_source),
         cmocka_unit_test(test_graph_save),
