@@ -47,6 +47,8 @@ void sp__assert_fail(const char *expr, const char *file, int line) __attribute__
 
 /* Monotonic clock in nanoseconds. */
 uint64_t sp__now_ns(void);
+/* Wall-clock time (CLOCK_REALTIME) in nanoseconds since the epoch, for reports. */
+uint64_t sp__wall_ns(void);
 
 /* "SIGSEGV" for the signals a crash or a kill brings; NULL for others. Async-signal-safe. */
 const char *sp__signal_name(int sig);

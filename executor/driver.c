@@ -131,6 +131,8 @@ typedef struct sp_dstage {
     sp__sched_task_t *sched;
     uint32_t *preferred; /* per task: the executor it prefers (UINT32_MAX: none); NULL: none */
     bool preferred_valid;
+    uint64_t start_ns, end_ns;          /* first launch; when its last task was done */
+    uint64_t records, bytes, task_ns;   /* first successful attempts' */
     char name[64]; /* "map task 3", "stage 2 (join) task 3": what messages call it */
 } sp_dstage_t;
 
@@ -1039,7 +1041,12 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         if (!t->counted) {
             t->metrics = r.metrics;
             t->counted = true;
+            sg->records += r.metrics.records_in;
+            sg->bytes += sg->kind == SP_STAGE_MAP ? r.metrics.bytes_out : r.metrics.bytes_in;
+            sg->task_ns += r.metrics.run_ns;
         }
+        if (sg->done == sg->ntasks)
+            sg->end_ns = sp__now_ns();
         d->rep.stages[sg->kind].done++;
         if (d->rep.stages[sg->kind].done == d->rep.stages[sg->kind].tasks)
             d->rep.stages[sg->kind].end_ns = sp__now_ns();
@@ -1229,6 +1236,8 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, uint32_t s, uint32_t i, uint32
     if (st != SP_OK)
         return sp_drv_exec_lost(d, e, sp_last_error(), true);
     sg->sched[i].state = SP__SCHED_RUNNING;
+    if (sg->start_ns == 0)
+        sg->start_ns = sp__now_ns();
     t->executor = e;
     t->task_id = msg.task_id;
     t->started_ns = sp__now_ns();
@@ -1882,6 +1891,8 @@ sp_status_t sp__driver_create(const sp__driver_opts_t *opts, sp__driver_t **driv
     sp_drv_parse_fault(d);
     /* Plan and check the output now, so that a job refused here starts no executor. */
     d->rep.start_ns = sp__now_ns();
+    d->rep.start_unix_ns = sp__wall_ns();
+    snprintf(d->rep.run_id, sizeof(d->rep.run_id), "%s", d->app_id);
     if ((st = sp_drv_plan(d)) != SP_OK)
         goto err;
     if (opts->params->output != NULL &&
@@ -2083,6 +2094,41 @@ static void sp_drv_snapshot(sp__driver_t *d)
         x[e] = d->execs[e].rep;
 }
 
+/* The stages that started, in the order they did, for the report. */
+static int sp_drv_stage_start_cmp(const void *a, const void *b)
+{
+    const sp__stage_summary_t *x = a, *y = b;
+
+    return x->start_ns < y->start_ns ? -1 : x->start_ns > y->start_ns;
+}
+
+static void sp_drv_stage_list(sp__driver_t *d)
+{
+    sp__stage_summary_t *list = sp__calloc(d->nstages + 1, sizeof(*list));
+    uint32_t n = 0;
+
+    if (list == NULL)
+        return; /* the report goes without it */
+    for (uint32_t s = 0; s < d->nstages; s++) {
+        const sp_dstage_t *sg = &d->stages[s];
+        if (sg->start_ns == 0)
+            continue;
+        list[n] = (sp__stage_summary_t){.kind = sg->kind,
+                                        .tasks = sg->ntasks,
+                                        .done = sg->done,
+                                        .start_ns = sg->start_ns,
+                                        .end_ns = sg->done == sg->ntasks ? sg->end_ns : 0,
+                                        .records = sg->records,
+                                        .bytes = sg->bytes,
+                                        .task_ns = sg->task_ns};
+        snprintf(list[n++].name, sizeof(list[0].name), "%s", sg->name);
+    }
+    qsort(list, n, sizeof(*list), sp_drv_stage_start_cmp);
+    free(d->rep.stage_list);
+    d->rep.stage_list = list;
+    d->rep.nstage_list = n;
+}
+
 static void sp_drv_progress(sp__driver_t *d, bool final)
 {
     if (d->o.progress == NULL)
@@ -2251,12 +2297,15 @@ out:
         }
     }
     d->rep.end_ns = sp__now_ns();
+    d->rep.end_unix_ns = sp__wall_ns();
     sp_drv_stage_cpu(d);
     sp_drv_snapshot(d);
+    sp_drv_stage_list(d);
     if (d->o.progress != NULL)
         d->o.progress(d->o.progress_arg, &d->rep, true);
     *report = d->rep;
     d->rep.executors = NULL;
+    d->rep.stage_list = NULL;
     return st;
 }
 
@@ -2264,6 +2313,9 @@ void sp__driver_report_clear(sp__driver_report_t *report)
 {
     free(report->executors);
     report->executors = NULL;
+    free(report->stage_list);
+    report->stage_list = NULL;
+    report->nstage_list = 0;
 }
 
 void sp__driver_destroy(sp__driver_t *d)
@@ -2300,6 +2352,7 @@ void sp__driver_destroy(sp__driver_t *d)
     sp__graph_destroy(d->graph);
     free(d->execs);
     free(d->rep.executors);
+    free(d->rep.stage_list);
     if (d->planned)
         sp__job_plan_clear(&d->plan);
     free(d->lose_names);

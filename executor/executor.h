@@ -64,6 +64,16 @@ typedef struct sp__stage_report {
     uint64_t cpu_ns, core_ns;
 } sp__stage_report_t;
 
+/* One stage as it ran, for the report's stages in execution order. */
+typedef struct sp__stage_summary {
+    char name[64]; /* "map", "reduce", "sample"; "stage 2 (join)" in a graph job */
+    int kind;      /* sp__stage_t */
+    uint32_t tasks, done;
+    uint64_t start_ns, end_ns; /* monotonic; 0: did not start, did not end */
+    uint64_t records, bytes;   /* of its tasks' first successful attempts */
+    uint64_t task_ns;          /* their run time, summed */
+} sp__stage_summary_t;
+
 typedef struct sp__executor_report {
     uint32_t id;
     char host[64];
@@ -110,6 +120,10 @@ typedef struct sp__driver_report {
     uint32_t blocks_cached;     /* graph jobs: partitions put in executors' block stores */
     uint32_t blocks_recomputed; /* of those, partitions cached again after they were lost */
     uint32_t stages_skipped;    /* graph jobs: map stages an action read complete, summed */
+    char run_id[64];            /* the driver's app id: names the run's directories */
+    uint64_t start_unix_ns, end_unix_ns; /* wall-clock time (CLOCK_REALTIME) */
+    sp__stage_summary_t *stage_list;     /* every stage, in the order they started */
+    uint32_t nstage_list;
     char error[1024]; /* why the run failed; empty when it succeeded */
 } sp__driver_report_t;
 

@@ -339,7 +339,8 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
     }
     if (is_driver) {
         sp_run_summary(stdout, o.job, &params, &rep, st, o.baseline);
-        if (o.json != NULL && sp_run_json(o.json, o.job, &params, &rep, st) != SP_OK)
+        sp_run_json_context_t jc = {.desc = job, .argc = argc, .argv = argv, .conf = cli->conf};
+        if (o.json != NULL && sp_run_json(o.json, o.job, &params, &rep, st, &jc) != SP_OK)
             fprintf(stderr, "spate run: --json: %s\n", sp_last_error());
         if (st != SP_OK)
             fprintf(stderr, "spate run: %s\n", sp_last_error());

@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *const sp_stage_label[SP_STAGES] = {"sample", "map", "reduce"};
@@ -212,8 +213,51 @@ static json_t *sp_stage_json(const sp__stage_report_t *st, uint64_t end, uint32_
     return obj;
 }
 
+/* "2026-12-08T05:20:30.123Z" for a CLOCK_REALTIME time in ns; JSON null for 0. */
+static json_t *sp_json_time(uint64_t unix_ns)
+{
+    char buf[96];
+    time_t sec = (time_t)(unix_ns / 1000000000u);
+    struct tm tm;
+
+    if (unix_ns == 0 || gmtime_r(&sec, &tm) == NULL)
+        return json_null();
+    snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (unsigned)(unix_ns % 1000000000u / 1000000u));
+    return json_string(buf);
+}
+
+static void sp_json_conf_add(void *arg, const char *key, const char *value)
+{
+    json_object_set_new(arg, key, json_string(value));
+}
+
+/* The stages in the order they started: name, kind, tasks, times from the run's start. */
+static json_t *sp_stage_list_json(const sp__driver_report_t *r)
+{
+    json_t *list = json_array();
+
+    for (uint32_t i = 0; list != NULL && i < r->nstage_list; i++) {
+        const sp__stage_summary_t *s = &r->stage_list[i];
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:f}", "name", s->name,
+                              "kind", sp_stage_label[s->kind], "tasks", (json_int_t)s->tasks,
+                              "done", (json_int_t)s->done, "start_s",
+                              sp_sec(s->start_ns - r->start_ns), "records",
+                              (json_int_t)s->records, "bytes", (json_int_t)s->bytes, "task_s",
+                              sp_sec(s->task_ns));
+        if (o == NULL)
+            continue;
+        json_object_set_new(o, "end_s", s->end_ns != 0 ? json_real(sp_sec(s->end_ns - r->start_ns))
+                                                       : json_null());
+        json_array_append_new(list, o);
+    }
+    return list;
+}
+
 sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t *params,
-                        const sp__driver_report_t *r, sp_status_t status)
+                        const sp__driver_report_t *r, sp_status_t status,
+                        const sp_run_json_context_t *ctx)
 {
     json_t *root, *stages, *execs, *counters;
     char tmp[4096];
@@ -232,6 +276,19 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
         return SP_RAISE(SP_ERR_NOMEM, "no memory for the JSON report");
     }
     json_object_set_new(root, "job", json_string(job));
+    json_object_set_new(root, "run_id", r->run_id[0] ? json_string(r->run_id) : json_null());
+    json_object_set_new(root, "started_at", sp_json_time(r->start_unix_ns));
+    json_object_set_new(root, "ended_at", sp_json_time(r->end_unix_ns));
+    {
+        json_t *argv = json_array(), *conf = json_object();
+        for (int i = 0; ctx != NULL && ctx->argv != NULL && argv != NULL && i < ctx->argc; i++)
+            json_array_append_new(argv, json_string(ctx->argv[i]));
+        if (ctx != NULL && ctx->conf != NULL && conf != NULL)
+            sp_conf_foreach_set(ctx->conf, sp_json_conf_add, conf);
+        json_object_set_new(root, "command_line", argv != NULL ? argv : json_null());
+        json_object_set_new(root, "configuration", conf != NULL ? conf : json_null());
+    }
+    json_object_set_new(root, "stage_list", sp_stage_list_json(r));
     json_object_set_new(root, "status", json_string(sp_status_str(status)));
     json_object_set_new(root, "succeeded", json_boolean(status == SP_OK));
     /* Why it failed: the driver's final error, else this thread's (a refusal before it ran). */
@@ -276,6 +333,17 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
     for (unsigned i = 0; i < SP_JOB_COUNTERS; i++)
         json_array_append_new(counters, json_integer((json_int_t)r->result.counters[i]));
     json_object_set_new(root, "counters", counters);
+    {
+        /* The job's named counters (its counter_names), by name. */
+        json_t *named = json_object();
+        for (unsigned i = 0; named != NULL && ctx != NULL && ctx->desc != NULL &&
+                             i < SP_JOB_COUNTERS;
+             i++)
+            if (ctx->desc->counter_names[i] != NULL)
+                json_object_set_new(named, ctx->desc->counter_names[i],
+                                    json_integer((json_int_t)r->result.counters[i]));
+        json_object_set_new(root, "counters_by_name", named != NULL ? named : json_null());
+    }
     json_object_set_new(
         root, "recovery",
         json_pack(

@@ -32,8 +32,24 @@ void sp_run_summary(FILE *out, const char *job, const sp_job_params_t *params,
  */
 double sp_run_memcpy_seconds(uint64_t bytes);
 
-/* Writes the same as JSON to path (atomically: temporary name, then rename). */
+/*
+ * What the JSON report records of how the run was asked for: the job's
+ * descriptor (its counter names; NULL: none), the command line, and the
+ * configuration (its explicitly set keys). Each may be NULL.
+ */
+typedef struct sp_run_json_context {
+    const sp_job_t *desc;
+    int argc;
+    char *const *argv;
+    const sp_conf_t *conf;
+} sp_run_json_context_t;
+
+/*
+ * Writes the same as JSON to path (atomically: temporary name, then rename);
+ * docs/REPORT.md describes every field.
+ */
 sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t *params,
-                        const sp__driver_report_t *report, sp_status_t status);
+                        const sp__driver_report_t *report, sp_status_t status,
+                        const sp_run_json_context_t *ctx);
 
 #endif /* SPATE_LAUNCHER_RUN_REPORT_H */

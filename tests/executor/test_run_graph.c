@@ -162,6 +162,21 @@ static void test_run_graph_on_executors(void **state)
     /* The collect of the sums found their shuffle done: one skipped stage. */
     assert_int_equal(rt_json_int(rep, "graph.stages_skipped"), 1);
     assert_int_equal(rt_json_int(rep, "graph.blocks_recomputed"), 0);
+    /* docs/REPORT.md: the run's id, times, command line, configuration, stages in order. */
+    assert_true(strncmp(json_string_value(rt_json_at(rep, "run_id")), "app-", 4) == 0);
+    assert_int_equal(strlen(json_string_value(rt_json_at(rep, "started_at"))), 24);
+    assert_string_equal(json_string_value(rt_json_at(rep, "command_line.0")),
+                        getenv("SPATE_GRAPH_PLUGIN"));
+    assert_string_equal(json_string_value(json_object_get(rt_json_at(rep, "configuration"),
+                                                          "shuffle.local_dirs")),
+                        dirs.local);
+    /* Sample and map stages of three shuffles and three actions: 7, the sums' first. */
+    assert_int_equal(json_array_size(rt_json_at(rep, "stage_list")), 7);
+    assert_string_equal(json_string_value(rt_json_at(rep, "stage_list.0.name")),
+                        "stage 0 (reduce_by_key)");
+    assert_string_equal(json_string_value(rt_json_at(rep, "stage_list.6.name")),
+                        "stage 5 (collect)");
+    assert_int_equal(rt_json_int(rep, "stage_list.6.done"), 4);
     assert_int_equal(rt_json_int(rep, "recovery.task_retries"), 0);
     json_decref(rep);
     rt_free(&run);

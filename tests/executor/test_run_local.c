@@ -247,6 +247,7 @@ static void wordcount(const char *executors, const char *const *extra, json_t **
     assert_true(rt_json_int(rep, "maps") > 4);
     /* Counters: words, distinct words, words the maps emitted. */
     assert_int_equal(rt_json_int(rep, "counters.0"), total);
+    assert_int_equal(rt_json_int(rep, "counters_by_name.words"), total);
     assert_int_equal(rt_json_int(rep, "counters.1"), distinct);
     assert_int_equal(rt_json_int(rep, "counters.2"), total);
     expect_local_dirs_empty();
