@@ -36,6 +36,11 @@ static const bool sp_config_debug = SPATE_BUILD_DEBUG;
 sp_status_t sp__raise(sp_status_t status, const char *file, int line, const char *fmt, ...)
     SP_PRINTF(4, 5);
 #define SP_RAISE(status, ...) sp__raise((status), __FILE__, __LINE__, __VA_ARGS__)
+/*
+ * The same for an outcome the caller expects and handles as routine (a poll
+ * that timed out): the message is kept for sp_last_error() but not logged.
+ */
+sp_status_t sp__expected(sp_status_t status, const char *fmt, ...) SP_PRINTF(2, 3);
 
 /* Invariants only; never for input validation. Active in every build. */
 void sp__assert_fail(const char *expr, const char *file, int line) __attribute__((noreturn));

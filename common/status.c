@@ -52,22 +52,38 @@ void sp_last_error_clear(void)
     sp_last_status = SP_OK;
 }
 
-sp_status_t sp__raise(sp_status_t status, const char *file, int line, const char *fmt, ...)
+static void sp_last_set(sp_status_t status, const char *fmt, va_list ap)
 {
     char msg[sizeof(sp_last_msg)];
-    va_list ap;
 
     /*
      * Format into a local buffer first: callers that add context to an error
      * pass sp_last_error() itself as an argument, and vsnprintf must not read
      * the buffer it is writing.
      */
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     memcpy(sp_last_msg, msg, strlen(msg) + 1);
     sp_last_status = status;
+}
+
+sp_status_t sp__raise(sp_status_t status, const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    sp_last_set(status, fmt, ap);
+    va_end(ap);
     sp_log(SP_LOG_DEBUG, "raised %s at %s:%d: %s", sp_status_str(status), file, line, sp_last_msg);
+    return status;
+}
+
+sp_status_t sp__expected(sp_status_t status, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    sp_last_set(status, fmt, ap);
+    va_end(ap);
     return status;
 }
 

@@ -1045,8 +1045,13 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
             sg->bytes += sg->kind == SP_STAGE_MAP ? r.metrics.bytes_out : r.metrics.bytes_in;
             sg->task_ns += r.metrics.run_ns;
         }
-        if (sg->done == sg->ntasks)
+        if (sg->done == sg->ntasks) {
             sg->end_ns = sp__now_ns();
+            sp_info("%s%s done in %.2f s: %u tasks, %llu records, %llu bytes", sg->name,
+                    d->graph != NULL ? "" : " stage", (double)(sg->end_ns - sg->start_ns) / 1e9,
+                    sg->ntasks,
+                    (unsigned long long)sg->records, (unsigned long long)sg->bytes);
+        }
         d->rep.stages[sg->kind].done++;
         if (d->rep.stages[sg->kind].done == d->rep.stages[sg->kind].tasks)
             d->rep.stages[sg->kind].end_ns = sp__now_ns();
@@ -1236,8 +1241,10 @@ static sp_status_t sp_drv_launch(sp__driver_t *d, uint32_t s, uint32_t i, uint32
     if (st != SP_OK)
         return sp_drv_exec_lost(d, e, sp_last_error(), true);
     sg->sched[i].state = SP__SCHED_RUNNING;
-    if (sg->start_ns == 0)
+    if (sg->start_ns == 0) {
         sg->start_ns = sp__now_ns();
+        sp_info("%s%s started: %u tasks", sg->name, d->graph != NULL ? "" : " stage", sg->ntasks);
+    }
     t->executor = e;
     t->task_id = msg.task_id;
     t->started_ns = sp__now_ns();
