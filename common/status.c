@@ -73,7 +73,9 @@ sp_status_t sp__raise(sp_status_t status, const char *file, int line, const char
     va_start(ap, fmt);
     sp_last_set(status, fmt, ap);
     va_end(ap);
-    sp_log(SP_LOG_DEBUG, "raised %s at %s:%d: %s", sp_status_str(status), file, line, sp_last_msg);
+    /* The file's name, not the build machine's path to it. */
+    sp_log(SP_LOG_DEBUG, "raised %s at %s:%d: %s", sp_status_str(status),
+           strrchr(file, '/') != NULL ? strrchr(file, '/') + 1 : file, line, sp_last_msg);
     return status;
 }
 

@@ -340,6 +340,9 @@ static void sp_drv_lose_map(sp__driver_t *d, uint32_t slot, const char *why)
  */
 #define SP_DRV_LOST UINT32_MAX
 
+/* A task that spills at least this much says so at info level. */
+#define SP_DRV_SPILL_LOG_BYTES (UINT64_C(64) << 20)
+
 /* Executor e's cached partitions are gone with it. */
 static void sp_drv_forget_cached(sp__driver_t *d, uint32_t e)
 {
@@ -1038,6 +1041,10 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         ts->state = SP__SCHED_DONE;
         sg->done++;
         sp_drv_account(d, sg->kind, e, &r.metrics, !t->counted);
+        if (r.metrics.spill_bytes >= SP_DRV_SPILL_LOG_BYTES)
+            sp_info("%s task %u on executor %u spilled %.1f MiB (%llu spills): its memory was short",
+                    sg->name, r.index, e, (double)r.metrics.spill_bytes / (1 << 20),
+                    (unsigned long long)r.metrics.spills);
         if (!t->counted) {
             t->metrics = r.metrics;
             t->counted = true;
