@@ -52,6 +52,10 @@ SP_CONF_KEY("executor.register_timeout", SP_CONF_DURATION, "60s", "100ms", "24h"
 SP_CONF_KEY("driver.address", SP_CONF_STRING, "127.0.0.1:0", NULL, NULL, NULL,
             "HOST:PORT the driver's control plane listens on in local mode (port 0: any free "
             "port). Use a routable address only for executors on other hosts.")
+SP_CONF_KEY("progress.interval", SP_CONF_DURATION, "5s", "100ms", "24h", NULL,
+            "When stderr is not a terminal (batch logs, pipes), how often spate run prints a "
+            "progress line for each running stage (a line also ends each stage). On a terminal "
+            "the stages' lines are rewritten in place instead.")
 SP_CONF_KEY("task.max_failures", SP_CONF_INT, "4", "1", "1000", NULL,
             "A task that fails this many times fails the job: an error its job code returns, "
             "its executor dying while it runs (a crash in job code), or task.timeout. A task "

@@ -84,7 +84,8 @@ static void sp_run_usage(FILE *out)
             "  --conf K=V        set a configuration key (repeatable)\n"
             "  --conf-file FILE  read 'key = value' lines from FILE\n"
             "  --json FILE       write the run's report as JSON\n"
-            "  --progress        show progress even when stderr is not a terminal\n"
+            "  --progress        show progress (the default: a bar per stage on a terminal,\n"
+            "                    else a line per running stage every progress.interval)\n"
             "  --no-progress     never show progress\n"
             "  --no-baseline     skip the memcpy baseline in the summary\n"
             "  -h, --help        print this help\n"
@@ -317,10 +318,15 @@ int sp_cmd_run(sp_cli_t *cli, int argc, char **argv)
         sp_run_slots(cli->conf, o.executors, &params.slots, NULL);
     }
     params.executors = o.executors;
-    prog.enabled = o.progress < 0 ? isatty(STDERR_FILENO) : o.progress;
+    /* On by default: a bar on a terminal, periodic lines elsewhere (batch logs, mpirun). */
+    prog.enabled = o.progress != 0;
     prog.out = stderr;
     prog.tty = isatty(STDERR_FILENO);
     prog.last_stage = -1;
+    if (sp_conf_get_duration(cli->conf, "progress.interval", &prog.interval_ns) != SP_OK) {
+        fprintf(stderr, "spate run: %s\n", sp_last_error());
+        return 2;
+    }
     {
         /* Under MPI every rank has as many slots as this one, as far as planning goes. */
         sp_run_request_t req = {.conf = cli->conf,

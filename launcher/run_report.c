@@ -35,8 +35,14 @@ void sp_run_progress_cb(void *arg, const sp__driver_report_t *r, bool final)
     sp_run_progress_t *p = arg;
     uint64_t now = sp__now_ns();
 
+    bool periodic = false;
+
     if (!p->enabled)
         return;
+    if (!p->tty && p->interval_ns > 0 && now - p->last_line_ns >= p->interval_ns) {
+        periodic = p->last_line_ns != 0; /* the first interval starts with the run */
+        p->last_line_ns = now;
+    }
     for (int s = 0; s < SP_STAGES; s++) {
         const sp__stage_report_t *st = &r->stages[s];
         char bytes[32];
@@ -45,8 +51,8 @@ void sp_run_progress_cb(void *arg, const sp__driver_report_t *r, bool final)
 
         if (st->tasks == 0 || st->start_ns == 0 || (p->printed & (1u << s)))
             continue;
-        if (!done && !final && !p->tty)
-            continue; /* not a terminal: one line per stage, at its end */
+        if (!done && !final && !p->tty && !periodic)
+            continue; /* not a terminal: a line per interval, and one at the stage's end */
         sp_cli_human(bytes, sizeof(bytes), (double)st->bytes);
         fprintf(p->out, "%s%-7s %6u/%-6u tasks  %10s  %7.2f GB/s  %6.1f s%s", p->tty ? "\r" : "",
                 sp_stage_label[s], st->done, st->tasks, bytes,

@@ -12,9 +12,15 @@ typedef struct sp_run_progress {
     int last_stage;   /* stage of the line being rewritten; -1: none */
     uint32_t printed; /* bitmask of stages whose final line was printed */
     bool tty;
+    uint64_t interval_ns;  /* not a terminal: a line per running stage this often */
+    uint64_t last_line_ns; /* when those lines were last printed */
 } sp_run_progress_t;
 
-/* The driver's progress callback: one line per stage, rewritten in place on a terminal. */
+/*
+ * The driver's progress callback: one line per stage, rewritten in place on a
+ * terminal; elsewhere a line per running stage every interval_ns and one as
+ * each stage ends.
+ */
 void sp_run_progress_cb(void *arg, const sp__driver_report_t *report, bool final);
 
 /*
