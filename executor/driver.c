@@ -131,8 +131,8 @@ typedef struct sp_dstage {
     sp__sched_task_t *sched;
     uint32_t *preferred; /* per task: the executor it prefers (UINT32_MAX: none); NULL: none */
     bool preferred_valid;
-    uint64_t start_ns, end_ns;          /* first launch; when its last task was done */
-    uint64_t records, bytes, task_ns;   /* first successful attempts' */
+    uint64_t start_ns, end_ns;        /* first launch; when its last task was done */
+    uint64_t records, bytes, task_ns; /* first successful attempts' */
     char name[64]; /* "map task 3", "stage 2 (join) task 3": what messages call it */
 } sp_dstage_t;
 
@@ -1042,9 +1042,10 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
         sg->done++;
         sp_drv_account(d, sg->kind, e, &r.metrics, !t->counted);
         if (r.metrics.spill_bytes >= SP_DRV_SPILL_LOG_BYTES)
-            sp_info("%s task %u on executor %u spilled %.1f MiB (%llu spills): its memory was short",
-                    sg->name, r.index, e, (double)r.metrics.spill_bytes / (1 << 20),
-                    (unsigned long long)r.metrics.spills);
+            sp_info(
+                "%s task %u on executor %u spilled %.1f MiB (%llu spills): its memory was short",
+                sg->name, r.index, e, (double)r.metrics.spill_bytes / (1 << 20),
+                (unsigned long long)r.metrics.spills);
         if (!t->counted) {
             t->metrics = r.metrics;
             t->counted = true;
@@ -1056,8 +1057,7 @@ static sp_status_t sp_drv_on_result(sp__driver_t *d, uint32_t e, const void *buf
             sg->end_ns = sp__now_ns();
             sp_info("%s%s done in %.2f s: %u tasks, %llu records, %llu bytes", sg->name,
                     d->graph != NULL ? "" : " stage", (double)(sg->end_ns - sg->start_ns) / 1e9,
-                    sg->ntasks,
-                    (unsigned long long)sg->records, (unsigned long long)sg->bytes);
+                    sg->ntasks, (unsigned long long)sg->records, (unsigned long long)sg->bytes);
         }
         d->rep.stages[sg->kind].done++;
         if (d->rep.stages[sg->kind].done == d->rep.stages[sg->kind].tasks)

@@ -246,16 +246,15 @@ static json_t *sp_stage_list_json(const sp__driver_report_t *r)
 
     for (uint32_t i = 0; list != NULL && i < r->nstage_list; i++) {
         const sp__stage_summary_t *s = &r->stage_list[i];
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:f}", "name", s->name,
-                              "kind", sp_stage_label[s->kind], "tasks", (json_int_t)s->tasks,
-                              "done", (json_int_t)s->done, "start_s",
-                              sp_sec(s->start_ns - r->start_ns), "records",
-                              (json_int_t)s->records, "bytes", (json_int_t)s->bytes, "task_s",
-                              sp_sec(s->task_ns));
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:f, s:I, s:I, s:f}", "name", s->name, "kind",
+                              sp_stage_label[s->kind], "tasks", (json_int_t)s->tasks, "done",
+                              (json_int_t)s->done, "start_s", sp_sec(s->start_ns - r->start_ns),
+                              "records", (json_int_t)s->records, "bytes", (json_int_t)s->bytes,
+                              "task_s", sp_sec(s->task_ns));
         if (o == NULL)
             continue;
-        json_object_set_new(o, "end_s", s->end_ns != 0 ? json_real(sp_sec(s->end_ns - r->start_ns))
-                                                       : json_null());
+        json_object_set_new(
+            o, "end_s", s->end_ns != 0 ? json_real(sp_sec(s->end_ns - r->start_ns)) : json_null());
         json_array_append_new(list, o);
     }
     return list;
@@ -342,9 +341,8 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
     {
         /* The job's named counters (its counter_names), by name. */
         json_t *named = json_object();
-        for (unsigned i = 0; named != NULL && ctx != NULL && ctx->desc != NULL &&
-                             i < SP_JOB_COUNTERS;
-             i++)
+        for (unsigned i = 0;
+             named != NULL && ctx != NULL && ctx->desc != NULL && i < SP_JOB_COUNTERS; i++)
             if (ctx->desc->counter_names[i] != NULL)
                 json_object_set_new(named, ctx->desc->counter_names[i],
                                     json_integer((json_int_t)r->result.counters[i]));
@@ -360,11 +358,10 @@ sp_status_t sp_run_json(const char *path, const char *job, const sp_job_params_t
             (json_int_t)r->outputs_moved, "fetches_after_move", (json_int_t)r->fetches_after_move));
     if (r->graph_stages > 0)
         json_object_set_new(root, "graph",
-                            json_pack("{s:I, s:I, s:I, s:I}", "stages",
-                                      (json_int_t)r->graph_stages, "stages_skipped",
-                                      (json_int_t)r->stages_skipped, "blocks_cached",
-                                      (json_int_t)r->blocks_cached, "blocks_recomputed",
-                                      (json_int_t)r->blocks_recomputed));
+                            json_pack("{s:I, s:I, s:I, s:I}", "stages", (json_int_t)r->graph_stages,
+                                      "stages_skipped", (json_int_t)r->stages_skipped,
+                                      "blocks_cached", (json_int_t)r->blocks_cached,
+                                      "blocks_recomputed", (json_int_t)r->blocks_recomputed));
     json_object_set_new(root, "output_bytes", json_integer((json_int_t)r->result.output_bytes));
     json_object_set_new(root, "map_records", json_integer((json_int_t)r->result.map_records));
     json_object_set_new(root, "reduce_records", json_integer((json_int_t)r->result.reduce_records));

@@ -14,6 +14,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+/* splitmix64: the next of the tests' reproducible random numbers from *state. */
+static inline uint64_t je_rnd(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Runs the shell command fmt (one %s: arg); the test fails when it does. */
+static inline void je_sh(const char *fmt, const char *arg)
+{
+    char cmd[1024];
+
+    snprintf(cmd, sizeof(cmd), fmt, arg);
+    assert_int_equal(system(cmd), 0);
+}
+
 typedef struct je_env {
     sp_conf_t *conf;
     sp_memory_manager_t *mm;

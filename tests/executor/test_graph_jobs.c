@@ -42,22 +42,9 @@ sp_status_t sp__pagerank_generated_text(uint64_t size, uint64_t seed, char **tex
 static char dir[96];
 static uint64_t rng_state;
 
-static uint64_t rnd(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+static uint64_t rnd(void) { return je_rnd(&rng_state); }
 
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void sh(const char *fmt, const char *arg)
-{
-    char cmd[1024];
-
-    snprintf(cmd, sizeof(cmd), fmt, arg);
-    assert_int_equal(system(cmd), 0);
-}
+static void sh(const char *fmt, const char *arg) { je_sh(fmt, arg); }
 
 static void path_of(char *buf, size_t cap, const char *name)
 {

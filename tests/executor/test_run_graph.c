@@ -168,9 +168,9 @@ static void test_run_graph_on_executors(void **state)
     assert_int_equal(strlen(json_string_value(rt_json_at(rep, "started_at"))), 24);
     assert_string_equal(json_string_value(rt_json_at(rep, "command_line.0")),
                         getenv("SPATE_GRAPH_PLUGIN"));
-    assert_string_equal(json_string_value(json_object_get(rt_json_at(rep, "configuration"),
-                                                          "shuffle.local_dirs")),
-                        dirs.local);
+    assert_string_equal(
+        json_string_value(json_object_get(rt_json_at(rep, "configuration"), "shuffle.local_dirs")),
+        dirs.local);
     /* Sample and map stages of three shuffles and three actions: 7, the sums' first. */
     assert_int_equal(json_array_size(rt_json_at(rep, "stage_list")), 7);
     assert_string_equal(json_string_value(rt_json_at(rep, "stage_list.0.name")),
@@ -483,8 +483,8 @@ static void test_run_progress_lines_when_piped(void **state)
                  rt_tail(run.err));
     rt_free(&run);
     run = rt_cli((const char *const[]){"run", getenv("SPATE_GRAPH_PLUGIN"), "--executors", "2",
-                                       "--conf", dirs.local_conf, "--no-progress",
-                                       "--no-baseline", NULL});
+                                       "--conf", dirs.local_conf, "--no-progress", "--no-baseline",
+                                       NULL});
     rt_expect_ok(&run, "a run without progress");
     if (strstr(run.err, " tasks ") != NULL)
         fail_msg("--no-progress printed progress: %s", rt_tail(run.err));
