@@ -44,7 +44,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#define SP_GT_READ_CHUNK  (1u << 20)
+#define SP_GT_READ_CHUNK (1u << 20)
+/* The longest line a text source takes: a longer one is bad input, not a reason to run dry. */
+#define SP_GT_MAX_LINE    (64u << 20)
 #define SP_GT_SAMPLE_SEED 0x9E3779B97F4A7C15ULL
 
 typedef struct sp_gtask sp_gtask_t;
@@ -469,6 +471,13 @@ static sp_status_t sp_gt_read_text(sp_gtask_t *t, const sp_job_split_t *split)
                 memmove(buf.data, buf.data + start, buf.len - start);
                 buf.len -= start;
                 start = 0;
+            }
+            if (buf.len > SP_GT_MAX_LINE) {
+                st = SP_RAISE(SP_ERR_BAD_INPUT,
+                              "input %s: the line at byte %llu is longer than %u MiB, the most a "
+                              "text source takes",
+                              split->path, (unsigned long long)line_pos, SP_GT_MAX_LINE >> 20);
+                break;
             }
             if ((st = sp_gbuf_reserve(&buf, SP_GT_READ_CHUNK)) != SP_OK)
                 break;

@@ -128,7 +128,7 @@ SP_API uint32_t sp_graph_default_partitions(const sp_graph_t *graph);
  * skipping names that start with '.' or '_'), split into about `splits`
  * byte ranges (0: sp_graph_default_partitions, at least one per non-empty
  * file). A line belongs to the split holding its first byte. Records: empty
- * key, the line without its '\n' as value.
+ * key, the line without its '\n' as value. A line over 64 MiB is bad input.
  */
 SP_API sp_dataset_t *sp_graph_text(sp_graph_t *graph, const char *path, uint32_t splits);
 /**

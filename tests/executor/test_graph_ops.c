@@ -833,11 +833,11 @@ static void test_graph_persist_evicted_to_disk(void **state)
     check_evicted(SP_STORAGE_MEMORY_AND_DISK);
 }
 
-/* A persisted partition larger than its task may hold is not cached: computed again, same result. */
+/* A persisted partition larger than its task may hold is not cached: computed again, same result.
+ */
 static sp_status_t build_too_big_to_cache(sp_graph_t *g, const sp_job_params_t *p)
 {
-    sp_dataset_t *ds = sp_ds_persist(sp_graph_generate(g, S.parts, gen_fn, &S),
-                                     SP_STORAGE_MEMORY);
+    sp_dataset_t *ds = sp_ds_persist(sp_graph_generate(g, S.parts, gen_fn, &S), SP_STORAGE_MEMORY);
 
     (void)p;
     actions[0] = sp_ds_count(ds);
@@ -930,6 +930,32 @@ static void test_graph_text_splits(void **state)
         }
         free(want.r);
     }
+    env_close(&e);
+}
+
+/* A line longer than a text source takes: bad input, named, not memory without end. */
+static void test_graph_text_line_too_long(void **state)
+{
+    static char chunk[1024];
+    env_t e;
+    char path[300];
+    FILE *f;
+
+    (void)state;
+    env_open(&e, "16m");
+    snprintf(path, sizeof(path), "%s/long.txt", dir);
+    assert_non_null(f = fopen(path, "w"));
+    fputs("short line\n", f);
+    memset(chunk, 'x', sizeof(chunk));
+    for (int i = 0; i < (65 << 10); i++) /* 65 MiB without a newline */
+        assert_int_equal(fwrite(chunk, 1, sizeof(chunk), f), sizeof(chunk));
+    fclose(f);
+    text_path = path;
+    text_splits = 1;
+    builder = build_text;
+    assert_int_equal(run(&e, NULL, NULL, NULL), SP_ERR_BAD_INPUT);
+    assert_non_null(strstr(sp_last_error(), "long.txt: the line at byte 11 is longer than 64 MiB"));
+    unlink(path);
     env_close(&e);
 }
 
@@ -1182,6 +1208,7 @@ int main(void)
         cmocka_unit_test(test_graph_persist_evicted_to_disk),
         cmocka_unit_test(test_graph_persist_too_big_for_memory),
         cmocka_unit_test(test_graph_text_splits),
+        cmocka_unit_test(test_graph_text_line_too_long),
         cmocka_unit_test(test_graph_records_source),
         cmocka_unit_test(test_graph_save),
         cmocka_unit_test(test_graph_errors),
