@@ -17,7 +17,8 @@
  * test_graph_jobs.c): pagerank over a random edge list (ranks within 1e-9),
  * also with executor 1 killed during an iteration that reads the cached
  * links (the report shows the loss and the recomputed outputs); join and
- * groupby (the same lines).
+ * groupby (the same lines). Two independent map stages run at once (the
+ * second starts before the first ends). Progress lines when stderr is a file.
  * Every run's working and shuffle directories must be left empty and none
  * of its processes alive.
  *
@@ -459,6 +460,56 @@ static void test_run_join_and_groupby_on_executors(void **state)
     rt_rmtree(ref);
 }
 
+/* The stage_list entry named name, or the test fails. */
+static json_t *stage_named(json_t *rep, const char *name)
+{
+    json_t *list = rt_json_at(rep, "stage_list");
+
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        json_t *s = json_array_get(list, i);
+        if (strcmp(json_string_value(json_object_get(s, "name")), name) == 0)
+            return s;
+    }
+    fail_msg("the report has no stage %s", name);
+    return NULL;
+}
+
+/*
+ * Two map stages that depend on nothing but their own source run at once:
+ * the second starts (its first task is launched) before the first ends (its
+ * last task is done), whichever of them the driver takes first. Each source
+ * partition takes 150 ms, so stage 0 still runs a task when its pending ones
+ * run out and stage 1 takes the free slot. The join of the two sums is right.
+ */
+static void test_run_independent_stages_overlap(void **state)
+{
+    rt_run_t run;
+    json_t *rep, *s0, *s1;
+    double start0, end0, start1, end1;
+
+    (void)state;
+    tf_dirs_fresh(&dirs);
+    run = run_graph(
+        (const char *const[]){"--job-arg", "shape=independent", "--job-arg", "slow_ms=150", NULL},
+        NULL);
+    rt_expect_ok(&run, "two independent stages");
+    if (strstr(run.err, "graphtest: independent: 40 keys joined, as generated") == NULL)
+        fail_msg("the join of the two sums is wrong: %s", rt_tail(run.err));
+    tf_expect_clean(&dirs, &run);
+    rep = rt_json_load(dirs.json);
+    s0 = stage_named(rep, "stage 0 (reduce_by_key)");
+    s1 = stage_named(rep, "stage 1 (reduce_by_key)");
+    start0 = json_real_value(json_object_get(s0, "start_s"));
+    end0 = json_real_value(json_object_get(s0, "end_s"));
+    start1 = json_real_value(json_object_get(s1, "start_s"));
+    end1 = json_real_value(json_object_get(s1, "end_s"));
+    if (!(start1 < end0 && start0 < end1))
+        fail_msg("the independent stages did not overlap: stage 0 %.3f-%.3f s, stage 1 %.3f-%.3f s",
+                 start0, end0, start1, end1);
+    json_decref(rep);
+    rt_free(&run);
+}
+
 /*
  * Progress when stderr is not a terminal (here a file): on by default, a line
  * per running stage every progress.interval and one as each stage ends.
@@ -511,6 +562,7 @@ int main(void)
         cmocka_unit_test(test_run_pagerank_on_executors),
         cmocka_unit_test(test_run_join_and_groupby_on_executors),
         cmocka_unit_test(test_run_progress_lines_when_piped),
+        cmocka_unit_test(test_run_independent_stages_overlap),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -18,7 +18,9 @@
  *
  * --job-arg: parts=N (6), records=N (per partition, 500), keys=N (40),
  * seed=N (1), level=memory|memory_and_disk|disk (memory), slow_ms=N (sleep
- * per generated partition, so that a fault can land mid-stage).
+ * per generated partition, so that a fault can land mid-stage),
+ * shape=independent (instead: two generated datasets summed by key in two
+ * independent map stages, joined, counted; finish checks the keys both have).
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -26,6 +28,7 @@
 #include <spate/spate.h>
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,13 +62,15 @@ static uint64_t gt_arg(const sp_job_params_t *p, const char *key, uint64_t def)
 static sp_status_t gt_generate(sp_emitter_t *out, uint32_t partition, uint32_t partitions,
                                void *arg)
 {
-    (void)partitions, (void)arg;
+    uint64_t seed = gt.seed ^ (uint64_t)(uintptr_t)arg; /* arg: another dataset's seed tweak */
+
+    (void)partitions;
     if (gt.slow_ms > 0) {
         struct timespec ts = {gt.slow_ms / 1000, (long)(gt.slow_ms % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
     for (uint32_t i = 0; i < gt.records; i++) {
-        uint64_t r = gt_mix(gt.seed ^ ((uint64_t)partition << 32 | i));
+        uint64_t r = gt_mix(seed ^ ((uint64_t)partition << 32 | i));
         char key[16];
         unsigned char v[8];
         int kl = snprintf(key, sizeof(key), "k%03u", (unsigned)(r % gt.keys));
@@ -115,6 +120,57 @@ static sp_status_t gt_text(sp_emitter_t *out, const void *k, size_t kl, const vo
 }
 
 static int gt_count_action, gt_collect_action;
+static bool gt_independent;
+
+/* The second input of shape=independent: the same generator under another seed. */
+#define GT_OTHER_SEED 0x5eedu
+
+/*
+ * shape=independent: two generated datasets, each summed by key (two map
+ * stages that depend on nothing but their source, which must run at once),
+ * joined, and counted: the keys both have.
+ */
+static sp_status_t gt_build_independent(sp_graph_t *g)
+{
+    sp_dataset_t *a = sp_graph_generate(g, gt.parts, gt_generate, NULL);
+    sp_dataset_t *b = sp_graph_generate(g, gt.parts, gt_generate, (void *)(uintptr_t)GT_OTHER_SEED);
+
+    gt_count_action =
+        sp_ds_count(sp_ds_join(sp_ds_reduce_by_key(a, &gt_combiner, 4),
+                               sp_ds_reduce_by_key(b, &gt_combiner, 4), 2, SP_JOIN_INNER));
+    return sp_graph_status(g);
+}
+
+/* The keys of the source under seed tweak (a bitmap of keys). */
+static void gt_keys(uint64_t tweak, unsigned char *seen)
+{
+    for (uint32_t part = 0; part < gt.parts; part++)
+        for (uint32_t i = 0; i < gt.records; i++)
+            seen[gt_mix((gt.seed ^ tweak) ^ ((uint64_t)part << 32 | i)) % gt.keys] = 1;
+}
+
+static sp_status_t gt_finish_independent(const sp_graph_t *g, void *report)
+{
+    unsigned char *a = calloc(gt.keys, 1), *b = calloc(gt.keys, 1);
+    uint64_t want = 0;
+
+    if (a == NULL || b == NULL) {
+        free(a);
+        free(b);
+        return sp_job_fail(SP_ERR_NOMEM, "graphtest: no memory for the key sets");
+    }
+    gt_keys(0, a);
+    gt_keys(GT_OTHER_SEED, b);
+    for (uint32_t k = 0; k < gt.keys; k++)
+        want += a[k] && b[k];
+    free(a);
+    free(b);
+    if (sp_graph_count_result(g, gt_count_action) != want)
+        return sp_job_fail(SP_ERR_INTERNAL, "graphtest: %" PRIu64 " keys joined, want %" PRIu64,
+                           sp_graph_count_result(g, gt_count_action), want);
+    fprintf(report, "graphtest: independent: %" PRIu64 " keys joined, as generated\n", want);
+    return SP_OK;
+}
 
 static sp_status_t gt_build(sp_graph_t *g, const sp_job_params_t *p)
 {
@@ -131,6 +187,10 @@ static sp_status_t gt_build(sp_graph_t *g, const sp_job_params_t *p)
                                                              : SP_STORAGE_MEMORY_AND_DISK;
     if (gt.keys == 0 || gt.parts == 0)
         return sp_job_fail(SP_ERR_INVALID_PARAM, "graphtest: keys and parts must be positive");
+    gt_independent =
+        sp_job_arg(p, "shape") != NULL && strcmp(sp_job_arg(p, "shape"), "independent") == 0;
+    if (gt_independent)
+        return gt_build_independent(g);
     a = sp_ds_persist(sp_graph_generate(g, gt.parts, gt_generate, NULL), gt.level);
     sums = sp_ds_reduce_by_key(a, &gt_combiner, 4);
     joined = sp_ds_map(sp_ds_join(sums, a, 3, SP_JOIN_INNER), gt_mix_join, NULL);
@@ -145,9 +205,12 @@ static sp_status_t gt_finish(const sp_graph_t *g, const sp_job_params_t *p,
                              const sp_job_result_t *result, void *report)
 {
     uint64_t want = 0, got = 0;
-    size_t n = sp_graph_collected(g, gt_collect_action);
+    size_t n;
 
     (void)p, (void)result;
+    if (gt_independent)
+        return gt_finish_independent(g, report);
+    n = sp_graph_collected(g, gt_collect_action);
     for (uint32_t part = 0; part < gt.parts; part++)
         for (uint32_t i = 0; i < gt.records; i++)
             want += (gt_mix(gt.seed ^ ((uint64_t)part << 32 | i)) >> 16) % 1000000;
