@@ -116,7 +116,7 @@ typedef struct sp__driver_report {
      */
     uint64_t cpu_ns, core_ns;
     uint32_t maps, partitions;
-    uint32_t graph_stages;  /* graph jobs: the graph's stages (0: a two-stage job) */
+    uint32_t graph_stages;      /* graph jobs: the graph's stages (0: a two-stage job) */
     uint32_t blocks_cached;     /* graph jobs: partitions put in executors' block stores */
     uint32_t blocks_recomputed; /* of those, partitions cached again after they were lost */
     uint32_t stages_skipped;    /* graph jobs: map stages an action read complete, summed */

@@ -76,11 +76,8 @@ static const struct {
     const char *header;
     const char *layer;
 } public_headers[] = {
-    {"common.h", "common"},
-    {"conf.h", "common"},
-    {"graph.h", "executor"},
-    {"job.h", "executor"},
-    {"spate.h", "executor"},
+    {"common.h", "common"}, {"conf.h", "common"},    {"graph.h", "executor"},
+    {"job.h", "executor"},  {"spate.h", "executor"},
 };
 
 /*
