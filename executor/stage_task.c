@@ -223,7 +223,7 @@ static sp_status_t sp_gt_shuffle_write(sp_gtask_t *t, const void *k, size_t kl, 
     if (t->sampling)
         return sp_gt_sample(t, k, kl);
     if (sh->tagged) {
-        partition = (uint32_t)(XXH3_64bits(k, kl) % sh->partitions);
+        partition = sp_shuffle_hash_partition(k, kl, sh->partitions);
         t->scratch.len = 0;
         if ((st = sp_gbuf_reserve(&t->scratch, kl + 1)) != SP_OK)
             return st;
@@ -235,7 +235,7 @@ static sp_status_t sp_gt_shuffle_write(sp_gtask_t *t, const void *k, size_t kl, 
     if (sh->round_robin)
         partition = (uint32_t)(t->rr++ % sh->partitions);
     else if (sh->partitioner == SP_PARTITIONER_HASH)
-        partition = (uint32_t)(XXH3_64bits(k, kl) % sh->partitions);
+        partition = sp_shuffle_hash_partition(k, kl, sh->partitions); /* empty keys too */
     /* RANGE: the writer finds the partition; GIVEN otherwise (one partition): 0. */
     return sp_shuffle_writer_write(t->writer, partition, k, kl, v, vl);
 }

@@ -297,13 +297,25 @@ static inline bool sp_writer_split_below(const sp_shuffle_writer_t *w, size_t i,
                           sp_writer_compare(w, w->splits[i].data, w->splits[i].len, key, klen) < 0);
 }
 
+/* The hash partitioner; static so the per-record path inlines it (the public one may be
+ * interposed). */
+static inline uint32_t sp_writer_hash(const void *key, size_t key_len, uint32_t partitions)
+{
+    return (uint32_t)(XXH3_64bits(key, key_len) % partitions);
+}
+
+uint32_t sp_shuffle_hash_partition(const void *key, size_t key_len, uint32_t partitions)
+{
+    return sp_writer_hash(key, key_len, partitions);
+}
+
 static uint32_t sp_writer_partition_of(const sp_shuffle_writer_t *w, const void *key, size_t klen)
 {
     size_t lo = 0, hi;
     uint64_t prefix;
 
     if (w->o.partitioner == SP_PARTITIONER_HASH)
-        return (uint32_t)(XXH3_64bits(key, klen) % w->o.partitions);
+        return sp_writer_hash(key, klen, w->o.partitions);
     if (w->o.partitions == 1)
         return 0;
     /* First split key >= key. */

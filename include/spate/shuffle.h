@@ -104,6 +104,13 @@ typedef enum sp_partitioner {
     SP_PARTITIONER_RANGE = 2, /**< first split key >= the key; past the last: the last partition */
 } sp_partitioner_t;
 
+/**
+ * The partition SP_PARTITIONER_HASH gives key (XXH3-64 of its bytes modulo
+ * partitions, partitions >= 1; an empty key too): for callers that choose
+ * the partition themselves (GIVEN) and must agree with the hash partitioner.
+ */
+SP_API uint32_t sp_shuffle_hash_partition(const void *key, size_t key_len, uint32_t partitions);
+
 /** Which map-side path writes the output. */
 typedef enum sp_writer_path {
     SP_WRITER_AUTO = 0,   /**< bypass when it applies, else sort */
