@@ -179,6 +179,7 @@ struct sp__driver {
     uint32_t *action_stage; /* per action: its stage */
     uint32_t **cached;      /* per dataset (persisted ones): per partition the holder + 1; 0 none */
     uint32_t skips_counted; /* the action (+ 1) whose skipped stages are counted */
+    bool *need, *visited;   /* per stage: the scheduler's marks, sized once */
 
     uint64_t next_task_id;
     uint64_t heartbeat_timeout_ns;
@@ -1491,7 +1492,7 @@ static sp_status_t sp_drv_finish_sampling(sp__driver_t *d, uint32_t sh)
 static sp_status_t sp_drv_schedule_graph(sp__driver_t *d, bool *done_p)
 {
     const sp_graph_t *g = d->graph;
-    bool *need = NULL, *visited = NULL;
+    bool *need = d->need, *visited = d->visited;
     sp_status_t st = SP_OK;
 
     *done_p = false;
@@ -1528,12 +1529,8 @@ static sp_status_t sp_drv_schedule_graph(sp__driver_t *d, bool *done_p)
         *done_p = true;
         return SP_OK;
     }
-    need = sp__calloc(d->nstages, sizeof(*need));
-    visited = sp__calloc(d->nstages, sizeof(*visited));
-    if (need == NULL || visited == NULL) {
-        st = SP_RAISE(SP_ERR_NOMEM, "no memory for %u stages", d->nstages);
-        goto out;
-    }
+    memset(need, 0, d->nstages * sizeof(*need));
+    memset(visited, 0, d->nstages * sizeof(*visited));
     if (d->skips_counted != d->action + 1) {
         d->skips_counted = d->action + 1;
         sp_drv_count_skipped(d, d->action_stage[d->action], visited);
@@ -1551,9 +1548,6 @@ static sp_status_t sp_drv_schedule_graph(sp__driver_t *d, bool *done_p)
             continue;
         st = sp_drv_fill(d, s);
     }
-out:
-    free(need);
-    free(visited);
     return st;
 }
 
@@ -2029,7 +2023,10 @@ static sp_status_t sp_drv_plan_graph(sp__driver_t *d)
     d->stages = sp__calloc(2 * g->nshuffles + g->nactions + 1, sizeof(*d->stages));
     d->action_stage = sp__calloc(g->nactions + 1, sizeof(*d->action_stage));
     d->cached = sp__calloc(g->ndatasets + 1, sizeof(*d->cached));
-    if (d->shuffles == NULL || d->stages == NULL || d->action_stage == NULL || d->cached == NULL)
+    d->need = sp__calloc(2 * g->nshuffles + g->nactions + 1, sizeof(*d->need));
+    d->visited = sp__calloc(2 * g->nshuffles + g->nactions + 1, sizeof(*d->visited));
+    if (d->shuffles == NULL || d->stages == NULL || d->action_stage == NULL || d->cached == NULL ||
+        d->need == NULL || d->visited == NULL)
         return SP_RAISE(SP_ERR_NOMEM, "no memory for the stages of a graph");
     d->nshuffles = g->nshuffles;
     for (uint32_t s = 0; s < g->nshuffles; s++) {
@@ -2362,6 +2359,8 @@ void sp__driver_destroy(sp__driver_t *d)
     for (uint32_t i = 0; d->cached != NULL && d->graph != NULL && i < d->graph->ndatasets; i++)
         free(d->cached[i]);
     free(d->cached);
+    free(d->need);
+    free(d->visited);
     free(d->action_stage);
     sp__graph_destroy(d->graph);
     free(d->execs);
